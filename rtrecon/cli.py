@@ -1,0 +1,70 @@
+"""The ``rtrecon`` command.
+
+Each subcommand lives in the module that owns its concern and exposes
+``configure(parser: argparse.ArgumentParser) -> None``, which adds its arguments and sets
+``func`` (called with the parsed namespace; its return value is the exit status). Modules are
+imported only when their subcommand runs, so ``rtrecon --help`` is instant and a broken optional
+dependency affects only the commands that need it. This module alone may import the other
+top-level packages (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["COMMANDS", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {
+    "dicom2nii": Command("scanner_bridge.commands.dicom2nii", "convert a DICOM series folder to NIfTI + JSON sidecar (the live assembly path, offline)"),
+    "bridge": Command("scanner_bridge.commands.bridge", "scanner bridge: watch an export folder, receive DICOM, replay NIfTI, or listen"),
+    "keys": Command("rtrecon.keys", "make ZeroMQ CURVE key pairs for encrypted, authenticated links"),
+    "demo": Command("scanner_bridge.commands.demo", "run the bridge on a real DICOM series through a simulated scanner (no downloads)"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    width = max(len(name) for name in COMMANDS)
+    listing = "\n".join(f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items())
+    return argparse.ArgumentParser(
+        prog="rtrecon",
+        description="rtrecon: real-time closed-loop fMRI reconstruction (MindEye2 made live).",
+        epilog=f"commands:\n{listing}\n\nRun 'rtrecon COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="rtrecon [-h] COMMAND [ARGS ...]",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rtrecon`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not args or args[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    command = COMMANDS.get(name)
+    if command is None:
+        top.error(f"unknown command {name!r} (choose from {', '.join(COMMANDS)})")
+    module = importlib.import_module(command.module)
+    parser = argparse.ArgumentParser(prog=f"rtrecon {name}", description=command.summary)
+    module.configure(parser)
+    ns = parser.parse_args(rest)
+    if not hasattr(ns, "func"):
+        parser.print_help()
+        return 2
+    return int(ns.func(ns) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
