@@ -39,6 +39,7 @@ __all__ = [
     "StatusMessage",
     "HelloMessage",
     "AckMessage",
+    "SequenceMessage",
     "HeartbeatMessage",
     "RunEndMessage",
     "VolumeMissingMessage",
@@ -140,26 +141,51 @@ class StatusMessage(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class HelloMessage(Message):
-    """A receiver (re)connecting: for each run, the last volume index it has persisted (-1: none).
+    """Opens (or re-opens) a reliable link (:mod:`rtrecon.transport`).
 
-    The sender answers by sending every volume after those, so a restart loses nothing and
-    duplicates nothing.
+    A sender sends it (with ``persisted`` empty) until the receiver answers; the receiver answers
+    with, for each run, the key of the last item it has persisted (-1: none). Keys are the
+    per-run sequence numbers of the link: the volume index on the volume link, the trial number
+    on the event and result links. The sender then sends every item after those, so a restart
+    of either end loses nothing and duplicates nothing. ``attempt`` numbers a sender's Hellos
+    (1, 2, ...); an answer repeats the attempt it answers, and is 0 when the receiver greets a
+    sender unasked (a connection it has not heard before), so a sender can tell a late answer to
+    an old Hello from news.
     """
 
     KIND: ClassVar[str] = "hello"
     peer: str
     session: str
     persisted: dict[int, int] = field(default_factory=dict)
+    attempt: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
 class AckMessage(Message):
-    """The receiver has persisted volume ``index`` of ``run``."""
+    """The receiver has persisted every item of ``run`` up to and including key ``index``."""
 
     KIND: ClassVar[str] = "ack"
     session: str
     run: int
     index: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequenceMessage(Message):
+    """Leads every item on a reliable link: where the item sits in its run's sequence.
+
+    On the wire the item's own frames follow this message's single frame. ``key`` is the item's
+    per-run sequence number, ``prev`` the key of the item sent before it in the same run (-1 for
+    the first), so the receiver sees a gap even when keys are not consecutive. ``seq`` counts
+    every item of the sender's session, in sending order.
+    """
+
+    KIND: ClassVar[str] = "sequence"
+    session: str
+    run: int
+    key: int
+    prev: int
+    seq: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +228,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = types.MappingProxyType(
             StatusMessage,
             HelloMessage,
             AckMessage,
+            SequenceMessage,
             HeartbeatMessage,
             RunEndMessage,
             VolumeMissingMessage,
@@ -272,11 +299,11 @@ def encode(message: Message) -> list[bytes]:
 
 
 def _decode_array(kind: str, spec: Any, frame: bytes) -> tuple[str, np.ndarray]:
-    if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
+    if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"} or not isinstance(spec["name"], str):
         raise WireError(f"{kind}: bad array descriptor {spec!r}")
     try:
         dtype = np.dtype(spec["dtype"])
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise WireError(f"{kind}.{spec['name']}: unknown dtype {spec['dtype']!r}") from exc
     if dtype.kind not in _ALLOWED_DTYPE_KINDS:
         raise WireError(f"{kind}.{spec['name']}: dtype {dtype} is not allowed")
@@ -297,7 +324,7 @@ def decode(frames: Sequence[bytes]) -> Message:
         raise WireError("empty message")
     try:
         header = json.loads(bytes(frames[0]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise WireError(f"header is not JSON: {exc}") from exc
     if not isinstance(header, dict) or not {"kind", "version", "fields", "arrays"} <= set(header):
         raise WireError("header lacks kind/version/fields/arrays")
@@ -305,7 +332,8 @@ def decode(frames: Sequence[bytes]) -> Message:
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise WireError(f"unknown message kind {kind!r}")
-    if header["version"] != cls.VERSION:
+    # bool is an int in Python and 1.0 == 1: only a true integer names a schema version.
+    if type(header["version"]) is not int or header["version"] != cls.VERSION:
         raise WireError(f"{kind}: schema version {header['version']!r} is not supported (this peer speaks {cls.VERSION})")
     fields, specs = header["fields"], header["arrays"]
     if not isinstance(fields, dict) or not isinstance(specs, list):

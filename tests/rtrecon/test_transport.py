@@ -1,0 +1,412 @@
+"""Reliable links over real ZeroMQ sockets: order, resume after SIGKILL of either end, bad frames, heartbeats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from rtrecon.transport import (
+    ReliableReceiver,
+    ReliableSender,
+    StatusPublisher,
+    StatusSubscriber,
+    trial_key,
+    volume_key,
+)
+from rtrecon.wire import (
+    AckMessage,
+    EventMessage,
+    HeartbeatMessage,
+    HelloMessage,
+    RunEndMessage,
+    SequenceMessage,
+    StatusMessage,
+    VolumeMessage,
+    VolumeMissingMessage,
+    WireError,
+    encode,
+)
+
+SESSION = "sub-01_ses-01"
+HB = 0.1  # heartbeat period in these tests: a dead peer is noticed after 0.3 s
+
+# A volume's voxels all equal its index, so a mixed-up or corrupted volume shows.
+VOLUME_CODE = """
+import numpy as np
+from rtrecon.wire import VolumeMessage
+def volume(session, index):
+    return VolumeMessage(session=session, run=1, index=index, tr=2.0,
+                         voxels=np.full((6, 5, 4), index, dtype=np.int16), affine=np.eye(4))
+"""
+
+# The engine's side in miniature: persists each volume to its own file, then acknowledges it;
+# on start, tells the transport what its store holds. It records any duplicate or out-of-order
+# volume in errors.txt, and stops once the run end is persisted.
+RECEIVER_PROGRAM = """
+import logging, os, sys
+from pathlib import Path
+import numpy as np
+from rtrecon.transport import ReliableReceiver
+from rtrecon.wire import RunEndMessage
+logging.basicConfig(level=logging.INFO)
+endpoint, session, store = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+store.mkdir(exist_ok=True)
+def write(path, data):
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+def error(text):
+    with open(store / "errors.txt", "a") as fh:
+        fh.write(text + "\\n")
+indices = sorted(int(p.stem) for p in store.glob("*.npy"))
+last = indices[-1] if indices else -1
+persisted = {1: int((store / "end").read_text())} if (store / "end").exists() else ({1: last} if indices else {})
+with ReliableReceiver(endpoint, session, persisted, heartbeat_s=float(sys.argv[4])) as rx:
+    while True:
+        msg = rx.recv(timeout_s=0.05)
+        if msg is None:
+            continue
+        if isinstance(msg, RunEndMessage):
+            write(store / "end", str(msg.n_volumes).encode())
+            rx.ack(msg)
+            break
+        path = store / f"{msg.index:04d}.npy"
+        if path.exists():
+            error(f"duplicate {msg.index}")
+        if msg.index != last + 1:
+            error(f"out of order: {msg.index} after {last}")
+        last = msg.index
+        with open(path.with_suffix(".tmp"), "wb") as fh:
+            np.save(fh, msg.voxels)
+        os.replace(path.with_suffix(".tmp"), path)
+        rx.ack(msg)
+"""
+
+# The bridge's side in miniature: a restarted sender resumes its source after what it spooled.
+SENDER_PROGRAM = VOLUME_CODE + """
+import logging, sys, time
+from rtrecon.transport import ReliableSender
+from rtrecon.wire import RunEndMessage
+logging.basicConfig(level=logging.INFO)
+endpoint, session, spool, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+with ReliableSender(endpoint, session, spool, heartbeat_s=float(sys.argv[5])) as tx:
+    for index in range(tx.spooled.get(1, -1) + 1, n):
+        tx.send(volume(session, index))
+        tx.poll(0.01)
+    if tx.spooled.get(1, -1) < n:
+        tx.send(RunEndMessage(session=session, run=1, n_volumes=n))
+    sys.exit(0 if tx.wait_acked(20) else 3)
+"""
+
+
+def _volume(index: int, run: int = 1, session: str = SESSION) -> VolumeMessage:
+    return VolumeMessage(session=session, run=run, index=index, tr=2.0,
+                         voxels=np.full((6, 5, 4), index, dtype=np.int16), affine=np.eye(4))
+
+
+@pytest.fixture
+def endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
+
+
+def _start(program: str, args: list[str], log_file: Path) -> subprocess.Popen:
+    with open(log_file, "ab") as log:
+        return subprocess.Popen([sys.executable, "-c", program, *args], stdout=log, stderr=subprocess.STDOUT)
+
+
+def _until(condition: Callable[[], bool], step: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        step()
+
+
+def _exchange(tx: ReliableSender, rx: ReliableReceiver, n: int, timeout_s: float = 10.0) -> list:
+    got: list = []
+
+    def step() -> None:
+        tx.poll(0.002)
+        message = rx.recv(0.01)
+        if message is not None:
+            got.append(message)
+            rx.ack(message)
+
+    _until(lambda: len(got) >= n and tx.pending == 0, step, timeout_s, f"{n} items")
+    return got
+
+
+def test_delivers_in_order_once_across_runs(endpoint: str, tmp_path: Path) -> None:
+    with ReliableReceiver(endpoint, SESSION, heartbeat_s=HB) as rx, \
+            ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx:
+        sent = [_volume(0), _volume(1), VolumeMissingMessage(session=SESSION, run=1, index=2, reason="never came"),
+                _volume(5), _volume(0, run=2), RunEndMessage(session=SESSION, run=1, n_volumes=6), _volume(1, run=2)]
+        for message in sent:
+            tx.send(message)
+        got = _exchange(tx, rx, len(sent))
+        assert [volume_key(m) for m in got] == [volume_key(m) for m in sent]
+        assert [type(m) for m in got] == [type(m) for m in sent]
+        np.testing.assert_array_equal(got[3].voxels, sent[3].voxels)
+        assert tx.acked == rx.persisted == {1: 6, 2: 1}
+        assert tx.connected and rx.peer_alive and tx.peer_alive
+        for _ in range(10):  # nothing more comes: no duplicates after the fact
+            tx.poll(0.005)
+            assert rx.recv(0.005) is None
+
+
+def test_send_refuses_what_would_break_the_sequence(endpoint: str, tmp_path: Path) -> None:
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx:
+        tx.send(_volume(3))
+        with pytest.raises(ValueError, match="keys must increase"):
+            tx.send(_volume(3))
+        with pytest.raises(ValueError, match="session 'other'"):
+            tx.send(_volume(4, session="other"))
+        with pytest.raises(ValueError, match="does not travel on a volume link"):
+            tx.send(EventMessage(session=SESSION, run=1, trial=4, onset=0.0, duration=1.0, trial_type="x"))
+        assert tx.pending == 1 and tx.spooled == {1: 3}
+
+
+def test_restarted_sender_resends_its_spool(endpoint: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with ReliableSender(endpoint, SESSION, spool, heartbeat_s=HB) as tx:  # no receiver yet
+        for index in range(3):
+            tx.send(_volume(index))
+        tx.poll(0.05)
+        assert tx.pending == 3 and not tx.connected
+        with pytest.raises(RuntimeError, match="spool in use by another sender"):
+            ReliableSender(endpoint, SESSION, spool, heartbeat_s=HB)
+    (spool / SESSION / ".0000000003.frames.tmp").write_bytes(b"half a write")
+    with ReliableReceiver(endpoint, SESSION, heartbeat_s=HB) as rx, \
+            ReliableSender(endpoint, SESSION, spool, heartbeat_s=HB) as tx:
+        assert tx.spooled == {1: 2} and tx.pending == 3
+        tx.send(_volume(3))
+        got = _exchange(tx, rx, 4)
+        assert [m.index for m in got] == [0, 1, 2, 3]
+    assert not (spool / SESSION / ".0000000003.frames.tmp").exists()
+
+
+def test_torn_last_spool_file_is_dropped_other_corruption_is_named(endpoint: str, tmp_path: Path, caplog) -> None:
+    spool = tmp_path / "spool"
+    with ReliableSender(endpoint, SESSION, spool, heartbeat_s=HB) as tx:
+        tx.send(_volume(0))
+        tx.send(_volume(1))
+    first, last = spool / SESSION / "0000000000.frames", spool / SESSION / "0000000001.frames"
+    last.write_bytes(last.read_bytes()[:100])  # what an OS crash before the fsync can leave
+    with ReliableSender(endpoint, SESSION, spool, heartbeat_s=HB) as tx:
+        assert tx.spooled == {1: 0} and tx.pending == 1
+        assert not last.exists()
+        assert "removing the torn last spool file" in caplog.text
+        tx.send(_volume(1))
+    first.write_bytes(first.read_bytes()[:40])
+    with pytest.raises(WireError, match="0000000000.frames: corrupt spool file"):
+        ReliableSender(endpoint, SESSION, spool, heartbeat_s=HB)
+
+
+def test_receiver_word_is_final_and_acks_are_cumulative(endpoint: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    events = [EventMessage(session=SESSION, run=1, trial=t, onset=4.0 * t, duration=3.0, trial_type="image")
+              for t in (1, 2, 4, 7)]
+    with ReliableSender(endpoint, SESSION, spool, key=trial_key, heartbeat_s=HB) as tx:
+        for event in events:
+            tx.send(event)
+        # A receiver that already holds trials up to 2 is sent only the rest.
+        with ReliableReceiver(endpoint, SESSION, {1: 2}, key=trial_key, heartbeat_s=HB) as rx:
+            got: list = []
+            _until(lambda: len(got) == 2, lambda: _collect(tx, rx, got), 10, "two events")
+            assert [e.trial for e in got] == [4, 7]
+            rx.ack(got[1])  # persisted out of order: nothing is acknowledged past the gap
+            for _ in range(5):
+                tx.poll(0.01)
+                rx.recv(0.01)
+            assert tx.acked == {1: 2} and rx.persisted == {1: 2}
+            rx.ack(got[0])
+            _until(lambda: tx.pending == 0, lambda: (tx.poll(0.01), rx.recv(0.01)), 10, "acks")
+            assert tx.acked == {1: 7}
+        # A new receiver with an empty store (it lost its data) gets everything again.
+        with ReliableReceiver(endpoint, SESSION, None, key=trial_key, heartbeat_s=HB) as rx:
+            got = _exchange(tx, rx, 4)
+            assert [e.trial for e in got] == [1, 2, 4, 7]
+
+
+def _collect(tx: ReliableSender, rx: ReliableReceiver, got: list) -> None:
+    tx.poll(0.002)
+    message = rx.recv(0.01)
+    if message is not None:
+        got.append(message)
+
+
+def _store_count(store: Path) -> int:
+    return len(list(store.glob("*.npy")))
+
+
+def test_receiver_killed_mid_run_loses_and_duplicates_nothing(endpoint: str, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="rtrecon.transport")
+    n, store, log_file = 60, tmp_path / "store", tmp_path / "receiver.log"
+    args = [endpoint, SESSION, str(store), str(HB)]
+    receiver = _start(RECEIVER_PROGRAM, args, log_file)
+    try:
+        with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx:
+            sent = 0
+
+            def step() -> None:
+                nonlocal sent
+                if sent < n:
+                    tx.send(_volume(sent))
+                    sent += 1
+                tx.poll(0.01)
+
+            _until(lambda: tx.connected, lambda: tx.poll(0.01), 20, "the receiver to start")
+            _until(lambda: _store_count(store) >= 15, step, 20, "15 volumes persisted")
+            assert sent < n
+            receiver.send_signal(signal.SIGKILL)
+            receiver.wait()
+            # Heartbeats tell the sender its peer died; it keeps spooling meanwhile.
+            _until(lambda: not tx.peer_alive, step, 10, "the dead receiver to be noticed")
+            assert not tx.connected
+            assert any("receiver on" in r.message and "considered dead" in r.message for r in caplog.records)
+            before = _store_count(store)
+            for _ in range(5):
+                step()
+            assert _store_count(store) == before  # nothing goes anywhere while the receiver is down
+            receiver = _start(RECEIVER_PROGRAM, args, log_file)
+            _until(lambda: sent == n, step, 20, "all volumes sent")
+            tx.send(RunEndMessage(session=SESSION, run=1, n_volumes=n))
+            assert tx.wait_acked(20), log_file.read_text()
+            assert receiver.wait(10) == 0
+    finally:
+        receiver.kill()
+    assert not (store / "errors.txt").exists(), (store / "errors.txt").read_text()
+    assert sorted(int(p.stem) for p in store.glob("*.npy")) == list(range(n))
+    for index in (0, 14, 15, n - 1):
+        assert np.all(np.load(store / f"{index:04d}.npy") == index)
+    assert (store / "end").read_text() == str(n)
+
+
+def test_sender_killed_mid_run_loses_and_duplicates_nothing(endpoint: str, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="rtrecon.transport")
+    n, log_file = 60, tmp_path / "sender.log"
+    args = [endpoint, SESSION, str(tmp_path / "spool"), str(n), str(HB)]
+    got: list = []
+    with ReliableReceiver(endpoint, SESSION, heartbeat_s=HB) as rx:
+
+        unacked: list = []
+
+        def step() -> None:
+            # Persists in batches, so the restarted sender resends items delivered but not yet acked.
+            message = rx.recv(0.01)
+            if message is not None:
+                got.append(message)
+                unacked.append(message)
+            if len(unacked) > 3 or isinstance(message, RunEndMessage):
+                for persisted in unacked:
+                    rx.ack(persisted)
+                unacked.clear()
+
+        sender = _start(SENDER_PROGRAM, args, log_file)
+        try:
+            _until(lambda: len(got) >= 15, step, 20, "15 volumes")
+            assert len(got) < n
+            sender.send_signal(signal.SIGKILL)
+            sender.wait()
+            _until(lambda: not rx.peer_alive, step, 10, "the dead sender to be noticed")
+            assert any("sender on" in r.message and "considered dead" in r.message for r in caplog.records)
+            sender = _start(SENDER_PROGRAM, args, log_file)
+            _until(lambda: sender.poll() is not None, step, 30, "the sender to finish")
+            assert sender.returncode == 0, log_file.read_text()
+        finally:
+            sender.kill()
+    assert [volume_key(m) for m in got] == [(1, i) for i in range(n + 1)]
+    assert isinstance(got[-1], RunEndMessage) and got[-1].n_volumes == n
+    assert all(np.all(m.voxels == m.index) for m in got[:-1])
+
+
+def test_bad_frames_are_logged_dropped_and_survived(endpoint: str, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    good = encode(_volume(0))
+    header = json.loads(good[0])
+
+    def seq(**fields) -> bytes:
+        values = dict(session=SESSION, run=1, key=0, prev=-1, seq=0) | fields
+        return encode(SequenceMessage(**values))[0]
+
+    bad_messages = [
+        ([b"\x89PNG garbage"], "not JSON"),
+        ([b""], "not JSON"),
+        ([json.dumps(header | {"kind": "exploit"}).encode()], "unknown message kind 'exploit'"),
+        ([json.dumps({"kind": "ack", "version": 99, "fields": {}, "arrays": []}).encode()], "version 99"),
+        ([seq(), good[0], good[1][:-1], good[2]], "volume.voxels"),
+        (good, "2 arrays but 0 data frames"),  # an item without its sequence frame
+        ([seq(key=5), *good], "sequence frame says run 1 key 5"),
+        ([seq(session="other"), *encode(_volume(0, session="other"))], "session 'other'"),
+        ([encode(HeartbeatMessage(peer="x", sent_time=0.0))[0], b"extra"], "extra frame"),
+    ]
+    with ReliableReceiver(endpoint, SESSION, heartbeat_s=HB, name="engine") as rx:
+        context = zmq.Context.instance()
+        raw = context.socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(endpoint)
+        try:
+            for frames, _ in bad_messages:
+                raw.send_multipart(frames)
+            deadline = time.monotonic() + 5
+            while len(caplog.records) < len(bad_messages) and time.monotonic() < deadline:
+                assert rx.recv(0.02) is None
+        finally:
+            raw.close()
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == len(bad_messages)
+        for warning, (_, reason) in zip(warnings, bad_messages):
+            assert warning.startswith("engine: dropped") and "127.0.0.1" in warning and reason in warning, warning
+        with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx:
+            for index in range(3):
+                tx.send(_volume(index))
+            assert [m.index for m in _exchange(tx, rx, 3)] == [0, 1, 2]
+
+
+def test_sender_survives_a_bad_receiver(endpoint: str, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    context = zmq.Context.instance()
+    raw = context.socket(zmq.ROUTER)
+    raw.linger = 0
+    raw.bind(endpoint)
+    try:
+        with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB, name="bridge") as tx:
+            tx.send(_volume(0))
+            _until(lambda: raw.poll(0), lambda: tx.poll(0.01), 10, "the sender's hello")
+            identity = raw.recv_multipart()[0]
+            raw.send_multipart([identity, b"{not json"])
+            raw.send_multipart([identity, *encode(HelloMessage(peer="impostor", session="other"))])
+            raw.send_multipart([identity, *encode(AckMessage(session=SESSION, run=1, index=0)), b"extra"])
+            _until(lambda: len(caplog.records) >= 3, lambda: tx.poll(0.01), 10, "three warnings")
+            assert not tx.connected and tx.pending == 1
+    finally:
+        raw.close()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "bridge: dropped a message from receiver 127.0.0.1: header is not JSON" in text
+    assert "receiver impostor (127.0.0.1) is in session 'other'" in text
+    assert "ack: header lists 0 arrays but 1 data frames came" in text
+
+
+def test_status_feed(endpoint: str) -> None:
+    with StatusPublisher(endpoint) as pub, StatusSubscriber(endpoint) as sub:
+        message = StatusMessage(process="engine", state="running", metrics={"volumes": 12.0}, sent_time=time.time())
+        got = None
+        deadline = time.monotonic() + 10
+        while got is None and time.monotonic() < deadline:  # a subscriber misses what came before it joined
+            assert pub.publish(message)
+            got = sub.recv(0.05)
+        assert got == message
