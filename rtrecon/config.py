@@ -17,6 +17,33 @@ Example::
     [security]
     keys_dir = "keys"            # made by `rtrecon keys init keys`; omit for no encryption
 
+    [engine]
+    roi_mask = "masks/nsdgeneral.nii.gz"
+    ready_delay_s = 8.0
+
+    [engine.glm]
+    hrf_model = "glover"
+
+    [decoder]
+    checkpoint = "checkpoints/subj01_finetuned.pth"
+    unclip = "weights/unclip6"   # omit for the synthetic world's own decoder
+
+    [stimulus]
+    trial_lists = ["trials/run-01.tsv", "trials/run-02.tsv"]
+
+    [stimulus.feedback]
+    when = "trial"
+
+Every key is optional: an empty file is a valid config (:class:`SessionConfig` defaults). Keys
+whose default is "unset" (``None``) are left out of the file to keep that default, since TOML has
+no null. ``rtrecon session init`` writes a template with every key, its default and a one-line
+comment (:func:`config_template`); ``rtrecon session check FILE`` validates a file and every
+path it names (:mod:`rtrecon.session`).
+
+The ``[engine]`` table has the keys of the engine's settings and ``[stimulus]`` those of the
+stimulus program's settings (same names, same defaults), so that one file configures every
+process; ``[stimulus]`` adds the session's trial lists (``trial_lists``, one TSV per run).
+
 Relative paths are resolved against the folder of the config file. Unknown keys are errors
 (a misspelt key must not be silently ignored at the scanner). :func:`load_config` raises
 :class:`ConfigError` naming the file, the key and the reason.
@@ -24,11 +51,13 @@ Relative paths are resolved against the folder of the config file. Unknown keys 
 
 from __future__ import annotations
 
+import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "ConfigError",
@@ -36,9 +65,30 @@ __all__ = [
     "NetworkSection",
     "BridgeSection",
     "SecuritySection",
+    "GLMSection",
+    "EngineSection",
+    "DecoderSection",
+    "WindowSection",
+    "TriggerSection",
+    "PerceptionSection",
+    "ImagerySection",
+    "FeedbackSection",
+    "StimulusSection",
     "SessionConfig",
+    "HRF_MODELS",
     "load_config",
+    "config_template",
 ]
+
+#: nilearn's HRF models, as the engine's GLM takes them.
+HRF_MODELS = (
+    "glover",
+    "spm",
+    "glover + derivative",
+    "spm + derivative",
+    "glover + derivative + dispersion",
+    "spm + derivative + dispersion",
+)
 
 
 class ConfigError(ValueError):
@@ -49,23 +99,28 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _example(value: Any) -> dict[str, Any]:
+    """Schema extra naming a typical value of a key whose default is unset (for the template)."""
+    return {"example": value}
+
+
 class SessionSection(_Section):
     """Who and what is scanned: names follow BIDS (``sub-<subject>/ses-<session>``)."""
 
-    subject: str = Field("01", pattern=r"^[A-Za-z0-9]+$")
-    session: str = Field("01", pattern=r"^[A-Za-z0-9]+$")
-    task: str = Field("perception", pattern=r"^[A-Za-z0-9]+$")
-    output_dir: Path = Path("rtrecon_out")
+    subject: str = Field("01", pattern=r"^[A-Za-z0-9]+$", description="BIDS subject label (sub-<subject>)")
+    session: str = Field("01", pattern=r"^[A-Za-z0-9]+$", description="BIDS session label (ses-<session>)")
+    task: str = Field("perception", pattern=r"^[A-Za-z0-9]+$", description="BIDS task label, e.g. perception or imagery")
+    output_dir: Path = Field(Path("rtrecon_out"), description="where the BIDS session, derivatives and report are written")
 
 
 class NetworkSection(_Section):
     """ZeroMQ endpoints. The receiving side binds, the sending side connects."""
 
-    volumes: str = "tcp://127.0.0.1:5555"
-    events: str = "tcp://127.0.0.1:5556"
-    results: str = "tcp://127.0.0.1:5557"
-    status: str = "tcp://127.0.0.1:5558"
-    heartbeat_s: float = Field(1.0, gt=0)
+    volumes: str = Field("tcp://127.0.0.1:5555", description="bridge -> engine volumes (the engine binds)")
+    events: str = Field("tcp://127.0.0.1:5556", description="stimulus -> engine trial events (the engine binds)")
+    results: str = Field("tcp://127.0.0.1:5557", description="engine -> stimulus decoded results (the stimulus PC binds)")
+    status: str = Field("tcp://127.0.0.1:5558", description="engine -> dashboard status feed (PUB)")
+    heartbeat_s: float = Field(1.0, gt=0, description="seconds between heartbeats on every link")
 
     @field_validator("volumes", "events", "results", "status")
     @classmethod
@@ -78,18 +133,181 @@ class NetworkSection(_Section):
 class BridgeSection(_Section):
     """How the scanner bridge follows the scanner's export folder."""
 
-    watch_dir: Path | None = None
-    watch_mode: Literal["auto", "inotify", "poll"] = "auto"
-    poll_interval_s: float = Field(0.05, gt=0)
-    missing_timeout_s: float = Field(10.0, gt=0)
-    skip_existing: bool = False
-    spool_dir: Path = Path("rtrecon_out/bridge_spool")
+    watch_dir: Path | None = Field(
+        None, description="the scanner's DICOM export folder (unset: give it on the command line)",
+        json_schema_extra=_example("/mnt/scanner/export"),
+    )
+    watch_mode: Literal["auto", "inotify", "poll"] = Field("auto", description='"inotify", "poll" (network shares) or "auto"')
+    poll_interval_s: float = Field(0.05, gt=0, description="seconds between folder scans when polling")
+    missing_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for a slice before the volume is declared missing")
+    skip_existing: bool = Field(False, description="ignore files already in watch_dir when the bridge starts")
+    spool_dir: Path = Field(Path("rtrecon_out/bridge_spool"), description="where unacknowledged volumes wait (survives restarts)")
 
 
 class SecuritySection(_Section):
     """ZeroMQ CURVE keys; without ``keys_dir`` the links are unencrypted."""
 
-    keys_dir: Path | None = None
+    keys_dir: Path | None = Field(
+        None, description="made by `rtrecon keys init DIR` (unset: links are not encrypted)",
+        json_schema_extra=_example("keys"),
+    )
+
+
+class GLMSection(_Section):
+    """The engine's GLM design (nilearn's names and defaults)."""
+
+    hrf_model: Literal[HRF_MODELS] = Field("glover", description="nilearn HRF: " + ", ".join(HRF_MODELS))  # type: ignore[valid-type]
+    drift_model: Literal["cosine", "polynomial"] | None = Field(
+        "cosine", description='"cosine" (high_pass) or "polynomial" (drift_order)'
+    )
+    high_pass: float = Field(0.01, gt=0, description="cosine drift cut-off in Hz")
+    drift_order: int = Field(1, ge=0, description="order of the polynomial drift")
+    oversampling: int = Field(50, ge=1, description="HRF convolution oversampling")
+    min_onset: float = Field(-24.0, description="events earlier than this (s) are ignored, as in nilearn")
+    slice_time_ref: float = Field(0.0, ge=0, le=1, description="where in the TR each volume is sampled (0: start, 0.5: middle)")
+    motion_confounds: bool = Field(True, description="add the 6 realignment parameters as confounds")
+
+
+class EngineSection(_Section):
+    """The real-time engine: realignment, ROI, GLM, trial release and z-scoring."""
+
+    roi_mask: Path | None = Field(
+        None, description="3-D NIfTI mask of the voxels decoded (unset: the reference's brain mask)",
+        json_schema_extra=_example("masks/nsdgeneral.nii.gz"),
+    )
+    reference: Path | None = Field(
+        None, description="3-D NIfTI that volumes are realigned to (unset: the first volume of the first run)",
+        json_schema_extra=_example("reference/boldref.nii.gz"),
+    )
+    planned_volumes: int = Field(300, ge=2, description="volumes per run as planned (the drift basis depends on it)")
+    ready_delay_s: float = Field(8.0, ge=0, description="seconds after a trial's onset before its beta is estimated")
+    beta_method: Literal["lss", "lsa"] = Field("lss", description='trial betas: "lss" (least squares separate) or "lsa" (all)')
+    zscore_stats: Path | None = Field(
+        None, description="training session's .npz with per-voxel mean and std (unset: this session's running stats)",
+        json_schema_extra=_example("training/zscore_stats.npz"),
+    )
+    average_repeats: bool = Field(False, description="average a trial with earlier repeats of the same image")
+    glm: GLMSection = GLMSection()
+    realign_fwhm_mm: float = Field(5.0, gt=0, description="smoothing applied before estimating motion")
+    realign_samples: int = Field(12000, ge=100, description="brain voxels sampled to estimate motion")
+
+
+class DecoderSection(_Section):
+    """The decoder: MindEye2 checkpoint, retrieval gallery and unCLIP image decoder."""
+
+    checkpoint: Path | None = Field(
+        None, description="MindEye2 checkpoint, .pth or .safetensors (unset: the synthetic world's trained decoder)",
+        json_schema_extra=_example("checkpoints/subj01_finetuned.pth"),
+    )
+    subject: int = Field(0, ge=0, description="index of this participant's adapter in the checkpoint")
+    gallery: Path | None = Field(
+        None, description="retrieval gallery: embeddings (.npz, .npy, .h5) or an image folder (unset: the session's images)",
+        json_schema_extra=_example("gallery/shared1000.npz"),
+    )
+    top_k: int = Field(5, ge=1, description="retrieved images reported per trial")
+    unclip: Path | None = Field(
+        None, description="unCLIP decoder folder from `rtrecon convert-unclip` (unset: the synthetic world's decoder)",
+        json_schema_extra=_example("weights/unclip6"),
+    )
+    steps: int = Field(4, ge=1, description="unCLIP sampling steps (the official sampler uses 38)")
+
+
+class WindowSection(_Section):
+    """The participant's window."""
+
+    size: tuple[int, int] = Field((1280, 1024), description="window size in pixels")
+    fullscreen: bool = Field(False, description="full screen on the participant's display")
+    screen: int = Field(0, description="which display")
+    background: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="PsychoPy rgb in -1..1 (0: mid grey)")
+    image_size: float = Field(0.6, gt=0, le=1, description="image height as a fraction of the window height")
+    fixation_size: float = Field(8.0, gt=0, description="fixation dot diameter in pixels")
+
+
+class TriggerSection(_Section):
+    """Where scanner triggers come from."""
+
+    keys: tuple[str, ...] = Field(("5",), description="keys (or serial bytes) that mark a scanner trigger")
+    source: Literal["keyboard", "serial"] = Field("keyboard", description='"keyboard" or "serial"')
+    serial_port: str = Field("", description='e.g. "/dev/ttyUSB0" (needed when source is "serial")')
+    serial_baudrate: int = Field(115200, gt=0, description="serial port speed")
+    tr: float | None = Field(
+        None, gt=0, description="expected TR in seconds, to report trigger drift (unset: not checked)",
+        json_schema_extra=_example(1.6),
+    )
+    timeout_s: float = Field(600.0, gt=0, description="give up waiting for the first trigger after this")
+
+    @model_validator(mode="after")
+    def _serial_needs_port(self) -> "TriggerSection":
+        if self.source == "serial" and not self.serial_port:
+            raise ValueError("trigger source 'serial' needs serial_port")
+        if not self.keys:
+            raise ValueError("trigger keys must not be empty")
+        return self
+
+
+class PerceptionSection(_Section):
+    """NSD-style viewing: image on, then a gap; new/old recognition buttons."""
+
+    image_s: float = Field(3.0, gt=0, description="seconds each image is shown")
+    gap_s: float = Field(1.0, ge=0, description="seconds of fixation between images")
+    response_keys: dict[str, str] = Field(
+        default_factory=lambda: {"new": "1", "old": "2"}, description="recognition answer -> key"
+    )
+
+
+class ImagerySection(_Section):
+    """Cue, imagery on a blank screen, rest; optional vividness rating."""
+
+    cue_s: float = Field(2.0, gt=0, description="seconds the cue is shown")
+    imagery_s: float = Field(4.0, gt=0, description="seconds of imagery on a blank screen")
+    rest_s: float = Field(2.0, ge=0, description="seconds of rest after imagery")
+    vividness: bool = Field(False, description="ask for a vividness rating after each imagery period")
+    vividness_s: float = Field(2.0, gt=0, description="seconds to answer the vividness rating")
+    vividness_keys: tuple[str, ...] = Field(("1", "2", "3", "4"), description="rating keys, least to most vivid")
+
+
+class FeedbackSection(_Section):
+    """What a feedback period shows, when, and on whose screen."""
+
+    when: Literal["trial", "block", "demand"] = Field(
+        "trial", description='"trial": after trials that ask for it; "block": after each block; "demand": on demand_key'
+    )
+    demand_key: str = Field("f", description="on the operator's window: show the latest result (any mode)")
+    screen: Literal["participant", "operator"] = Field("participant", description='"participant" or "operator" (a second window)')
+    operator_screen: int = Field(0, description="the operator window's display")
+    operator_size: tuple[int, int] = Field((800, 600), description="the operator window's size in pixels")
+    window_s: float = Field(8.0, gt=0, description="seconds a feedback period lasts")
+    show_image: bool = Field(True, description="show the reconstruction")
+    top_k: int = Field(3, ge=0, le=10, description="retrieved images shown (0: none)")
+    score_bar: bool = Field(True, description="show the retrieval score as a bar")
+    score_range: tuple[float, float] = Field((0.0, 1.0), description="score mapped to an empty and a full bar")
+    show_target: bool = Field(True, description="show the seen (or cued) image beside the reconstruction")
+    gallery_dir: Path | None = Field(
+        None, description="folder where retrieved ids are found as <id>.png/.jpg (unset: no thumbnails)",
+        json_schema_extra=_example("gallery/images"),
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> "FeedbackSection":
+        if self.score_range[1] <= self.score_range[0]:
+            raise ValueError(f"score_range {self.score_range} must be increasing")
+        return self
+
+
+class StimulusSection(_Section):
+    """The stimulus program: trial lists, window, trigger, timings and feedback."""
+
+    trial_lists: tuple[Path, ...] = Field(
+        (), description="one trial list TSV per run, in run order; image paths in a list are read from its folder"
+    )
+    window: WindowSection = WindowSection()
+    trigger: TriggerSection = TriggerSection()
+    perception: PerceptionSection = PerceptionSection()
+    imagery: ImagerySection = ImagerySection()
+    feedback: FeedbackSection = FeedbackSection()
+    lead_in_s: float = Field(0.0, ge=0, description="fixation between the first trigger and the first trial")
+    lead_out_s: float = Field(0.0, ge=0, description="fixation after the last trial")
+    quit_key: str = Field("escape", description="key that ends the run early")
 
 
 class SessionConfig(_Section):
@@ -99,16 +317,23 @@ class SessionConfig(_Section):
     network: NetworkSection = NetworkSection()
     bridge: BridgeSection = BridgeSection()
     security: SecuritySection = SecuritySection()
+    engine: EngineSection = EngineSection()
+    decoder: DecoderSection = DecoderSection()
+    stimulus: StimulusSection = StimulusSection()
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, BaseModel):
+        return _resolve_paths(value, base)
+    if isinstance(value, Path) and not value.is_absolute():
+        return base / value
+    if isinstance(value, tuple) and value and all(isinstance(v, Path) for v in value):
+        return tuple(_resolve(v, base) for v in value)
+    return value
 
 
 def _resolve_paths(model: BaseModel, base: Path) -> BaseModel:
-    updates: dict[str, Any] = {}
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            updates[name] = _resolve_paths(value, base)
-        elif isinstance(value, Path) and not value.is_absolute():
-            updates[name] = base / value
+    updates = {name: _resolve(getattr(model, name), base) for name in type(model).model_fields}
     return model.model_copy(update=updates)
 
 
@@ -131,3 +356,61 @@ def load_config(path: str | Path) -> SessionConfig:
         )
         raise ConfigError(f"{path}: {problems}") from exc
     return _resolve_paths(config, path.resolve().parent)  # type: ignore[return-value]
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` written as TOML (the types the sections use)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        # A JSON string is a valid TOML basic string (same escapes).
+        return json.dumps(value.as_posix() if isinstance(value, Path) else value, ensure_ascii=False)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _template_table(model: BaseModel, name: str, lines: list[str]) -> None:
+    fields = type(model).model_fields
+    doc = (type(model).__doc__ or "").strip().splitlines()[0].replace("``", "`")
+    lines += ["", f"# {doc}", f"[{name}]"]
+    keys, tables = [], []
+    for key, info in fields.items():
+        value = getattr(model, key)
+        if isinstance(value, BaseModel):
+            tables.append((key, value))
+            continue
+        if value is None:
+            example = (info.json_schema_extra or {}).get("example")  # type: ignore[union-attr]
+            keys.append((f"# {key} = {_toml_value(example)}", info.description or ""))
+        else:
+            keys.append((f"{key} = {_toml_value(value)}", info.description or ""))
+    width = max((len(text) for text, _ in keys), default=0)
+    lines += [f"{text:<{width}}  # {comment}" if comment else text for text, comment in keys]
+    for key, sub in tables:
+        _template_table(sub, f"{name}.{key}", lines)
+
+
+def config_template() -> str:
+    """A commented session config with every key at its default.
+
+    Keys whose default is unset are written commented out, with a typical value. The text loads
+    back (:func:`load_config`) to the defaults.
+    """
+    lines = [
+        "# rtrecon session config: one file for the bridge, the engine, the decoder and the stimulus PC.",
+        "# Every key is optional and shown with its default; relative paths are read from this file's",
+        "# folder; unknown keys are errors. Check it before the scan with: rtrecon session check FILE",
+    ]
+    defaults = SessionConfig()
+    for name in SessionConfig.model_fields:
+        _template_table(getattr(defaults, name), name, lines)
+    return "\n".join(lines) + "\n"

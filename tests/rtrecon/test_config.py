@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rtrecon.config import ConfigError, SessionConfig, load_config
+from rtrecon.config import ConfigError, SessionConfig, config_template, load_config
 
 VALID = """
 [session]
@@ -99,3 +99,98 @@ def test_unreadable_files_give_config_errors(tmp_path: Path) -> None:
     bad = _write(tmp_path, "[session\nsubject = 1", "broken.toml")
     with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
         load_config(bad)
+
+
+LIVE = """
+[engine]
+roi_mask = "masks/roi.nii.gz"
+reference = "/data/ref.nii.gz"
+zscore_stats = "train/stats.npz"
+ready_delay_s = 6.5
+average_repeats = true
+
+[engine.glm]
+hrf_model = "spm + derivative"
+high_pass = 0.008
+motion_confounds = false
+
+[decoder]
+checkpoint = "ckpt/last.pth"
+gallery = "gallery"
+unclip = "weights/unclip6"
+top_k = 3
+steps = 8
+
+[stimulus]
+trial_lists = ["trials/run-01.tsv", "trials/run-02.tsv"]
+
+[stimulus.trigger]
+keys = ["5", "t"]
+
+[stimulus.perception]
+image_s = 2.5
+
+[stimulus.feedback]
+when = "block"
+screen = "operator"
+show_target = false
+gallery_dir = "gallery/images"
+"""
+
+
+def test_live_sections_load_and_resolve_every_path(tmp_path: Path) -> None:
+    path = _write(tmp_path, LIVE)
+    base = path.parent.resolve()
+    config = load_config(path)
+    engine, decoder, stimulus = config.engine, config.decoder, config.stimulus
+    assert engine.roi_mask == base / "masks" / "roi.nii.gz"
+    assert engine.reference == Path("/data/ref.nii.gz")
+    assert engine.zscore_stats == base / "train" / "stats.npz"
+    assert engine.ready_delay_s == 6.5 and engine.average_repeats is True and engine.beta_method == "lss"
+    assert engine.glm.hrf_model == "spm + derivative" and engine.glm.high_pass == 0.008
+    assert engine.glm.motion_confounds is False and engine.glm.drift_model == "cosine"
+    assert decoder.checkpoint == base / "ckpt" / "last.pth" and decoder.gallery == base / "gallery"
+    assert decoder.unclip == base / "weights" / "unclip6" and (decoder.top_k, decoder.steps) == (3, 8)
+    assert stimulus.trial_lists == (base / "trials" / "run-01.tsv", base / "trials" / "run-02.tsv")
+    assert stimulus.trigger.keys == ("5", "t") and stimulus.perception.image_s == 2.5
+    assert stimulus.perception.gap_s == 1.0  # default kept
+    assert stimulus.feedback.when == "block" and stimulus.feedback.screen == "operator"
+    assert stimulus.feedback.gallery_dir == base / "gallery" / "images"
+
+
+def test_empty_file_leaves_the_live_sections_unset(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, ""))
+    assert config.engine.roi_mask is None and config.engine.reference is None
+    assert config.engine.zscore_stats is None and config.decoder.checkpoint is None
+    assert config.decoder.unclip is None and config.stimulus.trial_lists == ()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('hrf_model = "spm + derivative"', 'hrf_model = "gamma"', "engine.glm.hrf_model"),
+        ("high_pass = 0.008", "high_pass = 0", "engine.glm.high_pass"),
+        ("motion_confounds = false", "motion = false", "engine.glm.motion"),
+        ("ready_delay_s = 6.5", "ready_delay_s = -1", "engine.ready_delay_s"),
+        ("top_k = 3", "top_k = 0", "decoder.top_k"),
+        ('when = "block"', 'when = "always"', "stimulus.feedback.when"),
+        ('keys = ["5", "t"]', "keys = []", "stimulus.trigger"),
+        ('show_target = false', 'score_range = [1.0, 0.0]', "stimulus.feedback"),
+    ],
+)
+def test_bad_live_value_names_file_and_key(tmp_path: Path, old: str, new: str, key: str) -> None:
+    assert old in LIVE
+    path = _write(tmp_path, LIVE.replace(old, new))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and key in str(info.value)
+
+
+def test_template_is_commented_and_loads_back_to_the_defaults(tmp_path: Path) -> None:
+    text = config_template()
+    assert load_config(_write(tmp_path, text)) == load_config(_write(tmp_path, "", "empty.toml"))
+    # unset keys are present but commented out, with an example, so uncommenting one is valid
+    assert '# unclip = "weights/unclip6"' in text
+    uncommented = text.replace('# unclip = "weights/unclip6"', 'unclip = "weights/unclip6"')
+    config = load_config(_write(tmp_path, uncommented, "edited.toml"))
+    assert config.decoder.unclip == (tmp_path / "configs" / "weights" / "unclip6").resolve()

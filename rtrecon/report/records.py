@@ -1,0 +1,272 @@
+"""What a session report is made from: plain records any producer can fill, and their summary.
+
+:class:`SessionReportData` holds the session's names, which decoder made the reconstructions,
+one :class:`TrialRecord` per trial (images as arrays, retrieval, the correct image's rank, the
+duration of every stage) and one :class:`MotionTrace` per run. :func:`summarise` turns it into
+the headline :class:`ReportSummary`: retrieval accuracy with its chance level, latency median
+and 95th percentile (overall and per stage), framewise displacement.
+
+Helpers for producers: :func:`stage_durations` turns the time stamps of one trial (volume
+written, ..., shown on screen) into per-stage durations, and :func:`load_confounds` reads a
+:class:`MotionTrace` from an fMRIPrep-style ``desc-confounds_timeseries.tsv``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "MOTION_COLUMNS",
+    "TrialRecord",
+    "MotionTrace",
+    "SessionReportData",
+    "ReportSummary",
+    "stage_durations",
+    "load_confounds",
+    "summarise",
+]
+
+#: fMRIPrep's names of the 6 rigid-body parameters (translations in mm, rotations in radians).
+MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the report shows it.
+
+    Images are arrays (H, W), (H, W, 3|4) or channel-first (3, H, W), either ``uint8`` or floats
+    in [0, 1]. ``seen_image`` is None for imagery without a target; ``reconstruction`` is None when
+    no image was generated. ``retrieved_ids`` are gallery ids best first (``retrieved_images``
+    their thumbnails, optional). ``correct_rank`` is the 1-based rank of ``stimulus_id`` among the
+    whole gallery (None: not retrieved, or the stimulus is not in the gallery). ``latencies`` maps
+    each stage to its duration in seconds (see :func:`stage_durations`).
+    """
+
+    run: int
+    trial: int
+    stimulus_id: str
+    seen_image: np.ndarray | None = None
+    reconstruction: np.ndarray | None = None
+    retrieved_ids: Sequence[str] = ()
+    retrieved_images: Sequence[np.ndarray] = ()
+    correct_rank: int | None = None
+    latencies: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.correct_rank is not None and self.correct_rank < 1:
+            raise ValueError(f"run {self.run} trial {self.trial}: correct_rank is 1-based, got {self.correct_rank}")
+        if self.retrieved_images and len(self.retrieved_images) != len(self.retrieved_ids):
+            raise ValueError(
+                f"run {self.run} trial {self.trial}: {len(self.retrieved_images)} retrieved images "
+                f"for {len(self.retrieved_ids)} retrieved ids"
+            )
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the decoder produced anything for this trial."""
+        return self.reconstruction is not None or bool(self.retrieved_ids) or self.correct_rank is not None
+
+    @property
+    def total_latency_s(self) -> float | None:
+        """The sum of the stage durations (None without latencies)."""
+        return float(sum(self.latencies.values())) if self.latencies else None
+
+
+@dataclass(frozen=True)
+class MotionTrace:
+    """The realignment parameters of one run: ``params`` (n, 6) in mm and radians, ``fd`` (n,) in mm.
+
+    ``fd[0]`` may be NaN (no previous volume), as fMRIPrep writes it. ``tr`` (seconds) puts the
+    plots on a time axis; without it they count volumes.
+    """
+
+    params: np.ndarray
+    fd: np.ndarray
+    tr: float | None = None
+    run: int = 1
+
+    def __post_init__(self) -> None:
+        params = np.asarray(self.params, dtype=np.float64)
+        fd = np.asarray(self.fd, dtype=np.float64)
+        if params.ndim != 2 or params.shape[1] != 6:
+            raise ValueError(f"run {self.run}: motion params must be (n, 6), got {params.shape}")
+        if fd.shape != (params.shape[0],):
+            raise ValueError(f"run {self.run}: fd has shape {fd.shape}, params have {params.shape[0]} volumes")
+        if self.tr is not None and not self.tr > 0:
+            raise ValueError(f"run {self.run}: TR must be positive, got {self.tr}")
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "fd", fd)
+
+
+@dataclass(frozen=True)
+class SessionReportData:
+    """Everything a session report shows.
+
+    ``decoder_description`` says which decoder produced the reconstructions (the official weights
+    or the synthetic world's own decoder) and is printed at the top. ``gallery_size`` is the
+    number of images retrieval chooses from (chance top-1 = 1 / gallery_size). ``latency_stages``
+    orders the stages of :attr:`TrialRecord.latencies` (empty: the order they first appear).
+    ``metrics`` are extra headline figures (e.g. the correlation of live and released betas).
+    """
+
+    subject: str
+    session: str
+    task: str
+    decoder_description: str
+    trials: Sequence[TrialRecord]
+    gallery_size: int | None = None
+    motion: Sequence[MotionTrace] = ()
+    latency_stages: Sequence[str] = ()
+    fd_threshold_mm: float = 0.5
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.gallery_size is not None and self.gallery_size < 1:
+            raise ValueError(f"gallery_size must be at least 1, got {self.gallery_size}")
+        too_deep = [t for t in self.trials if t.correct_rank and self.gallery_size and t.correct_rank > self.gallery_size]
+        if too_deep:
+            t = too_deep[0]
+            raise ValueError(
+                f"run {t.run} trial {t.trial}: correct_rank {t.correct_rank} exceeds the gallery size {self.gallery_size}"
+            )
+
+    def stages(self) -> list[str]:
+        """The stage names, in :attr:`latency_stages` order, then any others as they first appear."""
+        order = list(self.latency_stages)
+        for trial in self.trials:
+            order += [s for s in trial.latencies if s not in order]
+        return order
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """The headline figures of a session (``None`` where there is nothing to measure)."""
+
+    report: Path
+    trials: int
+    decoded: int
+    retrieval_trials: int
+    top1: float | None
+    top5: float | None
+    chance_top1: float | None
+    chance_top5: float | None
+    median_latency_s: float | None
+    p95_latency_s: float | None
+    stage_median_s: dict[str, float]
+    stage_p95_s: dict[str, float]
+    mean_fd_mm: float | None
+    max_fd_mm: float | None
+    high_motion_volumes: int
+    decoder: str
+    metrics: dict[str, float]
+
+    def headline(self) -> dict[str, Any]:
+        """The keys the demo prints as its last JSON line."""
+        keys = ("trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s")
+        return {"report": str(self.report), **{k: getattr(self, k) for k in keys}}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every figure, JSON-ready (what ``summary.json`` holds)."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["report"] = str(self.report)
+        return out
+
+
+def stage_durations(stamps: Mapping[str, float], order: Sequence[str]) -> dict[str, float]:
+    """Per-stage durations (s) from the time stamps of one trial.
+
+    ``order`` lists the stages from the first (e.g. ``written``) to the last (``shown``); each
+    stage after the first that has a stamp gets the time since the previous stamped stage.
+    Stamps from different machines are compared as given: a negative duration means their
+    clocks disagree.
+    """
+    durations: dict[str, float] = {}
+    previous: float | None = None
+    for stage in order:
+        if stage not in stamps:
+            continue
+        now = float(stamps[stage])
+        if previous is not None:
+            durations[stage] = now - previous
+        previous = now
+    return durations
+
+
+def load_confounds(path: str | Path, *, tr: float | None = None, run: int = 1) -> MotionTrace:
+    """The motion trace in an fMRIPrep-style ``desc-confounds_timeseries.tsv``.
+
+    Needs the columns ``trans_x`` … ``rot_z``; ``framewise_displacement`` is used when present
+    (``n/a`` on the first row is kept as NaN) and computed as Power's FD (50 mm head radius)
+    otherwise.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path}: no such confounds file") from exc
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: cannot be read as a TSV: {exc}") from exc
+    missing = [c for c in MOTION_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing motion column(s) {', '.join(missing)}")
+    try:
+        params = table[list(MOTION_COLUMNS)].to_numpy(dtype=np.float64)
+        if "framewise_displacement" in table.columns:
+            fd = table["framewise_displacement"].to_numpy(dtype=np.float64)
+        else:
+            fd = np.full(len(params), np.nan)
+            diff = np.abs(np.diff(params, axis=0))
+            fd[1:] = diff[:, :3].sum(axis=1) + 50.0 * diff[:, 3:].sum(axis=1)
+    except ValueError as exc:
+        raise ValueError(f"{path}: motion columns are not numeric: {exc}") from exc
+    if np.isnan(params).any():
+        row = int(np.argwhere(np.isnan(params))[0, 0]) + 2  # the header is line 1
+        raise ValueError(f"{path}, line {row}: a motion parameter is missing")
+    return MotionTrace(params=params, fd=fd, tr=tr, run=run)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
+    """The headline figures of ``data`` (``report``: where its HTML is written)."""
+    ranks = np.array([t.correct_rank for t in data.trials if t.correct_rank is not None], dtype=float)
+    top1 = float(np.mean(ranks <= 1)) if ranks.size else None
+    top5 = float(np.mean(ranks <= 5)) if ranks.size else None
+    n = data.gallery_size
+    totals = np.array([t.total_latency_s for t in data.trials if t.latencies], dtype=float)
+    stage_median: dict[str, float] = {}
+    stage_p95: dict[str, float] = {}
+    for stage in data.stages():
+        values = np.array([t.latencies[stage] for t in data.trials if stage in t.latencies], dtype=float)
+        stage_median[stage] = float(np.median(values))
+        stage_p95[stage] = float(np.percentile(values, 95))
+    fd = np.concatenate([m.fd for m in data.motion]) if data.motion else np.array([])
+    fd = fd[np.isfinite(fd)]
+    return ReportSummary(
+        report=Path(report),
+        trials=len(data.trials),
+        decoded=sum(t.decoded for t in data.trials),
+        retrieval_trials=int(ranks.size),
+        top1=top1,
+        top5=top5,
+        chance_top1=1.0 / n if n else None,
+        chance_top5=min(5, n) / n if n else None,
+        median_latency_s=float(np.median(totals)) if totals.size else None,
+        p95_latency_s=float(np.percentile(totals, 95)) if totals.size else None,
+        stage_median_s=stage_median,
+        stage_p95_s=stage_p95,
+        mean_fd_mm=_finite_or_none(float(fd.mean())) if fd.size else None,
+        max_fd_mm=_finite_or_none(float(fd.max())) if fd.size else None,
+        high_motion_volumes=int(np.sum(fd > data.fd_threshold_mm)),
+        decoder=data.decoder_description,
+        metrics={k: float(v) for k, v in data.metrics.items()},
+    )

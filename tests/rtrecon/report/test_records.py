@@ -1,0 +1,130 @@
+"""Report records: accuracy and latency figures from known ranks and timings; confounds files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtrecon.report.records import (
+    MotionTrace,
+    SessionReportData,
+    TrialRecord,
+    load_confounds,
+    stage_durations,
+    summarise,
+)
+
+
+def _data(ranks: list[int | None], gallery_size: int | None = 50, **kwargs) -> SessionReportData:
+    trials = [
+        TrialRecord(run=1, trial=i + 1, stimulus_id=str(i), correct_rank=rank)
+        for i, rank in enumerate(ranks)
+    ]
+    return SessionReportData("01", "01", "perception", "tiny decoder", trials, gallery_size, **kwargs)
+
+
+def test_accuracy_from_known_ranks_and_chance() -> None:
+    summary = summarise(_data([1, 1, 2, 5, 6, 40, None, 1]), "r.html")
+    # 7 ranked trials: 3 at rank 1, 5 within the top 5
+    assert summary.trials == 8 and summary.retrieval_trials == 7 and summary.decoded == 7
+    assert summary.top1 == pytest.approx(3 / 7) and summary.top5 == pytest.approx(5 / 7)
+    assert summary.chance_top1 == pytest.approx(1 / 50) and summary.chance_top5 == pytest.approx(5 / 50)
+    small = summarise(_data([1, 3], gallery_size=3), "r.html")
+    assert small.chance_top5 == 1.0 and small.top5 == 1.0 and small.top1 == 0.5
+
+
+def test_nothing_to_measure_gives_none() -> None:
+    summary = summarise(_data([None, None], gallery_size=None), "r.html")
+    assert summary.decoded == 0 and summary.top1 is None and summary.chance_top1 is None
+    assert summary.median_latency_s is None and summary.mean_fd_mm is None
+    json.dumps(summary.as_dict())  # JSON-ready even when empty
+
+
+def test_latency_per_stage_and_total() -> None:
+    order = ["written", "read", "decoded", "shown"]
+    trials = []
+    for i in range(20):
+        stamps = {"written": 100.0 + i, "read": 100.1 + i, "decoded": 100.3 + i + 0.01 * i, "shown": 100.5 + i + 0.01 * i}
+        trials.append(TrialRecord(1, i + 1, str(i), latencies=stage_durations(stamps, order), correct_rank=1))
+    data = SessionReportData("01", "01", "perception", "d", trials, 10, latency_stages=order[1:])
+    summary = summarise(data, "r.html")
+    totals = 0.5 + 0.01 * np.arange(20)
+    assert summary.median_latency_s == pytest.approx(np.median(totals))
+    assert summary.p95_latency_s == pytest.approx(np.percentile(totals, 95))
+    assert list(summary.stage_median_s) == ["read", "decoded", "shown"]
+    assert summary.stage_median_s["read"] == pytest.approx(0.1)
+    assert summary.stage_median_s["shown"] == pytest.approx(0.2)
+    assert summary.stage_p95_s["decoded"] == pytest.approx(np.percentile(0.2 + 0.01 * np.arange(20), 95))
+    assert summary.headline() == {
+        "report": "r.html", "trials": 20, "decoded": 20, "top1": 1.0, "top5": 1.0,
+        "chance_top1": 0.1, "median_latency_s": summary.median_latency_s,
+    }
+
+
+def test_stage_durations_skip_missing_stages() -> None:
+    stamps = {"written": 1.0, "sent": 1.25, "shown": 2.0}
+    assert stage_durations(stamps, ["written", "read", "sent", "decoded", "shown"]) == {"sent": 0.25, "shown": 0.75}
+    assert stage_durations({}, ["written", "shown"]) == {}
+
+
+def test_stages_follow_the_given_order_then_first_appearance() -> None:
+    trials = [TrialRecord(1, 1, "a", latencies={"z": 1.0, "b": 2.0}), TrialRecord(1, 2, "b", latencies={"c": 1.0})]
+    data = SessionReportData("01", "01", "t", "d", trials, latency_stages=["b"])
+    assert data.stages() == ["b", "z", "c"]
+
+
+def test_bad_records_are_refused() -> None:
+    with pytest.raises(ValueError, match="1-based"):
+        TrialRecord(1, 1, "a", correct_rank=0)
+    with pytest.raises(ValueError, match="2 retrieved images for 1 retrieved ids"):
+        TrialRecord(1, 1, "a", retrieved_ids=["a"], retrieved_images=[np.zeros((4, 4)), np.zeros((4, 4))])
+    with pytest.raises(ValueError, match="exceeds the gallery size 10"):
+        _data([11], gallery_size=10)
+    with pytest.raises(ValueError, match=r"must be \(n, 6\)"):
+        MotionTrace(np.zeros((5, 3)), np.zeros(5))
+    with pytest.raises(ValueError, match="fd has shape"):
+        MotionTrace(np.zeros((5, 6)), np.zeros(4))
+
+
+def _confounds(path: Path, params: np.ndarray, fd: bool = True) -> Path:
+    header = ["global_signal", "trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+    if fd:
+        header.append("framewise_displacement")
+    lines = ["\t".join(header)]
+    fdv = np.r_[np.nan, np.abs(np.diff(params, axis=0))[:, :3].sum(1) + 50 * np.abs(np.diff(params, axis=0))[:, 3:].sum(1)]
+    for i, row in enumerate(params):
+        cells = ["812.5", *(f"{v:.8f}" for v in row)]
+        if fd:
+            cells.append("n/a" if i == 0 else f"{fdv[i]:.8f}")
+        lines.append("\t".join(cells))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_load_confounds_reads_fmriprep_columns(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    params = np.cumsum(rng.normal(0, [0.05, 0.05, 0.05, 0.001, 0.001, 0.001], (30, 6)), axis=0)
+    expected_fd = np.abs(np.diff(params, axis=0))[:, :3].sum(1) + 50 * np.abs(np.diff(params, axis=0))[:, 3:].sum(1)
+    for with_fd in (True, False):
+        path = _confounds(tmp_path / f"sub-01_desc-confounds_timeseries_{with_fd}.tsv", params, fd=with_fd)
+        trace = load_confounds(path, tr=1.6, run=3)
+        assert trace.run == 3 and trace.tr == 1.6
+        np.testing.assert_allclose(trace.params, params, atol=1e-8)
+        assert np.isnan(trace.fd[0])
+        np.testing.assert_allclose(trace.fd[1:], expected_fd, atol=5e-6)  # 8-decimal file
+
+
+def test_load_confounds_names_file_and_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("trans_x\ttrans_y\n0\t0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.tsv: missing motion column\(s\) trans_z, rot_x, rot_y, rot_z"):
+        load_confounds(bad)
+    holes = _confounds(tmp_path / "holes.tsv", np.zeros((4, 6)))
+    holes.write_text(holes.read_text().replace("0.00000000\t", "n/a\t", 1), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"holes\.tsv, line 2: a motion parameter is missing"):
+        load_confounds(holes)
+    with pytest.raises(ValueError, match="no such confounds file"):
+        load_confounds(tmp_path / "absent.tsv")
