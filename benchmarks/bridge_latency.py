@@ -1,0 +1,227 @@
+"""Scanner bridge latency: from a DICOM file's close to its volume arriving at a receiver.
+
+The scanner simulator writes a real series (default: the 64×64×36 Siemens mosaic
+``siemens_mosaic_ep2d_vd13``) into an export folder, one volume per ``--interval`` seconds,
+repeated ``--reps`` times as new series (fresh UIDs, so each repetition is a new run). The bridge
+runs as operators run it, ``rtrecon bridge watch DIR --to ADDR`` in its own process (inotify,
+spool on disk); this process receives with :class:`rtrecon.transport.ReliableReceiver`. A volume's
+latency is its reception time minus the moment the simulator closed the volume's last file
+(both ``time.time()`` on this machine). The volume's own stamps split it into read (close →
+assembled), send (assembled → sent) and transit (sent → received).
+
+Baseline, in the same run (half of it before the bridge runs, half after): the route MURFI
+takes, converting the same volume with the ``dcm2niix`` executable (the volume's files alone in
+a folder, ``dcm2niix -b n -z n``) and loading the NIfTI it writes; timed from the process start
+to the voxels in memory.
+
+    .venv/bin/python benchmarks/bridge_latency.py [--quick] [--series NAME] [--reps N]
+
+The last line printed is one JSON object: {"benchmark": "bridge_latency", "machine": ...,
+"results": {"median_ms", "p99_ms", "dcm2niix_median_ms", "speedup_vs_dcm2niix", ...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rtrecon.transport import ReliableReceiver  # noqa: E402
+from rtrecon.wire import VolumeMessage  # noqa: E402
+from scanner_bridge.simulator import ScannerSimulator, series_volumes  # noqa: E402
+
+SESSION = "benchmark"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _renumbered(volumes: list[list[Path]], dest: Path, series_number: int) -> list[list[Path]]:
+    """A copy of the series as a new series (new UIDs), so the bridge takes it as a new run."""
+    series_uid = generate_uid()
+    out = []
+    for files in volumes:
+        copies = []
+        for path in files:
+            ds = pydicom.dcmread(path)
+            ds.SeriesInstanceUID = series_uid
+            ds.SeriesNumber = series_number
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            target = dest / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(target)
+            copies.append(target)
+        out.append(copies)
+    return out
+
+
+def _dcm2niix_ms(exe: str, files: list[Path], work: Path) -> float:
+    """Convert one volume's files with dcm2niix and load the result; milliseconds."""
+    shutil.rmtree(work, ignore_errors=True)
+    src, out = work / "in", work / "out"
+    src.mkdir(parents=True)
+    out.mkdir()
+    for f in files:
+        shutil.copy(f, src / f.name)
+    start = time.perf_counter()
+    subprocess.run([exe, "-b", "n", "-z", "n", "-o", str(out), "-f", "vol", str(src)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (nifti,) = out.glob("*.nii")
+    np.asanyarray(nib.load(nifti).dataobj)
+    return (time.perf_counter() - start) * 1000
+
+
+def run(series: str, reps: int, interval: float, shared: Path) -> dict:
+    volumes = series_volumes(shared / "data" / "dicom" / series / "dicom")
+    exe = shutil.which("dcm2niix", path=str(Path(sys.executable).parent)) or shutil.which("dcm2niix")
+    if exe is None:
+        raise SystemExit("dcm2niix not found (pip install dcm2niix)")
+    with tempfile.TemporaryDirectory(prefix="bridge_latency_") as tmp:
+        tmp = Path(tmp)
+        export = tmp / "export"
+        export.mkdir()
+        # Repetition 0 warms the bridge up (first imports, first run) and is not counted.
+        plans = [_renumbered(volumes, tmp / "src" / f"rep{r:02d}", 900 + r) for r in range(reps + 1)]
+        # The baseline runs on the same volumes, half before and half after the bridge, so that
+        # both see the machine in the same state (it is shared); one warm-up call first.
+        baseline_volumes = volumes * max(1, reps // 3)
+        half = len(baseline_volumes) // 2
+        _dcm2niix_ms(exe, volumes[0], tmp / "d2n")
+        baseline = [_dcm2niix_ms(exe, files, tmp / "d2n") for files in baseline_volumes[:half]]
+        endpoint = f"tcp://127.0.0.1:{_free_port()}"
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "rtrecon.cli", "bridge", "watch", str(export), "--to", endpoint,
+             "--spool", str(tmp / "spool"), "--session", SESSION, "--mode", "inotify", "--missing-timeout", "30", "--log-level", "WARNING"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        closed: dict[tuple[int, int], float] = {}
+        received: dict[tuple[int, int], tuple[float, dict]] = {}
+        connected = threading.Event()
+        scanner_error: list[BaseException] = []
+
+        def scan() -> None:
+            try:
+                connected.wait(120)
+                time.sleep(1.0)  # the watch starts right after the link is up
+                for rep, plan in enumerate(plans):
+                    sim = ScannerSimulator(plan, export / f"rep{rep:02d}", tr=interval, speed=1.0)
+                    for written in sim.run():
+                        closed[(rep + 1, written.volume)] = written.closed_at
+                    time.sleep(interval)
+            except BaseException as exc:  # reported by the main thread
+                scanner_error.append(exc)
+
+        scanner = threading.Thread(target=scan, daemon=True)
+        scanner.start()
+        expected = (reps + 1) * len(volumes)
+        deadline = time.monotonic() + 120 + expected * interval * 2
+        try:
+            with ReliableReceiver(endpoint, SESSION, heartbeat_s=1.0, name="benchmark") as rx:
+                while len(received) < expected:
+                    if time.monotonic() > deadline or bridge.poll() is not None or scanner_error:
+                        raise SystemExit(f"bridge benchmark stalled: {scanner_error or ''}\n"
+                                         + (bridge.stderr.read().decode() if bridge.poll() is not None else ""))
+                    message = rx.recv(timeout_s=0.05)
+                    if rx.peer_alive:
+                        connected.set()
+                    if message is None:
+                        continue
+                    now = time.time()
+                    if isinstance(message, VolumeMessage):
+                        received[(message.run, message.index)] = (now, dict(message.stamps))
+                    rx.ack(message)
+                bridge.send_signal(signal.SIGTERM)
+                end = time.monotonic() + 30
+                while bridge.poll() is None and time.monotonic() < end:
+                    message = rx.recv(timeout_s=0.05)
+                    if message is not None:
+                        rx.ack(message)
+        finally:
+            if bridge.poll() is None:
+                bridge.kill()
+            bridge.wait()
+        scanner.join()
+
+        keys = [k for k in sorted(received) if k[0] > 1]  # run 1 is the warm-up
+        latency = np.array([(received[k][0] - closed[k]) * 1000 for k in keys])
+        read = np.array([(received[k][1]["read"] - closed[k]) * 1000 for k in keys])
+        send = np.array([(received[k][1]["sent"] - received[k][1]["read"]) * 1000 for k in keys])
+        transit = np.array([(received[k][0] - received[k][1]["sent"]) * 1000 for k in keys])
+        baseline = np.array(baseline + [_dcm2niix_ms(exe, files, tmp / "d2n") for files in baseline_volumes[half:]])
+    median, d2n = float(np.median(latency)), float(np.median(baseline))
+    first = volumes[0][0]
+    return {
+        "series": series,
+        "volume_shape": list(nib.load(next((shared / "data" / "dicom" / series).glob("ref*/*.nii*"))).shape[:3]),
+        "files_per_volume": len(volumes[0]),
+        "file_bytes": first.stat().st_size,
+        "volumes_timed": int(latency.size),
+        "median_ms": median,
+        "p99_ms": float(np.percentile(latency, 99)),
+        "max_ms": float(latency.max()),
+        "read_median_ms": float(np.median(read)),
+        "send_median_ms": float(np.median(send)),
+        "transit_median_ms": float(np.median(transit)),
+        "dcm2niix_median_ms": d2n,
+        "dcm2niix_conversions": int(baseline.size),
+        "speedup_vs_dcm2niix": d2n / median,
+        "target_median_ms": 10.0,
+        "target_speedup": 10.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few repetitions (under a minute)")
+    parser.add_argument("--series", default="siemens_mosaic_ep2d_vd13", help="series folder in shared/data/dicom")
+    parser.add_argument("--reps", type=int, help="timed repetitions of the series (default: 3 quick, 10 full)")
+    parser.add_argument("--interval", type=float, default=0.25, help="seconds between volumes (default: %(default)s)")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared data folder")
+    args = parser.parse_args()
+    reps = args.reps or (3 if args.quick else 10)
+    results = run(args.series, reps, args.interval, args.shared)
+    print(
+        f"{results['series']}: {results['volumes_timed']} volumes, file close → received: median "
+        f"{results['median_ms']:.2f} ms, p99 {results['p99_ms']:.2f} ms (read {results['read_median_ms']:.2f}, "
+        f"send {results['send_median_ms']:.2f}, transit {results['transit_median_ms']:.2f}); "
+        f"dcm2niix {results['dcm2niix_median_ms']:.1f} ms → {results['speedup_vs_dcm2niix']:.1f}× faster",
+        file=sys.stderr,
+    )
+    print(json.dumps({"benchmark": "bridge_latency", "machine": machine(), "results": results}))
+
+
+if __name__ == "__main__":
+    main()

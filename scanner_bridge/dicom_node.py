@@ -1,0 +1,167 @@
+"""A DICOM storage node (C-STORE SCP) for scanners that push images instead of writing a share.
+
+:class:`DicomNode` is a :class:`~scanner_bridge.sources.VolumeSource`. It listens as soon as it
+is made (``port=0`` picks a free port, read it from :attr:`DicomNode.port`), accepts C-STORE of
+MR images (classic, enhanced and legacy-converted enhanced: :data:`MR_STORAGE_CLASSES`) in every
+transfer syntax pynetdicom knows (JPEG-lossless mosaics included) and C-ECHO, and feeds each received dataset to the same
+:class:`~scanner_bridge.assembly.VolumeAssembler` the folder watcher uses::
+
+    with DicomNode(ae_title="RTRECON", port=11112) as node:
+        for event in node:
+            ...
+
+Configure the scanner (or a PACS forward rule) to send to that AE title, host and port.
+Associations must call this node's AE title; ``allowed_callers`` restricts which calling AE
+titles may connect. Datasets are handed from pynetdicom's association threads to the iterating
+thread through a queue, so the assembler needs no locks; a dataset the assembler rejects is
+logged (logger ``scanner_bridge.dicom_node``, WARNING, with the reason) and comes out as a
+:class:`~scanner_bridge.assembly.FileRejected`. The store is acknowledged once the dataset is
+queued in memory (scanners retry a failed store, and a restarted bridge cannot ask the scanner
+for what it missed, so keep the node running for the whole session).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from pydicom import Dataset
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
+from pynetdicom.sop_class import (
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    MRImageStorage,
+    Verification,
+)
+
+from scanner_bridge.assembly import VolumeAssembler
+from scanner_bridge.sources import SourceEvent, VolumeSource, log_problem
+
+__all__ = ["DicomNode", "MR_STORAGE_CLASSES"]
+
+logger = logging.getLogger(__name__)
+
+_SUCCESS = 0x0000
+
+#: The storage SOP classes accepted: fMRI volumes come as one of these. (Offering every storage
+#: class would also slow each association's negotiation several-fold.)
+MR_STORAGE_CLASSES = (MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage)
+
+
+class DicomNode(VolumeSource):
+    """A C-STORE storage SCP as a volume source.
+
+    Parameters
+    ----------
+    ae_title
+        This node's AE title (what the scanner calls).
+    host, port
+        Where to listen (``port=0``: any free port, see :attr:`port`).
+    allowed_callers
+        Calling AE titles admitted (``None``: any).
+    missing_timeout_s
+        How long a gap in the acquisition numbers may stay open before the volume is reported missing.
+    idle_exit_s
+        End the stream once no dataset has come for this long (``None``: never).
+    tick_s
+        How often timeouts are checked while nothing arrives.
+    """
+
+    def __init__(
+        self,
+        ae_title: str = "RTRECON",
+        host: str = "0.0.0.0",
+        port: int = 11112,
+        *,
+        allowed_callers: Sequence[str] | None = None,
+        missing_timeout_s: float = 10.0,
+        idle_exit_s: float | None = None,
+        tick_s: float = 0.1,
+        assembler: VolumeAssembler | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ae_title = ae_title
+        self.idle_exit_s = idle_exit_s
+        self.tick_s = tick_s
+        self.assembler = assembler or VolumeAssembler(missing_timeout_s=missing_timeout_s, clock=clock)
+        self._clock = clock
+        self._inbox: queue.SimpleQueue[tuple[Dataset, str] | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._iterated = False
+        self._shutdown_lock = threading.Lock()
+        self.received = 0
+
+        ae = AE(ae_title=ae_title)
+        ae.require_called_aet = True
+        if allowed_callers is not None:
+            ae.require_calling_aet = list(allowed_callers)
+        for sop_class in MR_STORAGE_CLASSES:
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        self._ae = ae
+        self._server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.host, self.port = self._server.server_address[:2]
+        logger.info("DICOM node %s listening on %s:%d", ae_title, self.host, self.port)
+
+    def _on_store(self, event: evt.Event) -> int:
+        # Runs in an association thread: only decode and queue.
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        requestor = event.assoc.requestor
+        origin = f"C-STORE from {requestor.ae_title}@{requestor.address}: {ds.get('SOPInstanceUID', '?')}"
+        self._inbox.put((ds, origin))
+        return _SUCCESS
+
+    def close(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._inbox.put(None)
+        if not self._iterated:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._shutdown_lock:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server = None
+
+    def __iter__(self) -> Iterator[SourceEvent]:
+        if self._iterated:
+            raise RuntimeError("a DicomNode is iterated once")
+        self._iterated = True
+        last_activity = self._clock()
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._inbox.get(timeout=self.tick_s)
+                except queue.Empty:
+                    item = None
+                if item is not None:
+                    ds, origin = item
+                    self.received += 1
+                    last_activity = self._clock()
+                    yield from self._logged(self.assembler.add_dataset(ds, origin))
+                yield from self._logged(self.assembler.check_timeouts())
+                if self.idle_exit_s is not None and self._clock() - last_activity >= self.idle_exit_s:
+                    break
+        finally:
+            self._shutdown()
+        # Stores that completed before the shutdown still count.
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.received += 1
+                yield from self._logged(self.assembler.add_dataset(*item))
+        yield from self._logged(self.assembler.finish())
+
+    @staticmethod
+    def _logged(events: list[SourceEvent]) -> Iterator[SourceEvent]:
+        for event in events:
+            log_problem(logger, event)
+            yield event
