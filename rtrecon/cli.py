@@ -29,7 +29,13 @@ COMMANDS: dict[str, Command] = {
     "dicom2nii": Command("scanner_bridge.commands.dicom2nii", "convert a DICOM series folder to NIfTI + JSON sidecar (the live assembly path, offline)"),
     "bridge": Command("scanner_bridge.commands.bridge", "scanner bridge: watch an export folder, receive DICOM, replay NIfTI, or listen"),
     "keys": Command("rtrecon.keys", "make ZeroMQ CURVE key pairs for encrypted, authenticated links"),
+    "train": Command("rtrecon.train.command", "MindEye2 shared-subject pretraining / new-subject fine-tuning (accelerate; resumable)"),
+    "synth": Command("rtrecon.data.synthetic", "write synthetic subjects (with ground truth) in the NSD layout"),
+    "session": Command("rtrecon.session", "session config: write a commented template (init), validate a config and its paths (check)"),
+    "stimulus": Command("stimulus.commands", "PsychoPy perception / imagery / feedback tasks locked to the scanner trigger (check a trial list, run)"),
     "demo": Command("scanner_bridge.commands.demo", "run the bridge on a real DICOM series through a simulated scanner (no downloads)"),
+    "engine": Command("engine.commands", "real-time engine: realign, incremental GLM, trial betas (rtrecon engine --config session.toml)"),
+    "convert-unclip": Command("rtrecon.decoders.convert_cli", "convert MindEye2's SDXL unCLIP checkpoint (sgm .ckpt) to a diffusers folder"),
 }
 
 

@@ -2,7 +2,7 @@
 
 ::
 
-    from rtrecon.transport import ReliableSender
+    from rtrecon.transport import ReliableSender, volume_key
     from scanner_bridge.sender import BridgeSender
     from scanner_bridge.watcher import FolderWatcher
 
@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rtrecon.transport import ReliableSender
+from rtrecon.transport import ReliableSender, volume_key
 from rtrecon.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage
 from scanner_bridge.assembly import FileRejected, RunStarted, VolumeMissing, VolumeReady
 from scanner_bridge.sources import SourceEvent, VolumeSource
@@ -187,13 +187,11 @@ class BridgeSender:
         self.report.runs[run] = max(self.report.runs.get(run, 0), index + 1)
 
     def _send(self, message: Message) -> Message | None:
-        try:
-            self.link.send(message)
-        except ValueError as exc:
-            # The only key conflict a bridge meets: an item spooled before a restart, read again.
-            if "keys must increase" not in str(exc):
-                raise
+        # The only key conflict a bridge meets: an item spooled before a restart, read again.
+        run, key = volume_key(message)
+        if key <= self.link.spooled.get(run, -1):
             self.report.already_spooled += 1
-            logger.debug("already spooled before a restart: %s", exc)
+            logger.debug("run %d item %d was spooled before a restart; not sent again", run, key)
             return None
+        self.link.send(message)
         return message

@@ -1,1 +1,20 @@
-"""stimulus"""
+"""The stimulus program: PsychoPy perception, mental-imagery and feedback tasks locked to the scanner.
+
+One module per concern:
+
+- :mod:`stimulus.settings`: the ``[stimulus]`` settings (window, trigger, task timings, feedback);
+- :mod:`stimulus.trials`: trial lists (TSV), checked before the run with file and line in errors;
+- :mod:`stimulus.timeline`: a run's plan, segments in seconds since the first trigger;
+- :mod:`stimulus.trigger`: key input (keyboard, serial, scheduled) and the scanner trigger;
+- :mod:`stimulus.screen`: the window and what each task phase draws;
+- :mod:`stimulus.feedback`: reconstruction / retrieved images / score, drawn as results arrive;
+- :mod:`stimulus.link`: events to and results from the engine, off the frame loop;
+- :mod:`stimulus.records`: BIDS events, PsychoPy data file, results, triggers, frame timing;
+- :mod:`stimulus.participant`: a virtual participant and scanner;
+- :mod:`stimulus.app`: the run itself (:func:`~stimulus.app.prepare_run`,
+  :class:`~stimulus.app.StimulusProgram`);
+- :mod:`stimulus.commands`: ``rtrecon stimulus check|run``.
+
+PsychoPy is imported only where a window is needed, so that trial lists can be checked on a
+machine without a display.
+"""
