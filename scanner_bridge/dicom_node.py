@@ -15,18 +15,25 @@ Associations must call this node's AE title; ``allowed_callers`` restricts which
 titles may connect. Datasets are handed from pynetdicom's association threads to the iterating
 thread through a queue, so the assembler needs no locks; a dataset the assembler rejects is
 logged (logger ``scanner_bridge.dicom_node``, WARNING, with the reason) and comes out as a
-:class:`~scanner_bridge.assembly.FileRejected`. The store is acknowledged once the dataset is
-queued in memory (scanners retry a failed store, and a restarted bridge cannot ask the scanner
-for what it missed, so keep the node running for the whole session).
+:class:`~scanner_bridge.assembly.FileRejected`.
+
+With ``store_dir`` every received object is written there (fsynced, atomically renamed) before
+the store is acknowledged, and a node started again on the same folder first re-reads what it
+holds, so a crash or restart of the bridge loses nothing the scanner was told was stored (a
+scanner cannot be asked again for what it already sent). The folder holds full DICOM headers:
+it stays on the scanner side and is the bridge's to clean after the session. Without
+``store_dir`` the store is acknowledged once the dataset is queued in memory.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from pydicom import Dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
@@ -45,6 +52,7 @@ __all__ = ["DicomNode", "MR_STORAGE_CLASSES"]
 logger = logging.getLogger(__name__)
 
 _SUCCESS = 0x0000
+_OUT_OF_RESOURCES = 0xA700
 
 #: The storage SOP classes accepted: fMRI volumes come as one of these. (Offering every storage
 #: class would also slow each association's negotiation several-fold.)
@@ -68,6 +76,8 @@ class DicomNode(VolumeSource):
         End the stream once no dataset has come for this long (``None``: never).
     tick_s
         How often timeouts are checked while nothing arrives.
+    store_dir
+        Where each received object is persisted before it is acknowledged (``None``: memory only).
     """
 
     def __init__(
@@ -82,8 +92,12 @@ class DicomNode(VolumeSource):
         tick_s: float = 0.1,
         assembler: VolumeAssembler | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store_dir: Path | None = None,
     ) -> None:
         self.ae_title = ae_title
+        self.store_dir = Path(store_dir) if store_dir is not None else None
+        if self.store_dir is not None:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
         self.idle_exit_s = idle_exit_s
         self.tick_s = tick_s
         self.assembler = assembler or VolumeAssembler(missing_timeout_s=missing_timeout_s, clock=clock)
@@ -112,8 +126,34 @@ class DicomNode(VolumeSource):
         ds.file_meta = event.file_meta
         requestor = event.assoc.requestor
         origin = f"C-STORE from {requestor.ae_title}@{requestor.address}: {ds.get('SOPInstanceUID', '?')}"
+        if self.store_dir is not None:
+            try:
+                origin = str(self._persist(ds))
+            except OSError as exc:
+                logger.error("could not persist %s in %s: %s; the store is refused", origin, self.store_dir, exc)
+                return _OUT_OF_RESOURCES
         self._inbox.put((ds, origin))
         return _SUCCESS
+
+    def _persist(self, ds: Dataset) -> Path:
+        uid = str(ds.get("SOPInstanceUID", "")) or f"noinstance-{time.time_ns()}"
+        path = self.store_dir / f"{uid}.dcm"  # type: ignore[operator]
+        partial = path.with_suffix(".part")
+        with open(partial, "wb") as fh:
+            ds.save_as(fh, enforce_file_format=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, path)
+        return path
+
+    def _stored(self) -> Iterator[SourceEvent]:
+        """What an earlier node on the same store acknowledged, read again in order of arrival."""
+        if self.store_dir is None:
+            return
+        for partial in self.store_dir.glob("*.part"):
+            partial.unlink()  # never acknowledged: the scanner retries it
+        for path in sorted(self.store_dir.glob("*.dcm"), key=lambda p: p.stat().st_mtime_ns):
+            yield from self._logged(self.assembler.add_file(path))
 
     def close(self) -> None:
         if not self._stop.is_set():
@@ -132,6 +172,7 @@ class DicomNode(VolumeSource):
         if self._iterated:
             raise RuntimeError("a DicomNode is iterated once")
         self._iterated = True
+        yield from self._stored()
         last_activity = self._clock()
         try:
             while not self._stop.is_set():

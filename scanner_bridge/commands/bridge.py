@@ -248,6 +248,7 @@ def _receive(ns: argparse.Namespace, config: SessionConfig) -> int:
             allowed_callers=ns.allowed_caller,
             missing_timeout_s=ns.missing_timeout or config.bridge.missing_timeout_s,
             idle_exit_s=ns.exit_after_idle,
+            store_dir=ns.store or (ns.spool or config.bridge.spool_dir) / "dicom_node" / (ns.session or session_name(config)),
         )
         print(f"DICOM node {ns.ae_title} listening on {node.host}:{node.port}", flush=True)
         return node
@@ -393,6 +394,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     receive.add_argument("--ae-title", default="RTRECON", help="this node's AE title (default: %(default)s)")
     receive.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     receive.add_argument("--port", type=int, default=11112, help="port to listen on (default: %(default)s)")
+    receive.add_argument("--store", type=Path, help="folder where each received object is persisted before the scanner is told it "
+                         "is stored, and re-read after a restart (default: SPOOL/dicom_node/SESSION; holds full DICOM headers, "
+                         "scanner side only)")
     receive.add_argument("--allowed-caller", action="append", metavar="AE", help="admit only this calling AE title (repeatable)")
     _sender(receive)
     receive.set_defaults(func=_runner(_receive))

@@ -98,3 +98,24 @@ def test_only_the_configured_ae_titles_may_store(dicom_dir: Path) -> None:
     thread.join(timeout=30)
     assert (refused_caller, refused_called, accepted) == ([], [], [0])
     assert [e.volume.index for e in events if isinstance(e, VolumeReady)] == [0]
+
+
+def test_a_stored_object_is_on_disk_before_the_ack_and_read_again_after_a_restart(dicom_dir: Path, tmp_path: Path) -> None:
+    files = sorted((dicom_dir / EP2D / "dicom").iterdir())
+    store = tmp_path / "store"
+    node = DicomNode("RTRECON", "127.0.0.1", 0, store_dir=store)
+    events, thread = _consume(node)
+    statuses = _send(node.port, files[:3])
+    stored_at_ack = sorted(p.name for p in store.glob("*.dcm"))
+    # The bridge dies before its consumer saw anything more: a fresh node on the same store.
+    node.close()
+    thread.join(timeout=30)
+    assert statuses == [0x0000] * 3
+    assert len(stored_at_ack) == 3
+
+    restarted = DicomNode("RTRECON", "127.0.0.1", 0, store_dir=store, idle_exit_s=0.5)
+    again = [e for e in restarted if isinstance(e, VolumeReady)]
+    assert [e.volume.index for e in again] == [0, 1, 2]
+    ref = np.asanyarray(nib.load(next((dicom_dir / EP2D / "ref").glob("*.nii"))).dataobj)
+    for event in again:
+        np.testing.assert_array_equal(event.volume.voxels, ref[..., event.volume.index])
