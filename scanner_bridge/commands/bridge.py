@@ -262,6 +262,13 @@ def _replay(ns: argparse.Namespace, config: SessionConfig) -> int:
     return _send(ns, config, lambda config: NiftiReplaySource(ns.file, speed=ns.speed, fast=ns.fast, tr=ns.tr, run=ns.run))
 
 
+def _replay_nsd(ns: argparse.Namespace, config: SessionConfig) -> int:
+    from scanner_bridge.nsd_replay import NsdReplaySource
+
+    return _send(ns, config, lambda config: NsdReplaySource(
+        ns.root, ns.subject, ns.nsd_session, ns.run, space=ns.space, speed=ns.speed, fast=ns.fast))
+
+
 def _listen(ns: argparse.Namespace, config: SessionConfig) -> int:
     from rtrecon.transport import ReliableReceiver
 
@@ -346,15 +353,16 @@ def _describe(record: dict) -> str:
 # -- arguments ------------------------------------------------------------------------------------
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, session_flag: str = "--session") -> None:
     parser.add_argument("--config", type=Path, help="session config (TOML) giving the defaults")
-    parser.add_argument("--session", help="session name on the link (default: sub-<subject>_ses-<session> of the config)")
+    parser.add_argument(session_flag, dest="session",
+                        help="session name on the link (default: sub-<subject>_ses-<session> of the config)")
     parser.add_argument("--keys", type=Path, help="CURVE keys folder made by `rtrecon keys init` (encrypt and authenticate)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def _sender(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+def _sender(parser: argparse.ArgumentParser, session_flag: str = "--session") -> None:
+    _common(parser, session_flag)
     parser.add_argument("--to", help="receiver endpoint, e.g. tcp://engine:5555 (default: [network] volumes)")
     parser.add_argument("--spool", type=Path, help="spool folder (default: [bridge] spool_dir)")
     parser.add_argument("--server-role", default="engine", help="CURVE role of the receiver (default: %(default)s)")
@@ -410,6 +418,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     replay.add_argument("--tr", type=float, help="repetition time in seconds (overrides sidecar and header)")
     replay.add_argument("--run", type=int, default=1, help="run number on the link (default: %(default)s)")
     replay.set_defaults(func=_runner(_replay))
+
+    replay_nsd = sub.add_parser("replay-nsd", help="stream one run of an NSD root (real or synthetic) at its TR")
+    replay_nsd.add_argument("--root", type=Path, required=True, help="NSD root folder (holds nsddata/ and nsddata_timeseries/)")
+    replay_nsd.add_argument("--subject", type=int, required=True, help="NSD subject number (1-8)")
+    replay_nsd.add_argument("--session", dest="nsd_session", type=int, required=True,
+                            help="NSD scan session number (1-based)")
+    replay_nsd.add_argument("--run", type=int, required=True, help="run number within the session (1-based)")
+    replay_nsd.add_argument("--space", choices=("func1pt8mm", "func1mm"), default="func1pt8mm",
+                            help="preprocessed space (default: %(default)s)")
+    _sender(replay_nsd, session_flag="--link-session")
+    pace_nsd = replay_nsd.add_mutually_exclusive_group()
+    pace_nsd.add_argument("--speed", type=float, default=1.0, help="speed factor (default: %(default)s)")
+    pace_nsd.add_argument("--fast", action="store_true", help="as fast as possible")
+    replay_nsd.set_defaults(func=_runner(_replay_nsd))
 
     listen = sub.add_parser("listen", help="receive volumes and report them (test the link)")
     listen.add_argument("addr", nargs="?", help="endpoint to bind, e.g. tcp://*:5555 (default: [network] volumes)")

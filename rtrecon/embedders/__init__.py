@@ -1,0 +1,1 @@
+"""Image embedders that define the decoder's target space (OpenCLIP image tokens)."""
