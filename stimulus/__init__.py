@@ -1,8 +1,8 @@
 """The stimulus program: PsychoPy perception, mental-imagery and feedback tasks locked to the scanner.
 
+Its settings are the session config's ``[stimulus]`` table (:class:`rtrecon.config.StimulusSection`).
 One module per concern:
 
-- :mod:`stimulus.settings`: the ``[stimulus]`` settings (window, trigger, task timings, feedback);
 - :mod:`stimulus.trials`: trial lists (TSV), checked before the run with file and line in errors;
 - :mod:`stimulus.timeline`: a run's plan, segments in seconds since the first trigger;
 - :mod:`stimulus.trigger`: key input (keyboard, serial, scheduled) and the scanner trigger;

@@ -1,0 +1,96 @@
+"""A virtual participant (and scanner), so that replay and the demo run the real stimulus program.
+
+:class:`VirtualParticipant` is a :class:`~stimulus.trigger.KeyInput`: the program polls it like
+the keyboard. It plays two roles:
+
+- the scanner: once the program starts waiting (:meth:`VirtualParticipant.start`), it sends
+  the trigger key every ``tr`` seconds from ``start_delay_s`` on;
+- the participant: told of each segment's first frame (:meth:`VirtualParticipant.observe`),
+  it answers segments that take responses ``response_time_s`` later (at most halfway through
+  the segment), from the design: the
+  trial list's ``response`` column when given, else for perception ``old`` when the image was
+  already shown in this run and ``new`` when not, else for a vividness rating the middle key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .timeline import Segment
+from .trigger import KeyPress, ScheduledKeys, psychopy_time
+
+__all__ = ["VirtualParticipant"]
+
+
+class VirtualParticipant:
+    """Presses the trigger like a scanner and answers like a participant who follows the design."""
+
+    def __init__(
+        self,
+        *,
+        tr: float = 1.0,
+        n_volumes: int = 10_000,
+        trigger_key: str = "5",
+        start_delay_s: float = 0.2,
+        response_time_s: float = 0.5,
+        clock: Callable[[], float] = psychopy_time,
+    ):
+        if tr <= 0 or response_time_s < 0:
+            raise ValueError("tr must be positive and response_time_s non-negative")
+        self.tr = tr
+        self.n_volumes = n_volumes
+        self.trigger_key = trigger_key
+        self.start_delay_s = start_delay_s
+        self.response_time_s = response_time_s
+        self._clock = clock
+        self._keys = ScheduledKeys(clock=clock)
+        self._seen: set[str] = set()
+        self._answered: set[tuple[int, str]] = set()
+        self.answers: dict[int, str] = {}
+        self._first_trigger: float | None = None
+        self._triggers_sent = 0
+
+    def start(self) -> None:
+        """The program is waiting for the scanner: the first trigger comes ``start_delay_s`` from now."""
+        self._first_trigger = self._clock() + self.start_delay_s
+        self._triggers_sent = 0
+
+    def answer(self, segment: Segment) -> str:
+        """The response label the design calls for in ``segment``."""
+        trial = segment.trial
+        if trial is None or not segment.responses:
+            raise ValueError(f"a {segment.phase} segment without a trial or responses has no answer")
+        labels = list(dict.fromkeys(segment.responses.values()))
+        if trial.response:
+            return trial.response
+        if segment.phase in ("image", "gap") and {"new", "old"} <= set(labels):
+            return "old" if trial.stimulus in self._seen else "new"
+        return labels[len(labels) // 2]
+
+    def observe(self, segment: Segment, clock_time: float) -> None:
+        """``segment`` was first shown at ``clock_time``: answer it if it asks for an answer."""
+        trial = segment.trial
+        if trial is None or not segment.responses or (trial.index, segment.phase) in self._answered:
+            return
+        if segment.phase == "gap" and any(index == trial.index for index, _ in self._answered):
+            return
+        self._answered.add((trial.index, segment.phase))
+        label = self.answer(segment)
+        keys = [key for key, value in segment.responses.items() if value == label]
+        if not keys:
+            raise ValueError(f"trial {trial.index} (line {trial.line}): response {label!r} is not one of {sorted(set(segment.responses.values()))}")
+        self.answers[trial.index] = label
+        if segment.phase == "image":
+            self._seen.add(trial.stimulus)
+        # Never later than halfway through the segment, so that a short (test or demo) design
+        # still gets each answer inside its own trial.
+        self._keys.add(KeyPress(keys[0], clock_time + min(self.response_time_s, segment.duration / 2)))
+
+    def poll(self) -> list[KeyPress]:
+        presses = []
+        if self._first_trigger is not None:
+            now = self._clock()
+            while self._triggers_sent < self.n_volumes and (t := self._first_trigger + self._triggers_sent * self.tr) <= now:
+                presses.append(KeyPress(self.trigger_key, t))
+                self._triggers_sent += 1
+        return sorted(presses + self._keys.poll(), key=lambda p: p.time)

@@ -1,0 +1,330 @@
+"""Whole runs in a real PsychoPy window under Xvfb, with a real ZeroMQ engine standing in."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rtrecon.config import NetworkSection, SessionConfig, SessionSection, StimulusSection
+from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key
+from rtrecon.wire import EventMessage, TrialResultMessage
+from stimulus.app import Frame, StimulusProgram, prepare_run
+from stimulus.participant import VirtualParticipant
+from stimulus.trials import TrialListError
+
+SESSION = "sub-01_ses-01"
+FRAME = 1 / 60
+GREY = (128, 128, 128)
+RECON = (0, 0, 200)
+
+
+class Engine(threading.Thread):
+    """The engine's two links: takes events, sends each listed trial's result ``delays[trial]`` s later."""
+
+    def __init__(self, config: SessionConfig, spool: Path, delays: dict[int, float]):
+        super().__init__(daemon=True)
+        self.config, self.spool, self.delays = config, spool, delays
+        self.events: list[EventMessage] = []
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        net = self.config.network
+        with ReliableReceiver(net.events, SESSION, key=trial_key, heartbeat_s=0.2) as rx, ReliableSender(net.results, SESSION, self.spool, key=trial_key, heartbeat_s=0.2, name="engine") as tx:
+            self.ready.set()
+            due: list[tuple[float, int]] = []
+            while not self.stop.is_set():
+                msg = rx.recv(0.002)
+                if isinstance(msg, EventMessage):
+                    self.events.append(msg)
+                    rx.ack(msg)
+                    if msg.trial in self.delays:
+                        due.append((time.monotonic() + self.delays[msg.trial], msg.trial))
+                for item in [d for d in due if d[0] <= time.monotonic()]:
+                    due.remove(item)
+                    image = np.zeros((8, 8, 3), np.uint8) + np.array(RECON, np.uint8)
+                    tx.send(TrialResultMessage(session=SESSION, run=1, trial=item[1], image=image, retrieved=[], scores=[0.5]))
+                tx.poll(0.0)
+            tx.wait_acked(1.0)
+
+
+def session(tmp_path: Path, task: str, stimulus: dict[str, Any] | None = None) -> SessionConfig:
+    """A session whose run 1 is ``tmp_path/run.tsv``, with the given ``[stimulus]`` settings."""
+    return SessionConfig(
+        session=SessionSection(task=task, output_dir=tmp_path / "out"),
+        network=NetworkSection(events=f"ipc://{tmp_path}/ev", results=f"ipc://{tmp_path}/res", heartbeat_s=0.2),
+        stimulus=StimulusSection.model_validate({**(stimulus or {}), "trial_lists": [tmp_path / "run.tsv"]}),
+    )
+
+
+class Recorder:
+    """on_frame hook: a few pixels of each frame (back buffer, before its flip)."""
+
+    def __init__(self, points: dict[str, tuple[int, int]]):
+        self.points = points
+        self.frames: dict[int, dict[str, Any]] = {}
+
+    def __call__(self, frame: Frame) -> None:
+        frame.win.getMovieFrame(buffer="back")
+        pixels = np.asarray(frame.win.movieFrames.pop())
+        sample = {name: tuple(int(v) for v in pixels[r, c]) for name, (r, c) in self.points.items()}
+        sample["ink"] = int((np.abs(pixels.astype(int) - GREY).sum(axis=2) > 60).sum())
+        self.frames[frame.index] = sample
+
+    def first(self, flips: list[float], name: str, colour: tuple[int, int, int], after: float = -1.0) -> float:
+        return next(flips[i] for i in sorted(self.frames) if flips[i] > after and self.frames[i][name] == colour)
+
+
+def link_for(config: SessionConfig, setup):
+    from stimulus.link import EngineLink
+    from stimulus.trigger import psychopy_time
+
+    folder = setup.paths.link_dir
+    return EngineLink(config.network.events, config.network.results, SESSION, folder / "spool", folder / "results.json", clock=psychopy_time, heartbeat_s=0.2)
+
+
+def test_perception_run(win, make_image, tmp_path: Path):
+    from stimulus.trigger import PsychopyKeys
+
+    colours = [(255, 0, 0), (0, 255, 0), (255, 0, 0), (255, 255, 0)]
+    names = ["red", "green", "red", "yellow"]
+    ids = ["100", "101", "100", "103"]  # trial 2 repeats trial 0's image
+    for name, colour in zip(names, colours):
+        make_image(tmp_path / f"{name}.png", colour)
+    (tmp_path / "run.tsv").write_text(
+        "stim_file\tstim_id\tfeedback\n" + "".join(f"{n}.png\t{ids[i]}\t{int(i in (1, 3))}\n" for i, n in enumerate(names))
+    )
+    config = session(
+        tmp_path, "perception",
+        {"window": {"size": list(win.size)}, "perception": {"image_s": 0.3, "gap_s": 0.1}, "feedback": {"window_s": 0.6, "top_k": 0, "show_target": False, "score_bar": False}, "lead_in_s": 0.1},
+    )
+    setup = prepare_run(config, 1)
+    # trial 1's result comes 0.75 s after its event (0.35 s into its feedback period); trial 3's never does
+    engine = Engine(config, tmp_path / "engine_spool", {1: 0.75})
+    engine.start()
+    assert engine.ready.wait(10)
+    w, h = win.size
+    # without the target beside it, the reconstruction is centred, 0.14 h above the middle
+    recorder = Recorder({"image": (h // 2 - 20, w // 2 + 20), "recon": (int(h / 2 - 0.14 * h), w // 2 + 10)})
+    link = link_for(config, setup)
+
+    stop = threading.Event()
+
+    def scanner() -> None:  # the trigger as a key press into the window, every 0.5 s
+        while not stop.wait(0.5):
+            subprocess.run(["xdotool", "key", "--window", str(win.winHandle._window), "5"], check=False, timeout=10)
+
+    pulses = threading.Thread(target=scanner, daemon=True)
+    pulses.start()
+    try:
+        participant = VirtualParticipant(tr=1e6, n_volumes=0, response_time_s=0.05)
+        program = StimulusProgram(setup, link=link, keys=PsychopyKeys(), participant=participant, win=win, on_frame=recorder)
+        record = program.run()
+    finally:
+        stop.set()
+        link.close()
+        engine.stop.set()
+        engine.join(10)
+        pulses.join(10)
+    flips = record.flips
+
+    # the right image at the right time: every frame well inside a planned segment shows its image
+    plan = setup.timeline
+    checked = 0
+    for i, sample in recorder.frames.items():
+        t = flips[i]
+        # a frame's content is chosen one frame ahead: skip frames that came late (the machine
+        # stalled the process), whose content was chosen for an earlier time
+        if t >= plan.end - 0.1 or i == 0 or t - flips[i - 1] > 0.05:
+            continue
+        seg = plan.segments[plan.index_at(t)]
+        if min(abs(t - seg.start), abs(t - seg.stop)) < 0.1 or seg.phase == "feedback":
+            continue
+        expected = colours[seg.trial.index] if seg.phase == "image" else GREY
+        assert sample["image"] == expected, f"frame at {t:.3f} s ({seg.phase})"
+        checked += 1
+    assert checked >= 10
+
+    # the engine got one event per trial, each stamped within a frame of the flip that first showed it
+    assert [(m.trial, m.trial_type, m.stimulus, m.feedback) for m in engine.events] == [
+        (i, "image", ids[i], i in (1, 3)) for i in range(4)
+    ]
+    for msg in engine.events:
+        first_shown = recorder.first(flips, "image", colours[msg.trial], after=plan.segments[plan.index_at(msg.onset)].start - 0.2)
+        assert abs(msg.onset - first_shown) <= FRAME
+        assert msg.session == SESSION and msg.run == 1
+
+    # trial 1's reconstruction is shown on the first frame after it arrived, and not before
+    result = record.results[1]
+    received, shown = record.run_time(result.received), record.run_time(result.shown)
+    fb = [s for s in plan.segments if s.phase == "feedback"]
+    assert fb[0].start < received < shown < fb[0].stop
+    assert recorder.first(flips, "recon", RECON) == pytest.approx(shown, abs=1e-3)
+    # at most the frame under way when it arrived, and one more while the link thread hands it over
+    assert sum(received < t < shown for t in flips) <= 2
+    # waiting for it and never getting trial 3's did not hold up frames: the loop kept flipping
+    # (a blocking wait would leave one frame on screen for the whole wait)
+    assert 3 not in record.results
+    for start, stop_t in ((fb[0].start, shown), (fb[1].start, fb[1].stop)):
+        during = [t for t in flips if start <= t <= stop_t]
+        assert len(during) >= 10 and during[0] - start < 0.1 and stop_t - during[-1] < 0.1
+    assert all(s["recon"] != RECON for i, s in recorder.frames.items() if flips[i] > fb[1].start - 0.05)
+    assert flips[-1] > plan.end - 0.1
+
+    # records: BIDS events with responses from the virtual participant, triggers, frame timing
+    with setup.paths.events.open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [(r["trial_type"], r["trial"]) for r in rows] == [("image", "0"), ("image", "1"), ("feedback", "1"), ("image", "2"), ("image", "3"), ("feedback", "3")]
+    assert participant.answers == {0: "new", 1: "new", 2: "old", 3: "new"}  # trial 2 repeats trial 0's image
+    for row in rows[:2] + rows[3:5]:
+        onset = float(row["onset"])
+        window = [t for t in flips if onset <= t <= onset + 0.3]
+        # a press belongs to what was on screen when it was made: only a stall of the whole
+        # process (a loaded machine) longer than the image could move it to the next trial
+        if np.diff(window).max(initial=0) < 0.2:
+            assert row["response"] == participant.answers[int(row["trial"])]
+            assert float(row["response_time"]) == pytest.approx(0.05, abs=0.01)
+    assert float(rows[1]["result_shown"]) == pytest.approx(shown, abs=1e-6)
+    assert [float(r["onset"]) for r in rows if r["trial_type"] == "image"] == pytest.approx([m.onset for m in engine.events], abs=1e-6)
+    assert len(program.trigger.times) >= 2 and setup.paths.source("frames.json").is_file()
+
+
+def test_imagery_run(win, make_image, tmp_path: Path):
+    make_image(tmp_path / "yellow.png", (255, 255, 0))
+    make_image(tmp_path / "magenta.png", (255, 0, 255))
+    (tmp_path / "run.tsv").write_text("cue\tcue_file\tstim_file\tfeedback\napple\t\tyellow.png\t1\n\tmagenta.png\t\t0\n")
+    config = session(
+        tmp_path, "imagery",
+        {
+            "window": {"size": list(win.size)},
+            "imagery": {"cue_s": 0.2, "imagery_s": 0.3, "rest_s": 0.1, "vividness": True, "vividness_s": 0.2},
+            "feedback": {"window_s": 0.5, "top_k": 0, "score_bar": False},
+        },
+    )
+    setup = prepare_run(config, 1)
+    engine = Engine(config, tmp_path / "engine_spool", {0: 0.0})  # a fast engine: the result is there before feedback
+    engine.start()
+    assert engine.ready.wait(10)
+    w, h = win.size
+    half = (0.38 * h + 0.03 * h) / 2
+    y = int(h / 2 - 0.14 * h)
+    recorder = Recorder({"target": (y, int(w / 2 - half)), "recon": (y, int(w / 2 + half)), "thumb": (h // 2 - 10, w // 2 + 10)})
+    link = link_for(config, setup)
+    try:
+        record = StimulusProgram(setup, link=link, participant=VirtualParticipant(tr=0.4, response_time_s=0.05), win=win, on_frame=recorder).run()
+    finally:
+        link.close()
+        engine.stop.set()
+        engine.join(10)
+    flips, plan = record.flips, setup.timeline
+
+    assert [(m.trial, m.trial_type) for m in engine.events] == [(0, "imagery"), (1, "imagery")]
+    cue0 = [i for i in sorted(recorder.frames) if flips[i] < engine.events[0].onset - 0.05]
+    assert any(recorder.frames[i]["ink"] > 20 for i in cue0)  # the word cue was drawn
+    last_magenta = max(i for i, s in recorder.frames.items() if s["thumb"] == (255, 0, 255))
+    assert flips[last_magenta + 1] == pytest.approx(engine.events[1].onset, abs=FRAME)  # imagery begins as the cue goes
+    assert recorder.frames[last_magenta + 1]["ink"] < 150  # the fixation dot alone (~70 px; the cue had ~1300)
+
+    feedback = next(s for s in plan.segments if s.phase == "feedback")
+    result = record.results[0]
+    assert record.run_time(result.received) < feedback.start
+    shown = record.run_time(result.shown)
+    assert shown == pytest.approx(recorder.first(flips, "recon", RECON), abs=1e-3)
+    in_feedback = [s for i, s in recorder.frames.items() if feedback.start + 0.1 < flips[i] < feedback.stop - 0.1]
+    assert in_feedback and all(s["recon"] == RECON and s["target"] == (255, 255, 0) for s in in_feedback)
+
+    with setup.paths.events.open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [(r["trial_type"], r["trial"]) for r in rows] == [
+        ("cue", "0"), ("imagery", "0"), ("vividness", "0"), ("feedback", "0"), ("cue", "1"), ("imagery", "1"), ("vividness", "1")
+    ]
+    assert [r["response"] for r in rows if r["trial_type"] == "vividness"] == ["3", "3"]
+    # the result was already there, so it is on the feedback period's first frame
+    assert float(next(r["onset"] for r in rows if r["trial_type"] == "feedback")) == pytest.approx(shown, abs=1e-3)
+
+
+class ScriptedLink:
+    """A link whose engine has trial 0's result ready at the first poll (where only the display matters)."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+        self.sent: list[EventMessage] = []
+
+    def send_event(self, message: EventMessage) -> None:
+        self.sent.append(message)
+
+    def poll_results(self):
+        self.polls += 1
+        if self.polls != 1:
+            return []
+        image = np.zeros((8, 8, 3), np.uint8) + np.array(RECON, np.uint8)
+        return [(TrialResultMessage(session=SESSION, run=1, trial=0, image=image, scores=[0.9]), 0.0)]
+
+    def close(self) -> None:
+        return None
+
+
+def test_feedback_on_the_operators_demand_and_the_quit_key(win, make_image, tmp_path: Path):
+    from stimulus.trigger import KeyPress, ScheduledKeys, psychopy_time
+
+    make_image(tmp_path / "red.png", (255, 0, 0))
+    (tmp_path / "run.tsv").write_text("stim_file\nred.png\nred.png\nred.png\n")
+    feedback = {"when": "demand", "screen": "operator", "operator_size": [160, 120]}
+    config = session(tmp_path, "perception", {"window": {"size": list(win.size)}, "perception": {"image_s": 0.4, "gap_s": 0.0}, "feedback": feedback})
+    setup = prepare_run(config, 1)
+    assert [s.phase for s in setup.timeline.segments] == ["image"] * 3  # nothing scheduled: feedback only on demand
+    w, h = win.size
+    recorder = Recorder({"recon": (int(h / 2 - 0.14 * h), int(w / 2 + (0.38 * h + 0.03 * h) / 2))})
+
+    class Keys:
+        """After the waiting screen appears (its first poll): the trigger, 'f' 0.3 s and escape 0.9 s later."""
+
+        def __init__(self) -> None:
+            self.scheduled: ScheduledKeys | None = None
+
+        def poll(self) -> list[KeyPress]:
+            if self.scheduled is None:
+                t = psychopy_time() + 0.1
+                self.scheduled = ScheduledKeys([KeyPress("5", t), KeyPress("f", t + 0.3), KeyPress("escape", t + 0.9)])
+            return self.scheduled.poll()
+
+    link = ScriptedLink()
+    record = StimulusProgram(setup, link=link, keys=Keys(), win=win, on_frame=recorder).run()
+
+    assert record.aborted and record.flips[-1] < setup.timeline.end
+    assert [m.trial for m in link.sent][:2] == [0, 1]
+    shown = record.run_time(record.results[0].shown)  # drawn on the operator's window when asked for ...
+    assert 0.3 <= shown < 0.9
+    assert all(s["recon"] != RECON for s in recorder.frames.values())  # ... never on the participant's
+    assert setup.paths.events.is_file() and '"aborted": true' in setup.paths.source("frames.json").read_text()
+
+
+def test_bad_input_is_reported_before_the_run(make_image, tmp_path: Path):
+    make_image(tmp_path / "red.png", (255, 0, 0))
+    config = session(tmp_path, "perception")
+    (tmp_path / "run.tsv").write_text("stim_file\tresponse\nred.png\tnew\nblue.png\tnew\nred.png\tmaybe\n")
+    with pytest.raises(TrialListError) as info:
+        prepare_run(config, 1)
+    assert f"{tmp_path / 'run.tsv'}, line 3: stim_file: image file" in str(info.value)
+    (tmp_path / "run.tsv").write_text("stim_file\tresponse\nred.png\tnew\nred.png\tmaybe\n")
+    with pytest.raises(TrialListError, match=r"line 3: response 'maybe' is not one of \['new', 'old'\]"):
+        prepare_run(config, 1)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "run.tsv").write_text("stim_file\nred.png\n")
+    with pytest.raises(ValueError, match="no trial list for run 2: stimulus.trial_lists has 1"):
+        prepare_run(config, 2)
+    setup = prepare_run(config, 2, trials_file=tmp_path / "run.tsv")
+    setup.paths.events.parent.mkdir(parents=True)
+    setup.paths.events.write_text("onset\n")
+    with pytest.raises(FileExistsError, match="run 2 is already recorded"):
+        prepare_run(config, 2, trials_file=tmp_path / "run.tsv")
+    demand = session(tmp_path, "perception", {"feedback": {"when": "demand"}})
+    with pytest.raises(ValueError, match='when = "demand" needs screen = "operator"'):
+        prepare_run(demand, 1)

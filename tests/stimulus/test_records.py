@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtrecon.config import StimulusSection
+from rtrecon.wire import TrialResultMessage
+from stimulus.feedback import ReceivedResult
+from stimulus.records import EventRecord, RunPaths, RunRecord, frame_stats
+from stimulus.timeline import build_timeline
+from stimulus.trials import Trial
+from stimulus.trigger import KeyPress, ScannerTrigger
+
+
+def test_frame_stats_finds_the_late_frames():
+    flips = [0.0, 1 / 60, 2 / 60, 5 / 60, 6 / 60]
+    stats = frame_stats(flips, 1 / 60)
+    assert stats.n_frames == 5 and stats.dropped == 1
+    assert stats.dropped_at == pytest.approx((5 / 60,))
+    assert stats.max_interval == pytest.approx(3 / 60) and stats.median_interval == pytest.approx(1 / 60)
+    assert frame_stats([0.0], 1 / 60).dropped == 0
+
+
+def test_paths_follow_bids_and_a_recorded_run_is_refused(tmp_path: Path):
+    paths = RunPaths(tmp_path, "01", "02", "perception", 3)
+    folder = tmp_path / "sourcedata/stimulus/sub-01/ses-02"
+    assert paths.events == folder / "func/sub-01_ses-02_task-perception_run-03_events.tsv"
+    assert paths.source("frames.json") == folder / "func/sub-01_ses-02_task-perception_run-03_frames.json"
+    assert paths.link_dir == folder / "link"
+    paths.check_free()
+    paths.events.parent.mkdir(parents=True)
+    paths.events.write_text("onset\tduration\n")
+    with pytest.raises(FileExistsError, match="run 3 is already recorded"):
+        paths.check_free()
+
+
+def test_write_every_file(tmp_path: Path):
+    trials = [
+        Trial(index=0, line=2, trial_type="image", stim_file=tmp_path / "img" / "a.png", stim_id="73", feedback=True),
+        Trial(index=1, line=3, trial_type="image", stim_file=tmp_path / "img" / "b.png"),
+    ]
+    timeline = build_timeline("perception", trials, StimulusSection.model_validate({"feedback": {"window_s": 2}}))
+    image0, feedback0, image1 = timeline.events()
+    paths = RunPaths(tmp_path / "out", "01", "01", "perception", 1)
+    record = RunRecord(paths, trials_file=tmp_path / "run.tsv", zero=100.0, wall_offset=1000.0)
+    record.events = [
+        EventRecord(image0, 0.004, 4.0, "new", 0.61),
+        EventRecord(feedback0, 4.003, 2.0),
+        EventRecord(image1, 6.01, 4.0),
+    ]
+    msg = TrialResultMessage(session="sub-01_ses-01", run=1, trial=0, stimulus="73", retrieved=["73", "5"], scores=[0.9, 0.2], image=np.zeros((2, 2, 3), np.uint8), latencies={"decode": 0.05}, stamps={"sent": 1104.4})
+    record.results[0] = ReceivedResult(msg, received=104.5, shown=104.52)
+    record.flips = [0.004 + i / 60 for i in range(100)]
+    trigger = ScannerTrigger(tr=2.0)
+    trigger.feed([KeyPress("5", 100.0), KeyPress("5", 102.0), KeyPress("5", 104.01)])
+    record.write(trigger, 1 / 60)
+
+    with paths.events.open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert list(rows[0]) == ["onset", "duration", "trial_type", "trial", "stim_file", "stim_id", "response", "response_time", "planned_onset", "result_received", "result_shown"]
+    assert [(r["trial_type"], r["trial"], r["stim_file"]) for r in rows] == [("image", "0", "img/a.png"), ("feedback", "0", "img/a.png"), ("image", "1", "img/b.png")]
+    assert rows[0]["onset"] == "0.004000" and rows[0]["response"] == "new" and rows[0]["response_time"] == "0.610000"
+    assert rows[0]["result_received"] == "4.500000" and rows[0]["result_shown"] == "4.520000"
+    assert rows[2]["response"] == "n/a" and rows[2]["stim_id"] == "n/a" and rows[2]["result_shown"] == "n/a"
+    assert "onset" in json.loads(paths.events.with_suffix(".json").read_text())
+
+    with paths.source("psychopy.csv").open(encoding="utf-8-sig") as f:
+        psy = list(csv.DictReader(f))
+    assert [r["trial_type"] for r in psy] == ["image", "feedback", "image"] and psy[0]["participant"] == "01"
+    assert paths.source("psychopy.psydat").is_file()
+
+    with paths.source("results.tsv").open() as f:
+        (res,) = list(csv.DictReader(f, delimiter="\t"))
+    assert res["trial"] == "0" and res["retrieved"] == "73,5" and res["received_to_shown"] == "0.020000"
+    assert json.loads(res["engine_latencies"]) == {"decode": 0.05}
+    assert json.loads(res["stamps"]) == pytest.approx({"sent": 1104.4, "received": 1104.5, "shown": 1104.52})
+
+    summary = json.loads(paths.source("frames.json").read_text())
+    assert summary["frames"]["n_frames"] == 100 and summary["frames"]["dropped"] == 0
+    assert summary["triggers"]["n_triggers"] == 3 and summary["triggers"]["max_abs_deviation"] == pytest.approx(0.01)
+    with paths.source("triggers.tsv").open() as f:
+        assert [r["time"] for r in csv.DictReader(f, delimiter="\t")] == ["0.000000", "2.000000", "4.010000"]

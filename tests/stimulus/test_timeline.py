@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rtrecon.config import StimulusSection
+from stimulus.timeline import build_timeline
+from stimulus.trials import Trial, TrialListError
+
+
+def settings(**kw) -> StimulusSection:
+    return StimulusSection.model_validate(kw)
+
+
+def spans(timeline):
+    return [(round(s.start, 6), round(s.stop, 6), s.phase, s.trial.index if s.trial else None) for s in timeline.segments]
+
+
+def test_perception_back_to_back_with_lead_in_and_out():
+    trials = [Trial(index=i, line=i + 2, trial_type="image", stim_file=Path(f"{i}.png")) for i in range(2)]
+    tl = build_timeline("perception", trials, settings(lead_in_s=2, lead_out_s=1))
+    assert spans(tl) == [
+        (0, 2, "fixation", None),
+        (2, 5, "image", 0),
+        (5, 6, "gap", 0),
+        (6, 9, "image", 1),
+        (9, 10, "gap", 1),
+        (10, 11, "fixation", None),
+    ]
+    assert tl.end == 11
+    images = [s for s in tl.segments if s.phase == "image"]
+    assert all(s.main and s.event_type == "image" and dict(s.responses) == {"1": "new", "2": "old"} for s in images)
+    assert [s.phase for s in tl.events()] == ["image", "image"]
+    assert [tl.index_at(t) for t in (0, 1.99, 2, 5.5, 10.99, 11, 50)] == [0, 0, 1, 2, 5, 6, 6]
+
+
+def test_imagery_with_vividness_and_given_onsets():
+    trials = [Trial(index=0, line=2, trial_type="imagery", cue="cat", onset=1.0), Trial(index=1, line=3, trial_type="imagery", cue="dog", onset=20.0)]
+    tl = build_timeline("imagery", trials, settings(imagery={"cue_s": 1, "imagery_s": 4, "rest_s": 2, "vividness": True, "vividness_s": 2}))
+    assert spans(tl)[:6] == [
+        (0, 1, "fixation", None),
+        (1, 2, "cue", 0),
+        (2, 6, "imagery", 0),
+        (6, 8, "vividness", 0),
+        (8, 10, "rest", 0),
+        (10, 20, "fixation", None),
+    ]
+    assert [(s.phase, s.event_type, s.main) for s in tl.events()[:3]] == [("cue", "cue", False), ("imagery", "imagery", True), ("vividness", "vividness", False)]
+    assert dict(tl.segments[3].responses) == {"1": "1", "2": "2", "3": "3", "4": "4"}
+
+
+def test_feedback_after_trials_and_after_blocks():
+    trials = [
+        Trial(index=0, line=2, trial_type="image", stim_file=Path("a.png"), block="A", feedback=True),
+        Trial(index=1, line=3, trial_type="image", stim_file=Path("b.png"), block="A", feedback=True),
+        Trial(index=2, line=4, trial_type="image", stim_file=Path("c.png"), block="B", feedback=False),
+    ]
+    cfg = {"perception": {"image_s": 1, "gap_s": 0}, "feedback": {"window_s": 5}}
+    per_trial = build_timeline("perception", trials, settings(**cfg))
+    assert [(s.phase, s.feedback_trials) for s in per_trial.segments] == [
+        ("image", ()), ("feedback", (0,)), ("image", ()), ("feedback", (1,)), ("image", ())
+    ]
+    per_block = build_timeline("perception", trials, settings(**{**cfg, "feedback": {"window_s": 5, "when": "block"}}))
+    assert spans(per_block) == [(0, 1, "image", 0), (1, 2, "image", 1), (2, 7, "feedback", 1), (7, 8, "image", 2)]
+    assert per_block.segments[2].feedback_trials == (0, 1)
+
+
+def test_an_onset_that_overlaps_names_its_line():
+    trials = [
+        Trial(index=0, line=2, trial_type="image", stim_file=Path("a.png"), onset=0.0, feedback=True),
+        Trial(index=1, line=3, trial_type="image", stim_file=Path("b.png"), onset=6.0),
+    ]
+    with pytest.raises(TrialListError, match=r"run.tsv, line 3: onset 6.0 s overlaps .* until 12.000 s"):
+        build_timeline("perception", trials, settings(feedback={"window_s": 8}), Path("run.tsv"))
