@@ -1,0 +1,580 @@
+"""The engine: receive → persist → acknowledge → realign → GLM → trial ready → publish.
+
+:class:`Engine` is the per-message logic, with no sockets, so that tests and benchmarks feed it
+messages directly; :func:`serve` connects it to the session's links (:mod:`rtrecon.transport`):
+
+* volumes (``VolumeMessage``, ``VolumeMissingMessage``, ``RunEndMessage``) from the bridge and
+  events (``EventMessage``) from the stimulus PC arrive on reliable links whose receivers bind;
+* each is written to the :class:`~engine.store.SessionStore` and only then acknowledged;
+* a volume is realigned (:class:`~engine.motion.RigidRealigner`, warm-started from the previous
+  volume), its ROI voxels go into the run's :class:`~engine.glm.IncrementalGLM`, and every trial
+  whose volumes up to ``onset + ready_delay_s`` have arrived is released: its LSS (or LSA) beta,
+  z-scored and repeat-averaged (:class:`~engine.trials.TrialNormaliser`), goes to the stimulus
+  PC as a ``TrialResultMessage`` (``decoder="trial-beta"``, the z-scored beta in ``embedding``)
+  over a reliable link, and to any ``on_trial`` callback (a decoder);
+* a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed.
+
+Recovery. Everything the engine computes follows from what the store holds, processed in the
+order it arrived (each event row records how many volumes of its run had been stored before it),
+so :meth:`Engine.recover` replays the store and reaches the state it had when it was killed;
+the receivers are then opened with the store's persisted keys and the senders resume from
+their spool. A run's final betas (``desc-trialbetas.npz``, written at its end) are computed from
+statistics recomputed from the stored rows, so they are bit-identical with or without a crash.
+
+Bad input (a volume of the wrong shape or with NaNs, an out-of-order volume, an event for a run
+that has ended or never started, a repeated trial number) is logged with the reason and the
+session goes on: a volume that cannot be used is stored as missing (zeros), so the volume
+indices keep matching the acquisition.
+
+The reference is the first volume of the first run, or ``EngineSettings.reference``; the ROI is
+``EngineSettings.roi_mask`` (resampled to the reference grid if needed) or the reference's brain
+mask. Both are saved with the session's derivatives.
+
+A run ends with its ``RunEndMessage``: remaining trials are released, the final LSA and LSS betas
+saved, the end recorded, the message acknowledged, and the BIDS run gzipped in a background
+thread (:meth:`Engine.join_background` waits for it) so that the next run is not held up.
+With a ``[decoder]`` checkpoint in the config, :mod:`engine.decoding` decodes each released
+trial, and its result replaces the bare trial beta on the results link.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.design import DesignSettings, RunDesign
+from engine.glm import IncrementalGLM
+from engine.motion import PARAMETER_NAMES, RigidRealigner, framewise_displacement
+from engine.store import SessionStore
+from engine.timing import TRIAL_STAGES, VOLUME_STAGES, StageRecorder
+from engine.trials import TrialBeta, TrialNormaliser, ready_frame
+from rtrecon.config import SessionConfig, load_config
+from rtrecon.wire import (
+    EventMessage,
+    Message,
+    RunEndMessage,
+    StatusMessage,
+    TrialResultMessage,
+    VolumeMessage,
+    VolumeMissingMessage,
+)
+
+__all__ = ["EngineSettings", "Engine", "load_engine_config", "serve"]
+
+log = logging.getLogger("engine")
+
+CONFOUND_COLUMNS = ["volume", *PARAMETER_NAMES, "framewise_displacement", "iterations", "missing"]
+
+
+class EngineSettings(BaseModel):
+    """The engine's settings: the fields of the session config's ``[engine]`` table
+    (:class:`rtrecon.config.EngineSection`), with the GLM design as :class:`DesignSettings`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roi_mask: Path | None = None
+    reference: Path | None = None
+    planned_volumes: int = Field(300, ge=2)
+    ready_delay_s: float = Field(8.0, ge=0)
+    beta_method: Literal["lss", "lsa"] = "lss"
+    zscore_stats: Path | None = None
+    average_repeats: bool = False
+    glm: DesignSettings = DesignSettings()
+    realign_fwhm_mm: float = Field(5.0, gt=0)
+    realign_samples: int = Field(12000, ge=100)
+
+    @classmethod
+    def from_config(cls, config: SessionConfig) -> EngineSettings:
+        return cls.model_validate(config.engine.model_dump())
+
+
+def load_engine_config(path: str | Path) -> tuple[SessionConfig, EngineSettings]:
+    """The session config at ``path`` (paths resolved) and its ``[engine]`` settings."""
+    config = load_config(path)
+    return config, EngineSettings.from_config(config)
+
+
+@dataclass
+class _Run:
+    """One run's state."""
+
+    number: int
+    tr: float
+    glm: IncrementalGLM
+    stimuli: dict[int, str] = field(default_factory=dict)
+    onsets: dict[int, float] = field(default_factory=dict)
+    released: set[int] = field(default_factory=set)
+    recorded: set[int] = field(default_factory=set)  # trials in the trials table (published before)
+    last_params: np.ndarray | None = None
+    n_volumes: int = 0
+    confounds: Any = None
+    timings: Any = None
+    trial_timings: Any = None
+    trial_table: Any = None
+    volume_recorder: StageRecorder = field(default_factory=lambda: StageRecorder(VOLUME_STAGES))
+    trial_recorder: StageRecorder = field(default_factory=lambda: StageRecorder(TRIAL_STAGES, incoming=()))
+
+
+class Engine:
+    """The engine's state machine over one session's store.
+
+    ``publish_trial(result)`` and ``publish_status(status)`` send messages out (defaults: drop);
+    ``on_trial(trial_beta)`` callbacks receive each released trial (e.g. a decoder).
+    """
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        store: SessionStore,
+        *,
+        publish_trial: Callable[[TrialResultMessage], None] | None = None,
+        publish_status: Callable[[StatusMessage], None] | None = None,
+        on_trial: list[Callable[[TrialBeta], None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.session_id = f"sub-{store.subject}_ses-{store.session}"
+        self.publish_trial = publish_trial or (lambda message: None)
+        self.publish_status = publish_status or (lambda message: None)
+        self.on_trial = list(on_trial or [])
+        self.realigner: RigidRealigner | None = None
+        self.normaliser: TrialNormaliser | None = None
+        self.runs: dict[int, _Run] = {}
+        self._early_events: dict[int, list[EventMessage]] = {}  # runs whose first volume is yet to come
+        self._background: list[threading.Thread] = []
+        self._replaying = False
+
+    # -- recovery ------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Rebuild the state from the store (a fresh store: nothing to do)."""
+        self._replaying = True
+        try:
+            for run in self.store.runs():
+                events = self.store.events(run)
+                pending = sorted(events, key=lambda row: int(row["engine_volumes"]))
+                n = self.store.n_volumes(run)
+                affine, tr = self.store.geometry(run) if n else (None, None)
+                volumes = self.store.iter_volumes(run)
+                for index in range(n + 1):
+                    while pending and int(pending[0]["engine_volumes"]) <= index:
+                        self._use_event(run, _event_from_row(self.session_id, run, pending.pop(0)))
+                    if index == n:
+                        break
+                    volume = next(volumes)
+                    if volume is None:
+                        self._process_missing(run, index, "missing when stored")
+                    else:
+                        self._process_volume(run, index, volume, affine, tr, {})
+                if self.store.is_ended(run):
+                    self._finish_run(run)
+                if n:
+                    log.info("recovered run %d: %d volumes, %d events", run, n, len(events))
+        finally:
+            self._replaying = False
+        for run in self.store.uncompressed_ended_runs():
+            self._compress_later(run)
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def handle(self, message: Message, ack: Callable[[Message], None] | None = None) -> None:
+        """Persist ``message``, acknowledge it (``ack``), then act on it. Never raises on bad input."""
+        ack = ack or (lambda m: None)
+        try:
+            if isinstance(message, VolumeMessage):
+                self._on_volume(message, ack)
+            elif isinstance(message, VolumeMissingMessage):
+                self._on_missing(message, ack)
+            elif isinstance(message, EventMessage):
+                self._on_event(message, ack)
+            elif isinstance(message, RunEndMessage):
+                self._on_run_end(message, ack)
+            else:
+                log.warning("ignored a %s message: the engine does not take them", message.KIND)
+        except Exception:  # one bad message must not end a live session
+            log.exception("failed on a %s message; the session goes on", message.KIND)
+
+    def _on_volume(self, msg: VolumeMessage, ack: Callable[[Message], None]) -> None:
+        run, index = msg.run, msg.index
+        received = time.perf_counter()
+        if self.store.is_ended(run):
+            log.error("volume %d of run %d ignored: the run has ended", index, run)
+            ack(msg)
+            return
+        expected = self.store.n_volumes(run)
+        if index < expected:
+            log.error("volume %d of run %d ignored: out of order (volume %d is the next expected)", index, run, expected)
+            ack(msg)
+            return
+        for gap in range(expected, index):
+            log.error("volume %d of run %d never came before volume %d: stored as missing", gap, run, index)
+            self._store_missing(msg, gap, "never came")
+        problem = self._volume_problem(msg)
+        if problem is not None:
+            log.error("volume %d of run %d is unusable (%s): stored as missing", index, run, problem)
+            self._store_missing(msg, index, problem)
+            ack(msg)
+            return
+        stored = self.store.append_volume(run, msg.voxels, msg.affine, msg.tr, msg.slice_times)
+        ack(msg)
+        self._process_volume(run, stored, msg.voxels, msg.affine, msg.tr, msg.stamps, received)
+
+    def _store_missing(self, msg: VolumeMessage, index: int, reason: str) -> None:
+        """Store zeros for volume ``index`` (the geometry of the reference, else of ``msg``)."""
+        if self.store.n_volumes(msg.run) > 0:
+            self.store.append_missing(msg.run)
+        else:
+            if self.realigner is not None:
+                shape, affine = self.realigner.shape, self.realigner.affine
+            elif np.ndim(msg.voxels) == 3 and np.shape(msg.affine) == (4, 4):
+                shape, affine = np.shape(msg.voxels), msg.affine
+            else:
+                log.error("run %d: nothing stored for volume %d, its geometry is unusable", msg.run, index)
+                return
+            dtype = np.asarray(msg.voxels).dtype if np.asarray(msg.voxels).dtype.kind in "iuf" else np.float32
+            self.store.append_volume(msg.run, np.zeros(shape, dtype), affine, msg.tr if msg.tr > 0 else 1.0)
+        self._process_missing(msg.run, index, reason)
+
+    def _volume_problem(self, msg: VolumeMessage) -> str | None:
+        voxels = np.asarray(msg.voxels)
+        if voxels.ndim != 3:
+            return f"{voxels.ndim}D voxels, expected 3D"
+        if self.realigner is not None and voxels.shape != self.realigner.shape:
+            return f"shape {voxels.shape} differs from the reference's {self.realigner.shape}"
+        if not np.all(np.isfinite(voxels)):
+            return "NaN or infinite voxels"
+        if not np.any(voxels):
+            return "all voxels are zero"
+        if np.asarray(msg.affine).shape != (4, 4) or msg.tr <= 0:
+            return "bad affine or TR"
+        return None
+
+    def _on_missing(self, msg: VolumeMissingMessage, ack: Callable[[Message], None]) -> None:
+        if self.store.n_volumes(msg.run) != msg.index:
+            log.error("missing-volume notice %d of run %d ignored: out of order", msg.index, msg.run)
+        elif msg.index == 0:
+            log.error("volume 0 of run %d never came (%s): the run starts at its first volume", msg.run, msg.reason)
+        else:
+            self.store.append_missing(msg.run)
+            ack(msg)
+            self._process_missing(msg.run, msg.index, msg.reason)
+            return
+        ack(msg)
+
+    def _on_event(self, msg: EventMessage, ack: Callable[[Message], None]) -> None:
+        started = [r for r in self.store.runs() if self.store.n_volumes(r) > 0]
+        problem = None
+        if msg.session != self.session_id:
+            problem = f"session {msg.session!r} is not {self.session_id!r}"
+        elif self.store.is_ended(msg.run):
+            problem = f"run {msg.run} has ended"
+        elif started and msg.run < max(started) and self.store.n_volumes(msg.run) == 0:
+            problem = f"unknown run {msg.run} (never started; run {max(started)} is under way)"
+        elif any(int(row["trial"]) == msg.trial for row in self.store.events(msg.run)):
+            problem = f"trial {msg.trial} of run {msg.run} was already received"
+        if problem is not None:
+            log.error("event for trial %d ignored: %s", msg.trial, problem)
+            ack(msg)
+            return
+        row = {
+            "onset": msg.onset, "duration": msg.duration, "trial_type": msg.trial_type, "trial": msg.trial,
+            "stimulus": msg.stimulus, "response": msg.response, "response_time": msg.response_time,
+            "feedback": msg.feedback, "engine_volumes": self.store.n_volumes(msg.run),
+        }
+        self.store.append_event(msg.run, row)
+        ack(msg)
+        self._use_event(msg.run, msg)
+
+    def _on_run_end(self, msg: RunEndMessage, ack: Callable[[Message], None]) -> None:
+        if self.store.n_volumes(msg.run) == 0:
+            log.error("end of run %d ignored: no volume of it was received", msg.run)
+            ack(msg)
+            return
+        if self.store.is_ended(msg.run):
+            ack(msg)
+            return
+        while self.store.n_volumes(msg.run) < msg.n_volumes:
+            index = self.store.append_missing(msg.run)
+            log.error("volume %d of run %d never came before the run ended: stored as missing", index, msg.run)
+            self._process_missing(msg.run, index, "never came")
+        self._finish_run(msg.run)
+        self.store.end_run(msg.run)
+        ack(msg)
+        self._compress_later(msg.run)
+
+    def _compress_later(self, run: int) -> None:
+        """gzip the run's BIDS NIfTI in a thread: seconds of work that must not delay the next run."""
+        thread = threading.Thread(target=self.store.compress_run, args=(run,), name=f"compress-run-{run}")
+        thread.start()
+        self._background.append(thread)
+
+    def join_background(self, timeout_s: float | None = None) -> None:
+        """Wait for background work (run compression) to finish."""
+        for thread in self._background:
+            thread.join(timeout_s)
+        self._background = [t for t in self._background if t.is_alive()]
+
+    # -- processing ----------------------------------------------------------------------------
+    def _ensure_realigner(self, run: int, volume: np.ndarray, affine: np.ndarray) -> None:
+        if self.realigner is not None:
+            return
+        saved = self.store.load_image("desc-reference_boldref")
+        if saved is not None:
+            reference, ref_affine = saved
+        elif self.settings.reference is not None:
+            img = nib.load(self.settings.reference)
+            reference = np.asarray(img.dataobj, dtype=np.float32)
+            reference = reference[..., 0] if reference.ndim == 4 else reference
+            ref_affine = img.affine
+        else:
+            reference, ref_affine = np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64)
+        roi = None
+        saved_roi = self.store.load_image("desc-roi_mask")
+        if saved_roi is not None:
+            roi = saved_roi[0].astype(bool)
+        elif self.settings.roi_mask is not None:
+            roi = _roi_on_grid(self.settings.roi_mask, reference.shape, ref_affine)
+        self.realigner = RigidRealigner(
+            reference, ref_affine, roi_mask=roi,
+            fwhm_mm=self.settings.realign_fwhm_mm, n_samples=self.settings.realign_samples,
+        )
+        if saved is None:
+            self.store.save_image("desc-reference_boldref", np.asarray(reference, np.float32), ref_affine)
+        if saved_roi is None:
+            self.store.save_image("desc-roi_mask", self.realigner.roi_mask.astype(np.uint8), ref_affine)
+        n_roi = int(self.realigner.roi_mask.sum())
+        self.normaliser = TrialNormaliser(
+            n_roi, stats=self.settings.zscore_stats, average_repeats=self.settings.average_repeats
+        )
+        log.info("reference %s, ROI of %d voxels", reference.shape, n_roi)
+
+    def _run_state(self, run: int, tr: float) -> _Run:
+        state = self.runs.get(run)
+        if state is not None:
+            return state
+        assert self.realigner is not None
+        design = RunDesign(tr, self.settings.planned_volumes, self.settings.glm)
+        confounds = list(PARAMETER_NAMES) if self.settings.glm.motion_confounds else []
+        glm = IncrementalGLM(design, int(self.realigner.roi_mask.sum()), confound_names=confounds)
+        state = _Run(run, tr, glm)
+        state.confounds = self.store.table(run, "confounds_timeseries", CONFOUND_COLUMNS)
+        state.timings = self.store.table(run, "volumetimings", state.volume_recorder.columns("volume"))
+        state.trial_timings = self.store.table(run, "trialtimings", state.trial_recorder.columns("trial"))
+        state.trial_table = self.store.table(run, "trials", ["trial", "stimulus", "volumes", "method", "repeats"])
+        state.recorded = {int(row["trial"]) for row in state.trial_table.rows()}
+        self.runs[run] = state
+        for event in self._early_events.pop(run, []):
+            self._use_event(run, event)
+        return state
+
+    def _use_event(self, run: int, msg: EventMessage) -> None:
+        state = self.runs.get(run)
+        if state is None:  # the run has not started: its first volume adds the event
+            self._early_events.setdefault(run, []).append(msg)
+            return
+        if msg.trial in state.onsets:
+            return
+        state.glm.add_trial(msg.trial, msg.onset, msg.duration)
+        state.onsets[msg.trial] = msg.onset
+        state.stimuli[msg.trial] = msg.stimulus
+        self._release_ready(state)
+
+    def _process_volume(
+        self, run: int, index: int, volume: np.ndarray, affine: np.ndarray, tr: float,
+        stamps: dict[str, float], received: float | None = None,
+    ) -> None:
+        self._ensure_realigner(run, volume, affine)
+        assert self.realigner is not None
+        state = self._run_state(run, tr)
+        rec = state.volume_recorder
+        rec.mark(index, "received", stamps, at=received)
+        rec.mark(index, "persisted")
+        estimate = self.realigner.realign(volume, affine, init=state.last_params)
+        rec.mark(index, "realigned")
+        previous = state.last_params
+        state.last_params = estimate.params
+        fd = float("nan") if previous is None else float(framewise_displacement([previous, estimate.params])[1])
+        confounds = estimate.params if self.settings.glm.motion_confounds else ()
+        state.glm.add_volume(estimate.roi, confounds, frame=index)
+        rec.mark(index, "glm_updated")
+        latency_ms = rec.elapsed_ms(index, "glm_updated")
+        state.n_volumes = index + 1
+        self._write_volume_rows(state, index, estimate.params, fd, estimate.iterations, missing=False)
+        self._release_ready(state)
+        if not self._replaying:
+            metrics = {"run": float(run), "volume": float(index), "framewise_displacement": fd,
+                       "iterations": float(estimate.iterations),
+                       "latency_ms": latency_ms}
+            metrics.update(dict(zip(PARAMETER_NAMES, map(float, estimate.params))))
+            self.publish_status(StatusMessage(process="engine", state="running",
+                                              message=f"run {run} volume {index}", metrics=metrics, sent_time=time.time()))
+
+    def _process_missing(self, run: int, index: int, reason: str) -> None:
+        state = self.runs.get(run)
+        if state is None:
+            return
+        state.n_volumes = index + 1
+        self._write_volume_rows(state, index, np.full(6, np.nan), float("nan"), 0, missing=True)
+        self._release_ready(state)
+        if not self._replaying:
+            self.publish_status(StatusMessage(process="engine", state="warning",
+                                              message=f"run {run} volume {index} missing: {reason}", sent_time=time.time()))
+
+    def _write_volume_rows(self, state: _Run, index: int, params: np.ndarray, fd: float, iterations: int, missing: bool) -> None:
+        # Volumes missing before the run's state existed still get their (empty) rows.
+        while len(state.confounds) < index:
+            state.confounds.append({"volume": len(state.confounds), "missing": True})
+        while len(state.timings) < index:
+            state.timings.append({"volume": len(state.timings)})
+        # Replays recompute rows already on disk: keep those (their timings are the live ones).
+        if index >= len(state.confounds):
+            state.confounds.append({"volume": index, **dict(zip(PARAMETER_NAMES, params)),
+                                    "framewise_displacement": fd, "iterations": iterations, "missing": missing})
+        if index >= len(state.timings):
+            state.timings.append(state.volume_recorder.row(index, "volume"))
+        state.volume_recorder.forget(index)
+
+    def _release_ready(self, state: _Run) -> None:
+        frames_seen = state.n_volumes - 1
+        for trial in sorted(state.onsets):
+            if trial in state.released:
+                continue
+            due = ready_frame(state.onsets[trial], self.settings.ready_delay_s, state.tr, self.settings.glm.slice_time_ref)
+            if frames_seen >= due and trial in state.glm.active_trials():
+                self._release(state, trial)
+
+    def _release(self, state: _Run, trial: int) -> None:
+        assert self.normaliser is not None
+        rec = state.trial_recorder
+        rec.mark(trial, "ready")
+        if self.settings.beta_method == "lss":
+            beta = state.glm.lss(trial)
+        else:
+            beta = state.glm.lsa([trial])[trial]
+        released = self.normaliser.release(state.number, trial, state.stimuli.get(trial, ""), beta)
+        rec.mark(trial, "betas")
+        state.released.add(trial)
+        already = trial in state.recorded  # released and published before a restart
+        if not already:
+            self.store.save_arrays(state.number, f"trial{trial}beta", beta=released.beta, z=released.z)
+        result = TrialResultMessage(
+            session=self.session_id, run=state.number, trial=trial, stimulus=released.stimulus,
+            embedding=released.z.astype(np.float32), decoder="trial-beta",
+            latencies={"betas_s": rec.elapsed_ms(trial, "betas") / 1000.0}, stamps={"trial_ready": time.time()},
+        )
+        for callback in self.on_trial:
+            callback(released)
+        if not already:
+            self.publish_trial(result)
+        rec.mark(trial, "published")
+        if not already:
+            state.recorded.add(trial)
+            state.trial_table.append({"trial": trial, "stimulus": released.stimulus, "volumes": state.n_volumes,
+                                      "method": self.settings.beta_method, "repeats": released.repeats})
+            state.trial_timings.append(rec.row(trial, "trial"))
+        rec.forget(trial)
+
+    def _finish_run(self, run: int) -> None:
+        """Release what is left and save the run's final betas from freshly summed statistics."""
+        state = self.runs.get(run)
+        if state is None:
+            return
+        state.glm.refresh()
+        for trial in sorted(state.onsets):
+            if trial not in state.released and trial in state.glm.active_trials():
+                self._release(state, trial)
+        trials = state.glm.active_trials()
+        if trials:
+            lsa = state.glm.lsa(trials)
+            self.store.save_arrays(
+                run, "trialbetas", trials=np.array(trials), lsa=np.stack([lsa[t] for t in trials]),
+                lss=np.stack([state.glm.lss(t) for t in trials]), frames=state.glm.frames,
+            )
+
+
+def _event_from_row(session: str, run: int, row: dict[str, str]) -> EventMessage:
+    def num(value: str) -> float | None:
+        return None if value == "n/a" else float(value)
+
+    return EventMessage(
+        session=session, run=run, trial=int(row["trial"]), onset=float(row["onset"]),
+        duration=float(row["duration"]), trial_type=row["trial_type"],
+        stimulus="" if row["stimulus"] == "n/a" else row["stimulus"],
+        response="" if row["response"] == "n/a" else row["response"],
+        response_time=num(row["response_time"]), feedback=row["feedback"] == "1",
+    )
+
+
+def _roi_on_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """The ROI mask at ``path`` on the reference grid (nearest-neighbour if it is on another grid)."""
+    try:
+        img = nib.load(path)
+    except (OSError, nib.filebasedimages.ImageFileError) as exc:
+        raise ValueError(f"{path}: cannot read the ROI mask: {exc}") from exc
+    if img.shape[:3] == tuple(shape) and np.allclose(img.affine, affine, atol=1e-3):
+        mask = np.asarray(img.dataobj).reshape(shape) > 0
+    else:
+        from nilearn.image import resample_img
+
+        resampled = resample_img(img, target_affine=affine, target_shape=shape, interpolation="nearest",
+                                 force_resample=True, copy_header=True)
+        mask = np.asarray(resampled.dataobj) > 0
+    if not mask.any():
+        raise ValueError(f"{path}: the ROI mask is empty on the reference grid")
+    return mask
+
+
+def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) -> int:
+    """Run the engine of the session config at ``config_path`` until ``stop()`` is true."""
+    from rtrecon.keys import load_curve
+    from rtrecon.transport import ReliableReceiver, ReliableSender, StatusPublisher, trial_key, volume_key
+
+    config, settings = load_engine_config(config_path)
+    s = config.session
+    store = SessionStore(s.output_dir, s.subject, s.session, s.task)
+    curve = load_curve(config.security.keys_dir, "engine") if config.security.keys_dir else None
+    session_id = f"sub-{s.subject}_ses-{s.session}"
+    spool = Path(s.output_dir) / "engine_spool"
+    hb = config.network.heartbeat_s
+    with (
+        ReliableSender(config.network.results, session_id, spool, key=trial_key, curve=curve,
+                       server_role="stimulus", heartbeat_s=hb, name="engine") as results,
+        StatusPublisher(config.network.status, curve=curve, name="engine") as status,
+    ):
+        def publish_trial(message: TrialResultMessage) -> None:
+            if message.trial > results.spooled.get(message.run, -1):
+                results.send(message)
+
+        engine = Engine(settings, store, publish_trial=publish_trial, publish_status=status.publish)
+        if config.decoder.checkpoint is not None:  # its decoded result goes out instead of the bare beta
+            from engine.decoding import DecodingStage
+
+            engine.on_trial.append(DecodingStage.from_config(config, publish_trial, store))
+        engine.recover()
+        events_persisted = {r: max((int(row["trial"]) for row in store.events(r)), default=-1) for r in store.runs()}
+        with (
+            ReliableReceiver(config.network.volumes, session_id, store.persisted(), key=volume_key,
+                             curve=curve, heartbeat_s=hb, name="engine") as volumes,
+            ReliableReceiver(config.network.events, session_id, events_persisted, key=trial_key,
+                             curve=curve, heartbeat_s=hb, name="engine-events") as events,
+        ):
+            log.info("engine up: volumes on %s, events on %s", config.network.volumes, config.network.events)
+            while stop is None or not stop():
+                message = volumes.recv(timeout_s=0.005)
+                if message is not None:
+                    engine.handle(message, volumes.ack)
+                # Events are few and small, and a volume may need them: take all that are queued.
+                for _ in range(16):
+                    message = events.recv(timeout_s=0.0)
+                    if message is not None:
+                        engine.handle(message, events.ack)
+                results.poll()
+        engine.join_background()
+    return 0

@@ -1,0 +1,393 @@
+"""The session store: a BIDS folder written as volumes and events arrive, readable after a crash.
+
+Layout under ``root`` (BIDS names; ``R`` is the run number of the wire messages)::
+
+    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-R_bold.nii      while the run is live
+    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-R_bold.nii.gz   once it has ended (compressed in the background)
+    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-R_bold.json     sidecar (TR, slice timing)
+    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-R_events.tsv
+    derivatives/rtrecon/sub-XX/ses-YY/func/<run prefix>_desc-confounds_timeseries.tsv
+    derivatives/rtrecon/sub-XX/ses-YY/func/<run prefix>_desc-<name>.tsv / .npz  (timings, betas)
+    derivatives/rtrecon/sub-XX/ses-YY/func/<run prefix>_desc-runend.json     the run has ended
+
+Crash safety. A live run's NIfTI is uncompressed: a volume's bytes are appended and fsynced
+*before* the header's volume count is rewritten (and fsynced), so the header never counts a
+volume that is not whole on disk; reopening truncates any bytes past the counted volumes (a
+write the crash interrupted). Table rows end with a newline and are fsynced one by one; a
+partial last line is dropped on reopening. Whole files (sidecars, ``.npz``, the compressed run)
+are written to a temporary name, fsynced, and renamed. Hence :meth:`SessionStore.n_volumes` is
+exactly what was persisted, the number the engine acknowledges to the bridge.
+
+A volume that never came or could not be used is stored as zeros so that indices stay those of
+the acquisition; :meth:`SessionStore.volume` then returns ``None`` for it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["SessionStore", "AppendTable"]
+
+_HEADER_BYTES = 352  # NIfTI-1 header + the 4 extension bytes: data start right after
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value)) if np.isfinite(value) else "n/a"
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+class AppendTable:
+    """A TSV file grown one row at a time; a torn last line is dropped on opening.
+
+    ``durable`` rows are fsynced before :meth:`append` returns (what is acknowledged to a peer);
+    derivative tables, which a restarted engine recomputes, are only flushed.
+    """
+
+    def __init__(self, path: Path, columns: Sequence[str], *, durable: bool = True) -> None:
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.durable = durable
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            whole = raw[: raw.rfind(b"\n") + 1]
+            if len(whole) != len(raw):
+                with open(self.path, "r+b") as f:
+                    f.truncate(len(whole))
+                    os.fsync(f.fileno())
+            if not whole:
+                self._write_header()
+            else:
+                header = whole.split(b"\n", 1)[0].decode().split("\t")
+                if header != self.columns:
+                    raise ValueError(f"{self.path}: columns {header} differ from the expected {self.columns}")
+        else:
+            self._write_header()
+        self._n_rows = max(0, self.path.read_bytes().count(b"\n") - 1)
+
+    def _write_header(self) -> None:
+        _atomic_write(self.path, ("\t".join(self.columns) + "\n").encode())
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        line = "\t".join(_format(row.get(c)) for c in self.columns) + "\n"
+        with open(self.path, "ab") as f:
+            f.write(line.encode())
+            f.flush()
+            if self.durable:
+                os.fdatasync(f.fileno())
+        self._n_rows += 1
+
+    def rows(self) -> list[dict[str, str]]:
+        lines = self.path.read_text().splitlines()[1:]
+        return [dict(zip(self.columns, line.split("\t"))) for line in lines]
+
+    def __len__(self) -> int:
+        return self._n_rows
+
+
+class _LiveRun:
+    """A run's 4D NIfTI being appended to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            header = nib.Nifti1Header.from_fileobj(f)
+        self.header = header
+        self.shape = tuple(int(n) for n in header.get_data_shape()[:3])
+        self.dtype = header.get_data_dtype()
+        self.volume_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        shape = header.get_data_shape()
+        self.n = int(shape[3]) if len(shape) > 3 else 1
+        expected = _HEADER_BYTES + self.n * self.volume_bytes
+        if path.stat().st_size < expected:
+            raise OSError(f"{path}: header counts {self.n} volumes but the file is shorter")
+        if path.stat().st_size > expected:  # a write the crash interrupted
+            with open(path, "r+b") as f:
+                f.truncate(expected)
+                os.fsync(f.fileno())
+
+    @classmethod
+    def create(cls, path: Path, volume: np.ndarray, affine: np.ndarray, tr: float) -> _LiveRun:
+        header = nib.Nifti1Header()
+        header.set_data_dtype(volume.dtype)
+        header.set_data_shape((*volume.shape, 0))
+        header.set_qform(affine, code=1)
+        header.set_sform(affine, code=1)
+        header.set_xyzt_units("mm", "sec")
+        zooms = list(header.get_zooms())
+        zooms[3] = tr
+        header.set_zooms(zooms)
+        header["vox_offset"] = _HEADER_BYTES
+        _atomic_write(path, header.binaryblock + b"\x00" * 4)
+        return cls(path)
+
+    def append(self, volume: np.ndarray) -> None:
+        data = np.asarray(volume, dtype=self.dtype.newbyteorder("<")).tobytes(order="F")
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            os.pwrite(fd, data, _HEADER_BYTES + self.n * self.volume_bytes)
+            os.fdatasync(fd)  # the data are on disk before the header counts them
+            self.header.set_data_shape((*self.shape, self.n + 1))
+            os.pwrite(fd, self.header.binaryblock, 0)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self.n += 1
+
+    def read(self, index: int) -> np.ndarray:
+        with open(self.path, "rb") as f:
+            f.seek(_HEADER_BYTES + index * self.volume_bytes)
+            raw = f.read(self.volume_bytes)
+        return np.frombuffer(raw, dtype=self.dtype.newbyteorder("<")).reshape(self.shape, order="F")
+
+
+class SessionStore:
+    """One subject's session under ``root`` in BIDS layout (see the module docstring)."""
+
+    # BIDS columns, then how many volumes of the run were stored when the event was: the
+    # engine replays events and volumes in their arrival order from it.
+    EVENT_COLUMNS = (
+        "onset", "duration", "trial_type", "trial", "stimulus", "response", "response_time", "feedback",
+        "engine_volumes",
+    )
+
+    def __init__(self, root: str | Path, subject: str, session: str, task: str) -> None:
+        self.root = Path(root)
+        self.subject, self.session, self.task = subject, session, task
+        self.func = self.root / f"sub-{subject}" / f"ses-{session}" / "func"
+        self.derivatives = self.root / "derivatives" / "rtrecon" / f"sub-{subject}" / f"ses-{session}" / "func"
+        self.func.mkdir(parents=True, exist_ok=True)
+        self.derivatives.mkdir(parents=True, exist_ok=True)
+        self._write_dataset_descriptions()
+        self._live: dict[int, _LiveRun] = {}
+        self._events: dict[int, AppendTable] = {}
+
+    def _write_dataset_descriptions(self) -> None:
+        for folder, extra in ((self.root, {}), (self.root / "derivatives" / "rtrecon", {"DatasetType": "derivative", "GeneratedBy": [{"Name": "rtrecon engine"}]})):
+            path = folder / "dataset_description.json"
+            if not path.exists():
+                _atomic_write(path, json.dumps({"Name": "rtrecon session", "BIDSVersion": "1.9.0", **extra}, indent=2).encode())
+
+    # -- names ---------------------------------------------------------------------------------
+    def prefix(self, run: int) -> str:
+        return f"sub-{self.subject}_ses-{self.session}_task-{self.task}_run-{run}"
+
+    def bold_path(self, run: int, *, live: bool | None = None) -> Path:
+        """The run's NIfTI: ``.nii`` while live, ``.nii.gz`` once ended (``live=None``: whichever exists)."""
+        nii = self.func / f"{self.prefix(run)}_bold.nii"
+        if live is None:
+            live = not (self.func / f"{self.prefix(run)}_bold.nii.gz").exists()
+        return nii if live else nii.with_suffix(".nii.gz")
+
+    def derivative_path(self, run: int, desc: str, ext: str = ".tsv") -> Path:
+        return self.derivatives / f"{self.prefix(run)}_desc-{desc}{ext}"
+
+    # -- runs ----------------------------------------------------------------------------------
+    def runs(self) -> list[int]:
+        """Runs with at least one stored volume or event, in order."""
+        found = set()
+        for path in self.func.glob(f"sub-{self.subject}_ses-{self.session}_task-{self.task}_run-*_*"):
+            label = path.name.split("_run-")[1].split("_")[0]
+            if label.isdigit():
+                found.add(int(label))
+        return sorted(found)
+
+    def _live_run(self, run: int) -> _LiveRun | None:
+        live = self._live.get(run)
+        if live is None:
+            try:
+                live = self._live[run] = _LiveRun(self.bold_path(run, live=True))
+            except FileNotFoundError:  # never started, or compressed since
+                return None
+        return live
+
+    def n_volumes(self, run: int) -> int:
+        """Volumes persisted for ``run`` (missing ones included as zeros)."""
+        live = self._live_run(run)
+        if live is not None:
+            return live.n
+        marker = self._end_marker(run)
+        if marker.exists():
+            return int(json.loads(marker.read_text())["n_volumes"])
+        done = self.bold_path(run, live=False)
+        return int(nib.load(done).shape[3]) if done.exists() else 0
+
+    def is_ended(self, run: int) -> bool:
+        return self._end_marker(run).exists() or self.bold_path(run, live=False).exists()
+
+    def persisted(self) -> dict[int, int]:
+        """Run -> last persisted key of the volume link, as the transport's receiver wants it:
+        the last volume index (-1: none), or ``n_volumes`` once the run's end is persisted."""
+        return {run: self.n_volumes(run) - (0 if self.is_ended(run) else 1) for run in self.runs()}
+
+    def append_volume(
+        self, run: int, volume: np.ndarray, affine: np.ndarray, tr: float, slice_times: Sequence[float] | None = None
+    ) -> int:
+        """Persist the next volume of ``run`` (fsynced); returns its index."""
+        if self.is_ended(run):
+            raise ValueError(f"run {run} has ended: {self.bold_path(run, live=False)} is final")
+        live = self._live_run(run)
+        volume = np.asarray(volume)
+        if live is None:
+            sidecar = {"RepetitionTime": float(tr), "TaskName": self.task}
+            if slice_times is not None:
+                sidecar["SliceTiming"] = [float(t) for t in slice_times]
+            _atomic_write(self.func / f"{self.prefix(run)}_bold.json", json.dumps(sidecar, indent=2).encode())
+            live = self._live[run] = _LiveRun.create(self.bold_path(run, live=True), volume, affine, tr)
+        elif volume.shape != live.shape:
+            raise ValueError(f"volume shape {volume.shape} differs from run {run}'s {live.shape}")
+        live.append(volume)
+        return live.n - 1
+
+    def append_missing(self, run: int) -> int:
+        """Persist a zero volume in place of one that never came or could not be used."""
+        live = self._live_run(run)
+        if live is None:
+            raise ValueError(f"run {run} has no volume yet: its geometry is unknown")
+        live.append(np.zeros(live.shape, dtype=live.dtype))
+        return live.n - 1
+
+    def volume(self, run: int, index: int) -> np.ndarray | None:
+        """Stored volume ``index`` of ``run`` (None if it was missing)."""
+        live = self._live_run(run)
+        if live is not None:
+            if not 0 <= index < live.n:
+                raise IndexError(f"run {run} has {live.n} volumes, not {index + 1}")
+            data = live.read(index)
+        else:
+            data = np.asarray(nib.load(self.bold_path(run, live=False)).dataobj[..., index])
+        return None if not data.any() else data
+
+    def iter_volumes(self, run: int) -> Iterator[np.ndarray | None]:
+        """Every stored volume of ``run`` in order (None where missing), reading the file once."""
+        live = self._live_run(run)
+        if live is not None:
+            for index in range(live.n):
+                data = live.read(index)
+                yield data if data.any() else None
+            return
+        data = np.asarray(nib.load(self.bold_path(run, live=False)).dataobj)
+        for index in range(data.shape[3]):
+            yield data[..., index] if data[..., index].any() else None
+
+    def geometry(self, run: int) -> tuple[np.ndarray, float]:
+        """(affine, TR) of a stored run."""
+        img = nib.load(self.bold_path(run))
+        return img.affine, float(img.header.get_zooms()[3])
+
+    def _end_marker(self, run: int) -> Path:
+        return self.derivative_path(run, "runend", ".json")
+
+    def end_run(self, run: int) -> Path:
+        """Record (durably) that ``run`` is over; :meth:`compress_run` then makes its ``.nii.gz``."""
+        n = self.n_volumes(run)
+        if n == 0:
+            raise ValueError(f"run {run} has no volume to end")
+        marker = self._end_marker(run)
+        _atomic_write(marker, json.dumps({"n_volumes": n}).encode())
+        return marker
+
+    def uncompressed_ended_runs(self) -> list[int]:
+        """Ended runs whose NIfTI is still the live ``.nii`` (a compression was interrupted)."""
+        return [r for r in self.runs() if self._end_marker(r).exists() and self.bold_path(r, live=True).exists()]
+
+    def compress_run(self, run: int) -> Path:
+        """Compress an ended run's NIfTI to its final ``_bold.nii.gz`` (atomic); returns its path.
+
+        Slow (seconds for a long run), so the engine runs it in the background; readers see the
+        live ``.nii`` until the compressed file has replaced it.
+        """
+        live = self._live_run(run)
+        final = self.bold_path(run, live=False)
+        if live is None:
+            if final.exists():
+                return final
+            raise ValueError(f"run {run} has no volume to compress")
+        tmp = final.with_name(final.name + ".tmp")
+        with open(live.path, "rb") as src, open(tmp, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+                shutil.copyfileobj(src, gz, 1 << 20)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, final)
+        self._live.pop(run, None)
+        live.path.unlink()
+        _fsync_dir(final.parent)
+        return final
+
+    # -- events --------------------------------------------------------------------------------
+    def events_table(self, run: int) -> AppendTable:
+        if run not in self._events:
+            self._events[run] = AppendTable(self.func / f"{self.prefix(run)}_events.tsv", self.EVENT_COLUMNS)
+        return self._events[run]
+
+    def append_event(self, run: int, row: Mapping[str, Any]) -> None:
+        self.events_table(run).append(row)
+
+    def events(self, run: int) -> list[dict[str, str]]:
+        path = self.func / f"{self.prefix(run)}_events.tsv"
+        return self.events_table(run).rows() if path.exists() else []
+
+    # -- derivatives ---------------------------------------------------------------------------
+    def table(self, run: int, desc: str, columns: Sequence[str]) -> AppendTable:
+        """A derivative table (recomputable, so rows are flushed, not fsynced)."""
+        return AppendTable(self.derivative_path(run, desc), columns, durable=False)
+
+    def save_arrays(self, run: int, desc: str, **arrays: np.ndarray) -> Path:
+        path = self.derivative_path(run, desc, ".npz")
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def save_image(self, name: str, data: np.ndarray, affine: np.ndarray) -> Path:
+        """A session-level derivative image (reference, masks), written atomically."""
+        path = self.derivatives / f"sub-{self.subject}_ses-{self.session}_{name}.nii.gz"
+        tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
+        nib.save(nib.Nifti1Image(data, affine), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_image(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        path = self.derivatives / f"sub-{self.subject}_ses-{self.session}_{name}.nii.gz"
+        if not path.exists():
+            return None
+        img = nib.load(path)
+        return np.asarray(img.dataobj), img.affine
+

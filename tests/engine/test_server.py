@@ -1,0 +1,321 @@
+"""The engine process: outputs, bad input, and recovery after a crash (in process and SIGKILL)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from engine.design import RunDesign
+from engine.motion import rigid_matrix
+from engine.server import Engine, EngineSettings, load_engine_config
+from engine.store import SessionStore
+from rtrecon.wire import EventMessage, RunEndMessage, VolumeMessage
+
+TR, N_VOLS, SHAPE = 1.5, 64, (22, 24, 16)
+AFFINE = np.array([[3.0, 0, 0, -33], [0, 3.0, 0, -36], [0, 0, 3.5, -28], [0, 0, 0, 1]])
+ONSETS = np.arange(3.0, 84.0, 7.5)
+SESSION = "sub-01_ses-01"
+
+
+@lru_cache(maxsize=1)
+def _phantom():
+    """A head-like volume series with known motion and trial responses in a 'visual' blob."""
+    rng = np.random.default_rng(7)
+    grid = np.indices(SHAPE).astype(float)
+    centre = (np.array(SHAPE) - 1) / 2
+    r = np.sqrt((((grid.T - centre) / (np.array(SHAPE) * 0.38)) ** 2).sum(-1)).T
+    anatomy = 1000 * (r < 1) * (1 + 0.4 * ndimage.gaussian_filter(rng.normal(size=SHAPE), 1.5) * 4)
+    anatomy = ndimage.gaussian_filter(anatomy, 0.7)
+    visual = ((grid[1] < 9) & (r < 0.9)).astype(float)
+    design = RunDesign(TR, N_VOLS)
+    amplitudes = rng.uniform(0.5, 1.5, len(ONSETS))
+    response = sum(a * design.trial_columns(o, 3.0)[:, 0] for a, o in zip(amplitudes, ONSETS))
+    motion = np.cumsum(rng.normal(0, [0.08, 0.08, 0.08, 0.001, 0.001, 0.001], (N_VOLS, 6)), axis=0)
+    motion -= motion[0]
+    centre_mm = (AFFINE @ np.r_[centre, 1])[:3]
+    volumes = []
+    for i in range(N_VOLS):
+        clean = anatomy * (1 + 0.03 * response[i] * visual) + rng.normal(0, 5, SHAPE) * (anatomy > 0)
+        vmap = np.linalg.inv(AFFINE) @ rigid_matrix(motion[i], centre_mm) @ AFFINE
+        volumes.append(ndimage.affine_transform(clean, np.linalg.inv(vmap), order=3, mode="nearest").astype(np.float32))
+    return np.stack(volumes), motion, amplitudes
+
+
+def _volume(i: int, run: int = 1) -> VolumeMessage:
+    return VolumeMessage(session=SESSION, run=run, index=i, tr=TR, voxels=_phantom()[0][i], affine=AFFINE)
+
+
+def _event(trial: int, run: int = 1) -> EventMessage:
+    return EventMessage(session=SESSION, run=run, trial=trial, onset=float(ONSETS[trial]), duration=3.0,
+                        trial_type="image", stimulus=f"img{trial % 4}.png")
+
+
+SETTINGS = EngineSettings(planned_volumes=N_VOLS, realign_samples=4000)
+
+
+def _engine(root: Path, published: list | None = None, settings: EngineSettings = SETTINGS) -> Engine:
+    store = SessionStore(root, "01", "01", "test")
+    engine = Engine(settings, store, publish_trial=(published.append if published is not None else None))
+    engine.recover()
+    return engine
+
+
+def _stream(engine: Engine, start: int = 0, stop: int = N_VOLS, end: bool = True) -> None:
+    """Volumes, with each event sent when its onset has passed (as the stimulus PC would)."""
+    for i in range(start, stop):
+        for trial, onset in enumerate(ONSETS):
+            if (i - 1) * TR < onset <= i * TR:
+                engine.handle(_event(trial))
+        engine.handle(_volume(i))
+    if end:
+        engine.handle(RunEndMessage(session=SESSION, run=1, n_volumes=N_VOLS))
+
+
+def test_session_outputs_motion_and_betas(tmp_path):
+    published = []
+    engine = _engine(tmp_path, published)
+    _stream(engine)
+    engine.join_background()
+    store = engine.store
+    _, motion, amplitudes = _phantom()
+    bold = nib.load(store.bold_path(1))
+    assert store.bold_path(1).name == "sub-01_ses-01_task-test_run-1_bold.nii.gz" and bold.shape == (*SHAPE, N_VOLS)
+    events = pd.read_csv(store.func / "sub-01_ses-01_task-test_run-1_events.tsv", sep="\t")
+    assert events.onset.tolist() == pytest.approx(ONSETS.tolist())
+    confounds = pd.read_csv(store.derivative_path(1, "confounds_timeseries"), sep="\t", na_values="n/a")
+    params = confounds[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]].to_numpy()
+    assert np.abs(params[:, :3] - motion[:, :3]).mean() < 0.05
+    assert np.abs(params[:, 3:] - motion[:, 3:]).mean() < 0.001
+    assert np.isnan(confounds.framewise_displacement[0]) and confounds.framewise_displacement[1:].notna().all()
+    timings = pd.read_csv(store.derivative_path(1, "volumetimings"), sep="\t", na_values="n/a")
+    assert len(timings) == N_VOLS and (timings.glm_updated_ms > 0).all()
+    # Every trial released once, as a z-scored ROI beta, in trial order.
+    assert [m.trial for m in published] == list(range(len(ONSETS)))
+    assert all(m.decoder == "trial-beta" and np.all(np.isfinite(m.embedding)) for m in published)
+    final = np.load(store.derivative_path(1, "trialbetas", ".npz"))
+    assert final["lsa"].shape == (len(ONSETS), int(engine.realigner.roi_mask.sum()))
+    # The visual blob's mean beta follows the true trial amplitudes.
+    visual_roi = np.indices(SHAPE)[1][engine.realigner.roi_mask] < 8
+    for method in ("lsa", "lss"):
+        assert np.corrcoef(final[method][:, visual_roi].mean(1), amplitudes)[0, 1] > 0.8
+
+
+def test_bad_input_is_logged_and_the_session_goes_on(tmp_path, caplog):
+    published = []
+    engine = _engine(tmp_path, published)
+    caplog.set_level(logging.ERROR, logger="engine")
+    _stream(engine, 0, 20, end=False)
+    engine.handle(VolumeMessage(session=SESSION, run=1, index=20, tr=TR, voxels=np.zeros((5, 5, 5), np.float32), affine=AFFINE))
+    nan = _phantom()[0][21].copy()
+    nan[3, 3, 3] = np.nan
+    engine.handle(VolumeMessage(session=SESSION, run=1, index=21, tr=TR, voxels=nan, affine=AFFINE))
+    engine.handle(_volume(5))  # out of order: already have it
+    engine.handle(EventMessage(session=SESSION, run=0, trial=0, onset=1.0, duration=1.0, trial_type="x"))
+    engine.handle(_event(0))  # the same trial twice
+    engine.handle(_volume(23))  # 22 never came
+    engine.handle(_event(4))  # due at volume 22 (onset 33 s)
+    _stream(engine, 24, N_VOLS)
+    engine.join_background()
+    text = caplog.text
+    for reason in ("shape (5, 5, 5) differs", "NaN or infinite", "out of order", "unknown run 0",
+                   "already received", "volume 22 of run 1 never came"):
+        assert reason in text
+    assert engine.store.n_volumes(1) == N_VOLS
+    confounds = pd.read_csv(engine.store.derivative_path(1, "confounds_timeseries"), sep="\t", na_values="n/a")
+    assert confounds.missing.tolist() == [int(i in (20, 21, 22)) for i in range(N_VOLS)]
+    assert [m.trial for m in published] == list(range(len(ONSETS)))
+
+
+def _trial_z(store: SessionStore) -> dict[int, np.ndarray]:
+    return {int(p.name.split("desc-trial")[1].split("beta")[0]): np.load(p)["z"]
+            for p in store.derivatives.glob("*_desc-trial*beta.npz")}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    """The final betas and released z-scores of an uninterrupted run."""
+    engine = _engine(tmp_path_factory.mktemp("clean"))
+    _stream(engine)
+    engine.join_background()
+    return dict(np.load(engine.store.derivative_path(1, "trialbetas", ".npz"))), _trial_z(engine.store)
+
+
+@pytest.mark.parametrize("crash_after", [1, 37, N_VOLS])
+def test_restart_from_the_store_gives_identical_betas(tmp_path, clean_run, crash_after):
+    reference, reference_z = clean_run
+    crashed = _engine(tmp_path)
+    _stream(crashed, 0, crash_after, end=False)
+    del crashed  # dropped without closing anything, as a killed process would
+    published = []
+    resumed = _engine(tmp_path, published)
+    assert resumed.store.persisted() == {1: crash_after - 1}
+    _stream(resumed, crash_after, N_VOLS)
+    resumed.join_background()
+    final = np.load(resumed.store.derivative_path(1, "trialbetas", ".npz"))
+    for key in ("trials", "lsa", "lss", "frames"):
+        np.testing.assert_array_equal(final[key], reference[key])
+    # Trials released before the crash are not published again; the others are, once.
+    released_before = {int(r["trial"]) for r in resumed.store.table(1, "trials", ["trial", "stimulus", "volumes", "method", "repeats"]).rows()} - {m.trial for m in published}
+    assert sorted(released_before | {m.trial for m in published}) == list(range(len(ONSETS)))
+    assert len(published) == len({m.trial for m in published})
+    z = _trial_z(resumed.store)
+    assert z.keys() == reference_z.keys()
+    for t in z:
+        np.testing.assert_allclose(z[t], reference_z[t], rtol=1e-9, atol=1e-9)
+
+
+def test_config_with_engine_section(tmp_path):
+    (tmp_path / "roi.nii.gz").write_bytes(b"")
+    path = tmp_path / "session.toml"
+    path.write_text('[session]\nsubject = "02"\n\n[engine]\nroi_mask = "roi.nii.gz"\nready_delay_s = 6.0\n'
+                    '[engine.glm]\nhrf_model = "spm"\n')
+    config, settings = load_engine_config(path)
+    assert config.session.subject == "02" and settings.roi_mask == tmp_path / "roi.nii.gz"
+    assert settings.glm.hrf_model == "spm" and settings.ready_delay_s == 6.0
+    path.write_text("[engine]\nready_delay = 6.0\n")
+    with pytest.raises(Exception, match="engine.ready_delay"):
+        load_engine_config(path)
+
+
+def _start_engine(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rtrecon.cli", "engine", "--config", str(config), "--log-level", "WARNING"],
+                            cwd=Path(__file__).resolve().parents[2], stderr=subprocess.PIPE)
+
+
+def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
+    """SIGKILL the engine process while volumes stream in; after a restart its final betas equal a clean run's."""
+    from rtrecon.transport import ReliableSender, trial_key, volume_key
+
+    config = tmp_path / "session.toml"
+    ipc = f"ipc://{tmp_path}"
+    config.write_text(
+        f'[session]\nsubject = "01"\nsession = "01"\ntask = "test"\noutput_dir = "out"\n'
+        f'[network]\nvolumes = "{ipc}/v"\nevents = "{ipc}/e"\nresults = "{ipc}/r"\nstatus = "{ipc}/s"\nheartbeat_s = 0.5\n'
+        f"[engine]\nplanned_volumes = {N_VOLS}\nrealign_samples = 4000\n"
+    )
+    reference = clean_run[0]
+    engine = _start_engine(config)
+    final_path = tmp_path / "out/derivatives/rtrecon/sub-01/ses-01/func/sub-01_ses-01_task-test_run-1_desc-trialbetas.npz"
+    kills = iter((30,))
+    kill_at = next(kills)
+    with (
+        ReliableSender(f"{ipc}/v", SESSION, tmp_path / "spool_v", key=volume_key, heartbeat_s=0.5) as volumes,
+        ReliableSender(f"{ipc}/e", SESSION, tmp_path / "spool_e", key=trial_key, heartbeat_s=0.5, name="stimulus") as events,
+    ):
+        def pump(seconds: float) -> None:
+            volumes.poll(seconds / 2)
+            events.poll(seconds / 2)
+
+        for i in range(N_VOLS):
+            for trial, onset in enumerate(ONSETS):
+                if (i - 1) * TR < onset <= i * TR:
+                    events.send(_event(trial))
+            volumes.send(_volume(i))
+            pump(0.01)
+            if i == kill_at:
+                # Let it persist most of what was sent, then kill it while volumes are in flight.
+                while volumes.acked.get(1, -1) < i - 3:
+                    pump(0.02)
+                engine.kill()
+                engine.wait()
+                engine = _start_engine(config)
+                kill_at = next(kills, None)
+        while events.pending:  # the stimulus PC has sent every event before the run ends
+            pump(0.05)
+        volumes.send(RunEndMessage(session=SESSION, run=1, n_volumes=N_VOLS))
+        deadline = time.monotonic() + 120
+        while not final_path.exists() and time.monotonic() < deadline:
+            pump(0.05)
+    engine.terminate()
+    _, err = engine.communicate(timeout=30)
+    assert final_path.exists(), err.decode()[-3000:]
+    final = np.load(final_path)
+    for key in ("trials", "lsa", "lss", "frames"):
+        np.testing.assert_array_equal(final[key], reference[key])
+    assert (tmp_path / "out/sub-01/ses-01/func/sub-01_ses-01_task-test_run-1_bold.nii.gz").exists()
+
+
+def test_real_run_streamed_through_the_bridge(tmp_path, shared_dir):
+    """The real 130-volume Siemens run: DICOM export → ``rtrecon bridge watch`` → engine."""
+    from nilearn.glm.first_level import FirstLevelModel, make_first_level_design_matrix
+
+    from engine.motion import PARAMETER_NAMES, framewise_displacement
+    from rtrecon.transport import ReliableReceiver, volume_key
+
+    base = shared_dir / "data/bold/siemens_prisma_e11_pydecnef_run1"
+    events = pd.read_csv(base / "design_local/events.tsv", sep="\t")
+    store = SessionStore(tmp_path / "session", "01", "01", "perception")
+    settings = EngineSettings(planned_volumes=130, ready_delay_s=16.0, glm=dict(high_pass=1 / 128))
+    published = []
+    engine = Engine(settings, store, publish_trial=published.append)
+    endpoint = f"ipc://{tmp_path}/volumes"
+    run = None
+    with ReliableReceiver(endpoint, SESSION, store.persisted(), key=volume_key, heartbeat_s=0.5) as link:
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "rtrecon.cli", "bridge", "watch", str(base / "dicom"), "--to", endpoint,
+             "--spool", str(tmp_path / "spool"), "--session", SESSION, "--exit-after-idle", "2", "--log-level", "WARNING"],
+            cwd=Path(__file__).resolve().parents[2], stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            message = link.recv(timeout_s=0.05)
+            if message is None:
+                continue
+            if run is None and isinstance(message, VolumeMessage):
+                run = message.run  # the stimulus PC's events, timed from the first trigger
+                for row in events.itertuples():
+                    engine.handle(EventMessage(session=SESSION, run=run, trial=int(row.trial), onset=row.onset,
+                                               duration=row.duration, trial_type=row.trial_type, stimulus=row.last_image))
+            engine.handle(message, link.ack)
+            if isinstance(message, RunEndMessage):
+                break
+        for _ in range(20):  # let the bridge see the last acknowledgement
+            link.recv(timeout_s=0.05)
+        _, err = bridge.communicate(timeout=60)
+    engine.join_background()
+    assert run is not None and store.is_ended(run), err.decode()[-2000:]
+    assert store.n_volumes(run) == 130
+
+    # Motion: the README's independent (SimpleITK) registration finds one jerk, FD ~3.0 mm at
+    # volume 59 (1-based), maximum ~1.2 mm / ~1.4 degrees, FD mean ~0.19 mm.
+    confounds = pd.read_csv(store.derivative_path(run, "confounds_timeseries"), sep="\t", na_values="n/a")
+    params = confounds[list(PARAMETER_NAMES)].to_numpy()
+    fd = framewise_displacement(params)
+    assert int(np.nanargmax(fd)) == 58 and 2.5 < fd[58] < 3.5
+    assert np.nanmax(np.delete(fd, 58)) < 1.0 and 0.1 < np.nanmean(fd) < 0.3
+    assert 0.9 < np.abs(params[:, :3]).max() < 1.5 and 1.1 < np.degrees(np.abs(params[:, 3:]).max()) < 1.7
+
+    # Betas: nilearn on the same realigned ROI data, design and confounds.
+    final = np.load(store.derivative_path(run, "trialbetas", ".npz"))
+    assert final["trials"].tolist() == events.trial.tolist()
+    realigner = engine.realigner
+    data = np.stack([realigner.resample_roi(v, p) for v, p in zip(store.iter_volumes(run), params)])
+    frame_times = np.arange(130) * 2.0
+    reference_events = events.assign(trial_type=[f"t{t}" for t in events.trial])[["onset", "duration", "trial_type"]]
+    design = make_first_level_design_matrix(frame_times, reference_events, hrf_model="glover", drift_model="cosine",
+                                            high_pass=1 / 128, add_regs=params, add_reg_names=list(PARAMETER_NAMES))
+    n_roi = data.shape[1]
+    img = nib.Nifti1Image(data.T.reshape(n_roi, 1, 1, 130), np.eye(4))
+    model = FirstLevelModel(noise_model="ols", signal_scaling=False, minimize_memory=False,
+                            mask_img=nib.Nifti1Image(np.ones((n_roi, 1, 1), np.int8), np.eye(4)))
+    model.fit(img, design_matrices=design)
+    (result,) = model.results_[0].values()
+    theirs = pd.DataFrame(result.theta, index=design.columns).loc[[f"t{t}" for t in events.trial]].to_numpy()
+    error = np.abs(final["lsa"] - theirs).max() / np.abs(theirs).max()
+    assert error < 1e-6
+    # Visual cortex: the voxels that respond to every image stream sit in the back of the head.
+    mean_beta = final["lsa"].mean(0)
+    top = np.argsort(mean_beta)[-200:]
+    world = (realigner.affine @ np.c_[realigner.roi_voxels[:3].T, np.ones(n_roi)].T)[:3].T
+    assert world[top, 1].mean() < world[:, 1].mean() - 20  # posterior (y, mm) to the brain's centre
+    assert [m.trial for m in published] == events.trial.tolist()
