@@ -1,0 +1,252 @@
+"""Decode latency: betas -> CLIP tokens + retrieval, torch eager vs ONNX Runtime (same run).
+
+CPU mode (default): the real-time MindEye2 architecture (h=1024, 256x1664 tokens, no blurry
+branch) with two subjects of 8,627 and 15,724 voxels, random weights, batch 1. For each subject
+it times ``model.encode`` + top-k retrieval over a gallery in torch eager, then the exported
+encoder under ONNX Runtime (fp32), then its int8 dynamic quantisation (the documented option
+when fp32 ONNX Runtime cannot beat eager: the model is memory-bound, 1.9 GB of fp32 weights per
+call). Outputs are compared on ``clip_voxels_norm`` and ``backbone``; top-1 agreement with eager
+is reported for int8.
+
+GPU mode (``--gpu``): fp32 eager vs fp16 + ``torch.compile`` (CUDA graphs) for betas -> tokens +
+prior (20 DDIM steps); skips cleanly (exit 0, ``"skipped"`` in the JSON) without CUDA.
+``--quick`` leaves out the int8 variant (quantising 1.8 GB of weights takes minutes on 2 cores);
+``--int8`` puts it back.
+
+The last line printed is one JSON object::
+
+    {"benchmark": "decode_latency", "machine": ..., "results": {"eager_ms", "onnx_ms",
+     "speedup_onnx_vs_eager", "max_abs_diff", "int8_ms", "speedup_int8_vs_eager",
+     "max_abs_diff_int8", "by_voxels": {...}, ...}}
+
+Top-level figures are those of the 15,724-voxel subject; ``by_voxels`` has both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from rtrecon.models import MindEye2, MindEye2Config  # noqa: E402
+from rtrecon.runtime.retrieval import RetrievalDecoder  # noqa: E402
+
+VOXELS = (8627, 15724)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu} ({torch.get_num_threads()} torch threads){gpu}"
+
+
+def random_model(config: MindEye2Config, device: str = "cpu") -> MindEye2:
+    """Random weights without the slow default initialisation (scaled normal, unit norms)."""
+    with torch.device("meta"):
+        model = MindEye2(config)
+    model = model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("freqs"):
+                continue
+            if p.ndim >= 2:
+                p.normal_(0, p.shape[1] ** -0.5, generator=gen)
+            elif name.endswith((".g", "0.weight", "3.weight", "6.weight")) and p.ndim == 1:
+                p.fill_(1.0)
+            else:
+                p.zero_()
+        if config.use_prior:
+            fresh = type(model.prior.noise_scheduler)(config.prior_timesteps).to(device)
+            model.prior.noise_scheduler.load_state_dict(fresh.state_dict())
+            rot = model.prior.net.causal_transformer.layers[0][0].rotary_emb
+            rot.freqs.copy_(1.0 / (10000 ** (torch.arange(0, config.rotary_dim, 2).float() / config.rotary_dim)))
+    return model.eval()
+
+
+def timed(fn, repeats: int, warmup: int = 2, sync=lambda: None) -> tuple[float, object]:
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), out
+
+
+def cpu_benchmark(args: argparse.Namespace) -> dict:
+    from rtrecon.runtime.export import export_adapter, export_backbone
+    from rtrecon.runtime.onnxruntime_backend import OrtEncoder, quantize_dynamic, session
+
+    config = MindEye2Config.realtime(VOXELS).replace(use_prior=False)
+    t0 = time.perf_counter()
+    model = random_model(config)
+    rng = np.random.default_rng(0)
+    threads = torch.get_num_threads()
+    results: dict = {"by_voxels": {}, "gallery": args.gallery, "batch": 1, "repeats": args.repeats,
+                     "hidden_dim": config.hidden_dim, "tokens": [config.clip_tokens, config.clip_dim],
+                     "onnx_graphs": "per-subject adapter + one shared backbone (fp32); int8: dynamic quantisation"}
+    log = lambda msg: print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        backbone_path = export_backbone(model, tmp / "backbone.onnx")
+        log("exported the shared backbone")
+        backbone = session(backbone_path, threads=threads)
+        backbone_int8 = None
+        if args.int8:
+            backbone_int8 = session(quantize_dynamic(backbone_path, tmp / "backbone_int8.onnx"), threads=threads)
+            log("quantised the backbone to int8")
+        for subject, n_vox in enumerate(VOXELS):
+            x = torch.from_numpy(rng.standard_normal((1, n_vox), dtype=np.float32))
+            with torch.inference_mode():
+                truth = model.encode(x, subject).clip_voxels_norm.numpy()
+            # A graded gallery around the prediction (noise growing item by item), so that top-k
+            # agreement between backends is a meaningful check, not a tie among random vectors.
+            noise = rng.standard_normal((args.gallery, config.out_dim), dtype=np.float32) / np.sqrt(config.out_dim)
+            decoder = RetrievalDecoder(truth + np.linspace(0.3, 3.0, args.gallery, dtype=np.float32)[:, None] * noise)
+
+            def eager():
+                with torch.inference_mode():
+                    out = model.encode(x, subject)
+                    return out, decoder.topk(out.clip_voxels_norm, k=5)
+
+            eager_ms, (ref, ref_top) = timed(eager, args.repeats)
+            adapter_path = export_adapter(model, tmp / f"adapter{subject}.onnx", subject)
+            ort_enc = OrtEncoder.from_parts(adapter_path, backbone, threads=threads)
+
+            def onnx_run(enc=ort_enc):
+                out = enc(x.numpy())
+                return out, decoder.topk(out["clip_voxels_norm"], k=5)
+
+            onnx_ms, (ort_out, ort_top) = timed(onnx_run, args.repeats)
+            row = {
+                "eager_ms": eager_ms,
+                "onnx_ms": onnx_ms,
+                "speedup_onnx_vs_eager": eager_ms / onnx_ms,
+                "max_abs_diff": float(max(
+                    np.abs(ort_out["clip_voxels_norm"] - ref.clip_voxels_norm.numpy()).max(),
+                    np.abs(ort_out["backbone"] - ref.backbone.numpy()).max(),
+                )),
+                "top5_equal": ort_top[0] == ref_top[0],
+            }
+            if backbone_int8 is not None:
+                q_adapter = quantize_dynamic(adapter_path, tmp / f"adapter{subject}_int8.onnx")
+                q_enc = OrtEncoder.from_parts(q_adapter, backbone_int8, threads=threads)
+                int8_ms, (q_out, q_top) = timed(lambda: onnx_run(q_enc), args.repeats)
+                cos = float((q_out["clip_voxels_norm"] * ref.clip_voxels_norm.numpy()).sum())
+                row.update(
+                    int8_ms=int8_ms,
+                    speedup_int8_vs_eager=eager_ms / int8_ms,
+                    max_abs_diff_int8=float(np.abs(q_out["clip_voxels_norm"] - ref.clip_voxels_norm.numpy()).max()),
+                    cosine_int8_vs_eager=cos,
+                    top1_equal_int8=q_top[0][0] == ref_top[0][0],
+                    top5_equal_int8=q_top[0] == ref_top[0],
+                )
+            results["by_voxels"][str(n_vox)] = row
+            log(f"{n_vox} voxels: " + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    results.update({k: v for k, v in results["by_voxels"][str(VOXELS[-1])].items()})
+    return results
+
+
+def gpu_benchmark(args: argparse.Namespace) -> dict:
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device: --gpu needs a GPU"}
+    device = "cuda"
+    config = MindEye2Config.realtime(VOXELS)
+    model = random_model(config, device)
+    sync = torch.cuda.synchronize
+    results: dict = {"by_voxels": {}, "prior_steps": args.prior_steps}
+    from rtrecon.models.loading import cast_model
+
+    half = cast_model(copy.deepcopy(model), torch.float16)
+    encode_fast = torch.compile(half.encode, mode="reduce-overhead", dynamic=False)
+    net_fast = torch.compile(half.prior.net, mode="reduce-overhead", dynamic=False)
+    from rtrecon.models.schedulers import ddim_sample, randn_source
+
+    for subject, n_vox in enumerate(VOXELS):
+        x = torch.randn(1, n_vox, device=device)
+
+        def eager():
+            with torch.inference_mode():
+                out = model.encode(x, subject)
+                return out.clip_voxels_norm, model.prior.sample(out.backbone, steps=args.prior_steps,
+                                                                generator=torch.Generator(device).manual_seed(0))
+
+        def fast():
+            with torch.inference_mode():
+                out = encode_fast(x.half(), subject)
+                gen = torch.Generator(device).manual_seed(0)
+                tokens = ddim_sample(half.prior.noise_scheduler, lambda xt, t: net_fast(xt, t, out.backbone),
+                                     tuple(out.backbone.shape), args.prior_steps, randn_source(device, torch.float16, gen))
+                # CUDA-graph outputs are overwritten by the next replay: keep copies
+                return out.clip_voxels_norm.float().clone(), tokens.float().clone()
+
+        eager_ms, (ref, ref_tokens) = timed(eager, args.repeats, sync=sync)
+        fast_ms, (got, tokens) = timed(fast, args.repeats, warmup=3, sync=sync)
+        row = {
+            "eager_fp32_ms": eager_ms, "fp16_compiled_ms": fast_ms, "speedup": eager_ms / fast_ms,
+            "max_abs_diff_clip_voxels_norm": float((got - ref).abs().max()),
+            "token_cosine": float(torch.nn.functional.cosine_similarity(tokens.flatten(1), ref_tokens.flatten(1)).mean()),
+        }
+        row["fp16_encode_ms"], _ = timed(lambda: encode_fast(x.half(), subject), args.repeats, warmup=3, sync=sync)
+        results["by_voxels"][str(n_vox)] = row
+    top = results["by_voxels"][str(VOXELS[-1])]
+    results.update(eager_ms=top["eager_fp32_ms"], fast_ms=top["fp16_compiled_ms"], speedup=top["speedup"])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and a small gallery (under a minute)")
+    parser.add_argument("--gpu", action="store_true", help="GPU mode: fp32 eager vs fp16 + torch.compile, with the prior")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--gallery", type=int, default=None, help="retrieval gallery size (default 300, quick 100)")
+    parser.add_argument("--prior-steps", type=int, default=20)
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time int8 dynamic quantisation (default: on, off with --quick: quantising "
+                             "1.8 GB of weights takes minutes on 2 cores)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (5 if args.quick else 20)
+    args.gallery = args.gallery or (100 if args.quick else 300)
+    if args.int8 is None:
+        args.int8 = not args.quick
+    t0 = time.perf_counter()
+    results = gpu_benchmark(args) if args.gpu else cpu_benchmark(args)
+    results["wall_s"] = time.perf_counter() - t0
+    line = json.dumps({"benchmark": "decode_latency", "machine": machine(), "mode": "gpu" if args.gpu else "cpu",
+                       "results": results})
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

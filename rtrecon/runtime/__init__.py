@@ -1,0 +1,12 @@
+"""Optimised inference for MindEye2: ONNX export, ONNX Runtime, TensorRT, retrieval decoding.
+
+- :mod:`rtrecon.runtime.export`: ``export_encoder(model, path, subject)`` (fused), or
+  ``export_adapter(model, path, subject)`` + ``export_backbone(model, path)`` (one shared
+  backbone for all subjects), ``export_prior_step(model, path, guidance=False)``.
+- :mod:`rtrecon.runtime.onnxruntime_backend`: ``OrtEncoder`` (``OrtEncoder.from_parts``),
+  ``OrtPrior`` (``step``, ``sample``), ``quantize_dynamic`` (int8).
+- :mod:`rtrecon.runtime.tensorrt_backend`: ``build_engine``, ``TrtRunner`` (TensorRT imported lazily).
+- :mod:`rtrecon.runtime.retrieval`: ``RetrievalDecoder``, ``pairmate_distinctiveness``.
+
+Submodules are imported on use so that ``import rtrecon.runtime`` costs nothing.
+"""

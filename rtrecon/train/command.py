@@ -1,0 +1,94 @@
+"""``rtrecon train``: MindEye2 shared-subject pretraining and new-subject fine-tuning.
+
+Examples::
+
+    # pretrain the real-time architecture on every subject of a training file
+    rtrecon train --data train.npz --preset realtime --epochs 150 --output runs/pretrain
+    # fine-tune a new participant (one subject in the file) from a multi-subject checkpoint
+    rtrecon train --data sub-new.npz --init runs/pretrain/last.pth --new-subject --epochs 30 --output runs/ft
+    # several processes / GPUs / nodes: the same command under accelerate (or torchrun);
+    # without GPUs the processes train on CPUs over gloo
+    accelerate launch --multi_gpu --num_processes 2 -m rtrecon.cli train --data train.npz --output runs/ddp
+
+The data file is a :class:`rtrecon.train.data.TrainingData` ``.npz`` (betas per subject,
+CLIP target tokens, image ids). ``--resume`` continues from ``OUTPUT/state``. After training, the
+held-out retrieval of ``--test-data`` (same layout) is printed as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rtrecon.models.config import MindEye2Config
+
+PRESETS = {"tiny": MindEye2Config.tiny, "realtime": MindEye2Config.realtime, "final": MindEye2Config.final}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="TrainingData .npz (betas, targets, image ids)")
+    parser.add_argument("--output", type=Path, required=True, help="run folder (last.pth, state/, progress.json)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="realtime", help="architecture for a new model")
+    parser.add_argument("--hidden-dim", type=int, help="override the preset's shared-space width")
+    parser.add_argument("--no-blurry", action="store_true", help="build the model without the blurry branch")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint (official last.pth, .pth, .safetensors)")
+    parser.add_argument("--new-subject", action="store_true",
+                        help="with --init: new adapter for the (single) subject in --data, as upstream fine-tuning")
+    parser.add_argument("--subjects", nargs="+", help="train on these subjects of --data (names), in this order")
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=24, help="trials per subject per step and process")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--no-prior", action="store_true", help="train without the diffusion prior loss")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/state")
+    parser.add_argument("--test-data", type=Path, help="held-out TrainingData .npz for the final retrieval scores")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rtrecon.models import MindEye2, load_official
+    from rtrecon.train.data import TrainingData
+    from rtrecon.train.evaluate import retrieval_accuracy
+    from rtrecon.train.trainer import TrainConfig, train
+
+    data = TrainingData.load(args.data)
+    if args.subjects:
+        data = data.select(args.subjects)
+    if args.init is not None:
+        if args.new_subject:
+            if len(data.subjects) != 1:
+                raise SystemExit(f"{args.data}: --new-subject needs exactly one subject, found {len(data.subjects)}")
+            model = load_official(args.init, new_subject_voxels=data.n_voxels[0])
+        else:
+            model = load_official(args.init)
+    else:
+        cfg = PRESETS[args.preset](data.n_voxels)
+        cfg = cfg.replace(clip_tokens=data.targets.shape[1], clip_dim=data.targets.shape[2])
+        if args.hidden_dim:
+            cfg = cfg.replace(hidden_dim=args.hidden_dim)
+        if args.no_blurry:
+            cfg = cfg.replace(blurry=False)
+        torch.manual_seed(args.seed)
+        model = MindEye2(cfg)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         mixed_precision=args.mixed_precision, use_prior=not args.no_prior, seed=args.seed,
+                         progress=not args.no_progress)
+    history = train(model, data, config, args.output, resume=args.resume)
+    summary = {"epochs": len(history), "final_loss": history[-1]["loss"] if history else None,
+               "world_size": history[-1]["world_size"] if history else None, "checkpoint": str(args.output / "last.pth")}
+    if args.test_data is not None:
+        test = TrainingData.load(args.test_data)
+        if args.subjects:
+            test = test.select(args.subjects)
+        summary["retrieval"] = {s.name or str(i): retrieval_accuracy(model, s, test.targets, i)
+                                for i, s in enumerate(test.subjects)}
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(json.dumps(summary))
+    return 0
