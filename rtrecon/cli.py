@@ -33,7 +33,8 @@ COMMANDS: dict[str, Command] = {
     "synth": Command("rtrecon.data.synthetic", "write synthetic subjects (with ground truth) in the NSD layout"),
     "session": Command("rtrecon.session", "session config: write a commented template (init), validate a config and its paths (check)"),
     "stimulus": Command("stimulus.commands", "PsychoPy perception / imagery / feedback tasks locked to the scanner trigger (check a trial list, run)"),
-    "demo": Command("scanner_bridge.commands.demo", "run the bridge on a real DICOM series through a simulated scanner (no downloads)"),
+    "demo": Command("rtrecon.demo.command", "the whole closed loop on the synthetic world: data, decoder, live session, report (no downloads)"),
+    "replay": Command("rtrecon.demo.replay", "replay an NSD session (real or synthetic) through the live processes, with its report"),
     "engine": Command("engine.commands", "real-time engine: realign, incremental GLM, trial betas (rtrecon engine --config session.toml)"),
     "convert-unclip": Command("rtrecon.decoders.convert_cli", "convert MindEye2's SDXL unCLIP checkpoint (sgm .ckpt) to a diffusers folder"),
 }

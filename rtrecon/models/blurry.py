@@ -13,11 +13,10 @@ built, so models without the branch never pay its import time.
 
 from __future__ import annotations
 
-import sys
-import types
-
 import torch
 from torch import nn
+
+from rtrecon._compat import import_torchvision
 
 __all__ = ["blurry_modules", "blurry_forward", "import_vae_decoder"]
 
@@ -26,14 +25,8 @@ AUX_TOKENS, AUX_DIM = 49, 512
 
 
 def import_vae_decoder() -> type[nn.Module]:
-    """diffusers' VAE ``Decoder`` class.
-
-    PyPI's torchvision beside a CPU-only torch fails on its fake-op registrations, which breaks
-    ``import diffusers``; an empty ``torchvision._meta_registrations`` (ENVIRONMENT.md) avoids
-    that and changes nothing diffusers uses here.
-    """
-    if "torchvision" not in sys.modules:
-        sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    """diffusers' VAE ``Decoder`` class (diffusers imports torchvision: see :mod:`rtrecon._compat`)."""
+    import_torchvision()
     try:
         from diffusers.models.autoencoders.vae import Decoder
     except ImportError as exc:  # the module moved in diffusers 0.26
