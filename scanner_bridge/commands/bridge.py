@@ -433,6 +433,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pace_nsd.add_argument("--fast", action="store_true", help="as fast as possible")
     replay_nsd.set_defaults(func=_runner(_replay_nsd))
 
+    from scanner_bridge.commands import demo
+
+    demo.configure(sub.add_parser("demo", help="a real DICOM series through a simulated scanner → bridge → listener, "
+                                               "with per-volume latency (no downloads)"))
+
     listen = sub.add_parser("listen", help="receive volumes and report them (test the link)")
     listen.add_argument("addr", nargs="?", help="endpoint to bind, e.g. tcp://*:5555 (default: [network] volumes)")
     _common(listen)

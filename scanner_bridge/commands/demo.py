@@ -1,8 +1,8 @@
-"""``rtrecon demo``: the bridge on a real DICOM series, through a simulated scanner.
+"""``rtrecon bridge demo``: the bridge on a real DICOM series, through a simulated scanner.
 
 ::
 
-    rtrecon demo [--series DIR] [--speed X] [--out DIR]
+    rtrecon bridge demo [--series DIR] [--speed X] [--out DIR]
 
 What happens, all on this machine and nothing downloaded:
 
@@ -108,17 +108,17 @@ def _run(ns: argparse.Namespace) -> int:
     started = time.monotonic()
     series: Path = ns.series
     if not _dicom_folder(series).is_dir():
-        print(f"rtrecon demo: {series}: no such DICOM series folder", file=sys.stderr)
+        print(f"rtrecon bridge demo: {series}: no such DICOM series folder", file=sys.stderr)
         return 2
     if not ns.speed > 0:
-        print(f"rtrecon demo: --speed must be positive (got {ns.speed})", file=sys.stderr)
+        print(f"rtrecon bridge demo: --speed must be positive (got {ns.speed})", file=sys.stderr)
         return 2
     volumes = series_volumes(_dicom_folder(series))
     tr = _series_tr(volumes[0])
     # A fresh folder each time: a listener resumes from what its folder holds.
     out: Path = ns.out.resolve() / time.strftime("%Y%m%d-%H%M%S")
     endpoint = f"tcp://127.0.0.1:{ns.port or _free_port()}"
-    console.print(f"[bold]rtrecon demo[/bold]: {series.name}, {len(volumes)} volumes, TR {tr:g} s at {ns.speed:g}× → "
+    console.print(f"[bold]rtrecon bridge demo[/bold]: {series.name}, {len(volumes)} volumes, TR {tr:g} s at {ns.speed:g}× → "
                   f"a volume every {tr / ns.speed:.2f} s, over ZeroMQ {endpoint}")
 
     with tempfile.TemporaryDirectory(prefix="rtrecon_demo_") as tmp:
@@ -171,7 +171,7 @@ def _run(ns: argparse.Namespace) -> int:
             for child in (bridge, listener):
                 if child.proc.poll() is None:
                     child.proc.kill()
-            print(f"rtrecon demo: {exc}\n" + bridge.log.read_text()[-2000:], file=sys.stderr)
+            print(f"rtrecon bridge demo: {exc}\n" + bridge.log.read_text()[-2000:], file=sys.stderr)
             return 1
         finally:
             bridge_code, listen_code = bridge.stop(), listener.stop()
@@ -237,7 +237,7 @@ def _wait_for_line(child: _Child, prefix: str, timeout: float) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``rtrecon demo``."""
+    """Arguments of ``rtrecon bridge demo``."""
     parser.add_argument("--series", type=Path, default=default_series(),
                         help="a DICOM series folder (with dicom/ and ref/, as in shared/data/dicom; default: %(default)s)")
     parser.add_argument("--speed", type=float, default=4.0, help="how many times faster than the scanner's TR (default: %(default)s)")

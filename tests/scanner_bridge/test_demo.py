@@ -1,4 +1,4 @@
-"""`rtrecon demo`: the shared mosaic series through simulator → bridge process → listener process."""
+"""`rtrecon bridge demo`: the shared mosaic series through simulator → bridge process → listener process."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from scanner_bridge.commands.demo import default_series
 
 def test_demo_delivers_the_series_and_reports_latencies(tmp_path: Path, dicom_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert default_series() == dicom_dir / "siemens_mosaic_ep2d_vd13"
-    assert main(["demo", "--out", str(tmp_path), "--speed", "16"]) == 0
+    assert main(["bridge", "demo", "--out", str(tmp_path), "--speed", "16"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])  # the last line is the JSON summary
     assert summary["demo"] == "bridge" and summary["series"] == "siemens_mosaic_ep2d_vd13"
@@ -31,5 +31,5 @@ def test_demo_delivers_the_series_and_reports_latencies(tmp_path: Path, dicom_di
 
 
 def test_demo_names_a_missing_series(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--series", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    assert main(["bridge", "demo", "--series", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     assert "nothing: no such DICOM series folder" in capsys.readouterr().err
