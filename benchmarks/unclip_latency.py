@@ -1,0 +1,215 @@
+"""unCLIP decoder latency: the official setting vs few-step settings, with a fidelity check.
+
+Baseline, in the same run: MindEye2's official sampling (38 Euler EDM steps, CFG 5 with random
+unconditional tokens). Against it, few-step settings (DPM-Solver++ / Euler on Karras sigmas at
+4, 8, 12 steps, CFG on and off, the tiny autoencoder). Every setting decodes the same tokens
+with the same seed; latency is tokens in to an image tensor out (median of ``--repeats``).
+
+Fidelity: the official-setting image and each fast image are re-embedded by the OpenCLIP image
+embedder and compared (cosine of the flattened tokens, mean over the batch), so a speed-up is
+never bought with a silent loss of fidelity.
+
+- On a CPU: the tiny configuration (random weights, 64² images, the tiny OpenCLIP embedder), or
+  with ``--decoder DIR`` a small trained decoder such as the synthetic world's
+  (:mod:`rtrecon.decoders.train_synthetic`), whose fidelity numbers then mean something.
+- On a GPU: the official architecture at 512² and 768², float16, eager and ``torch.compile``
+  (and TensorRT when ``torch_tensorrt`` is importable); real weights with ``--decoder DIR``
+  (a ``rtrecon convert-unclip`` folder) and ``--embedder FILE`` (local bigG OpenCLIP weights),
+  otherwise random weights of the same architecture (latency is weight-independent; the
+  fidelity numbers are then reported as null). ``--save`` writes the table to
+  ``benchmarks/results/unclip_latency_<device>.json``.
+
+    .venv/bin/python benchmarks/unclip_latency.py [--quick] [--device cpu|cuda] [--decoder DIR]
+
+The last line printed is one JSON object: {"benchmark": "unclip_latency", "machine": ...,
+"results": {"official_ms", "fast_ms", "speedup", "token_cosine", "fast_setting", "settings": [...]}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rtrecon.decoders.config import OFFICIAL, TINY  # noqa: E402
+from rtrecon.decoders.unclip import SamplingOptions, UnclipDecoder  # noqa: E402
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU x{torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_setting(decoder: UnclipDecoder, tokens: torch.Tensor, options: SamplingOptions, repeats: int, warmup: int):
+    """(median ms, images) for decoding ``tokens`` with ``options``."""
+    for _ in range(warmup):
+        decoder(tokens, options)
+    _sync(decoder.device)
+    times, images = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        images = decoder(tokens, options)
+        _sync(decoder.device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), images
+
+
+def token_cosine(embedder, a: torch.Tensor, b: torch.Tensor) -> float:
+    ea = F.normalize(embedder.embed(a.float()).flatten(1).float(), dim=1)
+    eb = F.normalize(embedder.embed(b.float()).flatten(1).float(), dim=1)
+    return float((ea * eb).sum(1).mean())
+
+
+def few_step_settings(quick: bool, gpu: bool, sizes: list[int]) -> list[tuple[str, SamplingOptions]]:
+    steps = (4, 8) if quick and not gpu else (4, 8, 12)
+    out = []
+    for size in sizes:
+        for n in steps:
+            out.append((f"dpmpp_karras_{n}_cfg_{size}", SamplingOptions.fast(steps=n, image_size=size)))
+        out.append((f"dpmpp_karras_4_nocfg_{size}", SamplingOptions.fast(steps=4, guidance_scale=1.0, image_size=size)))
+        out.append((f"euler_karras_8_cfg_{size}", SamplingOptions.fast(steps=8, scheduler="euler_karras", image_size=size)))
+    return out
+
+
+def build(args, device: torch.device, dtype: torch.dtype):
+    """(decoder, embedder or None, description of the weights)."""
+    from rtrecon.embedders.openclip import OpenClipImageEmbedder
+
+    if args.decoder:
+        decoder = UnclipDecoder.from_pretrained(args.decoder, device=device, dtype=dtype, tiny_autoencoder=args.tiny_autoencoder)
+        weights = str(args.decoder)
+    elif device.type == "cpu":
+        decoder = UnclipDecoder.tiny(seed=0, config=TINY, dtype=dtype)
+        weights = "random weights, tiny configuration"
+    else:
+        decoder = UnclipDecoder.tiny(seed=0, config=OFFICIAL, device=device, dtype=dtype, tiny_autoencoder=False)
+        weights = "random weights, official architecture"
+    if args.embedder:
+        embedder = OpenClipImageEmbedder.from_local(args.embedder, device=device)
+    elif decoder.config.context_dim != OFFICIAL.context_dim:
+        # The small decoders (tiny, synthetic world) are conditioned on the tiny embedder's tokens.
+        embedder = OpenClipImageEmbedder.tiny(seed=0, device=device)
+    else:
+        embedder = None
+    return decoder, embedder, weights
+
+
+def sibling(decoder: UnclipDecoder) -> UnclipDecoder:
+    """Another decoder over the same modules (to compile without touching the eager one)."""
+    return UnclipDecoder(
+        decoder.unet, decoder.vae, decoder.config, tiny_autoencoder=decoder.tiny_autoencoder, device=decoder.device, dtype=decoder.dtype
+    )
+
+
+def make_tokens(decoder: UnclipDecoder, embedder, batch: int, seed: int = 1) -> torch.Tensor:
+    """Tokens of real-looking images (the synthetic world's) when the embedder fits the decoder."""
+    cfg = decoder.config
+    if embedder is not None and (embedder.num_tokens, embedder.dim) == (cfg.num_tokens, cfg.context_dim):
+        from rtrecon.data.images import make_images
+
+        images, _ = make_images(batch, size=embedder.image_size, seed=seed)
+        return embedder.embed(images).to(decoder.device)
+    return torch.randn(batch, cfg.num_tokens, cfg.context_dim, generator=torch.Generator().manual_seed(seed)).to(decoder.device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and settings (under a minute on a CPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--decoder", help="decoder folder (converted official, or trained synthetic); default random weights")
+    parser.add_argument("--embedder", help="local OpenCLIP bigG weights for the fidelity check (GPU runs)")
+    parser.add_argument("--tiny-autoencoder", help="local AutoencoderTiny folder (taesdxl) for the tiny-VAE setting")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (the tiny models are latency-bound: 1 is fastest)")
+    parser.add_argument("--save", action="store_true", help="write the table under benchmarks/results/ (GPU runs)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if not gpu:
+        torch.set_num_threads(args.threads)
+    dtype = torch.float16 if gpu else torch.float32
+    repeats = args.repeats or (2 if args.quick else 5)
+    decoder, embedder, weights = build(args, device, dtype)
+    tokens = make_tokens(decoder, embedder, args.batch)
+    sizes = [512, 768] if gpu else [decoder.config.image_size]
+    big = max(sizes)
+
+    official = SamplingOptions.official(image_size=big)
+    official_ms, reference = time_setting(decoder, tokens, official, repeats, warmup=1)
+    rows = [{"name": f"official_euler_edm_38_cfg_{big}", "ms": official_ms, "speedup": 1.0, "token_cosine": 1.0 if embedder else None}]
+
+    settings = few_step_settings(args.quick, gpu, sizes)
+    if decoder.tiny_autoencoder is not None:
+        settings.append((f"dpmpp_karras_4_cfg_tinyvae_{big}", SamplingOptions.fast(steps=4, image_size=big, tiny_autoencoder=True)))
+    variants = [("eager", decoder, settings)]
+    if gpu:
+        # Compiled variants: the CFG DPM-Solver++ rows only (each new shape is a recompilation).
+        compiled_rows = [(n, o) for n, o in settings if n.startswith("dpmpp_karras") and "_cfg_" in n and "tinyvae" not in n]
+        variants.append(("compile", sibling(decoder).compile(), compiled_rows))
+        try:
+            import torch_tensorrt  # noqa: F401
+
+            variants.append(("tensorrt", sibling(decoder).compile(backend="tensorrt"), compiled_rows))
+        except ImportError:
+            print("torch_tensorrt not importable: TensorRT rows skipped", file=sys.stderr)
+    for variant, dec, rows_to_run in variants:
+        for name, options in rows_to_run:
+            ms, images = time_setting(dec, tokens, options, repeats, warmup=2 if variant != "eager" else 1)
+            cosine = None
+            if embedder is not None and images.shape[-1] == reference.shape[-1]:
+                cosine = token_cosine(embedder, reference, images)
+            rows.append({"name": f"{name}_{variant}", "ms": ms, "speedup": official_ms / ms, "token_cosine": cosine})
+            print(f"{rows[-1]['name']:<40} {ms:9.1f} ms  x{official_ms / ms:5.1f}  cos {cosine}", file=sys.stderr)
+
+    headline_name = f"dpmpp_karras_4_cfg_{big}_" + ("compile" if gpu else "eager")
+    headline = next(r for r in rows if r["name"] == headline_name)
+    # What the cosine is between unrelated images, for scale: the fast setting on other tokens.
+    baseline_cosine = None
+    if embedder is not None:
+        other = make_tokens(decoder, embedder, args.batch, seed=2)
+        baseline_cosine = token_cosine(embedder, reference, decoder(other, SamplingOptions.fast(steps=4, image_size=big)))
+    results = {
+        "official_ms": official_ms,
+        "fast_ms": headline["ms"],
+        "speedup": headline["speedup"],
+        "token_cosine": headline["token_cosine"],
+        "token_cosine_other_tokens": baseline_cosine,
+        "fast_setting": headline_name,
+        "image_size": big,
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch": args.batch,
+        "weights": weights,
+        "official_setting": asdict(official),
+        "settings": rows,
+    }
+    record = {"benchmark": "unclip_latency", "machine": machine(device), "results": results}
+    if args.save and gpu:
+        out = REPO / "benchmarks" / "results" / f"unclip_latency_{torch.cuda.get_device_name(device).replace(' ', '_')}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record))
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""rtrecon.decoders.unclip: UnclipDecoder on the tiny configuration, every option."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from rtrecon.decoders.config import TINY
+from rtrecon.decoders.unclip import SamplingOptions, UnclipDecoder, load_config
+
+
+@pytest.fixture(scope="module")
+def decoder() -> UnclipDecoder:
+    return UnclipDecoder.tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokens() -> torch.Tensor:
+    return torch.randn(2, TINY.num_tokens, TINY.context_dim, generator=torch.Generator().manual_seed(1))
+
+
+def test_official_setting_runs_38_cfg_steps_and_maps_output(decoder, tokens):
+    calls = []
+    hook = decoder.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        images = decoder(tokens[:1])
+    finally:
+        hook.remove()
+    assert images.shape == (1, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
+    assert calls == [2] * 38  # 38 steps, CFG batches [uncond, cond]
+    fast = SamplingOptions.fast(steps=2)
+    assert torch.equal(decoder(tokens, fast), decoder(tokens, fast))  # seeded
+
+
+def test_cfg_off_is_one_pass_per_step_and_changes_the_image(decoder, tokens):
+    calls = []
+    hook = decoder.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        plain = decoder(tokens, SamplingOptions.fast(steps=4, guidance_scale=1.0))
+    finally:
+        hook.remove()
+    assert calls == [2] * 4
+    guided = decoder(tokens, SamplingOptions.fast(steps=4))
+    assert not torch.allclose(plain, guided)
+
+
+@pytest.mark.parametrize("scheduler", ["euler_karras", "dpmpp_karras"])
+def test_few_step_schedulers_at_two_sizes(decoder, tokens, scheduler):
+    for size in (32, 64):
+        images = decoder(tokens[:1], SamplingOptions.fast(steps=4, scheduler=scheduler, image_size=size, guidance_scale=1.0))
+        assert images.shape == (1, 3, size, size) and torch.isfinite(images).all()
+
+
+def test_conditioning_matters(decoder, tokens):
+    a = decoder(tokens[:1], SamplingOptions.fast(steps=4))
+    b = decoder(tokens[1:], SamplingOptions.fast(steps=4))
+    zero_uncond = decoder(tokens[:1], SamplingOptions.fast(steps=4, uncond="zero"))
+    assert not torch.allclose(a, b) and not torch.allclose(a, zero_uncond)
+
+
+def test_options_tiny_autoencoder_output_mapping_and_noise(decoder, tokens):
+    base = SamplingOptions.fast(steps=4, guidance_scale=1.0)
+    latents = decoder.sample_latents(tokens[:1], base)
+    tiny = decoder(tokens[:1], base, tiny_autoencoder=True)
+    assert torch.allclose(tiny, (decoder.tiny_autoencoder.decode(latents).sample * 0.8 + 0.2).clamp(0, 1), atol=1e-5)
+    standard = decoder(tokens[:1], base, output="standard")
+    assert torch.allclose(standard, ((decoder.decode_latents(latents) + 1) / 2).clamp(0, 1), atol=1e-5)
+    assert not torch.equal(latents, decoder.sample_latents(tokens[:1], base.replace(init_noise="standard")))
+    assert not torch.equal(latents, decoder.sample_latents(tokens[:1], base.replace(seed=5)))
+
+
+def test_official_initial_noise_is_z_plus_sigma0_noise(decoder):
+    from rtrecon.decoders.schedulers import make_scheduler, set_schedule
+
+    scheduler = make_scheduler("euler_edm")
+    set_schedule(scheduler, "euler_edm", 38)
+    x = decoder.initial_latents(64, 64, scheduler, SamplingOptions(), torch.Generator().manual_seed(0))
+    # Var(z + 14.6146 * (n + 0.04 * o)) = 1 + 14.6146**2 * (1 + 0.04**2)
+    assert x.var().item() == pytest.approx(1 + 14.6146**2 * 1.0016, rel=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_stays_close_to_float32(decoder, tokens, dtype):
+    half = UnclipDecoder(decoder.unet, decoder.vae, TINY, dtype=dtype)
+    try:
+        options = SamplingOptions.fast(steps=2, guidance_scale=1.0)
+        out = half(tokens[:1], options)
+        # SDXL's VAE is marked force_upcast, so it decodes in float32 under float16.
+        assert half.vae_dtype == (torch.float32 if dtype == torch.float16 else dtype)
+    finally:
+        decoder.unet.float(), decoder.vae.float()
+    assert (out - decoder(tokens[:1], options)).abs().mean() < 0.05
+
+
+def test_save_and_load_gives_the_same_images(decoder, tokens, tmp_path):
+    decoder.save_pretrained(tmp_path / "dec")
+    assert load_config(tmp_path / "dec") == TINY
+    loaded = UnclipDecoder.from_pretrained(tmp_path / "dec", tiny_autoencoder=tmp_path / "dec" / "tiny_autoencoder")
+    options = SamplingOptions.fast(steps=2, tiny_autoencoder=True)
+    assert torch.equal(loaded(tokens[:1], options), decoder(tokens[:1], options))
+
+
+def test_bad_inputs_are_refused(decoder, tmp_path):
+    with pytest.raises(ValueError, match=r"\(B, T, 64\)"):
+        decoder(torch.zeros(1, 64, 1664))
+    with pytest.raises(ValueError, match="NaN"):
+        decoder(torch.full((1, 64, 64), float("nan")))
+    with pytest.raises(ValueError, match="multiple"):
+        decoder(torch.zeros(1, 64, 64), image_size=30)
+    with pytest.raises(FileNotFoundError, match="unclip.json"):
+        UnclipDecoder.from_pretrained(tmp_path)
+    (tmp_path / "unclip.json").write_text("{}")
+    with pytest.raises(ValueError, match="unclip.json"):
+        load_config(tmp_path)
+
+
+def test_tensorrt_without_torch_tensorrt_says_so(decoder):
+    try:
+        import torch_tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="torch_tensorrt"):
+            UnclipDecoder(decoder.unet, decoder.vae, TINY).compile(backend="tensorrt")
+    else:
+        pytest.skip("torch_tensorrt is installed; the GPU test covers it")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile/TensorRT timings are for a GPU")
+def test_compiled_decoder_matches_eager_on_gpu(tokens):
+    eager = UnclipDecoder.tiny(device="cuda", dtype=torch.float16)
+    options = SamplingOptions.fast(steps=4)
+    reference = eager(tokens, options)
+    compiled = UnclipDecoder.tiny(device="cuda", dtype=torch.float16).compile()
+    assert (compiled(tokens, options) - reference).abs().max() < 0.05
+
+
+def test_sampling_options_presets():
+    assert SamplingOptions() == SamplingOptions.official()
+    fast = SamplingOptions.fast(steps=8)
+    assert (fast.scheduler, fast.steps, fast.uses_cfg) == ("dpmpp_karras", 8, True)
+    assert not dataclasses.replace(fast, guidance_scale=1.0).uses_cfg
