@@ -2,7 +2,7 @@
 
 The config's ``[session]``, ``[network]`` and ``[security]`` sections name the subject, the
 output folder, the ZeroMQ endpoints and the CURVE keys; its ``[engine]`` section holds
-:class:`engine.server.EngineSettings` (ROI mask, reference, GLM options, trial delay). The engine
+the ``[engine]`` section of the session config (ROI mask, reference, GLM options, trial delay). The engine
 resumes a session already in the output folder (after a crash, start it again the same way).
 SIGINT or SIGTERM stop it cleanly.
 """

@@ -17,37 +17,15 @@ drift (the tests check this).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from nilearn.glm.first_level import compute_regressor, make_first_level_design_matrix
-from pydantic import BaseModel, ConfigDict, Field
+
+from rtrecon.config import HRF_MODELS, GLMSection
 
 __all__ = ["DesignSettings", "RunDesign", "HRF_MODELS"]
 
-HRF_MODELS = (
-    "glover",
-    "spm",
-    "glover + derivative",
-    "spm + derivative",
-    "glover + derivative + dispersion",
-    "spm + derivative + dispersion",
-)
-
-
-class DesignSettings(BaseModel):
-    """GLM design options (nilearn's names and defaults, except where noted)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    hrf_model: Literal[HRF_MODELS] = "glover"  # type: ignore[valid-type]
-    drift_model: Literal["cosine", "polynomial"] | None = "cosine"
-    high_pass: float = Field(0.01, gt=0)
-    drift_order: int = Field(1, ge=0)
-    oversampling: int = Field(50, ge=1)
-    min_onset: float = -24.0
-    slice_time_ref: float = Field(0.0, ge=0, le=1)
-    motion_confounds: bool = True
+#: The design options are the session config's ``[engine.glm]`` table (nilearn's names and defaults).
+DesignSettings = GLMSection
 
 
 class RunDesign:

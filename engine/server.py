@@ -45,19 +45,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import nibabel as nib
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
-from engine.design import DesignSettings, RunDesign
+from engine.design import RunDesign
 from engine.glm import IncrementalGLM
 from engine.motion import PARAMETER_NAMES, RigidRealigner, framewise_displacement
 from engine.store import SessionStore
 from engine.timing import TRIAL_STAGES, VOLUME_STAGES, StageRecorder
 from engine.trials import TrialBeta, TrialNormaliser, ready_frame
-from rtrecon.config import SessionConfig, load_config
+from rtrecon.config import EngineSection, SessionConfig, load_config
 from rtrecon.wire import (
     EventMessage,
     Message,
@@ -75,32 +73,14 @@ log = logging.getLogger("engine")
 CONFOUND_COLUMNS = ["volume", *PARAMETER_NAMES, "framewise_displacement", "iterations", "missing"]
 
 
-class EngineSettings(BaseModel):
-    """The engine's settings: the fields of the session config's ``[engine]`` table
-    (:class:`rtrecon.config.EngineSection`), with the GLM design as :class:`DesignSettings`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    roi_mask: Path | None = None
-    reference: Path | None = None
-    planned_volumes: int = Field(300, ge=2)
-    ready_delay_s: float = Field(8.0, ge=0)
-    beta_method: Literal["lss", "lsa"] = "lss"
-    zscore_stats: Path | None = None
-    average_repeats: bool = False
-    glm: DesignSettings = DesignSettings()
-    realign_fwhm_mm: float = Field(5.0, gt=0)
-    realign_samples: int = Field(12000, ge=100)
-
-    @classmethod
-    def from_config(cls, config: SessionConfig) -> EngineSettings:
-        return cls.model_validate(config.engine.model_dump())
+#: The engine's settings are the session config's ``[engine]`` table.
+EngineSettings = EngineSection
 
 
 def load_engine_config(path: str | Path) -> tuple[SessionConfig, EngineSettings]:
     """The session config at ``path`` (paths resolved) and its ``[engine]`` settings."""
     config = load_config(path)
-    return config, EngineSettings.from_config(config)
+    return config, config.engine
 
 
 @dataclass
