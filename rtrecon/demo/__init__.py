@@ -1,0 +1,19 @@
+"""The closed loop, orchestrated: ``rtrecon demo`` and ``rtrecon replay nsd``.
+
+Modules, one concern each:
+
+- :mod:`~rtrecon.demo.cache`: the synthetic dataset and the trained decoder, cached by the
+  parameters that made them (``$RTRECON_CACHE`` or ``~/.cache/rtrecon``).
+- :mod:`~rtrecon.demo.training`: the demo's decoder (NSD betas → :class:`rtrecon.train.data.TrainingData`;
+  shared-subject pretraining, then fine-tuning a new subject's adapter).
+- :mod:`~rtrecon.demo.processes`: starting, watching and stopping the session's processes.
+- :mod:`~rtrecon.demo.participant`: the virtual stimulus PC (events out, results in), a process.
+- :mod:`~rtrecon.demo.live`: one live session through the real processes (bridge, engine with its
+  decoding stage, participant) over ZeroMQ on localhost, then its report.
+- :mod:`~rtrecon.demo.collect`: a finished session's folder → :mod:`rtrecon.report`.
+- :mod:`~rtrecon.demo.command` (``rtrecon demo``) and :mod:`~rtrecon.demo.replay`
+  (``rtrecon replay nsd``): the commands.
+
+The other packages (``engine``, ``scanner_bridge``) are only ever started as processes
+(``python -m rtrecon.cli engine|bridge ...``), never imported.
+"""

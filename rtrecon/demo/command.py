@@ -1,0 +1,129 @@
+"""``rtrecon demo``: the whole closed loop on the built-in synthetic world, nothing downloaded.
+
+::
+
+    rtrecon demo [--out rtrecon_out/demo] [--speed 10] [--subjects 4 --sessions 2 --runs 1]
+
+1. the synthetic dataset (NSD layout, :mod:`rtrecon.data.synthetic`), cached by its parameters;
+2. the small decoder (:mod:`rtrecon.demo.training`), cached: MindEye2 of the real-time shape
+   pretrained on every other subject (all sessions), then a new adapter fine-tuned on the demo
+   subject's first session;
+3. a live session of the demo subject's last session (:mod:`rtrecon.demo.live`): the bridge
+   replaying its volumes at ``--speed`` × the TR pace, the engine decoding every trial
+   (retrieval among the session's images), and the virtual participant sending the design's
+   events and receiving the results -- separate processes over ZeroMQ on localhost;
+4. the BIDS session, derivatives and HTML report under ``OUT/<session folder>``; the headline
+   figures are printed, and the last line is one JSON object with the keys ``report``, ``trials``,
+   ``decoded``, ``top1``, ``top5``, ``chance_top1``, ``median_latency_s``.
+
+Reconstructions: training the synthetic world's unCLIP decoder takes far longer than the demo's
+budget on a CPU, so by default the demo decodes by retrieval only, and its report says so.
+``--unclip DIR`` names a decoder folder trained beforehand (``python -m
+rtrecon.decoders.train_synthetic``): the decoder is then trained with its diffusion prior, and the
+engine reconstructs every trial from the prior's tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+__all__ = ["configure", "run_demo"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("rtrecon_out") / "demo", help="where sessions are written (default: %(default)s)")
+    parser.add_argument("--cache", type=Path, help="cache folder for the dataset and the decoder (default: $RTRECON_CACHE or ~/.cache/rtrecon)")
+    parser.add_argument("--subjects", type=int, default=4, help="synthetic subjects (the demo subject + pretraining ones; default %(default)s)")
+    parser.add_argument("--sessions", type=int, default=2, help="sessions per subject (the last is the live one; default %(default)s)")
+    parser.add_argument("--runs", type=int, default=1, help="runs per session (default %(default)s)")
+    parser.add_argument("--live-runs", type=int, help="runs of the live session to replay (default: all)")
+    parser.add_argument("--size", choices=("small", "nsd"), default="small", help="synthetic brain size preset (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed (default %(default)s)")
+    parser.add_argument("--subject", type=int, default=1, help="the demo subject (default %(default)s)")
+    parser.add_argument("--speed", type=float, default=10.0, help="replay speed, × the scanner's TR pace (default %(default)s)")
+    parser.add_argument("--epochs", type=int, nargs=2, default=(10, 20), metavar=("PRETRAIN", "FINETUNE"),
+                        help="training epochs (default: %(default)s)")
+    parser.add_argument("--hidden-dim", type=int, default=256, help="decoder width (default %(default)s)")
+    parser.add_argument("--unclip", type=Path, help="an unCLIP decoder folder for the synthetic world's tokens (from "
+                        "`python -m rtrecon.decoders.train_synthetic`): the decoder then gets a diffusion prior and every "
+                        "trial is also reconstructed (default: retrieval only)")
+    parser.add_argument("--ready-delay", type=float, default=8.0, help="seconds after onset before a trial is decoded (default %(default)s)")
+    parser.set_defaults(func=run_demo)
+
+
+def run_demo(ns: argparse.Namespace) -> int:
+    from rtrecon.data.nsd import NSDDataset
+    from rtrecon.data.synthetic import load_truth
+    from rtrecon.demo.cache import cached_dataset, cached_decoder
+    from rtrecon.demo.live import LiveSpec, run_session
+    from rtrecon.demo.processes import ProcessFailed
+    from rtrecon.demo.training import DecoderRecipe
+
+    console = Console(stderr=True, soft_wrap=True)
+    if ns.sessions < 2 or ns.subjects < 2 or not 1 <= ns.subject <= ns.subjects:
+        console.print("[red]error:[/] the demo needs 2+ subjects (one to pretrain on) and 2+ sessions "
+                      "(one to fine-tune on, one live), and --subject among them")
+        return 2
+    started = time.monotonic()
+    console.rule("rtrecon demo")
+    console.print(f"1/4 synthetic dataset: {ns.subjects} subjects × {ns.sessions} sessions × {ns.runs} runs ({ns.size})")
+    dataset, hit = cached_dataset(ns.subjects, ns.sessions, ns.runs, ns.size, ns.seed, root=ns.cache)
+    console.print(f"    {'cached' if hit else 'written'}: {dataset} ({time.monotonic() - started:.0f} s)")
+    others = [s for s in range(1, ns.subjects + 1) if s != ns.subject]
+    sessions = list(range(1, ns.sessions + 1))
+    if ns.unclip is not None and not (ns.unclip / "unclip.json").is_file():
+        console.print(f"[red]error:[/] {ns.unclip}: not an unCLIP decoder folder (no unclip.json)")
+        return 2
+    recipe = DecoderRecipe(hidden_dim=ns.hidden_dim, pretrain_epochs=ns.epochs[0], finetune_epochs=ns.epochs[1],
+                           use_prior=ns.unclip is not None, seed=ns.seed)
+    console.print(f"2/4 decoder: pretrain on subjects {', '.join(map(str, others))} (sessions {sessions[0]}-{sessions[-1]}), "
+                  f"fine-tune on subject {ns.subject} session 1")
+    checkpoint, hit = cached_decoder(dataset, {s: sessions for s in others}, ns.subject, [1], recipe, root=ns.cache)
+    console.print(f"    {'cached' if hit else 'trained'}: {checkpoint} ({time.monotonic() - started:.0f} s)")
+    live_session = ns.sessions
+    nsd = NSDDataset(dataset)
+    runs = tuple(nsd.runs(ns.subject, live_session)[: ns.live_runs])
+    out = ns.out / f"sub-{ns.subject:02d}_ses-{live_session:02d}_{time.strftime('%Y%m%dT%H%M%S')}"
+    console.print(f"3/4 live session: subject {ns.subject} session {live_session} run(s) {', '.join(map(str, runs))} "
+                  f"at {ns.speed:g}× the TR pace → {out}")
+    description = (
+        f"rtrecon-trained MindEye2 (real-time shape, hidden {recipe.hidden_dim}, {recipe.n_blocks} blocks): pretrained on "
+        f"synthetic subjects {', '.join(map(str, others))}, fine-tuned on subject {ns.subject} session 1. "
+        + ("Retrieval only: no unCLIP decoder is configured for the synthetic world, so no images are reconstructed."
+           if ns.unclip is None else
+           f"Reconstructions: its diffusion prior's tokens decoded by the synthetic world's unCLIP decoder {ns.unclip} "
+           "(not the official SDXL unCLIP weights).")
+    )
+    spec = LiveSpec(root=dataset, subject=ns.subject, session=live_session, runs=runs, checkpoint=checkpoint,
+                    targets=load_truth(dataset)["embeddings"], out=out, decoder_description=description,
+                    speed=ns.speed, ready_delay_s=ns.ready_delay, unclip=ns.unclip)
+    try:
+        summary = run_session(spec, console)
+    except ProcessFailed as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    console.print(f"4/4 report ({time.monotonic() - started:.0f} s)")
+    _print_summary(console, summary, time.monotonic() - started)
+    print(json.dumps(summary.headline()), flush=True)
+    return 0
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _print_summary(console: Console, summary, wall_s: float) -> None:
+    console.print(f"    report: {summary.report}")
+    console.print(f"    trials decoded: {summary.decoded} of {summary.trials}")
+    console.print(f"    retrieval top-1 {_fmt(summary.top1, '.1%')} (chance {_fmt(summary.chance_top1, '.1%')}), "
+                  f"top-5 {_fmt(summary.top5, '.1%')} (chance {_fmt(summary.chance_top5, '.1%')})")
+    console.print(f"    latency last volume acquired → result shown: median {_fmt(summary.median_latency_s, '.3f')} s, "
+                  f"p95 {_fmt(summary.p95_latency_s, '.3f')} s")
+    for name, value in summary.metrics.items():
+        console.print(f"    {name}: {value:.3f}")
+    console.print(f"    done in {wall_s:.0f} s")

@@ -1,0 +1,211 @@
+"""Run a live session of an NSD subject through the real processes, then write its report.
+
+:func:`run_session` takes a :class:`LiveSpec` (the NSD root, subject, session, runs, decoder
+checkpoint, output folder, replay speed) and
+
+1. writes the session config (``session.toml``: the engine's ROI is the subject's nsdgeneral
+   ROI, its ``[decoder]`` the checkpoint and a gallery of the session's images, the links on free
+   localhost ports) and the gallery (``gallery.npz``: the targets' tokens of every image shown in
+   the session's runs, ids ``nsd:<73k id>``);
+2. starts the engine (``rtrecon engine --config``), then for each run the virtual participant
+   (:mod:`rtrecon.demo.participant`) and the bridge (``rtrecon bridge replay-nsd``), each its own
+   process over ZeroMQ (:class:`~rtrecon.demo.processes.ProcessGroup`), showing progress (rich)
+   from the bridge's log and the participant's results, until the bridge has every volume
+   acknowledged and the participant has every trial's result; then stops the engine (SIGTERM);
+3. builds the report (:func:`rtrecon.demo.collect.build_report`) in
+   ``OUT/derivatives/rtrecon/sub-XX/ses-YY/report/``.
+
+The BIDS session (``OUT/sub-XX/ses-YY/func``) and derivatives are the engine's; the processes'
+logs are in ``OUT/logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rtrecon.data.nsd import NSDDataset
+from rtrecon.demo.collect import SessionLayout, beta_correlation, build_report
+from rtrecon.demo.participant import read_results
+from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
+from rtrecon.report import ReportSummary
+
+__all__ = ["LiveSpec", "write_session_config", "write_gallery", "run_session"]
+
+
+@dataclass(frozen=True)
+class LiveSpec:
+    """One live session of NSD subject ``subject``, scan session ``session`` (runs ``runs``)."""
+
+    root: Path
+    subject: int
+    session: int
+    runs: tuple[int, ...]
+    checkpoint: Path
+    targets: np.ndarray = field(repr=False)
+    out: Path
+    decoder_subject: int = 0
+    decoder_description: str = "MindEye2 checkpoint"
+    speed: float = 1.0
+    top_k: int = 5
+    unclip: Path | None = None
+    released_betas: bool = True
+    ready_delay_s: float = 8.0
+
+    @property
+    def bids_subject(self) -> str:
+        return f"{self.subject:02d}"
+
+    @property
+    def bids_session(self) -> str:
+        return f"{self.session:02d}"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoints: Sequence[str], n_volumes: int) -> Path:
+    """``OUT/session.toml`` for the engine, the bridge and the participant."""
+    sections = {
+        "session": {"subject": spec.bids_subject, "session": spec.bids_session, "task": "perception", "output_dir": spec.out},
+        "network": dict(zip(("volumes", "events", "results", "status"), endpoints), heartbeat_s=0.5),
+        "bridge": {"spool_dir": spec.out / "bridge_spool"},
+        "engine": {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes, "ready_delay_s": spec.ready_delay_s},
+        "decoder": {"checkpoint": spec.checkpoint, "subject": spec.decoder_subject, "gallery": gallery, "top_k": spec.top_k},
+    }
+    if spec.unclip is not None:
+        sections["decoder"]["unclip"] = spec.unclip
+    lines = ["# written by rtrecon demo / rtrecon replay nsd"]
+    for name, keys in sections.items():
+        lines += ["", f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in keys.items()]
+    path = spec.out / "session.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_gallery(spec: LiveSpec, nsd: NSDDataset) -> tuple[Path, np.ndarray, list[str]]:
+    """The session's images (every run of it) as the retrieval gallery ``OUT/gallery.npz``."""
+    image_ids = sorted({int(i) for run in nsd.runs(spec.subject, spec.session)
+                        for i in nsd.events(spec.subject, spec.session, run)["image_id"]})
+    if not image_ids:
+        raise ValueError(f"{nsd.root}: subject {spec.subject} session {spec.session} shows no images")
+    embeddings = np.asarray(spec.targets[np.asarray(image_ids) - 1], np.float32)
+    ids = [f"nsd:{i}" for i in image_ids]
+    path = spec.out / "gallery.npz"
+    np.savez(path, embeddings=embeddings, ids=np.array(ids))
+    return path, embeddings, ids
+
+
+def _image_lookup(nsd: NSDDataset) -> Callable[[list[str]], list[np.ndarray | None]]:
+    cache: dict[str, np.ndarray] = {}
+
+    def images(ids: list[str]) -> list[np.ndarray | None]:
+        wanted = [i for i in ids if i.startswith("nsd:") and i not in cache]
+        if wanted:
+            for name, image in zip(wanted, nsd.images([int(i[4:]) for i in wanted])):
+                cache[name] = image
+        return [cache.get(i) for i in ids]
+
+    return images
+
+
+def _count_lines(path: Path, prefix: str) -> int:
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as f:
+        return sum(line.startswith(prefix.encode()) for line in f)
+
+
+def _wait_for_line(group: ProcessGroup, name: str, log: Path, text: str, timeout_s: float) -> None:
+    """Wait until ``name``'s log holds ``text`` (the engine is listening before volumes flow)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.is_file() and text in log.read_text(errors="replace"):
+            return
+        group.check(name)
+        if group.returncode(name) is not None:
+            break
+        time.sleep(0.2)
+    raise ProcessFailed(f"{name} did not report {text!r} within {timeout_s:g} s (log {log}):\n{group.tail(name)}")
+
+
+def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float = 1800.0) -> ReportSummary:
+    """Run ``spec``'s session live (see the module docstring) and return the report's summary."""
+    console = console or Console(stderr=True)
+    nsd = NSDDataset(spec.root)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    for run in spec.runs:
+        if run not in nsd.runs(spec.subject, spec.session):
+            raise ValueError(f"{spec.root}: subject {spec.subject} session {spec.session} has no run {run}")
+    gallery_path, gallery, ids = write_gallery(spec, nsd)
+    n_volumes = nsd.read_design(spec.subject, spec.session, spec.runs[0]).size
+    config = write_session_config(spec, nsd, gallery_path, free_endpoints(4), n_volumes)
+    stimulus_dir = spec.out / "stimulus"
+    speed = ["--speed", repr(spec.speed)]
+    with ProcessGroup(spec.out / "logs") as group, Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+    ) as bar:
+        engine_log = group.start("engine", ["-m", "rtrecon.cli", "engine", "--config", str(config)])
+        _wait_for_line(group, "engine", engine_log, "engine up", timeout_s=300.0)
+        for run in spec.runs:
+            n_trials = len(nsd.events(spec.subject, spec.session, run))
+            n_vols = nsd.read_design(spec.subject, spec.session, run).size
+            volumes = bar.add_task(f"run {run}: volumes (bridge → engine)", total=n_vols)
+            results = bar.add_task(f"run {run}: trials decoded (engine → participant)", total=n_trials)
+            bridge_log = spec.out / "logs" / f"bridge_run-{run:02d}.log"
+
+            def update(run: int = run, volumes: int = volumes, results: int = results, log: Path = bridge_log) -> None:
+                bar.update(volumes, completed=_count_lines(log, f"run {run} volume"))
+                bar.update(results, completed=len(read_results(stimulus_dir, run)))
+
+            group.start(f"participant_run-{run:02d}", [
+                "-m", "rtrecon.demo.participant", "--config", str(config), "--root", str(spec.root),
+                "--subject", str(spec.subject), "--session", str(spec.session), "--run", str(run),
+                "--out", str(stimulus_dir), *speed])
+            group.start(f"bridge_run-{run:02d}", [
+                "-m", "rtrecon.cli", "bridge", "replay-nsd", "--config", str(config), "--root", str(spec.root),
+                "--subject", str(spec.subject), "--session", str(spec.session), "--run", str(run), *speed])
+            deadline = time.monotonic() + timeout_s
+            for name in (f"bridge_run-{run:02d}", f"participant_run-{run:02d}"):
+                group.wait(name, max(1.0, deadline - time.monotonic()), poll=update, also_check=("engine",))
+                group.check(name)
+            update()
+        group.stop("engine")
+    layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception", stimulus_dir)
+    metrics: dict[str, float] = {}
+    if spec.released_betas:
+        metrics.update(_released_beta_metrics(spec, nsd, layout))
+    report_dir = layout.derivatives.parent / "report"
+    return build_report(layout, spec.runs, nsd.tr, gallery, ids, _image_lookup(nsd), spec.decoder_description,
+                        report_dir, metrics)
+
+
+def _released_beta_metrics(spec: LiveSpec, nsd: NSDDataset, layout: SessionLayout) -> dict[str, float]:
+    """Median per-voxel correlation of the live betas with NSD's released betas of the same trials."""
+    try:
+        released = nsd.betas(spec.subject, spec.session, mask=nsd.roi_mask(spec.subject))
+    except (OSError, ValueError) as exc:
+        print(f"report: no comparison with the released betas: {exc}", file=sys.stderr)
+        return {}
+    offset, correlations = 0, []
+    for run in nsd.runs(spec.subject, spec.session):
+        slots = nsd.events(spec.subject, spec.session, run)["trial"].tolist()
+        if run in spec.runs:
+            correlations.append(beta_correlation(layout, run, released, {int(k): offset + i for i, k in enumerate(slots)}))
+        offset += len(slots)
+    r = np.concatenate(correlations) if correlations else np.array([])
+    r = r[np.isfinite(r)]
+    return {"live_vs_released_beta_r": float(np.median(r))} if r.size else {}

@@ -1,0 +1,107 @@
+"""The engine's decoding stage: a trial beta → retrieval among the gallery (+ an unCLIP image)."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from engine.decoding import DecodingStage, load_gallery
+from engine.store import SessionStore
+from engine.trials import TrialBeta
+from rtrecon.config import ConfigError, load_config
+from rtrecon.models import MindEye2, MindEye2Config, save_checkpoint
+from rtrecon.wire import TrialResultMessage, decode, encode
+
+N_VOX = 40
+
+
+def _model(use_prior: bool = False, tokens: int = 4, dim: int = 16) -> MindEye2:
+    torch.manual_seed(0)
+    config = MindEye2Config.tiny((30, N_VOX)).replace(clip_tokens=tokens, clip_dim=dim, use_prior=use_prior)
+    return MindEye2(config).eval()
+
+
+def _betas(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, N_VOX)).astype(np.float32)
+
+
+def _gallery_of(model: MindEye2, betas: np.ndarray) -> np.ndarray:
+    """Gallery embeddings that are exactly what the model predicts for ``betas`` (subject 1)."""
+    with torch.no_grad():
+        return model.encode(torch.from_numpy(betas), 1).clip_voxels.numpy()
+
+
+def test_retrieves_the_image_whose_embedding_the_beta_predicts():
+    model, betas = _model(), _betas(6)
+    ids = [f"nsd:{i}" for i in range(100, 106)]
+    sent: list[TrialResultMessage] = []
+    stage = DecodingStage(model, _gallery_of(model, betas), ids, sent.append, "sub-01_ses-01", subject=1, top_k=3)
+    for k in (4, 0):
+        stage(TrialBeta(run=1, trial=k + 10, stimulus=ids[k], beta=betas[k], z=betas[k], repeats=1))
+    assert [m.trial for m in sent] == [14, 10]
+    first = sent[0]
+    assert first.retrieved[0] == "nsd:104" and len(first.retrieved) == 3
+    assert first.scores[0] == pytest.approx(1.0, abs=1e-5) and first.scores == sorted(first.scores, reverse=True)
+    assert first.session == "sub-01_ses-01" and first.run == 1 and first.stimulus == "nsd:104"
+    assert first.image is None and set(first.latencies) == {"decode_s", "retrieval_s"}
+    assert first.stamps["decode_start"] <= first.stamps["decoded"] <= first.stamps["sent"]
+    assert np.linalg.norm(first.embedding) == pytest.approx(1.0, abs=1e-5)
+    assert sent[1].retrieved[0] == "nsd:100"
+    again = decode(encode(first))  # it travels over the wire as is
+    assert again.retrieved == first.retrieved
+
+
+def test_wrong_beta_size_is_a_clear_error():
+    model = _model()
+    stage = DecodingStage(model, np.ones((2, 64), np.float32), ["a", "b"], lambda m: None, "s", subject=0, name="ck.pth")
+    with pytest.raises(ValueError, match=r"ck.pth: adapter 0 takes 30 voxels, trial 3 of run 2 has a beta of 40"):
+        stage.decode(TrialBeta(2, 3, "a", np.zeros(N_VOX), np.zeros(N_VOX), 1))
+
+
+def test_from_config_loads_checkpoint_and_gallery_and_saves_derivatives(tmp_path):
+    model, betas = _model(), _betas(5)
+    save_checkpoint(model, tmp_path / "ck.pth")
+    ids = np.array([f"img{i}" for i in range(5)])
+    np.savez(tmp_path / "gallery.npz", embeddings=_gallery_of(model, betas), ids=ids)
+    (tmp_path / "session.toml").write_text(
+        '[session]\nsubject = "02"\nsession = "03"\noutput_dir = "out"\n'
+        '[decoder]\ncheckpoint = "ck.pth"\ngallery = "gallery.npz"\nsubject = 1\ntop_k = 2\n'
+    )
+    config = load_config(tmp_path / "session.toml")
+    store = SessionStore(tmp_path / "out", "02", "03", "perception")
+    sent: list[TrialResultMessage] = []
+    stage = DecodingStage.from_config(config, sent.append, store)
+    stage(TrialBeta(1, 7, "img2", betas[2], betas[2], 1))
+    assert sent[0].session == "sub-02_ses-03" and sent[0].retrieved == ["img2", sent[0].retrieved[1]]
+    assert sent[0].decoder == "ck.pth"
+    with np.load(store.derivative_path(1, "trial7decoded", ".npz")) as saved:
+        assert list(saved["retrieved"]) == sent[0].retrieved
+        np.testing.assert_allclose(saved["embedding"], sent[0].embedding)
+
+
+def test_from_config_errors_name_the_problem(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    np.savez(tmp_path / "noids.npz", embeddings=np.ones((2, 3)))
+    with pytest.raises(ConfigError, match="bad.npz: cannot be read"):
+        load_gallery(tmp_path / "bad.npz")
+    with pytest.raises(ConfigError, match="noids.npz: a gallery needs arrays 'embeddings' and 'ids'"):
+        load_gallery(tmp_path / "noids.npz")
+    (tmp_path / "s.toml").write_text('[decoder]\ncheckpoint = "missing.pth"\ngallery = "noids.npz"\n')
+    with pytest.raises(ConfigError, match="missing.pth: no such MindEye2 checkpoint"):
+        DecodingStage.from_config(load_config(tmp_path / "s.toml"), lambda m: None)
+
+
+def test_unclip_decoder_turns_the_prior_tokens_into_an_image():
+    from rtrecon.decoders.unclip import UnclipDecoder
+
+    model, betas = _model(use_prior=True, tokens=64, dim=64), _betas(3)
+    sent: list[TrialResultMessage] = []
+    stage = DecodingStage(model, _gallery_of(model, betas), ["a", "b", "c"], sent.append, "s", subject=1,
+                          unclip=UnclipDecoder.tiny(), steps=1)
+    stage(TrialBeta(1, 0, "b", betas[1], betas[1], 1))
+    image = sent[0].image
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
+    assert sent[0].retrieved[0] == "b" and sent[0].latencies["image_s"] > 0
+    assert sent[0].stamps["decoded"] <= sent[0].stamps["generated"]

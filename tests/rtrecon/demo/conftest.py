@@ -1,0 +1,50 @@
+"""One shortened demo, run once for the whole folder: its session is what the module tests read."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+#: The shortened demo: 2 subjects × 2 sessions × 1 run, a few epochs, the replay at 80× the TR pace.
+DEMO_ARGS = ["--subjects", "2", "--sessions", "2", "--runs", "1", "--speed", "80", "--epochs", "1", "1", "--hidden-dim", "64"]
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    cache: Path
+    out: Path
+
+    @property
+    def headline(self) -> dict:
+        return json.loads(self.stdout.strip().splitlines()[-1])
+
+    @property
+    def session_dir(self) -> Path:
+        (folder,) = [p for p in self.out.iterdir() if p.is_dir()]
+        return folder
+
+    @property
+    def dataset(self) -> Path:
+        (folder,) = [p for p in (self.cache / "synthetic").iterdir() if p.is_dir() and p.suffix != ".partial"]
+        return folder
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """``rtrecon demo`` as a user runs it (its own process), shortened."""
+    base = tmp_path_factory.mktemp("demo")
+    cache, out = base / "cache", base / "out"
+    cmd = [sys.executable, "-m", "rtrecon.cli", "demo", "--out", str(out), "--cache", str(cache), *DEMO_ARGS]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    run = DemoRun(done.returncode, done.stdout, done.stderr, cache, out)
+    if done.returncode != 0:
+        pytest.fail(f"the demo failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return run

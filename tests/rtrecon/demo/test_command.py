@@ -1,0 +1,32 @@
+"""``rtrecon demo`` end to end (shortened): its last line, its report, what it prints."""
+
+from __future__ import annotations
+
+import json
+
+from rtrecon.cli import main
+
+KEYS = {"report", "trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s"}
+
+
+def test_demo_ends_with_the_headline_json_and_writes_the_report(demo_run):
+    headline = demo_run.headline
+    assert set(headline) == KEYS
+    # The live session is one NSD-timed run: 63 image trials, every one decoded.
+    assert headline["trials"] == 63 and headline["decoded"] == 63
+    assert 0.0 <= headline["top1"] <= headline["top5"] <= 1.0
+    gallery_size = round(1 / headline["chance_top1"])
+    assert 30 < gallery_size <= 63  # the session's distinct images (NSD repeats some)
+    assert headline["median_latency_s"] > 0
+    report = demo_run.session_dir / "derivatives" / "rtrecon" / "sub-01" / "ses-02" / "report" / "report.html"
+    assert headline["report"] == str(report)
+    html = report.read_text()
+    assert "Retrieval only" in html and "sub-01" in html
+    summary = json.loads((report.parent / "summary.json").read_text())
+    assert summary["top1"] == headline["top1"] and summary["metrics"]["live_vs_released_beta_r"] > 0.2
+    assert "report:" in demo_run.stderr and "1/4 synthetic dataset" in demo_run.stderr
+
+
+def test_demo_refuses_a_world_it_cannot_train_on(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--cache", str(tmp_path), "--sessions", "1"]) == 2
+    assert "2+ sessions" in capsys.readouterr().err

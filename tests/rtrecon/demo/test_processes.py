@@ -1,0 +1,32 @@
+"""The demo's process supervisor."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
+
+
+def test_free_endpoints_are_distinct_localhost_ports():
+    endpoints = free_endpoints(4)
+    assert len(set(endpoints)) == 4 and all(e.startswith("tcp://127.0.0.1:") for e in endpoints)
+
+
+def test_a_failed_process_is_reported_with_its_log(tmp_path):
+    with ProcessGroup(tmp_path) as group:
+        group.start("bad", ["-c", "import sys; print('something broke'); sys.exit(3)"])
+        assert group.wait("bad", 30) == 3
+        with pytest.raises(ProcessFailed, match=r"(?s)bad exited with status 3.*something broke"):
+            group.check()
+        with pytest.raises(ValueError, match="already started"):
+            group.start("bad", ["-c", "pass"])
+
+
+def test_stop_ends_a_running_process_and_wait_times_out(tmp_path):
+    with ProcessGroup(tmp_path) as group:
+        group.start("sleeper", ["-c", "import time; print('up', flush=True); time.sleep(60)"])
+        with pytest.raises(ProcessFailed, match="did not finish within 0.5 s"):
+            group.wait("sleeper", 0.5)
+        assert group.returncode("sleeper") is None
+        assert group.stop("sleeper") != 0
+        assert group.returncode("sleeper") is not None
