@@ -1,8 +1,8 @@
 """``rtrecon engine --config session.toml``: run the real-time engine of a session.
 
 The config's ``[session]``, ``[network]`` and ``[security]`` sections name the subject, the
-output folder, the ZeroMQ endpoints and the CURVE keys; its ``[engine]`` section holds
-the ``[engine]`` section of the session config (ROI mask, reference, GLM options, trial delay). The engine
+output folder, the ZeroMQ endpoints and the CURVE keys; its ``[engine]`` section the ROI mask,
+reference, GLM options and trial delay. The engine
 resumes a session already in the output folder (after a crash, start it again the same way).
 SIGINT or SIGTERM stop it cleanly.
 """
