@@ -23,9 +23,6 @@ The last line printed is one JSON object: {"benchmark": "bridge_latency", "machi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import signal
 import socket
@@ -44,23 +41,12 @@ from pydicom.uid import generate_uid
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _report import emit  # noqa: E402
 from rtrecon.transport import ReliableReceiver  # noqa: E402
 from rtrecon.wire import VolumeMessage  # noqa: E402
 from scanner_bridge.simulator import ScannerSimulator, series_volumes  # noqa: E402
 
 SESSION = "benchmark"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def _free_port() -> int:
@@ -220,7 +206,7 @@ def main() -> None:
         f"dcm2niix {results['dcm2niix_median_ms']:.1f} ms → {results['speedup_vs_dcm2niix']:.1f}× faster",
         file=sys.stderr,
     )
-    print(json.dumps({"benchmark": "bridge_latency", "machine": machine(), "results": results}))
+    emit("bridge_latency", results)
 
 
 if __name__ == "__main__":

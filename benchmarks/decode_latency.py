@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,23 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _report import emit  # noqa: E402
 from rtrecon.models import MindEye2, MindEye2Config  # noqa: E402
 from rtrecon.runtime.retrieval import RetrievalDecoder  # noqa: E402
 
 VOXELS = (8627, 15724)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu} ({torch.get_num_threads()} torch threads){gpu}"
 
 
 def random_model(config: MindEye2Config, device: str = "cpu") -> MindEye2:
@@ -239,12 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = gpu_benchmark(args) if args.gpu else cpu_benchmark(args)
     results["wall_s"] = time.perf_counter() - t0
-    line = json.dumps({"benchmark": "decode_latency", "machine": machine(), "mode": "gpu" if args.gpu else "cpu",
-                       "results": results})
+    line = emit("decode_latency", results, mode="gpu" if args.gpu else "cpu")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(line + "\n")
-    print(line)
     return 0
 
 

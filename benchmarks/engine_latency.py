@@ -38,9 +38,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -56,6 +54,7 @@ from scipy import ndimage, optimize  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _report import emit  # noqa: E402
 from engine.design import RunDesign  # noqa: E402
 from engine.motion import rigid_matrix  # noqa: E402
 from engine.server import Engine, EngineSettings  # noqa: E402
@@ -67,11 +66,6 @@ VOXEL_MM = 1.8
 TR = 1.333171
 N_ROI = 15724
 SESSION = "sub-01_ses-01"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    return f"{platform.node()} ({cpu}, {os.cpu_count()} cores, run on 1)"
 
 
 def synthetic_run(n_volumes: int, seed: int = 0):
@@ -287,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "roi_voxels": int(roi.sum()),
         "trials": len(onsets),
     }
-    print(json.dumps({"benchmark": "engine_latency", "machine": machine(), "results": results}))
+    emit("engine_latency", results, machine_extra="engine run on 1 core")
     return 0
 
 

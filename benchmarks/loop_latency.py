@@ -20,13 +20,12 @@ The last line printed is ``{"benchmark": "loop_latency", "machine": ..., "result
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 
 
 def _checkpoint(dataset: Path, n_voxels: int, tokens: tuple[int, int], cache: Path) -> Path:
@@ -83,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": size,
         "roi_voxels": int(nsd.roi_mask(1).sum()),
     }
-    machine = f"{platform.node()} {platform.machine()} {platform.processor() or ''} python {sys.version.split()[0]}".strip()
-    print(json.dumps({"benchmark": "loop_latency", "machine": machine, "results": results}), flush=True)
+    emit("loop_latency", results)
     return 0
 
 

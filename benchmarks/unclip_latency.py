@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -42,15 +41,9 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _report import emit  # noqa: E402
 from rtrecon.decoders.config import OFFICIAL, TINY  # noqa: E402
 from rtrecon.decoders.unclip import SamplingOptions, UnclipDecoder  # noqa: E402
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu} CPU x{torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def _sync(device: torch.device) -> None:
@@ -202,13 +195,12 @@ def main(argv: list[str] | None = None) -> dict:
         "official_setting": asdict(official),
         "settings": rows,
     }
-    record = {"benchmark": "unclip_latency", "machine": machine(device), "results": results}
+    line = emit("unclip_latency", results)
     if args.save and gpu:
         out = REPO / "benchmarks" / "results" / f"unclip_latency_{torch.cuda.get_device_name(device).replace(' ', '_')}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
-    return record
+        out.write_text(json.dumps(json.loads(line), indent=2) + "\n")
+    return json.loads(line)
 
 
 if __name__ == "__main__":
