@@ -6,12 +6,18 @@ Examples::
     rtrecon train --data train.npz --preset realtime --epochs 150 --output runs/pretrain
     # fine-tune a new participant (one subject in the file) from a multi-subject checkpoint
     rtrecon train --data sub-new.npz --init runs/pretrain/last.pth --new-subject --epochs 30 --output runs/ft
+    # MindEye2's released data (wds tars + betas HDF5), bigG targets embedded once and cached
+    rtrecon train --wds ~/mindeyev2 --wds-subjects 2 3 4 5 6 7 8 --clip-weights bigG.bin \
+        --targets-cache ~/mindeyev2/bigG_tokens.npz --wds-test --output runs/pretrain
     # several processes / GPUs / nodes: the same command under accelerate (or torchrun);
     # without GPUs the processes train on CPUs over gloo
     accelerate launch --multi_gpu --num_processes 2 -m rtrecon.cli train --data train.npz --output runs/ddp
 
-The data file is a :class:`rtrecon.train.data.TrainingData` ``.npz`` (betas per subject,
-CLIP target tokens, image ids). ``--resume`` continues from ``OUTPUT/state``. After training, the
+The data is either a :class:`rtrecon.train.data.TrainingData` ``.npz`` (``--data``: betas per
+subject, CLIP target tokens, image ids) or MindEye2's webdataset layout (``--wds ROOT``, read by
+:mod:`rtrecon.train.webdataset`; targets from ``--targets`` (tokens in 73k order, ``.npy``) or
+embedded from ``coco_images_224_float16.hdf5`` with local OpenCLIP weights, cached in
+``--targets-cache``). ``--resume`` continues from ``OUTPUT/state``. After training, the
 held-out retrieval of ``--test-data`` (same layout) is printed as JSON.
 """
 
@@ -27,7 +33,15 @@ PRESETS = {"tiny": MindEye2Config.tiny, "realtime": MindEye2Config.realtime, "fi
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="TrainingData .npz (betas, targets, image ids)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="TrainingData .npz (betas, targets, image ids)")
+    source.add_argument("--wds", type=Path, help="MindEye2 data folder (wds/subj0X/..., betas_all_subj0X_fp32_renorm.hdf5)")
+    parser.add_argument("--wds-subjects", type=int, nargs="+", help="with --wds: NSD subject numbers, in adapter order")
+    parser.add_argument("--wds-sessions", type=int, nargs="+", help="with --wds: only these (1-based) training sessions")
+    parser.add_argument("--wds-test", action="store_true", help="with --wds: report retrieval on the new_test tars")
+    parser.add_argument("--targets", type=Path, help="with --wds: CLIP tokens of all images in 73k order (.npy)")
+    parser.add_argument("--clip-weights", type=Path, help="with --wds: local OpenCLIP bigG weights to embed the images")
+    parser.add_argument("--targets-cache", type=Path, help="with --wds: .npz cache of embedded CLIP tokens")
     parser.add_argument("--output", type=Path, required=True, help="run folder (last.pth, state/, progress.json)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="realtime", help="architecture for a new model")
     parser.add_argument("--hidden-dim", type=int, help="override the preset's shared-space width")
@@ -56,13 +70,13 @@ def run(args: argparse.Namespace) -> int:
     from rtrecon.train.evaluate import retrieval_accuracy
     from rtrecon.train.trainer import TrainConfig, train
 
-    data = TrainingData.load(args.data)
+    data = _wds_data(args, "train") if args.wds is not None else TrainingData.load(args.data)
     if args.subjects:
         data = data.select(args.subjects)
     if args.init is not None:
         if args.new_subject:
             if len(data.subjects) != 1:
-                raise SystemExit(f"{args.data}: --new-subject needs exactly one subject, found {len(data.subjects)}")
+                raise SystemExit(f"{args.data or args.wds}: --new-subject needs exactly one subject, found {len(data.subjects)}")
             model = load_official(args.init, new_subject_voxels=data.n_voxels[0])
         else:
             model = load_official(args.init)
@@ -81,8 +95,12 @@ def run(args: argparse.Namespace) -> int:
     history = train(model, data, config, args.output, resume=args.resume)
     summary = {"epochs": len(history), "final_loss": history[-1]["loss"] if history else None,
                "world_size": history[-1]["world_size"] if history else None, "checkpoint": str(args.output / "last.pth")}
-    if args.test_data is not None:
+    test = None
+    if args.wds is not None and args.wds_test:
+        test = _wds_data(args, "new_test")
+    elif args.test_data is not None:
         test = TrainingData.load(args.test_data)
+    if test is not None:
         if args.subjects:
             test = test.select(args.subjects)
         summary["retrieval"] = {s.name or str(i): retrieval_accuracy(model, s, test.targets, i)
@@ -92,3 +110,25 @@ def run(args: argparse.Namespace) -> int:
     if PartialState().is_main_process:
         print(json.dumps(summary))
     return 0
+
+
+def _wds_data(args: argparse.Namespace, split: str):
+    import numpy as np
+
+    from rtrecon.train.webdataset import from_webdataset
+
+    if not args.wds_subjects:
+        raise SystemExit("--wds needs --wds-subjects (NSD subject numbers)")
+    targets = np.load(args.targets, mmap_mode="r") if args.targets is not None else None
+    embedder = None
+    if targets is None and args.clip_weights is not None:
+        from rtrecon.embedders.openclip import OpenClipImageEmbedder
+
+        embedder = OpenClipImageEmbedder.from_local(args.clip_weights)
+    sessions = args.wds_sessions if split == "train" else None
+    from accelerate import PartialState
+
+    # The main process embeds and writes the target cache; the others then read it.
+    with PartialState().main_process_first():
+        return from_webdataset(args.wds, args.wds_subjects, split, sessions, targets=targets, embedder=embedder,
+                               targets_cache=args.targets_cache)
