@@ -11,6 +11,9 @@ Modules, one concern each:
 - :mod:`~rtrecon.demo.live`: one live session through the real processes (bridge, engine with its
   decoding stage, participant) over ZeroMQ on localhost, then its report.
 - :mod:`~rtrecon.demo.collect`: a finished session's folder → :mod:`rtrecon.report`.
+- :mod:`~rtrecon.demo.golden`: the golden replay (a reproducible session, optionally with its
+  processes killed and restarted, compared with stored values; ``python -m rtrecon.demo.golden
+  --regenerate FILE`` rewrites them).
 - :mod:`~rtrecon.demo.command` (``rtrecon demo``) and :mod:`~rtrecon.demo.replay`
   (``rtrecon replay nsd``): the commands.
 

@@ -1,0 +1,299 @@
+"""The golden replay: a short synthetic session through the real processes, reproducible to the bit.
+
+The regression test of the closed loop (the way MURFI's is built): one run of the shortened demo's
+synthetic world (:data:`GOLDEN`: 2 subjects × 2 sessions × 1 run, seed 0, the decoder trained 1 + 1
+epochs at width 64 -- the same settings as the demo test's, so its cache is reused) goes through
+the engine, the virtual participant and the bridge, and every trial's live beta and decoded result
+are compared with stored expected values.
+
+Why it is deterministic. The engine's state is a function of what its store holds in arrival
+order: each event row records how many volumes had been stored before it. In the live demo the
+events come at the pace of the design, racing the bridge's volumes, so a trial may be released a
+few volumes later in one run than in another (different beta, different decode).
+:func:`run_ordered_session` removes the race: the participant sends every event at once
+(``--speed 1e9``) and the bridge starts only once the engine has stored them all, so every trial is
+released at its own ready volume. The processes run one thread each (:class:`ProcessGroup`), and
+the decoder's checkpoint is bit-identical across trainings with the same seed.
+
+``kills`` makes the same session a crash test: at evenly spaced points of the bridge's progress
+each named process (``bridge``, ``participant``, ``engine``) is SIGKILLed (its whole process
+group) and started again with the same command; the engine recovers from its store, the bridge
+and the participant resume from their spools and results, and the outcome must not change.
+
+:func:`session_record` reads a finished session folder into the compared values (per trial: the
+volume that released it, a fingerprint of its raw and z-scored beta -- mean, standard deviation and
+projections on fixed random unit vectors, so any change to any voxel shows, in a few numbers --
+and the retrieved ids and scores the participant received); :func:`compare_records` lists the
+differences beyond :data:`TOLERANCE`.
+
+Regenerating the expected values is explicit, never a side effect of a test::
+
+    python -m rtrecon.demo.golden --regenerate tests/rtrecon/demo/golden/demo_session.json [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtrecon.data.nsd import NSDDataset
+from rtrecon.demo.collect import SessionLayout
+from rtrecon.demo.live import LiveSpec, write_gallery, write_session_config
+from rtrecon.demo.participant import read_results
+from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
+from rtrecon.demo.training import DecoderRecipe
+
+__all__ = ["GoldenSettings", "GOLDEN", "TOLERANCE", "ROLES", "prepare", "golden_spec", "run_ordered_session",
+           "session_record", "compare_records", "load_golden", "main"]
+
+#: Tolerances. A clean session reproduces every value bit for bit on one machine (measured: three runs),
+#: another BLAS or CPU would differ in the last bits. A session whose engine was killed does not: the
+#: trials released after its recovery (which re-realigns the stored volumes) differ by up to 1.4e-6
+#: of the beta's standard deviation (measured). Betas are therefore compared to 1e-4 of their
+#: standard deviation -- a trial released one volume later, or a changed GLM, moves them by O(1).
+#: Scores are cosines in [-1, 1] from a float32 decoder: those changes move them by ~1e-7, a changed
+#: beta or decoder by far more than 1e-4. Retrieved ids and release volumes are compared exactly.
+TOLERANCE = {"beta_rel": 1e-4, "score": 1e-4}
+
+ROLES = ("bridge", "participant", "engine")
+
+
+@dataclass(frozen=True)
+class GoldenSettings:
+    """The synthetic world, decoder and live run of the golden session."""
+
+    subjects: int = 2
+    sessions: int = 2
+    runs: int = 1
+    size: str = "small"
+    seed: int = 0
+    subject: int = 1
+    hidden_dim: int = 64
+    epochs: tuple[int, int] = (1, 1)
+    speed: float = 80.0
+    ready_delay_s: float = 8.0
+
+    @property
+    def recipe(self) -> DecoderRecipe:
+        return DecoderRecipe(hidden_dim=self.hidden_dim, pretrain_epochs=self.epochs[0],
+                             finetune_epochs=self.epochs[1], seed=self.seed)
+
+
+#: The shortened demo's settings (``tests/rtrecon/demo/conftest.py``): the golden session reuses its cache.
+GOLDEN = GoldenSettings()
+
+
+def prepare(settings: GoldenSettings, cache: Path, progress: bool = False) -> tuple[Path, Path, bool]:
+    """The dataset and the decoder checkpoint of ``settings`` in ``cache``, and whether both were cached."""
+    from rtrecon.demo.cache import cached_dataset, cached_decoder
+
+    dataset, hit_data = cached_dataset(settings.subjects, settings.sessions, settings.runs, settings.size,
+                                       settings.seed, root=cache, progress=progress)
+    sessions = list(range(1, settings.sessions + 1))
+    pretrain = {s: sessions for s in range(1, settings.subjects + 1) if s != settings.subject}
+    checkpoint, hit_decoder = cached_decoder(dataset, pretrain, settings.subject, [1], settings.recipe,
+                                             root=cache, progress=progress)
+    return dataset, checkpoint, hit_data and hit_decoder
+
+
+def golden_spec(settings: GoldenSettings, dataset: Path, checkpoint: Path, out: Path) -> LiveSpec:
+    """The live session of ``settings``: the demo subject's last session, its first run."""
+    from rtrecon.data.synthetic import load_truth
+
+    return LiveSpec(root=dataset, subject=settings.subject, session=settings.sessions, runs=(1,),
+                    checkpoint=checkpoint, targets=load_truth(dataset)["embeddings"], out=out,
+                    decoder_description="golden", speed=settings.speed, ready_delay_s=settings.ready_delay_s)
+
+
+def _rows(path: Path) -> int:
+    """Complete data rows of a TSV the engine appends to (header excluded)."""
+    if not path.is_file():
+        return 0
+    return max(0, path.read_bytes().count(b"\n") - 1)
+
+
+def _sent(log_dir: Path, run: int) -> int:
+    """Volumes the bridge logged as sent, over all its lives."""
+    prefix = f"run {run} volume".encode()
+    return sum(line.startswith(prefix) for log in log_dir.glob("bridge*.log") for line in log.read_bytes().splitlines())
+
+
+def _until(group: ProcessGroup, watch: Sequence[str], done, what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        group.check(*watch)
+        for name in watch:
+            if group.returncode(name) is not None and not done():
+                raise ProcessFailed(f"{name} exited (status {group.returncode(name)}) before {what}:\n{group.tail(name)}")
+        if time.monotonic() > deadline:
+            raise ProcessFailed(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _kill(group: ProcessGroup, name: str) -> None:
+    popen = group.children[name].popen
+    if popen.poll() is not None:
+        raise ProcessFailed(f"{name} had already exited (status {popen.returncode}) when it was to be killed")
+    os.killpg(popen.pid, signal.SIGKILL)  # its own session: the process and any child it started
+    popen.wait()
+
+
+def run_ordered_session(spec: LiveSpec, kills: Sequence[str] = (), timeout_s: float = 240.0) -> SessionLayout:
+    """Run ``spec``'s first run with every event stored before the first volume (see the module
+    docstring), SIGKILLing and restarting each process named in ``kills`` on the way; the layout of
+    the finished session (no report is built)."""
+    unknown = set(kills) - set(ROLES)
+    if unknown:
+        raise ValueError(f"cannot kill {', '.join(sorted(unknown))}: the processes are {', '.join(ROLES)}")
+    nsd = NSDDataset(spec.root)
+    run = spec.runs[0]
+    n_volumes = nsd.read_design(spec.subject, spec.session, run).size
+    n_trials = len(nsd.events(spec.subject, spec.session, run))
+    spec.out.mkdir(parents=True, exist_ok=True)
+    gallery, _, _ = write_gallery(spec, nsd)
+    config = write_session_config(spec, nsd, gallery, free_endpoints(4), n_volumes)
+    layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception", spec.out / "stimulus")
+    events_tsv = spec.out / f"sub-{layout.subject}" / f"ses-{layout.session}" / "func" / f"{layout.prefix(run)}_events.tsv"
+    where = ["--config", str(config), "--root", str(spec.root), "--subject", str(spec.subject),
+             "--session", str(spec.session), "--run", str(run)]
+    commands = {
+        "engine": ["-m", "rtrecon.cli", "engine", "--config", str(config)],
+        "participant": ["-m", "rtrecon.demo.participant", *where, "--out", str(layout.stimulus_dir), "--speed", "1e9"],
+        "bridge": ["-m", "rtrecon.cli", "bridge", "replay-nsd", *where, "--speed", repr(spec.speed)],
+    }
+    logs = spec.out / "logs"
+    lives = {role: 0 for role in ROLES}
+    with ProcessGroup(logs) as group:
+        def start(role: str) -> str:
+            lives[role] += 1
+            name = role if lives[role] == 1 else f"{role}-{lives[role]}"
+            log = group.start(name, commands[role])
+            if role == "engine":
+                _until(group, [name], lambda: "engine up" in log.read_text(errors="replace"), "the engine to be up", 300.0)
+            return name
+
+        names = {"engine": start("engine")}
+        names["participant"] = start("participant")
+        _until(group, list(names.values()), lambda: _rows(events_tsv) >= n_trials, f"{n_trials} events stored", timeout_s)
+        names["bridge"] = start("bridge")
+        for i, role in enumerate(kills, 1):
+            at = i * n_volumes // (len(kills) + 1)
+            _until(group, list(names.values()), lambda: _sent(logs, run) >= at, f"{at} volumes sent", timeout_s)
+            _kill(group, names[role])
+            names[role] = start(role)
+        for role in ("bridge", "participant"):
+            _until(group, [names[role], names["engine"]], lambda: group.returncode(names[role]) is not None,
+                   f"{names[role]} to finish", timeout_s)
+            group.check(names[role])
+        group.stop(names["engine"])
+    return layout
+
+
+def _short(x: float, digits: int = 9) -> float:
+    # 9 (7 for scores) significant digits: far inside the tolerance, and a file a third the size.
+    return float(f"{x:.{digits}g}")
+
+
+def _fingerprint(values: np.ndarray, directions: np.ndarray) -> list[float]:
+    v = np.asarray(values, np.float64)
+    return [_short(x) for x in (v.mean(), v.std(), *(directions @ v))]
+
+
+def session_record(layout: SessionLayout, run: int = 1) -> dict:
+    """The compared values of a finished session's ``run`` (see the module docstring)."""
+    trials = layout.table(run, "trials")
+    results = {}
+    for row in read_results(layout.stimulus_dir, run):
+        if row["trial"] in results:
+            raise ValueError(f"{layout.stimulus_dir}: trial {row['trial']} of run {run} has two results")
+        results[row["trial"]] = row
+    record = []
+    directions = None
+    for row in trials.itertuples():
+        trial = int(row.trial)
+        path = layout.derivative(run, f"trial{trial}beta", ".npz")
+        with np.load(path) as f:
+            beta, z = f["beta"], f["z"]
+        if directions is None:
+            # Fixed random unit vectors over the ROI: a seed, not stored numbers, so the file stays small.
+            directions = np.random.default_rng(0).standard_normal((2, beta.size))
+            directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        if trial not in results:
+            raise ValueError(f"{layout.stimulus_dir}: no result for trial {trial} of run {run}")
+        result = results[trial]
+        record.append({
+            "trial": trial, "stimulus": str(row.stimulus), "released_at_volume": int(row.volumes),
+            "beta": _fingerprint(beta, directions), "z": _fingerprint(z, directions),
+            "retrieved": list(result["retrieved"]), "scores": [_short(s, 7) for s in result["scores"]],
+        })
+    return {"run": run, "trials": record}
+
+
+def compare_records(expected: dict, actual: dict, tolerance: dict[str, float] = TOLERANCE) -> list[str]:
+    """Every difference of ``actual`` from ``expected`` beyond ``tolerance``, one line each (empty: equal)."""
+    want = {t["trial"]: t for t in expected["trials"]}
+    got = {t["trial"]: t for t in actual["trials"]}
+    problems = [f"trial {t}: expected, not in the session" for t in sorted(want.keys() - got.keys())]
+    problems += [f"trial {t}: in the session, not expected" for t in sorted(got.keys() - want.keys())]
+    for t in sorted(want.keys() & got.keys()):
+        w, g = want[t], got[t]
+        for key in ("stimulus", "released_at_volume", "retrieved"):
+            if w[key] != g[key]:
+                problems.append(f"trial {t}: {key} {g[key]!r}, expected {w[key]!r}")
+        for key in ("beta", "z"):
+            scale = max(abs(w[key][1]), 1e-12)
+            if not np.allclose(g[key], w[key], rtol=0, atol=tolerance["beta_rel"] * scale):
+                problems.append(f"trial {t}: {key} fingerprint {g[key]}, expected {w[key]}")
+        if len(w["scores"]) != len(g["scores"]) or not np.allclose(g["scores"], w["scores"], rtol=0, atol=tolerance["score"]):
+            problems.append(f"trial {t}: scores {g['scores']}, expected {w['scores']}")
+    return problems
+
+
+def load_golden(path: str | Path, settings: GoldenSettings = GOLDEN) -> dict:
+    """The expected values in ``path``; a missing file, or one made with other settings, is an error
+    that names the command regenerating it."""
+    path = Path(path)
+    command = f"python -m rtrecon.demo.golden --regenerate {path}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no golden values; write them (after checking the change is intended) with `{command}`")
+    data = json.loads(path.read_text())
+    if data.get("settings") != json.loads(json.dumps(asdict(settings))):
+        raise ValueError(f"{path}: made with the settings {data.get('settings')}, not {asdict(settings)}; "
+                         f"regenerate it with `{command}`")
+    return {"run": data["run"], "trials": [dict(zip(data["columns"], row)) for row in data["rows"]]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rtrecon.demo.golden", description=__doc__.splitlines()[0])
+    parser.add_argument("--regenerate", type=Path, required=True, metavar="FILE",
+                        help="write the expected values of the golden session to FILE (JSON)")
+    parser.add_argument("--cache", type=Path, help="dataset/decoder cache (default: a temporary folder)")
+    ns = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="rtrecon-golden-") as tmp:
+        cache = ns.cache or Path(tmp) / "cache"
+        dataset, checkpoint, _ = prepare(GOLDEN, cache, progress=True)
+        layout = run_ordered_session(golden_spec(GOLDEN, dataset, checkpoint, Path(tmp) / "session"))
+        record = session_record(layout)
+    columns = list(record["trials"][0])
+    # One row per trial under a header: the file holds numbers, not 63 copies of the key names.
+    data = {"settings": asdict(GOLDEN), "tolerance": TOLERANCE, "run": record["run"], "columns": columns,
+            "rows": [[t[c] for c in columns] for t in record["trials"]]}
+    ns.regenerate.parent.mkdir(parents=True, exist_ok=True)
+    ns.regenerate.write_text(re.sub(r"\],\[(?=\d+,\")", "],\n[", json.dumps(data, separators=(",", ":"))) + "\n")
+    print(f"wrote {ns.regenerate}: {len(data['rows'])} trials", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

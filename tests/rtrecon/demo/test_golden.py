@@ -1,0 +1,102 @@
+"""The golden replay (:mod:`rtrecon.demo.golden`): the closed loop's regression and crash test.
+
+The expected values are ``tests/rtrecon/demo/golden/demo_session.json``. When a change to the
+engine, the bridge, the decoder or the synthetic world is *meant* to change the results, regenerate
+them explicitly (never from a test) and commit the new file with the change::
+
+    python -m rtrecon.demo.golden --regenerate tests/rtrecon/demo/golden/demo_session.json
+
+(``--cache DIR`` reuses a cache holding the shortened demo's dataset and decoder; otherwise they are
+made in a temporary folder, about a minute here.)
+
+The session under test is the golden one with every process SIGKILLed once on the way (bridge at
+1/4 of the volumes, participant at 1/2, engine at 3/4) and restarted: it must still decode every
+trial once, store every volume once, and give every trial's expected beta and decoded result. Both
+checks share one live session to stay within the test budget; the golden values themselves come
+from an uninterrupted session (the regenerating command), and a clean session reproduces them bit
+for bit -- the killed one to ~1e-8 relative after the engine's recovery, inside the tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rtrecon.data.nsd import NSDDataset
+from rtrecon.demo.golden import (GOLDEN, ROLES, TOLERANCE, compare_records, golden_spec, load_golden, prepare,
+                                 run_ordered_session, session_record)
+from rtrecon.demo.live import LiveSpec
+
+GOLDEN_FILE = Path(__file__).parent / "golden" / "demo_session.json"
+
+
+def test_golden_session_with_every_process_killed_once(demo_run, tmp_path):
+    try:
+        golden = load_golden(GOLDEN_FILE)
+    except (FileNotFoundError, ValueError) as exc:
+        pytest.fail(str(exc))
+    dataset, checkpoint, cached = prepare(GOLDEN, demo_run.cache)
+    assert cached, "the golden settings no longer match the shortened demo's (conftest.DEMO_ARGS): align them"
+    spec = golden_spec(GOLDEN, dataset, checkpoint, tmp_path / "session")
+    layout = run_ordered_session(spec, kills=ROLES)
+
+    logs = {p.name for p in (spec.out / "logs").iterdir()}
+    assert logs == {f"{r}.log" for r in ROLES} | {f"{r}-2.log" for r in ROLES}
+    nsd = NSDDataset(dataset)
+    design_trials = set(nsd.events(spec.subject, spec.session, 1)["trial"])
+    n_volumes = nsd.read_design(spec.subject, spec.session, 1).size
+
+    # Every trial decoded once: one result each at the participant (session_record refuses a
+    # second), one release and one decoded file each at the engine.
+    record = session_record(layout)
+    assert {t["trial"] for t in record["trials"]} == design_trials
+    released = layout.table(1, "trials")
+    assert released["trial"].is_unique and set(released["trial"]) == design_trials
+    assert len(list(layout.derivatives.glob("*_desc-trial*decoded.npz"))) == len(design_trials)
+
+    # Every volume stored once, in order, and equal to the replayed time series.
+    stored = nib.load(spec.out / "sub-01" / "ses-02" / "func" / f"{layout.prefix(1)}_bold.nii.gz")
+    source = nib.load(nsd.timeseries_path(spec.subject, spec.session, 1))
+    assert stored.shape[-1] == n_volumes
+    np.testing.assert_array_equal(np.asanyarray(stored.dataobj), np.asanyarray(source.dataobj)[..., :n_volumes])
+    timings = layout.table(1, "volumetimings")
+    assert timings["volume"].tolist() == list(range(n_volumes))
+
+    assert compare_records(golden, record) == []
+
+
+def test_compare_records_names_every_difference():
+    golden = load_golden(GOLDEN_FILE)
+    first, second, third = (t["trial"] for t in golden["trials"][:3])
+    changed = copy.deepcopy(golden)
+    trials = changed["trials"]
+    trials[0]["beta"][2] += 10 * TOLERANCE["beta_rel"] * trials[0]["beta"][1]
+    trials[1]["scores"][0] += TOLERANCE["score"] / 10  # inside the tolerance: not reported
+    trials[2]["retrieved"] = trials[2]["retrieved"][::-1]
+    del trials[3]
+    problems = compare_records(golden, changed)
+    assert len(problems) == 3
+    assert problems[0] == f"trial {golden['trials'][3]['trial']}: expected, not in the session"
+    assert problems[1].startswith(f"trial {first}: beta fingerprint")
+    assert problems[2].startswith(f"trial {third}: retrieved")
+    assert not any(p.startswith(f"trial {second}:") for p in problems)
+
+
+def test_a_missing_or_stale_golden_file_names_the_command(tmp_path):
+    missing = tmp_path / "golden.json"
+    with pytest.raises(FileNotFoundError, match=r"python -m rtrecon\.demo\.golden --regenerate .*golden\.json"):
+        load_golden(missing)
+    stale = json.loads(GOLDEN_FILE.read_text())
+    stale["settings"]["hidden_dim"] = 128
+    missing.write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match="--regenerate"):
+        load_golden(missing)
+    with pytest.raises(ValueError, match="cannot kill stimulus"):
+        spec = LiveSpec(root=tmp_path, subject=1, session=2, runs=(1,), checkpoint=tmp_path, targets=np.zeros((1, 1, 1)),
+                        out=tmp_path)
+        run_ordered_session(spec, kills=["stimulus"])
