@@ -26,3 +26,19 @@ def shared_dir() -> Path:
 def dicom_dir(shared_dir: Path) -> Path:
     """The 13 real scanner-written DICOM series (see its README for the traps in each)."""
     return shared_dir / "data" / "dicom"
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Run a test on one torch intra-op thread, restoring the setting after.
+
+    Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the threads
+    mostly wait on each other (measured 20x slower). Folders of tiny-model tests request it with
+    an autouse fixture of their own.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

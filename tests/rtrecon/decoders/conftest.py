@@ -29,12 +29,8 @@ REDUCTION = 32
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny models are latency-bound; on a shared 2-core machine two threads mostly wait on each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(torch_one_thread):
+    """Tiny models: one torch thread (tests/conftest.py says why)."""
 
 
 @pytest.fixture(scope="session")
