@@ -81,11 +81,22 @@ def _stream(engine: Engine, start: int = 0, stop: int = N_VOLS, end: bool = True
         engine.handle(RunEndMessage(session=SESSION, run=1, n_volumes=N_VOLS))
 
 
-def test_session_outputs_motion_and_betas(tmp_path):
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory) -> tuple[Engine, list]:
+    """An uninterrupted run (shared: the outputs test reads it, the recovery tests compare with it)."""
     published = []
-    engine = _engine(tmp_path, published)
+    engine = _engine(tmp_path_factory.mktemp("clean"), published)
     _stream(engine)
     engine.join_background()
+    return engine, published
+
+
+def _final_betas(store: SessionStore) -> dict[str, np.ndarray]:
+    return dict(np.load(store.derivative_path(1, "trialbetas", ".npz")))
+
+
+def test_session_outputs_motion_and_betas(clean_run):
+    engine, published = clean_run
     store = engine.store
     _, motion, amplitudes = _phantom()
     bold = nib.load(store.bold_path(1))
@@ -141,18 +152,9 @@ def _trial_z(store: SessionStore) -> dict[int, np.ndarray]:
             for p in store.derivatives.glob("*_desc-trial*beta.npz")}
 
 
-@pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
-    """The final betas and released z-scores of an uninterrupted run."""
-    engine = _engine(tmp_path_factory.mktemp("clean"))
-    _stream(engine)
-    engine.join_background()
-    return dict(np.load(engine.store.derivative_path(1, "trialbetas", ".npz"))), _trial_z(engine.store)
-
-
 @pytest.mark.parametrize("crash_after", [1, 37, N_VOLS])
 def test_restart_from_the_store_gives_identical_betas(tmp_path, clean_run, crash_after):
-    reference, reference_z = clean_run
+    reference, reference_z = _final_betas(clean_run[0].store), _trial_z(clean_run[0].store)
     crashed = _engine(tmp_path)
     _stream(crashed, 0, crash_after, end=False)
     del crashed  # dropped without closing anything, as a killed process would
@@ -187,9 +189,17 @@ def test_config_with_engine_section(tmp_path):
         load_engine_config(path)
 
 
-def _start_engine(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rtrecon.cli", "engine", "--config", str(config), "--log-level", "WARNING"],
-                            cwd=Path(__file__).resolve().parents[2], stderr=subprocess.PIPE)
+# A standby engine process: it imports the engine (nilearn alone takes seconds) while the first one
+# runs, then waits for a line on stdin before entering the same CLI, as a supervisor's hot spare would.
+# Its state still comes only from the session store and the transport, read once it is told to start.
+_STANDBY = "import sys, engine.server, rtrecon.cli; sys.stdin.readline(); sys.exit(rtrecon.cli.main(sys.argv[1:]))"
+
+
+def _start_engine(config: Path, standby: bool = False) -> subprocess.Popen:
+    args = ["engine", "--config", str(config), "--log-level", "WARNING"]
+    command = [sys.executable, "-c", _STANDBY, *args] if standby else [sys.executable, "-m", "rtrecon.cli", *args]
+    return subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2], stderr=subprocess.PIPE,
+                            stdin=subprocess.PIPE if standby else None)
 
 
 def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
@@ -203,8 +213,9 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
         f'[network]\nvolumes = "{ipc}/v"\nevents = "{ipc}/e"\nresults = "{ipc}/r"\nstatus = "{ipc}/s"\nheartbeat_s = 0.5\n'
         f"[engine]\nplanned_volumes = {N_VOLS}\nrealign_samples = 4000\n"
     )
-    reference = clean_run[0]
+    reference = _final_betas(clean_run[0].store)
     engine = _start_engine(config)
+    spare = _start_engine(config, standby=True)
     final_path = tmp_path / "out/derivatives/rtrecon/sub-01/ses-01/func/sub-01_ses-01_task-test_run-1_desc-trialbetas.npz"
     kills = iter((30,))
     kill_at = next(kills)
@@ -228,8 +239,11 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
                     pump(0.02)
                 engine.kill()
                 engine.wait()
-                engine = _start_engine(config)
+                spare.stdin.write(b"start\n")
+                spare.stdin.flush()
+                engine = spare
                 kill_at = next(kills, None)
+                spare = None if kill_at is None else _start_engine(config, standby=True)
         while events.pending:  # the stimulus PC has sent every event before the run ends
             pump(0.05)
         volumes.send(RunEndMessage(session=SESSION, run=1, n_volumes=N_VOLS))
