@@ -70,6 +70,9 @@ class LiveSpec:
 
 
 def _toml(value: object) -> str:
+    if isinstance(value, Path):
+        # A config's relative paths are read from the config's own folder: write them absolute.
+        return json.dumps(str(value.resolve()))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

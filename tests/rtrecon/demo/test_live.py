@@ -30,3 +30,20 @@ def test_session_config_gallery_and_bids_outputs(demo_run):
     derivatives = folder / "derivatives" / "rtrecon" / "sub-01" / "ses-02" / "func"
     assert len(list(derivatives.glob("*_desc-trial*decoded.npz"))) == 63
     assert {p.name for p in (folder / "logs").iterdir()} == {"engine.log", "bridge_run-01.log", "participant_run-01.log"}
+
+
+def test_a_relative_output_folder_gives_a_config_whose_paths_resolve(demo_run, tmp_path, monkeypatch):
+    # The default --out is relative; the config's paths are read from the config's own folder.
+    from rtrecon.demo.live import LiveSpec, write_session_config
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "rtrecon_out" / "demo" / "session"
+    out.mkdir(parents=True)
+    spec = LiveSpec(root=demo_run.dataset, subject=1, session=2, runs=(1,), checkpoint=demo_run.session_dir / "session.toml",
+                    targets=np.zeros((1, 1, 1)), out=out.relative_to(tmp_path))
+    gallery = out.relative_to(tmp_path) / "gallery.npz"
+    gallery.write_bytes(b"")
+    config = load_config(write_session_config(spec, NSDDataset(demo_run.dataset), gallery, ["tcp://127.0.0.1:1"] * 4, 10))
+    assert config.session.output_dir == out
+    assert config.decoder.gallery == out / "gallery.npz" and config.decoder.gallery.is_file()
+    assert config.engine.roi_mask.is_file()
