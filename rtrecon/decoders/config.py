@@ -207,24 +207,14 @@ TINY = UnclipConfig(
     num_tokens=64,
 )
 
-SYNTHETIC = UnclipConfig(
-    model_channels=32,
-    channel_mult=(1, 2, 4),
-    num_res_blocks=1,
-    transformer_depth=(1, 1, 1),
+# The synthetic world's trained decoder: TINY with wider heads and size embedding, a
+# three-level VAE, and the standard output mapping.
+SYNTHETIC = dataclasses.replace(
+    TINY,
     num_head_channels=32,
-    # rtrecon.embedders.openclip's tiny embedder: 64 tokens of width 64 (overridden by the data).
-    context_dim=64,
     adm_in_channels=256,
     size_embed_dim=64,
-    norm_num_groups=8,
-    vae_ch=16,
     vae_ch_mult=(1, 2, 4),
-    vae_num_res_blocks=1,
-    vae_norm_num_groups=8,
-    scale_factor=1.0,
-    image_size=64,
-    num_tokens=64,
     output_mapping="standard",
 )
 
