@@ -72,6 +72,7 @@ __all__ = [
     "TriggerSection",
     "PerceptionSection",
     "ImagerySection",
+    "SoundSection",
     "FeedbackSection",
     "StimulusSection",
     "SessionConfig",
@@ -227,9 +228,22 @@ class TriggerSection(_Section):
     """Where scanner triggers come from."""
 
     keys: tuple[str, ...] = Field(("5",), description="keys (or serial bytes) that mark a scanner trigger")
-    source: Literal["keyboard", "serial"] = Field("keyboard", description='"keyboard" or "serial"')
+    source: Literal["keyboard", "serial", "parallel", "buttonbox"] = Field(
+        "keyboard", description='"keyboard" alone, or with it "serial", "parallel" (TTL pins) or "buttonbox" (a PsychoPy button box)'
+    )
     serial_port: str = Field("", description='e.g. "/dev/ttyUSB0" (needed when source is "serial")')
     serial_baudrate: int = Field(115200, gt=0, description="serial port speed")
+    parallel_port: str = Field("/dev/parport0", description='parallel port: Linux device, or Windows address such as "0x0378"')
+    parallel_pins: dict[str, int] = Field(
+        default_factory=lambda: {"5": 10}, description="key -> parallel input pin whose pulses mean that key (10, 11, 12, 13, 15; 2-9)"
+    )
+    parallel_edge: Literal["rising", "falling"] = Field("rising", description='pulse edge that is a press: "rising" or "falling"')
+    parallel_interval_s: float = Field(0.0005, gt=0, le=0.01, description="seconds between reads of the parallel pins")
+    buttonbox_class: str = Field(
+        "", description='PsychoPy button group class to open through its DeviceManager (import path, e.g. from a vendor plugin)'
+    )
+    buttonbox_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the button box class")
+    buttonbox_keys: tuple[str, ...] = Field((), description="key of each button box channel, channel 0 first")
     tr: float | None = Field(
         None, gt=0, description="expected TR in seconds, to report trigger drift (unset: not checked)",
         json_schema_extra=_example(1.6),
@@ -240,6 +254,11 @@ class TriggerSection(_Section):
     def _serial_needs_port(self) -> "TriggerSection":
         if self.source == "serial" and not self.serial_port:
             raise ValueError("trigger source 'serial' needs serial_port")
+        bad_pins = sorted({pin for pin in self.parallel_pins.values() if not (2 <= pin <= 13 or pin == 15)})
+        if self.source == "parallel" and (not self.parallel_pins or bad_pins):
+            raise ValueError(f"trigger source 'parallel' needs parallel_pins, each an input pin 2-13 or 15 (not {bad_pins})")
+        if self.source == "buttonbox" and (not self.buttonbox_class or not self.buttonbox_keys):
+            raise ValueError("trigger source 'buttonbox' needs buttonbox_class and buttonbox_keys")
         if not self.keys:
             raise ValueError("trigger keys must not be empty")
         return self
@@ -264,6 +283,16 @@ class ImagerySection(_Section):
     vividness: bool = Field(False, description="ask for a vividness rating after each imagery period")
     vividness_s: float = Field(2.0, gt=0, description="seconds to answer the vividness rating")
     vividness_keys: tuple[str, ...] = Field(("1", "2", "3", "4"), description="rating keys, least to most vivid")
+
+
+class SoundSection(_Section):
+    """How sound cues (an imagery cue_file that is a sound) are played: PsychoPy's sound API."""
+
+    backend: Literal["sounddevice"] = Field(
+        "sounddevice", description='PsychoPy sound backend: "sounddevice" (PortAudio; psychtoolbox\'s "ptb" pins an older numpy)'
+    )
+    device: str = Field("", description='output device as PortAudio lists it (python -m sounddevice), by name or number; "": the default output')
+    volume: float = Field(1.0, ge=0, le=1, description="playback volume, 0 to 1")
 
 
 class FeedbackSection(_Section):
@@ -305,6 +334,7 @@ class StimulusSection(_Section):
     perception: PerceptionSection = PerceptionSection()
     imagery: ImagerySection = ImagerySection()
     feedback: FeedbackSection = FeedbackSection()
+    sound: SoundSection = SoundSection()
     lead_in_s: float = Field(0.0, ge=0, description="fixation between the first trigger and the first trial")
     lead_out_s: float = Field(0.0, ge=0, description="fixation after the last trial")
     quit_key: str = Field("escape", description="key that ends the run early")

@@ -7,14 +7,17 @@ needs before the first trigger (a texture made mid-run would cost frames) and dr
 
 - ``image``: the trial's image, scaled to ``image_size`` of the window height, keeping its
   aspect, with the fixation dot on top (NSD);
-- ``cue``: the cue word, or the cue image as a thumbnail (half the image size);
+- ``cue``: the cue word, or the cue image as a thumbnail (half the image size); a sound cue
+  shows the fixation dot (or its cue word, if it has one) while its sound plays
+  (:mod:`stimulus.sound`: decoded and its output opened here, before the first trigger;
+  :meth:`TaskScreen.schedule` starts it at the cue's first flip);
 - ``vividness``: the question and the rating keys;
 - ``feedback``: the :class:`~stimulus.feedback.FeedbackPanel` (on this screen, or on the
   operator's window when ``feedback.screen = "operator"``);
 - every phase but ``image`` and ``cue``: the fixation dot on the background.
 
 PsychoPy is imported when a window is made, not at module import, so that trial lists can be
-checked on a machine without a display.
+checked on a machine without a display. A run without sound cues never touches the audio output.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 from rtrecon.config import StimulusSection, WindowSection
 
+from .sound import SoundCues
 from .timeline import Segment
 from .trials import Trial
 
@@ -61,7 +65,12 @@ def open_window(settings: WindowSection, *, title: str = "rtrecon", screen: int 
 
 
 class TaskScreen:
-    """Draws the segments of one run into ``win``."""
+    """Draws the segments of one run into ``win``, and starts their sound cues.
+
+    ``sounds`` holds the run's :class:`~stimulus.sound.SoundCues` (None when it has none);
+    making a screen for a run with sound cues raises :class:`~stimulus.sound.SoundError` when
+    the configured audio output is missing.
+    """
 
     def __init__(self, win: Any, settings: StimulusSection, trials: Sequence[Trial]):
         from psychopy import visual
@@ -78,7 +87,7 @@ class TaskScreen:
         for trial in trials:
             if trial.stim_file is not None:
                 self._image(trial.stim_file, self._image_height)
-            if trial.cue_file is not None:
+            if trial.cue_kind == "image":
                 self._cues[trial.index] = self._image(trial.cue_file, self._image_height / 2)
             elif trial.cue:
                 self._cues[trial.index] = visual.TextStim(win, text=trial.cue, units="pix", height=0.08 * height, color="white")
@@ -89,6 +98,8 @@ class TaskScreen:
         for stim in (self.fixation, self.waiting, self.vividness, *self._images.values(), *self._cues.values()):
             stim.draw()
         win.clearBuffer()
+        has_sound = any(trial.cue_kind == "sound" for trial in trials)
+        self.sounds: SoundCues | None = SoundCues(settings.sound, trials) if has_sound else None
 
     def _image(self, path: Any, height: float) -> Any:
         from psychopy import visual
@@ -100,6 +111,12 @@ class TaskScreen:
             stim.size = (w * height / h, height)
             self._images[key] = stim
         return self._images[key]
+
+    def schedule(self, segment: Segment) -> None:
+        """Call once when ``segment`` is about to be first shown, before that flip: a sound cue
+        starts right after the flip (``win.callOnFlip``)."""
+        if self.sounds is not None:
+            self.sounds.schedule(self.win, segment)
 
     def draw_waiting(self) -> None:
         self.waiting.draw()

@@ -11,7 +11,9 @@ column              tasks        meaning
                                  reconstruction in feedback)
 ``stim_id``         both         the stimulus id (e.g. NSD's 73k id), sent to the engine
 ``cue``             imagery      the word cue
-``cue_file``        imagery      an image cue (a thumbnail); sound files are refused
+``cue_file``        imagery      an image cue (a thumbnail), or a sound cue (a file with a
+                                 suffix of :data:`~stimulus.sound.SOUND_SUFFIXES`: wav, flac,
+                                 ogg, mp3...), played from the cue's first frame
 ``trial_type``      both         the BIDS trial_type (default: ``image`` or ``imagery``)
 ``onset``           both         planned onset in seconds since the first trigger (all rows
                                  or none; without it trials follow each other)
@@ -22,9 +24,9 @@ column              tasks        meaning
 ==================  ===========  ==========================================================
 
 Paths are relative to the folder of the trial list. :func:`load_trials` checks every row
-(columns, numbers, that every image opens and every file exists) and raises one
-:class:`TrialListError` listing each problem with the file and line, so a bad list is
-reported before the first trigger, never mid-run.
+(columns, numbers, that every image opens, every sound decodes and every file exists) and
+raises one :class:`TrialListError` listing each problem with the file and line, so a bad list
+is reported before the first trigger, never mid-run.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
+from .sound import SOUND_SUFFIXES, check_sound_file
+
 __all__ = ["Task", "Trial", "TrialListError", "load_trials"]
 
 Task = Literal["perception", "imagery"]
 
-SOUND_SUFFIXES = frozenset({".wav", ".ogg", ".flac", ".mp3"})
 _COLUMNS = frozenset(
     {"stim_file", "stim_id", "cue", "cue_file", "trial_type", "onset", "block", "feedback", "response"}
 )
@@ -80,16 +83,20 @@ class Trial:
     response: str = ""
 
     @property
-    def cue_kind(self) -> Literal["word", "image"]:
-        """How the imagery cue is given: an image file, else the word."""
-        return "word" if self.cue_file is None else "image"
+    def cue_kind(self) -> Literal["word", "image", "sound"]:
+        """How the imagery cue is given: a sound or an image file, else the word."""
+        if self.cue_file is None:
+            return "word"
+        return "sound" if self.cue_file.suffix.lower() in SOUND_SUFFIXES else "image"
 
     @property
     def stimulus(self) -> str:
-        """What the engine is told was shown: the stimulus id, else the image file name."""
+        """What the engine is told was shown: the stimulus id, else the image file name, else the cue."""
         if self.stim_id:
             return self.stim_id
-        return self.stim_file.name if self.stim_file is not None else self.cue
+        if self.stim_file is not None:
+            return self.stim_file.name
+        return self.cue or (self.cue_file.name if self.cue_file is not None else "")
 
 
 def _check_image(path: Path) -> str | None:
@@ -123,7 +130,8 @@ def _row_trial(task: Task, index: int, line: int, row: dict[str, str], base: Pat
         problems.append(f"stim_file: {err}")
     if cue_file is not None:
         if cue_file.suffix.lower() in SOUND_SUFFIXES:
-            problems.append(f"cue_file: {cue_file.name} is a sound; sound cues are not supported, use a word or an image")
+            if err := check_sound_file(cue_file):
+                problems.append(f"cue_file: {err}")
         elif err := _check_image(cue_file):
             problems.append(f"cue_file: {err}")
 

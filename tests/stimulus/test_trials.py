@@ -40,6 +40,29 @@ def test_imagery_list_with_word_and_image_cues(tmp_path: Path, images):
     assert trials[0].trial_type == "imagery" and trials[0].stimulus == "a.png"
 
 
+def test_sound_cues_are_decoded_before_the_run(tmp_path: Path, images):
+    import numpy as np
+    import soundfile
+
+    soundfile.write(str(tmp_path / "bell.ogg"), np.zeros((2205, 1), np.float32) + 0.1, 22050)
+    (tmp_path / "hum.wav").write_bytes(b"RIFF....WAVEfmt but cut short")
+    path = write(
+        tmp_path / "run.tsv",
+        [["cue", "cue_file", "stim_file"], ["", "bell.ogg", "img/a.png"], ["bell", "bell.ogg", ""], ["", "hum.wav", ""], ["", "gone.flac", ""]],
+    )
+    with pytest.raises(TrialListError) as info:
+        load_trials(path, "imagery")
+    assert [line for line, _ in info.value.problems] == [4, 5]
+    text = str(info.value)
+    assert f"{path}, line 4: cue_file: sound file {tmp_path / 'hum.wav'} cannot be decoded" in text
+    assert f"{path}, line 5: cue_file: sound file {tmp_path / 'gone.flac'} does not exist" in text
+
+    (tmp_path / "Bell.OGG").write_bytes((tmp_path / "bell.ogg").read_bytes())
+    trials = load_trials(write(tmp_path / "ok.tsv", [["cue", "cue_file", "stim_file"], ["", "bell.ogg", "img/a.png"], ["bell", "Bell.OGG", ""]]), "imagery")
+    assert [t.cue_kind for t in trials] == ["sound", "sound"]
+    assert [t.stimulus for t in trials] == ["a.png", "bell"]
+
+
 def test_every_problem_is_reported_with_its_line(tmp_path: Path, images):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     path = write(
@@ -79,7 +102,7 @@ def test_onsets_must_not_go_back(tmp_path: Path, images):
         ([["stim_file"], ["img/a.png"]], "imagery", "need a cue or cue_file column"),
         ([["stim_file", "stim_file"], ["img/a.png", "img/a.png"]], "perception", "duplicated column(s) stim_file"),
         ([["cue", "stim_file"], ["", "img/a.png"]], "imagery", "line 2: no cue"),
-        ([["cue_file"], ["bell.wav"]], "imagery", "line 2: cue_file: bell.wav is a sound"),
+        ([["cue_file"], ["bell.wav"]], "imagery", "line 2: cue_file: sound file"),
         ([["stim_file"]], "perception", "no trials"),
         ([], "perception", "empty"),
     ],

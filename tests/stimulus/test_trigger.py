@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import logging
 import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
-from stimulus.trigger import KeyPress, MergedKeys, ScannerTrigger, ScheduledKeys, SerialKeys
+from rtrecon.config import TriggerSection
+from stimulus.trigger import ButtonBoxKeys, KeyPress, MergedKeys, ParallelPortKeys, ScannerTrigger, ScheduledKeys, SerialKeys, hardware_keys
 
 
 class Clock:
@@ -83,3 +88,164 @@ def test_keyboard_keys_from_the_window(win):
     after = core.getTime()
     assert [p.key for p in presses] == ["5", "2"]
     assert all(before <= p.time <= after for p in presses)
+
+
+class ScriptedPins:
+    """Stands in for the parallel port at its lowest layer, PsychoPy's ``readPin``: each read of a
+    pin returns the next level of its script, then the last one for ever."""
+
+    def __init__(self, scripts: dict[int, list[int]]):
+        self.scripts = {pin: list(levels) for pin, levels in scripts.items()}
+        self.lengths = {pin: len(levels) for pin, levels in scripts.items()}
+        self.reads = {pin: 0 for pin in scripts}
+        self.lock = threading.Lock()
+
+    def readPin(self, pin: int) -> int:
+        with self.lock:
+            levels = self.scripts[pin]
+            self.reads[pin] += 1
+            return levels.pop(0) if len(levels) > 1 else levels[0]
+
+    def done(self) -> bool:
+        """Every pin was read once more after its script ended, so the press of each scripted
+        level, made in the same pass as its read, is queued."""
+        with self.lock:
+            return all(self.reads[pin] > n for pin, n in self.lengths.items())
+
+
+class Counter:
+    """A clock that ticks once per reading: presses get increasing, distinct times."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
+def drain(keys, port: ScriptedPins) -> list[KeyPress]:
+    presses: list[KeyPress] = []
+    deadline = time.monotonic() + 10
+    while not port.done() and time.monotonic() < deadline:
+        presses += keys.poll()
+        time.sleep(0.001)
+    return presses + keys.poll()
+
+
+def test_parallel_port_pulses_are_keys():
+    # pin 10: high at start (not a press), then two one-read pulses (4th and 7th reads after the
+    # first); pin 12: one long pulse from the 3rd
+    port = ScriptedPins({10: [1, 1, 0, 0, 1, 0, 0, 1, 0], 12: [0, 0, 0, 1, 1, 1, 1, 1, 0]})
+    keys = ParallelPortKeys("test", {"5": 10, "1": 12}, port=port, clock=Counter(), interval=0.0001)
+    try:
+        presses = drain(keys, port)
+    finally:
+        keys.close()
+    assert [p.key for p in presses] == ["1", "5", "5"]
+    assert [p.time for p in presses] == sorted({p.time for p in presses})
+
+    falling = ScriptedPins({11: [1, 0, 1, 1, 0, 1]})  # an active-low input: each drop is a press
+    keys = ParallelPortKeys("test", {"5": 11}, edge="falling", port=falling, interval=0.0001)
+    try:
+        assert [p.key for p in drain(keys, falling)] == ["5", "5"]
+    finally:
+        keys.close()
+
+
+def test_a_failing_parallel_port_is_reported():
+    class Unplugged:
+        def readPin(self, pin: int) -> int:
+            raise OSError("device disconnected")
+
+    with pytest.raises(OSError, match="parallel port test: reading failed: device disconnected"):
+        ParallelPortKeys("test", {"5": 10}, port=Unplugged())
+
+    class Dies(ScriptedPins):
+        def readPin(self, pin: int) -> int:
+            if self.reads[pin] >= 3:
+                raise OSError("device disconnected")
+            return super().readPin(pin)
+
+    keys = ParallelPortKeys("/dev/parport7", {"5": 10}, port=Dies({10: [0]}), interval=0.0001)
+    try:
+        deadline = time.monotonic() + 10
+        with pytest.raises(OSError, match=r"parallel port /dev/parport7: reading failed: device disconnected"):
+            while time.monotonic() < deadline:
+                keys.poll()
+                time.sleep(0.001)
+    finally:
+        keys.close()
+    # psychopy.parallel itself, through pyparallel, on a port this machine does not have
+    with pytest.raises(OSError, match=r"parallel port /dev/no-such-parport: cannot be opened"):
+        hardware_keys(TriggerSection(source="parallel", parallel_port="/dev/no-such-parport"))
+
+
+def scripted_button_box() -> type:
+    """A PsychoPy button group whose device sends the messages queued in ``wire`` (its lowest
+    layer): ``(time, channel, pressed)``; PsychoPy's own response queue does the rest. Made in a
+    function: importing ``psychopy.hardware.button`` needs a display."""
+    from psychopy.hardware.button import BaseButtonGroup, ButtonResponse
+
+    class ScriptedButtonBox(BaseButtonGroup):
+        def __init__(self, channels: int = 3):
+            super().__init__(channels=channels)
+            self.wire: list[tuple[float, int, bool]] = []
+
+        def dispatchMessages(self) -> None:
+            while self.wire:
+                self.receiveMessage(self.parseMessage(self.wire.pop(0)))
+
+        def parseMessage(self, message: tuple[float, int, bool]) -> ButtonResponse:
+            t, channel, pressed = message
+            return ButtonResponse(t=t, value=pressed, channel=channel)
+
+        def resetTimer(self, clock=None) -> None:
+            return None
+
+        @staticmethod
+        def getAvailableDevices() -> list[dict]:
+            return []
+
+        def isSameDevice(self, other) -> bool:
+            return other is self
+
+    return ScriptedButtonBox
+
+
+def test_button_box_presses_are_keys(xvfb, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    from psychopy.hardware import DeviceManager
+
+    # PsychoPy's DeviceManager makes devices from an import path: give the class one
+    monkeypatch.setattr(sys.modules[__name__], "ScriptedButtonBox", scripted_button_box(), raising=False)
+    settings = TriggerSection(
+        source="buttonbox",
+        buttonbox_class=f"{__name__}:ScriptedButtonBox",
+        buttonbox_args={"channels": 4},
+        buttonbox_keys=("5", "1", "2"),
+    )
+    keys = hardware_keys(settings)
+    assert isinstance(keys, ButtonBoxKeys) and keys.device.channels == 4
+    assert keys.device in DeviceManager.devices.values()
+    try:
+        assert keys.poll() == []
+        keys.device.wire += [(10.0, 0, True), (10.05, 0, False), (10.2, 2, True), (10.1, 1, True), (10.3, 3, True), (10.4, 2, False)]
+        with caplog.at_level(logging.WARNING, logger="stimulus.trigger"):
+            presses = keys.poll()
+        assert [(p.key, p.time) for p in presses] == [("5", 10.0), ("1", 10.1), ("2", 10.2)]
+        assert "channel 3, which has no key" in caplog.text
+        assert keys.poll() == [] and keys.device.responses == []
+    finally:
+        keys.close()
+    assert keys.device not in DeviceManager.devices.values()
+    with pytest.raises(OSError, match="button box no_such_plugin.Box: cannot be opened"):
+        hardware_keys(TriggerSection(source="buttonbox", buttonbox_class="no_such_plugin.Box", buttonbox_keys=("5",)))
+
+
+def test_hardware_keys_follow_the_config():
+    assert hardware_keys(TriggerSection()) is None
+    serial = hardware_keys(TriggerSection(source="serial", serial_port="loop://"))
+    try:
+        assert isinstance(serial, SerialKeys)
+    finally:
+        serial.close()
