@@ -573,7 +573,8 @@ class ReliableReceiver(_Link):
 
     ``persisted`` maps each run of ``session`` the application already holds to the last key
     it persisted (a restarted receiver passes what its store holds; runs left out have none).
-    ``recv`` returns items in order, once each; call ``ack`` for each after persisting it.
+    ``recv`` returns items in order, once each (their arrays are views of the received frames,
+    not copies); call ``ack`` for each after persisting it.
     """
 
     _PEER = "sender"
@@ -674,7 +675,8 @@ class ReliableReceiver(_Link):
             if len(frames) < 2:
                 raise WireError("empty message")
             head = decode([frames[1].bytes])
-            payload = decode([f.bytes for f in frames[2:]]) if isinstance(head, SequenceMessage) else None
+            # The item's arrays are read in place from the received frames (no copy of the voxels).
+            payload = decode([f.buffer for f in frames[2:]]) if isinstance(head, SequenceMessage) else None
             if payload is None and len(frames) > 2:
                 raise WireError(f"a {head.KIND} message came with {len(frames) - 2} extra frame(s)")
         except WireError as exc:

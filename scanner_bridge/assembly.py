@@ -35,7 +35,7 @@ from typing import Union
 from pydicom.dataset import Dataset
 
 from scanner_bridge.dicom_file import InvalidDicomError, read_dicom
-from scanner_bridge.readers import ReaderError, SeriesReader, Slice, build_volume, reader_for
+from scanner_bridge.readers import FORMAT_TAGS, ReaderError, SeriesReader, Slice, build_volume, header_stamp, reader_for
 from scanner_bridge.volume import AcquiredVolume
 
 __all__ = [
@@ -121,6 +121,8 @@ class VolumeAssembler:
         self._clock = clock
         self._runs: dict[str, _Run] = {}
         self._seen_instances: set[str] = set()
+        # The last file's format elements and reader: the next file is almost always alike.
+        self._last_format: tuple[tuple[object, ...], type[SeriesReader]] | None = None
 
     def add_file(self, path: Path) -> list[AssemblyEvent]:
         """Read one file and add it. An incomplete file raises
@@ -137,7 +139,7 @@ class VolumeAssembler:
         ``source_files``)."""
         events: list[AssemblyEvent] = []
         try:
-            reader_class = reader_for(ds)
+            reader_class = self._reader_class(ds)
             key = reader_class.run_key(ds)
             run = self._runs.get(key)
             if run is None:
@@ -161,6 +163,14 @@ class VolumeAssembler:
             # A required header element is absent or malformed (pydicom raises these).
             events.append(self._reject(origin, f"unusable header: {exc}"))
         return events
+
+    def _reader_class(self, ds: Dataset) -> type[SeriesReader]:
+        stamp = header_stamp(ds, FORMAT_TAGS)
+        if self._last_format is not None and self._last_format[0] == stamp:
+            return self._last_format[1]
+        reader_class = reader_for(ds)
+        self._last_format = (stamp, reader_class)
+        return reader_class
 
     def check_timeouts(self) -> list[AssemblyEvent]:
         """Give up on each run's next volume once later volumes have been arriving for

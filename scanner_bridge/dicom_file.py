@@ -151,8 +151,8 @@ def _gunzip(raw: bytes, origin: Path | str) -> bytes:
 
 
 def _check_complete(ds: Dataset, raw: bytes, origin: Path | str) -> None:
-    sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ds.get("SOPClassUID", "")))
     if "PixelData" not in ds:
+        sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID") or ds.get("SOPClassUID", ""))
         if sop_class in _IMAGE_SOP_CLASSES or "Rows" in ds:
             raise IncompleteDicomError(origin, "image file ends before its pixel data")
         raise InvalidDicomError(origin, f"holds no image (SOP class {sop_class or 'unknown'})")

@@ -20,8 +20,8 @@ final name, as scanners do (a watcher sees it grow). Faults (:class:`Faults`):
 - ``foreign_after``: the ``foreign`` files (another series) after that volume.
 
 Every file written is recorded as a :class:`WrittenFile` with the wall-clock time (``time.time()``,
-comparable across processes of one machine) right after it was closed, which the latency
-benchmark uses as the start of the clock.
+comparable across processes of one machine) of its close, taken right before the close call
+(after the last byte is written), which the latency benchmark uses as the start of the clock.
 """
 
 from __future__ import annotations
@@ -178,7 +178,11 @@ class ScannerSimulator:
                 fh.write(write.data[half:])
             else:
                 fh.write(write.data)
-        record = WrittenFile(path, write.kind, write.volume, write.source, time.time())
+            fh.flush()
+            # Stamped just before the close: a thread switch right after the close (which wakes
+            # the watcher) must not make the latency measured from here look shorter.
+            closing = time.time()
+        record = WrittenFile(path, write.kind, write.volume, write.source, closing)
         self.written.append(record)
         if self.on_written is not None:
             self.on_written(record)

@@ -268,7 +268,10 @@ class FolderWatcher(VolumeSource):
             from watchdog.observers.inotify import InotifyObserver
 
             observer = InotifyObserver()
-            observer.schedule(_Handler(self._inbox), str(self.directory), recursive=True)
+            # Only the events the handler uses reach user space: a write's open, modify and
+            # attribute events would each cost a pass through watchdog's threads.
+            observer.schedule(_Handler(self._inbox), str(self.directory), recursive=True,
+                              event_filter=[FileClosedEvent, FileCreatedEvent, FileMovedEvent])
             observer.start()
         except (ImportError, OSError) as exc:
             logger.warning("%s: inotify unavailable (%s); polling every %.3f s", self.directory, exc, self.poll_interval_s)

@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
-from scanner_bridge.readers.base import ReaderError, SeriesReader, Slice, SliceGeometry, build_volume
+from scanner_bridge.readers.base import ReaderError, SeriesReader, Slice, SliceGeometry, build_volume, header_stamp
 from scanner_bridge.readers.ge import GEReader
 from scanner_bridge.readers.philips import PhilipsReader
 from scanner_bridge.readers.siemens_enhanced import SiemensEnhancedReader
@@ -15,6 +16,7 @@ from scanner_bridge.readers.siemens_interop import SiemensInteropReader
 from scanner_bridge.readers.siemens_mosaic import SiemensMosaicReader
 
 __all__ = [
+    "FORMAT_TAGS",
     "READERS",
     "GEReader",
     "PhilipsReader",
@@ -26,8 +28,14 @@ __all__ = [
     "Slice",
     "SliceGeometry",
     "build_volume",
+    "header_stamp",
     "reader_for",
 ]
+
+#: The only elements a reader's ``accepts`` may read, and the character set their text is
+#: decoded with: files alike in these have the same reader (the assembler reuses the last
+#: file's when their bytes are the same).
+FORMAT_TAGS: tuple[int, ...] = tuple(Tag(k) for k in ("SOPClassUID", "Manufacturer", "ImageType", "SpecificCharacterSet"))
 
 READERS: tuple[type[SeriesReader], ...] = (
     SiemensMosaicReader,

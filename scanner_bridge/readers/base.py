@@ -8,6 +8,13 @@ whether the file fits the run (:meth:`~SeriesReader.mismatch`), and the file's 2
 (:meth:`~SeriesReader.slices`). How many files make one volume comes from the headers
 (:attr:`~SeriesReader.files_per_volume`), never from counting what has arrived.
 
+Files of one run repeat the run's constant elements byte for byte, and pydicom converts an
+element's value only when it is read, which costs more than the rest of a file's checks. So
+:meth:`SeriesReader.mismatch` first compares the undecoded bytes of the elements it checks
+(:attr:`SeriesReader.run_constant_tags`, see :func:`header_stamp`) with those of the last file
+that passed; only a file that differs is decoded and checked in full (and rejected with its
+reason if it does not fit).
+
 Geometry and voxel order follow dcm2niix, so that a volume equals the NIfTI dcm2niix writes:
 
 * the NIfTI x axis runs along DICOM columns, y along rows, and the rows are flipped, as
@@ -34,7 +41,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from scanner_bridge.dicom_file import pixel_array
 from scanner_bridge.volume import AcquiredVolume
@@ -48,6 +57,7 @@ __all__ = [
     "dicom_time_seconds",
     "dicom_datetime_seconds",
     "geometry_from",
+    "header_stamp",
     "private_value",
     "rescaled",
     "single_slice",
@@ -107,14 +117,25 @@ class SeriesReader(ABC):
 
     Subclasses set :attr:`format_name` and :attr:`keeps_stack_order`, implement
     :meth:`accepts`, :meth:`volume_index`, :meth:`slices` and :meth:`_files_per_volume`,
-    and may override :meth:`run_key`, :meth:`slot`, :meth:`geometry`.
+    and may override :meth:`run_key`, :meth:`slot`, :meth:`geometry` (one whose geometry is
+    not in the top-level elements of :attr:`run_constant_tags` sets it to None).
     """
 
     format_name: ClassVar[str]
     # True when slices() already returns a volume's slices in dcm2niix's order (mosaics).
     keeps_stack_order: ClassVar[bool] = False
+    #: The elements :meth:`mismatch` reads (matrix, echo, and the top-level geometry of
+    #: :meth:`geometry`); None where they are not all top-level (enhanced files), which turns
+    #: the byte comparison off.
+    run_constant_tags: ClassVar[tuple[int, ...] | None] = tuple(Tag(k) for k in (
+        "Rows", "Columns", "EchoNumbers", "ImageOrientationPatient", "PixelSpacing",
+        "SpacingBetweenSlices", "SliceThickness",
+    ))
 
     def __init__(self, first: Dataset) -> None:
+        # Taken before the reads below decode these elements: the run's next files are stamped
+        # undecoded too.
+        first_stamp = header_stamp(first, self.run_constant_tags) if self.run_constant_tags else None
         self.files_per_volume: int = self._files_per_volume(first)
         self.tr: float = self.repetition_time(first)
         self.description: str = _description(first)
@@ -122,6 +143,9 @@ class SeriesReader(ABC):
         self.columns: int = int(first.Columns)
         self.reference_geometry: SliceGeometry = self.geometry(first)
         self.echo = str(first.get("EchoNumbers", ""))
+        self._fitting_stamp: tuple[object, ...] | None = None
+        if first_stamp is not None and self._check_fit(first) is None:
+            self._fitting_stamp = first_stamp
 
     @classmethod
     @abstractmethod
@@ -182,13 +206,45 @@ class SeriesReader(ABC):
         return fields
 
     def mismatch(self, ds: Dataset) -> str | None:
-        """Why ``ds`` does not fit this run (matrix, orientation, spacing), or None."""
+        """Why ``ds`` does not fit this run (matrix, echo, orientation, spacing), or None.
+
+        A file whose :attr:`run_constant_tags` hold the same bytes as the last file that fitted
+        fits too; any other is checked in full.
+        """
+        if self.run_constant_tags is None:
+            return self._check_fit(ds)
+        stamp = header_stamp(ds, self.run_constant_tags)
+        if stamp == self._fitting_stamp:
+            return None
+        reason = self._check_fit(ds)
+        if reason is None:
+            self._fitting_stamp = stamp
+        return reason
+
+    def _check_fit(self, ds: Dataset) -> str | None:
         if int(ds.Rows) != self.rows or int(ds.Columns) != self.columns:
             return f"matrix {ds.Rows}x{ds.Columns} differs from its run's {self.rows}x{self.columns}"
         if str(ds.get("EchoNumbers", "")) != self.echo:
             # Echoes of one run would fill the same places: multi-echo runs are not assembled.
             return f"echo {ds.get('EchoNumbers')} differs from its run's echo {self.echo or 'unset'} (multi-echo is not read)"
         return self.reference_geometry.differs_from(self.geometry(ds))
+
+
+def header_stamp(ds: Dataset, tags: Sequence[int]) -> tuple[object, ...]:
+    """What ``tags`` hold in ``ds``, cheaply: the undecoded bytes (with their VR and encoding)
+    of elements pydicom has not converted yet, the value of those it has, None when absent.
+    Datasets with equal stamps hold equal values in these elements (for text other than CS and
+    UI, list SpecificCharacterSet among ``tags``: the same bytes decode by it)."""
+    stamp: list[object] = []
+    for tag in tags:
+        element = ds.get_item(tag)
+        if element is None:
+            stamp.append(None)
+        elif isinstance(element, RawDataElement):
+            stamp.append(("raw", element.VR, element.is_implicit_VR, element.is_little_endian, element.value))
+        else:
+            stamp.append(("value", element.VR, element.value))
+    return tuple(stamp)
 
 
 def geometry_from(orientation_ds: Dataset, measures_ds: Dataset) -> SliceGeometry:
@@ -225,8 +281,7 @@ def build_volume(
         depths = np.diff([float(np.dot(s.position, normal)) for s in ordered])
         if np.min(depths) < 1e-3:
             raise ReaderError("two slices of the volume lie at the same position")
-    stack = np.stack([s.pixels for s in ordered])  # (slices, rows, columns)
-    n, rows, _ = stack.shape
+    n, (rows, _) = len(ordered), ordered[0].pixels.shape
     if n > 1:
         step = (ordered[-1].position - ordered[0].position) / (n - 1)
         if not keep_order:
@@ -244,11 +299,16 @@ def build_volume(
     lps[:3, 3] = lps[:3, 3] + lps[:3, 1] * (rows - 1)
     lps[:3, 1] = -lps[:3, 1]
     affine = _LPS_TO_RAS @ lps
-    voxels = np.ascontiguousarray(stack.transpose(2, 1, 0)[:, ::-1, :])
+    # (x, y, z) = (column, flipped row, slice), written slice by slice into a C-ordered volume:
+    # one copy of each pixel, half the cost of stacking (z, row, column) and then transposing.
+    planes = [s.pixels[::-1].T for s in ordered]
+    voxels = np.empty((*planes[0].shape, n), dtype=np.result_type(*(p.dtype for p in planes)))
+    np.stack(planes, axis=-1, out=voxels)
     times = [s.time for s in ordered if s.time is not None]
     slice_times = None
     if len(times) == len(ordered):
-        slice_times = tuple(round(t - min(times), 6) for t in times)
+        start = min(times)
+        slice_times = tuple(round(t - start, 6) for t in times)
     return AcquiredVolume(series=series, index=index, voxels=voxels, affine=affine, tr=tr,
                           slice_times=slice_times, acquisition_time=acquisition_time,
                           source_files=tuple(source_files))

@@ -41,6 +41,8 @@ _TIME_AGREEMENT_S = 0.02
 
 class SiemensEnhancedReader(SeriesReader):
     format_name = "Siemens enhanced multi-frame"
+    # The geometry is in the functional groups, not in top-level elements.
+    run_constant_tags = None
 
     @classmethod
     def accepts(cls, ds: Dataset) -> bool:

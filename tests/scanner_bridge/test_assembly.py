@@ -122,6 +122,25 @@ def test_a_file_that_does_not_fit_its_series_is_rejected(dicom_dir: Path) -> Non
     assert isinstance(event, FileRejected) and "unsupported" in event.reason
 
 
+def test_a_file_unlike_the_files_before_is_checked_in_full(dicom_dir: Path, tmp_path: Path) -> None:
+    # Files whose matrix, echo and geometry elements hold the bytes of the last file that fitted
+    # skip the full check; any other file is checked: rejected if it does not fit, accepted if
+    # only the formatting of its values differs.
+    files = _mosaics(dicom_dir)
+    assembler = VolumeAssembler()
+    assert _ready(_feed(assembler, files[:3])) == [(1, 0), (1, 1), (1, 2)]
+    tilted = pydicom.dcmread(files[3])
+    tilted.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    tilted.save_as(tmp_path / "tilted.dcm")
+    [event] = assembler.add_file(tmp_path / "tilted.dcm")
+    assert isinstance(event, FileRejected) and "orientation" in event.reason
+    reformatted = pydicom.dcmread(files[3])
+    assert reformatted.get_item("PixelSpacing").value.startswith(b"3.203125\\")
+    reformatted.PixelSpacing = ["3.2031250", "3.2031250"]
+    reformatted.save_as(tmp_path / "reformatted.dcm")
+    assert _ready(_feed(assembler, [tmp_path / "reformatted.dcm", *files[4:]])) == [(1, 3), (1, 4), (1, 5)]
+
+
 def test_slices_stacked_on_one_position_are_not_a_volume(dicom_dir: Path) -> None:
     files = _files(dicom_dir, "ge_mr750_dv24_rt_mrdc_pyneal")
     instance = {f: int(f.name.rsplit(".", 1)[1]) for f in files}

@@ -85,6 +85,7 @@ def test_series_matches_dcm2niix_reference(dicom_dir: Path, name: str) -> None:
     for volume in volumes:
         expected = ref_data[..., volume.index]
         assert volume.voxels.shape == expected.shape
+        assert volume.voxels.flags.c_contiguous  # sent as is, without another copy
         if volume.voxels.dtype.kind == "f":  # Philips FP values: float32 precision
             np.testing.assert_allclose(volume.voxels, expected, rtol=2e-7, atol=0)
         else:
@@ -123,6 +124,36 @@ def test_mosaic_first_volume_multiband_times_are_folded(dicom_dir: Path) -> None
     assert max(times) < reader.tr
     assert times[:18] == times[18:]
     assert times[:3] == pytest.approx([0.0, 0.1375, 0.2775])
+
+
+def _edit_csa(path: Path, old: bytes, new: bytes, out: Path) -> Path:
+    """A copy of a mosaic whose CSA image header has ``old`` (found once) replaced by ``new``."""
+    ds = pydicom.dcmread(path)
+    element = ds[0x0029, 0x1010]
+    assert element.value.count(old) == 1 and len(old) == len(new)
+    element.value = element.value.replace(old, new)
+    ds.save_as(out)
+    return out
+
+
+def test_mosaic_slices_follow_every_file_csa_header(dicom_dir: Path, tmp_path: Path) -> None:
+    # A run's later files reuse the CSA records of the file before only where their bytes are
+    # equal: a file whose slice times or slice normal changed gets its own.
+    files = sorted((dicom_dir / "siemens_mosaic_ep2d_vd13" / "dicom").glob("*.dcm"))
+    late = _edit_csa(files[1], b"297.50000000", b"298.75000000", tmp_path / "late.dcm")
+    tilted = _edit_csa(files[3], b"0.99233194", b"0.89233194", tmp_path / "tilted.dcm")
+    reader = SiemensMosaicReader(read_dicom(files[0]))
+    seen = {}
+    for path in [files[2], late, files[4], tilted, files[5], files[2]]:
+        slices = reader.slices(read_dicom(path), path.name)
+        alone = SiemensMosaicReader(read_dicom(path)).slices(read_dicom(path), path.name)  # parsed whole
+        assert [s.time for s in slices] == [s.time for s in alone]
+        np.testing.assert_array_equal([s.position for s in slices], [s.position for s in alone])
+        seen[path.name] = slices
+    assert seen["late.dcm"][4].time == pytest.approx(0.29875)
+    assert seen[files[4].name][4].time == pytest.approx(0.2975, abs=1e-6)
+    step = seen["tilted.dcm"][1].position - seen["tilted.dcm"][0].position
+    assert not np.allclose(step, seen[files[4].name][1].position - seen[files[4].name][0].position)
 
 
 def test_ge_slice_times_come_from_the_protocol_data_block(dicom_dir: Path) -> None:

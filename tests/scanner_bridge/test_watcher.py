@@ -206,6 +206,38 @@ def test_files_written_before_close_are_still_taken(tmp_path: Path, ep2d) -> Non
     assert [e.volume.index for e in events if isinstance(e, VolumeReady)] == [0, 1]
 
 
+def test_files_renamed_or_moved_in_are_taken_while_watching(tmp_path: Path, ep2d) -> None:
+    # inotify reports only closes, creations and moves to the watcher: a copy tool's dot-file
+    # renamed into place, and a folder written elsewhere and moved in, arrive without a close.
+    export, staging = tmp_path / "export", tmp_path / "staging"
+    export.mkdir()
+    (staging / "vol2").mkdir(parents=True)
+    shutil.copy(ep2d[1][0], staging / "vol2" / ep2d[1][0].name)
+    watcher = FolderWatcher(export, mode="inotify", missing_timeout_s=30)
+    events: list = []
+    arrived = threading.Event()
+
+    def watch() -> None:
+        for event in watcher:
+            events.append(event)
+            if sum(isinstance(e, VolumeReady) for e in events) == 3:
+                arrived.set()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    assert watcher.ready.wait(10)
+    shutil.copy(ep2d[0][0], export / f".{ep2d[0][0].name}.tmp")
+    (export / f".{ep2d[0][0].name}.tmp").rename(export / ep2d[0][0].name)
+    (staging / "vol2").rename(export / "vol2")
+    shutil.copy(ep2d[2][0], export / ep2d[2][0].name)
+    got_them = arrived.wait(10)
+    watcher.close()
+    thread.join()
+    assert got_them, events
+    assert [e.volume.index for e in events if isinstance(e, VolumeReady)] == [0, 1, 2]
+    assert not any(isinstance(e, FileRejected) for e in events)
+
+
 def test_network_filesystems_are_polled(tmp_path: Path) -> None:
     mounts = tmp_path / "mounts"
     mounts.write_text(
