@@ -20,6 +20,11 @@ so :meth:`Engine.recover` replays the store and reaches the state it had when it
 the receivers are then opened with the store's persisted keys and the senders resume from
 their spool. A run's final betas (``desc-trialbetas.npz``, written at its end) are computed from
 statistics recomputed from the stored rows, so they are bit-identical with or without a crash.
+For that the live engine computes with exactly what the store holds: the run's affine as its
+NIfTI header stores it (float32) and the TR of its sidecar (:meth:`SessionStore.geometry`), and
+the reference as saved, never with the float64 geometry of the messages, which a restarted
+engine does not have (that float32 rounding, ~1e-7 of the affine, moved a restarted demo
+session's betas by ~1e-6 of their spread).
 
 Bad input (a volume of the wrong shape or with NaNs, an out-of-order volume, an event for a run
 that has ended or never started, a repeated trial number) is logged with the reason and the
@@ -204,7 +209,9 @@ class Engine:
             return
         stored = self.store.append_volume(run, msg.voxels, msg.affine, msg.tr, msg.slice_times)
         ack(msg)
-        self._process_volume(run, stored, msg.voxels, msg.affine, msg.tr, msg.stamps, received)
+        # Compute with the geometry as stored (a float32 affine), which is all a restarted engine has.
+        affine, tr = self.store.geometry(run)
+        self._process_volume(run, stored, msg.voxels, affine, tr, msg.stamps, received)
 
     def _store_missing(self, msg: VolumeMessage, index: int, reason: str) -> None:
         """Store zeros for volume ``index`` (the geometry of the reference, else of ``msg``)."""
@@ -306,15 +313,19 @@ class Engine:
         if self.realigner is not None:
             return
         saved = self.store.load_image("desc-reference_boldref")
-        if saved is not None:
-            reference, ref_affine = saved
-        elif self.settings.reference is not None:
-            img = nib.load(self.settings.reference)
-            reference = np.asarray(img.dataobj, dtype=np.float32)
-            reference = reference[..., 0] if reference.ndim == 4 else reference
-            ref_affine = img.affine
-        else:
-            reference, ref_affine = np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64)
+        if saved is None:
+            if self.settings.reference is not None:
+                img = nib.load(self.settings.reference)
+                reference = np.asarray(img.dataobj, dtype=np.float32)
+                reference = reference[..., 0] if reference.ndim == 4 else reference
+                ref_affine = img.affine
+            else:
+                reference, ref_affine = volume, affine
+            # Save it, then use what was saved (a float32 affine): exactly what a restart reads back.
+            self.store.save_image("desc-reference_boldref", np.asarray(reference, np.float32), ref_affine)
+            saved = self.store.load_image("desc-reference_boldref")
+            assert saved is not None
+        reference, ref_affine = np.asarray(saved[0], dtype=np.float32), saved[1]
         roi = None
         saved_roi = self.store.load_image("desc-roi_mask")
         if saved_roi is not None:
@@ -325,8 +336,6 @@ class Engine:
             reference, ref_affine, roi_mask=roi,
             fwhm_mm=self.settings.realign_fwhm_mm, n_samples=self.settings.realign_samples,
         )
-        if saved is None:
-            self.store.save_image("desc-reference_boldref", np.asarray(reference, np.float32), ref_affine)
         if saved_roi is None:
             self.store.save_image("desc-roi_mask", self.realigner.roi_mask.astype(np.uint8), ref_affine)
         n_roi = int(self.realigner.roi_mask.sum())

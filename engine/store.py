@@ -195,6 +195,7 @@ class SessionStore:
         self._write_dataset_descriptions()
         self._live: dict[int, _LiveRun] = {}
         self._events: dict[int, AppendTable] = {}
+        self._geometry: dict[int, tuple[np.ndarray, float]] = {}
 
     def _write_dataset_descriptions(self) -> None:
         for folder, extra in ((self.root, {}), (self.root / "derivatives" / "rtrecon", {"DatasetType": "derivative", "GeneratedBy": [{"Name": "rtrecon engine"}]})):
@@ -305,9 +306,23 @@ class SessionStore:
             yield data[..., index] if data[..., index].any() else None
 
     def geometry(self, run: int) -> tuple[np.ndarray, float]:
-        """(affine, TR) of a stored run."""
-        img = nib.load(self.bold_path(run))
-        return img.affine, float(img.header.get_zooms()[3])
+        """(affine, TR) of a stored run, exactly as stored: the affine as the NIfTI header holds it
+        (float32, as any reader gets it back), the TR from the JSON sidecar (float64).
+
+        The engine computes with these rather than with the float64 values of the messages, so that
+        an engine restarted from the store computes the same numbers bit for bit.
+        """
+        cached = self._geometry.get(run)
+        if cached is None:
+            live = self._live_run(run)
+            header = live.header if live is not None else nib.load(self.bold_path(run, live=False)).header
+            sidecar = self.func / f"{self.prefix(run)}_bold.json"
+            if sidecar.exists():
+                tr = float(json.loads(sidecar.read_text())["RepetitionTime"])
+            else:
+                tr = float(header.get_zooms()[3])
+            cached = self._geometry[run] = (header.get_best_affine(), tr)
+        return cached[0].copy(), cached[1]
 
     def _end_marker(self, run: int) -> Path:
         return self.derivative_path(run, "runend", ".json")
@@ -377,7 +392,10 @@ class SessionStore:
         return path
 
     def save_image(self, name: str, data: np.ndarray, affine: np.ndarray) -> Path:
-        """A session-level derivative image (reference, masks), written atomically."""
+        """A session-level derivative image (reference, masks), written atomically.
+
+        Its affine is stored as float32: :meth:`load_image` gives back the values to compute with.
+        """
         path = self.derivatives / f"sub-{self.subject}_ses-{self.session}_{name}.nii.gz"
         tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
         nib.save(nib.Nifti1Image(data, affine), tmp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -96,128 +97,223 @@ def test_rejects_bad_volumes(realigner):
         realigner.estimate(bad)
 
 
-def _elastix_points(fixed: Path, moving: Path, mask: Path, points_ras: np.ndarray, work: Path) -> np.ndarray:
-    """Where elastix's rigid registration sends ``points_ras`` of the fixed image (RAS mm).
+def test_real_run_converges_on_every_volume(real_run, realigner):
+    """Warm-started through the first half of the real run and its head jerk, every volume converges
+    in a few iterations (without the sample set frozen under small updates, 4 of these cycled
+    between two answers ~0.003 mm apart to the iteration limit, then ran the pyramid)."""
+    data, _ = real_run
+    previous = None
+    iterations = []
+    for index in range(62):
+        previous, used, converged = realigner.estimate(data[..., index], init=previous)
+        assert converged, index
+        iterations.append(used)
+    assert max(iterations) <= 8, iterations
+
+
+def test_pyramid_captures_a_large_move_the_fine_level_alone_does_not(real_run):
+    """A 24 mm move (12° turns) from a cold start: with few iterations the fine level alone stops
+    far off; the coarse levels, run because it did not converge, bring it in."""
+    data, affine = real_run
+    ref = data[..., 0]
+    true = np.r_[12.0, -10.0, 8.0, np.deg2rad([10.0, -8.0, 12.0])]
+    single = RigidRealigner(ref, affine, coarse_fwhm_mm=(), max_iter=6, n_samples=6000)
+    pyramid = RigidRealigner(ref, affine, max_iter=6, n_samples=6000)
+    points = (affine @ np.c_[np.argwhere(single.mask), np.ones(single.mask.sum())].T)[:3].T
+    moving = _move(ref, affine, true, single.center)
+    assert displacement_error(np.zeros(6), true, points, single.center) > 20
+    params, _, converged = single.estimate(moving)
+    assert not converged and displacement_error(params, true, points, single.center) > 1.0
+    params, iterations, converged = pyramid.estimate(moving)
+    assert converged and iterations > 6
+    assert displacement_error(params, true, points, pyramid.center) < 0.1
+
+
+def test_thin_slab_without_usable_samples_does_not_crash():
+    """Six 2.4 mm slices (a real XA10 SMS series is like this): no sample is far enough from the
+    slab's faces to be trusted, so the estimate stays at its start, reported as not converged."""
+    rng = np.random.default_rng(0)
+    volume = ndimage.gaussian_filter(rng.normal(size=(32, 32, 6)), 2).astype(np.float32) + 5
+    realigner = RigidRealigner(volume, np.diag([3.4, 3.4, 2.4, 1.0]), mask=np.ones(volume.shape, bool))
+    params, _, converged = realigner.estimate(volume, init=np.full(6, 0.01))
+    assert not converged
+    np.testing.assert_allclose(params, 0.01)
+
+
+class _Elastix:
+    """elastix's rigid registration of ``moving`` to ``fixed`` (NIfTI paths), started in the background.
 
     A deterministic setup (every voxel of the fixed mask, regular-step gradient descent): the
-    stochastic default is ~0.07 mm off on a synthetic motion that it should recover exactly.
+    stochastic default is ~0.07 mm off on a synthetic motion that it should recover exactly. One
+    resolution: the volumes compared moved under 2 mm, and two resolutions (the smoothed level
+    first) give the same transform to 0.002 mm (measured on each) at twice the time.
     """
-    params = work / "rigid.txt"
-    params.write_text(
-        "\n".join(
-            [
-                '(FixedInternalImagePixelType "float")', '(MovingInternalImagePixelType "float")',
-                '(Registration "MultiResolutionRegistration")', '(Interpolator "BSplineInterpolator")',
-                "(BSplineInterpolationOrder 3)", '(FixedImagePyramid "FixedSmoothingImagePyramid")',
-                '(MovingImagePyramid "MovingSmoothingImagePyramid")', '(Optimizer "RegularStepGradientDescent")',
-                "(MaximumStepLength 1.0)", "(MinimumStepLength 0.0005)", "(RelaxationFactor 0.6)",
-                "(MinimumGradientMagnitude 0.0000001)", '(Transform "EulerTransform")',
-                '(Metric "AdvancedMeanSquares")', '(AutomaticScalesEstimation "true")',
-                '(AutomaticTransformInitialization "false")', "(NumberOfResolutions 2)",
-                "(MaximumNumberOfIterations 200)", '(ImageSampler "Full")', '(ErodeMask "false")',
-                '(WriteResultImage "false")',
-            ]
+
+    def __init__(self, fixed: Path, moving: Path, mask: Path, work: Path) -> None:
+        self.work = work
+        work.mkdir()
+        params = work / "rigid.txt"
+        params.write_text(
+            "\n".join(
+                [
+                    '(FixedInternalImagePixelType "float")', '(MovingInternalImagePixelType "float")',
+                    '(Registration "MultiResolutionRegistration")', '(Interpolator "BSplineInterpolator")',
+                    "(BSplineInterpolationOrder 3)", '(FixedImagePyramid "FixedSmoothingImagePyramid")',
+                    '(MovingImagePyramid "MovingSmoothingImagePyramid")', '(Optimizer "RegularStepGradientDescent")',
+                    "(MaximumStepLength 1.0)", "(MinimumStepLength 0.0005)", "(RelaxationFactor 0.6)",
+                    "(MinimumGradientMagnitude 0.0000001)", '(Transform "EulerTransform")',
+                    '(Metric "AdvancedMeanSquares")', '(AutomaticScalesEstimation "true")',
+                    '(AutomaticTransformInitialization "false")', "(NumberOfResolutions 1)",
+                    "(MaximumNumberOfIterations 200)", '(ImageSampler "Full")', '(ErodeMask "false")',
+                    '(WriteResultImage "false")',
+                ]
+            )
         )
-    )
-    out = work / "out"
-    out.mkdir()
-    subprocess.run(["elastix", "-f", fixed, "-m", moving, "-fMask", mask, "-p", params, "-out", out, "-threads", "1"],
-                   check=True, capture_output=True)
-    # ITK works in LPS: flip x and y on the way in and out.
-    lps = points_ras * [-1, -1, 1]
-    (work / "points.txt").write_text("point\n%d\n" % len(lps) + "\n".join(" ".join(map(str, p)) for p in lps))
-    subprocess.run(["transformix", "-def", work / "points.txt", "-tp", out / "TransformParameters.0.txt",
-                    "-out", out], check=True, capture_output=True)
-    rows = [line.split("OutputPoint = [")[1].split("]")[0] for line in (out / "outputpoints.txt").read_text().splitlines()]
-    return np.array([[float(v) for v in row.split()] for row in rows]) * [-1, -1, 1]
+        with open(work / "stderr.txt", "wb") as err:
+            self.process = subprocess.Popen(
+                ["elastix", "-f", fixed, "-m", moving, "-fMask", mask, "-p", params, "-out", work, "-threads", "1"],
+                stdout=subprocess.DEVNULL, stderr=err,
+            )
+
+    def points(self, points_ras: np.ndarray) -> np.ndarray:
+        """Where the registration sends ``points_ras`` of the fixed image (RAS mm); waits for it."""
+        returncode = self.process.wait()
+        assert returncode == 0, f"elastix failed: {(self.work / 'stderr.txt').read_text()[-2000:]}"
+        # ITK works in LPS: flip x and y on the way in and out.
+        lps = points_ras * [-1, -1, 1]
+        (self.work / "points.txt").write_text("point\n%d\n" % len(lps) + "\n".join(" ".join(map(str, p)) for p in lps))
+        subprocess.run(["transformix", "-def", self.work / "points.txt", "-tp", self.work / "TransformParameters.0.txt",
+                        "-out", self.work], check=True, capture_output=True)
+        text = (self.work / "outputpoints.txt").read_text()
+        rows = [line.split("OutputPoint = [")[1].split("]")[0] for line in text.splitlines()]
+        return np.array([[float(v) for v in row.split()] for row in rows]) * [-1, -1, 1]
 
 
-@pytest.mark.skipif(shutil.which("elastix") is None, reason="Debian's elastix is not installed")
-def test_real_run_agrees_with_elastix(real_run, realigner, tmp_path):
+# Real DICOM series (their dcm2niix reference NIfTIs) compared with elastix: the reference volume
+# and the volume registered to it (0-based; one per series, elastix taking seconds per volume).
+# Every series and volume was measured (mean gap to elastix over 500 brain-mask points, mm, at the
+# elastix motion in brackets; to volume 0 unless said); these are where a rigid fit of one volume
+# is meaningful, and they agree:
+# - siemens_enh_xa30_prisma: 0.028-0.079 (0.07-0.21) on every volume measured (1-10, 19); 19 here.
+# - siemens_mosaic_cmrr_vd13: volumes 1-2 0.049-0.054 (0.21-0.30); volume 5 to 4 0.046 (0.48).
+# - siemens_mosaic_rt_e11_pyneal: volumes 1-2 0.023-0.049 (0.07-0.15), 18 slices of 3.8 mm.
+# - siemens_mosaic_ep2d_vd13 after its head turn: volumes 3-5 to volume 2 0.086-0.098 (0.79-1.15),
+#   volume 5 to 3 0.045 (0.42), here. Volume 1, acquired during the turn, differs from each by 0.8.
+# Measured and left out (see the report of issue 4 for the whole table):
+# - siemens_mosaic_ep2d_vd13 (vols 1-5) and cmrr (vols 3-5) to volume 0: slice-order runs, the head
+#   turned ~25° (23-24 mm mean displacement) after volume 0. Both tools converge; they differ by
+#   0.30-0.49 mm (ours fits elastix's raw objective within 2.5-3.9 %), and cmrr volume 3, taken while
+#   the head moved, by 1.7 mm. The gap shrinks with our smoothing (3 mm FWHM: 0.11-0.27 mm): the
+#   5 mm-smoothed and raw objectives have their minima apart when the rigid model is only approximate.
+# - siemens_mosaic_b17_coronal / _sagittal / _jpeglossless: the head turns violently during the
+#   second volume, smearing it across slices: 2.5, 4.7 and 3.1 mm gaps at 24, 6.5, 22 mm of motion.
+# - ge_mr750_dv26_epi_nih (15 slices of 5 mm) and ge_mr750_dv24_rt_mrdc_pyneal (18 of 3.8 mm):
+#   turns of 18-45° take the brain out of the slab (gaps 3-47 mm; elastix's own fit is the worse
+#   one in GE volumes 6-8); the small-motion GE volumes (1, 5, 9) differ by 0.21-0.25 mm, z being
+#   poorly determined by 5 mm slices.
+# - siemens_enh_xa10_vida: 6 slices of 2.4 mm, too thin a slab for a 3-D rigid fit (our estimate
+#   keeps its start, not converged: see test_thin_slab_without_usable_samples_does_not_crash), and
+#   siemens_enh_xa60_terrax, a phantom in 10 slices of 2 mm: elastix finds 0.03 mm of motion, ours
+#   is 0.24-0.27 mm from it, the slab leaving the tilts poorly determined.
+# - siemens_interop_xa30_prisma and philips_achieva_epi_magdeburg (a phantom): under 0.03 mm of
+#   motion (gaps 0.005-0.034 mm), and agreeing on no motion would prove little.
+DICOM_SERIES = {
+    "siemens_enh_xa30_prisma": ("ref_local/7_func-bold_task-fa_run-1.nii.gz", 0, 19),
+    "siemens_mosaic_cmrr_vd13": ("ref/8_cmrr_Int.nii", 0, 2),
+    "siemens_mosaic_ep2d_vd13": ("ref/2_ep2d_Asc.nii", 3, 5),
+    "siemens_mosaic_rt_e11_pyneal": ("ref_local/13_bold_ep2d_Visual.nii.gz", 0, 2),
+}
+BOLD_VOLUME = 58  # of the real run: just after its head jerk
+
+
+@dataclass
+class _Case:
+    data: np.ndarray
+    affine: np.ndarray
+    realigner: RigidRealigner
+    volume: int
+    points: np.ndarray
+    elastix: _Elastix
+
+
+@pytest.fixture(scope="module")
+def elastix_cases(real_run, realigner, dicom_dir, tmp_path_factory) -> dict[str, _Case]:
+    """Every registration compared with elastix, all started at once: they take seconds each and
+    run side by side (and beside the other tests of this module)."""
+    if shutil.which("elastix") is None:
+        pytest.skip("Debian's elastix is not installed")
+    work = tmp_path_factory.mktemp("elastix")
+    cases = {}
+    sources = {"bold": (*real_run, realigner, 0, BOLD_VOLUME)}
+    for series, (relative, reference, volume) in DICOM_SERIES.items():
+        img = nib.load(dicom_dir / series / relative)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        sources[series] = (data, img.affine, RigidRealigner(data[..., reference], img.affine), reference, volume)
+    for name, (data, affine, case_realigner, reference, volume) in sources.items():
+        rng = np.random.default_rng(0)
+        folder = work / name
+        folder.mkdir()
+        nib.save(nib.Nifti1Image(data[..., reference], affine), folder / "fixed.nii.gz")
+        nib.save(nib.Nifti1Image(case_realigner.mask.astype(np.uint8), affine), folder / "mask.nii.gz")
+        nib.save(nib.Nifti1Image(data[..., volume], affine), folder / "moving.nii.gz")
+        brain = np.argwhere(case_realigner.mask)
+        points = (affine @ np.c_[brain, np.ones(len(brain))].T)[:3].T[rng.choice(len(brain), 500, replace=False)]
+        registration = _Elastix(
+            folder / "fixed.nii.gz", folder / "moving.nii.gz", folder / "mask.nii.gz", folder / "out"
+        )
+        cases[name] = _Case(data, affine, case_realigner, volume, points, registration)
+    yield cases
+    for case in cases.values():
+        if case.elastix.process.poll() is None:
+            case.elastix.process.kill()
+            case.elastix.process.wait()
+
+
+def _gap_to_elastix(case: _Case) -> tuple[np.ndarray, float, float, bool, np.ndarray]:
+    """(our matrix, mean gap to elastix, elastix's mean motion, converged, elastix's affine fit)."""
+    theirs = case.elastix.points(case.points)
+    params, _, converged = case.realigner.estimate(case.data[..., case.volume])
+    ours_matrix = rigid_matrix(params, case.realigner.center)
+    homogeneous = np.c_[case.points, np.ones(len(case.points))]
+    ours = (homogeneous @ ours_matrix.T)[:, :3]
+    theirs_matrix = np.vstack([np.linalg.lstsq(homogeneous, theirs, rcond=None)[0].T, [0, 0, 0, 1]])
+    gap = float(np.linalg.norm(ours - theirs, axis=1).mean())
+    moved = float(np.linalg.norm(theirs - case.points, axis=1).mean())
+    return ours_matrix, gap, moved, converged, theirs_matrix
+
+
+def test_real_run_agrees_with_elastix(elastix_cases):
     """Within ~0.1 mm of elastix just after the head jerk, and nearly as good a fit of the raw data.
 
     The two optimise different objectives (ours on 5 mm-smoothed volumes, elastix's last level
-    on the raw ones): they differ by 0.09-0.11 mm on this run (0.04 mm on synthetic motion), and
-    on the raw mean squared difference, elastix's own objective, ours is within ~2 % of its fit.
+    on the raw ones): they differ by 0.10-0.14 mm on this run's moved volumes (0.04 mm on synthetic
+    motion; 0.04-0.07 mm with our smoothing at 3 mm FWHM), and on the raw mean squared difference,
+    elastix's own objective, ours is within ~2.5 % of its fit.
     """
-    data, affine = real_run
-    fixed = data[..., 0]
-    nib.save(nib.Nifti1Image(fixed, affine), tmp_path / "fixed.nii.gz")
-    nib.save(nib.Nifti1Image(realigner.mask.astype(np.uint8), affine), tmp_path / "mask.nii.gz")
-    rng = np.random.default_rng(0)
-    brain = np.argwhere(realigner.mask)
-    points = (affine @ np.c_[brain, np.ones(len(brain))].T)[:3].T[rng.choice(len(brain), 500, replace=False)]
-    interior = ndimage.binary_erosion(realigner.mask, iterations=3)
+    case = elastix_cases["bold"]
+    fixed = case.data[..., 0]
+    interior = ndimage.binary_erosion(case.realigner.mask, iterations=3)
+    moving = case.data[..., case.volume]
 
-    def misfit(volume: np.ndarray, world: np.ndarray) -> float:
-        moved = ndimage.affine_transform(volume, np.linalg.inv(affine) @ world @ affine, order=3, mode="nearest")
+    def misfit(world: np.ndarray) -> float:
+        vmap = np.linalg.inv(case.affine) @ world @ case.affine
+        moved = ndimage.affine_transform(moving, vmap, order=3, mode="nearest")
         return float(((moved - fixed)[interior] ** 2).mean())
 
-    for index in (58,):  # just after the head jerk
-        nib.save(nib.Nifti1Image(data[..., index], affine), tmp_path / f"moving{index}.nii.gz")
-        work = tmp_path / f"elx{index}"
-        work.mkdir()
-        theirs = _elastix_points(tmp_path / "fixed.nii.gz", tmp_path / f"moving{index}.nii.gz", tmp_path / "mask.nii.gz",
-                                 points, work)
-        ours_matrix = rigid_matrix(realigner.estimate(data[..., index])[0], realigner.center)
-        ours = (np.c_[points, np.ones(len(points))] @ ours_matrix.T)[:, :3]
-        gap = np.linalg.norm(ours - theirs, axis=1).mean()
-        fit = np.linalg.lstsq(np.c_[points, np.ones(len(points))], theirs, rcond=None)[0].T
-        theirs_matrix = np.vstack([fit, [0, 0, 0, 1]])
-        print(f"volume {index + 1}: mean gap to elastix {gap:.3f} mm")
-        assert gap < 0.15
-        assert misfit(data[..., index], ours_matrix) <= 1.03 * misfit(data[..., index], theirs_matrix)
+    ours_matrix, gap, moved, converged, theirs_matrix = _gap_to_elastix(case)
+    print(f"volume {case.volume + 1}: motion {moved:.2f} mm, mean gap to elastix {gap:.3f} mm")
+    assert converged and moved > 1.0
+    assert gap < 0.15
+    assert misfit(ours_matrix) <= 1.03 * misfit(theirs_matrix)
 
 
-# Real DICOM series (their dcm2niix reference NIfTIs) and the volumes compared with elastix (0-based;
-# one per series, elastix taking seconds per volume): the xa30 run's last volume, the farthest in time
-# from the reference (all 19 agree to 0.028-0.079 mm), and the cmrr volume with most motion before the
-# head's large move (0.05 mm at 0.35 mm of motion; volume 2: 0.049 mm). Left out, measured against elastix
-# with the settings below (mean gap per volume, mm), because the rigid model itself does not hold:
-# - siemens_mosaic_ep2d_vd13 (vols 2-6) and siemens_mosaic_cmrr_vd13 (vols 4-6): slice-order
-#   validation runs where the head moves ~23 mm mean displacement away from the first volume; the
-#   tools agree to 0.30-0.49 mm (1.3-2 % of the motion) except cmrr volume 4 (1.9 mm, ours at its
-#   iteration limit), the rest being within-volume motion that no rigid transform fits.
-# - siemens_mosaic_b17_coronal / _sagittal: the head turns violently during the second volume,
-#   smearing it across slices; the tools differ by 4.5 and 3.2 mm (ours at its iteration limit).
-# - ge_mr750_dv26_epi_nih: 15 slices of 5 mm (75 mm coverage) and apparent motion of 17-46 mm in
-#   volumes 3-5, 7-8 (gaps 1.7-10.7 mm, ours at its iteration limit): the brain leaves the slab;
-#   even the small-motion volumes (2, 6, 10) differ by 0.21-0.25 mm, the 5 mm slices leaving
-#   z poorly determined.
-# Where ours stops at its iteration limit (GE volume 3, cmrr volume 4), elastix's transform fits the
-# raw volume ~10 % better (mean squared difference): single-level Gauss-Newton loses its capture
-# range beyond ~15 mm of motion, far more than a real-time session tolerates before it is repeated.
-DICOM_SERIES = {
-    "siemens_enh_xa30_prisma": ("ref_local/7_func-bold_task-fa_run-1.nii.gz", (19,)),
-    "siemens_mosaic_cmrr_vd13": ("ref/8_cmrr_Int.nii", (2,)),
-}
-
-
-@pytest.mark.skipif(shutil.which("elastix") is None, reason="Debian's elastix is not installed")
 @pytest.mark.parametrize("series", sorted(DICOM_SERIES))
-def test_dicom_series_agree_with_elastix(dicom_dir, series, tmp_path):
-    """Within 0.1 mm mean displacement of elastix, each volume registered to the first."""
-    relative, volumes = DICOM_SERIES[series]
-    img = nib.load(dicom_dir / series / relative)
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    affine = img.affine
-    realigner = RigidRealigner(data[..., 0], affine)
-    nib.save(nib.Nifti1Image(data[..., 0], affine), tmp_path / "fixed.nii.gz")
-    nib.save(nib.Nifti1Image(realigner.mask.astype(np.uint8), affine), tmp_path / "mask.nii.gz")
-    rng = np.random.default_rng(0)
-    brain = np.argwhere(realigner.mask)
-    points = (affine @ np.c_[brain, np.ones(len(brain))].T)[:3].T[rng.choice(len(brain), 500, replace=False)]
-    for index in volumes:
-        nib.save(nib.Nifti1Image(data[..., index], affine), tmp_path / f"moving{index}.nii.gz")
-        work = tmp_path / f"elx{index}"
-        work.mkdir()
-        theirs = _elastix_points(tmp_path / "fixed.nii.gz", tmp_path / f"moving{index}.nii.gz",
-                                 tmp_path / "mask.nii.gz", points, work)
-        params, _, converged = realigner.estimate(data[..., index])
-        ours = (np.c_[points, np.ones(len(points))] @ rigid_matrix(params, realigner.center).T)[:, :3]
-        gap = np.linalg.norm(ours - theirs, axis=1).mean()
-        moved = np.linalg.norm(theirs - points, axis=1).mean()
-        print(f"{series} volume {index + 1}: motion {moved:.2f} mm, mean gap to elastix {gap:.3f} mm")
-        assert converged
-        assert moved > 0.1  # the volume did move: agreeing on no motion would prove little
-        assert gap < 0.1
+def test_dicom_series_agree_with_elastix(elastix_cases, series):
+    """Within 0.1 mm mean displacement (over 500 points of the brain mask) of elastix, registering
+    the volume to the series' reference volume."""
+    case = elastix_cases[series]
+    _, gap, moved, converged, _ = _gap_to_elastix(case)
+    print(f"{series} volume {case.volume + 1}: motion {moved:.2f} mm, mean gap to elastix {gap:.3f} mm")
+    assert converged
+    assert moved > 0.1  # the volume did move: agreeing on no motion would prove little
+    assert gap < 0.1

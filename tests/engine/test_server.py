@@ -21,8 +21,10 @@ from engine.server import Engine, EngineSettings, load_engine_config
 from engine.store import SessionStore
 from rtrecon.wire import EventMessage, RunEndMessage, VolumeMessage
 
-TR, N_VOLS, SHAPE = 1.5, 64, (22, 24, 16)
-AFFINE = np.array([[3.0, 0, 0, -33], [0, 3.0, 0, -36], [0, 0, 3.5, -28], [0, 0, 0, 1]])
+# A TR and an oblique affine that float32 (the NIfTI header's precision) cannot hold exactly, as a
+# scanner's are: the recovery tests then show whether the live engine uses the stored geometry.
+TR, N_VOLS, SHAPE = 1.45, 64, (22, 24, 16)
+AFFINE = np.array([[3.1, 0.03, 0, -33.3], [-0.03, 3.1, 0.2, -36.1], [0, -0.2, 3.5, -28.7], [0, 0, 0, 1]])
 ONSETS = np.arange(3.0, 84.0, 7.5)
 SESSION = "sub-01_ses-01"
 

@@ -88,3 +88,28 @@ def test_events_and_tables_drop_torn_rows(tmp_path):
     assert len(table) == 1 and table.rows() == [{"a": "1", "b": "n/a"}]
     with pytest.raises(ValueError, match="columns"):
         AppendTable(tmp_path / "x.tsv", ["a", "c"])
+
+
+def test_geometry_is_what_a_restart_reads_back(tmp_path):
+    """The engine computes with :meth:`SessionStore.geometry`: the same values live, after a restart
+    and after compression, even for an affine and TR that float32 cannot hold."""
+    affine = np.array([[3.1, 0.03, 0, -33.3], [-0.03, 3.1, 0.2, -36.1], [0, -0.2, 3.5, -28.7], [0, 0, 0, 1]])
+    store = SessionStore(tmp_path, "01", "01", "t")
+    vols = _volumes(2)
+    store.append_volume(1, vols[0], affine, tr=1.3)
+    live_affine, live_tr = store.geometry(1)
+    assert live_tr == 1.3  # the sidecar's, not the header's float32 1.2999999523
+    assert not np.array_equal(live_affine, affine)  # float32 in the header ...
+    np.testing.assert_allclose(live_affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(live_affine, nib.load(store.bold_path(1)).affine)  # ... as any reader gets it
+    store.append_volume(1, vols[1], affine, tr=1.3)
+    reopened = SessionStore(tmp_path, "01", "01", "t")
+    assert reopened.geometry(1)[1] == live_tr
+    np.testing.assert_array_equal(reopened.geometry(1)[0], live_affine)
+    store.end_run(1)
+    store.compress_run(1)
+    compressed = SessionStore(tmp_path, "01", "01", "t")
+    np.testing.assert_array_equal(compressed.geometry(1)[0], live_affine)
+    assert compressed.geometry(1)[1] == live_tr
+    store.save_image("desc-reference_boldref", vols[0].astype(np.float32), affine)
+    np.testing.assert_array_equal(store.load_image("desc-reference_boldref")[1], live_affine)
