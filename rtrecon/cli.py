@@ -30,6 +30,7 @@ COMMANDS: dict[str, Command] = {
     "bridge": Command("scanner_bridge.commands.bridge", "scanner bridge: watch an export folder, receive DICOM, replay NIfTI, or listen"),
     "keys": Command("rtrecon.keys", "make ZeroMQ CURVE key pairs for encrypted, authenticated links"),
     "train": Command("rtrecon.train.command", "MindEye2 shared-subject pretraining / new-subject fine-tuning (accelerate; resumable)"),
+    "train-compare": Command("rtrecon.train.compare", "shared-subject (pretrained + fine-tuned) vs subject-only model: held-out retrieval among 300"),
     "synth": Command("rtrecon.data.synthetic", "write synthetic subjects (with ground truth) in the NSD layout"),
     "session": Command("rtrecon.session", "session config: write a commented template (init), validate a config and its paths (check)"),
     "stimulus": Command("stimulus.commands", "PsychoPy perception / imagery / feedback tasks locked to the scanner trigger (check a trial list, run)"),

@@ -25,8 +25,10 @@ run the whole loop with nothing downloaded. The world:
   ``true_responses.npy`` (images × ROI voxels, noise-free mean responses).
 
 Size presets (``PRESETS``): ``small`` (the default; seconds on 2 cores) and ``nsd`` (subject
-grids from NSD's func1pt8mm table, 15,724 ROI voxels for subject 1). Output is a pure function of
-the arguments and the seed.
+grids from NSD's func1pt8mm table, 15,724 ROI voxels for subject 1). ``shared_images=N`` (``rtrecon
+synth --shared-images N``) sets the number of shared test images instead of the preset's
+``shared_fraction`` (e.g. more than 300, for retrieval among 300 as MindEye2 reports it). Output is
+a pure function of the arguments and the seed.
 """
 
 from __future__ import annotations
@@ -158,11 +160,18 @@ def generate(
     size: str | SizePreset = "small",
     seed: int = 0,
     progress: bool = True,
+    shared_images: int | None = None,
 ) -> Path:
-    """Write a synthetic dataset in NSD's layout under ``out`` and return its path."""
+    """Write a synthetic dataset in NSD's layout under ``out`` and return its path.
+
+    ``shared_images``: number of shared test images (each shown 3 times to every subject);
+    ``None`` takes the preset's ``shared_fraction`` of the trials.
+    """
     preset = PRESETS[size] if isinstance(size, str) else size
     if min(n_subjects, n_sessions, n_runs) < 1:
         raise ValueError(f"need at least one subject, session and run, got {n_subjects}, {n_sessions}, {n_runs}")
+    if shared_images is not None and shared_images < 1:
+        raise ValueError(f"shared_images must be at least 1, got {shared_images}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ss_design, ss_images, ss_subjects = np.random.SeedSequence(seed).spawn(3)
@@ -171,7 +180,12 @@ def generate(
     # ---- experiment design (the same for every subject, as in NSD) ----
     stimpattern = timeseries.make_stimpattern(n_sessions, n_runs, rng)
     n_trials = int(stimpattern.sum())
-    n_shared = max(1, int(n_trials * preset.shared_fraction / 3))
+    n_shared = max(1, int(n_trials * preset.shared_fraction / 3)) if shared_images is None else shared_images
+    if 3 * n_shared >= n_trials:
+        raise ValueError(
+            f"{n_shared} shared images shown 3 times need more than the {n_trials} trials of "
+            f"{n_sessions} session(s) x {n_runs} run(s): add sessions or runs"
+        )
     n_other = math.ceil((n_trials - 3 * n_shared) / 2)
     masterordering = timeseries.make_masterordering(n_trials, n_shared + n_other, n_shared, rng)
     n_images = n_shared + n_subjects * n_other
@@ -382,6 +396,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=sorted(PRESETS), default="small",
                         help="small: fast demo grids (default); nsd: NSD subject grids and ROI sizes")
     parser.add_argument("--seed", type=int, default=0, help="random seed (output is deterministic for it)")
+    parser.add_argument("--shared-images", type=int,
+                        help="number of shared test images, each seen 3 times by every subject "
+                             "(default: the preset's share of the trials)")
     parser.add_argument("--no-motion", action="store_true", help="leave the head still")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.set_defaults(func=_main)
@@ -395,7 +412,12 @@ def _main(ns: argparse.Namespace) -> int:
     preset = PRESETS[ns.size]
     if ns.no_motion:
         preset = replace(preset, noise=replace(preset.noise, motion=False))
-    root = generate(ns.out, ns.subjects, ns.sessions, ns.runs, preset, ns.seed, progress=not ns.quiet)
+    try:
+        root = generate(ns.out, ns.subjects, ns.sessions, ns.runs, preset, ns.seed, progress=not ns.quiet,
+                        shared_images=ns.shared_images)
+    except ValueError as err:
+        console.print(f"[red]error:[/] {err}")
+        return 2
     notes = NSDDataset(root).check()
     for line in notes:
         console.print(line)

@@ -24,6 +24,8 @@ API:
   ``dtype``/``device`` cast on load; the weights are memory-mapped and assigned without a
   random initialisation first (meta device), so peak memory stays near one copy in ``dtype``.
 - :func:`infer_config`, :func:`save_checkpoint` (``loading``).
+- ``convnext.ConvNeXtTeacher``: the blurry branch's frozen ConvNeXt teacher for training (VICRegL
+  ConvNeXt-XL from a local checkpoint, or ``tiny(seed)``), with ``convnext.blur_augment``.
 
 Exactness: against the reference fixtures made with the official code (ridge, backbone,
 clip_voxels, the prior network and its intermediates, classifier-free guidance, DDIM and DDPM

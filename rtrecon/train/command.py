@@ -9,6 +9,8 @@ Examples::
     # MindEye2's released data (wds tars + betas HDF5), bigG targets embedded once and cached
     rtrecon train --wds ~/mindeyev2 --wds-subjects 2 3 4 5 6 7 8 --clip-weights bigG.bin \
         --targets-cache ~/mindeyev2/bigG_tokens.npz --wds-test --output runs/pretrain
+    # the h=4096 model with its blurry branch: VAE latents and images in the .npz, ConvNeXt teacher from local weights
+    rtrecon train --data train.npz --preset final --convnext convnext_xlarge_alpha0.75_fullckpt.pth --output runs/final
     # several processes / GPUs / nodes: the same command under accelerate (or torchrun);
     # without GPUs the processes train on CPUs over gloo
     accelerate launch --multi_gpu --num_processes 2 -m rtrecon.cli train --data train.npz --output runs/ddp
@@ -55,6 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     parser.add_argument("--no-prior", action="store_true", help="train without the diffusion prior loss")
+    parser.add_argument("--convnext", help="blurry branch's ConvNeXt teacher: a local VICRegL checkpoint "
+                                           "(convnext_xlarge_alpha0.75_fullckpt.pth) or 'tiny' (seeded random, synthetic "
+                                           "world); needs a blurry model and images in --data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/state")
     parser.add_argument("--test-data", type=Path, help="held-out TrainingData .npz for the final retrieval scores")
@@ -92,7 +97,15 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          mixed_precision=args.mixed_precision, use_prior=not args.no_prior, seed=args.seed,
                          progress=not args.no_progress)
-    history = train(model, data, config, args.output, resume=args.resume)
+    teacher = None
+    if args.convnext is not None:
+        from rtrecon.models.convnext import ConvNeXtTeacher
+
+        teacher = ConvNeXtTeacher.tiny(args.seed) if args.convnext == "tiny" else ConvNeXtTeacher.from_vicregl(args.convnext)
+    try:
+        history = train(model, data, config, args.output, resume=args.resume, teacher=teacher)
+    except ValueError as err:
+        raise SystemExit(f"{args.data or args.wds}: {err}") from None
     summary = {"epochs": len(history), "final_loss": history[-1]["loss"] if history else None,
                "world_size": history[-1]["world_size"] if history else None, "checkpoint": str(args.output / "last.pth")}
     test = None

@@ -8,7 +8,9 @@ Any source (the NSD layout, MindEye2's webdataset tars, the synthetic dataset) i
   ``image_ids`` ``(n_trials,)``: the row of ``targets`` each trial showed;
 - ``TrainingData.targets``: ``(n_images, tokens, dim)`` CLIP image tokens (256x1664 bigG for
   MindEye2), shared by all subjects;
-- optional ``blurry_latents`` ``(n_images, 4, 28, 28)``: VAE latents for the blurry branch.
+- optional ``blurry_latents`` ``(n_images, 4, 28, 28)``: VAE latents for the blurry branch;
+- optional ``images`` ``(n_images, 3, H, W)``: the stimuli, uint8 or float in [0, 1], for the
+  blurry branch's ConvNeXt teacher (:mod:`rtrecon.models.convnext`).
 
 ``save(path)``/``TrainingData.load(path)`` use one ``.npz``; :func:`from_nsd` reads an NSD-layout
 root (real NSD or ``rtrecon synth``) through :class:`rtrecon.data.nsd.NSDDataset`. :func:`epoch_batches` deals each
@@ -61,6 +63,7 @@ class TrainingData:
     subjects: list[SubjectData]
     targets: np.ndarray
     blurry_latents: np.ndarray | None = field(default=None)
+    images: np.ndarray | None = field(default=None)
 
     def __post_init__(self) -> None:
         self.targets = np.asarray(self.targets, dtype=np.float32)
@@ -76,6 +79,12 @@ class TrainingData:
             self.blurry_latents = np.asarray(self.blurry_latents, dtype=np.float32)
             if self.blurry_latents.shape[0] != n:
                 raise ValueError(f"blurry_latents has {self.blurry_latents.shape[0]} rows, targets {n}")
+        if self.images is not None:
+            self.images = np.asarray(self.images)
+            if self.images.ndim != 4 or self.images.shape[1] != 3 or self.images.shape[0] != n:
+                raise ValueError(f"images must be ({n}, 3, H, W) like the targets' rows, got {self.images.shape}")
+            if self.images.dtype != np.uint8:
+                self.images = self.images.astype(np.float32)
 
     @property
     def n_voxels(self) -> tuple[int, ...]:
@@ -85,7 +94,7 @@ class TrainingData:
         """A view with only some subjects (by name or index), in the given order."""
         names = [s.name for s in self.subjects]
         picked = [self.subjects[names.index(k) if isinstance(k, str) else k] for k in names_or_indices]
-        return TrainingData(picked, self.targets, self.blurry_latents)
+        return TrainingData(picked, self.targets, self.blurry_latents, self.images)
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -94,6 +103,8 @@ class TrainingData:
             arrays[f"betas_{i}"], arrays[f"image_ids_{i}"] = s.betas, s.image_ids
         if self.blurry_latents is not None:
             arrays["blurry_latents"] = self.blurry_latents
+        if self.images is not None:
+            arrays["images"] = self.images
         np.savez(path, **arrays)
         return path
 
@@ -108,7 +119,8 @@ class TrainingData:
             names = [str(n) for n in z["subject_names"]]
             subjects = [SubjectData(z[f"betas_{i}"], z[f"image_ids_{i}"], n) for i, n in enumerate(names)]
             latents = z["blurry_latents"] if "blurry_latents" in z else None
-            return cls(subjects, z["targets"], latents)
+            images = z["images"] if "images" in z else None
+            return cls(subjects, z["targets"], latents, images)
 
 
 def epoch_batches(

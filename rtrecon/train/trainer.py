@@ -3,9 +3,13 @@
 ``train(model, data, config, output_dir)`` runs the MindEye2 recipe:
 
 - loss = ``prior_scale`` (30) x prior MSE on x0 + ``clip_scale`` (1) x contrastive
-  + ``blur_scale`` (0.5) x L1 on the blurry VAE latent (when the model has the blurry branch
-  and ``data.blurry_latents`` is given; the ConvNeXt soft-contrastive term needs teacher features
-  that this interface does not carry, and is left out);
+  + ``blur_scale`` (0.5) x (L1 on the blurry VAE latent + ``blur_cont_scale`` (0.1) x soft
+  contrastive loss (temperature 0.2) of the blurry tokens against ConvNeXt features), as
+  upstream's ``(loss_blurry + 0.1 * cont_loss) * blur_scale``. The L1 needs the blurry branch
+  and ``data.blurry_latents``; the contrastive term needs ``teacher`` (a frozen
+  :class:`rtrecon.models.convnext.ConvNeXtTeacher`) and ``data.images``: each step the teacher
+  embeds the batch's images and an augmented copy (:func:`~rtrecon.models.convnext.blur_augment`),
+  and all B x 49 tokens are compared at once, as upstream;
 - contrastive: BiMixCo (voxel mixing, temperature 0.006) for the first ``mixup_pct`` (33 %) of
   epochs, then SoftCLIP with the temperature cosine-annealed 0.004 -> 0.0075;
 - AdamW (lr 3e-4, weight decay 1e-2, none on biases and norm gains) with OneCycle
@@ -45,7 +49,7 @@ from torch import nn
 from rtrecon.models.loading import save_checkpoint
 from rtrecon.models.mindeye import MindEye2
 from rtrecon.train.data import TrainingData, epoch_batches
-from rtrecon.train.losses import cosine_anneal, mixco, mixco_nce, soft_clip_loss
+from rtrecon.train.losses import cosine_anneal, mixco, mixco_nce, soft_clip_loss, soft_cont_loss
 
 __all__ = ["TrainConfig", "train", "TrainingStep", "param_groups"]
 
@@ -65,6 +69,8 @@ class TrainConfig:
     prior_scale: float = 30.0
     clip_scale: float = 1.0
     blur_scale: float = 0.5
+    blur_cont_scale: float = 0.1
+    blur_cont_temp: float = 0.2
     use_prior: bool = True
     mixed_precision: str = "no"
     seed: int = 0
@@ -81,7 +87,8 @@ class TrainingStep(nn.Module):
         self.config = config
 
     def forward(self, voxels: list[torch.Tensor], targets: torch.Tensor, blurry_targets: torch.Tensor | None,
-                mix: bool, soft_temp: float) -> dict[str, torch.Tensor]:
+                mix: bool, soft_temp: float,
+                teacher_feats: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         cfg, model = self.config, self.model
         perms, betas, selects, hidden, offset = [], [], [], [], 0
         for subject, x in enumerate(voxels):
@@ -112,6 +119,13 @@ class TrainingStep(nn.Module):
             blur_loss = F.l1_loss(blurry[0].float(), blurry_targets)
             losses["blurry"] = blur_loss
             total = total + cfg.blur_scale * blur_loss
+        if blurry is not None and teacher_feats is not None:
+            dim = blurry[1].shape[-1]
+            feats, feats_aug = (F.normalize(t.reshape(-1, dim).float(), dim=-1) for t in teacher_feats)
+            cont = soft_cont_loss(F.normalize(blurry[1].reshape(-1, dim).float(), dim=-1), feats, feats_aug,
+                                  cfg.blur_cont_temp)
+            losses["blurry_cont"] = cont
+            total = total + cfg.blur_scale * cfg.blur_cont_scale * cont
         losses["loss"] = total
         return losses
 
@@ -134,8 +148,11 @@ def _progress(enabled: bool):
 
 
 def train(model: MindEye2, data: TrainingData, config: TrainConfig, output_dir: str | os.PathLike,
-          resume: bool = False, accelerator: Any | None = None) -> list[dict[str, float]]:
-    """Train ``model`` on ``data`` with the MindEye2 recipe; see the module docstring."""
+          resume: bool = False, accelerator: Any | None = None, teacher: nn.Module | None = None) -> list[dict[str, float]]:
+    """Train ``model`` on ``data`` with the MindEye2 recipe; see the module docstring.
+
+    ``teacher``: the blurry branch's frozen ConvNeXt (needs a blurry model and ``data.images``).
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -144,9 +161,14 @@ def train(model: MindEye2, data: TrainingData, config: TrainConfig, output_dir: 
     if model.config.clip_tokens != data.targets.shape[1] or model.config.clip_dim != data.targets.shape[2]:
         raise ValueError(f"model predicts {model.config.clip_tokens}x{model.config.clip_dim} tokens, "
                          f"targets are {data.targets.shape[1]}x{data.targets.shape[2]}")
+    if teacher is not None and not model.config.blurry:
+        raise ValueError("a ConvNeXt teacher trains the blurry branch, but this model has none (blurry=False)")
+    if teacher is not None and data.images is None:
+        raise ValueError("the ConvNeXt teacher needs the stimuli: TrainingData.images is missing")
     output_dir = Path(output_dir)
     # DDP must be told when some parameters get no gradient (prior off, blurry branch without targets)
-    unused = (model.config.use_prior and not config.use_prior) or (model.config.blurry and data.blurry_latents is None)
+    unused = (model.config.use_prior and not config.use_prior) or (
+        model.config.blurry and (data.blurry_latents is None or teacher is None))
     if accelerator is None:
         accelerator = Accelerator(
             # without a GPU, processes started by a launcher must be told to form a gloo CPU group
@@ -178,6 +200,11 @@ def train(model: MindEye2, data: TrainingData, config: TrainConfig, output_dir: 
     device = accelerator.device
     targets_all = torch.from_numpy(data.targets)
     latents_all = torch.from_numpy(data.blurry_latents) if data.blurry_latents is not None else None
+    images_all = torch.from_numpy(data.images) if teacher is not None else None
+    if teacher is not None:
+        from rtrecon.models.convnext import blur_augment
+
+        teacher = teacher.to(device).eval().requires_grad_(False)
 
     with _progress(config.progress and accelerator.is_local_main_process) as bar:
         task = bar.add_task("training", total=total_steps, completed=start_epoch * steps_per_epoch, status="")
@@ -192,8 +219,14 @@ def train(model: MindEye2, data: TrainingData, config: TrainConfig, output_dir: 
                 image_ids = np.concatenate([s.image_ids[idx] for s, idx in zip(data.subjects, step)])
                 targets = targets_all[image_ids].to(device)
                 latents = latents_all[image_ids].to(device) if latents_all is not None else None
+                feats = None
+                if images_all is not None:
+                    images = images_all[image_ids].to(device)
+                    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+                    with torch.no_grad(), accelerator.autocast():
+                        feats = (teacher(images), teacher(blur_augment(images)))
                 with accelerator.autocast():
-                    losses = step_module(voxels, targets, latents, mix, soft_temp)
+                    losses = step_module(voxels, targets, latents, mix, soft_temp, feats)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(losses["loss"])
                 optimizer.step()

@@ -119,3 +119,23 @@ def test_cli_output_is_deterministic_and_matches_generate(tmp_path: Path, capsys
         np.testing.assert_array_equal(fa["imgBrick"][()], fb["imgBrick"][()])
     # Refuses to write over an existing dataset.
     assert main(["synth", "--out", str(tmp_path / "a"), *args]) == 2
+
+
+def test_shared_images_sets_the_test_set_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dataclasses import replace
+
+    tiny = replace(PRESETS["small"], name="tiny", grid=(16, 19, 16), voxel_mm=6.75, roi_voxels=300, image_size=32,
+                   noise=replace(PRESETS["small"].noise, motion=False))
+    root = generate(tmp_path / "w", 2, 1, 2, tiny, seed=1, progress=False, shared_images=30)
+    nsd = NSDDataset(root)
+    assert len(nsd.shared_ids) == 30 and load_truth(root)["world"]["n_shared"] == 30
+    for subject in (1, 2):
+        shown = [t.image_id for t in nsd.trials(subject) if t.shared]
+        assert sorted(set(shown)) == sorted(nsd.shared_ids.tolist()) and len(shown) == 90  # 3 times each
+    # more shared images than the trials can show 3 times: refused before anything is written
+    assert main(["synth", "--out", str(tmp_path / "x"), "--subjects", "1", "--sessions", "1", "--runs", "1",
+                 "--shared-images", "30", "--quiet"]) == 2
+    assert "30 shared images shown 3 times need more than the 63 trials" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "nsddata").exists()
+    with pytest.raises(ValueError, match="at least 1"):
+        generate(tmp_path / "y", shared_images=0)

@@ -12,6 +12,17 @@ def test_round_trip_and_select(tmp_path, small_data):
     assert again.n_voxels == (50, 40) and [s.name for s in again.subjects] == ["sub-00", "sub-01"]
     np.testing.assert_array_equal(again.subjects[1].betas, small_data.subjects[1].betas)
     assert again.select(["sub-01"]).n_voxels == (40,)
+    assert again.images is None and again.blurry_latents is None
+
+
+def test_stimuli_travel_with_the_data(tmp_path, small_data):
+    images = np.random.default_rng(0).integers(0, 256, (60, 3, 8, 8), dtype=np.uint8)
+    data = TrainingData(small_data.subjects, small_data.targets, images=images)
+    again = TrainingData.load(data.save(tmp_path / "d.npz")).select([1])
+    assert again.images.dtype == np.uint8
+    np.testing.assert_array_equal(again.images, images)
+    with pytest.raises(ValueError, match=r"images must be \(60, 3, H, W\)"):
+        TrainingData(small_data.subjects, small_data.targets, images=images[:5])
 
 
 def test_validation_names_the_problem(tmp_path):

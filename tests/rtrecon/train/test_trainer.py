@@ -2,10 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rtrecon.models import MindEye2, MindEye2Config, load_official
+from rtrecon.models.convnext import ConvNeXtTeacher
+from rtrecon.train.data import TrainingData
 from rtrecon.train.evaluate import retrieval_accuracy
 from rtrecon.train.trainer import TrainConfig, param_groups, train
 
@@ -63,3 +67,28 @@ def test_weight_decay_groups_and_shape_checks(small_data, tmp_path):
     assert all(p.requires_grad for p in decay["params"] + no_decay["params"])
     with pytest.raises(ValueError, match="voxels"):
         train(MindEye2(MindEye2Config.tiny(n_voxels=(7, 8))), small_data, TrainConfig(epochs=1, **FAST), tmp_path)
+
+
+def test_blurry_tokens_train_against_the_convnext_teacher(tmp_path, small_data):
+    """The official weight: loss = blur_scale (0.5) x 0.1 x soft contrastive (other terms off)."""
+    torch.manual_seed(0)
+    grid = torch.from_numpy(small_data.targets).reshape(-1, 1, 8, 8).expand(-1, 3, -1, -1)
+    images = torch.sigmoid(F.interpolate(grid, size=(32, 32), mode="nearest")).numpy()
+    subject = small_data.subjects[0].subset(np.arange(96) < 16)  # few steps: the blurry decoder is slow on CPU
+    data = TrainingData([subject], small_data.targets, images=images)
+    model = MindEye2(MindEye2Config.tiny(n_voxels=data.n_voxels, blurry=True).replace(use_prior=False))
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    cfg = TrainConfig(epochs=2, clip_scale=0.0, use_prior=False, **{**FAST, "batch_size": 8})
+    history = train(model, data, cfg, tmp_path / "run", teacher=ConvNeXtTeacher.tiny(0))
+    for h in history:
+        assert h["loss"] == pytest.approx(0.5 * 0.1 * h["blurry_cont"], rel=1e-5)
+        assert h["blurry_cont"] > 0 and "blurry" not in h  # no VAE latents: no L1 term
+    after = model.backbone.state_dict()
+    assert not torch.equal(after["b_maps_projector.6.weight"], before["b_maps_projector.6.weight"])
+    assert not torch.equal(after["blin1.weight"], before["blin1.weight"])
+    # the upsampler only serves the latent L1, absent here, so it gets no update
+    assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("bupsampler."))
+    with pytest.raises(ValueError, match="TrainingData.images is missing"):
+        train(model, TrainingData(data.subjects, data.targets), cfg, tmp_path / "x", teacher=ConvNeXtTeacher.tiny(0))
+    with pytest.raises(ValueError, match="blurry=False"):
+        train(MindEye2(MindEye2Config.tiny(n_voxels=data.n_voxels)), data, cfg, tmp_path / "y", teacher=ConvNeXtTeacher.tiny(0))
