@@ -185,7 +185,9 @@ def train(model: MindEye2, data: TrainingData, config: TrainConfig, output_dir: 
     step_module = TrainingStep(model, config)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
     pct_start = config.pct_start if config.pct_start is not None else min(2 / config.epochs, 0.5)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
+    # OneCycleLR divides by the length of each of its phases, which a 2-step run makes zero; a
+    # schedule planned for 3 steps and stopped after 2 is the closest it allows.
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total_steps, 3),
                                                     final_div_factor=1000, pct_start=pct_start)
     step_module, optimizer, scheduler = accelerator.prepare(step_module, optimizer, scheduler)
 

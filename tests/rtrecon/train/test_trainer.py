@@ -92,3 +92,13 @@ def test_blurry_tokens_train_against_the_convnext_teacher(tmp_path, small_data):
         train(model, TrainingData(data.subjects, data.targets), cfg, tmp_path / "x", teacher=ConvNeXtTeacher.tiny(0))
     with pytest.raises(ValueError, match="blurry=False"):
         train(MindEye2(MindEye2Config.tiny(n_voxels=data.n_voxels)), data, cfg, tmp_path / "y", teacher=ConvNeXtTeacher.tiny(0))
+
+
+def test_a_run_of_two_steps_trains(tmp_path, small_data):
+    # OneCycleLR alone divides by zero on a 2-step schedule; the trainer must still run it.
+    torch.manual_seed(0)
+    model = MindEye2(MindEye2Config.tiny(n_voxels=small_data.n_voxels))
+    before = model.backbone.backbone_linear.weight.detach().clone()
+    history = train(model, small_data, TrainConfig(epochs=2, batch_size=96, lr=1e-3, progress=False), tmp_path)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert not torch.equal(model.backbone.backbone_linear.weight, before)
