@@ -9,7 +9,8 @@ One module per concern:
 - :mod:`stimulus.screen`: the window and what each task phase draws;
 - :mod:`stimulus.feedback`: reconstruction / retrieved images / score, drawn as results arrive;
 - :mod:`stimulus.link`: events to and results from the engine, off the frame loop;
-- :mod:`stimulus.records`: BIDS events, PsychoPy data file, results, triggers, frame timing;
+- :mod:`stimulus.records`: BIDS events, PsychoPy data file, results, triggers, frame timing, and the
+  journal a killed run resumes from;
 - :mod:`stimulus.participant`: a virtual participant and scanner;
 - :mod:`stimulus.app`: the run itself (:func:`~stimulus.app.prepare_run`,
   :class:`~stimulus.app.StimulusProgram`);

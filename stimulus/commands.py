@@ -4,7 +4,9 @@
 
     rtrecon stimulus check [--config session.toml] [--run N] [--trials run.tsv] [--task imagery]
     rtrecon stimulus run   [--config session.toml] [--run N] [--trials run.tsv] [--task imagery]
-                           [--virtual [--tr 1.6]] [--offline] [--overwrite]
+                           [--virtual [--tr 1.6] [--volumes N] [--speed 10] [--start-file FILE]]
+                           [--offline] [--overwrite]
+                           [--live-feedback] [--wait-results 30]
 
 Settings come from the session config's ``[stimulus]`` table (built-in defaults without
 ``--config``); run N's trial list is ``--trials``, else ``stimulus.trial_lists[N-1]``; the task
@@ -13,16 +15,26 @@ Settings come from the session config's ``[stimulus]`` table (built-in defaults 
 ``check`` loads and plans each run (every run of ``stimulus.trial_lists`` unless ``--run`` or
 ``--trials`` picks one) without opening a window, printing every problem with its file and line
 (exit status 1) or each run's length. ``run`` does the same checks, then runs the task:
-triggers and buttons from the keyboard (and the serial port when ``[stimulus.trigger] source =
-"serial"``), events to and results from the engine at the session config's endpoints
+triggers and buttons from the keyboard (and the device ``[stimulus.trigger] source`` names: a
+serial port, parallel-port pins or a PsychoPy button box), events to and results from the engine at the session config's endpoints
 (``--offline``: no engine); ``--virtual`` adds a virtual participant that plays the scanner
-(a trigger every ``--tr`` seconds) and answers from the design. Exit status: 0 done, 1 bad input
-or no trigger, 2 ended with the quit key.
+(``--volumes`` triggers, one every ``--tr`` seconds; with ``--start-file``, from when that
+file appears) and
+answers from the design. ``--speed S`` (virtual runs only) replays the run S times faster than
+the scanner, every recorded and sent time staying in scanner seconds
+(:class:`~stimulus.app.StimulusProgram`). ``--live-feedback`` draws each result over the task as it
+arrives (designs without feedback periods); ``--wait-results S`` stays on after the last trial
+until every feedback trial's result is shown, or none came for S seconds.
+
+A run that was killed (its journal holds a first trigger and no end) is resumed where the scanner
+is now, not refused (see :mod:`stimulus.app`). Exit status: 0 done, 1 bad input or no trigger,
+2 ended with the quit key.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -81,8 +93,14 @@ def _run(args: argparse.Namespace) -> int:
     from .app import prepare_run
 
     try:
+        if args.speed <= 0:
+            raise ValueError(f"--speed {args.speed:g} must be positive")
+        if args.speed != 1 and not args.virtual:
+            raise ValueError(f"--speed {args.speed:g} replays a run faster than the scanner, which only a virtual "
+                             "participant can follow: add --virtual, or run at speed 1 with a person and a real scanner")
         config = _config(args)
-        setup = prepare_run(config, args.run or 1, trials_file=args.trials, task=args.task, overwrite=args.overwrite)
+        setup = prepare_run(config, args.run or 1, trials_file=args.trials, task=args.task, overwrite=args.overwrite,
+                            live_feedback=args.live_feedback)
     except _BAD_INPUT as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -92,17 +110,24 @@ def _run(args: argparse.Namespace) -> int:
     from .app import StimulusProgram
     from .link import EngineLink, Link, OfflineLink
     from .participant import VirtualParticipant
-    from .trigger import KeyInput, MergedKeys, PsychopyKeys, SerialKeys, psychopy_time
+    from .records import RunJournal
+    from .sound import SoundError
+    from .trigger import KeyInput, MergedKeys, PsychopyKeys, hardware_keys, psychopy_time
 
+    logging.basicConfig(level=logging.INFO, format="stimulus: %(message)s", stream=sys.stdout, force=True)
     trig = config.stimulus.trigger
     keys: KeyInput = PsychopyKeys()
-    serial = None
+    hardware = None
     link: Link = OfflineLink()
+    journal = RunJournal(setup.paths, clock=psychopy_time)
     try:
-        if trig.source == "serial":
-            serial = SerialKeys(trig.serial_port, trig.serial_baudrate)
-            keys = MergedKeys([keys, serial])
-        participant = VirtualParticipant(tr=args.tr or trig.tr or 1.0, trigger_key=trig.keys[0]) if args.virtual else None
+        hardware = hardware_keys(trig)
+        if hardware is not None:
+            keys = MergedKeys([keys, hardware])
+        participant = None
+        if args.virtual:
+            participant = VirtualParticipant(tr=args.tr or trig.tr or 1.0, n_volumes=args.volumes, trigger_key=trig.keys[0],
+                                             speed=args.speed, start_file=args.start_file)
         if not args.offline:
             curve = load_curve(config.security.keys_dir, "stimulus") if config.security.keys_dir else None
             link_dir = setup.paths.link_dir
@@ -110,26 +135,32 @@ def _run(args: argparse.Namespace) -> int:
                 config.network.events, config.network.results, setup.session_label,
                 link_dir / "event_spool", link_dir / "results.json",
                 clock=psychopy_time, curve=curve, heartbeat_s=config.network.heartbeat_s,
+                on_result=journal.record_result,
             )
-            link.check_run(setup.run)
+            if journal.started is None:  # a resumed run has sent events already
+                link.check_run(setup.run)
     except (OSError, ValueError, KeysError) as exc:
         link.close()
-        if serial is not None:
-            serial.close()
+        if hardware is not None:
+            hardware.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        record = StimulusProgram(setup, link=link, keys=keys, participant=participant).run()
-    except TimeoutError as exc:
+        program = StimulusProgram(setup, link=link, keys=keys, participant=participant, speed=args.speed, journal=journal,
+                                  live_feedback=args.live_feedback, results_timeout_s=args.wait_results)
+        record = program.run()
+    except (TimeoutError, ValueError, SoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         link.close()
-        if serial is not None:
-            serial.close()
+        if hardware is not None:
+            hardware.close()
     shown = sum(r.shown is not None for r in record.results.values())
     print(f"{'aborted' if record.aborted else 'finished'}: {len(record.events)} events in {setup.paths.events}")
     print(f"{len(record.flips)} frames, results received {len(record.results)}, shown {shown}; frame timing in {setup.paths.source('frames.json')}")
+    if program.missed:
+        print(f"missed while the program was down: trial(s) {', '.join(map(str, program.missed))}")
     return 2 if record.aborted else 0
 
 
@@ -143,5 +174,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _common(run)
     run.add_argument("--virtual", action="store_true", help="a virtual participant presses the trigger and answers")
     run.add_argument("--tr", type=float, help="the virtual scanner's TR in seconds (default: stimulus.trigger.tr, else 1)")
+    run.add_argument("--volumes", type=int, default=10_000, help="with --virtual: the scanner's volumes (triggers) in the run")
+    run.add_argument("--speed", type=float, default=1.0, help="with --virtual: replay the run S times faster than the scanner (default 1)")
+    run.add_argument("--start-file", type=Path, help="with --virtual: the scanner starts when this file appears")
+    run.add_argument("--live-feedback", action="store_true", help="draw each result over the task as soon as it arrives")
+    run.add_argument("--wait-results", type=float, default=0.0, metavar="S",
+                     help="after the last trial, wait for the feedback trials' results (at most S seconds without one)")
     run.add_argument("--offline", action="store_true", help="no engine: record the run without sending events")
     run.set_defaults(func=_run)

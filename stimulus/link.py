@@ -15,8 +15,10 @@ sockets belong to one thread) and talks to the frame loop through two in-memory 
 - :meth:`EngineLink.poll_results` takes the results that have arrived, each with the clock time
   the link thread received it, without waiting.
 
-Results are acknowledged as soon as they are received, and the last trial received per run
-is kept in ``state_file`` (JSON), so that a restarted program is not sent old results again.
+Results are acknowledged as soon as they are received -- after ``on_result`` has kept them
+(the program's :meth:`~stimulus.records.RunJournal.record_result` writes them to disk, so an
+acknowledged result survives a kill) -- and the last trial received per run is kept in
+``state_file`` (JSON), so that a restarted program is not sent old results again.
 Keys must increase within a run, so a trial sends one event: its main event (the image, the
 imagery period), not its cue, rating or feedback period, which are in the run's events file.
 
@@ -58,7 +60,9 @@ class EngineLink:
 
     ``spool_dir`` holds the events spool; ``clock`` stamps when results arrive (PsychoPy's
     clock in the program); ``curve`` comes from :func:`rtrecon.keys.load_curve` for the
-    ``stimulus`` role. Raises OSError when a link cannot be set up (endpoint in use, spool
+    ``stimulus`` role; ``on_result(message, received)`` is called in the link's thread with
+    each result before it is acknowledged (an exception there leaves it unacknowledged: the
+    engine sends it again). Raises OSError when a link cannot be set up (endpoint in use, spool
     locked by another program).
     """
 
@@ -74,9 +78,11 @@ class EngineLink:
         curve: Any = None,
         heartbeat_s: float = 1.0,
         close_timeout_s: float = 5.0,
+        on_result: Callable[[TrialResultMessage, float], None] | None = None,
     ):
         self.session = session
         self._clock = clock
+        self._on_result = on_result
         self._state_file = Path(state_file)
         self._close_timeout_s = close_timeout_s
         self._out: queue.SimpleQueue[EventMessage] = queue.SimpleQueue()
@@ -144,7 +150,15 @@ class EngineLink:
             sender.poll(0.0)
             result = receiver.recv(timeout_s=0.005)
             if isinstance(result, TrialResultMessage):
-                self._in.put((result, self._clock()))
+                received = self._clock()
+                # to the screen at once; kept on disk (an fsync) before it is acknowledged
+                self._in.put((result, received))
+                if self._on_result is not None:
+                    try:
+                        self._on_result(result, received)
+                    except Exception as exc:  # not kept: not acknowledged, so the engine resends it
+                        log.error("result for trial %d of run %d not kept: %s", result.trial, result.run, exc)
+                        continue
                 receiver.ack(result)
                 self._save_state(receiver.persisted)
             elif result is not None:

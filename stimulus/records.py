@@ -9,7 +9,10 @@
                                         and its stage stamps (time.time(), the latency chain) with
                                         "received" and "shown" added
         triggers.tsv                    every scanner trigger, seconds since the first
-        frames.json                     frame-timing statistics (dropped frames, intervals)
+        frames.json                     frame-timing statistics (dropped frames, intervals), in seconds
+                                        of the display (a replay's scanner seconds / speed)
+        journal.jsonl                   the run as it happens (see below), also after a kill
+        trial-TTT_recon.png             each reconstruction received
     OUT/sourcedata/stimulus/sub-S/ses-E/link/   the engine link's event spool and results state
 
 The stimulus program's record is source data: the raw dataset's own ``func/..._events.tsv`` is
@@ -17,28 +20,59 @@ the engine's (what it received), so the two never write the same file when the p
 an output folder (the demo).
 
 :class:`RunRecord` collects a run as it goes (events with measured onsets, responses,
-results, flips) and :meth:`RunRecord.write` writes all of the above; the program calls it even
-when a run is aborted, so nothing recorded is lost. Times are seconds since the first trigger;
-missing values are ``n/a`` as BIDS asks.
+results, flips) and :meth:`RunRecord.write` writes all of the above when the run ends, also
+when it is aborted. Times are seconds of the scanner since the first trigger (a replay at
+``speed`` S runs S times faster than the scanner: its elapsed clock time × S); missing values are
+``n/a`` as BIDS asks.
+
+The journal: a killed program writes nothing at its end, so everything is also appended, as it
+happens, to ``journal.jsonl`` (:class:`RunJournal`: one JSON object a line, each line flushed and
+fsynced; a torn line, from a kill mid-write, is ignored by :func:`read_journal`). Lines, by
+their ``"t"``:
+
+- ``start``: the first trigger: ``zero_monotonic`` (``time.monotonic()`` of it: system-wide, so a
+  restarted program finds the run's time zero), ``speed``, ``wall_offset``, ``run``, ``session``;
+- ``onset``: a segment first shown: ``segment`` (its index in the timeline), ``onset`` (s);
+- ``response``: ``segment`` (the event it answers), ``response``, ``response_time`` (s);
+- ``trigger``: a later scanner trigger, ``time`` (s);
+- ``result``: a result, written before the engine is told it arrived: the message's fields
+  (``embedding`` as a list; ``image``: its PNG's file name), ``received_monotonic`` and
+  ``received_wall`` (``time.time()``);
+- ``shown``: ``trial``, ``shown`` (s) and ``shown_wall``: the flip that first showed its result;
+- ``flips``: ``times`` (s) of a batch of flips;
+- ``end``: the run ended (``aborted``).
+
+(s): scanner seconds since the first trigger. Results are written by the link's thread before
+they are acknowledged (:class:`~stimulus.link.EngineLink` ``on_result``), the rest by the
+journal's own thread (:meth:`RunJournal.post`), so the frame loop never waits on a disk.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
-from collections.abc import Sequence
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rtrecon.wire import TrialResultMessage
+
 from .feedback import ReceivedResult
 from .timeline import Segment
 from .trigger import ScannerTrigger
 
-__all__ = ["RunPaths", "EventRecord", "FrameStats", "RunRecord", "frame_stats"]
+__all__ = ["RunPaths", "EventRecord", "FrameStats", "RunRecord", "RunJournal", "frame_stats", "read_journal"]
+
+log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = (
     "onset",
@@ -103,12 +137,25 @@ class RunPaths:
     def events(self) -> Path:
         return self.source("events.tsv")
 
+    @property
+    def journal(self) -> Path:
+        """The run's journal (see the module docstring)."""
+        return self.source("journal.jsonl")
+
+    def reconstruction(self, trial: int) -> Path:
+        """Where trial ``trial``'s reconstruction is kept (PNG)."""
+        return self.source(f"trial-{trial:03d}_recon.png")
+
     def source(self, suffix: str) -> Path:
         """The run's file ending in ``_<suffix>``."""
         return self.folder / f"{self.stem}_{suffix}"
 
     def check_free(self) -> None:
-        """Refuse to run over a recorded run (FileExistsError naming the file)."""
+        """Refuse to run over a recorded run (FileExistsError naming the file).
+
+        A run with a journal but no events file was stopped before its end (killed): it is
+        resumed, not refused.
+        """
         if self.events.exists():
             raise FileExistsError(f"{self.events}: run {self.run} is already recorded; choose another run number")
 
@@ -162,6 +209,133 @@ def frame_stats(flip_times: Sequence[float], expected_interval: float, threshold
     )
 
 
+def read_journal(path: str | Path) -> list[dict[str, Any]]:
+    """The lines of a run's journal (none when it does not exist); a torn line is dropped.
+
+    A kill mid-write tears the last line; the next program ends it before appending, so a torn
+    line may also sit between whole ones.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in text.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+class RunJournal:
+    """Appends a run's journal lines, each flushed and fsynced (see the module docstring).
+
+    :meth:`append` writes at once (from any thread); :meth:`post` hands a line to the journal's
+    own thread and returns at once (the frame loop's way); :meth:`close` writes what was posted.
+    """
+
+    def __init__(self, paths: RunPaths, clock: Callable[[], float] = time.monotonic):
+        self.paths = paths
+        self.path = paths.journal
+        self.previous = read_journal(self.path)
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._file: Any = None
+        #: ``time.monotonic()`` minus the program's clock (PsychoPy's counts from its import)
+        self.clock_offset = time.monotonic() - clock()
+
+    @property
+    def started(self) -> dict[str, Any] | None:
+        """The previous life's ``start`` line, when this run was started before (and not ended)."""
+        if any(e.get("t") == "end" for e in self.previous):
+            return None
+        return next((e for e in self.previous if e.get("t") == "start"), None)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry) + "\n"
+        with self._lock:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self.path.exists() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+                    # a torn line from a kill: end it, so that the next line reads back
+                    with self.path.open("ab") as f:
+                        f.write(b"\n")
+                self._file = self.path.open("a", encoding="utf-8")
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def begin(self, entry: dict[str, Any]) -> None:
+        """Start the run's journal afresh with ``entry`` (the first trigger), dropping an old run's lines
+        (``--overwrite``) -- but not a result this program received while it waited."""
+        with self._lock:
+            kept = read_journal(self.path)[len(self.previous):]
+            if self._file is not None:
+                self._file.close()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w", encoding="utf-8")
+        self.previous = []
+        self.append(entry)
+        for line in kept:
+            self.append(line)
+
+    def post(self, entry: dict[str, Any]) -> None:
+        """Write ``entry`` from the journal's thread; returns at once."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="rtrecon-journal", daemon=True)
+            self._thread.start()
+        self._queue.put(entry)
+
+    def _drain(self) -> None:
+        while (entry := self._queue.get()) is not None:
+            try:
+                self.append(entry)
+            except OSError as exc:  # a full disk must not stop the run: the end-of-run files still come
+                log.error("%s: journal line not written: %s", self.path, exc)
+
+    def record_result(self, message: TrialResultMessage, received: float) -> None:
+        """Write a result (its reconstruction as PNG) at once: the link calls it before acknowledging."""
+        fields = {k: getattr(message, k) for k in ("session", "run", "trial", "stimulus", "retrieved", "scores", "decoder", "latencies", "stamps")}
+        fields["embedding"] = None if message.embedding is None else np.asarray(message.embedding, np.float32).ravel().tolist()
+        fields["image"] = None
+        if message.image is not None and message.run == self.paths.run:
+            from PIL import Image
+
+            path = self.paths.reconstruction(message.trial)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            Image.fromarray(np.asarray(message.image, np.uint8)).save(tmp, format="PNG")
+            os.replace(tmp, path)
+            fields["image"] = path.name
+        # on the system's monotonic clock, which a restarted program shares (its own clock may not)
+        self.append({"t": "result", **fields, "received_monotonic": received + self.clock_offset, "received_wall": time.time()})
+
+    def close(self) -> None:
+        """Write every posted line, then close the file."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def result_from_entry(entry: dict[str, Any], folder: Path) -> TrialResultMessage:
+    """The message a journal's ``result`` line holds (its reconstruction read back from ``folder``)."""
+    image = None
+    if entry.get("image"):
+        from PIL import Image
+
+        image = np.asarray(Image.open(folder / entry["image"]).convert("RGB"))
+    embedding = None if entry.get("embedding") is None else np.asarray(entry["embedding"], np.float32)
+    fields = {k: entry[k] for k in ("session", "run", "trial", "stimulus", "retrieved", "scores", "decoder", "latencies", "stamps")}
+    return TrialResultMessage(**fields, image=image, embedding=embedding)
+
+
 def _cell(value: Any) -> str:
     if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -172,7 +346,11 @@ def _cell(value: Any) -> str:
 
 @dataclass
 class RunRecord:
-    """Everything recorded during one run."""
+    """Everything recorded during one run.
+
+    ``zero`` is the first trigger on the program's clock; ``flips`` are run times (scanner
+    seconds); ``speed`` the replay's time scale (1: the scanner's own pace).
+    """
 
     paths: RunPaths
     trials_file: Path | None = None
@@ -182,12 +360,19 @@ class RunRecord:
     zero: float | None = None
     wall_offset: float = 0.0
     aborted: bool = False
+    speed: float = 1.0
 
     def run_time(self, clock_time: float | None) -> float | None:
-        """``clock_time`` in seconds since the first trigger."""
+        """``clock_time`` in scanner seconds since the first trigger."""
         if clock_time is None or self.zero is None:
             return None
-        return clock_time - self.zero
+        return (clock_time - self.zero) * self.speed
+
+    def clock_time(self, run_time: float) -> float:
+        """The program's clock time of scanner time ``run_time``."""
+        if self.zero is None:
+            raise RuntimeError("no trigger yet")
+        return self.zero + run_time / self.speed
 
     def _rel(self, path: Path | None) -> str:
         if path is None:
@@ -270,15 +455,19 @@ class RunRecord:
                 "score": r.score,
                 "received": self.run_time(r.received),
                 "shown": self.run_time(r.shown),
-                "received_to_shown": (r.shown - r.received) if r.shown is not None else None,
+                "received_to_shown": (r.shown - r.received) * self.speed if r.shown is not None else None,
                 "engine_latencies": json.dumps(r.message.latencies, sort_keys=True),
                 "stamps": json.dumps(self._stamps(r), sort_keys=True),
             }
             for index, r in sorted(self.results.items())
         ]
         self._write_tsv(self.paths.source("results.tsv"), RESULT_COLUMNS, result_rows)
-        self._write_tsv(self.paths.source("triggers.tsv"), ["trigger", "time"], [{"trigger": i, "time": t} for i, t in enumerate(trigger.run_times)])
-        drift = trigger.drift()
-        stats = frame_stats(self.flips, expected_interval)
-        summary = {"frames": stats.as_dict(), "triggers": drift.__dict__, "aborted": self.aborted}
+        # triggers in scanner seconds, so that their drift is measured against the scanner's TR
+        scanner = ScannerTrigger(trigger.keys, trigger.tr, [self.run_time(t) for t in trigger.times]) if trigger.times else trigger
+        self._write_tsv(self.paths.source("triggers.tsv"), ["trigger", "time"], [{"trigger": i, "time": t} for i, t in enumerate(scanner.run_times)])
+        drift = scanner.drift()
+        # frames on the display's own clock: a dropped frame is one of the screen, at any speed
+        stats = frame_stats([t / self.speed for t in self.flips], expected_interval)
+        summary = {"frames": stats.as_dict(), "triggers": drift.__dict__, "aborted": self.aborted, "speed": self.speed,
+                   "frames_clock": "seconds of the display (scanner seconds / speed)"}
         self.paths.source("frames.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -23,7 +23,8 @@ feedback      reconstruction / retrieved images / score, as they arrive  ``feedb
 ============  =========================================================  =================
 
 Feedback periods follow each trial that asks for one (``feedback.when = "trial"``), each block
-with such trials (``"block"``), or are never scheduled (``"demand"``).
+with such trials (``"block"``), or are never scheduled (``"demand"``, and the program's live
+feedback, which draws results over the task as they arrive).
 """
 
 from __future__ import annotations
@@ -138,11 +139,14 @@ def imagery_segments(trials: Sequence[Trial], settings: StimulusSection, start: 
     return out
 
 
-def build_timeline(task: Task, trials: Sequence[Trial], settings: StimulusSection, path: Path | None = None) -> Timeline:
+def build_timeline(task: Task, trials: Sequence[Trial], settings: StimulusSection, path: Path | None = None,
+                   *, feedback_periods: bool = True) -> Timeline:
     """The whole run: lead-in, trials with their feedback periods, lead-out; gaps hold fixation.
 
     Trials without ``onset`` follow each other (each after the previous trial and its feedback);
     trials with one start there, and one that would overlap is an error naming its line.
+    ``feedback_periods=False`` schedules none (the program then shows results as they arrive,
+    over the task: its live feedback).
     """
     build = {"perception": perception_segments, "imagery": imagery_segments}[task]
     fb = settings.feedback
@@ -162,7 +166,7 @@ def build_timeline(task: Task, trials: Sequence[Trial], settings: StimulusSectio
             wanted = tuple(block_members) if fb.when == "block" and last_of_block else ()
             if last_of_block:
                 block_members = []
-        if wanted:
+        if wanted and feedback_periods:
             segments.append(Segment(t, t + fb.window_s, "feedback", trial, "feedback", feedback_trials=wanted))
             t += fb.window_s
     t += settings.lead_out_s

@@ -17,6 +17,7 @@ from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key
 from rtrecon.wire import EventMessage, TrialResultMessage
 from stimulus.app import Frame, StimulusProgram, prepare_run
 from stimulus.participant import VirtualParticipant
+from stimulus.records import read_journal
 from stimulus.trials import TrialListError
 
 SESSION = "sub-01_ses-01"
@@ -328,3 +329,84 @@ def test_bad_input_is_reported_before_the_run(make_image, tmp_path: Path):
     demand = session(tmp_path, "perception", {"feedback": {"when": "demand"}})
     with pytest.raises(ValueError, match='when = "demand" needs screen = "operator"'):
         prepare_run(demand, 1)
+
+
+class BurstLink:
+    """Trial 0's and 1's results arrive in one poll, trial 2's later, trial 3's never."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+        self.sent: list[EventMessage] = []
+
+    def send_event(self, message: EventMessage) -> None:
+        self.sent.append(message)
+
+    def poll_results(self):
+        from stimulus.trigger import psychopy_time
+
+        self.polls += 1
+        due = {40: (0, 1), 80: (2,)}.get(self.polls, ())
+        image = np.zeros((8, 8, 3), np.uint8) + np.array(RECON, np.uint8)
+        return [(TrialResultMessage(session=SESSION, run=1, trial=t, image=image, scores=[0.5]), psychopy_time()) for t in due]
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_replay_at_speed_with_live_feedback(win, make_image, tmp_path: Path):
+    speed = 5.0
+    make_image(tmp_path / "red.png", (255, 0, 0))
+    onsets = [1.0, 4.0, 7.0, 10.0]
+    (tmp_path / "run.tsv").write_text("stim_file\tonset\tfeedback\n" + "".join(f"red.png\t{o}\t1\n" for o in onsets))
+    config = session(tmp_path, "perception", {
+        "window": {"size": list(win.size)}, "perception": {"image_s": 2.0, "gap_s": 0.5},
+        "feedback": {"window_s": 2.0, "top_k": 0, "show_target": False, "score_bar": False}, "trigger": {"tr": 1.0},
+    })
+    setup = prepare_run(config, 1, live_feedback=True)
+    assert [s.phase for s in setup.timeline.segments if s.phase != "fixation"] == ["image", "gap"] * 4  # no feedback periods
+    w, h = win.size
+    recorder = Recorder({"recon": (int(h / 2 - 0.14 * h), w // 2 + 10)})
+    link = BurstLink()
+    participant = VirtualParticipant(tr=1.0, response_time_s=0.5, speed=speed)
+    program = StimulusProgram(setup, link=link, participant=participant, win=win, on_frame=recorder, speed=speed,
+                              live_feedback=True, results_timeout_s=0.5)
+    record = program.run()
+    flips, end = record.flips, setup.timeline.end
+
+    # the timeline ran 5x faster than the scanner, every time in scanner seconds: onsets on flips,
+    # triggers every TR (of the scanner), responses 0.5 scanner seconds after each image
+    assert [m.trial for m in link.sent] == [0, 1, 2, 3]
+    for message, planned in zip(link.sent, onsets):
+        assert min(abs(message.onset - f) for f in flips) < 0.01 * speed
+        gaps = np.diff([f for f in flips if planned - 2 < f < planned + 2])
+        assert abs(message.onset - planned) <= max(gaps.max(initial=0), speed / 60)  # the flip nearest the plan
+    assert np.allclose(np.diff(program.trigger.times), 1.0 / speed, atol=1e-9)
+    with setup.paths.source("triggers.tsv").open() as f:
+        times = [float(r["time"]) for r in csv.DictReader(f, delimiter="\t")]
+    assert times[:5] == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0], abs=1e-6)
+    with setup.paths.events.open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [float(r["response_time"]) for r in rows] == pytest.approx([0.5] * 4, abs=0.05 * speed)
+    real_s = (flips[-1] - flips[0]) / speed
+    assert flips[-1] >= end and real_s < end / 2
+
+    # live feedback: results that came in one poll are each shown, on frames of their own, in order;
+    # the one that never came held the program only results_timeout_s after the end
+    shown = [record.run_time(record.results[i].shown) for i in (0, 1, 2)]
+    assert shown[0] < shown[1] < shown[2] and 3 not in record.results
+    assert all(record.run_time(record.results[i].received) <= s for i, s in zip((0, 1, 2), shown))
+    assert recorder.first(flips, "recon", RECON) == pytest.approx(shown[0], abs=1e-3 * speed)
+    assert flips[-1] > end and flips[-1] - end < (0.5 + 0.5) * speed
+    journal = read_journal(setup.paths.journal)
+    assert journal[0]["t"] == "start" and journal[-1]["t"] == "end" and sum(e["t"] == "shown" for e in journal) == 3
+    # every event's segment was shown (a stalled frame may skip a fixation or gap, never an event)
+    shown_segments = {e["segment"] for e in journal if e["t"] == "onset"}
+    assert {i for i, seg in enumerate(setup.timeline.segments) if seg.event_type} <= shown_segments
+
+
+def test_speed_needs_a_virtual_participant(make_image, tmp_path: Path):
+    make_image(tmp_path / "red.png", (255, 0, 0))
+    (tmp_path / "run.tsv").write_text("stim_file\nred.png\n")
+    setup = prepare_run(session(tmp_path, "perception"), 1)
+    with pytest.raises(ValueError, match="needs a virtual participant at the same speed"):
+        StimulusProgram(setup, link=ScriptedLink(), keys=ScriptedLink(), speed=2.0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rtrecon.cli import main
@@ -43,3 +44,61 @@ def test_run_with_a_virtual_participant(files: Path, xvfb: str, capsys):
     assert [(r["trial"], r["response"]) for r in rows] == [("0", "new"), ("1", "old")]
     assert main(args) == 1  # the run is recorded: not run over
     assert "run 1 is already recorded" in capsys.readouterr().err
+
+
+def test_speed_needs_the_virtual_participant(files: Path, capsys):
+    assert main(["stimulus", "run", "--config", str(files / "session.toml"), "--run", "1", "--speed", "4", "--offline"]) == 1
+    assert "--speed 4 replays a run faster than the scanner" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_where_the_scanner_is(tmp_path: Path, make_image, xvfb: str):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stimulus.records import read_journal
+
+    make_image(tmp_path / "red.png", (255, 0, 0))
+    onsets = [2.0 * i + 1.0 for i in range(24)]  # 47 s: 24 s at speed 2, so the restart comes back before the end
+    (tmp_path / "run.tsv").write_text("stim_file\tonset\n" + "".join(f"red.png\t{o}\n" for o in onsets))
+    (tmp_path / "session.toml").write_text(
+        '[session]\nsubject = "07"\ntask = "perception"\noutput_dir = "out"\n[stimulus]\ntrial_lists = ["run.tsv"]\n'
+        "[stimulus.window]\nsize = [160, 120]\n[stimulus.perception]\nimage_s = 1.0\ngap_s = 0.5\n[stimulus.trigger]\ntr = 1.0\n"
+    )
+    folder = tmp_path / "out/sourcedata/stimulus/sub-07/ses-01/func"
+    journal = folder / "sub-07_ses-01_task-perception_run-01_journal.jsonl"
+    cmd = [sys.executable, "-m", "rtrecon.cli", "stimulus", "run", "--config", str(tmp_path / "session.toml"), "--run", "1",
+           "--virtual", "--tr", "1", "--speed", "2", "--offline"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    # segments: fixation, then per trial image, gap, fixation (images: 1, 4, 7, ...)
+    while sum(e["t"] == "onset" and e["segment"] >= 4 for e in read_journal(journal)) == 0:  # trial 1 is on screen
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = read_journal(journal)
+    assert not (folder / "sub-07_ses-01_task-perception_run-01_events.tsv").exists()
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "resumed at" in again.stdout
+    with (folder / "sub-07_ses-01_task-perception_run-01_events.tsv").open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    shown_before = [e["onset"] for e in before if e["t"] == "onset" and e["segment"] % 3 == 1]
+    # the events of the first life are kept as they were; the run went on with the scanner's clock
+    assert [float(r["onset"]) for r in rows[: len(shown_before)]] == pytest.approx(shown_before, abs=1e-6)
+    line = next((x for x in again.stdout.splitlines() if x.startswith("missed while the program was down: trial(s) ")), "")
+    missed = [int(t) for t in line.rpartition(") ")[2].split(", ")] if line else []
+    # every trial was either shown (in one life or the other) or missed while the program was down
+    assert sorted([int(r["trial"]) for r in rows] + missed) == list(range(24))
+    for row in rows:
+        assert float(row["onset"]) >= float(row["planned_onset"]) - 0.2  # never early: late only after the restart
+    assert float(rows[-1]["onset"]) == pytest.approx(onsets[-1], abs=0.3)  # back on the scanner's time
+    with (folder / "sub-07_ses-01_task-perception_run-01_triggers.tsv").open() as f:
+        triggers = [float(r["time"]) for r in csv.DictReader(f, delimiter="\t")]
+    assert triggers[0] == 0.0 and np.allclose(triggers, np.round(triggers), atol=0.05)  # one time zero for both lives
+    assert json.loads((folder / "sub-07_ses-01_task-perception_run-01_frames.json").read_text())["aborted"] is False

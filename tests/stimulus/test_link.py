@@ -100,3 +100,35 @@ def test_an_endpoint_in_use_is_an_error(tmp_path: Path, endpoints):
     with ReliableReceiver(results, SESSION, key=trial_key):
         with pytest.raises(OSError, match="engine link"):
             EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json")
+
+
+def test_a_result_is_kept_before_it_is_acknowledged(tmp_path: Path, endpoints):
+    events, results = endpoints
+    kept: list[tuple[int, float]] = []
+    failing = [True]
+
+    def keep(message: TrialResultMessage, received: float) -> None:
+        if failing[0]:
+            raise OSError("disk full")
+        kept.append((message.trial, received))
+
+    link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", clock=lambda: 7.0,
+                      heartbeat_s=0.2, on_result=keep)
+    with ReliableSender(results, SESSION, tmp_path / "engine_spool", key=trial_key, heartbeat_s=0.2, name="engine") as tx:
+        tx.send(TrialResultMessage(session=SESSION, run=1, trial=0))
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            tx.poll(0.01)
+        # shown at once, but not kept: not acknowledged, so the engine still holds it
+        assert tx.pending == 1 and not (tmp_path / "state.json").exists()
+        assert [(m.trial, t) for m, t in link.poll_results()] == [(0, 7.0)]
+    link.close()
+
+    failing[0] = False  # the program restarted: the engine's sender resends what was never acknowledged
+    link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", clock=lambda: 8.0,
+                      heartbeat_s=0.2, on_result=keep)
+    with ReliableSender(results, SESSION, tmp_path / "engine_spool", key=trial_key, heartbeat_s=0.2, name="engine") as tx:
+        received: list = []
+        pump(lambda: bool(received.extend(link.poll_results()) or received) and tx.pending == 0, lambda: tx.poll(0.01))
+    link.close()
+    assert kept == [(0, 8.0)] and [(m.trial, t) for m, t in received] == [(0, 8.0)]

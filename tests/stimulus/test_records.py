@@ -84,3 +84,56 @@ def test_write_every_file(tmp_path: Path):
     assert summary["triggers"]["n_triggers"] == 3 and summary["triggers"]["max_abs_deviation"] == pytest.approx(0.01)
     with paths.source("triggers.tsv").open() as f:
         assert [r["time"] for r in csv.DictReader(f, delimiter="\t")] == ["0.000000", "2.000000", "4.010000"]
+
+
+def test_journal_lines_survive_a_torn_write_and_results_round_trip(tmp_path: Path):
+    from stimulus.records import RunJournal, read_journal, result_from_entry
+
+    paths = RunPaths(tmp_path, "01", "01", "perception", 1)
+    journal = RunJournal(paths, clock=lambda: 10.0)
+    assert journal.previous == [] and journal.started is None
+    journal.begin({"t": "start", "zero_monotonic": 5.0, "speed": 2.0})
+    journal.post({"t": "onset", "segment": 0, "onset": 0.5})
+    image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    msg = TrialResultMessage(session="sub-01_ses-01", run=1, trial=3, stimulus="nsd:9", retrieved=["nsd:9", "nsd:2"], scores=[0.7, 0.1],
+                             image=image, embedding=np.array([0.5, -1.0], np.float32), stamps={"sent": 1000.0})
+    journal.record_result(msg, 11.0)
+    journal.close()
+    with paths.journal.open("a") as f:
+        f.write('{"t": "shown", "tri')  # killed mid-write
+
+    entries = read_journal(paths.journal)
+    # posted lines come from the journal's thread, results from the link's: in either order
+    assert entries[0]["t"] == "start" and sorted(e["t"] for e in entries[1:]) == ["onset", "result"]
+    result = next(e for e in entries if e["t"] == "result")
+    assert result["received_monotonic"] == pytest.approx(11.0 + journal.clock_offset)
+    back = result_from_entry(result, paths.folder)
+    np.testing.assert_array_equal(back.image, image)  # the reconstruction, kept as a PNG
+    np.testing.assert_array_equal(back.embedding, msg.embedding)
+    assert (back.trial, back.retrieved, back.scores, back.stamps) == (3, msg.retrieved, msg.scores, msg.stamps)
+
+    # the next program finds the run started, ends the torn line, and its lines read back
+    again = RunJournal(paths)
+    assert again.started == {"t": "start", "zero_monotonic": 5.0, "speed": 2.0}
+    again.append({"t": "shown", "trial": 3, "shown": 4.0, "shown_wall": 1001.0})
+    again.append({"t": "end", "aborted": False})
+    again.close()
+    assert [e["t"] for e in read_journal(paths.journal)][3:] == ["shown", "end"]
+    assert RunJournal(paths).started is None  # ended: a new run, not a resumed one
+    assert read_journal(tmp_path / "none.jsonl") == []
+
+
+def test_times_at_speed_are_scanner_seconds(tmp_path: Path):
+    paths = RunPaths(tmp_path, "01", "01", "perception", 1)
+    record = RunRecord(paths, zero=100.0, speed=10.0)
+    assert record.run_time(100.5) == pytest.approx(5.0) and record.clock_time(5.0) == pytest.approx(100.5)
+    record.flips = [0.0 + i * 10 / 60 for i in range(61)]  # 60 Hz on the display, in scanner seconds
+    trigger = ScannerTrigger(tr=2.0)
+    trigger.feed([KeyPress("5", 100.0), KeyPress("5", 100.2), KeyPress("5", 100.4)])  # every TR / speed
+    record.write(trigger, 1 / 60)
+    with paths.source("triggers.tsv").open() as f:
+        assert [r["time"] for r in csv.DictReader(f, delimiter="\t")] == ["0.000000", "2.000000", "4.000000"]
+    summary = json.loads(paths.source("frames.json").read_text())
+    assert summary["triggers"]["max_abs_deviation"] == pytest.approx(0.0, abs=1e-9)
+    assert summary["frames"]["median_interval"] == pytest.approx(1 / 60) and summary["frames"]["dropped"] == 0
+    assert summary["speed"] == 10.0

@@ -151,7 +151,10 @@ def test_sound_cues_start_at_the_cue_flip_and_reach_the_speaker(alsa_output: Pat
         assert bisect.bisect_right(record.flips, t) == k + 1
     with setup.paths.events.open() as f:
         cues = [float(r["onset"]) for r in csv.DictReader(f, delimiter="\t") if r["trial_type"] == "cue"]
-    assert cues == pytest.approx([record.flips[first_frames[0]], record.flips[first_frames[1]]], abs=0.005)
+    # each cue's logged onset is its first flip: nearer to it than to any other (a loaded machine may
+    # deschedule the program between the flip's own stamp and the onset's)
+    flips = np.asarray(record.flips)
+    assert [int(np.argmin(np.abs(flips - onset))) for onset in cues] == [first_frames[0], first_frames[1]]
 
     # Wait for PortAudio's thread to have sent both, then read what the "speaker" got.
     deadline = time.monotonic() + 10

@@ -64,6 +64,9 @@ def test_feedback_after_trials_and_after_blocks():
     per_block = build_timeline("perception", trials, settings(**{**cfg, "feedback": {"window_s": 5, "when": "block"}}))
     assert spans(per_block) == [(0, 1, "image", 0), (1, 2, "image", 1), (2, 7, "feedback", 1), (7, 8, "image", 2)]
     assert per_block.segments[2].feedback_trials == (0, 1)
+    # live feedback (results drawn as they arrive): no periods, so the trials keep their places
+    live = build_timeline("perception", trials, settings(**cfg), feedback_periods=False)
+    assert spans(live) == [(0, 1, "image", 0), (1, 2, "image", 1), (2, 3, "image", 2)]
 
 
 def test_an_onset_that_overlaps_names_its_line():
