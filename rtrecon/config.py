@@ -298,8 +298,9 @@ class SoundSection(_Section):
 class FeedbackSection(_Section):
     """What a feedback period shows, when, and on whose screen."""
 
-    when: Literal["trial", "block", "demand"] = Field(
-        "trial", description='"trial": after trials that ask for it; "block": after each block; "demand": on demand_key'
+    when: Literal["trial", "block", "demand", "live"] = Field(
+        "trial", description='"trial": after trials that ask for it; "block": after each block; "demand": on demand_key; '
+        '"live": each result drawn over the task as soon as it arrives (designs without feedback periods, e.g. NSD)'
     )
     demand_key: str = Field("f", description="on the operator's window: show the latest result (any mode)")
     screen: Literal["participant", "operator"] = Field("participant", description='"participant" or "operator" (a second window)')

@@ -99,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--speed {args.speed:g} replays a run faster than the scanner, which only a virtual "
                              "participant can follow: add --virtual, or run at speed 1 with a person and a real scanner")
         config = _config(args)
+        args.live_feedback = args.live_feedback or config.stimulus.feedback.when == "live"
         setup = prepare_run(config, args.run or 1, trials_file=args.trials, task=args.task, overwrite=args.overwrite,
                             live_feedback=args.live_feedback)
     except _BAD_INPUT as exc:
@@ -177,7 +178,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--volumes", type=int, default=10_000, help="with --virtual: the scanner's volumes (triggers) in the run")
     run.add_argument("--speed", type=float, default=1.0, help="with --virtual: replay the run S times faster than the scanner (default 1)")
     run.add_argument("--start-file", type=Path, help="with --virtual: the scanner starts when this file appears")
-    run.add_argument("--live-feedback", action="store_true", help="draw each result over the task as soon as it arrives")
+    run.add_argument("--live-feedback", action="store_true",
+                     help='draw each result over the task as soon as it arrives (as [stimulus.feedback] when = "live")')
     run.add_argument("--wait-results", type=float, default=0.0, metavar="S",
                      help="after the last trial, wait for the feedback trials' results (at most S seconds without one)")
     run.add_argument("--offline", action="store_true", help="no engine: record the run without sending events")
