@@ -9,9 +9,16 @@ Fidelity: the official-setting image and each fast image are re-embedded by the 
 embedder and compared (cosine of the flattened tokens, mean over the batch), so a speed-up is
 never bought with a silent loss of fidelity.
 
+Each row also gives ``pixel_r``: the Pearson correlation over pixels between the official-setting
+image and the fast one.
+
 - On a CPU: the tiny configuration (random weights, 64² images, the tiny OpenCLIP embedder), or
-  with ``--decoder DIR`` a small trained decoder such as the synthetic world's
-  (:mod:`rtrecon.decoders.train_synthetic`), whose fidelity numbers then mean something.
+  with ``--decoder DIR`` a small trained decoder (``--decoder synthetic``: the synthetic world's,
+  shipped with rtrecon), whose fidelity numbers then mean something.
+- Always (unless ``--decoder`` is given), a fidelity block ``synthetic_decoder`` with real
+  weights: the shipped synthetic decoder on held-out synthetic pairs, official setting vs
+  few-step settings (latency, re-embedded token cosine and pixel r against the official image,
+  and pixel r against the ground-truth image, beside the same for shuffled pairs).
 - On a GPU: the official architecture at 512² and 768², float16, eager and ``torch.compile``
   (and TensorRT when ``torch_tensorrt`` is importable); real weights with ``--decoder DIR``
   (a ``rtrecon convert-unclip`` folder) and ``--embedder FILE`` (local bigG OpenCLIP weights),
@@ -22,7 +29,8 @@ never bought with a silent loss of fidelity.
     .venv/bin/python benchmarks/unclip_latency.py [--quick] [--device cpu|cuda] [--decoder DIR]
 
 The last line printed is one JSON object: {"benchmark": "unclip_latency", "machine": ...,
-"results": {"official_ms", "fast_ms", "speedup", "token_cosine", "fast_setting", "settings": [...]}}.
+"results": {"official_ms", "fast_ms", "speedup", "token_cosine", "fast_setting", "settings": [...],
+"synthetic_decoder": {...}}}.
 """
 
 from __future__ import annotations
@@ -42,8 +50,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _report import emit  # noqa: E402
-from rtrecon.decoders.config import OFFICIAL, TINY  # noqa: E402
+from rtrecon.decoders.config import OFFICIAL, OFFICIAL_SAMPLING, TINY  # noqa: E402
 from rtrecon.decoders.unclip import SamplingOptions, UnclipDecoder  # noqa: E402
+
+
+#: The main table's "cfg" rows use the official CFG scale, whatever the decoder's own default.
+CFG = OFFICIAL_SAMPLING.guidance_scale
 
 
 def _sync(device: torch.device) -> None:
@@ -71,14 +83,55 @@ def token_cosine(embedder, a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ea * eb).sum(1).mean())
 
 
+def pixel_r(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over the batch of the Pearson correlation over pixels."""
+    a, b = a.flatten(1).float(), b.flatten(1).float()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).mean())
+
+
+def synthetic_check(quick: bool, repeats: int, device: torch.device) -> dict:
+    """The shipped synthetic decoder on held-out synthetic pairs: official setting vs few-step ones."""
+    from rtrecon.decoders.train_synthetic import _images_to_tensor, synthetic_pairs
+    from rtrecon.decoders.weights import load_synthetic_decoder, synthetic_decoder_path
+    from rtrecon.embedders.openclip import OpenClipImageEmbedder
+
+    decoder = load_synthetic_decoder(device=device)
+    embedder = OpenClipImageEmbedder.tiny(seed=0, device=device)
+    images, tokens = synthetic_pairs(4 if quick else 16, seed=99)  # a seed no training used
+    tokens = torch.from_numpy(tokens).to(device)
+    truth = (_images_to_tensor(images, decoder.config.image_size) + 1) / 2
+    shuffled = torch.roll(torch.arange(len(truth)), 1)
+    # The official sampler (38 Euler EDM steps) at the decoder's own CFG scale, which the engine uses too.
+    g = decoder.config.guidance_scale
+    official_ms, reference = time_setting(decoder, tokens, SamplingOptions.official(), repeats, warmup=1)
+    rows = []
+    settings = [(f"official_euler_edm_38_cfg{g:g}", None), (f"dpmpp_karras_4_cfg{g:g}", SamplingOptions.fast(steps=4)),
+                (f"dpmpp_karras_8_cfg{g:g}", SamplingOptions.fast(steps=8)),
+                ("dpmpp_karras_4_cfg5", SamplingOptions.fast(steps=4, guidance_scale=5.0))]
+    for name, options in settings:
+        ms, out = (official_ms, reference) if options is None else time_setting(decoder, tokens, options, repeats, warmup=1)
+        out = out.cpu()
+        rows.append({
+            "name": name, "ms": ms, "speedup": official_ms / ms,
+            "token_cosine": token_cosine(embedder, reference, out), "pixel_r": pixel_r(reference.cpu(), out),
+            "pixel_r_truth": pixel_r(out, truth), "pixel_r_truth_shuffled": pixel_r(out, truth[shuffled]),
+        })
+        print(f"synthetic {name:<28} {ms:9.1f} ms  x{official_ms / ms:5.1f}  cos {rows[-1]['token_cosine']:.4f}  "
+              f"r {rows[-1]['pixel_r']:.3f}  r(truth) {rows[-1]['pixel_r_truth']:.3f} vs {rows[-1]['pixel_r_truth_shuffled']:.3f}",
+              file=sys.stderr)
+    return {"weights": str(synthetic_decoder_path()), "pairs": len(images), "image_size": decoder.config.image_size,
+            "guidance_scale": g, "settings": rows}
+
+
 def few_step_settings(quick: bool, gpu: bool, sizes: list[int]) -> list[tuple[str, SamplingOptions]]:
     steps = (4, 8) if quick and not gpu else (4, 8, 12)
     out = []
     for size in sizes:
         for n in steps:
-            out.append((f"dpmpp_karras_{n}_cfg_{size}", SamplingOptions.fast(steps=n, image_size=size)))
+            out.append((f"dpmpp_karras_{n}_cfg_{size}", SamplingOptions.fast(steps=n, image_size=size, guidance_scale=CFG)))
         out.append((f"dpmpp_karras_4_nocfg_{size}", SamplingOptions.fast(steps=4, guidance_scale=1.0, image_size=size)))
-        out.append((f"euler_karras_8_cfg_{size}", SamplingOptions.fast(steps=8, scheduler="euler_karras", image_size=size)))
+        out.append((f"euler_karras_8_cfg_{size}", SamplingOptions.fast(steps=8, scheduler="euler_karras", image_size=size, guidance_scale=CFG)))
     return out
 
 
@@ -87,6 +140,10 @@ def build(args, device: torch.device, dtype: torch.dtype):
     from rtrecon.embedders.openclip import OpenClipImageEmbedder
 
     if args.decoder:
+        if args.decoder == "synthetic":
+            from rtrecon.decoders.weights import synthetic_decoder_path
+
+            args.decoder = str(synthetic_decoder_path())
         decoder = UnclipDecoder.from_pretrained(args.decoder, device=device, dtype=dtype, tiny_autoencoder=args.tiny_autoencoder)
         weights = str(args.decoder)
     elif device.type == "cpu":
@@ -127,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and settings (under a minute on a CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--decoder", help="decoder folder (converted official, or trained synthetic); default random weights")
+    parser.add_argument("--decoder", help="decoder folder (converted official, or trained synthetic; 'synthetic': the shipped "
+                        "one); default random weights")
     parser.add_argument("--embedder", help="local OpenCLIP bigG weights for the fidelity check (GPU runs)")
     parser.add_argument("--tiny-autoencoder", help="local AutoencoderTiny folder (taesdxl) for the tiny-VAE setting")
     parser.add_argument("--repeats", type=int, default=None)
@@ -147,13 +205,14 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = [512, 768] if gpu else [decoder.config.image_size]
     big = max(sizes)
 
-    official = SamplingOptions.official(image_size=big)
+    official = SamplingOptions.official(image_size=big, guidance_scale=OFFICIAL_SAMPLING.guidance_scale)
     official_ms, reference = time_setting(decoder, tokens, official, repeats, warmup=1)
-    rows = [{"name": f"official_euler_edm_38_cfg_{big}", "ms": official_ms, "speedup": 1.0, "token_cosine": 1.0 if embedder else None}]
+    rows = [{"name": f"official_euler_edm_38_cfg_{big}", "ms": official_ms, "speedup": 1.0, "token_cosine": 1.0 if embedder else None,
+             "pixel_r": 1.0}]
 
     settings = few_step_settings(args.quick, gpu, sizes)
     if decoder.tiny_autoencoder is not None:
-        settings.append((f"dpmpp_karras_4_cfg_tinyvae_{big}", SamplingOptions.fast(steps=4, image_size=big, tiny_autoencoder=True)))
+        settings.append((f"dpmpp_karras_4_cfg_tinyvae_{big}", SamplingOptions.fast(steps=4, image_size=big, tiny_autoencoder=True, guidance_scale=CFG)))
     variants = [("eager", decoder, settings)]
     if gpu:
         # Compiled variants: the CFG DPM-Solver++ rows only (each new shape is a recompilation).
@@ -168,11 +227,13 @@ def main(argv: list[str] | None = None) -> dict:
     for variant, dec, rows_to_run in variants:
         for name, options in rows_to_run:
             ms, images = time_setting(dec, tokens, options, repeats, warmup=2 if variant != "eager" else 1)
-            cosine = None
-            if embedder is not None and images.shape[-1] == reference.shape[-1]:
-                cosine = token_cosine(embedder, reference, images)
-            rows.append({"name": f"{name}_{variant}", "ms": ms, "speedup": official_ms / ms, "token_cosine": cosine})
-            print(f"{rows[-1]['name']:<40} {ms:9.1f} ms  x{official_ms / ms:5.1f}  cos {cosine}", file=sys.stderr)
+            cosine = r = None
+            if images.shape[-1] == reference.shape[-1]:
+                r = pixel_r(reference.cpu(), images.cpu())
+                if embedder is not None:
+                    cosine = token_cosine(embedder, reference, images)
+            rows.append({"name": f"{name}_{variant}", "ms": ms, "speedup": official_ms / ms, "token_cosine": cosine, "pixel_r": r})
+            print(f"{rows[-1]['name']:<40} {ms:9.1f} ms  x{official_ms / ms:5.1f}  cos {cosine}  r {r}", file=sys.stderr)
 
     headline_name = f"dpmpp_karras_4_cfg_{big}_" + ("compile" if gpu else "eager")
     headline = next(r for r in rows if r["name"] == headline_name)
@@ -180,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     baseline_cosine = None
     if embedder is not None:
         other = make_tokens(decoder, embedder, args.batch, seed=2)
-        baseline_cosine = token_cosine(embedder, reference, decoder(other, SamplingOptions.fast(steps=4, image_size=big)))
+        baseline_cosine = token_cosine(embedder, reference, decoder(other, SamplingOptions.fast(steps=4, image_size=big, guidance_scale=CFG)))
     results = {
         "official_ms": official_ms,
         "fast_ms": headline["ms"],
@@ -194,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         "weights": weights,
         "official_setting": asdict(official),
         "settings": rows,
+        "synthetic_decoder": None if args.decoder else synthetic_check(args.quick, repeats, device),
     }
     line = emit("unclip_latency", results)
     if args.save and gpu:

@@ -12,6 +12,7 @@ Modules, one concern each:
   Karras schedules, as diffusers schedulers.
 - :mod:`~rtrecon.decoders.unclip`: ``UnclipDecoder(tokens) -> images``.
 - :mod:`~rtrecon.decoders.train_synthetic`: trains a small decoder on (images, tokens) arrays.
+- :mod:`~rtrecon.decoders.weights`: the synthetic world's trained decoder, shipped with rtrecon.
 - :mod:`~rtrecon.decoders.distill_lcm`: latent-consistency distillation of a decoder's UNet (GPU).
 - :mod:`~rtrecon.decoders.convert_cli`: the ``rtrecon convert-unclip`` command.
 """

@@ -136,9 +136,16 @@ def distill_lcm(
     opt = torch.optim.AdamW(student.parameters(), lr=settings.lr, weight_decay=0.0)
 
     def predict_x0(unet, x_t, t, context, vec, w_emb=None):
-        eps = unet(x_t, t, encoder_hidden_states=context, class_labels=vec, timestep_cond=w_emb).sample
+        # The student keeps the teacher's parametrisation (epsilon, v or x0), so the LCM scheduler
+        # reads it with the same prediction_type.
+        out = unet(x_t, t, encoder_hidden_states=context, class_labels=vec, timestep_cond=w_emb).sample
         a = acp[t].view(-1, 1, 1, 1)
-        return (x_t - (1 - a).sqrt() * eps) / a.sqrt(), eps
+        if cfg.prediction_type == "epsilon":
+            return (x_t - (1 - a).sqrt() * out) / a.sqrt(), out
+        if cfg.prediction_type == "v_prediction":
+            x0 = a.sqrt() * x_t - (1 - a).sqrt() * out
+            return x0, (1 - a).sqrt() * x_t + a.sqrt() * out
+        return out, (x_t - a.sqrt() * out) / (1 - a).sqrt()
 
     t0 = time.perf_counter()
     for step in range(settings.steps):

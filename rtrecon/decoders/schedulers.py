@@ -39,21 +39,26 @@ def official_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> list[
     return [int(t) for t in ascending[::-1]]
 
 
-def _common(discretization: DiscretizationConfig) -> dict:
+def _common(discretization: DiscretizationConfig, prediction_type: str) -> dict:
     return {
         "num_train_timesteps": discretization.num_timesteps,
         "beta_start": discretization.linear_start,
         "beta_end": discretization.linear_end,
         "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon",
+        "prediction_type": prediction_type,
     }
 
 
-def make_scheduler(kind: SchedulerKind = "euler_edm", discretization: DiscretizationConfig | None = None):
-    """A diffusers scheduler of ``kind`` over the unCLIP's DDPM discretisation (timesteps unset)."""
+def make_scheduler(
+    kind: SchedulerKind = "euler_edm", discretization: DiscretizationConfig | None = None, prediction_type: str = "epsilon"
+):
+    """A diffusers scheduler of ``kind`` over the unCLIP's DDPM discretisation (timesteps unset).
+
+    ``prediction_type`` is the UNet's (``epsilon`` officially; see ``UnclipConfig.prediction_type``).
+    """
     from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
 
-    common = _common(discretization or DiscretizationConfig())
+    common = _common(discretization or DiscretizationConfig(), prediction_type)
     if kind == "euler_edm":
         return EulerDiscreteScheduler(**common, timestep_spacing="linspace")
     if kind == "euler_karras":

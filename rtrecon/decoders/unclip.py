@@ -2,13 +2,14 @@
 
 >>> decoder = UnclipDecoder.from_pretrained("weights/unclip6", device="cuda", dtype=torch.float16)
 >>> images = decoder(tokens)                                  # official: 38 Euler steps, CFG 5, 768²
->>> images = decoder(tokens, SamplingOptions.fast(steps=4))   # DPM-Solver++ Karras, 4 steps
+>>> images = decoder(tokens, SamplingOptions.fast(steps=4))   # DPM-Solver++ Karras, 4 steps, the decoder's CFG
 
 ``tokens`` are (B, 256, 1664) OpenCLIP ViT-bigG/14 patch tokens (or (256, 1664) for one image);
 the result is a float tensor (B, 3, H, W) in [0, 1] on the decoder's device.
 
 :class:`SamplingOptions` holds every choice: scheduler (``euler_edm`` official, ``euler_karras``,
-``dpmpp_karras``; ``lcm`` for a UNet distilled by :mod:`~rtrecon.decoders.distill_lcm`), steps, CFG scale (<= 1 turns CFG off: one UNet pass per step), the
+``dpmpp_karras``; ``lcm`` for a UNet distilled by :mod:`~rtrecon.decoders.distill_lcm`), steps, CFG scale (<= 1 turns CFG off: one UNet pass per step;
+None, the default, takes the decoder config's: 5 for the official model), the
 unconditional input (``random`` official, ``zero``), image size (512, 768, ...), output mapping
 (``official`` x*0.8+0.2, ``standard`` (x+1)/2; by default the decoder config's), initial noise (``official``: z + sigma0 * (n + 0.04 *
 offset), as ``utils.unclip_recon`` does; ``standard``: plain Gaussian), the tiny autoencoder
@@ -56,7 +57,9 @@ class SamplingOptions:
 
     scheduler: Literal["euler_edm", "euler_karras", "dpmpp_karras", "lcm"] = "euler_edm"
     steps: int = OFFICIAL_SAMPLING.num_steps
-    guidance_scale: float = OFFICIAL_SAMPLING.guidance_scale
+    #: CFG scale (<= 1: no CFG). None: the decoder's own, ``UnclipConfig.guidance_scale`` (5, the
+    #: official CFG, for the official model; what a small trained decoder does best at for others).
+    guidance_scale: float | None = None
     uncond: Literal["random", "zero"] = "random"
     #: Output size in pixels; None uses the decoder's configured size.
     image_size: int | None = None
@@ -75,7 +78,7 @@ class SamplingOptions:
         return cls(**changes)
 
     @classmethod
-    def fast(cls, steps: int = 4, scheduler: str = "dpmpp_karras", guidance_scale: float = 5.0, **changes) -> SamplingOptions:
+    def fast(cls, steps: int = 4, scheduler: str = "dpmpp_karras", guidance_scale: float | None = None, **changes) -> SamplingOptions:
         """A few-step setting (DPM-Solver++ on Karras sigmas by default)."""
         return cls(steps=steps, scheduler=scheduler, guidance_scale=guidance_scale, **changes)
 
@@ -86,8 +89,17 @@ class SamplingOptions:
 
     @property
     def uses_cfg(self) -> bool:
-        """Whether the UNet runs twice per step (classifier-free guidance); LCM folds it into the UNet."""
+        """Whether the UNet runs twice per step (classifier-free guidance); LCM folds it into the UNet.
+
+        Only known once the guidance scale is (see :meth:`resolve`).
+        """
+        if self.guidance_scale is None:
+            raise ValueError("guidance_scale is None (the decoder's own): resolve() the options against a decoder config first")
         return self.guidance_scale > 1.0 and self.scheduler != "lcm"
+
+    def resolve(self, config: UnclipConfig) -> SamplingOptions:
+        """These options with what they leave to the decoder (``guidance_scale=None``) taken from ``config``."""
+        return self if self.guidance_scale is not None else self.replace(guidance_scale=config.guidance_scale)
 
     def replace(self, **changes) -> SamplingOptions:
         return dataclasses.replace(self, **changes)
@@ -253,7 +265,7 @@ class UnclipDecoder:
 
         The chain itself stays in float32; only the UNet runs in the decoder's dtype.
         """
-        options = options or SamplingOptions()
+        options = (options or SamplingOptions()).resolve(self.config)
         tokens = self._as_tokens(tokens)
         size = options.image_size or self.config.image_size
         if size % self.config.vae_scale_factor:
@@ -265,7 +277,7 @@ class UnclipDecoder:
         else:
             generator.manual_seed(options.seed)
 
-        scheduler = make_scheduler(options.scheduler, self.config.discretization)
+        scheduler = make_scheduler(options.scheduler, self.config.discretization, self.config.prediction_type)
         set_schedule(scheduler, options.scheduler, options.steps, device=self.device)
         latents = self.initial_latents(batch, size, scheduler, options, generator)
 
@@ -295,13 +307,14 @@ class UnclipDecoder:
             model_in = scheduler.scale_model_input(latents, t).to(self.dtype)
             if options.uses_cfg:
                 model_in = torch.cat([model_in, model_in])
-            eps = self._unet_forward(
+            # epsilon, v or x0, as the UNet was trained; CFG extrapolates any of them the same way.
+            pred = self._unet_forward(
                 model_in, t, encoder_hidden_states=context, class_labels=vector, timestep_cond=w_embedding
             ).sample.float()
             if options.uses_cfg:
-                eps_u, eps_c = eps.chunk(2)
-                eps = eps_u + options.guidance_scale * (eps_c - eps_u)
-            latents = scheduler.step(eps, t, latents, generator=generator).prev_sample
+                pred_u, pred_c = pred.chunk(2)
+                pred = pred_u + options.guidance_scale * (pred_c - pred_u)
+            latents = scheduler.step(pred, t, latents, generator=generator).prev_sample
         return latents
 
     @torch.inference_mode()

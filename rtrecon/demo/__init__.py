@@ -7,9 +7,11 @@ Modules, one concern each:
 - :mod:`~rtrecon.demo.training`: the demo's decoder (NSD betas → :class:`rtrecon.train.data.TrainingData`;
   shared-subject pretraining, then fine-tuning a new subject's adapter).
 - :mod:`~rtrecon.demo.processes`: starting, watching and stopping the session's processes.
-- :mod:`~rtrecon.demo.participant`: the virtual stimulus PC (events out, results in), a process.
+- :mod:`~rtrecon.demo.stimulus_pc`: the stimulus PC: trial lists and images for the real stimulus
+  program (``rtrecon stimulus run`` with a virtual participant), its display (a private Xvfb
+  when there is none), and its records read back.
 - :mod:`~rtrecon.demo.live`: one live session through the real processes (bridge, engine with its
-  decoding stage, participant) over ZeroMQ on localhost, then its report.
+  decoding stage, stimulus program) over ZeroMQ on localhost, then its report.
 - :mod:`~rtrecon.demo.collect`: a finished session's folder → :mod:`rtrecon.report`.
 - :mod:`~rtrecon.demo.golden`: the golden replay (a reproducible session, optionally with its
   processes killed and restarted, compared with stored values; ``python -m rtrecon.demo.golden
@@ -17,6 +19,6 @@ Modules, one concern each:
 - :mod:`~rtrecon.demo.command` (``rtrecon demo``) and :mod:`~rtrecon.demo.replay`
   (``rtrecon replay nsd``): the commands.
 
-The other packages (``engine``, ``scanner_bridge``) are only ever started as processes
-(``python -m rtrecon.cli engine|bridge ...``), never imported.
+The other packages (``engine``, ``scanner_bridge``, ``stimulus``) are only ever started as processes
+(``python -m rtrecon.cli engine|bridge|stimulus ...``), never imported.
 """

@@ -1,12 +1,14 @@
 """Gather a finished live session's outputs into the HTML report (:mod:`rtrecon.report`).
 
-The engine's session folder (BIDS raw data + ``derivatives/rtrecon``) and the virtual
-participant's results are read back from disk -- never from the processes' memory -- so a
-report can be rebuilt from any session folder. For each run:
+The engine's session folder (BIDS raw data + ``derivatives/rtrecon``) and the stimulus program's
+records (``sourcedata/stimulus``: its journal, :func:`rtrecon.demo.stimulus_pc.read_results`) are
+read back from disk -- never from the processes' memory -- so a report can be rebuilt from any
+session folder. For each run:
 
 * ``desc-trials.tsv`` (which volume released each trial), ``desc-trialtimings.tsv`` and
   ``desc-volumetimings.tsv`` (the engine's stage times, with the bridge's ``written`` stamp) and
-  the results (their ``decoded``/``generated``/``sent`` stamps and the participant's ``shown``)
+  the results (their ``decoded``/``generated``/``sent`` stamps and the stimulus program's ``shown``:
+  the flip that first drew the result on the participant's window)
   give each trial's stamps from the last volume it needs being acquired to its result being shown
   (:data:`STAGES`), turned into per-stage durations by :func:`rtrecon.report.stage_durations`;
 * the decoded embedding ranks the whole gallery, so the correct image's rank is known beyond the
@@ -28,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
-from rtrecon.demo.participant import read_results
+from rtrecon.demo.stimulus_pc import journal_path, read_results
 from rtrecon.report import MotionTrace, ReportSummary, SessionReportData, TrialRecord, load_confounds, stage_durations, write_report
 from rtrecon.runtime.retrieval import normalize
 
@@ -43,7 +46,7 @@ STAGES = ("acquired", "received", "realigned", "glm_updated", "betas", "decoded"
 
 @dataclass(frozen=True)
 class SessionLayout:
-    """Where a live session's files are: the engine's ``output_dir`` and the participant's folder."""
+    """Where a live session's files are: the engine's ``output_dir`` and the stimulus program's run folder."""
 
     root: Path
     subject: str
@@ -60,6 +63,10 @@ class SessionLayout:
 
     def derivative(self, run: int, desc: str, ext: str = ".tsv") -> Path:
         return self.derivatives / f"{self.prefix(run)}_desc-{desc}{ext}"
+
+    def journal(self, run: int) -> Path:
+        """The stimulus program's journal of ``run``."""
+        return journal_path(self.stimulus_dir, self.subject, self.session, self.task, run)
 
     def table(self, run: int, desc: str) -> pd.DataFrame:
         path = self.derivative(run, desc)
@@ -95,7 +102,7 @@ def trial_records(
     trials = layout.table(run, "trials")
     timings = layout.table(run, "trialtimings").set_index("trial")
     volumes = layout.table(run, "volumetimings").set_index("volume")
-    results = {row["trial"]: row for row in read_results(layout.stimulus_dir, run)}
+    results = {row["trial"]: row for row in read_results(layout.journal(run))}
     records = []
     for row in trials.itertuples():
         trial, stimulus = int(row.trial), str(row.stimulus)
@@ -118,8 +125,8 @@ def trial_records(
             stamps.update({s: float(result["stamps"][s]) for s in ("decoded", "generated", "sent", "shown") if s in result["stamps"]})
             retrieved = list(result["retrieved"])
             rank = _rank(result["embedding"], stimulus, gallery, ids)
-            if result["image"]:
-                reconstruction = np.load(layout.stimulus_dir / result["image"])
+            if result["image"] is not None:
+                reconstruction = np.asarray(Image.open(result["image"]).convert("RGB"))
         seen = images([stimulus])[0] if stimulus else None
         thumbs = images(retrieved[:top_k_images]) if retrieved else []
         with_thumbs = bool(thumbs) and all(t is not None for t in thumbs)

@@ -10,17 +10,19 @@
    subject's first session;
 3. a live session of the demo subject's last session (:mod:`rtrecon.demo.live`): the bridge
    replaying its volumes at ``--speed`` × the TR pace, the engine decoding every trial
-   (retrieval among the session's images), and the virtual participant sending the design's
-   events and receiving the results -- separate processes over ZeroMQ on localhost;
+   (retrieval among the session's images), and the stimulus program (PsychoPy, on ``DISPLAY`` or
+   a private Xvfb) with a virtual participant playing the design's events at the same speed and
+   showing each result as it arrives -- separate processes over ZeroMQ on localhost;
 4. the BIDS session, derivatives and HTML report under ``OUT/<session folder>``; the headline
    figures are printed, and the last line is one JSON object with the keys ``report``, ``trials``,
    ``decoded``, ``top1``, ``top5``, ``chance_top1``, ``median_latency_s``.
 
-Reconstructions: training the synthetic world's unCLIP decoder takes far longer than the demo's
-budget on a CPU, so by default the demo decodes by retrieval only, and its report says so.
-``--unclip DIR`` names a decoder folder trained beforehand (``python -m
-rtrecon.decoders.train_synthetic``): the decoder is then trained with its diffusion prior, and the
-engine reconstructs every trial from the prior's tokens.
+Reconstructions: the decoder is trained with its diffusion prior, and the engine reconstructs every
+trial from the prior's image tokens through the synthetic world's own unCLIP decoder, which ships
+with rtrecon (:mod:`rtrecon.decoders.weights`; the official SDXL unCLIP reads bigG tokens, not the
+synthetic world's). ``--unclip DIR`` names another decoder folder for the synthetic world's tokens
+(e.g. one trained by ``python -m rtrecon.decoders.train_synthetic``); ``--no-unclip`` decodes by
+retrieval only. The report says which.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, nargs=2, default=(10, 20), metavar=("PRETRAIN", "FINETUNE"),
                         help="training epochs (default: %(default)s)")
     parser.add_argument("--hidden-dim", type=int, default=256, help="decoder width (default %(default)s)")
-    parser.add_argument("--unclip", type=Path, help="an unCLIP decoder folder for the synthetic world's tokens (from "
-                        "`python -m rtrecon.decoders.train_synthetic`): the decoder then gets a diffusion prior and every "
-                        "trial is also reconstructed (default: retrieval only)")
+    parser.add_argument("--unclip", type=Path, help="an unCLIP decoder folder for the synthetic world's tokens (default: the "
+                        "synthetic world's decoder shipped with rtrecon); the decoder gets a diffusion prior and every trial "
+                        "is also reconstructed from the prior's tokens")
+    parser.add_argument("--no-unclip", action="store_true", help="retrieval only: no diffusion prior, no reconstructions")
     parser.add_argument("--ready-delay", type=float, default=8.0, help="seconds after onset before a trial is decoded (default %(default)s)")
     parser.set_defaults(func=run_demo)
 
@@ -59,6 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run_demo(ns: argparse.Namespace) -> int:
     from rtrecon.data.nsd import NSDDataset
     from rtrecon.data.synthetic import load_truth
+    from rtrecon.decoders.weights import synthetic_decoder_path
     from rtrecon.demo.cache import cached_dataset, cached_decoder
     from rtrecon.demo.live import LiveSpec, run_session
     from rtrecon.demo.processes import ProcessFailed
@@ -76,11 +80,12 @@ def run_demo(ns: argparse.Namespace) -> int:
     console.print(f"    {'cached' if hit else 'written'}: {dataset} ({time.monotonic() - started:.0f} s)")
     others = [s for s in range(1, ns.subjects + 1) if s != ns.subject]
     sessions = list(range(1, ns.sessions + 1))
-    if ns.unclip is not None and not (ns.unclip / "unclip.json").is_file():
-        console.print(f"[red]error:[/] {ns.unclip}: not an unCLIP decoder folder (no unclip.json)")
+    unclip = None if ns.no_unclip else ns.unclip or synthetic_decoder_path()
+    if unclip is not None and not (unclip / "unclip.json").is_file():
+        console.print(f"[red]error:[/] {unclip}: not an unCLIP decoder folder (no unclip.json)")
         return 2
     recipe = DecoderRecipe(hidden_dim=ns.hidden_dim, pretrain_epochs=ns.epochs[0], finetune_epochs=ns.epochs[1],
-                           use_prior=ns.unclip is not None, seed=ns.seed)
+                           use_prior=unclip is not None, seed=ns.seed)
     console.print(f"2/4 decoder: pretrain on subjects {', '.join(map(str, others))} (sessions {sessions[0]}-{sessions[-1]}), "
                   f"fine-tune on subject {ns.subject} session 1")
     checkpoint, hit = cached_decoder(dataset, {s: sessions for s in others}, ns.subject, [1], recipe, root=ns.cache)
@@ -94,14 +99,14 @@ def run_demo(ns: argparse.Namespace) -> int:
     description = (
         f"rtrecon-trained MindEye2 (real-time shape, hidden {recipe.hidden_dim}, {recipe.n_blocks} blocks): pretrained on "
         f"synthetic subjects {', '.join(map(str, others))}, fine-tuned on subject {ns.subject} session 1. "
-        + ("Retrieval only: no unCLIP decoder is configured for the synthetic world, so no images are reconstructed."
-           if ns.unclip is None else
-           f"Reconstructions: its diffusion prior's tokens decoded by the synthetic world's unCLIP decoder {ns.unclip} "
-           "(not the official SDXL unCLIP weights).")
+        + ("Retrieval only (--no-unclip): no images are reconstructed." if unclip is None else
+           f"Reconstructions: its diffusion prior's tokens decoded by the synthetic world's "
+           f"{'own unCLIP decoder shipped with rtrecon' if ns.unclip is None else 'unCLIP decoder'} {unclip} "
+           "(trained on the synthetic images; not the official SDXL unCLIP weights).")
     )
     spec = LiveSpec(root=dataset, subject=ns.subject, session=live_session, runs=runs, checkpoint=checkpoint,
                     targets=load_truth(dataset)["embeddings"], out=out, decoder_description=description,
-                    speed=ns.speed, ready_delay_s=ns.ready_delay, unclip=ns.unclip)
+                    speed=ns.speed, ready_delay_s=ns.ready_delay, unclip=unclip)
     try:
         summary = run_session(spec, console)
     except ProcessFailed as exc:

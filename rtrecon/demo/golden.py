@@ -1,29 +1,47 @@
-"""The golden replay: a short synthetic session through the real processes, reproducible to the bit.
+"""The golden replay: a short synthetic session through the real processes, compared with stored values.
 
 The regression test of the closed loop (the way MURFI's is built): one run of the shortened demo's
 synthetic world (:data:`GOLDEN`: 2 subjects × 2 sessions × 1 run, seed 0, the decoder trained 1 + 1
 epochs at width 64 -- the same settings as the demo test's, so its cache is reused) goes through
-the engine, the virtual participant and the bridge, and every trial's live beta and decoded result
-are compared with stored expected values.
+the engine, the stimulus program (PsychoPy with a virtual participant, on a private Xvfb when there
+is no display) and the bridge, and every trial's live beta and decoded result are compared with
+stored expected values.
 
-Why it is deterministic. The engine's state is a function of what its store holds in arrival
+What makes it reproducible. The engine's state is a function of what its store holds in arrival
 order: each event row records how many volumes had been stored before it. In the live demo the
 events come at the pace of the design, racing the bridge's volumes, so a trial may be released a
 few volumes later in one run than in another (different beta, different decode).
-:func:`run_ordered_session` removes the race: the participant sends every event at once
-(``--speed 1e9``) and the bridge starts only once the engine has stored them all, so every trial is
-released at its own ready volume. The processes run one thread each (:class:`ProcessGroup`), and
-the decoder's checkpoint is bit-identical across trainings with the same seed.
+:func:`run_ordered_session` removes the race: the stimulus program plays the whole run first (at
+:attr:`GoldenSettings.stimulus_speed` × the scanner) and the bridge starts only once the engine has
+stored every event, so every trial is released at its own ready volume. The processes run one
+thread each (:class:`ProcessGroup`), and the decoder's checkpoint is bit-identical across trainings
+with the same seed.
+
+What it cannot make reproducible, and what is compared therefore. The onsets come from the real
+flips of the stimulus program's window: each is the flip nearest the planned onset, so it moves by
+up to about a frame (~20 ms under Xvfb here; at 20 × the scanner, ~0.4 scanner seconds) from one
+session to the next, more when the machine stalls the process. Measured over three sessions (63
+trials each) on a loaded 2-core machine: every trial released at the same volume (the ready delay,
+8.6 s = 6.45 TR, keeps onset + delay clear of a volume boundary by ±0.6 s); beta and z fingerprints
+differing by a median 11 % of the beta's standard deviation (beta: max 48 %; z: max 100 %, an early
+trial); scores by a median 5e-4 (max 5e-3, one trial); the same top-1 id in 61 of 63 trials, the
+expected top-1 among the top 5 in all. So :func:`compare_records` compares exactly the trials, their stimuli and release
+volumes; each trial loosely (fingerprints within 1 standard deviation, 2 for z; scores within 1e-2; the
+expected top-1 among the retrieved), which a wrong trial, beta or decode breaks; and the session as
+a whole tightly (:data:`TOLERANCE`: median fingerprint difference, median score difference, share
+of equal top-1 ids), which a systematic change -- the GLM, the HRF, the decoder, the onsets'
+clock -- breaks while the flips' jitter does not.
 
 ``kills`` makes the same session a crash test: at evenly spaced points of the bridge's progress
-each named process (``bridge``, ``participant``, ``engine``) is SIGKILLed (its whole process
-group) and started again with the same command; the engine recovers from its store, the bridge
-and the participant resume from their spools and results, and the outcome must not change.
+each named process (``bridge``, ``stimulus``, ``engine``) is SIGKILLed (its whole process group) and
+started again with the same command; the engine recovers from its store, the bridge from its
+spool, the stimulus program from its journal (it resumes the run past its last trial, waiting for
+the results still to come), and the outcome must not change.
 
 :func:`session_record` reads a finished session folder into the compared values (per trial: the
 volume that released it, a fingerprint of its raw and z-scored beta -- mean, standard deviation and
 projections on fixed random unit vectors, so any change to any voxel shows, in a few numbers --
-and the retrieved ids and scores the participant received); :func:`compare_records` lists the
+and the retrieved ids and scores the stimulus program received); :func:`compare_records` lists the
 differences beyond :data:`TOLERANCE`.
 
 Regenerating the expected values is explicit, never a side effect of a test::
@@ -50,23 +68,22 @@ import numpy as np
 from rtrecon.data.nsd import NSDDataset
 from rtrecon.demo.collect import SessionLayout
 from rtrecon.demo.live import LiveSpec, write_gallery, write_session_config
-from rtrecon.demo.participant import read_results
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
+from rtrecon.demo.stimulus_pc import read_results, start_display, stimulus_command, stimulus_folder
 from rtrecon.demo.training import DecoderRecipe
 
 __all__ = ["GoldenSettings", "GOLDEN", "TOLERANCE", "ROLES", "prepare", "golden_spec", "run_ordered_session",
            "session_record", "compare_records", "load_golden", "main"]
 
-#: Tolerances. A clean session reproduces every value bit for bit on one machine (measured: three runs),
-#: another BLAS or CPU would differ in the last bits. A session whose engine was killed does not: the
-#: trials released after its recovery (which re-realigns the stored volumes) differ by up to 1.4e-6
-#: of the beta's standard deviation (measured). Betas are therefore compared to 1e-4 of their
-#: standard deviation -- a trial released one volume later, or a changed GLM, moves them by O(1).
-#: Scores are cosines in [-1, 1] from a float32 decoder: those changes move them by ~1e-7, a changed
-#: beta or decoder by far more than 1e-4. Retrieved ids and release volumes are compared exactly.
-TOLERANCE = {"beta_rel": 1e-4, "score": 1e-4}
+#: Tolerances (see the module docstring for the measured jitter they allow). Per trial:
+#: ``beta_rel`` and ``z_rel`` (fingerprint difference / the expected value's standard deviation; a
+#: z-score moves more, the early trials' most, as the running statistics it is scored against move
+#: with every beta) and ``score`` (absolute, cosines); over the session: the medians of those
+#: (``beta_rel_median`` for both betas, ``score_median``) and the share of trials with the expected
+#: top-1 id (``top1_agree``).
+TOLERANCE = {"beta_rel": 1.0, "z_rel": 2.0, "score": 1e-2, "beta_rel_median": 0.3, "score_median": 1.5e-3, "top1_agree": 0.85}
 
-ROLES = ("bridge", "participant", "engine")
+ROLES = ("bridge", "stimulus", "engine")
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,8 @@ class GoldenSettings:
     hidden_dim: int = 64
     epochs: tuple[int, int] = (1, 1)
     speed: float = 80.0
-    ready_delay_s: float = 8.0
+    stimulus_speed: float = 20.0
+    ready_delay_s: float = 8.6
 
     @property
     def recipe(self) -> DecoderRecipe:
@@ -149,10 +167,12 @@ def _kill(group: ProcessGroup, name: str) -> None:
     popen.wait()
 
 
-def run_ordered_session(spec: LiveSpec, kills: Sequence[str] = (), timeout_s: float = 240.0) -> SessionLayout:
+def run_ordered_session(spec: LiveSpec, kills: Sequence[str] = (), timeout_s: float = 240.0,
+                        stimulus_speed: float | None = None) -> SessionLayout:
     """Run ``spec``'s first run with every event stored before the first volume (see the module
     docstring), SIGKILLing and restarting each process named in ``kills`` on the way; the layout of
-    the finished session (no report is built)."""
+    the finished session (no report is built). The stimulus program plays the run at
+    ``stimulus_speed`` × the scanner (default: :data:`GOLDEN`'s)."""
     unknown = set(kills) - set(ROLES)
     if unknown:
         raise ValueError(f"cannot kill {', '.join(sorted(unknown))}: the processes are {', '.join(ROLES)}")
@@ -163,13 +183,14 @@ def run_ordered_session(spec: LiveSpec, kills: Sequence[str] = (), timeout_s: fl
     spec.out.mkdir(parents=True, exist_ok=True)
     gallery, _, _ = write_gallery(spec, nsd)
     config = write_session_config(spec, nsd, gallery, free_endpoints(4), n_volumes)
-    layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception", spec.out / "stimulus")
+    layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception",
+                           stimulus_folder(spec.out, spec.bids_subject, spec.bids_session))
     events_tsv = spec.out / f"sub-{layout.subject}" / f"ses-{layout.session}" / "func" / f"{layout.prefix(run)}_events.tsv"
     where = ["--config", str(config), "--root", str(spec.root), "--subject", str(spec.subject),
              "--session", str(spec.session), "--run", str(run)]
     commands = {
         "engine": ["-m", "rtrecon.cli", "engine", "--config", str(config)],
-        "participant": ["-m", "rtrecon.demo.participant", *where, "--out", str(layout.stimulus_dir), "--speed", "1e9"],
+        "stimulus": stimulus_command(config, run, nsd.tr, n_volumes, stimulus_speed or GOLDEN.stimulus_speed),
         "bridge": ["-m", "rtrecon.cli", "bridge", "replay-nsd", *where, "--speed", repr(spec.speed)],
     }
     logs = spec.out / "logs"
@@ -183,8 +204,9 @@ def run_ordered_session(spec: LiveSpec, kills: Sequence[str] = (), timeout_s: fl
                 _until(group, [name], lambda: "engine up" in log.read_text(errors="replace"), "the engine to be up", 300.0)
             return name
 
+        start_display(group)
         names = {"engine": start("engine")}
-        names["participant"] = start("participant")
+        names["stimulus"] = start("stimulus")
         _until(group, list(names.values()), lambda: _rows(events_tsv) >= n_trials, f"{n_trials} events stored", timeout_s)
         names["bridge"] = start("bridge")
         for i, role in enumerate(kills, 1):
@@ -192,7 +214,7 @@ def run_ordered_session(spec: LiveSpec, kills: Sequence[str] = (), timeout_s: fl
             _until(group, list(names.values()), lambda: _sent(logs, run) >= at, f"{at} volumes sent", timeout_s)
             _kill(group, names[role])
             names[role] = start(role)
-        for role in ("bridge", "participant"):
+        for role in ("bridge", "stimulus"):
             _until(group, [names[role], names["engine"]], lambda: group.returncode(names[role]) is not None,
                    f"{names[role]} to finish", timeout_s)
             group.check(names[role])
@@ -214,9 +236,9 @@ def session_record(layout: SessionLayout, run: int = 1) -> dict:
     """The compared values of a finished session's ``run`` (see the module docstring)."""
     trials = layout.table(run, "trials")
     results = {}
-    for row in read_results(layout.stimulus_dir, run):
-        if row["trial"] in results:
-            raise ValueError(f"{layout.stimulus_dir}: trial {row['trial']} of run {run} has two results")
+    for row in read_results(layout.journal(run)):
+        if row["copies"] > 1:
+            raise ValueError(f"{layout.journal(run)}: trial {row['trial']} of run {run} has {row['copies']} results")
         results[row["trial"]] = row
     record = []
     directions = None
@@ -230,7 +252,7 @@ def session_record(layout: SessionLayout, run: int = 1) -> dict:
             directions = np.random.default_rng(0).standard_normal((2, beta.size))
             directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         if trial not in results:
-            raise ValueError(f"{layout.stimulus_dir}: no result for trial {trial} of run {run}")
+            raise ValueError(f"{layout.journal(run)}: no result for trial {trial} of run {run}")
         result = results[trial]
         record.append({
             "trial": trial, "stimulus": str(row.stimulus), "released_at_volume": int(row.volumes),
@@ -246,17 +268,32 @@ def compare_records(expected: dict, actual: dict, tolerance: dict[str, float] = 
     got = {t["trial"]: t for t in actual["trials"]}
     problems = [f"trial {t}: expected, not in the session" for t in sorted(want.keys() - got.keys())]
     problems += [f"trial {t}: in the session, not expected" for t in sorted(got.keys() - want.keys())]
+    spread: dict[str, list[float]] = {"beta": [], "z": [], "scores": []}
+    same_top1 = []
     for t in sorted(want.keys() & got.keys()):
         w, g = want[t], got[t]
-        for key in ("stimulus", "released_at_volume", "retrieved"):
+        for key in ("stimulus", "released_at_volume"):
             if w[key] != g[key]:
                 problems.append(f"trial {t}: {key} {g[key]!r}, expected {w[key]!r}")
         for key in ("beta", "z"):
             scale = max(abs(w[key][1]), 1e-12)
-            if not np.allclose(g[key], w[key], rtol=0, atol=tolerance["beta_rel"] * scale):
+            spread[key].append(float(np.max(np.abs(np.subtract(g[key], w[key])))) / scale)
+            if spread[key][-1] > tolerance[f"{key}_rel"]:
                 problems.append(f"trial {t}: {key} fingerprint {g[key]}, expected {w[key]}")
-        if len(w["scores"]) != len(g["scores"]) or not np.allclose(g["scores"], w["scores"], rtol=0, atol=tolerance["score"]):
+        if len(w["scores"]) != len(g["scores"]):
             problems.append(f"trial {t}: scores {g['scores']}, expected {w['scores']}")
+        else:
+            spread["scores"].append(float(np.max(np.abs(np.subtract(g["scores"], w["scores"])), initial=0.0)))
+            if spread["scores"][-1] > tolerance["score"]:
+                problems.append(f"trial {t}: scores {g['scores']}, expected {w['scores']}")
+        if w["retrieved"] and w["retrieved"][0] not in g["retrieved"]:
+            problems.append(f"trial {t}: retrieved {g['retrieved']!r} lacks the expected top-1 {w['retrieved'][0]!r}")
+        same_top1.append(bool(w["retrieved"]) and bool(g["retrieved"]) and w["retrieved"][0] == g["retrieved"][0])
+    for key, limit in (("beta", "beta_rel_median"), ("z", "beta_rel_median"), ("scores", "score_median")):
+        if spread[key] and float(np.median(spread[key])) > tolerance[limit]:
+            problems.append(f"session: median {key} difference {np.median(spread[key]):.3g}, more than {tolerance[limit]:g}")
+    if same_top1 and np.mean(same_top1) < tolerance["top1_agree"]:
+        problems.append(f"session: the expected top-1 id in {np.mean(same_top1):.0%} of trials, fewer than {tolerance['top1_agree']:.0%}")
     return problems
 
 

@@ -5,13 +5,17 @@ checkpoint, output folder, replay speed) and
 
 1. writes the session config (``session.toml``: the engine's ROI is the subject's nsdgeneral
    ROI, its ``[decoder]`` the checkpoint and a gallery of the session's images, the links on free
-   localhost ports) and the gallery (``gallery.npz``: the targets' tokens of every image shown in
-   the session's runs, ids ``nsd:<73k id>``);
-2. starts the engine (``rtrecon engine --config``), then for each run the virtual participant
-   (:mod:`rtrecon.demo.participant`) and the bridge (``rtrecon bridge replay-nsd``), each its own
-   process over ZeroMQ (:class:`~rtrecon.demo.processes.ProcessGroup`), showing progress (rich)
-   from the bridge's log and the participant's results, until the bridge has every volume
-   acknowledged and the participant has every trial's result; then stops the engine (SIGTERM);
+   localhost ports, its ``[stimulus]`` the trial lists written from the design), the trial lists
+   and images (:mod:`rtrecon.demo.stimulus_pc`) and the gallery (``gallery.npz``: the targets'
+   tokens of every image shown in the session's runs, ids ``nsd:<73k id>``);
+2. finds the participant's screen (``DISPLAY``, else a private Xvfb) and starts the engine
+   (``rtrecon engine --config``), then for each run the stimulus program (``rtrecon stimulus run
+   --virtual --speed S``: the real PsychoPy task with a virtual participant, results drawn on its
+   window as they arrive) and, once it waits for the scanner, the bridge (``rtrecon bridge
+   replay-nsd``); the bridge's first volume starts the program's virtual scanner. Each is its own
+   process over ZeroMQ (:class:`~rtrecon.demo.processes.ProcessGroup`); progress (rich) comes from
+   the bridge's log and the program's journal, until the bridge has every volume acknowledged and
+   the program has shown every trial's result; then the engine is stopped (SIGTERM);
 3. builds the report (:func:`rtrecon.demo.collect.build_report`) in
    ``OUT/derivatives/rtrecon/sub-XX/ses-YY/report/``.
 
@@ -34,8 +38,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rtrecon.data.nsd import NSDDataset
 from rtrecon.demo.collect import SessionLayout, beta_correlation, build_report
-from rtrecon.demo.participant import read_results
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
+from rtrecon.demo.stimulus_pc import (journal_path, read_results, start_display, stimulus_command, stimulus_folder,
+                                      stimulus_settings, write_trial_lists)
 from rtrecon.report import ReportSummary
 
 __all__ = ["LiveSpec", "write_session_config", "write_gallery", "run_session"]
@@ -70,6 +75,8 @@ class LiveSpec:
 
 
 def _toml(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, Path):
         # A config's relative paths are read from the config's own folder: write them absolute.
         return json.dumps(str(value.resolve()))
@@ -81,7 +88,10 @@ def _toml(value: object) -> str:
 
 
 def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoints: Sequence[str], n_volumes: int) -> Path:
-    """``OUT/session.toml`` for the engine, the bridge and the participant."""
+    """``OUT/session.toml`` for the engine, the bridge and the stimulus program (whose trial lists and
+    images it writes in ``OUT/stimulus``: :func:`rtrecon.demo.stimulus_pc.write_trial_lists`)."""
+    stimulus_dir = spec.out / "stimulus"
+    trial_lists = write_trial_lists(nsd, spec.subject, spec.session, stimulus_dir)
     sections = {
         "session": {"subject": spec.bids_subject, "session": spec.bids_session, "task": "perception", "output_dir": spec.out},
         "network": dict(zip(("volumes", "events", "results", "status"), endpoints), heartbeat_s=0.5),
@@ -91,6 +101,7 @@ def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoin
     }
     if spec.unclip is not None:
         sections["decoder"]["unclip"] = spec.unclip
+    sections.update(stimulus_settings(trial_lists, nsd.tr, stimulus_dir / "images"))
     lines = ["# written by rtrecon demo / rtrecon replay nsd"]
     for name, keys in sections.items():
         lines += ["", f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in keys.items()]
@@ -132,8 +143,8 @@ def _count_lines(path: Path, prefix: str) -> int:
         return sum(line.startswith(prefix.encode()) for line in f)
 
 
-def _wait_for_line(group: ProcessGroup, name: str, log: Path, text: str, timeout_s: float) -> None:
-    """Wait until ``name``'s log holds ``text`` (the engine is listening before volumes flow)."""
+def _wait_for_line(group: ProcessGroup, name: str, log: Path, text: str, timeout_s: float, poll_s: float = 0.2) -> None:
+    """Wait until ``name``'s log holds ``text`` (e.g. the engine is listening before volumes flow)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if log.is_file() and text in log.read_text(errors="replace"):
@@ -141,7 +152,7 @@ def _wait_for_line(group: ProcessGroup, name: str, log: Path, text: str, timeout
         group.check(name)
         if group.returncode(name) is not None:
             break
-        time.sleep(0.2)
+        time.sleep(poll_s)
     raise ProcessFailed(f"{name} did not report {text!r} within {timeout_s:g} s (log {log}):\n{group.tail(name)}")
 
 
@@ -156,38 +167,48 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
     gallery_path, gallery, ids = write_gallery(spec, nsd)
     n_volumes = nsd.read_design(spec.subject, spec.session, spec.runs[0]).size
     config = write_session_config(spec, nsd, gallery_path, free_endpoints(4), n_volumes)
-    stimulus_dir = spec.out / "stimulus"
+    layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception",
+                           stimulus_folder(spec.out, spec.bids_subject, spec.bids_session))
     speed = ["--speed", repr(spec.speed)]
     with ProcessGroup(spec.out / "logs") as group, Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
     ) as bar:
+        display = start_display(group)
+        console.print(f"    the participant's screen: X display {display}")
         engine_log = group.start("engine", ["-m", "rtrecon.cli", "engine", "--config", str(config)])
         _wait_for_line(group, "engine", engine_log, "engine up", timeout_s=300.0)
         for run in spec.runs:
             n_trials = len(nsd.events(spec.subject, spec.session, run))
             n_vols = nsd.read_design(spec.subject, spec.session, run).size
             volumes = bar.add_task(f"run {run}: volumes (bridge → engine)", total=n_vols)
-            results = bar.add_task(f"run {run}: trials decoded (engine → participant)", total=n_trials)
-            bridge_log = spec.out / "logs" / f"bridge_run-{run:02d}.log"
+            results = bar.add_task(f"run {run}: trials decoded (engine → stimulus program)", total=n_trials)
+            bridge, stimulus = f"bridge_run-{run:02d}", f"stimulus_run-{run:02d}"
+            bridge_log = spec.out / "logs" / f"{bridge}.log"
+            journal = journal_path(layout.stimulus_dir, spec.bids_subject, spec.bids_session, "perception", run)
 
-            def update(run: int = run, volumes: int = volumes, results: int = results, log: Path = bridge_log) -> None:
+            def update(run: int = run, volumes: int = volumes, results: int = results, log: Path = bridge_log,
+                       journal: Path = journal) -> None:
                 bar.update(volumes, completed=_count_lines(log, f"run {run} volume"))
-                bar.update(results, completed=len(read_results(stimulus_dir, run)))
+                bar.update(results, completed=len(read_results(journal)))
 
-            group.start(f"participant_run-{run:02d}", [
-                "-m", "rtrecon.demo.participant", "--config", str(config), "--root", str(spec.root),
-                "--subject", str(spec.subject), "--session", str(spec.session), "--run", str(run),
-                "--out", str(stimulus_dir), *speed])
-            group.start(f"bridge_run-{run:02d}", [
+            # The stimulus program's virtual scanner triggers with the bridge's first volume: the
+            # program first loads its images and waits, then the bridge starts, and its "run started"
+            # (volume 0 begins) creates the start file the virtual scanner waits for.
+            start_file = spec.out / "stimulus" / f"start_run-{run:02d}"
+            start_file.unlink(missing_ok=True)
+            stimulus_log = group.start(stimulus, stimulus_command(config, run, nsd.tr, n_vols, spec.speed, start_file))
+            _wait_for_line(group, stimulus, stimulus_log, "waiting for the scanner", timeout_s=120.0)
+            group.start(bridge, [
                 "-m", "rtrecon.cli", "bridge", "replay-nsd", "--config", str(config), "--root", str(spec.root),
                 "--subject", str(spec.subject), "--session", str(spec.session), "--run", str(run), *speed])
+            _wait_for_line(group, bridge, bridge_log, f"run {run} started", timeout_s=120.0, poll_s=0.005)
+            start_file.touch()
             deadline = time.monotonic() + timeout_s
-            for name in (f"bridge_run-{run:02d}", f"participant_run-{run:02d}"):
+            for name in (bridge, stimulus):
                 group.wait(name, max(1.0, deadline - time.monotonic()), poll=update, also_check=("engine",))
                 group.check(name)
             update()
         group.stop("engine")
-    layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception", stimulus_dir)
     metrics: dict[str, float] = {}
     if spec.released_betas:
         metrics.update(_released_beta_metrics(spec, nsd, layout))
@@ -205,10 +226,11 @@ def _released_beta_metrics(spec: LiveSpec, nsd: NSDDataset, layout: SessionLayou
         return {}
     offset, correlations = 0, []
     for run in nsd.runs(spec.subject, spec.session):
-        slots = nsd.events(spec.subject, spec.session, run)["trial"].tolist()
+        # the engine's trial k is the run's k-th image (the stimulus program's trial list row)
+        n = len(nsd.events(spec.subject, spec.session, run))
         if run in spec.runs:
-            correlations.append(beta_correlation(layout, run, released, {int(k): offset + i for i, k in enumerate(slots)}))
-        offset += len(slots)
+            correlations.append(beta_correlation(layout, run, released, {k: offset + k for k in range(n)}))
+        offset += n
     r = np.concatenate(correlations) if correlations else np.array([])
     r = r[np.isfinite(r)]
     return {"live_vs_released_beta_r": float(np.median(r))} if r.size else {}

@@ -1,9 +1,9 @@
 """Start a session's processes, watch them, and stop them: the demo's small supervisor.
 
-:class:`ProcessGroup` starts each process (``python -m rtrecon.cli ...`` or ``python -m MODULE``)
-in its own process group with its output in ``logs/<name>.log``, tells which have exited and with
-what status, and stops the rest with SIGTERM (the processes' own clean stop), then SIGKILL after a
-grace period. :func:`free_endpoints` picks unused localhost TCP ports for the session's links.
+:class:`ProcessGroup` starts each process (``python -m rtrecon.cli ...``, ``python -m MODULE``, or
+another program such as ``Xvfb``) in its own process group with its output in ``logs/<name>.log``,
+tells which have exited and with what status, and stops the rest with SIGTERM (the processes' own
+clean stop), then SIGKILL after a grace period. :func:`free_endpoints` picks unused localhost TCP ports for the session's links.
 """
 
 from __future__ import annotations
@@ -61,11 +61,15 @@ class ProcessGroup:
 
     def start(self, name: str, args: list[str]) -> Path:
         """Start ``python ARGS`` as ``name``; returns its log file."""
+        return self.start_program(name, [sys.executable, *args])
+
+    def start_program(self, name: str, argv: list[str]) -> Path:
+        """Start the command ``argv`` (e.g. ``Xvfb``) as ``name``; returns its log file."""
         if name in self.children:
             raise ValueError(f"a process named {name!r} was already started")
         log = self.log_dir / f"{name}.log"
         handle = open(log, "ab")
-        popen = subprocess.Popen([sys.executable, *args], stdout=handle, stderr=subprocess.STDOUT,
+        popen = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
         self.children[name] = _Child(name, popen, log, handle)
         return log
@@ -112,7 +116,8 @@ class ProcessGroup:
         return child.popen.returncode
 
     def close(self) -> None:
-        for name in list(self.children):
+        """Stop every process, the last started first (a display outlives the program drawing on it)."""
+        for name in reversed(list(self.children)):
             self.stop(name, grace_s=5.0)
 
     def __enter__(self) -> ProcessGroup:

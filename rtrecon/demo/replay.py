@@ -6,8 +6,8 @@
                        [--decoder-subject 0] [--targets tokens.npy] [--unclip DIR] [--speed 1] [--out DIR]
 
 The same processes as ``rtrecon demo`` (:mod:`rtrecon.demo.live`): the bridge streams the
-session's time series (``rtrecon bridge replay-nsd``), the virtual participant plays the design's
-events, the engine estimates betas live and decodes every trial with ``--checkpoint`` (an
+session's time series (``rtrecon bridge replay-nsd``), the stimulus program's virtual participant
+plays the design's events (and shows the results), the engine estimates betas live and decodes every trial with ``--checkpoint`` (an
 official MindEye2 ``last.pth`` or an rtrecon-trained one; ``--decoder-subject`` is the adapter
 of this participant). The gallery is the session's images, embedded by ``--targets`` (an
 ``.npy`` of CLIP tokens in 73k-id order, row ``id - 1``); a synthetic root brings its own

@@ -31,16 +31,20 @@ __all__ = ["DecoderRecipe", "subject_data", "zscore", "train_decoder"]
 class DecoderRecipe:
     """Architecture and schedule of the demo's small decoder (a MindEye2 of the real-time shape).
 
-    ``use_prior`` adds a small diffusion prior (trained with the recipe's prior loss), whose image
-    tokens an unCLIP decoder turns into reconstructions; retrieval needs none.
+    ``use_prior`` (the default) adds a small diffusion prior (trained with the recipe's prior loss),
+    whose image tokens an unCLIP decoder turns into reconstructions; retrieval alone needs none
+    (``rtrecon demo --no-unclip`` leaves it out). ``prior_timesteps``
+    is the prior's noise schedule length (MindEye2's is 100): the engine samples ``min(20, T)``
+    steps per trial, and 10 keeps a trial's prior + unCLIP cost within the demo's 10x TR pace.
     """
 
     hidden_dim: int = 256
     n_blocks: int = 2
-    use_prior: bool = False
+    use_prior: bool = True
     prior_depth: int = 2
     prior_heads: int = 4
     prior_dim_head: int = 16
+    prior_timesteps: int = 10
     pretrain_epochs: int = 10
     finetune_epochs: int = 20
     batch_size: int = 8
@@ -99,6 +103,7 @@ def train_decoder(
         hidden_dim=recipe.hidden_dim, n_blocks=recipe.n_blocks, clip_tokens=targets.shape[1], clip_dim=targets.shape[2],
         use_prior=recipe.use_prior, prior_depth=recipe.prior_depth, prior_heads=recipe.prior_heads,
         prior_dim_head=recipe.prior_dim_head, prior_rotary_dim=min(32, recipe.prior_dim_head),
+        prior_timesteps=recipe.prior_timesteps,
     )
     torch.manual_seed(recipe.seed)
     model = MindEye2(config)

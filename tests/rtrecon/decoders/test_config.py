@@ -39,7 +39,14 @@ def test_small_configs_keep_the_vector_width_consistent():
         assert config.unet_config()["cross_attention_dim"] == config.context_dim
 
 
+def test_synthetic_config_is_a_v_prediction_decoder_at_32_px():
+    assert SYNTHETIC.prediction_type == "v_prediction" and OFFICIAL.prediction_type == TINY.prediction_type == "epsilon"
+    assert SYNTHETIC.image_size // SYNTHETIC.vae_scale_factor == 16
+
+
 def test_inconsistent_vector_width_is_refused():
+    with pytest.raises(ValueError, match="prediction_type 'x0'"):
+        OFFICIAL.replace(prediction_type="x0")
     with pytest.raises(ValueError, match="adm_in_channels"):
         OFFICIAL.replace(adm_in_channels=1280)
     with pytest.raises(ValueError, match="multiple"):

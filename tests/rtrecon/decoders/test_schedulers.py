@@ -53,3 +53,25 @@ def test_unknown_scheduler_is_refused():
         make_scheduler("ddim")
     with pytest.raises(ValueError, match="num_steps"):
         official_timesteps(0)
+
+
+@pytest.mark.parametrize("kind", ["euler_edm", "dpmpp_karras", "lcm"])
+def test_the_unets_prediction_type_reaches_the_scheduler(kind):
+    assert make_scheduler(kind).config.prediction_type == "epsilon"
+    assert make_scheduler(kind, prediction_type="v_prediction").config.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("kind", ["euler_karras", "dpmpp_karras"])
+def test_a_v_prediction_step_equals_the_epsilon_step_it_stands_for(kind):
+    eps_sched, v_sched = make_scheduler(kind), make_scheduler(kind, prediction_type="v_prediction")
+    for scheduler in (eps_sched, v_sched):
+        set_schedule(scheduler, kind, 4)
+    t = eps_sched.timesteps[0]
+    sigma = float(eps_sched.sigmas[0])
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(1, 4, 3, 3, generator=gen), torch.randn(1, 4, 3, 3, generator=gen)
+    a = 1.0 / (1.0 + sigma**2)  # alphas_cumprod at this noise level
+    x = x0 + sigma * eps if is_variance_exploding(eps_sched) else a**0.5 * x0 + (1 - a) ** 0.5 * eps
+    v = a**0.5 * eps - (1 - a) ** 0.5 * x0
+    expected = eps_sched.step(eps, t, x).prev_sample
+    torch.testing.assert_close(v_sched.step(v, t, x).prev_sample, expected, rtol=1e-4, atol=1e-4)

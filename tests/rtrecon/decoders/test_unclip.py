@@ -136,7 +136,14 @@ def test_compiled_decoder_matches_eager_on_gpu(tokens):
 
 
 def test_sampling_options_presets():
+    from rtrecon.decoders.config import OFFICIAL, SYNTHETIC
+
     assert SamplingOptions() == SamplingOptions.official()
     fast = SamplingOptions.fast(steps=8)
-    assert (fast.scheduler, fast.steps, fast.uses_cfg) == ("dpmpp_karras", 8, True)
+    with pytest.raises(ValueError, match="resolve"):
+        fast.uses_cfg  # noqa: B018  (the decoder's CFG scale is not known yet)
+    assert (fast.scheduler, fast.steps, fast.resolve(OFFICIAL).uses_cfg) == ("dpmpp_karras", 8, True)
+    assert fast.resolve(OFFICIAL).guidance_scale == 5.0
+    assert fast.resolve(SYNTHETIC).guidance_scale == SYNTHETIC.guidance_scale
+    assert fast.replace(guidance_scale=2.0).resolve(SYNTHETIC).guidance_scale == 2.0
     assert not dataclasses.replace(fast, guidance_scale=1.0).uses_cfg

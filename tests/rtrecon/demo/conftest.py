@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ class DemoRun:
     stderr: str
     cache: Path
     out: Path
+    display: str
 
     @property
     def headline(self) -> dict:
@@ -44,7 +46,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     cache, out = base / "cache", base / "out"
     cmd = [sys.executable, "-m", "rtrecon.cli", "demo", "--out", str(out), "--cache", str(cache), *DEMO_ARGS]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
-    run = DemoRun(done.returncode, done.stdout, done.stderr, cache, out)
+    run = DemoRun(done.returncode, done.stdout, done.stderr, cache, out, os.environ.get("DISPLAY", ""))
     if done.returncode != 0:
         pytest.fail(f"the demo failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return run

@@ -29,7 +29,12 @@ def test_session_config_gallery_and_bids_outputs(demo_run):
     assert len(events) == 63
     derivatives = folder / "derivatives" / "rtrecon" / "sub-01" / "ses-02" / "func"
     assert len(list(derivatives.glob("*_desc-trial*decoded.npz"))) == 63
-    assert {p.name for p in (folder / "logs").iterdir()} == {"engine.log", "bridge_run-01.log", "participant_run-01.log"}
+    logs = {p.name for p in (folder / "logs").iterdir()}
+    assert logs - {"xvfb.log"} == {"engine.log", "bridge_run-01.log", "stimulus_run-01.log"}
+    assert ("xvfb.log" in logs) == (not demo_run.display)  # a private Xvfb only when there is no display
+    # the stimulus program's settings: one trial list per run, NSD's trial timing, the trigger's TR
+    assert config.stimulus.trial_lists == (folder / "stimulus" / "run-01_trials.tsv",)
+    assert config.stimulus.trigger.tr == nsd.tr and config.stimulus.perception.image_s == 3.0
 
 
 def test_a_relative_output_folder_gives_a_config_whose_paths_resolve(demo_run, tmp_path, monkeypatch):

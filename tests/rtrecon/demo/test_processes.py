@@ -30,3 +30,20 @@ def test_stop_ends_a_running_process_and_wait_times_out(tmp_path):
         assert group.returncode("sleeper") is None
         assert group.stop("sleeper") != 0
         assert group.returncode("sleeper") is not None
+
+
+def test_other_programs_and_the_stopping_order(tmp_path):
+    import sys
+
+    # each prints when it is told to stop (SIGTERM), on the clock every process shares
+    waiter = ("import signal, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *a: (print(time.monotonic(), flush=True), sys.exit(0)))\n"
+              "print('up', flush=True)\ntime.sleep(60)")
+    with ProcessGroup(tmp_path) as group:
+        group.start_program("display", [sys.executable, "-c", waiter])  # a program (Xvfb): started first ...
+        group.start("client", ["-c", waiter])
+        for name in ("display", "client"):
+            while "up" not in (tmp_path / f"{name}.log").read_text():
+                assert group.returncode(name) is None
+    stopped = {name: float((tmp_path / f"{name}.log").read_text().split()[-1]) for name in ("display", "client")}
+    assert stopped["client"] < stopped["display"]  # ... stopped last, after what draws on it

@@ -1,0 +1,43 @@
+"""rtrecon.decoders.weights: the synthetic world's shipped decoder reconstructs pairs it never saw."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rtrecon.decoders.config import SYNTHETIC
+from rtrecon.decoders.train_synthetic import evaluate_reconstructions, synthetic_pairs
+from rtrecon.decoders.unclip import SamplingOptions
+from rtrecon.decoders.weights import load_synthetic_decoder, synthetic_decoder_path
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return load_synthetic_decoder()
+
+
+def test_the_shipped_folder_is_the_synthetic_configuration(decoder):
+    folder = synthetic_decoder_path()
+    assert decoder.config == SYNTHETIC.replace(scale_factor=decoder.config.scale_factor)
+    assert decoder.vae.config.scaling_factor == pytest.approx(decoder.config.scale_factor)
+    assert json.loads((folder / "training.json").read_text())["pairs"] > 1000
+    size = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+    assert size < 15e6
+
+
+def test_held_out_pairs_are_reconstructed_far_above_the_shuffled_baseline(decoder):
+    from rtrecon.embedders.openclip import OpenClipImageEmbedder
+
+    # Seed 99 is none of the training seeds: these scenes were never seen.
+    images, tokens = synthetic_pairs(16, seed=99)
+    # The engine's setting: 4 DPM-Solver++ steps with CFG.
+    metrics = evaluate_reconstructions(
+        decoder, images, tokens, options=SamplingOptions.fast(steps=4), embedder=OpenClipImageEmbedder.tiny(seed=0)
+    )
+    # Measured with the shipped weights: pixel r 0.45 vs 0.07 shuffled, centred token cosine 0.48 vs -0.04.
+    assert metrics["pixel_corr"] > metrics["pixel_corr_shuffled"] + 0.2
+    assert metrics["token_cosine_centered"] > metrics["token_cosine_centered_shuffled"] + 0.25
+    assert metrics["token_cosine"] > metrics["token_cosine_shuffled"]
+    assert np.isfinite(list(metrics.values())).all()
