@@ -45,9 +45,12 @@ def test_every_result_was_shown_on_a_flip_of_the_participants_window(demo_run):
     shown = np.array([e["shown"] for e in lines if e["t"] == "shown"])
     onsets = np.array([e["onset"] for e in lines if e["t"] == "onset"])
     assert len(shown) == 63
-    # "shown" and every onset are flips of the window (stamped right after the flip: within a ms)
+    # "shown" and every onset are flips of the window, stamped right after the flip: typically within a
+    # ms, and never half a frame away even when the busy machine deschedules the program in between
+    frame = np.median(np.diff(flips))
     for times in (shown, onsets):
-        assert np.abs(times[:, None] - flips[None, :]).min(axis=1).max() < 1e-3 * speed
+        gaps = np.abs(times[:, None] - flips[None, :]).min(axis=1)
+        assert np.median(gaps) < 1e-3 * speed and gaps.max() < 0.5 * frame
     # what the engine received is what the program recorded: the flips' onsets, in scanner seconds
     func = demo_run.session_dir / "sub-01" / "ses-02" / "func"
     engine = pd.read_csv(func / "sub-01_ses-02_task-perception_run-1_events.tsv", sep="\t")
