@@ -105,6 +105,16 @@ def test_compare_records_names_every_difference():
     assert [p.split(":")[0] for p in compare_records(golden, drift)] == ["session"] * 3
     assert compare_records(golden, golden) == []
 
+    # a trial whose onset moved (a stalled flip) is compared by identity only; all of them moving is a change
+    late = copy.deepcopy(golden)
+    late["trials"][5]["onset"] += 2 * TOLERANCE["onset_s"]
+    late["trials"][5]["beta"][2] += 10 * abs(late["trials"][5]["beta"][1])
+    assert compare_records(golden, late) == []
+    shifted = copy.deepcopy(golden)
+    for t in shifted["trials"]:
+        t["onset"] += 2 * TOLERANCE["onset_s"]
+    assert [p.split(":")[0] for p in compare_records(golden, shifted)] == ["session"]
+
 
 def test_a_missing_or_stale_golden_file_names_the_command(tmp_path):
     missing = tmp_path / "golden.json"
