@@ -1,9 +1,9 @@
 """Closed-loop latency: the last volume a trial needs acquired → its decoded result shown.
 
 Runs one live session through the real processes (bridge replaying at the TR pace, engine with
-the decoding stage, virtual participant; :mod:`rtrecon.demo.live`) on a synthetic subject and
-measures, per trial, the time from its last needed volume being acquired to the result arriving
-on the stimulus side, broken down by stage (:data:`rtrecon.demo.collect.STAGES`). The decoder
+the decoding stage, the PsychoPy stimulus program with a virtual participant; :mod:`rtrecon.demo.live`)
+on a synthetic subject and measures, per trial, the time from its last needed volume being acquired
+to the flip that first shows the result on the participant's window, broken down by stage (:data:`rtrecon.demo.collect.STAGES`). The decoder
 is a MindEye2 of the real-time shape (hidden 1024) with random weights: latency does not depend
 on the weights' values, and training one for an NSD-size subject is a separate job.
 

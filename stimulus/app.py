@@ -617,8 +617,10 @@ class StimulusProgram:
             else:
                 segment = segments[index]
                 if index != self._current:
-                    screen.schedule(segment)  # a sound cue starts right after this flip, before the onset is stamped
+                    # The onset is stamped first (its callback only queues its I/O), then a sound cue
+                    # starts: opening the audio stream can take milliseconds the onset must not include.
                     win.callOnFlip(self._on_onset, index)
+                    screen.schedule(segment)
                     self._current = index
             drawn: tuple[int, ...] = ()
             if operator is None:
