@@ -99,9 +99,9 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--speed {args.speed:g} replays a run faster than the scanner, which only a virtual "
                              "participant can follow: add --virtual, or run at speed 1 with a person and a real scanner")
         config = _config(args)
-        args.live_feedback = args.live_feedback or config.stimulus.feedback.when == "live"
+        live_feedback = args.live_feedback or config.stimulus.feedback.when == "live"
         setup = prepare_run(config, args.run or 1, trials_file=args.trials, task=args.task, overwrite=args.overwrite,
-                            live_feedback=args.live_feedback)
+                            live_feedback=live_feedback)
     except _BAD_INPUT as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -148,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     try:
         program = StimulusProgram(setup, link=link, keys=keys, participant=participant, speed=args.speed, journal=journal,
-                                  live_feedback=args.live_feedback, results_timeout_s=args.wait_results)
+                                  live_feedback=live_feedback, results_timeout_s=args.wait_results)
         record = program.run()
     except (TimeoutError, ValueError, SoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -64,6 +64,10 @@ class SessionLayout:
     def derivative(self, run: int, desc: str, ext: str = ".tsv") -> Path:
         return self.derivatives / f"{self.prefix(run)}_desc-{desc}{ext}"
 
+    def events(self, run: int) -> Path:
+        """The engine's BIDS ``_events.tsv`` of ``run``: the events it received."""
+        return self.root / f"sub-{self.subject}" / f"ses-{self.session}" / "func" / f"{self.prefix(run)}_events.tsv"
+
     def journal(self, run: int) -> Path:
         """The stimulus program's journal of ``run``."""
         return journal_path(self.stimulus_dir, self.subject, self.session, self.task, run)

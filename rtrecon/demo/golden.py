@@ -190,7 +190,7 @@ def run_ordered_session(spec: LiveSpec, kills: Sequence[str] = (), timeout_s: fl
     config = write_session_config(spec, nsd, gallery, free_endpoints(4), n_volumes)
     layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception",
                            stimulus_folder(spec.out, spec.bids_subject, spec.bids_session))
-    events_tsv = spec.out / f"sub-{layout.subject}" / f"ses-{layout.session}" / "func" / f"{layout.prefix(run)}_events.tsv"
+    events_tsv = layout.events(run)
     where = ["--config", str(config), "--root", str(spec.root), "--subject", str(spec.subject),
              "--session", str(spec.session), "--run", str(run)]
     commands = {
@@ -240,8 +240,7 @@ def _fingerprint(values: np.ndarray, directions: np.ndarray) -> list[float]:
 def session_record(layout: SessionLayout, run: int = 1) -> dict:
     """The compared values of a finished session's ``run`` (see the module docstring)."""
     trials = layout.table(run, "trials")
-    events = pd.read_csv(layout.root / f"sub-{layout.subject}" / f"ses-{layout.session}" / "func"
-                         / f"{layout.prefix(run)}_events.tsv", sep="\t")
+    events = pd.read_csv(layout.events(run), sep="\t")
     onsets = {int(t): float(o) for t, o in zip(events["trial"], events["onset"]) if not pd.isna(t)}
     results = {}
     for row in read_results(layout.journal(run)):
