@@ -32,7 +32,7 @@ identity only, and a change of the onsets' clock moves them all); each trial on 
 session saw a trial 1.13 standard deviations off for a 0.2 s onset shift --; scores within 1e-2; the
 expected top-1 among the retrieved), which a wrong trial, beta or decode breaks; and the session as
 a whole tightly (:data:`TOLERANCE`: median fingerprint difference, median score difference, share
-of equal top-1 ids), which a systematic change -- the GLM, the HRF, the decoder, the onsets'
+of trials keeping their top-1 id, near ties aside), which a systematic change -- the GLM, the HRF, the decoder, the onsets'
 clock -- breaks while the flips' jitter does not.
 
 ``kills`` makes the same session a crash test: at evenly spaced points of the bridge's progress
@@ -83,10 +83,13 @@ __all__ = ["GoldenSettings", "GOLDEN", "TOLERANCE", "ROLES", "prepare", "golden_
 #: ``beta_rel`` and ``z_rel`` (fingerprint difference / the expected value's standard deviation; a
 #: z-score moves more, the early trials' most, as the running statistics it is scored against move
 #: with every beta) and ``score`` (absolute, cosines); over the session: the medians of those
-#: (``beta_rel_median`` for both betas, ``score_median``) and the share of trials with the expected
-#: top-1 id (``top1_agree``).
+#: (``beta_rel_median`` for both betas, ``score_median``) and the share of trials whose expected
+#: top-1 id is still first, or within ``top1_margin`` of the first score (``top1_agree``): the
+#: synthetic candidates' scores are near ties (half of the expected top-1s lead by under 1.2e-3), so
+#: a jitter of 5e-4 swaps the first two of many trials, and counting swaps alone made the session
+#: check fail on one CI run (84 % equal top-1 ids) with nothing changed.
 TOLERANCE = {"beta_rel": 2.0, "z_rel": 4.0, "score": 1e-2, "beta_rel_median": 0.3, "score_median": 1.5e-3, "top1_agree": 0.85,
-             "onset_s": 0.5, "on_time": 0.9}
+             "top1_margin": 2e-3, "onset_s": 0.5, "on_time": 0.9}
 
 ROLES = ("bridge", "stimulus", "engine")
 
@@ -307,13 +310,22 @@ def compare_records(expected: dict, actual: dict, tolerance: dict[str, float] = 
                 problems.append(f"trial {t}: scores {g['scores']}, expected {w['scores']}")
         if w["retrieved"] and w["retrieved"][0] not in g["retrieved"]:
             problems.append(f"trial {t}: retrieved {g['retrieved']!r} lacks the expected top-1 {w['retrieved'][0]!r}")
-        same_top1.append(bool(w["retrieved"]) and bool(g["retrieved"]) and w["retrieved"][0] == g["retrieved"][0])
+        same_top1.append(_top1_kept(w, g, tolerance["top1_margin"]))
     for key, limit in (("beta", "beta_rel_median"), ("z", "beta_rel_median"), ("scores", "score_median")):
         if spread[key] and float(np.median(spread[key])) > tolerance[limit]:
             problems.append(f"session: median {key} difference {np.median(spread[key]):.3g}, more than {tolerance[limit]:g}")
     if same_top1 and np.mean(same_top1) < tolerance["top1_agree"]:
-        problems.append(f"session: the expected top-1 id in {np.mean(same_top1):.0%} of trials, fewer than {tolerance['top1_agree']:.0%}")
+        problems.append(f"session: the expected top-1 id first (or within {tolerance['top1_margin']:g} of it) in "
+                        f"{np.mean(same_top1):.0%} of trials, fewer than {tolerance['top1_agree']:.0%}")
     return problems
+
+
+def _top1_kept(want: dict, got: dict, margin: float) -> bool:
+    """Whether ``got`` still ranks ``want``'s top-1 id first, up to a near tie of ``margin``."""
+    if not want["retrieved"] or want["retrieved"][0] not in got["retrieved"]:
+        return False
+    rank = got["retrieved"].index(want["retrieved"][0])
+    return rank == 0 or (len(got["scores"]) > rank and got["scores"][0] - got["scores"][rank] <= margin)
 
 
 def load_golden(path: str | Path, settings: GoldenSettings = GOLDEN) -> dict:
