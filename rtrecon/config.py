@@ -189,7 +189,11 @@ class EngineSection(_Section):
     )
     average_repeats: bool = Field(False, description="average a trial with earlier repeats of the same image")
     glm: GLMSection = GLMSection()
-    realign_fwhm_mm: float = Field(5.0, gt=0, description="smoothing applied before estimating motion")
+    realign_fwhm_mm: float = Field(3.5, gt=0, description="smoothing applied before estimating motion")
+    realign_refine_above_mm: float = Field(
+        5.0, ge=0, description="mean displacement from the reference (mm) above which motion is refined on the "
+        "unsmoothed volume (0: every volume)",
+    )
     realign_samples: int = Field(12000, ge=100, description="brain voxels sampled to estimate motion")
 
 
