@@ -113,7 +113,8 @@ class Engine:
     """The engine's state machine over one session's store.
 
     ``publish_trial(result)`` and ``publish_status(status)`` send messages out (defaults: drop);
-    ``on_trial(trial_beta)`` callbacks receive each released trial (e.g. a decoder).
+    ``on_trial(trial_beta)`` callbacks receive each released trial (e.g. a decoder) once: a
+    restarted engine replaying its store does not hand them the trials it published before.
     """
 
     def __init__(
@@ -459,9 +460,9 @@ class Engine:
             embedding=released.z.astype(np.float32), decoder="trial-beta",
             latencies={"betas_s": rec.elapsed_ms(trial, "betas") / 1000.0}, stamps={"trial_ready": time.time()},
         )
-        for callback in self.on_trial:
-            callback(released)
-        if not already:
+        if not already:  # a replayed trial was decoded and sent before the crash: not again
+            for callback in self.on_trial:
+                callback(released)
             self.publish_trial(result)
         rec.mark(trial, "published")
         if not already:

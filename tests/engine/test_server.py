@@ -65,9 +65,11 @@ def _event(trial: int, run: int = 1) -> EventMessage:
 SETTINGS = EngineSettings(planned_volumes=N_VOLS, realign_samples=4000)
 
 
-def _engine(root: Path, published: list | None = None, settings: EngineSettings = SETTINGS) -> Engine:
+def _engine(root: Path, published: list | None = None, settings: EngineSettings = SETTINGS,
+            decoded: list | None = None) -> Engine:
     store = SessionStore(root, "01", "01", "test")
-    engine = Engine(settings, store, publish_trial=(published.append if published is not None else None))
+    engine = Engine(settings, store, publish_trial=(published.append if published is not None else None),
+                    on_trial=[decoded.append] if decoded is not None else None)
     engine.recover()
     return engine
 
@@ -160,8 +162,8 @@ def test_restart_from_the_store_gives_identical_betas(tmp_path, clean_run, crash
     crashed = _engine(tmp_path)
     _stream(crashed, 0, crash_after, end=False)
     del crashed  # dropped without closing anything, as a killed process would
-    published = []
-    resumed = _engine(tmp_path, published)
+    published, decoded = [], []
+    resumed = _engine(tmp_path, published, decoded=decoded)
     assert resumed.store.persisted() == {1: crash_after - 1}
     _stream(resumed, crash_after, N_VOLS)
     resumed.join_background()
@@ -172,6 +174,8 @@ def test_restart_from_the_store_gives_identical_betas(tmp_path, clean_run, crash
     released_before = {int(r["trial"]) for r in resumed.store.table(1, "trials", ["trial", "stimulus", "volumes", "method", "repeats"]).rows()} - {m.trial for m in published}
     assert sorted(released_before | {m.trial for m in published}) == list(range(len(ONSETS)))
     assert len(published) == len({m.trial for m in published})
+    # A decoder sees the same trials, once each: not again those the replay releases a second time.
+    assert [t.trial for t in decoded] == [m.trial for m in published]
     z = _trial_z(resumed.store)
     assert z.keys() == reference_z.keys()
     for t in z:
