@@ -7,7 +7,7 @@ Gauss-Newton Hessian depend only on the reference, so they are computed once; a 
 Gaussian smoothing and a few trilinear samplings of a few thousand points. Each estimate starts
 from the previous one (head motion is slow between TRs), so 2-4 iterations usually suffice.
 
-On grids finer than the smoothing (voxels under ~1.5 mm at 3.5 mm FWHM) the estimate runs on
+On grids finer than the smoothing (voxels under ~1.85 mm at 3.5 mm FWHM) the estimate runs on
 2x2x2 block means of the smoothed volumes, which carry the same information at an eighth of
 the cost.
 
@@ -267,12 +267,13 @@ class RigidRealigner:
     def _level(self, reference: np.ndarray, fwhm_mm: float, samples: np.ndarray, order: int = 1) -> _Level:
         voxel_size = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
         sigma = fwhm_mm / np.sqrt(8 * np.log(2)) / voxel_size
-        # Where the smoothing spans more than a voxel (fine grids such as NSD's 1.8 mm, or the coarse
-        # levels), estimate on f×f×f block means: 1/f³ of the voxels to smooth, the same information
-        # once smoothed. Block averaging blurs by a box of variance (f² - 1)/12 voxel², taken off the
-        # Gaussian. Each axis keeps at least 8 block means (a thin slab is not averaged away).
+        # Where the smoothing's sigma spans 0.8 voxel or more (FWHM ≥ 1.9 voxels: fine grids such as
+        # NSD's 1.8 mm, or the coarse levels), estimate on f×f×f block means: 1/f³ of the voxels to
+        # smooth, about the same information once smoothed (the blocks still sample the FWHM twice).
+        # Block averaging blurs by a box of variance (f² - 1)/12 voxel², taken off the Gaussian.
+        # Each axis keeps at least 8 block means (a thin slab is not averaged away).
         factor = 1
-        while factor < 4 and np.all(sigma >= factor) and min(self.shape) >= 16 * factor:
+        while factor < 4 and np.all(sigma >= 0.8 * factor) and min(self.shape) >= 16 * factor:
             factor *= 2
         sigma = np.sqrt(sigma**2 - (factor**2 - 1) / 12.0) / factor
         smooth = _prepare(reference, factor, sigma)
