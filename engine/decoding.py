@@ -22,10 +22,21 @@ Built from the session config's ``[decoder]`` section by :meth:`DecodingStage.fr
 
 Bad input (a beta of the wrong size) raises ``ValueError`` naming the checkpoint and the sizes;
 the engine logs it and the session goes on.
+
+:class:`BackgroundDecoder` runs a stage on a thread of its own, as :func:`engine.server.serve`
+does: a decoding with an unCLIP image takes about a second on a console GPU (minutes on a CPU
+with full-size models), and the engine must go on realigning and storing a volume every TR
+meanwhile. Trials are decoded one at a time in the order they were released; the engine collects
+the results on its own thread (:meth:`engine.server.Engine.poll`), which alone touches the
+results link and the session's tables. A trial that fails to decode is logged, and its bare
+trial beta goes out in its place so that the stimulus program is not left waiting for it.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,7 +50,9 @@ from rtrecon.config import ConfigError, SessionConfig
 from rtrecon.runtime.retrieval import RetrievalDecoder
 from rtrecon.wire import TrialResultMessage
 
-__all__ = ["DecodingStage", "load_gallery"]
+__all__ = ["DecodingStage", "BackgroundDecoder", "load_gallery"]
+
+log = logging.getLogger("engine.decoding")
 
 
 def load_gallery(path: str | Path) -> tuple[np.ndarray, list[str]]:
@@ -158,3 +171,61 @@ class DecodingStage:
         result = self.decode(trial)
         result.stamps["sent"] = time.time()
         self.publish(result)
+
+
+class BackgroundDecoder:
+    """Decode released trials on a thread of their own, in release order (see the module docstring).
+
+    ``stage`` is anything with ``decode(trial) -> TrialResultMessage`` (a :class:`DecodingStage`).
+    """
+
+    def __init__(self, stage: Any) -> None:
+        self.stage = stage
+        self._todo: queue.Queue[tuple[TrialBeta, TrialResultMessage] | None] = queue.Queue()
+        self._done: queue.Queue[tuple[TrialBeta, TrialResultMessage]] = queue.Queue()
+        self._pending = 0  # submitted and not yet collected; only the engine's thread touches it
+        self._thread = threading.Thread(target=self._work, name="decoder", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Trials submitted whose result has not been collected yet."""
+        return self._pending
+
+    def submit(self, trial: TrialBeta, fallback: TrialResultMessage) -> None:
+        """Queue ``trial``; ``fallback`` (its bare beta) goes out instead if decoding it fails."""
+        self._pending += 1
+        self._todo.put((trial, fallback))
+
+    def collect(self, timeout_s: float = 0.0) -> list[tuple[TrialBeta, TrialResultMessage]]:
+        """The results finished since the last call, in release order (waiting up to ``timeout_s`` for one)."""
+        done = []
+        try:
+            done.append(self._done.get(timeout=timeout_s) if timeout_s > 0 else self._done.get_nowait())
+            while True:
+                done.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        self._pending -= len(done)
+        return done
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stop the thread once the queued trials are decoded (uncollected results are dropped)."""
+        self._todo.put(None)
+        self._thread.join(timeout_s)
+
+    def _work(self) -> None:
+        while (item := self._todo.get()) is not None:
+            trial, fallback = item
+            try:
+                result = self.stage.decode(trial)
+                # The beta's own latency and release time, so the queue's wait shows in the record.
+                for key, value in fallback.latencies.items():
+                    result.latencies.setdefault(key, value)
+                for key, value in fallback.stamps.items():
+                    result.stamps.setdefault(key, value)
+            except Exception:  # one trial that cannot be decoded must not end the decoding of the others
+                log.exception("trial %d of run %d could not be decoded: its bare beta goes out instead",
+                              trial.trial, trial.run)
+                result = fallback
+            self._done.put((trial, result))

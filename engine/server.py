@@ -11,7 +11,7 @@ messages directly; :func:`serve` connects it to the session's links (:mod:`rtrec
   whose volumes up to ``onset + ready_delay_s`` have arrived is released: its LSS (or LSA) beta,
   z-scored and repeat-averaged (:class:`~engine.trials.TrialNormaliser`), goes to the stimulus
   PC as a ``TrialResultMessage`` (``decoder="trial-beta"``, the z-scored beta in ``embedding``)
-  over a reliable link, and to any ``on_trial`` callback (a decoder);
+  over a reliable link, and to any ``on_trial`` callback;
 * a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed.
 
 Recovery. Everything the engine computes follows from what the store holds, processed in the
@@ -39,7 +39,11 @@ A run ends with its ``RunEndMessage``: remaining trials are released, the final 
 saved, the end recorded, the message acknowledged, and the BIDS run gzipped in a background
 thread (:meth:`Engine.join_background` waits for it) so that the next run is not held up.
 With a ``[decoder]`` checkpoint in the config, :mod:`engine.decoding` decodes each released
-trial, and its result replaces the bare trial beta on the results link.
+trial on a thread of its own (:class:`~engine.decoding.BackgroundDecoder`), so volumes keep
+being realigned and stored while an image is generated, and its result replaces the bare trial
+beta on the results link. A trial enters the run's trials table only once its result is sent: a
+trial still decoding when the engine is killed is decoded again after the restart, and a stopping
+engine waits a few seconds for the ones in hand.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -71,9 +75,16 @@ from rtrecon.wire import (
     VolumeMissingMessage,
 )
 
+if TYPE_CHECKING:  # torch is imported only when a session decodes
+    from engine.decoding import BackgroundDecoder
+
 __all__ = ["EngineSettings", "Engine", "load_engine_config", "serve"]
 
 log = logging.getLogger("engine")
+
+# How long a stopping engine waits for the trials still decoding (the ones left are decoded again
+# at the next start, so a stop is never held up for long).
+_DRAIN_S = 10.0
 
 CONFOUND_COLUMNS = ["volume", *PARAMETER_NAMES, "framewise_displacement", "iterations", "missing"]
 
@@ -99,6 +110,7 @@ class _Run:
     onsets: dict[int, float] = field(default_factory=dict)
     released: set[int] = field(default_factory=set)
     recorded: set[int] = field(default_factory=set)  # trials in the trials table (published before)
+    undelivered: dict[int, dict[str, Any]] = field(default_factory=dict)  # released, not yet sent: their table rows
     last_params: np.ndarray | None = None
     n_volumes: int = 0
     confounds: Any = None
@@ -113,8 +125,10 @@ class Engine:
     """The engine's state machine over one session's store.
 
     ``publish_trial(result)`` and ``publish_status(status)`` send messages out (defaults: drop);
-    ``on_trial(trial_beta)`` callbacks receive each released trial (e.g. a decoder) once: a
-    restarted engine replaying its store does not hand them the trials it published before.
+    ``on_trial(trial_beta)`` callbacks receive each released trial once: a restarted engine
+    replaying its store does not hand them the trials it published before. With a ``decoder``
+    (:class:`~engine.decoding.BackgroundDecoder`) a released trial is decoded on its thread, and
+    its decoded result goes out instead of the bare beta when :meth:`poll` collects it.
     """
 
     def __init__(
@@ -125,6 +139,7 @@ class Engine:
         publish_trial: Callable[[TrialResultMessage], None] | None = None,
         publish_status: Callable[[StatusMessage], None] | None = None,
         on_trial: list[Callable[[TrialBeta], None]] | None = None,
+        decoder: BackgroundDecoder | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -132,6 +147,7 @@ class Engine:
         self.publish_trial = publish_trial or (lambda message: None)
         self.publish_status = publish_status or (lambda message: None)
         self.on_trial = list(on_trial or [])
+        self.decoder = decoder
         self.realigner: RigidRealigner | None = None
         self.normaliser: TrialNormaliser | None = None
         self.runs: dict[int, _Run] = {}
@@ -452,25 +468,59 @@ class Engine:
         released = self.normaliser.release(state.number, trial, state.stimuli.get(trial, ""), beta)
         rec.mark(trial, "betas")
         state.released.add(trial)
-        already = trial in state.recorded  # released and published before a restart
-        if not already:
-            self.store.save_arrays(state.number, f"trial{trial}beta", beta=released.beta, z=released.z)
+        if trial in state.recorded:  # released, decoded and sent before a restart: not again
+            rec.forget(trial)
+            return
+        self.store.save_arrays(state.number, f"trial{trial}beta", beta=released.beta, z=released.z)
         result = TrialResultMessage(
             session=self.session_id, run=state.number, trial=trial, stimulus=released.stimulus,
             embedding=released.z.astype(np.float32), decoder="trial-beta",
             latencies={"betas_s": rec.elapsed_ms(trial, "betas") / 1000.0}, stamps={"trial_ready": time.time()},
         )
-        if not already:  # a replayed trial was decoded and sent before the crash: not again
-            for callback in self.on_trial:
-                callback(released)
-            self.publish_trial(result)
+        for callback in self.on_trial:
+            callback(released)
+        state.undelivered[trial] = {"trial": trial, "stimulus": released.stimulus, "volumes": state.n_volumes,
+                                    "method": self.settings.beta_method, "repeats": released.repeats}
+        if self.decoder is None:
+            self._deliver(state, trial, result)
+        else:
+            self.decoder.submit(released, result)
+
+    def _deliver(self, state: _Run, trial: int, result: TrialResultMessage) -> None:
+        """Send a trial's result, then record it: a trial in the trials table is never sent again."""
+        self.publish_trial(result)
+        rec = state.trial_recorder
         rec.mark(trial, "published")
-        if not already:
-            state.recorded.add(trial)
-            state.trial_table.append({"trial": trial, "stimulus": released.stimulus, "volumes": state.n_volumes,
-                                      "method": self.settings.beta_method, "repeats": released.repeats})
-            state.trial_timings.append(rec.row(trial, "trial"))
+        state.recorded.add(trial)
+        state.trial_table.append(state.undelivered.pop(trial))
+        state.trial_timings.append(rec.row(trial, "trial"))
         rec.forget(trial)
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Send and record the results the decoder has finished (waiting up to ``timeout_s`` for one);
+        how many. Called from the engine's loop, between messages."""
+        if self.decoder is None:
+            return 0
+        done = self.decoder.collect(timeout_s)
+        for trial, result in done:
+            result.stamps["sent"] = time.time()
+            try:
+                self._deliver(self.runs[trial.run], trial.trial, result)
+            except Exception:  # as in handle(): the session goes on
+                log.exception("failed to send the result of trial %d of run %d", trial.trial, trial.run)
+        return len(done)
+
+    def drain(self, timeout_s: float) -> None:
+        """Deliver the results of the trials still decoding, for up to ``timeout_s``; the ones left are
+        decoded again by the next start (they are not in the trials table)."""
+        deadline = time.monotonic() + timeout_s
+        if self.decoder is not None and self.decoder.pending:
+            log.info("waiting up to %.0f s for %d trials still decoding", timeout_s, self.decoder.pending)
+        while self.decoder is not None and self.decoder.pending and time.monotonic() < deadline:
+            self.poll(timeout_s=min(0.5, max(deadline - time.monotonic(), 0.0)))
+        if self.decoder is not None and self.decoder.pending:
+            log.warning("%d trials still decoding at shutdown: they are decoded again at the next start",
+                        self.decoder.pending)
 
     def _finish_run(self, run: int) -> None:
         """Release what is left and save the run's final betas from freshly summed statistics."""
@@ -543,11 +593,12 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
             if message.trial > results.spooled.get(message.run, -1):
                 results.send(message)
 
-        engine = Engine(settings, store, publish_trial=publish_trial, publish_status=status.publish)
+        decoder = None
         if config.decoder.checkpoint is not None:  # its decoded result goes out instead of the bare beta
-            from engine.decoding import DecodingStage
+            from engine.decoding import BackgroundDecoder, DecodingStage
 
-            engine.on_trial.append(DecodingStage.from_config(config, publish_trial, store))
+            decoder = BackgroundDecoder(DecodingStage.from_config(config, publish_trial, store))
+        engine = Engine(settings, store, publish_trial=publish_trial, publish_status=status.publish, decoder=decoder)
         engine.recover()
         events_persisted = {r: max((int(row["trial"]) for row in store.events(r)), default=-1) for r in store.runs()}
         with (
@@ -566,6 +617,11 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
                     message = events.recv(timeout_s=0.0)
                     if message is not None:
                         engine.handle(message, events.ack)
+                engine.poll()
                 results.poll()
+            engine.drain(timeout_s=_DRAIN_S)
+            results.poll()
+        if decoder is not None:
+            decoder.close(timeout_s=1.0)
         engine.join_background()
     return 0

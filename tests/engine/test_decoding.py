@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.decoding import DecodingStage, load_gallery
+from engine.decoding import BackgroundDecoder, DecodingStage, load_gallery
 from engine.store import SessionStore
 from engine.trials import TrialBeta
 from rtrecon.config import ConfigError, load_config
@@ -58,6 +58,30 @@ def test_wrong_beta_size_is_a_clear_error():
     stage = DecodingStage(model, np.ones((2, 64), np.float32), ["a", "b"], lambda m: None, "s", subject=0, name="ck.pth")
     with pytest.raises(ValueError, match=r"ck.pth: adapter 0 takes 30 voxels, trial 3 of run 2 has a beta of 40"):
         stage.decode(TrialBeta(2, 3, "a", np.zeros(N_VOX), np.zeros(N_VOX), 1))
+
+
+def test_background_decoder_keeps_release_order_and_sends_the_bare_beta_of_a_failed_trial(caplog):
+    model, betas = _model(), _betas(4)
+    ids = [f"img{i}" for i in range(4)]
+    decoder = BackgroundDecoder(DecodingStage(model, _gallery_of(model, betas), ids, lambda m: None, "s", subject=1))
+    trials = [TrialBeta(1, t, ids[t], betas[t], betas[t], 1) for t in range(4)]
+    trials[2] = TrialBeta(1, 2, ids[2], betas[2][:10], betas[2][:10], 1)  # a beta of the wrong size
+    for trial in trials:
+        bare = TrialResultMessage(session="s", run=1, trial=trial.trial, embedding=trial.z, decoder="trial-beta",
+                                  latencies={"betas_s": 0.01}, stamps={"trial_ready": 1.0})
+        decoder.submit(trial, bare)
+    assert decoder.pending == 4
+    done = []
+    while len(done) < 4:
+        done += decoder.collect(timeout_s=10)
+    decoder.close()
+    assert [t.trial for t, _ in done] == [0, 1, 2, 3] and decoder.pending == 0
+    results = [r for _, r in done]
+    assert [r.decoder for r in results] == ["mindeye2", "mindeye2", "trial-beta", "mindeye2"]
+    assert [r.retrieved[0] for r in results if r.decoder == "mindeye2"] == ["img0", "img1", "img3"]
+    assert results[0].stamps["trial_ready"] == 1.0 and results[0].latencies["betas_s"] == 0.01
+    assert "decode_s" in results[0].latencies
+    assert "trial 2 of run 1 could not be decoded" in caplog.text
 
 
 def test_from_config_loads_checkpoint_and_gallery_and_saves_derivatives(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -15,11 +16,12 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from engine.decoding import BackgroundDecoder
 from engine.design import RunDesign
 from engine.motion import rigid_matrix
 from engine.server import Engine, EngineSettings, load_engine_config
 from engine.store import SessionStore
-from rtrecon.wire import EventMessage, RunEndMessage, VolumeMessage
+from rtrecon.wire import EventMessage, RunEndMessage, TrialResultMessage, VolumeMessage
 
 # A TR and an oblique affine that float32 (the NIfTI header's precision) cannot hold exactly, as a
 # scanner's are: the recovery tests then show whether the live engine uses the stored geometry.
@@ -66,10 +68,10 @@ SETTINGS = EngineSettings(planned_volumes=N_VOLS, realign_samples=4000)
 
 
 def _engine(root: Path, published: list | None = None, settings: EngineSettings = SETTINGS,
-            decoded: list | None = None) -> Engine:
+            decoded: list | None = None, decoder: BackgroundDecoder | None = None) -> Engine:
     store = SessionStore(root, "01", "01", "test")
     engine = Engine(settings, store, publish_trial=(published.append if published is not None else None),
-                    on_trial=[decoded.append] if decoded is not None else None)
+                    on_trial=[decoded.append] if decoded is not None else None, decoder=decoder)
     engine.recover()
     return engine
 
@@ -180,6 +182,61 @@ def test_restart_from_the_store_gives_identical_betas(tmp_path, clean_run, crash
     assert z.keys() == reference_z.keys()
     for t in z:
         np.testing.assert_allclose(z[t], reference_z[t], rtol=1e-9, atol=1e-9)
+
+
+class _GatedStage:
+    """A decoder that holds every trial until ``gate`` opens (as a slow unCLIP image would)."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+
+    def decode(self, trial) -> TrialResultMessage:
+        if not self.gate.wait(timeout=60):
+            raise TimeoutError("the test never opened the gate")
+        return TrialResultMessage(session=SESSION, run=trial.run, trial=trial.trial, stimulus=trial.stimulus,
+                                  retrieved=[trial.stimulus], scores=[1.0], decoder="gated")
+
+
+def _trials_table(store: SessionStore) -> list[int]:
+    return [int(r["trial"]) for r in store.table(1, "trials", ["trial", "stimulus", "volumes", "method", "repeats"]).rows()]
+
+
+def test_volumes_go_on_while_trials_decode(tmp_path):
+    """Every volume is realigned and stored while the decoder holds the trials; the decoded results
+    then go out in release order, once each, instead of the bare betas."""
+    gate = threading.Event()
+    published = []
+    engine = _engine(tmp_path, published, decoder=BackgroundDecoder(_GatedStage(gate)))
+    _stream(engine, 0, N_VOLS, end=False)
+    assert engine.store.n_volumes(1) == N_VOLS and len(engine.runs[1].timings.rows()) == N_VOLS
+    released = sorted(engine.runs[1].released)
+    assert len(released) >= len(ONSETS) - 2 and engine.poll() == 0 and published == []
+    assert engine.decoder.pending == len(released) and _trials_table(engine.store) == []
+    gate.set()
+    engine.handle(RunEndMessage(session=SESSION, run=1, n_volumes=N_VOLS))
+    engine.drain(timeout_s=30)
+    assert [m.trial for m in published] == list(range(len(ONSETS)))
+    assert all(m.decoder == "gated" and "trial_ready" in m.stamps and "sent" in m.stamps for m in published)
+    assert _trials_table(engine.store) == list(range(len(ONSETS)))
+    engine.decoder.close()
+    engine.join_background()
+
+
+def test_trials_still_decoding_at_a_crash_are_decoded_after_the_restart(tmp_path):
+    crashed = _engine(tmp_path, decoder=BackgroundDecoder(_GatedStage(threading.Event())))
+    _stream(crashed, 0, 37, end=False)
+    assert crashed.decoder.pending > 0
+    del crashed  # killed with trials in the decoder: none sent, none in the trials table
+    gate = threading.Event()
+    gate.set()
+    published = []
+    resumed = _engine(tmp_path, published, decoder=BackgroundDecoder(_GatedStage(gate)))
+    _stream(resumed, 37, N_VOLS)
+    resumed.drain(timeout_s=30)
+    assert [m.trial for m in published] == list(range(len(ONSETS)))
+    assert _trials_table(resumed.store) == list(range(len(ONSETS)))
+    resumed.decoder.close()
+    resumed.join_background()
 
 
 def test_config_with_engine_section(tmp_path):
