@@ -6,7 +6,10 @@ it times ``model.encode`` + top-k retrieval over a gallery in torch eager, then 
 encoder under ONNX Runtime (fp32), then its int8 dynamic quantisation (the documented option
 when fp32 ONNX Runtime cannot beat eager: the model is memory-bound, 1.9 GB of fp32 weights per
 call). Outputs are compared on ``clip_voxels_norm`` and ``backbone``; top-1 agreement with eager
-is reported for int8.
+is reported for int8. The roofline is measured in the same run: the machine's memory read
+bandwidth (``memory_read_gb_per_s``, a 1 GiB sum), the bytes of weights a call reads
+(``weights_gb``) and so the bandwidth eager already reaches, and ``max_fp32_speedup``, their
+ratio: no fp32 backend reading every weight once per call can beat eager by more.
 
 GPU mode (``--gpu``): fp32 eager vs fp16 + ``torch.compile`` (CUDA graphs) for betas -> tokens +
 prior (20 DDIM steps); skips cleanly (exit 0, ``"skipped"`` in the JSON) without CUDA.
@@ -153,6 +156,20 @@ def cached_backbone(model: MindEye2, cache_dir: Path | None, tmp: Path) -> tuple
     return path, "exported", time.perf_counter() - t0
 
 
+def read_bandwidth_gb_s(repeats: int = 5) -> float:
+    """This machine's memory read bandwidth as torch sees it (GB/s): the best of ``repeats`` sums of a
+    1 GiB fp32 tensor, far larger than any cache, with torch's intra-op threads."""
+    data = torch.ones(2**28)
+    best = min(timed(data.sum, repeats, warmup=1)[0] for _ in range(2))
+    return data.numel() * 4 / 1e9 / (best / 1000)
+
+
+def weight_bytes(model: MindEye2, subject: int) -> int:
+    """Bytes of the weights one ``encode`` call of ``subject`` reads (its adapter and everything shared)."""
+    return sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+               if not name.startswith("ridge.") or name.startswith(f"ridge.linears.{subject}."))
+
+
 def cpu_benchmark(args: argparse.Namespace) -> dict:
     from rtrecon.runtime.export import export_adapter
     from rtrecon.runtime.onnxruntime_backend import OrtEncoder, quantize_dynamic, session
@@ -169,6 +186,9 @@ def cpu_benchmark(args: argparse.Namespace) -> dict:
     results["voxels"] = list(voxels)
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)  # noqa: E731
     log("built the model")
+    # The roofline: a batch-1 encode reads every weight once, so read bandwidth bounds any fp32 backend.
+    results["memory_read_gb_per_s"] = read_bandwidth_gb_s()
+    log(f"memory read bandwidth {results['memory_read_gb_per_s']:.1f} GB/s")
     # Without a cache the 1.7 GB backbone graph is written and read back once: in RAM (/dev/shm) when there is one.
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None) as tmp:
@@ -214,7 +234,10 @@ def cpu_benchmark(args: argparse.Namespace) -> dict:
                     np.abs(ort_out["backbone"] - ref.backbone.numpy()).max(),
                 )),
                 "top5_equal": ort_top[0] == ref_top[0],
+                "weights_gb": weight_bytes(model, subject) / 1e9,
             }
+            row["eager_read_gb_per_s"] = row["weights_gb"] / (eager_ms / 1000)
+            row["max_fp32_speedup"] = results["memory_read_gb_per_s"] / row["eager_read_gb_per_s"]
             if backbone_int8 is not None:
                 q_adapter = quantize_dynamic(adapter_path, tmp / f"adapter{subject}_int8.onnx")
                 q_enc = OrtEncoder.from_parts(q_adapter, backbone_int8, threads=threads)
