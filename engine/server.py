@@ -418,7 +418,8 @@ class Engine:
         if not self._replaying:
             metrics = {"run": float(run), "volume": float(index), "framewise_displacement": fd,
                        "iterations": float(estimate.iterations),
-                       "latency_ms": latency_ms}
+                       "latency_ms": latency_ms,
+                       "trials_decoding": float(self.decoder.pending if self.decoder is not None else 0)}
             metrics.update(dict(zip(PARAMETER_NAMES, map(float, estimate.params))))
             self.publish_status(StatusMessage(process="engine", state="running",
                                               message=f"run {run} volume {index}", metrics=metrics, sent_time=time.time()))

@@ -205,9 +205,11 @@ def test_volumes_go_on_while_trials_decode(tmp_path):
     """Every volume is realigned and stored while the decoder holds the trials; the decoded results
     then go out in release order, once each, instead of the bare betas."""
     gate = threading.Event()
-    published = []
+    published, status = [], []
     engine = _engine(tmp_path, published, decoder=BackgroundDecoder(_GatedStage(gate)))
+    engine.publish_status = status.append
     _stream(engine, 0, N_VOLS, end=False)
+    assert len(status) == N_VOLS and status[-1].metrics["trials_decoding"] == engine.decoder.pending
     assert engine.store.n_volumes(1) == N_VOLS and len(engine.runs[1].timings.rows()) == N_VOLS
     released = sorted(engine.runs[1].released)
     assert len(released) >= len(ONSETS) - 2 and engine.poll() == 0 and published == []
