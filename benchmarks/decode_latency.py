@@ -26,7 +26,7 @@ Top-level figures are those of the 15,724-voxel subject; ``by_voxels`` has both.
 
 ``--quick`` (meant to finish within a minute on 2 idle CPU cores) keeps the h=1024 model and the eager-vs-ONNX
 comparison at equal output, but builds it for the 8,627-voxel subject only (the real-time union
-mask; the top-level figures are then that subject's), takes 3 timed calls after 1 warm-up, and
+mask; the top-level figures are then that subject's), takes 6 rounds of calls after 1 warm-up, and
 skips int8.
 
 Export cache: most of a run is exporting the 1.7 GB backbone graph (the TorchScript exporter
@@ -59,6 +59,7 @@ import sys
 import tempfile
 import time
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,23 @@ def cached_backbone(model: MindEye2, cache_dir: Path | None, tmp: Path) -> tuple
     return path, "exported", time.perf_counter() - t0
 
 
+def interleaved(backends: dict, rounds: int, warmup: int = 2) -> tuple[dict[str, float], dict[str, object]]:
+    """Median ms per call of each backend and its last output, the backends taking turns call by call
+    for ``rounds`` rounds: on a shared machine the memory bandwidth drifts over seconds, and timing
+    one backend's calls after the other's would charge that drift to one of them."""
+    outputs = {}
+    for name, fn in backends.items():
+        for _ in range(warmup):
+            outputs[name] = fn()
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(rounds):
+        for name, fn in backends.items():
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}, outputs
+
+
 def read_bandwidth_gb_s(repeats: int = 5) -> float:
     """This machine's memory read bandwidth as torch sees it (GB/s): the best of ``repeats`` sums of a
     1 GiB fp32 tensor, far larger than any cache, with torch's intra-op threads."""
@@ -216,7 +234,6 @@ def cpu_benchmark(args: argparse.Namespace) -> dict:
                     out = model.encode(x, subject)
                     return out, decoder.topk(out.clip_voxels_norm, k=5)
 
-            eager_ms, (ref, ref_top) = timed(eager, args.repeats, args.warmup)
             adapter_path = export_adapter(model, tmp / f"adapter{subject}.onnx", subject)
             ort_enc = OrtEncoder.from_parts(adapter_path, backbone, threads=threads)
 
@@ -224,7 +241,13 @@ def cpu_benchmark(args: argparse.Namespace) -> dict:
                 out = enc(x.numpy())
                 return out, decoder.topk(out["clip_voxels_norm"], k=5)
 
-            onnx_ms, (ort_out, ort_top) = timed(onnx_run, args.repeats, args.warmup)
+            backends = {"eager": eager, "onnx": onnx_run}
+            if backbone_int8 is not None:
+                q_adapter = quantize_dynamic(adapter_path, tmp / f"adapter{subject}_int8.onnx")
+                backends["int8"] = partial(onnx_run, OrtEncoder.from_parts(q_adapter, backbone_int8, threads=threads))
+            ms, outputs = interleaved(backends, args.repeats, args.warmup)
+            eager_ms, (ref, ref_top) = ms["eager"], outputs["eager"]
+            onnx_ms, (ort_out, ort_top) = ms["onnx"], outputs["onnx"]
             row = {
                 "eager_ms": eager_ms,
                 "onnx_ms": onnx_ms,
@@ -238,10 +261,8 @@ def cpu_benchmark(args: argparse.Namespace) -> dict:
             }
             row["eager_read_gb_per_s"] = row["weights_gb"] / (eager_ms / 1000)
             row["max_fp32_speedup"] = results["memory_read_gb_per_s"] / row["eager_read_gb_per_s"]
-            if backbone_int8 is not None:
-                q_adapter = quantize_dynamic(adapter_path, tmp / f"adapter{subject}_int8.onnx")
-                q_enc = OrtEncoder.from_parts(q_adapter, backbone_int8, threads=threads)
-                int8_ms, (q_out, q_top) = timed(lambda: onnx_run(q_enc), args.repeats, args.warmup)
+            if "int8" in ms:
+                int8_ms, (q_out, q_top) = ms["int8"], outputs["int8"]
                 cos = float((q_out["clip_voxels_norm"] * ref.clip_voxels_norm.numpy()).sum())
                 row.update(
                     int8_ms=int8_ms,
@@ -308,9 +329,9 @@ def gpu_benchmark(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="8,627 voxels only, 3 repeats, small gallery, no int8 (about a minute)")
+                        help="8,627 voxels only, 6 rounds, small gallery, no int8 (about a minute)")
     parser.add_argument("--gpu", action="store_true", help="GPU mode: fp32 eager vs fp16 + torch.compile, with the prior")
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds, the backends taking turns (default 20, quick 6)")
     parser.add_argument("--gallery", type=int, default=None, help="retrieval gallery size (default 300, quick 100)")
     parser.add_argument("--prior-steps", type=int, default=20)
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
@@ -327,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         # both backends get the same number: on a busy machine one thread each can beat two
         torch.set_num_threads(args.threads)
-    args.repeats = args.repeats or (3 if args.quick else 20)
+    args.repeats = args.repeats or (6 if args.quick else 20)
     args.warmup = 1 if args.quick else 2
     args.gallery = args.gallery or (100 if args.quick else 300)
     if args.int8 is None:
