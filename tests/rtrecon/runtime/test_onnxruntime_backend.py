@@ -90,3 +90,11 @@ def test_wrong_graph_kind_and_missing_file(exported, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         OrtEncoder(tmp_path / "nope.onnx")
     assert default_providers()[-1] == "CPUExecutionProvider"
+
+
+def test_sessions_sleep_between_runs_unless_asked_to_spin(exported):
+    _, paths = exported
+    key = "session.intra_op.allow_spinning"
+    assert session(paths["enc"], threads=2).get_session_options().get_session_config_entry(key) == "0"
+    assert session(paths["enc"], threads=2, spinning=True).get_session_options().get_session_config_entry(key) == "1"
+    assert OrtEncoder(paths["enc"]).session.get_session_options().get_session_config_entry(key) == "0"
