@@ -31,7 +31,7 @@ The last ``holdout`` pairs are kept out of training and used by :func:`evaluate_
 baseline); ``--grid PNG`` draws them beside their reconstructions.
 
 Command line: the shipped synthetic decoder was trained in stages like these (its
-``training.json`` records the exact run, 3000 UNet steps on one CPU thread, about an hour)::
+``training.json`` records the exact run, 6000 UNet steps on one CPU thread, about 86 minutes)::
 
     python -m rtrecon.decoders.train_synthetic --synthetic 8064 --holdout 64 --out vae \\
         --vae-steps 300 --unet-steps 0
