@@ -331,15 +331,8 @@ def test_bad_input_is_reported_before_the_run(make_image, tmp_path: Path):
         prepare_run(demand, 1)
 
 
-class BurstLink:
+class BurstLink(ScriptedLink):
     """Trial 0's and 1's results arrive in one poll, trial 2's later, trial 3's never."""
-
-    def __init__(self) -> None:
-        self.polls = 0
-        self.sent: list[EventMessage] = []
-
-    def send_event(self, message: EventMessage) -> None:
-        self.sent.append(message)
 
     def poll_results(self):
         from stimulus.trigger import psychopy_time
