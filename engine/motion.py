@@ -257,6 +257,7 @@ class RigidRealigner:
         self._fine = self._level(reference, fwhm_mm, samples)
         self._coarse = [self._level(reference, fwhm, samples) for fwhm in coarse_fwhm_mm]
         self.refine_above_mm = refine_above_mm
+        self._sample_world = self.affine @ samples  # where _displacement measures a transform
         self._refine = None
         if refine_above_mm is not None:
             candidates = np.argwhere(mask)
@@ -340,8 +341,7 @@ class RigidRealigner:
 
     def _displacement(self, transform: np.ndarray) -> float:
         """Mean distance (mm) ``transform`` moves the fine level's sample points."""
-        points = self.affine @ self._fine.samples
-        return float(np.linalg.norm(((transform - np.eye(4)) @ points)[:3], axis=0).mean())
+        return float(np.linalg.norm(((transform - np.eye(4)) @ self._sample_world)[:3], axis=0).mean())
 
     def _solve(
         self, level: _Level, volume: np.ndarray, world_to_vox: np.ndarray, transform: np.ndarray, box: bool
