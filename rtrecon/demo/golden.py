@@ -83,12 +83,15 @@ __all__ = ["GoldenSettings", "GOLDEN", "TOLERANCE", "ROLES", "prepare", "golden_
 #: ``beta_rel`` and ``z_rel`` (fingerprint difference / the expected value's standard deviation; a
 #: z-score moves more, the early trials' most, as the running statistics it is scored against move
 #: with every beta) and ``score`` (absolute, cosines); over the session: the medians of those
-#: (``beta_rel_median`` for both betas, ``score_median``) and the share of trials whose expected
+#: (``beta_rel_median``, ``z_rel_median``, ``score_median``; between sessions on a quiet machine the
+#: z median is about twice the beta's, 0.17-0.24 against 0.09-0.19, and a loaded CI run with the
+#: kills reached 0.39 with nothing changed) and the share of trials whose expected
 #: top-1 id is still first, or within ``top1_margin`` of the first score (``top1_agree``): the
 #: synthetic candidates' scores are near ties (half of the expected top-1s lead by under 1.2e-3), so
 #: a jitter of 5e-4 swaps the first two of many trials, and counting swaps alone made the session
 #: check fail on one CI run (84 % equal top-1 ids) with nothing changed.
-TOLERANCE = {"beta_rel": 2.0, "z_rel": 4.0, "score": 1e-2, "beta_rel_median": 0.3, "score_median": 1.5e-3, "top1_agree": 0.85,
+TOLERANCE = {"beta_rel": 2.0, "z_rel": 4.0, "score": 1e-2, "beta_rel_median": 0.3, "z_rel_median": 0.6,
+             "score_median": 1.5e-3, "top1_agree": 0.85,
              "top1_margin": 2e-3, "onset_s": 0.5, "on_time": 0.9}
 
 ROLES = ("bridge", "stimulus", "engine")
@@ -311,7 +314,7 @@ def compare_records(expected: dict, actual: dict, tolerance: dict[str, float] = 
         if w["retrieved"] and w["retrieved"][0] not in g["retrieved"]:
             problems.append(f"trial {t}: retrieved {g['retrieved']!r} lacks the expected top-1 {w['retrieved'][0]!r}")
         same_top1.append(_top1_kept(w, g, tolerance["top1_margin"]))
-    for key, limit in (("beta", "beta_rel_median"), ("z", "beta_rel_median"), ("scores", "score_median")):
+    for key, limit in (("beta", "beta_rel_median"), ("z", "z_rel_median"), ("scores", "score_median")):
         if spread[key] and float(np.median(spread[key])) > tolerance[limit]:
             problems.append(f"session: median {key} difference {np.median(spread[key]):.3g}, more than {tolerance[limit]:g}")
     if same_top1 and np.mean(same_top1) < tolerance["top1_agree"]:

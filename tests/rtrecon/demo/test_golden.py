@@ -103,6 +103,10 @@ def test_compare_records_names_every_difference():
         t["scores"] = [v + TOLERANCE["score"] / 2 for v in t["scores"]]
         t["retrieved"] = t["retrieved"][1:] + t["retrieved"][:1]
     assert [p.split(":")[0] for p in compare_records(golden, drift)] == ["session"] * 3
+    z_drift = copy.deepcopy(golden)
+    for t in z_drift["trials"]:
+        t["z"] = [v + 2 * TOLERANCE["z_rel_median"] * abs(t["z"][1]) for v in t["z"]]
+    assert [p.split(" difference")[0] for p in compare_records(golden, z_drift)] == ["session: median z"]
     assert compare_records(golden, golden) == []
 
     # near ties swapping places in every trial are the flips' jitter, not a change
