@@ -30,7 +30,7 @@ volumes; the onsets within 0.5 scanner seconds for at least 90 % of the trials (
 busy machine moves one trial's onset further, and its beta with it: such a trial is compared by
 identity only, and a change of the onsets' clock moves them all); each trial on time loosely (fingerprints within 2 standard deviations, 4 for z -- one crash test
 session saw a trial 1.13 standard deviations off for a 0.2 s onset shift --; scores within 1e-2; the
-expected top-1 among the retrieved), which a wrong trial, beta or decode breaks; and the session as
+expected top-1 among the retrieved unless it led the last of them by a near tie only), which a wrong trial, beta or decode breaks; and the session as
 a whole tightly (:data:`TOLERANCE`: median fingerprint difference, median score difference, share
 of trials keeping their top-1 id, near ties aside), which a systematic change -- the GLM, the HRF, the decoder, the onsets'
 clock -- breaks while the flips' jitter does not.
@@ -311,7 +311,10 @@ def compare_records(expected: dict, actual: dict, tolerance: dict[str, float] = 
             spread["scores"].append(float(np.max(np.abs(np.subtract(g["scores"], w["scores"])), initial=0.0)))
             if spread["scores"][-1] > tolerance["score"]:
                 problems.append(f"trial {t}: scores {g['scores']}, expected {w['scores']}")
-        if w["retrieved"] and w["retrieved"][0] not in g["retrieved"]:
+        # Where the expected top-1 led the last retrieved by no more than a near tie, jitter alone can
+        # push it out of the list (one CI run lost a top-1 that led the fifth by 1e-3).
+        if (w["retrieved"] and w["retrieved"][0] not in g["retrieved"]
+                and w["scores"][0] - w["scores"][-1] > tolerance["top1_margin"]):
             problems.append(f"trial {t}: retrieved {g['retrieved']!r} lacks the expected top-1 {w['retrieved'][0]!r}")
         same_top1.append(_top1_kept(w, g, tolerance["top1_margin"]))
     for key, limit in (("beta", "beta_rel_median"), ("z", "z_rel_median"), ("scores", "score_median")):
