@@ -12,8 +12,12 @@ from rtrecon.models.diffusion_prior import DiffusionPrior
 def test_end_to_end_sampling_with_the_official_seed(official, name, kind):
     """Re-seeding the global generator reproduces upstream's draws; the network runs for real.
 
-    Per-step network outputs agree to ~2e-6 (different BLAS kernels); the chain amplifies
-    these last-bit differences, so the final sample is compared at 1e-4.
+    Per-step network outputs agree to ~2e-6 (different BLAS kernels). Along the chain these
+    last-bit differences add up: every step's input x_t stays within 1e-4 of upstream's (at most
+    1.5e-5 measured). The final sample is the network's x0 prediction from the last x_t, and near
+    t = 0 the network amplifies its input's drift about 13-fold (1.9e-4 on one CPU, 5e-5 on
+    another), so the final sample is compared at 1e-3: a wrong noise draw or update rule is off
+    by 0.1 or more.
     """
     fx = official(name)
     backbone = fx.outputs["backbone"]
@@ -25,7 +29,11 @@ def test_end_to_end_sampling_with_the_official_seed(official, name, kind):
         out = fx.model.prior.sample(backbone, steps=steps)
     finally:
         hook.remove()
-    torch.testing.assert_close(out, fx.outputs[f"prior_sample_{kind}"], atol=1e-4, rtol=0)
+    recorded_x = fx.intermediates[f"{kind}_step_x"]
+    assert len(x0_per_step) == len(recorded_x)
+    for (x, _), expected in zip(x0_per_step, recorded_x):
+        torch.testing.assert_close(x, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out, fx.outputs[f"prior_sample_{kind}"], atol=1e-3, rtol=0)
     # the first network input is exactly the recorded initial noise
     assert torch.equal(x0_per_step[0][0], fx.intermediates[f"{kind}_init_noise"])
     with torch.no_grad():  # each network call on the recorded x_t: 1e-5
