@@ -1,8 +1,36 @@
-"""``rtrecon replay nsd``: its input errors (its live path is the demo's: :func:`rtrecon.demo.live.run_session`)."""
+"""``rtrecon replay nsd``: a session replayed through the live processes, and its input errors."""
 
 from __future__ import annotations
 
+import json
+
 from rtrecon.cli import main
+from rtrecon.decoders.weights import synthetic_decoder_path
+
+
+def test_replay_a_session_with_a_given_checkpoint(demo_run, tmp_path, capsys):
+    """The demo subject's live session again, decoded with the demo's trained checkpoint given as
+    ``--checkpoint`` (the path an NSD user takes with an official one), reconstructed by ``--unclip``."""
+    (checkpoint,) = (demo_run.cache / "decoders").glob("*/finetune/last.pth")
+    unclip = synthetic_decoder_path()
+    args = ["replay", "nsd", "--root", str(demo_run.dataset), "--subject", "1", "--session", "2", "--speed", "80",
+            "--checkpoint", str(checkpoint), "--unclip", str(unclip), "--out", str(tmp_path / "replay")]
+    assert main(args) == 0
+    headline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(headline) == {"report", "trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s"}
+    assert headline["trials"] == headline["decoded"] == 63
+    assert headline["chance_top1"] == demo_run.headline["chance_top1"]
+    (session,) = (tmp_path / "replay").iterdir()
+    assert session.name.startswith("sub-01_ses-02_")
+    report = session / "derivatives" / "rtrecon" / "sub-01" / "ses-02" / "report"
+    summary = json.loads((report / "summary.json").read_text())
+    # what an NSD user compares: the live betas against the released ones of the same trials
+    assert summary["metrics"]["live_vs_released_beta_r"] > 0.2
+    assert str(checkpoint) in summary["decoder"] and f"unCLIP decoder {unclip}" in summary["decoder"]
+    html = (report / "report.html").read_text()
+    assert str(checkpoint) in html and "live_vs_released_beta_r" in html
+    trials = json.loads((report / "trials.json").read_text())
+    assert len(trials) == 63 and all("generated" in t["latencies"] for t in trials)  # every trial reconstructed
 
 
 def test_replay_errors_name_the_problem(demo_run, tmp_path, capsys):
