@@ -23,6 +23,8 @@ class DemoRun:
     cache: Path
     out: Path
     display: str
+    #: the demo's arguments besides --out and --cache
+    args: tuple[str, ...]
 
     @property
     def headline(self) -> dict:
@@ -46,7 +48,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     cache, out = base / "cache", base / "out"
     cmd = [sys.executable, "-m", "rtrecon.cli", "demo", "--out", str(out), "--cache", str(cache), *DEMO_ARGS]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
-    run = DemoRun(done.returncode, done.stdout, done.stderr, cache, out, os.environ.get("DISPLAY", ""))
+    run = DemoRun(done.returncode, done.stdout, done.stderr, cache, out, os.environ.get("DISPLAY", ""), tuple(DEMO_ARGS))
     if done.returncode != 0:
         pytest.fail(f"the demo failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return run
