@@ -14,6 +14,7 @@ import pytest
 
 from scanner_bridge.assembly import FileRejected, RunStarted, VolumeMissing, VolumeReady
 from scanner_bridge.simulator import Faults, ScannerSimulator, series_volumes
+from scanner_bridge import watcher as watcher_module
 from scanner_bridge.watcher import FolderWatcher, choose_watch_mode, filesystem_type
 
 EP2D = "siemens_mosaic_ep2d_vd13"
@@ -236,6 +237,31 @@ def test_files_renamed_or_moved_in_are_taken_while_watching(tmp_path: Path, ep2d
     assert got_them, events
     assert [e.volume.index for e in events if isinstance(e, VolumeReady)] == [0, 1, 2]
     assert not any(isinstance(e, FileRejected) for e in events)
+
+
+@pytest.mark.parametrize("failure", ["events lost", "no inotify"])
+def test_without_inotify_events_the_folder_is_rescanned(
+    failure: str, tmp_path: Path, ep2d, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An overflowing kernel queue drops events (the watcher rescans), and inotify may not start
+    at all (no watches left: the watcher polls); either way every volume comes."""
+    if failure == "events lost":
+        real_read = watcher_module._Inotify.read
+        monkeypatch.setattr(watcher_module._Inotify, "read", lambda self: real_read(self) and None)
+        expected_log = "inotify lost events"
+    else:
+        def no_watches_left() -> None:
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(watcher_module, "INotify", no_watches_left)
+        expected_log = "inotify unavailable"
+    export = tmp_path / "export"
+    export.mkdir()
+    sim = ScannerSimulator(ep2d[:3], export, tr=3.2, speed=32, subfolders=True)
+    watcher = FolderWatcher(export, mode="inotify", missing_timeout_s=5.0)
+    with caplog.at_level(logging.WARNING, logger="scanner_bridge.watcher"):
+        events = _collect(watcher, sim, lambda ev: _count(ev, VolumeReady) == 3)
+    assert [v.index for v in _ready(events, 1)] == [0, 1, 2]
+    assert any(expected_log in r.getMessage() for r in caplog.records)
 
 
 def test_network_filesystems_are_polled(tmp_path: Path) -> None:
