@@ -17,8 +17,8 @@ subfolder) in one of two modes:
     gets its watch as soon as it is created, and the files already in it are read at once (a
     file still being written fails the completeness check and is retried). A file created with
     no close event following (written through a memory map, say) is read once its size has
-    stayed the same for ``retry_delay_s``. If the kernel's event queue
-    overflows, the folder is rescanned, so nothing is missed.
+    stayed the same for ``retry_delay_s``. If the kernel's event queue overflows, the folder is
+    rescanned, so nothing is missed.
 ``"poll"``
     a rescan every ``poll_interval_s``. inotify sees nothing on network shares (NFS, SMB/CIFS,
     sshfs, ...) because the writes happen on another machine, so ``"auto"`` (the default) picks
@@ -174,10 +174,8 @@ class _Inotify:
             try:
                 wd = self._inotify.add_watch(current, self._FILE_EVENTS | flags.ONLYDIR)
                 entries = list(os.scandir(current))
-            except FileNotFoundError:
-                continue  # removed before we got to it
-            except NotADirectoryError:
-                continue
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed (or replaced by a file) before we got to it
             self._folders[wd] = current
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
@@ -396,11 +394,12 @@ class FolderWatcher(VolumeSource):
             return
         try:
             found = self._inotify.read()
-        except OSError as exc:
+        except OSError as exc:  # e.g. no watches left for a new subfolder
             logger.warning("%s: inotify failed (%s); polling every %.3f s from now on", self.directory, exc, self.poll_interval_s)
             self._inotify.close()
             self._inotify, self.mode = None, "poll"
-            found = None
+            self._scan()
+            return
         if found is None:
             logger.warning("%s: inotify lost events (its queue overflowed); rescanning the folder", self.directory)
             self._scan()
