@@ -239,16 +239,27 @@ def test_files_renamed_or_moved_in_are_taken_while_watching(tmp_path: Path, ep2d
     assert not any(isinstance(e, FileRejected) for e in events)
 
 
-@pytest.mark.parametrize("failure", ["events lost", "no inotify"])
+@pytest.mark.parametrize("failure", ["events lost", "no watch for a new folder", "no inotify"])
 def test_without_inotify_events_the_folder_is_rescanned(
     failure: str, tmp_path: Path, ep2d, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An overflowing kernel queue drops events (the watcher rescans), and inotify may not start
-    at all (no watches left: the watcher polls); either way every volume comes."""
+    """An overflowing kernel queue drops events (the watcher rescans); a new subfolder may get no
+    watch, or inotify may not start at all (no watches left: the watcher polls). Either way every
+    volume comes."""
     if failure == "events lost":
         real_read = watcher_module._Inotify.read
         monkeypatch.setattr(watcher_module._Inotify, "read", lambda self: real_read(self) and None)
         expected_log = "inotify lost events"
+    elif failure == "no watch for a new folder":
+        real_add_tree = watcher_module._Inotify.add_tree
+
+        def add_tree(self, folder: str) -> list[str]:
+            if Path(folder) != tmp_path / "export":
+                raise OSError(28, "No space left on device")
+            return real_add_tree(self, folder)
+
+        monkeypatch.setattr(watcher_module._Inotify, "add_tree", add_tree)
+        expected_log = "inotify failed"
     else:
         def no_watches_left() -> None:
             raise OSError(28, "No space left on device")
