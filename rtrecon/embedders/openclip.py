@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +86,35 @@ def create_openclip_model(
             )
         pretrained_arg = str(path)
     kwargs = copy.deepcopy(model_cfg or {})
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        try:
+    root = logging.getLogger()
+    quiet = _RandomInitIsIntended()
+    if pretrained_arg is None:
+        root.addFilter(quiet)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
             model = open_clip.create_model(
-                arch, pretrained=pretrained_arg, device=device, precision=precision, **kwargs
+                arch, pretrained=pretrained_arg, require_pretrained=pretrained_arg is not None,
+                device=device, precision=precision, **kwargs,
             )
-        except RuntimeError as err:
-            if pretrained_arg is None:
-                raise
-            raise ValueError(f"{pretrained_arg}: not loadable as {arch} weights ({err})") from err
+    except RuntimeError as err:
+        if pretrained_arg is None:
+            raise
+        raise ValueError(f"{pretrained_arg}: not loadable as {arch} weights ({err})") from err
+    finally:
+        root.removeFilter(quiet)
     return model.eval()
+
+
+class _RandomInitIsIntended(logging.Filter):
+    """Drops open_clip's warning that a model was "initialized randomly" (sent to the root logger
+    whenever no weights are loaded). Without ``pretrained`` random weights are what was asked
+    for (the synthetic world's seeded CLIP, a model to train), and the warning would tell
+    whoever runs the demo that something went wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and record.getMessage().startswith("No pretrained weights loaded"))
 
 
 class OpenClipImageEmbedder(torch.nn.Module):

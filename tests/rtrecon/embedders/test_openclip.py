@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,10 @@ def test_from_local_errors_name_the_file(tmp_path) -> None:
     torch.save({"visual.conv1.weight": torch.zeros(1)}, wrong)
     with pytest.raises(ValueError, match="wrong.pt"):
         OpenClipImageEmbedder.from_local(wrong, model_cfg=TINY_MODEL_CFG)
+
+
+def test_random_weights_asked_for_raise_no_warning_and_other_warnings_pass(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        create_openclip_model(BIGG_ARCH, None, TINY_MODEL_CFG, seed=1)
+        logging.warning("No pretrained weights loaded: a warning of the caller's own")
+    assert [r.getMessage() for r in caplog.records] == ["No pretrained weights loaded: a warning of the caller's own"]
