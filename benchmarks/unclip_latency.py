@@ -23,8 +23,8 @@ image and the fast one.
   (and TensorRT when ``torch_tensorrt`` is importable); real weights with ``--decoder DIR``
   (a ``rtrecon convert-unclip`` folder) and ``--embedder FILE`` (local bigG OpenCLIP weights),
   otherwise random weights of the same architecture (latency is weight-independent; the
-  fidelity numbers are then reported as null). ``--save`` writes the table to
-  ``benchmarks/results/unclip_latency_<device>.json``.
+  fidelity numbers are then reported as null). ``--save`` appends the JSON line to
+  ``benchmarks/results/unclip_latency_<device>.jsonl``, as the other saved results are kept.
 
     .venv/bin/python benchmarks/unclip_latency.py [--quick] [--device cpu|cuda] [--decoder DIR]
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the tiny models are latency-bound: 1 is fastest)")
-    parser.add_argument("--save", action="store_true", help="write the table under benchmarks/results/ (GPU runs)")
+    parser.add_argument("--save", action="store_true", help="append the JSON line to benchmarks/results/unclip_latency_<GPU>.jsonl (GPU runs)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -259,9 +259,10 @@ def main(argv: list[str] | None = None) -> dict:
     }
     line = emit("unclip_latency", results)
     if args.save and gpu:
-        out = REPO / "benchmarks" / "results" / f"unclip_latency_{torch.cuda.get_device_name(device).replace(' ', '_')}.json"
+        out = REPO / "benchmarks" / "results" / f"unclip_latency_{torch.cuda.get_device_name(device).replace(' ', '_')}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(json.loads(line), indent=2) + "\n")
+        with open(out, "a") as fh:
+            fh.write(line + "\n")
     return json.loads(line)
 
 
