@@ -682,7 +682,7 @@ class StimulusProgram:
                     self._current = index
             self._hand_over(panel, segment, t_next, interval)
             results = self.record.results
-            group = self.policy.group(index, segment, results) if segment.phase in ("feedback", "end") else ()
+            group = self.policy.group(index, segment, results, t_next) if segment.phase in ("feedback", "end") else ()
             drawn: tuple[int, ...] = ()
             if operator is None:
                 screen.draw(segment)

@@ -91,8 +91,14 @@ class FeedbackPolicy:
             out.append(trial)
         return sorted(out, key=lambda t: results[t].received)
 
-    def members(self, index: int, segment: Segment, results: Mapping[int, ReceivedResult]) -> list[int]:
-        """The trials period ``index`` shows, as its layout's columns (fixed once a trial is drawn)."""
+    def members(self, index: int, segment: Segment, results: Mapping[int, ReceivedResult], t: float = 0.0) -> list[int]:
+        """The trials period ``index`` shows at run time ``t``, as its layout's columns.
+
+        A period's columns are fixed once chosen; the end screen, which may owe more results than
+        fit, shows them in batches, each for ``window_s`` after its last one was first drawn.
+        """
+        if index == self.end_index:
+            return self._end_members(results, t)
         members = self._members.get(index)
         if members is None:
             members = list(segment.feedback_trials)
@@ -100,14 +106,24 @@ class FeedbackPolicy:
             if segment.feedback_trials:
                 members += [t for t in self._owed(results, index) if t not in members]
             self._members[index] = members = members[:MAX_COLUMNS]
-        if not segment.feedback_trials:  # a slot or the end screen: the queue joins while there is room
-            room = (self.settings.slot_trials if index != self.end_index else MAX_COLUMNS) - len(members)
+        if not segment.feedback_trials:  # a slot: the queue joins while there is room
+            room = self.settings.slot_trials - len(members)
             members += [t for t in self._owed(results, index) if t not in members][: max(room, 0)]
         return members
 
-    def group(self, index: int, segment: Segment, results: Mapping[int, ReceivedResult]) -> tuple[int, ...]:
-        """The trials period ``index`` lays out on this frame (those not yet arrived draw nothing)."""
-        return tuple(self.members(index, segment, results))
+    def _end_members(self, results: Mapping[int, ReceivedResult], t: float) -> list[int]:
+        batch = self._members.setdefault(self.end_index, [])
+        shown = {s.trial: s.onset for s in self.shows if s.period == self.end_index}
+        done = all(i in shown for i in batch) and (not batch or t >= max(shown[i] for i in batch) + self.settings.window_s)
+        if done:
+            batch[:] = self._owed(results, self.end_index)[:MAX_COLUMNS]
+        elif len(batch) < MAX_COLUMNS:
+            batch += [i for i in self._owed(results, self.end_index) if i not in batch][: MAX_COLUMNS - len(batch)]
+        return batch
+
+    def group(self, index: int, segment: Segment, results: Mapping[int, ReceivedResult], t: float = 0.0) -> tuple[int, ...]:
+        """The trials period ``index`` lays out on a frame at run time ``t`` (those not yet arrived draw nothing)."""
+        return tuple(self.members(index, segment, results, t))
 
     def drawn(self, index: int, trials: Sequence[int], results: Mapping[int, ReceivedResult], onset: float) -> list[FeedbackShow]:
         """Record the trials a frame of period ``index`` drew (flip at run time ``onset``); returns the new shows."""
