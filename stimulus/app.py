@@ -31,14 +31,23 @@ runs one frame loop until the timeline ends (or the quit key). Each frame it
    ``win.callOnFlip`` the stamping of its onset (right after the flip that first shows it),
    the sending of the trial's :class:`~rtrecon.wire.EventMessage` (for its main event) and
    the virtual participant's view;
-4. draws it (a feedback segment draws each of its results as soon as it has arrived, and marks
-   the flip that first shows it); with ``feedback.screen = "operator"`` feedback goes to a
-   second window instead, which also shows the latest result when the operator presses
-   ``feedback.demand_key``;
-5. flips.
+4. makes the textures of results received, only on a frame without a stimulus (a feedback
+   period, the end screen, or a fixation, gap or rest frame at least three frames before the
+   next segment), so that no stimulus onset waits on a result;
+5. draws it: a feedback period (:mod:`stimulus.policy` chooses its trials: its own, late ones,
+   or the queue in a slot) draws each result as soon as it is there and marks the flip that
+   first shows it; nothing else ever draws a result on the participant's screen. With
+   ``feedback.screen = "operator"`` feedback goes to a second window instead, which also shows
+   the latest result when the operator presses ``feedback.demand_key`` (and each one as it
+   arrives, with live feedback);
+6. flips.
 
-Nothing in the loop waits on the network or on a result, so a slow or missing result never
-delays a frame. All files are written when the run ends, also when it is aborted
+After the timeline comes the end-of-run screen, for ``feedback.end_screen_s`` and, with
+``results_timeout_s``, while results still owed come (shown below it). Every image is loaded
+before the first trigger; nothing in the loop waits on the network or on a result, so a slow or
+missing result never delays a frame. Each stimulus's planned and measured onset and duration are
+in the events file; a run whose stimuli slipped more than a frame says so when it ends (log and
+the events sidecar's ``StimulusTiming``). All files are written when the run ends, also when it is aborted
 (:class:`~stimulus.records.RunRecord`); a segment with an event is never skipped, even when
 the process stalled past it (it is then shown late, for at least one frame).
 
@@ -249,12 +258,11 @@ class StimulusProgram:
     stays in scanner seconds since the first trigger (elapsed clock time × S). ``journal``
     keeps the run on disk as it happens (default: a journal of the run's own; give it when the
     link's ``on_result`` writes to it); a run whose journal shows it started and did not end is
-    resumed (see the module docstring). ``live_feedback`` draws the result of each trial that asks
-    for feedback over the task as soon as it arrives, for ``feedback.window_s`` (scanner seconds)
-    or until the next one, for designs without feedback periods (a replay of NSD's timing; the
-    setup comes from ``prepare_run(..., live_feedback=True)``); ``results_timeout_s`` keeps the
-    program on (fixation, live feedback) after the timeline's end until every trial that asks
-    for feedback has its result shown, or no result came for that many seconds.
+    resumed (see the module docstring). ``live_feedback`` (the setup from ``prepare_run(...,
+    live_feedback=True)``) shows each result as it arrives: on the participant's screen in the
+    next of the design's free stretches (slots), on the operator's window at once, for
+    ``feedback.window_s`` (scanner seconds) or until the next one; ``results_timeout_s`` keeps the
+    end screen on until every result still owed is shown, or no result came for that many seconds.
     """
 
     def __init__(

@@ -3,9 +3,13 @@
 :class:`RunPaths` names the files of one run (BIDS entities from the session config)::
 
     OUT/sourcedata/stimulus/sub-S/ses-E/func/sub-S_ses-E_task-T_run-RR_
-        events.tsv (+ .json sidecar)    BIDS events: every event the participant saw, with responses
+        events.tsv (+ .json sidecar)    BIDS events: every event the participant saw, with responses,
+                                        planned and measured onset and duration; one feedback row per
+                                        (period, trial, release shown), with its status; the sidecar's
+                                        StimulusTiming counts the stimuli that slipped over a frame
         psychopy.csv, psychopy.psydat   PsychoPy ExperimentHandler, one row per event
-        results.tsv                     each result: received / shown (run seconds), engine latencies,
+        results.tsv                     each result (its latest release; its CPD when the trial has a
+                                        pairmate): received / shown (run seconds), engine latencies,
                                         and its stage stamps (time.time(), the latency chain) with
                                         "received" and "shown" added
         triggers.tsv                    every scanner trigger, seconds since the first
@@ -38,7 +42,12 @@ their ``"t"``:
 - ``result``: a result, written before the engine is told it arrived: the message's fields
   (``embedding`` as a list; ``image``: its PNG's file name), ``received_monotonic`` and
   ``received_wall`` (``time.time()``);
-- ``shown``: ``trial``, ``shown`` (s) and ``shown_wall``: the flip that first showed its result;
+- ``shown``: ``trial``, ``release``, ``shown`` (s) and ``shown_wall``: the flip that first showed
+  its result (that release of it);
+- ``feedback``: ``period`` (the feedback segment's index; the end screen's is the number of
+  segments), ``trial``, ``release``, ``onset`` (s): a result first drawn in a feedback period
+  (:class:`~stimulus.policy.FeedbackShow`);
+- ``end_screen``: ``onset`` (s) of the end-of-run screen;
 - ``flips``: ``times`` (s) of a batch of flips;
 - ``end``: the run ended (``aborted``).
 
