@@ -175,15 +175,16 @@ def build_timeline(task: Task, trials: Sequence[Trial], settings: StimulusSectio
             segments.append(Segment(t, t + fb.window_s, "feedback", trial, "feedback", feedback_trials=wanted))
             t += fb.window_s
     t += settings.lead_out_s
+    slots = when == "slot" and any(trial.feedback for trial in trials)
     filled: list[Segment] = []
     cursor = 0.0
     for seg in segments:
         if seg.start > cursor + 1e-9:
-            filled.extend(_free(cursor, seg.start, when == "slot" and bool(filled), fb.window_s, fb.slot_min_s))
+            filled.extend(_free(cursor, seg.start, slots and bool(filled), fb.window_s, fb.slot_min_s))
         filled.append(seg)
         cursor = seg.stop
     if t > cursor + 1e-9:
-        filled.extend(_free(cursor, t, when == "slot" and bool(filled), fb.window_s, fb.slot_min_s))
+        filled.extend(_free(cursor, t, slots and bool(filled), fb.window_s, fb.slot_min_s))
     return Timeline(tuple(filled))
 
 

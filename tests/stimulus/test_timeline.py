@@ -84,6 +84,9 @@ def test_slots_are_the_designs_free_stretches_never_a_trials_own_segments():
     for seg in tl.segments:
         if seg.phase == "feedback":
             assert all(t.stop <= seg.start + 1e-9 or t.start >= seg.stop - 1e-9 for t in tl.segments if t.trial is not None)
+    # no trial asks for feedback: no slots
+    quiet = [Trial(index=t.index, line=t.line, trial_type="image", stim_file=t.stim_file, onset=t.onset) for t in trials]
+    assert not [s for s in build_timeline("perception", quiet, cfg).segments if s.phase == "feedback"]
     # the same design with a feedback period after each trial does not fit: the check says where
     with pytest.raises(TrialListError, match=r"line 3: onset 5.0 s overlaps"):
         build_timeline("perception", trials, settings(perception={"image_s": 3.0, "gap_s": 0.9}, feedback={"window_s": 4.0}), Path("run.tsv"))
