@@ -18,7 +18,6 @@ from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key
 from rtrecon.wire import EventMessage, TrialResultMessage
 from stimulus.app import Frame, StimulusProgram, prepare_run
 from stimulus.participant import VirtualParticipant
-from stimulus.records import read_journal
 from stimulus.trials import TrialListError
 
 SESSION = "sub-01_ses-01"
@@ -411,9 +410,12 @@ def test_perception_slot_feedback_never_covers_the_task(win, make_image, tmp_pat
     link = EchoLink(speed, {0: 0.3, 1: 0.3, 2: 0.3, 3: 0.3}, refine_s=0.5)  # each arrives during its own image
     watch = PixelWatch()
     participant = VirtualParticipant(tr=1.0, response_time_s=0.3, speed=speed)
-    record = StimulusProgram(setup, link=link, participant=participant, win=win, on_frame=watch, speed=speed,
-                             live_feedback=True, results_timeout_s=0.5).run()
+    program = StimulusProgram(setup, link=link, participant=participant, win=win, on_frame=watch, speed=speed,
+                              live_feedback=True, results_timeout_s=0.5)
+    record = program.run()
     flips = record.flips
+    # the replay keeps the scanner's time: triggers every TR / speed of the clock, responses in scanner seconds
+    assert np.allclose(np.diff(program.trigger.times), 1.0 / speed, atol=1e-9)
 
     shown_frames = _no_feedback_over_the_task(watch, flips, setup.timeline, speed)
     assert shown_frames >= 3  # the control: results were drawn, in the slots
@@ -430,6 +432,7 @@ def test_perception_slot_feedback_never_covers_the_task(win, make_image, tmp_pat
             assert float(row["planned_duration"]) == pytest.approx(1.0)
     # every image row: planned and measured onset and duration; the sidecar says how many slipped
     images = [r for r in rows if r["trial_type"] == "image"]
+    assert [float(r["response_time"]) for r in images] == pytest.approx([0.3] * 4, abs=0.05 * speed)
     assert [float(r["planned_onset"]) for r in images] == pytest.approx(onsets)
     sidecar = json.loads(setup.paths.events.with_suffix(".json").read_text())["StimulusTiming"]
     assert sidecar["stimuli"] == 4 and sidecar["speed"] == speed

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtrecon.config import FeedbackSection, SessionConfig, SessionSection, StimulusSection
+from rtrecon.config import SessionConfig, SessionSection, StimulusSection
 from rtrecon.wire import TrialResultMessage
 from stimulus.feedback import FeedbackPanel, ReceivedResult
 from stimulus.pairmates import PairmateScorer, distinctiveness
