@@ -75,6 +75,7 @@ __all__ = [
     "SoundSection",
     "FeedbackSection",
     "StimulusSection",
+    "ConsoleSection",
     "SessionConfig",
     "HRF_MODELS",
     "load_config",
@@ -345,6 +346,15 @@ class StimulusSection(_Section):
     quit_key: str = Field("escape", description="key that ends the run early")
 
 
+class ConsoleSection(_Section):
+    """The operator console (`rtrecon console`): a web page of the live session."""
+
+    host: str = Field("127.0.0.1", description="address the page is served on (any other than localhost needs [security] keys_dir)")
+    port: int = Field(8765, ge=0, le=65535, description="TCP port of the page (0: any free port)")
+    fd_threshold_mm: float = Field(0.5, gt=0, description="framewise displacement (mm) above which a volume raises the alarm")
+    decoder_backlog: int = Field(3, ge=1, description="trials waiting to be decoded at which the decoder is falling behind")
+
+
 class SessionConfig(_Section):
     """A whole session config file."""
 
@@ -355,6 +365,7 @@ class SessionConfig(_Section):
     engine: EngineSection = EngineSection()
     decoder: DecoderSection = DecoderSection()
     stimulus: StimulusSection = StimulusSection()
+    console: ConsoleSection = ConsoleSection()
 
 
 def _resolve(value: Any, base: Path) -> Any:

@@ -123,6 +123,9 @@ class TrialResultMessage(Message):
     image: np.ndarray | None = None
     embedding: np.ndarray | None = None
     decoder: str = ""
+    release: int = 0
+    release_s: float = 0.0
+    final: bool = False
     latencies: dict[str, float] = field(default_factory=dict)
     stamps: dict[str, float] = field(default_factory=dict)
 

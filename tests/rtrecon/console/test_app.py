@@ -1,0 +1,117 @@
+"""The console page in a real browser during a short live session: a real engine process fed
+volumes and events over its links, the console process subscribed to it, Chromium on the page."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from rtrecon.console.records import ControlRecords
+
+pytestmark = pytest.mark.timeout(240)
+
+WAIT_MS = 60_000  # generous: two engine starts share 2 busy cores with other work
+
+
+def _banner_texts(page) -> list[str]:
+    return page.locator("#banners .banner").all_inner_texts()
+
+
+def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromium, harness):
+    from playwright.sync_api import expect
+
+    N_VOLS, SPIKE, LiveSession, start_console, stop = (harness.N_VOLS, harness.SPIKE, harness.LiveSession,
+                                                       harness.start_console, harness.stop)
+
+    live = LiveSession(tmp_path)
+    console, url = start_console(live.config)
+    shots = tmp_path / "screenshots"
+    page = chromium.new_page(viewport={"width": 1400, "height": 1700})
+    try:
+        page.goto(url)
+        expect(page.locator("#connection")).to_have_text("live", timeout=WAIT_MS)
+
+        # Volumes and the first trial's release appear as they arrive.
+        live.send(SPIKE)
+        expect(page.locator("#received")).to_have_text(str(SPIKE), timeout=WAIT_MS)
+        expect(page.locator("#expected")).to_have_text(str(N_VOLS))
+        expect(page.locator('.trial[data-trial="0"] .releases')).to_contain_text("r0", timeout=WAIT_MS)
+        expect(page.locator('[data-link="bridge_alive"]')).to_have_class("pill ok", timeout=WAIT_MS)
+        assert page.locator("#fd-alarm").is_hidden()  # the control: slow drift stays under the threshold
+        assert not any("FD" in text for text in _banner_texts(page))
+        page.screenshot(path=shots / "1-first-volumes.png", full_page=True)
+
+        # The 3 mm jerk raises the FD alarm, on the plot and in a banner.
+        live.send(20)
+        expect(page.locator("#fd-alarm")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#fd-alarm")).to_contain_text(f"volume {SPIKE + 1}", timeout=WAIT_MS)
+        expect(page.locator("#banners .banner.alarm")).to_contain_text("threshold 0.5 mm")
+        assert page.locator("#plot-fd circle.over").count() == 2
+        page.screenshot(path=shots / "2-fd-alarm.png", full_page=True)
+
+        # The engine is killed mid-run: the page says so; volumes keep coming (spooled by the bridge
+        # side), and once the engine is back they all show, with the trials released meanwhile.
+        live.engine.kill()
+        live.engine.wait()
+        expect(page.locator("#banners")).to_contain_text("engine silent", timeout=WAIT_MS)
+        expect(page.locator('[data-link="engine"]')).to_have_class("pill bad")
+        live.send(28)
+        page.screenshot(path=shots / "3-engine-down.png", full_page=True)
+        live.engine = live.start_engine()
+        live.wait_acked()
+        expect(page.locator("#received")).to_have_text("28", timeout=WAIT_MS)
+        expect(page.locator("#restarts")).to_have_text("1", timeout=WAIT_MS)
+        expect(page.locator("#banners")).not_to_contain_text("engine silent", timeout=WAIT_MS)
+        expect(page.locator('.trial[data-trial="2"] .releases')).to_contain_text("r0", timeout=WAIT_MS)
+
+        # Controls: recorded in the session's records and shown.
+        page.locator('.trial[data-trial="1"] button').click()
+        expect(page.locator('.trial[data-trial="1"]')).to_have_class("trial bad", timeout=WAIT_MS)
+        page.locator("#pause").click()
+        expect(page.locator("#banners")).to_contain_text("feedback paused", timeout=WAIT_MS)
+        records = ControlRecords(tmp_path / "out", "01", "01").read()
+        assert [(r["action"], r.get("trial")) for r in records] == [("mark_bad", 1), ("pause_feedback", None)]
+
+        # The run ends: every trial is released, the run state says so.
+        live.end()
+        expect(page.locator("#state")).to_have_text("run 1 ended (28 volumes)", timeout=WAIT_MS)
+        expect(page.locator(".trial")).to_have_count(4, timeout=WAIT_MS)
+        expect(page.locator('.trial[data-trial="3"] .releases')).to_contain_text("r0", timeout=WAIT_MS)
+        page.screenshot(path=shots / "4-run-ended.png", full_page=True)
+
+        # A page opened now (or reloaded) gets the whole session from the snapshot.
+        page.reload()
+        expect(page.locator("#received")).to_have_text("28", timeout=WAIT_MS)
+        expect(page.locator('.trial[data-trial="1"]')).to_have_class("trial bad")
+    finally:
+        page.close()
+        err = stop(console)
+        live.close()
+    assert "Traceback" not in err, err[-3000:]
+
+
+def test_state_endpoint_matches_the_store_after_a_late_start(tmp_path, chromium, harness):
+    """A console started after the volumes were stored backfills them from the session folder."""
+    from playwright.sync_api import expect
+
+    SPIKE, LiveSession, start_console, stop = harness.SPIKE, harness.LiveSession, harness.start_console, harness.stop
+
+    live = LiveSession(tmp_path)
+    try:
+        live.send(14)
+        live.wait_acked()
+        console, url = start_console(live.config)
+        try:
+            page = chromium.new_page()
+            page.goto(url)
+            expect(page.locator("#received")).to_have_text("14", timeout=WAIT_MS)
+            state = json.loads(page.request.get(url + "api/state").text())
+            assert [v["index"] for v in state["volumes"]] == list(range(14))
+            assert state["volumes"][SPIKE]["fd"] > 2.0 and state["volumes"][SPIKE - 1]["fd"] < 0.5
+            page.close()
+        finally:
+            stop(console)
+    finally:
+        live.close()
