@@ -90,7 +90,7 @@ class _Release:
 
     def as_json(self) -> dict[str, Any]:
         return {"release": self.release, "release_s": self.release_s, "final": self.final, "decoder": self.decoder,
-                "retrieved": self.retrieved[:5], "scores": [round(s, 4) for s in self.scores[:5]], "rank": self.rank,
+                "retrieved": self.retrieved[:5], "n_retrieved": len(self.retrieved), "scores": [round(s, 4) for s in self.scores[:5]], "rank": self.rank,
                 "thumbnail": self.thumbnail, "latencies": self.latencies, "stamps": self.stamps}
 
 

@@ -184,7 +184,7 @@ function renderTrials() {
     if (!t.releases.length) releases.append(el("span", { text: "waiting" }));
     const top = el("ol", { class: "top5" }, ...(latest ? latest.retrieved : []).map((id, i) =>
       el("li", { class: id === t.stimulus ? "hit" : "", text: `${id} (${fmt(latest.scores[i], 3)})` })));
-    const rank = !latest || !latest.retrieved.length ? "—" : latest.rank ? "rank " + latest.rank : `not in top-${latest.retrieved.length}`;
+    const rank = !latest || !latest.retrieved.length ? "—" : latest.rank ? "rank " + latest.rank : `not in top-${latest.n_retrieved}`;
     const bad = el("button", { text: t.bad ? "unmark bad" : "mark bad" });
     bad.onclick = () => control({ action: t.bad ? "unmark_bad" : "mark_bad", run: t.run, trial: t.trial });
     return el("div", { class: "trial" + (t.bad ? " bad" : ""), "data-run": t.run, "data-trial": t.trial },

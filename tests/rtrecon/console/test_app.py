@@ -115,3 +115,61 @@ def test_state_endpoint_matches_the_store_after_a_late_start(tmp_path, chromium,
             stop(console)
     finally:
         live.close()
+
+
+def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, chromium, harness):
+    """Decoded results (as the engine's decoding stage publishes them) on the page, with the gallery's images."""
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    from rtrecon.transport import StatusPublisher
+    from rtrecon.wire import StatusMessage, TrialResultMessage
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for k in range(8):
+        Image.fromarray(np.full((40, 40, 3), 30 * k, np.uint8)).save(gallery / f"nsd:{k}.png")
+    config = harness.write_config(tmp_path, f'[stimulus.feedback]\ngallery_dir = "{gallery}"\n')
+    console, url = harness.start_console(config)
+    reconstruction = np.zeros((96, 96, 3), np.uint8)
+    reconstruction[:, :48, 1] = 255
+    links = StatusMessage(process="engine", state="links", metrics={"bridge_alive": 1.0, "stimulus_events_alive": 1.0,
+                                                                     "stimulus_results_alive": 1.0, "trials_decoding": 1.0})
+
+    def result(trial: int, stimulus: str, retrieved: list[str], release: int, final: bool) -> TrialResultMessage:
+        return TrialResultMessage(session=harness.SESSION, run=1, trial=trial, stimulus=stimulus, retrieved=retrieved,
+                                  scores=[0.9 - 0.1 * k for k in range(len(retrieved))], image=reconstruction,
+                                  decoder="mindeye2+unclip", release=release, release_s=8.0 * (release + 1), final=final,
+                                  latencies={"betas_s": 0.003, "decode_s": 0.02, "retrieval_s": 0.001, "image_s": 0.9},
+                                  stamps={"trial_ready": 100.0, "sent": 101.0})
+
+    page = chromium.new_page(viewport={"width": 1400, "height": 1100})
+    try:
+        with StatusPublisher(f"ipc://{tmp_path}/s") as publisher:
+            page.goto(url)
+            for _ in range(100):  # until the console's subscription has joined the feed
+                publisher.publish(links)
+                if page.locator('[data-link="engine"]').get_attribute("class") == "pill ok":
+                    break
+                page.wait_for_timeout(100)
+            publisher.publish(result(0, "nsd:3", ["nsd:1", "nsd:3", "nsd:2", "nsd:4", "nsd:5", "nsd:6"], 0, False))
+            publisher.publish(result(0, "nsd:3", ["nsd:3", "nsd:1", "nsd:2", "nsd:4", "nsd:5"], 1, True))
+            publisher.publish(result(1, "nsd:7", ["nsd:1", "nsd:2", "nsd:3", "nsd:4", "nsd:5", "nsd:6"], 0, False))
+            card = page.locator('.trial[data-trial="0"]')
+            expect(card.locator(".releases span")).to_have_text(["r0 @8.0 s", "final @16.0 s"], timeout=WAIT_MS)
+            expect(card.locator(".rank")).to_have_text("rank 1")
+            expect(card.locator(".top5 li")).to_have_count(5)
+            expect(card.locator(".top5 li.hit")).to_have_text("nsd:3 (0.900)")
+            expect(page.locator('.trial[data-trial="1"] .rank')).to_have_text("not in top-6", timeout=WAIT_MS)
+            expect(page.locator("#top1")).to_have_text("50.0 %")
+            expect(page.locator("#top5")).to_have_text("50.0 %")
+            expect(page.locator("#latency-strip")).to_contain_text("image: 0.90 s")
+            reconstructed = card.locator('img[alt="no reconstruction"]')
+            assert reconstructed.get_attribute("src").startswith("data:image/png;base64,")
+            seen = card.locator('img[alt="nsd:3"]')
+            expect(seen).to_have_js_property("naturalWidth", 40)  # the stimulus, served from the gallery
+            page.screenshot(path=tmp_path / "screenshots" / "decoded-trials.png", full_page=True)
+    finally:
+        page.close()
+        harness.stop(console)
