@@ -9,7 +9,7 @@ checkpoint, output folder, replay speed) and
    and images (:mod:`rtrecon.demo.stimulus_pc`) and the gallery (``gallery.npz``: the targets'
    tokens of every image shown in the session's runs, ids ``nsd:<73k id>``);
 2. finds the participant's screen (``DISPLAY``, else a private Xvfb) and starts the engine
-   (``rtrecon engine --config``), then for each run the stimulus program (``rtrecon stimulus run
+   (``rtrecon engine --config``) and the operator console (``rtrecon console``, its address printed), then for each run the stimulus program (``rtrecon stimulus run
    --virtual --speed S``: the real PsychoPy task with a virtual participant, results drawn on its
    window as they arrive) and, once it waits for the scanner, the bridge (``rtrecon bridge
    replay-nsd``); the bridge's first volume starts the program's virtual scanner. Each is its own
@@ -26,6 +26,7 @@ logs are in ``OUT/logs``.
 from __future__ import annotations
 
 import json
+import re
 import time
 import sys
 from collections.abc import Callable, Sequence
@@ -177,6 +178,9 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
         console.print(f"    the participant's screen: X display {display}")
         engine_log = group.start("engine", ["-m", "rtrecon.cli", "engine", "--config", str(config)])
         _wait_for_line(group, "engine", engine_log, "engine up", timeout_s=300.0)
+        console_log = group.start("console", ["-m", "rtrecon.cli", "console", "--config", str(config), "--port", "0"])
+        _wait_for_line(group, "console", console_log, "console up", timeout_s=120.0)
+        console.print(f"    operator console: {re.search(r'console up: (\S+)', console_log.read_text())[1]}")
         for run in spec.runs:
             n_trials = len(nsd.events(spec.subject, spec.session, run))
             n_vols = nsd.read_design(spec.subject, spec.session, run).size
