@@ -180,7 +180,8 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
         _wait_for_line(group, "engine", engine_log, "engine up", timeout_s=300.0)
         console_log = group.start("console", ["-m", "rtrecon.cli", "console", "--config", str(config), "--port", "0"])
         _wait_for_line(group, "console", console_log, "console up", timeout_s=120.0)
-        console.print(f"    operator console: {re.search(r'console up: (\S+)', console_log.read_text())[1]}")
+        address = re.search(r"console up: (\S+)", console_log.read_text())[1]
+        console.print(f"    operator console: {address}")
         for run in spec.runs:
             n_trials = len(nsd.events(spec.subject, spec.session, run))
             n_vols = nsd.read_design(spec.subject, spec.session, run).size

@@ -4,7 +4,6 @@ volumes and events over its links, the console process subscribed to it, Chromiu
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -85,6 +84,20 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         page.reload()
         expect(page.locator("#received")).to_have_text("28", timeout=WAIT_MS)
         expect(page.locator('.trial[data-trial="1"]')).to_have_class("trial bad")
+
+        # A console (re)started now reads the session back from the store and its records.
+        late, late_url = start_console(live.config)
+        try:
+            page.goto(late_url)
+            expect(page.locator("#received")).to_have_text("28", timeout=WAIT_MS)
+            expect(page.locator("#state")).to_have_text("run 1 ended (28 volumes)")
+            expect(page.locator('.trial[data-trial="1"]')).to_have_class("trial bad")
+            expect(page.locator("#fd-alarm")).to_contain_text(f"volume {SPIKE + 1}")
+            state = json.loads(page.request.get(late_url + "api/state").text())
+            assert [v["index"] for v in state["volumes"]] == list(range(28))
+            assert state["volumes"][SPIKE]["fd"] > 2.0 and state["volumes"][SPIKE - 1]["fd"] < 0.5
+        finally:
+            stop(late)
     finally:
         page.close()
         err = stop(console)
@@ -92,29 +105,6 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
     assert "Traceback" not in err, err[-3000:]
 
 
-def test_state_endpoint_matches_the_store_after_a_late_start(tmp_path, chromium, harness):
-    """A console started after the volumes were stored backfills them from the session folder."""
-    from playwright.sync_api import expect
-
-    SPIKE, LiveSession, start_console, stop = harness.SPIKE, harness.LiveSession, harness.start_console, harness.stop
-
-    live = LiveSession(tmp_path)
-    try:
-        live.send(14)
-        live.wait_acked()
-        console, url = start_console(live.config)
-        try:
-            page = chromium.new_page()
-            page.goto(url)
-            expect(page.locator("#received")).to_have_text("14", timeout=WAIT_MS)
-            state = json.loads(page.request.get(url + "api/state").text())
-            assert [v["index"] for v in state["volumes"]] == list(range(14))
-            assert state["volumes"][SPIKE]["fd"] > 2.0 and state["volumes"][SPIKE - 1]["fd"] < 0.5
-            page.close()
-        finally:
-            stop(console)
-    finally:
-        live.close()
 
 
 def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, chromium, harness):
