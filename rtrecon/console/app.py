@@ -12,10 +12,11 @@ Routes::
 :class:`ConsoleService` owns the :class:`~rtrecon.console.state.SessionState`, the engine feed
 (:class:`~rtrecon.console.feeds.EngineFeed`), the store reader and the control records. Messages
 from the feed's thread are moved onto the event loop (``call_soon_threadsafe``), applied, and
-every open page gets the changes. A task on the loop checks the store once a second (runs that
-have ended, a new run's TR) and refreshes the summary, so a dead engine shows on the page within
-seconds without the page polling anything. The state is backfilled from the store at start, when
-the feed skips a volume, and when the engine comes back after falling silent (a restart).
+every open page gets the changes. A task on the loop reads the store once a second (runs that
+have ended, a new run's TR, the trials' onsets: the engine does not publish events) and refreshes
+the summary, so a dead engine shows on the page within seconds without the page polling anything.
+The state is backfilled from the store at start, when the feed skips a volume, and when the
+engine comes back after falling silent (a restart).
 
 Access (:class:`TokenGate`). Bound to localhost the console admits local clients only (Host
 header checked, against DNS rebinding). Bound to any other address it needs ``token``: every
@@ -133,6 +134,8 @@ class ConsoleService:
         while True:
             await asyncio.sleep(1.0)
             for run in self.folder.runs()[-2:]:
+                # trial onsets come only from the store: the engine does not publish events
+                self.state.add_events(run, self.folder.events(run))
                 self.state.set_run_info(run, tr=self.folder.tr(run), ended=self.folder.ended(run))
             self._push()
 

@@ -182,8 +182,11 @@ function renderTrials() {
       el("span", { class: r.final ? "final" : "", text: (r.final ? "final" : "r" + r.release) +
                    (r.release_s !== null && !Number.isNaN(r.release_s) && r.release_s ? ` @${fmt(r.release_s, 1)} s` : "") })));
     if (!t.releases.length) releases.append(el("span", { text: "waiting" }));
-    const top = el("ol", { class: "top5" }, ...(latest ? latest.retrieved : []).map((id, i) =>
-      el("li", { class: id === t.stimulus ? "hit" : "", text: `${id} (${fmt(latest.scores[i], 3)})` })));
+    const top = el("ol", { class: "top5" }, ...(latest ? latest.retrieved : []).map((id, i) => {
+      const icon = el("img", { src: "/gallery/" + encodeURIComponent(id), alt: "" });
+      icon.onerror = () => icon.remove();  // no gallery folder, or not in it: the id alone
+      return el("li", { class: id === t.stimulus ? "hit" : "" }, icon, `${id} (${fmt(latest.scores[i], 3)})`);
+    }));
     const rank = !latest || !latest.retrieved.length ? "—" : latest.rank ? "rank " + latest.rank : `not in top-${latest.n_retrieved}`;
     const bad = el("button", { text: t.bad ? "unmark bad" : "mark bad" });
     bad.onclick = () => control({ action: t.bad ? "unmark_bad" : "mark_bad", run: t.run, trial: t.trial });

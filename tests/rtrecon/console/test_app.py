@@ -78,6 +78,7 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         expect(page.locator("#state")).to_have_text("run 1 ended (28 volumes)", timeout=WAIT_MS)
         expect(page.locator(".trial")).to_have_count(4, timeout=WAIT_MS)
         expect(page.locator('.trial[data-trial="3"] .releases')).to_contain_text("r0", timeout=WAIT_MS)
+        expect(page.locator('.trial[data-trial="3"]')).to_contain_text("onset 20.0 s", timeout=WAIT_MS)
         page.screenshot(path=shots / "4-run-ended.png", full_page=True)
 
         # A page opened now (or reloaded) gets the whole session from the snapshot.
