@@ -351,10 +351,12 @@ class SessionState:
                 if key in self.links and not self.links[key]:
                     out.append({"level": "error", "text": f"link {name} is dead"})
         if run is not None:
-            missing = sorted(v.index for v in run.volumes.values() if v.missing)
+            missing = sorted((v.index, v.reason) for v in run.volumes.values() if v.missing)
             if missing:
-                listed = ", ".join(map(str, missing[-5:]))
-                out.append({"level": "warning", "text": f"run {run.number}: {len(missing)} missing volume(s) (last: {listed})"})
+                listed = ", ".join(str(index) for index, _ in missing[-5:])
+                reason = f": {missing[-1][1]}" if missing[-1][1] else ""
+                out.append({"level": "warning", "text": f"run {run.number}: {len(missing)} missing volume(s) "
+                            f"(last: {listed}{reason})"})
             if run.tr is not None and self.expected_tr is not None and abs(run.tr - self.expected_tr) > 1e-3 * self.expected_tr:
                 out.append({"level": "error", "text": f"bad TR: run {run.number} has TR {run.tr:g} s, the session's is {self.expected_tr:g} s"})
         if self.trials_decoding >= self.decoder_backlog:

@@ -58,7 +58,7 @@ def test_volumes_counts_and_gaps(state):
     state.on_status(missing, now=0.3)
     summary = state.summary(now=0.3)
     assert (summary["received"], summary["missing"], summary["expected"]) == (3, 1, 40)
-    assert "1 missing volume(s) (last: 4)" in " ".join(_levels(state, 0.3)["warning"])
+    assert "1 missing volume(s) (last: 4: never came)" in " ".join(_levels(state, 0.3)["warning"])
     # The store's rows fill the gap; the feed's own rows stay as they came.
     state.add_volume_rows([VolumeRow(1, 2, (0.0,) * 6, 0.2, 9.0, False), VolumeRow(1, 3, (9.0,) * 6, 9.0, 9.0, False)])
     volumes = {v["index"]: v for v in state.snapshot(now=0.4)["volumes"]}
