@@ -343,8 +343,12 @@ class SessionState:
             out.append({"level": "alarm", "text": f"FD {alarm['fd']:.2f} mm at volume {alarm['index']} of run "
                         f"{alarm['run']} (threshold {self.fd_threshold_mm:g} mm; {alarm['count']} volume(s) over)"})
         if self.engine_heard is not None and not self.engine_alive(now):
-            out.append({"level": "error", "text": f"engine silent for {now - self.engine_heard:.0f} s: dead link "
-                        "or engine stopped (the page reconnects and backfills from the store)"})
+            silent = now - self.engine_heard
+            if live or run is None:
+                out.append({"level": "error", "text": f"engine silent for {silent:.0f} s: dead link or engine stopped "
+                            "(the page reconnects and backfills from the store)"})
+            else:  # stopped once its run was over, as at the end of a session
+                out.append({"level": "info", "text": f"engine silent for {silent:.0f} s, after run {run.number} ended"})
         elif live and self.engine_heard is not None:
             names = {"bridge_alive": "bridge → engine", "stimulus_events_alive": "stimulus → engine (events)"}
             for key, name in names.items():

@@ -135,6 +135,8 @@ def test_links_engine_silence_and_restart(state):
     state.set_run_info(1, ended=1)
     state.on_status(_links(bridge=False), now=10.5)
     assert "error" not in _levels(state, 10.5) and state.run_state(10.5) == "run 1 ended (1 volumes)"
+    # nor an engine stopped after it (the end of a session): said, not as an error
+    assert _levels(state, 20.0) == {"info": ["engine silent for 10 s, after run 1 ended"]}
 
 
 def test_decoder_backlog_bad_tr_and_feedback_pause(state):
