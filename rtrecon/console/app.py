@@ -115,12 +115,17 @@ class ConsoleService:
             gap = self.state.on_status(message, received)
             if gap or not was_alive:
                 self.backfill()
+            elif "volume" in message.metrics and "run" in message.metrics:
+                # the stages of the volume just published, from the timings row written before it
+                run, index = int(message.metrics["run"]), int(message.metrics["volume"])
+                self.state.add_stages(run, self.folder.stages(run, start=index))
         self._push()
 
     def backfill(self) -> None:
         """Read what the store holds into the state (what the feed gave stays as it came)."""
         for run in self.folder.runs():
             self.state.add_volume_rows(self.folder.volumes(run))
+            self.state.add_stages(run, self.folder.stages(run))
             self.state.add_events(run, self.folder.events(run))
             for trial in self.folder.released(run):
                 existing = self.state.runs[run].trials.get(trial) if run in self.state.runs else None

@@ -8,7 +8,7 @@ the store's files by their BIDS names, without importing the engine (``rtrecon``
     OUT/sub-XX/ses-YY/func/<prefix>_bold.json                          the run's sidecar (TR)
     OUT/sub-XX/ses-YY/func/<prefix>_events.tsv                         trial onsets and stimuli
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-confounds_timeseries.tsv   motion, FD
-    OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-volumetimings.tsv          stage ms
+    OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-volumetimings.tsv          stage times
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-trial<N>decoded.npz        top-k, image
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-runend.json                run ended
 
@@ -127,6 +127,22 @@ class SessionFolder:
                                   _number(r.get("framewise_displacement")), latency.get(index, math.nan),
                                   r.get("missing") == "1"))
         return rows
+
+    def stages(self, run: int, start: int = 0) -> dict[int, dict[str, float]]:
+        """volume -> milliseconds of each stage from the volume timings: ``bridge`` (read from the
+        scanner's export, or sent, to received: wall clocks of two machines), ``persist``,
+        ``realign`` and ``glm`` (the engine's own clock); a stage without its times is left out."""
+        out = {}
+        for r in _read_tsv(self._derivative(run, "volumetimings")):
+            if not r.get("volume", "").isdigit() or int(r["volume"]) < start:
+                continue
+            read = _number(r.get("read_time"))
+            read = read if math.isfinite(read) else _number(r.get("sent_time"))
+            persisted, realigned, glm = (_number(r.get(f"{s}_ms")) for s in ("persisted", "realigned", "glm_updated"))
+            stages = {"bridge": 1000.0 * (_number(r.get("received_time")) - read), "persist": persisted,
+                      "realign": realigned - persisted, "glm": glm - realigned}
+            out[int(r["volume"])] = {name: round(ms, 3) for name, ms in stages.items() if math.isfinite(ms)}
+        return out
 
     def events(self, run: int) -> dict[int, tuple[float, str]]:
         """trial -> (onset s, stimulus id) of the run's events."""

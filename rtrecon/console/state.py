@@ -68,10 +68,11 @@ class _Volume:
     latency_ms: float
     missing: bool = False
     reason: str = ""
+    stages: dict[str, float] = field(default_factory=dict)
 
     def as_json(self, run: int) -> dict[str, Any]:
         return {"run": run, "index": self.index, "missing": self.missing, "reason": self.reason,
-                "fd": _finite(self.fd), "latency_ms": _finite(self.latency_ms),
+                "fd": _finite(self.fd), "latency_ms": _finite(self.latency_ms), "stages": self.stages,
                 **{name: _finite(v) for name, v in zip(MOTION_NAMES, self.params)}}
 
 
@@ -251,6 +252,15 @@ class SessionState:
             if row.index not in run.volumes:
                 self._add_volume(row.run, _Volume(row.index, row.params, row.fd, row.latency_ms, row.missing,
                                                   "missing when stored" if row.missing else ""))
+
+    def add_stages(self, run_number: int, stages: dict[int, dict[str, float]]) -> None:
+        """Per-stage milliseconds of volumes (:meth:`SessionFolder.stages`) not known yet."""
+        run = self._run(run_number)
+        for index, durations in stages.items():
+            volume = run.volumes.get(index)
+            if volume is not None and durations and not volume.stages:
+                volume.stages = dict(durations)
+                self._changed_volumes.append((run_number, index))
 
     def add_events(self, run_number: int, events: dict[int, tuple[float, str]]) -> None:
         """Trial onsets and stimuli read back from the store's events."""

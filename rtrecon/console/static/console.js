@@ -146,7 +146,13 @@ function renderLatency() {
   svgText(svg, 4, 10, `${fmt(hi, 0)} ms`);
   const stages = [];
   const last = vols.length ? vols[vols.length - 1] : null;
-  if (last) stages.push(["received → GLM", fmt(last.latency_ms, 0) + " ms", "volume " + last.index]);
+  if (last) {
+    const names = { bridge: "read → received", persist: "→ stored", realign: "→ realigned", glm: "→ GLM" };
+    for (const [key, name] of Object.entries(names)) {
+      if (last.stages[key] !== undefined) stages.push([name, fmt(last.stages[key], 1) + " ms"]);
+    }
+    stages.push(["received → GLM", fmt(last.latency_ms, 0) + " ms", "volume " + last.index]);
+  }
   const latest = [...trials.values()].filter((t) => t.releases.length).sort((a, b) => b.trial - a.trial)[0];
   if (latest) {
     const r = latest.releases[latest.releases.length - 1];

@@ -45,6 +45,14 @@ def test_volumes_match_the_stored_tables(store, harness):
     np.testing.assert_allclose([r.latency_ms for r in rows], timings["glm_updated_ms"].to_numpy())
     assert math.isnan(rows[0].fd) and rows[harness.SPIKE].fd > 2.0 and not any(r.missing for r in rows)
     assert [r.index for r in folder.volumes(1, start=10)] == list(range(10, 16))
+    stages = folder.stages(1, start=4)
+    assert sorted(stages) == list(range(4, 16))
+    np.testing.assert_allclose([stages[i]["realign"] for i in range(4, 16)],
+                               (timings["realigned_ms"] - timings["persisted_ms"])[4:], atol=1e-3)
+    np.testing.assert_allclose([stages[i]["glm"] for i in range(4, 16)],
+                               (timings["glm_updated_ms"] - timings["realigned_ms"])[4:], atol=1e-3)
+    np.testing.assert_allclose([stages[i]["bridge"] for i in range(4, 16)],
+                               1000 * (timings["received_time"] - timings["sent_time"])[4:], atol=1e-3)
 
 
 def test_events_released_and_decoded_trials(store):

@@ -65,6 +65,11 @@ def test_volumes_counts_and_gaps(state):
     assert sorted(volumes) == [0, 1, 2, 3, 4]
     assert volumes[2]["fd"] == 0.2 and volumes[3]["fd"] == 0.1
     assert volumes[0]["fd"] is None and volumes[4]["missing"] and volumes[4]["reason"] == "never came"
+    # stage timings for volumes known (the first ones kept), none invented for volumes not seen
+    state.changes(now=0.4)
+    state.add_stages(1, {1: {"realign": 5.0, "glm": 1.0}, 9: {"realign": 3.0}})
+    state.add_stages(1, {1: {"realign": 7.0}})
+    assert [(v["index"], v["stages"]) for v in state.changes(now=0.5)["volumes"]] == [(1, {"realign": 5.0, "glm": 1.0})]
 
 
 def test_fd_alarm_crosses_the_threshold(state):
