@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -619,10 +620,13 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
             while stop is None or not stop():
                 if time.monotonic() >= next_links:  # the links' health, once a heartbeat, for the console
                     next_links = time.monotonic() + hb
-                    status.publish(StatusMessage(process="engine", state="links", sent_time=time.time(), metrics={
-                        "bridge_alive": float(volumes.peer_alive), "stimulus_events_alive": float(events.peer_alive),
-                        "stimulus_results_alive": float(results.peer_alive), "results_pending": float(results.pending),
-                        "trials_decoding": float(decoder.pending if decoder is not None else 0)}))
+                    links = {"bridge_alive": float(volumes.peer_alive), "stimulus_events_alive": float(events.peer_alive),
+                             "stimulus_results_alive": float(results.peer_alive), "results_pending": float(results.pending),
+                             "trials_decoding": float(decoder.pending if decoder is not None else 0)}
+                    torch = sys.modules.get("torch")  # only if decoding put something on a GPU: never start CUDA here
+                    if torch is not None and torch.cuda.is_initialized():
+                        links["gpu_memory_mb"] = torch.cuda.memory_allocated() / 2**20
+                    status.publish(StatusMessage(process="engine", state="links", sent_time=time.time(), metrics=links))
                 message = volumes.recv(timeout_s=0.005)
                 if message is not None:
                     engine.handle(message, volumes.ack)

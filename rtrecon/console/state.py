@@ -169,6 +169,7 @@ class SessionState:
         self.links: dict[str, bool] = {}
         self.trials_decoding = 0
         self.results_pending = 0
+        self.gpu_memory_mb: float | None = None  # when the engine decodes on a GPU
         self.engine_heard: float | None = None
         self.engine_restarts = 0
         self.feedback_paused = False
@@ -198,6 +199,7 @@ class SessionState:
             self.links = {name: bool(value) for name, value in metrics.items() if name.endswith("_alive")}
             self.trials_decoding = int(metrics.get("trials_decoding", 0))
             self.results_pending = int(metrics.get("results_pending", 0))
+            self.gpu_memory_mb = metrics.get("gpu_memory_mb")
             return False
         missing = _MISSING.match(message.message)
         if missing is not None:
@@ -398,7 +400,7 @@ class SessionState:
             "links": {"engine": self.engine_alive(now), **self.links},
             "engine_restarts": self.engine_restarts,
             "decoder": {"trials_decoding": self.trials_decoding, "results_pending": self.results_pending,
-                        "ready": self.trials_decoding < self.decoder_backlog},
+                        "ready": self.trials_decoding < self.decoder_backlog, "gpu_memory_mb": self.gpu_memory_mb},
             "fd_threshold_mm": self.fd_threshold_mm,
             "alarm": self.fd_alarm(),
             "accuracy": self.accuracy(),

@@ -66,6 +66,7 @@ function renderSummary() {
   $("decoding").textContent = s.decoder.trials_decoding;
   $("pending").textContent = s.decoder.results_pending;
   $("ready").textContent = s.decoder.ready ? "yes" : "falling behind";
+  $("gpu").textContent = s.decoder.gpu_memory_mb === null ? "— (not on a GPU)" : fmt(s.decoder.gpu_memory_mb, 0) + " MB";
   $("task").textContent = s.accuracy.task;
   $("scored").textContent = s.accuracy.trials;
   $("top1").textContent = pct(s.accuracy.top1);

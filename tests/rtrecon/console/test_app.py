@@ -39,6 +39,7 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         expect(page.locator("#expected")).to_have_text(str(N_VOLS))
         expect(page.locator('.trial[data-trial="0"] .releases')).to_contain_text("r0", timeout=WAIT_MS)
         expect(page.locator('[data-link="bridge_alive"]')).to_have_class("pill ok", timeout=WAIT_MS)
+        expect(page.locator("#gpu")).to_have_text("— (not on a GPU)")
         expect(page.locator("#latency-strip")).to_contain_text("→ realigned", timeout=WAIT_MS)
         assert page.locator("#fd-alarm").is_hidden()  # the control: slow drift stays under the threshold
         assert not any("FD" in text for text in _banner_texts(page))

@@ -148,12 +148,16 @@ def test_decoder_backlog_bad_tr_and_feedback_pause(state):
     state.on_status(_volume(0, math.nan), now=0.0)
     state.on_status(_links(decoding=2), now=0.1)
     assert "warning" not in _levels(state, 0.1) and state.summary(0.1)["decoder"]["ready"]
+    assert state.summary(0.1)["decoder"]["gpu_memory_mb"] is None
     state.on_status(_links(decoding=3), now=0.2)
     assert _levels(state, 0.2)["warning"] == ["decoder falling behind: 3 trials waiting"]
     state.set_run_info(1, tr=1.5)
     assert "error" not in _levels(state, 0.2)
     state.set_run_info(1, tr=2.0)
     assert _levels(state, 0.2)["error"] == ["bad TR: run 1 has TR 2 s, the session's is 1.5 s"]
+    gpu = _links()
+    state.on_status(StatusMessage(process="engine", state="links", metrics={**gpu.metrics, "gpu_memory_mb": 5120.0}), now=0.2)
+    assert state.summary(0.2)["decoder"]["gpu_memory_mb"] == 5120.0
     state.apply_control({"time": 0.0, "action": "pause_feedback"})
     assert _levels(state, 0.2)["info"] == ["feedback paused by the operator"]
     state.apply_control({"time": 1.0, "action": "resume_feedback"})
