@@ -90,7 +90,8 @@ class ConsoleService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.backfill()
-        self._feed = EngineFeed(self.config.network.status, self._from_feed, curve=console_curve(self.config.security.keys_dir))
+        curve = console_curve(self.config.security.keys_dir)
+        self._feed = EngineFeed(self.config.network.status, self._from_feed, curve=curve)
         self._feed.start()
         self._tasks.append(asyncio.create_task(self._watch()))
 
@@ -157,7 +158,7 @@ class ConsoleService:
         if not self.pages:
             self.state.changes(time.monotonic())  # nobody to tell: forget what changed
             return
-        text = json.dumps(self.state.changes(time.monotonic()))
+        text = json.dumps(self.state.changes(time.monotonic()), allow_nan=False)
         for page in list(self.pages):
             asyncio.ensure_future(self._send(page, text))
 
@@ -169,7 +170,7 @@ class ConsoleService:
 
     async def page_socket(self, websocket: WebSocket) -> None:
         await websocket.accept()
-        await websocket.send_text(json.dumps(self.state.snapshot(time.monotonic())))
+        await websocket.send_text(json.dumps(self.state.snapshot(time.monotonic()), allow_nan=False))
         self.pages.add(websocket)
         try:
             while True:  # the page sends nothing; this notices it closing

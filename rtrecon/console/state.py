@@ -90,8 +90,9 @@ class _Release:
     stamps: dict[str, float]
 
     def as_json(self) -> dict[str, Any]:
-        return {"release": self.release, "release_s": self.release_s, "final": self.final, "decoder": self.decoder,
-                "retrieved": self.retrieved[:5], "n_retrieved": len(self.retrieved), "scores": [round(s, 4) for s in self.scores[:5]], "rank": self.rank,
+        return {"release": self.release, "release_s": _finite(self.release_s), "final": self.final,
+                "decoder": self.decoder, "retrieved": self.retrieved[:5], "n_retrieved": len(self.retrieved),
+                "scores": [_finite(round(s, 4)) for s in self.scores[:5]], "rank": self.rank,
                 "thumbnail": self.thumbnail, "latencies": self.latencies, "stamps": self.stamps}
 
 
@@ -232,7 +233,8 @@ class SessionState:
         self._set_release(message.run, message.trial, message.stimulus, _Release(
             message.release, message.release_s, message.final, message.decoder, list(message.retrieved),
             list(message.scores), self._rank(message.stimulus, message.retrieved), thumbnail(message.image),
-            {k: round(v, 4) for k, v in message.latencies.items()}, dict(message.stamps)))
+            {k: round(v, 4) for k, v in message.latencies.items() if math.isfinite(v)},
+            {k: v for k, v in message.stamps.items() if math.isfinite(v)}))
 
     @staticmethod
     def _rank(stimulus: str, retrieved: list[str]) -> int | None:
@@ -373,8 +375,10 @@ class SessionState:
                 reason = f": {missing[-1][1]}" if missing[-1][1] else ""
                 out.append({"level": "warning", "text": f"run {run.number}: {len(missing)} missing volume(s) "
                             f"(last: {listed}{reason})"})
-            if run.tr is not None and self.expected_tr is not None and abs(run.tr - self.expected_tr) > 1e-3 * self.expected_tr:
-                out.append({"level": "error", "text": f"bad TR: run {run.number} has TR {run.tr:g} s, the session's is {self.expected_tr:g} s"})
+            expected = self.expected_tr
+            if run.tr is not None and expected is not None and abs(run.tr - expected) > 1e-3 * expected:
+                out.append({"level": "error",
+                            "text": f"bad TR: run {run.number} has TR {run.tr:g} s, the session's is {expected:g} s"})
         if self.trials_decoding >= self.decoder_backlog:
             out.append({"level": "warning", "text": f"decoder falling behind: {self.trials_decoding} trials waiting"})
         for warning in self.warnings[-2:]:
@@ -416,8 +420,8 @@ class SessionState:
         return {
             "type": "snapshot",
             "summary": self.summary(now),
-            "volumes": [v.as_json(r.number) for r in self.runs.values() for v in sorted(r.volumes.values(), key=lambda v: v.index)],
-            "trials": [t.as_json(r.number) for r in self.runs.values() for t in sorted(r.trials.values(), key=lambda t: t.trial)],
+            "volumes": [r.volumes[i].as_json(r.number) for r in self.runs.values() for i in sorted(r.volumes)],
+            "trials": [r.trials[t].as_json(r.number) for r in self.runs.values() for t in sorted(r.trials)],
         }
 
     def changes(self, now: float) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
+import json
 import math
 
 import numpy as np
@@ -173,3 +175,7 @@ def test_backfill_of_events_and_decoded_trials(state):
     assert trials[0]["onset"] == 2.0 and trials[0]["releases"][0]["rank"] == 1
     assert trials[0]["releases"][0]["decoder"] == "from the store"
     assert trials[1]["releases"][0]["retrieved"] == ["nsd:8"]
+    # what the page parses is strict JSON: no NaN (a stored result has no release time)
+    assert trials[0]["releases"][0]["release_s"] is None
+    state.on_result(dataclasses.replace(_result(2, "nsd:9", []), latencies={"decode_s": math.nan}, stamps={"sent": math.inf}))
+    json.dumps(state.snapshot(now=0.0), allow_nan=False)
