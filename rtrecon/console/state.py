@@ -134,8 +134,8 @@ class SessionState:
         ``sub-XX_ses-YY``; messages of another session are ignored.
     task : str
         The session's task (running accuracy is shown for perception).
-    expected_volumes : int
-        Volumes a run is planned to have (the config's ``planned_volumes``).
+    expected_volumes : int or None
+        Volumes a run is planned to have (the config's ``planned_volumes``; None: not planned).
     fd_threshold_mm : float
         Framewise displacement above which a volume raises the alarm.
     heartbeat_s, liveness : float
@@ -151,7 +151,7 @@ class SessionState:
         session_id: str,
         *,
         task: str = "perception",
-        expected_volumes: int = 0,
+        expected_volumes: int | None = None,
         fd_threshold_mm: float = 0.5,
         heartbeat_s: float = 1.0,
         liveness: float = 3.0,
@@ -414,9 +414,7 @@ class SessionState:
         }
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """Everything, for a page that has just connected."""
-        self._changed_volumes.clear()
-        self._changed_trials.clear()
+        """Everything, for a page that has just connected (what changed is still to be pushed to the others)."""
         return {
             "type": "snapshot",
             "summary": self.summary(now),
@@ -425,7 +423,7 @@ class SessionState:
         }
 
     def changes(self, now: float) -> dict[str, Any]:
-        """What changed since the last :meth:`changes` or :meth:`snapshot`, with a fresh summary."""
+        """What changed since the last :meth:`changes`, with a fresh summary."""
         volumes = [self.runs[r].volumes[i].as_json(r) for r, i in dict.fromkeys(self._changed_volumes)]
         trials = [self.runs[r].trials[t].as_json(r) for r, t in dict.fromkeys(self._changed_trials)]
         self._changed_volumes.clear()
