@@ -122,9 +122,10 @@ class NetworkSection(_Section):
     events: str = Field("tcp://127.0.0.1:5556", description="stimulus -> engine trial events (the engine binds)")
     results: str = Field("tcp://127.0.0.1:5557", description="engine -> stimulus decoded results (the stimulus PC binds)")
     status: str = Field("tcp://127.0.0.1:5558", description="engine -> dashboard status feed (PUB)")
+    operator: str = Field("tcp://127.0.0.1:5559", description="console -> stimulus operator controls (the console binds; PUB)")
     heartbeat_s: float = Field(1.0, gt=0, description="seconds between heartbeats on every link")
 
-    @field_validator("volumes", "events", "results", "status")
+    @field_validator("volumes", "events", "results", "status", "operator")
     @classmethod
     def _zmq_endpoint(cls, value: str) -> str:
         if not value.startswith(("tcp://", "ipc://", "inproc://")):

@@ -12,7 +12,9 @@ Routes::
 :class:`ConsoleService` owns the :class:`~rtrecon.console.state.SessionState`, the engine feed
 (:class:`~rtrecon.console.feeds.EngineFeed`), the store reader and the control records. Messages
 from the feed's thread are moved onto the event loop (``call_soon_threadsafe``), applied, and
-every open page gets the changes. A task on the loop reads the store once a second (runs that
+every open page gets the changes. Each control is recorded, then published to the stimulus
+program (:func:`~rtrecon.console.feeds.open_operator_feed`: the whole state, again every
+heartbeat). A task on the loop reads the store once a heartbeat (runs that
 have ended, a new run's TR, the trials' onsets: the engine does not publish events) and refreshes
 the summary, so a dead engine shows on the page within seconds without the page polling anything.
 The state is backfilled from the store at start, when the feed skips a volume, and when the
@@ -50,10 +52,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketClose, WebSocketDisconnect
 
 from rtrecon.config import SessionConfig
-from rtrecon.console.feeds import EngineFeed, console_curve
+from rtrecon.console.feeds import EngineFeed, console_curve, open_operator_feed
 from rtrecon.console.folder import SessionFolder
 from rtrecon.console.records import ControlError, ControlRecords
 from rtrecon.console.state import SessionState
+from rtrecon.transport import StatusPublisher
 from rtrecon.wire import StatusMessage, TrialResultMessage
 
 __all__ = ["LOCAL_HOSTS", "COOKIE", "ConsoleService", "TokenGate", "create_app"]
@@ -84,6 +87,7 @@ class ConsoleService:
         self.pages: set[WebSocket] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: EngineFeed | None = None
+        self._operator: StatusPublisher | None = None
         self._tasks: list[asyncio.Task] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -93,6 +97,7 @@ class ConsoleService:
         curve = console_curve(self.config.security.keys_dir)
         self._feed = EngineFeed(self.config.network.status, self._from_feed, curve=curve)
         self._feed.start()
+        self._operator = open_operator_feed(self.config.network.operator, curve)
         self._tasks.append(asyncio.create_task(self._watch()))
 
     async def stop(self) -> None:
@@ -100,6 +105,8 @@ class ConsoleService:
             task.cancel()
         if self._feed is not None:
             await asyncio.to_thread(self._feed.stop)
+        if self._operator is not None:
+            self._operator.close()
 
     # -- input -----------------------------------------------------------------------------------
     def _from_feed(self, message: StatusMessage | TrialResultMessage) -> None:
@@ -138,7 +145,8 @@ class ConsoleService:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.config.network.heartbeat_s)
+            self._send_controls()
             for run in self.folder.runs()[-2:]:
                 # trial onsets come only from the store: the engine does not publish events
                 self.state.add_events(run, self.folder.events(run))
@@ -150,8 +158,14 @@ class ConsoleService:
         record = self.records.record(request)
         self.state.apply_control(record)
         log.info("console: operator control %s", record)
+        self._send_controls()
         self._push()
         return record
+
+    def _send_controls(self) -> None:
+        """The controls' whole state to the stimulus program (again each heartbeat, for a late subscriber)."""
+        if self._operator is not None:
+            self._operator.publish(self.state.operator_message(time.time()))
 
     # -- output ----------------------------------------------------------------------------------
     def _push(self) -> None:

@@ -1,4 +1,4 @@
-"""The console's subscription to the engine's status feed, on a thread of its own.
+"""The console's ZeroMQ links: the engine's status feed in, the operator's controls out.
 
 :class:`EngineFeed` connects a :class:`~rtrecon.transport.StatusSubscriber` to the session's
 ``[network] status`` endpoint (the engine binds it; with ``[security] keys_dir`` the link is
@@ -11,6 +11,10 @@ passes a ``deliver`` that moves the message onto its event loop.
 ZeroMQ re-dials by itself: when the engine restarts and binds the endpoint again, messages
 flow again with nothing to do here; what was published while nobody listened is read back from
 the store (:mod:`rtrecon.console.folder`).
+
+:func:`open_operator_feed` binds ``[network] operator``, where the console publishes the
+operator's controls (:class:`~rtrecon.wire.OperatorMessage`) for the stimulus program
+(:mod:`stimulus.operator` subscribes), with the same keys as the status feed.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import zmq
+
 from rtrecon.keys import CurveKeys, load_curve
-from rtrecon.transport import StatusSubscriber
+from rtrecon.transport import StatusPublisher, StatusSubscriber
 from rtrecon.wire import StatusMessage, TrialResultMessage
 
-__all__ = ["EngineFeed", "console_curve"]
+__all__ = ["EngineFeed", "console_curve", "open_operator_feed"]
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +73,14 @@ class EngineFeed:
                 message = feed.recv(timeout_s=0.2)
                 if message is not None:
                     self.deliver(message)
+
+
+def open_operator_feed(endpoint: str, curve: CurveKeys | None = None) -> StatusPublisher | None:
+    """The PUB socket of the operator's controls bound at ``endpoint``; None (with a warning) if
+    another program holds it (a second console): its controls are then recorded, not sent."""
+    try:
+        return StatusPublisher(endpoint, curve=curve, name="console")
+    except zmq.ZMQError as exc:
+        log.warning("console: cannot bind %s for the operator's controls (%s): they are recorded but not "
+                    "sent to the stimulus program", endpoint, exc)
+        return None

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from rtrecon.console.folder import MOTION_NAMES, DecodedTrial, VolumeRow
-from rtrecon.wire import StatusMessage, TrialResultMessage
+from rtrecon.wire import OperatorMessage, StatusMessage, TrialResultMessage
 
 __all__ = ["SessionState", "thumbnail"]
 
@@ -304,6 +304,16 @@ class SessionState:
         elif action == "end_run":
             self._run(int(record["run"])).ended_by_operator = True
         self.controls = [*self.controls[-19:], record]
+
+    def operator_message(self, sent_time: float) -> OperatorMessage:
+        """The operator's controls as the stimulus program receives them."""
+        return OperatorMessage(
+            session=self.session_id, feedback_paused=self.feedback_paused,
+            ended_runs=sorted(r.number for r in self.runs.values() if r.ended_by_operator),
+            bad_trials={r.number: sorted(t.trial for t in r.trials.values() if t.bad)
+                        for r in self.runs.values() if any(t.bad for t in r.trials.values())},
+            sent_time=sent_time,
+        )
 
     # -- output ----------------------------------------------------------------------------------
     @property

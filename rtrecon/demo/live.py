@@ -95,7 +95,7 @@ def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoin
     trial_lists = write_trial_lists(nsd, spec.subject, spec.session, stimulus_dir)
     sections = {
         "session": {"subject": spec.bids_subject, "session": spec.bids_session, "task": "perception", "output_dir": spec.out},
-        "network": dict(zip(("volumes", "events", "results", "status"), endpoints), heartbeat_s=0.5),
+        "network": dict(zip(("volumes", "events", "results", "status", "operator"), endpoints), heartbeat_s=0.5),
         "bridge": {"spool_dir": spec.out / "bridge_spool"},
         "engine": {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes, "ready_delay_s": spec.ready_delay_s},
         "decoder": {"checkpoint": spec.checkpoint, "subject": spec.decoder_subject, "gallery": gallery, "top_k": spec.top_k},
@@ -167,7 +167,7 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
             raise ValueError(f"{spec.root}: subject {spec.subject} session {spec.session} has no run {run}")
     gallery_path, gallery, ids = write_gallery(spec, nsd)
     n_volumes = nsd.read_design(spec.subject, spec.session, spec.runs[0]).size
-    config = write_session_config(spec, nsd, gallery_path, free_endpoints(4), n_volumes)
+    config = write_session_config(spec, nsd, gallery_path, free_endpoints(5), n_volumes)
     layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception",
                            stimulus_folder(spec.out, spec.bids_subject, spec.bids_session))
     speed = ["--speed", repr(spec.speed)]

@@ -65,7 +65,8 @@ def write_config(folder: Path, extra: str = "") -> Path:
     config = folder / "session.toml"
     config.write_text(
         f'[session]\nsubject = "01"\nsession = "01"\ntask = "perception"\noutput_dir = "out"\n'
-        f'[network]\nvolumes = "{ipc}/v"\nevents = "{ipc}/e"\nresults = "{ipc}/r"\nstatus = "{ipc}/s"\nheartbeat_s = 0.5\n'
+        f'[network]\nvolumes = "{ipc}/v"\nevents = "{ipc}/e"\nresults = "{ipc}/r"\nstatus = "{ipc}/s"\noperator = "{ipc}/o"\n'
+        f"heartbeat_s = 0.5\n"
         f"[engine]\nplanned_volumes = {N_VOLS}\nrealign_samples = 2000\n" + extra
     )
     return config

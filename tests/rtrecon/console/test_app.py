@@ -9,6 +9,7 @@ import re
 import pytest
 
 from rtrecon.console.records import ControlRecords
+from stimulus.operator import OperatorControls
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -27,6 +28,7 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
 
     live = LiveSession(tmp_path)
     console, url = start_console(live.config)
+    controls = OperatorControls(f"ipc://{tmp_path}/o", harness.SESSION)  # the stimulus program's end
     shots = tmp_path / "screenshots"
     page = chromium.new_page(viewport={"width": 1400, "height": 1700})
     try:
@@ -69,13 +71,24 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         expect(page.locator("#banners")).not_to_contain_text("engine silent", timeout=WAIT_MS)
         expect(page.locator('.trial[data-trial="2"] .releases')).to_contain_text("r0", timeout=WAIT_MS)
 
-        # Controls: recorded in the session's records and shown.
+        # Controls: recorded in the session's records, shown, and sent to the stimulus program.
         page.locator('.trial[data-trial="1"] button').click()
         expect(page.locator('.trial[data-trial="1"]')).to_have_class("trial bad", timeout=WAIT_MS)
         page.locator("#pause").click()
         expect(page.locator("#banners")).to_contain_text("feedback paused", timeout=WAIT_MS)
+        page.on("dialog", lambda dialog: dialog.accept())  # "End run 1?"
+        page.locator("#end-run").click()
+        expect(page.locator("#state")).to_have_text("run 1: ended by the operator, waiting for the scanner to stop",
+                                                   timeout=WAIT_MS)
         records = ControlRecords(tmp_path / "out", "01", "01").read()
-        assert [(r["action"], r.get("trial")) for r in records] == [("mark_bad", 1), ("pause_feedback", None)]
+        assert [(r["action"], r.get("run"), r.get("trial")) for r in records] == [
+            ("mark_bad", 1, 1), ("pause_feedback", None, None), ("end_run", 1, None)]
+        for _ in range(100):  # the console publishes the whole state each heartbeat
+            state = controls.poll()
+            if state.ended_runs:
+                break
+            page.wait_for_timeout(100)
+        assert (state.feedback_paused, state.ended_runs, state.bad_trials) == (True, [1], {1: [1]})
 
         # The run ends: every trial is released, the run state says so.
         live.end()
@@ -105,6 +118,7 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
             stop(late)
     finally:
         page.close()
+        controls.close()
         err = stop(console)
         live.close()
     assert "Traceback" not in err, err[-3000:]
