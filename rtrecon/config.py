@@ -302,12 +302,26 @@ class SoundSection(_Section):
 
 
 class FeedbackSection(_Section):
-    """What a feedback period shows, when, and on whose screen."""
+    """What a feedback period shows, when, and on whose screen.
 
-    when: Literal["trial", "block", "demand", "live"] = Field(
-        "trial", description='"trial": after trials that ask for it; "block": after each block; "demand": on demand_key; '
-        '"live": each result drawn over the task as soon as it arrives (designs without feedback periods, e.g. NSD)'
+    Feedback is drawn only in periods the design reserves for it, never over a stimulus or a cue:
+    after a trial, after a block, or in the design's free stretches (``"slot"``). A result that
+    misses its own period follows the ``late`` rule; every period is a row of the events file.
+    """
+
+    when: Literal["trial", "block", "slot", "demand", "live"] = Field(
+        "trial", description='"trial": a period after each trial that asks for it; "block": after each block; '
+        '"slot": in the design\'s free stretches (fixation without a trial, at least slot_min_s long: NSD\'s blank '
+        'trials, rests), each showing the results waiting, oldest first; "demand": on demand_key (operator\'s window); '
+        '"live": each result as it arrives (operator\'s window only: it would cover the task)'
     )
+    late: Literal["next", "end", "skip"] = Field(
+        "next", description='a result that arrives after its own period ended: "next": shown in the next feedback '
+        'period (else on the end screen); "end": on the end-of-run screen; "skip": never shown'
+    )
+    slot_min_s: float = Field(2.0, gt=0, description='"slot": the shortest free stretch used as a feedback period (s)')
+    slot_trials: int = Field(4, ge=1, le=8, description='"slot": results shown at most in one period (the rest wait)')
+    end_screen_s: float = Field(3.0, ge=0, description="seconds of the end-of-run screen after the last trial (0: none)")
     demand_key: str = Field("f", description="on the operator's window: show the latest result (any mode)")
     screen: Literal["participant", "operator"] = Field("participant", description='"participant" or "operator" (a second window)')
     operator_screen: int = Field(0, description="the operator window's display")
@@ -315,18 +329,32 @@ class FeedbackSection(_Section):
     window_s: float = Field(8.0, gt=0, description="seconds a feedback period lasts")
     show_image: bool = Field(True, description="show the reconstruction")
     top_k: int = Field(3, ge=0, le=10, description="retrieved images shown (0: none)")
-    score_bar: bool = Field(True, description="show the retrieval score as a bar")
-    score_range: tuple[float, float] = Field((0.0, 1.0), description="score mapped to an empty and a full bar")
+    score_bar: bool = Field(True, description="show the bar (see bar_value)")
+    bar_value: Literal["score", "cpd"] = Field(
+        "score", description='the bar: "score" (the engine\'s best retrieval score) or "cpd" (pairmate '
+        'distinctiveness: +1 at the seen image, -1 at its pairmate; needs a pairmate column and embeddings)'
+    )
+    score_range: tuple[float, float] = Field((0.0, 1.0), description="bar value mapped to an empty and a full bar")
     show_target: bool = Field(True, description="show the seen (or cued) image beside the reconstruction")
     gallery_dir: Path | None = Field(
         None, description="folder where retrieved ids are found as <id>.png/.jpg (unset: no thumbnails)",
         json_schema_extra=_example("gallery/images"),
+    )
+    embeddings: Path | None = Field(
+        None, description="gallery .npz (embeddings, ids: the decoder's gallery) to score each result's pairmate "
+        "distinctiveness from its decoded embedding (trial lists with a pairmate column)",
+        json_schema_extra=_example("gallery.npz"),
     )
 
     @model_validator(mode="after")
     def _range(self) -> "FeedbackSection":
         if self.score_range[1] <= self.score_range[0]:
             raise ValueError(f"score_range {self.score_range} must be increasing")
+        if self.when == "live" and self.screen != "operator":
+            raise ValueError('when = "live" draws each result over the task: it needs screen = "operator" '
+                             '(for the participant use "slot": feedback in the design\'s free stretches)')
+        if self.bar_value == "cpd" and self.embeddings is None:
+            raise ValueError('bar_value = "cpd" needs embeddings (the gallery .npz the pairmate distinctiveness is scored in)')
         return self
 
 

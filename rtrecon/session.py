@@ -28,8 +28,16 @@ key                                   checked
                                       at least one trial) and its ``stim_file``/``cue_file``
                                       files exist (relative to the list's folder)
 ``stimulus.feedback.gallery_dir``     a readable folder
+``stimulus.feedback.embeddings``      ``.npz``/``.npy``/``.h5`` that opens
 ``network.*``                         no two links share an endpoint
 ====================================  ========================================================
+
+Each trial list that parses is then planned as the stimulus program will run it (onsets that
+overlap a trial or a feedback period, responses the task does not take, pairmates missing from
+the embeddings, ...): ``check`` runs ``rtrecon stimulus check --json`` on the same file, in a
+process of its own (:mod:`rtrecon` never imports the ``stimulus`` package), so that the two
+commands never disagree. Where the ``stimulus`` package is not installed (the engine's PC), that
+planning is skipped and said so.
 
 ``--role`` limits the check to the paths one machine needs (the bridge PC does not have the
 decoder's checkpoint). The exit status is 0 when nothing is wrong, 1 otherwise.
@@ -43,7 +51,7 @@ import json
 import os
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +59,7 @@ import numpy as np
 
 from rtrecon.config import ConfigError, SessionConfig, config_template, load_config
 
-__all__ = ["Problem", "ROLES", "check_config", "write_template", "configure"]
+__all__ = ["Problem", "ROLES", "check_config", "plan_trial_lists", "write_template", "configure"]
 
 ROLES = ("all", "bridge", "engine", "stimulus")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -301,6 +309,28 @@ def _checks(config: SessionConfig, role: str) -> Iterator[tuple[str, Path, Calla
             yield f"stimulus.trial_lists[{i}]", trial_list, lambda t=trial_list: _check_trial_list(t)
         if (gallery_dir := config.stimulus.feedback.gallery_dir) is not None:
             yield "stimulus.feedback.gallery_dir", gallery_dir, lambda: one(_readable_dir(gallery_dir))
+        if (embeddings := config.stimulus.feedback.embeddings) is not None:
+            yield "stimulus.feedback.embeddings", embeddings, lambda: one(_check_gallery(embeddings))
+
+
+def plan_trial_lists(config_file: Path, skip: Collection[int] = ()) -> list[Problem] | None:
+    """The problems ``rtrecon stimulus check`` finds planning each run of ``config_file`` (the runs
+    in ``skip``, 1-based, left out); None when the stimulus package is not installed here."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("stimulus") is None:
+        return None
+    proc = subprocess.run([sys.executable, "-m", "rtrecon.cli", "stimulus", "check", "--config", str(config_file), "--json"],
+                          capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return [Problem("stimulus.trial_lists", config_file, f"rtrecon stimulus check failed: {proc.stderr.strip()[-500:]}")]
+    report = json.loads(lines[-1])
+    if "error" in report:
+        return [Problem("stimulus", config_file, report["error"])]
+    return [Problem(f"stimulus.trial_lists[{r['run'] - 1}]", Path(r["trials_file"]), f"{reason} (as rtrecon stimulus check plans run {r['run']})")
+            for r in report["runs"] if r["run"] not in skip for reason in r["problems"]]
 
 
 def check_config(config: SessionConfig, role: str = "all") -> tuple[list[Problem], int]:
@@ -354,6 +384,17 @@ def _check(ns: argparse.Namespace) -> int:
     problems, checked = check_config(config, ns.role)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
+    if ns.role in ("all", "stimulus") and config.stimulus.trial_lists:
+        # a list with problems of its own is not planned again (its errors would come twice)
+        faulty = {i + 1 for i in range(len(config.stimulus.trial_lists)) if any(p.key == f"stimulus.trial_lists[{i}]" for p in problems)}
+        planned = plan_trial_lists(ns.file, faulty)
+        if planned is None:
+            print("note: the stimulus package is not installed here: trial lists were parsed, not planned "
+                  "(run rtrecon session check --role stimulus on the stimulus PC)", file=sys.stderr)
+        else:
+            for problem in planned:
+                print(f"error: {problem}", file=sys.stderr)
+            problems += planned
     if problems:
         print(f"{ns.file}: {len(problems)} problem(s) in {checked} path(s) checked", file=sys.stderr)
         return 1

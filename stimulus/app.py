@@ -31,14 +31,23 @@ runs one frame loop until the timeline ends (or the quit key). Each frame it
    ``win.callOnFlip`` the stamping of its onset (right after the flip that first shows it),
    the sending of the trial's :class:`~rtrecon.wire.EventMessage` (for its main event) and
    the virtual participant's view;
-4. draws it (a feedback segment draws each of its results as soon as it has arrived, and marks
-   the flip that first shows it); with ``feedback.screen = "operator"`` feedback goes to a
-   second window instead, which also shows the latest result when the operator presses
-   ``feedback.demand_key``;
-5. flips.
+4. makes the textures of results received, only on a frame without a stimulus (a feedback
+   period, the end screen, or a fixation, gap or rest frame at least three frames before the
+   next segment), so that no stimulus onset waits on a result;
+5. draws it: a feedback period (:mod:`stimulus.policy` chooses its trials: its own, late ones,
+   or the queue in a slot) draws each result as soon as it is there and marks the flip that
+   first shows it; nothing else ever draws a result on the participant's screen. With
+   ``feedback.screen = "operator"`` feedback goes to a second window instead, which also shows
+   the latest result when the operator presses ``feedback.demand_key`` (and each one as it
+   arrives, with live feedback);
+6. flips.
 
-Nothing in the loop waits on the network or on a result, so a slow or missing result never
-delays a frame. All files are written when the run ends, also when it is aborted
+After the timeline comes the end-of-run screen, for ``feedback.end_screen_s`` and, with
+``results_timeout_s``, while results still owed come (shown below it). Every image is loaded
+before the first trigger; nothing in the loop waits on the network or on a result, so a slow or
+missing result never delays a frame. Each stimulus's planned and measured onset and duration are
+in the events file; a run whose stimuli slipped more than a frame says so when it ends (log and
+the events sidecar's ``StimulusTiming``). All files are written when the run ends, also when it is aborted
 (:class:`~stimulus.records.RunRecord`); a segment with an event is never skipped, even when
 the process stalled past it (it is then shown late, for at least one frame).
 
@@ -82,7 +91,9 @@ from rtrecon.wire import EventMessage, TrialResultMessage
 
 from .feedback import FeedbackPanel, ReceivedResult
 from .link import Link
+from .pairmates import PairmateScorer
 from .participant import VirtualParticipant
+from .policy import FeedbackPolicy, FeedbackShow
 from .records import EventRecord, RunJournal, RunPaths, RunRecord, result_from_entry
 from .screen import TaskScreen, open_window
 from .timeline import Segment, Timeline, build_timeline
@@ -111,6 +122,8 @@ class RunSetup:
     paths: RunPaths
     session_label: str
     run: int
+    pairmates: PairmateScorer | None = None
+    feedback: str = "trial"  # the policy planned: feedback.when, or "slot" / "none" for live feedback
 
 
 def _check_responses(trials_file: Path, trials: list[Trial], task: Task, settings: StimulusSection) -> None:
@@ -143,7 +156,8 @@ def prepare_run(
     The settings are the config's ``[stimulus]`` table; the trial list is ``trials_file``, else
     the run's entry in ``stimulus.trial_lists``; the task routine is ``task``, else the one the
     session's task label names (:func:`task_of`). ``live_feedback``: the run shows results as they
-    arrive (:class:`StimulusProgram`), so no feedback periods are scheduled.
+    arrive (:class:`StimulusProgram`): on the participant's screen in the design's free stretches
+    (``feedback.when = "slot"``), on the operator's window over nothing (no periods are scheduled).
     """
     if run < 1:
         raise ValueError(f"run number {run} must be 1 or more")
@@ -160,11 +174,17 @@ def prepare_run(
     task = task or task_of(sess.task)
     trials = load_trials(trials_file, task)
     _check_responses(trials_file, trials, task, settings)
-    timeline = build_timeline(task, trials, settings, trials_file, feedback_periods=not live_feedback)
+    policy = ("slot" if fb.screen == "participant" else "none") if live_feedback else fb.when
+    timeline = build_timeline(task, trials, settings, trials_file, policy=policy)
+    pairmates = None
+    if any(t.pairmate for t in trials) and fb.embeddings is not None:
+        pairmates = PairmateScorer(fb.embeddings, trials, trials_file)
+    elif fb.bar_value == "cpd":
+        raise ValueError(f'{trials_file}: bar_value = "cpd" needs a pairmate column (the stim_id of each trial\'s pairmate)')
     paths = RunPaths(sess.output_dir, sess.subject, sess.session, sess.task, run)
     if not overwrite:
         paths.check_free()
-    return RunSetup(task, trials, trials_file, timeline, settings, paths, f"sub-{sess.subject}_ses-{sess.session}", run)
+    return RunSetup(task, trials, trials_file, timeline, settings, paths, f"sub-{sess.subject}_ses-{sess.session}", run, pairmates, policy)
 
 
 @dataclass(frozen=True)
@@ -206,20 +226,24 @@ class _OperatorView:
         else:
             self._demand = ((latest.message.trial,), t + self.window_s)
 
-    def update(self, index: int, segment: Segment, t: float, results: dict[int, ReceivedResult], on_shown: Callable[[int], None]) -> None:
+    def update(self, index: int, period: tuple[int, ...], t: float, results: dict[int, ReceivedResult],
+               on_shown: Callable[[int], None]) -> list[int]:
+        """Show ``period`` (a feedback period's trials), else the demanded result; returns the trials
+        drawn when the window was redrawn (it flips at once)."""
         if self._demand is not None and t >= self._demand[1]:
             self._demand = None
-        group = segment.feedback_trials if segment.phase == "feedback" else self._demand[0] if self._demand else ()
-        arrived = tuple(i for i in group if i in results)
+        group = period or (self._demand[0] if self._demand else ())
+        arrived = tuple((i, results[i].message.release) for i in group if i in results and self.panel.ready(i))
         state = (index, group, arrived) if group else None
         if state == self._state:
-            return
+            return []
         self._state = state
-        if group:
-            for i in self.panel.draw(group, results):
-                if results[i].shown is None:
-                    self.win.callOnFlip(on_shown, i)
+        drawn = self.panel.draw(group, results) if group else []
+        for i in drawn:
+            if results[i].shown is None:
+                self.win.callOnFlip(on_shown, i)
         self.win.flip()
+        return drawn
 
 
 class StimulusProgram:
@@ -234,12 +258,11 @@ class StimulusProgram:
     stays in scanner seconds since the first trigger (elapsed clock time × S). ``journal``
     keeps the run on disk as it happens (default: a journal of the run's own; give it when the
     link's ``on_result`` writes to it); a run whose journal shows it started and did not end is
-    resumed (see the module docstring). ``live_feedback`` draws the result of each trial that asks
-    for feedback over the task as soon as it arrives, for ``feedback.window_s`` (scanner seconds)
-    or until the next one, for designs without feedback periods (a replay of NSD's timing; the
-    setup comes from ``prepare_run(..., live_feedback=True)``); ``results_timeout_s`` keeps the
-    program on (fixation, live feedback) after the timeline's end until every trial that asks
-    for feedback has its result shown, or no result came for that many seconds.
+    resumed (see the module docstring). ``live_feedback`` (the setup from ``prepare_run(...,
+    live_feedback=True)``) shows each result as it arrives: on the participant's screen in the
+    next of the design's free stretches (slots), on the operator's window at once, for
+    ``feedback.window_s`` (scanner seconds) or until the next one; ``results_timeout_s`` keeps the
+    end screen on until every result still owed is shown, or no result came for that many seconds.
     """
 
     def __init__(
@@ -292,8 +315,11 @@ class StimulusProgram:
         self._triggers_logged = 0
         self._flip_batch: list[float] = []
         self._live: tuple[int, float] | None = None  # (trial, until run time)
-        self._live_queue: deque[int] = deque()  # arrived, not yet drawn (live feedback)
+        self._live_queue: deque[int] = deque()  # arrived, not yet drawn (live feedback on the operator's window)
         self._pace_s = 0.0
+        self.policy = FeedbackPolicy(setup.settings.feedback, setup.trials, setup.timeline, queue=setup.feedback == "slot")
+        self._onsets: dict[int, float] = {}  # segment index -> measured onset (the end screen: len(segments))
+        self._handover: deque[int] = deque()  # results received, their textures not yet made
 
     # -- called right after a flip (win.callOnFlip) -------------------------------------------
     def _on_onset(self, index: int) -> None:
@@ -327,7 +353,8 @@ class StimulusProgram:
             self._open.duration = onset - self._open.onset
             self._open = None
         self._shown.append((clock_time, segment))
-        if segment.event_type:
+        self._onsets[index] = onset
+        if segment.event_type and segment.phase != "feedback":  # feedback rows come from the policy
             ev = EventRecord(segment, onset)
             self.record.events.append(ev)
             self._event_index[index] = ev
@@ -340,8 +367,18 @@ class StimulusProgram:
         result = self.record.results[trial_index]
         if result.shown is None:
             result.shown = psychopy_time()
-            self.journal.post({"t": "shown", "trial": trial_index, "shown": self.record.run_time(result.shown),
-                               "shown_wall": result.shown + self.record.wall_offset})
+            self.journal.post({"t": "shown", "trial": trial_index, "release": result.message.release,
+                               "shown": self.record.run_time(result.shown), "shown_wall": result.shown + self.record.wall_offset})
+
+    def _on_feedback_drawn(self, period: int, trials: tuple[int, ...]) -> None:
+        onset = self.record.run_time(psychopy_time())
+        for show in self.policy.drawn(period, trials, self.record.results, onset):
+            self.journal.post({"t": "feedback", "period": show.period, "trial": show.trial, "release": show.release, "onset": show.onset})
+
+    def _on_end_screen(self) -> None:
+        onset = self.record.run_time(psychopy_time())
+        self._onsets[len(self.setup.timeline.segments)] = onset
+        self.journal.post({"t": "end_screen", "onset": onset})
 
     # -- per frame ------------------------------------------------------------------------------
     def _poll_keys(self) -> None:
@@ -381,20 +418,43 @@ class StimulusProgram:
             log.warning("ignored a result for %s run %d (this is %s run %d)", message.session, message.run, self.setup.session_label, self.setup.run)
         elif not 0 <= message.trial < len(self.setup.trials):
             log.warning("ignored a result for trial %d, which this run does not have", message.trial)
-        elif message.trial in self.record.results:
-            log.warning("ignored a second result for trial %d", message.trial)
+        elif message.trial in self.record.results and message.release <= self.record.results[message.trial].message.release:
+            log.warning("ignored a result for trial %d: release %d, and release %d is here", message.trial,
+                        message.release, self.record.results[message.trial].message.release)
         else:
             return True
         return False
 
-    def _poll_results(self, panel: FeedbackPanel) -> None:
+    def _keep(self, message: TrialResultMessage, received: float) -> None:
+        """A result accepted: scored, kept (replacing an older release), its textures to be made."""
+        pairs = self.setup.pairmates
+        cpd = pairs.score(message.trial, message.embedding) if pairs is not None else None
+        self.record.results[message.trial] = ReceivedResult(message, received, cpd=cpd)
+        self._handover.append(message.trial)
+
+    def _poll_results(self) -> None:
         for message, received in self.link.poll_results():
             if self._accept(message):
-                result = ReceivedResult(message, received)
-                self.record.results[message.trial] = result
-                panel.add(message.trial, result)
+                self._keep(message, received)
                 if self.live_feedback and self.setup.trials[message.trial].feedback:
                     self._live_queue.append(message.trial)
+
+    def _hand_over(self, panel: FeedbackPanel, segment: Segment, t_next: float, interval: float) -> None:
+        """Make received results' textures, only where no stimulus is drawn: in a feedback period
+        or on the end screen all at once (they are shown now), else one a frame, on a fixation,
+        gap or rest frame at least three frames from the next segment (so no stimulus onset waits)."""
+        if not self._handover:
+            return
+        if segment.phase in ("feedback", "end"):
+            n = len(self._handover)
+        elif self.setup.settings.feedback.screen == "operator" or (
+                segment.phase in ("fixation", "gap", "rest") and segment.stop - t_next > 3 * interval * self.speed):
+            n = 1  # the operator's window may show any result at any time (on demand, live): its textures can't wait
+        else:
+            return
+        for _ in range(n):
+            trial = self._handover.popleft()
+            panel.add(trial, self.record.results[trial])
 
     # -- a resumed run -------------------------------------------------------------------------
     def _restore(self, start: dict[str, Any]) -> None:
@@ -422,10 +482,13 @@ class StimulusProgram:
             elif kind == "result":
                 message = result_from_entry(entry, folder)
                 if self._accept(message):
-                    self.record.results[message.trial] = ReceivedResult(message, float(entry["received_monotonic"]) - offset)
+                    self._keep(message, float(entry["received_monotonic"]) - offset)
                     if self.live_feedback and self.setup.trials[message.trial].feedback:
                         self._live_queue.append(message.trial)
-            elif kind == "shown" and int(entry["trial"]) in self.record.results:
+            elif kind == "feedback":
+                self.policy.restore(FeedbackShow(int(entry["period"]), int(entry["trial"]), int(entry["release"]), float(entry["onset"])))
+            elif kind == "shown" and int(entry["trial"]) in self.record.results and \
+                    int(entry.get("release", 0)) == self.record.results[int(entry["trial"])].message.release:
                 self.record.results[int(entry["trial"])].shown = self.record.clock_time(float(entry["shown"]))
                 if int(entry["trial"]) in self._live_queue:
                     self._live_queue.remove(int(entry["trial"]))
@@ -459,17 +522,14 @@ class StimulusProgram:
             screen = TaskScreen(win, settings, self.setup.trials)
             if settings.feedback.screen == "operator":
                 operator_win = open_window(settings.window, title="rtrecon operator", screen=settings.feedback.operator_screen, size=settings.feedback.operator_size, operator=True)
-            groups = [s.feedback_trials for s in self.setup.timeline.segments if s.feedback_trials]
-            if operator_win is not None or self.live_feedback:  # any trial's result may be shown outside a period
-                grouped = {i for g in groups for i in g}
-                groups += [(t.index,) for t in self.setup.trials if t.index not in grouped]
-            panel = FeedbackPanel(operator_win or win, settings.feedback, self.setup.trials, groups)
+            panel = FeedbackPanel(operator_win or win, settings.feedback, self.setup.trials)
             operator = _OperatorView(operator_win, panel, settings.feedback.window_s) if operator_win is not None else None
             try:
                 if start is not None:
                     self._restore(start)
-                    for index, result in self.record.results.items():
-                        panel.add(index, result)
+                    while self._handover:  # before the first frame: no stimulus waits on them
+                        trial = self._handover.popleft()
+                        panel.add(trial, self.record.results[trial])
                     period = self._measure_period(win, screen)
                 else:
                     period = self._wait_for_trigger(win, screen)
@@ -483,6 +543,8 @@ class StimulusProgram:
             if self.trigger.started:
                 self.record.zero = self.trigger.zero
                 self._post_flips()
+                last = self.record.flips[-1] if self.record.flips else 0.0
+                self.record.feedback_rows = self.policy.rows(self._onsets, last)
                 self.record.write(self.trigger, period)
                 self.journal.post({"t": "end", "aborted": self.record.aborted})
             self.journal.close()
@@ -582,17 +644,20 @@ class StimulusProgram:
         return live[0]
 
     def _waiting_for_results(self, last_result: float) -> bool:
-        """After the timeline: results still owed to trials that asked for feedback, and coming."""
+        """After the timeline: results the end screen still owes (:meth:`FeedbackPolicy.owed`), and coming."""
         if self.results_timeout_s <= 0 or psychopy_time() - last_result > self.results_timeout_s:
             return False
-        results = self.record.results
-        owed = [t.index for t in self.setup.trials if t.feedback and t.index not in self.missed]
-        return any(i not in results or results[i].shown is None for i in owed)
+        if self.live_feedback and self.setup.settings.feedback.screen == "operator":
+            results = self.record.results
+            owed = [t.index for t in self.setup.trials if t.feedback and t.index not in self.missed]
+            return any(i not in results or results[i].shown is None for i in owed)
+        return bool(self.policy.owed(self.record.results, self.missed))
 
     def _loop(self, win: Any, screen: TaskScreen, panel: FeedbackPanel, operator: _OperatorView | None, period: float) -> None:
         segments = self.setup.timeline.segments
         end = self.setup.timeline.end
-        after = Segment(end, float("inf"), "fixation")
+        end_screen = Segment(end, float("inf"), "end")
+        end_s = self.setup.settings.feedback.end_screen_s
         intervals: deque[float] = deque([period], maxlen=30)
         last_flip = psychopy_time()
         last_result = last_flip
@@ -604,16 +669,17 @@ class StimulusProgram:
             t_next = self.record.run_time(last_flip + interval)
             index = self._next_index(t_next + interval * self.speed / 2)
             self._poll_keys()
-            n_results = len(self.record.results)
-            self._poll_results(panel)
-            if len(self.record.results) != n_results:
+            n_results = len(self._handover)
+            self._poll_results()
+            if len(self._handover) != n_results:
                 last_result = psychopy_time()
             if index >= len(segments):
                 if ended is None:
                     ended = psychopy_time()
-                if not self._waiting_for_results(max(last_result, ended)):
+                    win.callOnFlip(self._on_end_screen)
+                if (psychopy_time() - ended) * self.speed >= end_s and not self._waiting_for_results(max(last_result, ended)):
                     break
-                segment = after
+                segment, index = end_screen, len(segments)
             else:
                 segment = segments[index]
                 if index != self._current:
@@ -622,24 +688,28 @@ class StimulusProgram:
                     win.callOnFlip(self._on_onset, index)
                     screen.schedule(segment)
                     self._current = index
+            self._hand_over(panel, segment, t_next, interval)
+            results = self.record.results
+            group = self.policy.group(index, segment, results, t_next) if segment.phase in ("feedback", "end") else ()
             drawn: tuple[int, ...] = ()
             if operator is None:
                 screen.draw(segment)
-                if segment.phase == "feedback":
-                    drawn = tuple(panel.draw(segment.feedback_trials, self.record.results))
-                elif self.live_feedback:
-                    live = self._live_result(t_next)
-                    if live is not None:
-                        drawn = tuple(panel.draw((live,), self.record.results))
+                if group:
+                    drawn = tuple(panel.draw(group, results))
+                    if drawn:
+                        win.callOnFlip(self._on_feedback_drawn, index, drawn)
                 for i in drawn:
-                    if self.record.results[i].shown is None:
+                    if results[i].shown is None:
                         win.callOnFlip(self._on_shown, i)
             else:
                 screen.draw(segment if segment.phase != "feedback" else Segment(segment.start, segment.stop, "fixation"))
                 if self._demand_pressed:
                     self._demand_pressed = False
-                    operator.demand(self.record.results, t_next)
-                operator.update(index, segment, t_next, self.record.results, self._on_shown)
+                    operator.demand(results, t_next)
+                live = self._live_result(t_next) if self.live_feedback and not group else None
+                on_operator = operator.update(index, group or ((live,) if live is not None else ()), t_next, results, self._on_shown)
+                if group and on_operator:
+                    self._on_feedback_drawn(index, tuple(on_operator))
             if self.on_frame is not None:
                 self.on_frame(Frame(len(self.record.flips), segment, win, drawn))
             flip = win.flip()

@@ -22,9 +22,11 @@ serial port, parallel-port pins or a PsychoPy button box), events to and results
 file appears) and
 answers from the design. ``--speed S`` (virtual runs only) replays the run S times faster than
 the scanner, every recorded and sent time staying in scanner seconds
-(:class:`~stimulus.app.StimulusProgram`). ``--live-feedback`` draws each result over the task as it
-arrives (designs without feedback periods); ``--wait-results S`` stays on after the last trial
-until every feedback trial's result is shown, or none came for S seconds.
+(:class:`~stimulus.app.StimulusProgram`). ``--live-feedback`` shows each result as it arrives, in
+the design's free stretches (``[stimulus.feedback] when = "slot"``: designs without feedback
+periods, such as NSD's), never over a trial; ``--wait-results S`` keeps the end screen on until
+every result still owed is shown, or none came for S seconds. ``check --json`` prints every
+run's problems as one JSON line: ``rtrecon session check`` runs it, so the two agree.
 
 A run that was killed (its journal holds a first trigger and no end) is resumed where the scanner
 is now, not refused (see :mod:`stimulus.app`). Exit status: 0 done, 1 bad input or no trigger,
@@ -61,9 +63,17 @@ def _config(args: argparse.Namespace) -> SessionConfig:
     return load_config(args.config) if args.config else SessionConfig()
 
 
+def _problems(exc: Exception) -> list[str]:
+    if isinstance(exc, TrialListError):
+        return [reason if line == 0 else f"line {line}: {reason}" for line, reason in exc.problems]
+    return [str(exc)]
+
+
 def _check(args: argparse.Namespace) -> int:
     from .app import prepare_run
 
+    if args.json:  # for rtrecon session check: each run's problems, one JSON line
+        return _check_json(args)
     try:
         config = _config(args)
         if args.run is None and args.trials is None:
@@ -84,9 +94,34 @@ def _check(args: argparse.Namespace) -> int:
             status = 1
             continue
         n_events = len(setup.timeline.events())
-        print(f"run {run}: {setup.trials_file}: {len(setup.trials)} {setup.task} trials, {n_events} events, {setup.timeline.end:.1f} s after the first trigger")
+        n_feedback = sum(s.phase == "feedback" for s in setup.timeline.segments)
+        print(f"run {run}: {setup.trials_file}: {len(setup.trials)} {setup.task} trials, {n_events} events "
+              f"({n_feedback} feedback periods, {setup.feedback}), {setup.timeline.end:.1f} s after the first trigger")
         print(f"  events will be written to {setup.paths.events}")
     return status
+
+
+def _check_json(args: argparse.Namespace) -> int:
+    """``{"runs": [{"run", "trials_file", "problems"}]}`` for every run of the config's trial lists."""
+    import json
+
+    from .app import prepare_run
+
+    try:
+        config = _config(args)
+    except _BAD_INPUT as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    runs = []
+    for run in range(1, len(config.stimulus.trial_lists) + 1):
+        try:
+            prepare_run(config, run, task=args.task, overwrite=True)
+            problems: list[str] = []
+        except _BAD_INPUT as exc:
+            problems = _problems(exc)
+        runs.append({"run": run, "trials_file": str(config.stimulus.trial_lists[run - 1]), "problems": problems})
+    print(json.dumps({"runs": runs}))
+    return int(any(r["problems"] for r in runs))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -170,6 +205,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     check = sub.add_parser("check", help="check trial lists and plan the runs, without a window")
     _common(check)
+    check.add_argument("--json", action="store_true", help="every run of the config's trial lists: its problems as one JSON line "
+                       "(what rtrecon session check reports)")
     check.set_defaults(func=_check)
     run = sub.add_parser("run", help="run a task on the participant's screen")
     _common(run)
@@ -179,7 +216,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--speed", type=float, default=1.0, help="with --virtual: replay the run S times faster than the scanner (default 1)")
     run.add_argument("--start-file", type=Path, help="with --virtual: the scanner starts when this file appears")
     run.add_argument("--live-feedback", action="store_true",
-                     help='draw each result over the task as soon as it arrives (as [stimulus.feedback] when = "live")')
+                     help="show each result as it arrives: on the participant's screen in the design's free stretches "
+                          '(as [stimulus.feedback] when = "slot"), never over a trial; on the operator\'s window at once')
     run.add_argument("--wait-results", type=float, default=0.0, metavar="S",
                      help="after the last trial, wait for the feedback trials' results (at most S seconds without one)")
     run.add_argument("--offline", action="store_true", help="no engine: record the run without sending events")

@@ -8,14 +8,16 @@ session config asks for (``[stimulus.feedback]``):
 - the top-k retrieved images (``retrieved`` ids looked up as ``<id>.png``/``.jpg`` in
   ``gallery_dir``, else among the trial list's ``stim_id``/file names; an id without an image
   is written as text);
-- a bar for the score (``scores[0]``, the engine's score of its best answer, e.g. a
-  pairmate-distinctiveness value), scaled to ``score_range``.
+- a bar for the score (``scores[0]``, the engine's score of its best answer) or, with
+  ``bar_value = "cpd"``, the trial's pairmate distinctiveness (:mod:`stimulus.pairmates`),
+  scaled to ``score_range``.
 
 One trial: target and reconstruction side by side, retrieved images below, the bar at the
 bottom. Several trials (block feedback): one column per trial (target above reconstruction)
 and a bar for the mean score. Nothing of a trial is drawn until its result has arrived, so the
-participant never sees the target alone. Textures are made once per result, on the frame the
-result arrives; every later frame only draws.
+participant never sees the target alone. Textures are made once per result (per release), on
+a frame that shows no stimulus; every later frame only draws. Which period shows which trial is
+:mod:`stimulus.policy`'s choice.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 @dataclass
 class ReceivedResult:
-    """A result with the clock times it was received and first shown (None: never shown)."""
+    """A result with the clock times it was received and first shown (None: never shown), and its
+    pairmate distinctiveness (None: the trial has no pairmate, or no embeddings were given)."""
 
     message: TrialResultMessage
     received: float
     shown: float | None = None
+    cpd: float | None = None
 
     @property
     def score(self) -> float | None:
@@ -51,15 +55,15 @@ class ReceivedResult:
 
 
 class FeedbackPanel:
-    """Draws the feedback periods of a run into ``win`` (a PsychoPy window, pixel units).
+    """Draws feedback periods into ``win`` (a PsychoPy window, pixel units).
 
-    ``groups`` are the trials each feedback period shows (from the timeline), which fixes the
-    layout in advance: the seen/cued images are loaded at construction, a result's
-    reconstruction and retrieved images when the result arrives (:meth:`add`), so the frames
-    of a feedback period only draw.
+    The seen/cued image of every trial that may be shown is loaded at construction (before the
+    first trigger); a result's reconstruction and retrieved images when it is handed over
+    (:meth:`add`, which the program calls on a frame without a stimulus); a period's frames only
+    draw, placing each trial's images in its column (one trial: the large single layout).
     """
 
-    def __init__(self, win: Any, settings: FeedbackSection, trials: Sequence[Trial], groups: Sequence[tuple[int, ...]]):
+    def __init__(self, win: Any, settings: FeedbackSection, trials: Sequence[Trial]):
         from psychopy import visual
 
         self._visual = visual
@@ -70,22 +74,20 @@ class FeedbackPanel:
         self._by_name = {t.stim_file.stem: t.stim_file for t in trials if t.stim_file is not None}
         w, h = win.size
         self._w, self._h = float(w), float(h)
-        self._slots: dict[int, tuple[tuple[float, float], tuple[float, float], float, bool]] = {}
-        for group in groups:
-            for col, index in enumerate(group):
-                self._slots[index] = self._slot(col, len(group))
-        self._stims: dict[int, list[Any]] = {}
         self._targets: dict[int, Any] = {}
-        for index, (target_pos, _, size, _) in self._slots.items():
-            trial = self.trials[index]
-            if settings.show_target and trial.stim_file is not None:
-                self._targets[index] = self._image(str(trial.stim_file), size, target_pos)
+        self._recons: dict[int, Any] = {}
+        self._thumbs: dict[int, list[Any]] = {}
+        self._native: dict[int, tuple[float, float]] = {}  # id(stim) -> its image's size in pixels
+        if settings.show_target:
+            for trial in self.trials:
+                if trial.stim_file is not None:
+                    self._targets[trial.index] = self._image(str(trial.stim_file))
         bar_w, bar_h = 0.6 * self._w, 0.04 * self._h
         self._bar_y = -0.42 * self._h
         self._bar_outline = visual.Rect(win, width=bar_w, height=bar_h, pos=(0, self._bar_y), units="pix", lineColor="white", fillColor=None, lineWidth=2)
         self._bar_fill = visual.Rect(win, width=bar_w, height=bar_h, pos=(0, self._bar_y), units="pix", lineColor=None, fillColor=(-0.2, 0.8, -0.2))
         self._bar_width = bar_w
-        self._bar_key: tuple[int, ...] = ()
+        self._bar_key: tuple[Any, ...] = ()
         for stim in (*self._targets.values(), self._bar_outline, self._bar_fill):
             stim.draw()
         win.clearBuffer()
@@ -112,60 +114,82 @@ class FeedbackPanel:
                     return candidate
         return self._by_id.get(stim_id) or self._by_name.get(stim_id)
 
-    def _image(self, image: Any, size: float, pos: tuple[float, float]) -> Any:
-        stim = self._visual.ImageStim(self.win, image=image, units="pix", pos=pos, interpolate=True)
-        width, height = stim.size
-        scale = size / max(width, height)
-        stim.size = (width * scale, height * scale)
+    def _image(self, image: Any) -> Any:
+        stim = self._visual.ImageStim(self.win, image=image, units="pix", interpolate=True)
+        self._native[id(stim)] = tuple(float(v) for v in stim.size)
         return stim
 
+    def _place(self, stim: Any, size: float, pos: tuple[float, float]) -> None:
+        width, height = self._native[id(stim)]
+        scale = size / max(width, height)
+        if tuple(stim.pos) != pos:
+            stim.pos = pos
+        stim.size = (width * scale, height * scale)
+
     def add(self, trial_index: int, result: ReceivedResult) -> None:
-        """Make the textures of a result that a feedback period will show (others are ignored)."""
-        if trial_index not in self._slots:
-            return
+        """Make the textures of a result (a newer release of a trial replaces the older's)."""
         cfg, h = self.settings, self._h
-        _, recon_pos, size, single = self._slots[trial_index]
         msg = result.message
-        stims: list[Any] = []
-        if trial_index in self._targets:
-            stims.append(self._targets[trial_index])
         if cfg.show_image and msg.image is not None:
             from PIL import Image
 
-            stims.append(self._image(Image.fromarray(np.asarray(msg.image, dtype=np.uint8)), size, recon_pos))
-        if single and cfg.top_k:
-            ids = msg.retrieved[: cfg.top_k]
-            thumb = 0.16 * h
-            step = thumb + 0.02 * h
-            x0 = -step * (len(ids) - 1) / 2
-            for k, stim_id in enumerate(ids):
-                pos = (x0 + k * step, -0.2 * h)
-                path = self.gallery_file(stim_id)
-                if path is None:
-                    stims.append(self._visual.TextStim(self.win, text=stim_id, pos=pos, units="pix", height=0.03 * h, color="white"))
-                else:
-                    stims.append(self._image(str(path), thumb, pos))
-        self._stims[trial_index] = stims
+            self._recons[trial_index] = self._image(Image.fromarray(np.asarray(msg.image, dtype=np.uint8)))
+        thumbs: list[Any] = []
+        for stim_id in msg.retrieved[: cfg.top_k]:
+            path = self.gallery_file(stim_id)
+            if path is None:
+                thumbs.append(self._visual.TextStim(self.win, text=stim_id, units="pix", height=0.03 * h, color="white"))
+            else:
+                thumbs.append(self._image(str(path)))
+        self._thumbs[trial_index] = thumbs
+
+    def ready(self, trial_index: int) -> bool:
+        """Whether a result of the trial has been handed over (:meth:`add`)."""
+        return trial_index in self._thumbs
+
+    def _value(self, result: ReceivedResult) -> float | None:
+        return result.cpd if self.settings.bar_value == "cpd" else result.score
 
     def _update_bar(self, arrived: tuple[int, ...], results: Mapping[int, ReceivedResult]) -> bool:
-        scores = [s for i in arrived if (s := results[i].score) is not None]
-        if not self.settings.score_bar or not scores:
+        values = [v for i in arrived if (v := self._value(results[i])) is not None]
+        if not self.settings.score_bar or not values:
             return False
-        if arrived != self._bar_key:
-            self._bar_key = arrived
+        key = (arrived, tuple(values))
+        if key != self._bar_key:
+            self._bar_key = key
             lo, hi = self.settings.score_range
-            fraction = float(np.clip((np.mean(scores) - lo) / (hi - lo), 0.0, 1.0))
+            fraction = float(np.clip((np.mean(values) - lo) / (hi - lo), 0.0, 1.0))
             width = max(fraction * self._bar_width, 1.0)
             self._bar_fill.width = width
             self._bar_fill.pos = (-self._bar_width / 2 + width / 2, self._bar_y)
         return True
 
     def draw(self, group: tuple[int, ...], results: Mapping[int, ReceivedResult]) -> list[int]:
-        """Draw the feedback of ``group`` from the results received so far; returns the trials drawn."""
-        arrived = tuple(i for i in group if i in results and i in self._stims)
-        for i in arrived:
-            for stim in self._stims[i]:
-                stim.draw()
+        """Draw the feedback of ``group`` (one column per trial) from the results handed over so
+        far; returns the trials drawn. Nothing of a trial is drawn before its result."""
+        arrived = tuple(i for i in group if i in results and self.ready(i))
+        h = self._h
+        for col, i in enumerate(group):
+            if i not in arrived:
+                continue
+            target_pos, recon_pos, size, single = self._slot(col, len(group))
+            if i in self._targets:
+                self._place(self._targets[i], size, target_pos)
+                self._targets[i].draw()
+            if i in self._recons:
+                self._place(self._recons[i], size, recon_pos)
+                self._recons[i].draw()
+            if single:
+                thumbs = self._thumbs[i]
+                thumb, step = 0.16 * h, 0.18 * h
+                x0 = -step * (len(thumbs) - 1) / 2
+                for k, stim in enumerate(thumbs):
+                    pos = (x0 + k * step, -0.2 * h)
+                    if id(stim) in self._native:
+                        self._place(stim, thumb, pos)
+                    else:
+                        stim.pos = pos
+                    stim.draw()
         if self._update_bar(arrived, results):
             self._bar_fill.draw()
             self._bar_outline.draw()

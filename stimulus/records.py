@@ -3,9 +3,13 @@
 :class:`RunPaths` names the files of one run (BIDS entities from the session config)::
 
     OUT/sourcedata/stimulus/sub-S/ses-E/func/sub-S_ses-E_task-T_run-RR_
-        events.tsv (+ .json sidecar)    BIDS events: every event the participant saw, with responses
+        events.tsv (+ .json sidecar)    BIDS events: every event the participant saw, with responses,
+                                        planned and measured onset and duration; one feedback row per
+                                        (period, trial, release shown), with its status; the sidecar's
+                                        StimulusTiming counts the stimuli that slipped over a frame
         psychopy.csv, psychopy.psydat   PsychoPy ExperimentHandler, one row per event
-        results.tsv                     each result: received / shown (run seconds), engine latencies,
+        results.tsv                     each result (its latest release; its CPD when the trial has a
+                                        pairmate): received / shown (run seconds), engine latencies,
                                         and its stage stamps (time.time(), the latency chain) with
                                         "received" and "shown" added
         triggers.tsv                    every scanner trigger, seconds since the first
@@ -38,7 +42,12 @@ their ``"t"``:
 - ``result``: a result, written before the engine is told it arrived: the message's fields
   (``embedding`` as a list; ``image``: its PNG's file name), ``received_monotonic`` and
   ``received_wall`` (``time.time()``);
-- ``shown``: ``trial``, ``shown`` (s) and ``shown_wall``: the flip that first showed its result;
+- ``shown``: ``trial``, ``release``, ``shown`` (s) and ``shown_wall``: the flip that first showed
+  its result (that release of it);
+- ``feedback``: ``period`` (the feedback segment's index; the end screen's is the number of
+  segments), ``trial``, ``release``, ``onset`` (s): a result first drawn in a feedback period
+  (:class:`~stimulus.policy.FeedbackShow`);
+- ``end_screen``: ``onset`` (s) of the end-of-run screen;
 - ``flips``: ``times`` (s) of a batch of flips;
 - ``end``: the run ended (``aborted``).
 
@@ -70,7 +79,7 @@ from .feedback import ReceivedResult
 from .timeline import Segment
 from .trigger import ScannerTrigger
 
-__all__ = ["RunPaths", "EventRecord", "FrameStats", "RunRecord", "RunJournal", "frame_stats", "read_journal"]
+__all__ = ["RunPaths", "EventRecord", "FrameStats", "RunRecord", "RunJournal", "frame_stats", "read_journal", "stimulus_timing"]
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +93,18 @@ EVENT_COLUMNS = (
     "response",
     "response_time",
     "planned_onset",
+    "planned_duration",
     "result_received",
     "result_shown",
+    "release",
+    "feedback_status",
 )
 
-RESULT_COLUMNS = ("trial", "stimulus", "retrieved", "score", "received", "shown", "received_to_shown", "engine_latencies", "stamps")
+RESULT_COLUMNS = ("trial", "stimulus", "release", "final", "retrieved", "score", "cpd", "received", "shown", "received_to_shown",
+                  "engine_latencies", "stamps")
+
+#: Phases whose timing is checked against the plan: what the participant sees as the task.
+STIMULUS_PHASES = ("image", "cue", "imagery")
 
 _SIDECAR = {
     "onset": {"Description": "First frame of the event, seconds since the run's first scanner trigger", "Units": "s"},
@@ -100,8 +116,19 @@ _SIDECAR = {
     "response": {"Description": "First response in the trial (perception: new/old; vividness: the rating key)"},
     "response_time": {"Description": "Response time from the event's onset", "Units": "s"},
     "planned_onset": {"Description": "Onset in the design", "Units": "s"},
-    "result_received": {"Description": "When the engine's result for this trial was received", "Units": "s"},
+    "planned_duration": {"Description": "Duration in the design", "Units": "s"},
+    "result_received": {"Description": "When the engine's (latest) result for this trial was received", "Units": "s"},
     "result_shown": {"Description": "First frame that showed the result", "Units": "s"},
+    "release": {"Description": "feedback rows: which release of the trial's result was shown (0: the first; the engine refines each trial's result)"},
+    "feedback_status": {
+        "Description": "feedback rows: what the period showed of the trial",
+        "Levels": {
+            "shown": "the trial's result, in its own period (or, with slot feedback, the first slot after it arrived)",
+            "late": "a result that missed its own period, shown in a later one or on the end screen ([stimulus.feedback] late)",
+            "missing": "the period ended before the trial's result arrived",
+            "empty": "a slot with no result waiting",
+        },
+    },
 }
 
 
@@ -209,6 +236,28 @@ def frame_stats(flip_times: Sequence[float], expected_interval: float, threshold
     )
 
 
+def stimulus_timing(events: Sequence["EventRecord"], frame_s: float, speed: float = 1.0) -> dict[str, Any]:
+    """How the stimuli kept to the plan: onset and duration errors in seconds of the display
+    (scanner seconds / ``speed``); an event whose onset or duration is off by more than one frame
+    (``frame_s``) has slipped. ``slipped_events`` lists the first 50."""
+    checked, slipped = 0, []
+    worst_onset, worst_duration = 0.0, 0.0
+    for ev in events:
+        seg = ev.segment
+        if seg.phase not in STIMULUS_PHASES:
+            continue
+        checked += 1
+        onset_error = (ev.onset - seg.start) / speed
+        duration_error = (ev.duration - seg.duration) / speed if ev.duration is not None else 0.0
+        worst_onset = max(worst_onset, abs(onset_error))
+        worst_duration = max(worst_duration, abs(duration_error))
+        if abs(onset_error) > frame_s or abs(duration_error) > frame_s:
+            slipped.append({"trial": ev.trial, "trial_type": seg.event_type, "planned_onset": seg.start, "onset": ev.onset,
+                            "planned_duration": seg.duration, "duration": ev.duration})
+    return {"speed": speed, "frame_s": frame_s, "stimuli": checked, "slipped": len(slipped),
+            "max_onset_error_s": worst_onset, "max_duration_error_s": worst_duration, "slipped_events": slipped[:50]}
+
+
 def read_journal(path: str | Path) -> list[dict[str, Any]]:
     """The lines of a run's journal (none when it does not exist); a torn line is dropped.
 
@@ -297,7 +346,7 @@ class RunJournal:
 
     def record_result(self, message: TrialResultMessage, received: float) -> None:
         """Write a result (its reconstruction as PNG) at once: the link calls it before acknowledging."""
-        fields = {k: getattr(message, k) for k in ("session", "run", "trial", "stimulus", "retrieved", "scores", "decoder", "latencies", "stamps")}
+        fields = {k: getattr(message, k) for k in _RESULT_FIELDS}
         fields["embedding"] = None if message.embedding is None else np.asarray(message.embedding, np.float32).ravel().tolist()
         fields["image"] = None
         if message.image is not None and message.run == self.paths.run:
@@ -324,6 +373,10 @@ class RunJournal:
                 self._file = None
 
 
+_RESULT_FIELDS = ("session", "run", "trial", "stimulus", "retrieved", "scores", "decoder", "release", "release_s", "final",
+                  "latencies", "stamps")
+
+
 def result_from_entry(entry: dict[str, Any], folder: Path) -> TrialResultMessage:
     """The message a journal's ``result`` line holds (its reconstruction read back from ``folder``)."""
     image = None
@@ -332,7 +385,7 @@ def result_from_entry(entry: dict[str, Any], folder: Path) -> TrialResultMessage
 
         image = np.asarray(Image.open(folder / entry["image"]).convert("RGB"))
     embedding = None if entry.get("embedding") is None else np.asarray(entry["embedding"], np.float32)
-    fields = {k: entry[k] for k in ("session", "run", "trial", "stimulus", "retrieved", "scores", "decoder", "latencies", "stamps")}
+    fields = {k: entry[k] for k in _RESULT_FIELDS if k in entry}  # a journal from before releases has none
     return TrialResultMessage(**fields, image=image, embedding=embedding)
 
 
@@ -361,6 +414,8 @@ class RunRecord:
     wall_offset: float = 0.0
     aborted: bool = False
     speed: float = 1.0
+    feedback_rows: list[dict[str, Any]] = field(default_factory=list)
+    timing: dict[str, Any] = field(default_factory=dict)
 
     def run_time(self, clock_time: float | None) -> float | None:
         """``clock_time`` in scanner seconds since the first trigger."""
@@ -408,10 +463,15 @@ class RunRecord:
                     "response": ev.response,
                     "response_time": ev.response_time,
                     "planned_onset": ev.segment.start,
+                    "planned_duration": ev.segment.duration,
                     "result_received": self.run_time(result.received) if result else None,
                     "result_shown": self.run_time(result.shown) if result else None,
                 }
             )
+        for row in self.feedback_rows:
+            trial = self.results.get(row["trial"]) if row["trial"] is not None else None
+            rows.append({**row, "result_received": self.run_time(trial.received) if trial else None})
+        rows.sort(key=lambda r: r["onset"])  # stable: a feedback row after the event it shares a flip with
         return rows
 
     def _write_tsv(self, path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
@@ -435,7 +495,7 @@ class RunRecord:
         )
         for row in rows:
             for key in EVENT_COLUMNS:
-                handler.addData(key, row[key])
+                handler.addData(key, row.get(key))
             handler.nextEntry()
         handler.saveAsWideText(str(self.paths.source("psychopy.csv")), delim=",")
         handler.saveAsPickle(str(self.paths.source("psychopy")))
@@ -445,14 +505,30 @@ class RunRecord:
         """Write every file of the run (see the module docstring)."""
         rows = self.event_rows()
         self._write_tsv(self.paths.events, EVENT_COLUMNS, rows)
-        self.paths.events.with_suffix(".json").write_text(json.dumps(_SIDECAR, indent=2), encoding="utf-8")
+        self.timing = stimulus_timing(self.events, expected_interval, self.speed)
+        if self.timing["slipped"]:
+            worst = max(self.timing["slipped_events"], key=lambda e: abs(e["onset"] - e["planned_onset"]))
+            log.warning("%d of %d stimuli slipped more than one frame (%.1f ms) from the plan at speed %g: worst onset error "
+                        "%.1f ms, duration error %.1f ms (e.g. trial %s %s planned at %.3f s, shown at %.3f s); see %s",
+                        self.timing["slipped"], self.timing["stimuli"], expected_interval * 1e3, self.speed,
+                        self.timing["max_onset_error_s"] * 1e3, self.timing["max_duration_error_s"] * 1e3, worst["trial"],
+                        worst["trial_type"], worst["planned_onset"], worst["onset"], self.paths.events.with_suffix(".json").name)
+        else:
+            log.info("timing: all %d stimuli within one frame (%.1f ms) of the plan", self.timing["stimuli"], expected_interval * 1e3)
+        sidecar = {**_SIDECAR, "StimulusTiming": {
+            "Description": "stimuli (image, cue, imagery) against the plan, in seconds of the display (scanner seconds / speed); "
+                           "slipped: onset or duration off by more than one frame", **self.timing}}
+        self.paths.events.with_suffix(".json").write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
         self._write_psychopy(rows)
         result_rows = [
             {
                 "trial": index,
                 "stimulus": r.message.stimulus,
+                "release": r.message.release,
+                "final": int(r.message.final),
                 "retrieved": ",".join(r.message.retrieved),
                 "score": r.score,
+                "cpd": r.cpd,
                 "received": self.run_time(r.received),
                 "shown": self.run_time(r.shown),
                 "received_to_shown": (r.shown - r.received) * self.speed if r.shown is not None else None,
@@ -468,6 +544,6 @@ class RunRecord:
         drift = scanner.drift()
         # frames on the display's own clock: a dropped frame is one of the screen, at any speed
         stats = frame_stats([t / self.speed for t in self.flips], expected_interval)
-        summary = {"frames": stats.as_dict(), "triggers": drift.__dict__, "aborted": self.aborted, "speed": self.speed,
+        summary = {"frames": stats.as_dict(), "triggers": drift.__dict__, "stimulus_timing": self.timing, "aborted": self.aborted, "speed": self.speed,
                    "frames_clock": "seconds of the display (scanner seconds / speed)"}
         self.paths.source("frames.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -12,9 +12,11 @@ needs before the first trigger (a texture made mid-run would cost frames) and dr
   (:mod:`stimulus.sound`: decoded and its output opened here, before the first trigger;
   :meth:`TaskScreen.schedule` starts it at the cue's first flip);
 - ``vividness``: the question and the rating keys;
+- ``end``: the end-of-run screen (after the timeline: the scanner has stopped), with the results
+  still owed below it as they arrive;
 - ``feedback``: the :class:`~stimulus.feedback.FeedbackPanel` (on this screen, or on the
   operator's window when ``feedback.screen = "operator"``);
-- every phase but ``image`` and ``cue``: the fixation dot on the background.
+- every other phase: the fixation dot on the background.
 
 PsychoPy is imported when a window is made, not at module import, so that trial lists can be
 checked on a machine without a display. A run without sound cues never touches the audio output.
@@ -93,9 +95,11 @@ class TaskScreen:
                 self._cues[trial.index] = visual.TextStim(win, text=trial.cue, units="pix", height=0.08 * height, color="white")
         keys = "   ".join(settings.imagery.vividness_keys)
         self.vividness = visual.TextStim(win, text=f"How vivid was it?\n\n{keys}", units="pix", height=0.05 * height, color="white")
+        self.end = visual.TextStim(win, text="End of the run. Thank you!", units="pix", pos=(0, 0.44 * height), height=0.045 * height,
+                                   color="white", wrapWidth=float(win.size[0]))
         # The first draw of a stimulus uploads its texture and builds its shaders; doing it
         # now keeps that cost out of the run's frames.
-        for stim in (self.fixation, self.waiting, self.vividness, *self._images.values(), *self._cues.values()):
+        for stim in (self.fixation, self.waiting, self.vividness, self.end, *self._images.values(), *self._cues.values()):
             stim.draw()
         win.clearBuffer()
         has_sound = any(trial.cue_kind == "sound" for trial in trials)
@@ -131,5 +135,8 @@ class TaskScreen:
             return
         elif segment.phase == "vividness":
             self.vividness.draw()
+            return
+        elif segment.phase == "end":
+            self.end.draw()
             return
         self.fixation.draw()

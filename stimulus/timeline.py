@@ -23,8 +23,12 @@ feedback      reconstruction / retrieved images / score, as they arrive  ``feedb
 ============  =========================================================  =================
 
 Feedback periods follow each trial that asks for one (``feedback.when = "trial"``), each block
-with such trials (``"block"``), or are never scheduled (``"demand"``, and the program's live
-feedback, which draws results over the task as they arrive).
+with such trials (``"block"``), or take the design's free stretches (``"slot"``, and the program's
+live feedback on the participant's screen): each stretch of fixation outside any trial, after the
+first trial and at least ``feedback.slot_min_s`` long, begins with a feedback period of up to
+``feedback.window_s`` that shows the results waiting then (see :mod:`stimulus.policy`). With
+``"demand"`` and ``"live"`` (the operator's window) none is scheduled. So feedback never covers a
+stimulus, a cue or a response period: those are the trials' own segments.
 """
 
 from __future__ import annotations
@@ -140,16 +144,17 @@ def imagery_segments(trials: Sequence[Trial], settings: StimulusSection, start: 
 
 
 def build_timeline(task: Task, trials: Sequence[Trial], settings: StimulusSection, path: Path | None = None,
-                   *, feedback_periods: bool = True) -> Timeline:
+                   *, policy: str | None = None) -> Timeline:
     """The whole run: lead-in, trials with their feedback periods, lead-out; gaps hold fixation.
 
     Trials without ``onset`` follow each other (each after the previous trial and its feedback);
     trials with one start there, and one that would overlap is an error naming its line.
-    ``feedback_periods=False`` schedules none (the program then shows results as they arrive,
-    over the task: its live feedback).
+    ``policy`` overrides ``feedback.when`` (the program's live feedback on the participant's
+    screen plans ``"slot"``).
     """
     build = {"perception": perception_segments, "imagery": imagery_segments}[task]
     fb = settings.feedback
+    when = policy or fb.when
     segments: list[Segment] = []
     t = settings.lead_in_s
     block_members: list[int] = []
@@ -157,26 +162,38 @@ def build_timeline(task: Task, trials: Sequence[Trial], settings: StimulusSectio
         placed = build([trial], settings, max(t, 0.0), path)[0]
         segments.extend(placed)
         t = placed[-1].stop
-        if fb.when == "trial" and trial.feedback:
+        if when == "trial" and trial.feedback:
             wanted: tuple[int, ...] = (trial.index,)
         else:
             if trial.feedback:
                 block_members.append(trial.index)
             last_of_block = i + 1 == len(trials) or trials[i + 1].block != trial.block
-            wanted = tuple(block_members) if fb.when == "block" and last_of_block else ()
+            wanted = tuple(block_members) if when == "block" and last_of_block else ()
             if last_of_block:
                 block_members = []
-        if wanted and feedback_periods:
+        if wanted:
             segments.append(Segment(t, t + fb.window_s, "feedback", trial, "feedback", feedback_trials=wanted))
             t += fb.window_s
     t += settings.lead_out_s
+    slots = when == "slot" and any(trial.feedback for trial in trials)
     filled: list[Segment] = []
     cursor = 0.0
     for seg in segments:
         if seg.start > cursor + 1e-9:
-            filled.append(Segment(cursor, seg.start, "fixation"))
+            filled.extend(_free(cursor, seg.start, slots and bool(filled), fb.window_s, fb.slot_min_s))
         filled.append(seg)
         cursor = seg.stop
     if t > cursor + 1e-9:
-        filled.append(Segment(cursor, t, "fixation"))
+        filled.extend(_free(cursor, t, slots and bool(filled), fb.window_s, fb.slot_min_s))
     return Timeline(tuple(filled))
+
+
+def _free(start: float, stop: float, slot: bool, window_s: float, min_s: float) -> list[Segment]:
+    """A stretch outside every trial: fixation, opened by a feedback slot when it is one."""
+    if not slot or stop - start < min_s - 1e-9:
+        return [Segment(start, stop, "fixation")]
+    end = min(start + window_s, stop)
+    out = [Segment(start, end, "feedback", event_type="feedback")]
+    if stop > end + 1e-9:
+        out.append(Segment(end, stop, "fixation"))
+    return out

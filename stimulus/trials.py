@@ -19,6 +19,9 @@ column              tasks        meaning
                                  or none; without it trials follow each other)
 ``block``           both         block label, for feedback after each block
 ``feedback``        both         1/0, true/false, yes/no: show the result after this trial
+``pairmate``        both         the stim_id of the trial's pairmate (a similar image): the
+                                 result's pairmate distinctiveness is scored against it
+                                 (``[stimulus.feedback] embeddings``)
 ``response``        both         the answer from the design (``new``/``old`` for perception,
                                  a vividness key for imagery), used by the virtual participant
 ==================  ===========  ==========================================================
@@ -46,7 +49,7 @@ __all__ = ["Task", "Trial", "TrialListError", "load_trials"]
 Task = Literal["perception", "imagery"]
 
 _COLUMNS = frozenset(
-    {"stim_file", "stim_id", "cue", "cue_file", "trial_type", "onset", "block", "feedback", "response"}
+    {"stim_file", "stim_id", "cue", "cue_file", "trial_type", "onset", "block", "feedback", "response", "pairmate"}
 )
 _TRUE = {"1", "true", "yes", "y"}
 _FALSE = {"", "0", "false", "no", "n", "n/a"}
@@ -81,6 +84,7 @@ class Trial:
     block: str = ""
     feedback: bool = False
     response: str = ""
+    pairmate: str = ""
 
     @property
     def cue_kind(self) -> Literal["word", "image", "sound"]:
@@ -163,6 +167,7 @@ def _row_trial(task: Task, index: int, line: int, row: dict[str, str], base: Pat
         block=row.get("block", "").strip(),
         feedback=raw_feedback in _TRUE,
         response=row.get("response", "").strip(),
+        pairmate=row.get("pairmate", "").strip(),
     )
     return trial, []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import threading
 import time
@@ -17,7 +18,6 @@ from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key
 from rtrecon.wire import EventMessage, TrialResultMessage
 from stimulus.app import Frame, StimulusProgram, prepare_run
 from stimulus.participant import VirtualParticipant
-from stimulus.records import read_journal
 from stimulus.trials import TrialListError
 
 SESSION = "sub-01_ses-01"
@@ -331,70 +331,148 @@ def test_bad_input_is_reported_before_the_run(make_image, tmp_path: Path):
         prepare_run(demand, 1)
 
 
-class BurstLink(ScriptedLink):
-    """Trial 0's and 1's results arrive in one poll, trial 2's later, trial 3's never."""
+class EchoLink(ScriptedLink):
+    """An engine stand-in: each trial's result ``delay_s`` scanner seconds after its event was sent
+    (so results land during later stimuli and cues), then release 1 of trial 0 ``refine_s`` later."""
+
+    def __init__(self, speed: float, delay_s: dict[int, float], refine_s: float | None = None) -> None:
+        super().__init__()
+        self.speed, self.delay_s, self.refine_s = speed, delay_s, refine_s
+        self.due: list[tuple[float, int, int]] = []
+
+    def send_event(self, message: EventMessage) -> None:
+        from stimulus.trigger import psychopy_time
+
+        super().send_event(message)
+        if message.trial in self.delay_s:
+            due = psychopy_time() + self.delay_s[message.trial] / self.speed
+            self.due.append((due, message.trial, 0))
+            if message.trial == 0 and self.refine_s is not None:
+                self.due.append((due + self.refine_s / self.speed, 0, 1))
 
     def poll_results(self):
         from stimulus.trigger import psychopy_time
 
-        self.polls += 1
-        due = {40: (0, 1), 80: (2,)}.get(self.polls, ())
+        now = psychopy_time()
+        ready = [d for d in self.due if d[0] <= now]
+        self.due = [d for d in self.due if d[0] > now]
         image = np.zeros((8, 8, 3), np.uint8) + np.array(RECON, np.uint8)
-        return [(TrialResultMessage(session=SESSION, run=1, trial=t, image=image, scores=[0.5]), psychopy_time()) for t in due]
-
-    def close(self) -> None:
-        return None
+        return [(TrialResultMessage(session=SESSION, run=1, trial=t, image=image, scores=[0.5], release=r), now) for _, t, r in ready]
 
 
-def test_a_replay_at_speed_with_live_feedback(win, make_image, tmp_path: Path):
-    speed = 5.0
+class PixelWatch:
+    """on_frame hook: counts the reconstruction's pixels in each frame's back buffer, by the segment it shows."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, str, int, tuple[int, ...]]] = []  # (index, phase, recon pixels, results drawn)
+
+    def __call__(self, frame: Frame) -> None:
+        frame.win.getMovieFrame(buffer="back")
+        pixels = np.asarray(frame.win.movieFrames.pop())
+        recon = int((pixels == np.array(RECON)).all(axis=2).sum())
+        self.frames.append((frame.index, frame.segment.phase, recon, frame.results_drawn))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _no_feedback_over_the_task(watch: PixelWatch, flips: list[float], timeline, speed: float) -> int:
+    """No frame of a stimulus, cue or response period draws a result; returns the frames of feedback that did."""
+    task = ("image", "gap", "cue", "imagery", "vividness", "rest")
+    for index, phase, recon, drawn in watch.frames:
+        if phase in task:
+            assert recon == 0 and drawn == (), f"frame {index} ({phase} at {flips[index]:.3f} s) drew a result"
+        # and the frame the program chose is the planned one, away from the boundaries (+- a frame)
+        t, margin = flips[index], 1.5 * speed / 60
+        seg = timeline.segments[timeline.index_at(t)] if t < timeline.end else None
+        if seg is not None and seg.phase in task and seg.start + margin < t < seg.stop - margin and index > 0 \
+                and flips[index] - flips[index - 1] < 3 * speed / 60:
+            assert phase == seg.phase, f"frame {index} at {t:.3f} s showed {phase}, the plan {seg.phase}"
+    return sum(1 for _, phase, recon, drawn in watch.frames if phase in ("feedback", "end") and recon > 0 and drawn)
+
+
+@pytest.mark.parametrize("speed", [1.0, 10.0])
+def test_perception_slot_feedback_never_covers_the_task(win, make_image, tmp_path: Path, speed: float):
+    """Live feedback on the participant's screen: results wait for the design's free stretches."""
     make_image(tmp_path / "red.png", (255, 0, 0))
-    onsets = [1.0, 4.0, 7.0, 10.0]
+    onsets = [0.5, 1.7, 4.5, 5.7]  # a trial every 1.2 s, and a blank stretch 2.9 - 4.5 s
     (tmp_path / "run.tsv").write_text("stim_file\tonset\tfeedback\n" + "".join(f"red.png\t{o}\t1\n" for o in onsets))
     config = session(tmp_path, "perception", {
-        "window": {"size": list(win.size)}, "perception": {"image_s": 2.0, "gap_s": 0.5},
-        "feedback": {"window_s": 2.0, "top_k": 0, "show_target": False, "score_bar": False}, "trigger": {"tr": 1.0},
+        "window": {"size": list(win.size)}, "perception": {"image_s": 1.0, "gap_s": 0.2}, "lead_out_s": 1.5,
+        "feedback": {"window_s": 1.5, "slot_min_s": 1.0, "top_k": 0, "show_target": False, "score_bar": False,
+                     "end_screen_s": 0.5}, "trigger": {"tr": 1.0},
     })
     setup = prepare_run(config, 1, live_feedback=True)
-    assert [s.phase for s in setup.timeline.segments if s.phase != "fixation"] == ["image", "gap"] * 4  # no feedback periods
-    w, h = win.size
-    recorder = Recorder({"recon": (int(h / 2 - 0.14 * h), w // 2 + 10)})
-    link = BurstLink()
-    participant = VirtualParticipant(tr=1.0, response_time_s=0.5, speed=speed)
-    program = StimulusProgram(setup, link=link, participant=participant, win=win, on_frame=recorder, speed=speed,
+    slots = [(s.start, s.stop) for s in setup.timeline.segments if s.phase == "feedback"]
+    assert [t for slot in slots for t in slot] == pytest.approx([2.9, 4.4, 6.9, 8.4])
+    link = EchoLink(speed, {0: 0.3, 1: 0.3, 2: 0.3, 3: 0.3}, refine_s=0.5)  # each arrives during its own image
+    watch = PixelWatch()
+    participant = VirtualParticipant(tr=1.0, response_time_s=0.3, speed=speed)
+    program = StimulusProgram(setup, link=link, participant=participant, win=win, on_frame=watch, speed=speed,
                               live_feedback=True, results_timeout_s=0.5)
     record = program.run()
-    flips, end = record.flips, setup.timeline.end
-
-    # the timeline ran 5x faster than the scanner, every time in scanner seconds: onsets on flips,
-    # triggers every TR (of the scanner), responses 0.5 scanner seconds after each image
-    assert [m.trial for m in link.sent] == [0, 1, 2, 3]
-    for message, planned in zip(link.sent, onsets):
-        assert min(abs(message.onset - f) for f in flips) < 0.01 * speed
-        gaps = np.diff([f for f in flips if planned - 2 < f < planned + 2])
-        assert abs(message.onset - planned) <= max(gaps.max(initial=0), speed / 60)  # the flip nearest the plan
+    flips = record.flips
+    # the replay keeps the scanner's time: triggers every TR / speed of the clock, responses in scanner seconds
     assert np.allclose(np.diff(program.trigger.times), 1.0 / speed, atol=1e-9)
-    with setup.paths.source("triggers.tsv").open() as f:
-        times = [float(r["time"]) for r in csv.DictReader(f, delimiter="\t")]
-    assert times[:5] == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0], abs=1e-6)
-    with setup.paths.events.open() as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    assert [float(r["response_time"]) for r in rows] == pytest.approx([0.5] * 4, abs=0.05 * speed)
-    real_s = (flips[-1] - flips[0]) / speed
-    assert flips[-1] >= end and real_s < end / 2
 
-    # live feedback: results that came in one poll are each shown, on frames of their own, in order;
-    # the one that never came held the program only results_timeout_s after the end
-    shown = [record.run_time(record.results[i].shown) for i in (0, 1, 2)]
-    assert shown[0] < shown[1] < shown[2] and 3 not in record.results
-    assert all(record.run_time(record.results[i].received) <= s for i, s in zip((0, 1, 2), shown))
-    assert recorder.first(flips, "recon", RECON) == pytest.approx(shown[0], abs=1e-3 * speed)
-    assert flips[-1] > end and flips[-1] - end < (0.5 + 0.5) * speed
-    journal = read_journal(setup.paths.journal)
-    assert journal[0]["t"] == "start" and journal[-1]["t"] == "end" and sum(e["t"] == "shown" for e in journal) == 3
-    # every event's segment was shown (a stalled frame may skip a fixation or gap, never an event)
-    shown_segments = {e["segment"] for e in journal if e["t"] == "onset"}
-    assert {i for i, seg in enumerate(setup.timeline.segments) if seg.event_type} <= shown_segments
+    shown_frames = _no_feedback_over_the_task(watch, flips, setup.timeline, speed)
+    assert shown_frames >= 3  # the control: results were drawn, in the slots
+    rows = _rows(setup.paths.events)
+    feedback = [(r["trial"], r["release"], r["feedback_status"]) for r in rows if r["trial_type"] == "feedback"]
+    # slot 1 shows trials 0 (its newest release) and 1, which came during the images; slot 2 trials 2 and 3
+    assert feedback == [("0", "1", "shown"), ("1", "0", "shown"), ("2", "0", "shown"), ("3", "0", "shown")]
+    for row in rows:
+        if row["trial_type"] == "feedback":
+            start, stop = slots[0] if int(row["trial"]) < 2 else slots[1]
+            assert start - 0.05 * speed <= float(row["onset"]) and float(row["onset"]) + float(row["duration"]) <= stop + 0.05 * speed
+            assert float(row["planned_onset"]) == pytest.approx(start)
+        else:
+            assert float(row["planned_duration"]) == pytest.approx(1.0)
+    # every image row: planned and measured onset and duration; the sidecar says how many slipped
+    images = [r for r in rows if r["trial_type"] == "image"]
+    assert [float(r["response_time"]) for r in images] == pytest.approx([0.3] * 4, abs=0.05 * speed)
+    assert [float(r["planned_onset"]) for r in images] == pytest.approx(onsets)
+    sidecar = json.loads(setup.paths.events.with_suffix(".json").read_text())["StimulusTiming"]
+    assert sidecar["stimuli"] == 4 and sidecar["speed"] == speed
+    late = [r for r in images if abs(float(r["onset"]) - float(r["planned_onset"])) / speed > sidecar["frame_s"]
+            or abs(float(r["duration"]) - float(r["planned_duration"])) / speed > sidecar["frame_s"]]
+    assert sidecar["slipped"] == len(late)
+    # the end screen came after the last trial, and the results got their CPD-free records
+    assert [m.trial for m in link.sent] == [0, 1, 2, 3]
+    assert flips[-1] >= setup.timeline.end
+    assert 0 in record.results and record.results[0].message.release == 1
+
+
+@pytest.mark.parametrize("speed", [1.0, 10.0])
+def test_imagery_feedback_after_each_trial_and_a_late_result(win, tmp_path: Path, speed: float):
+    """A result that misses its trial's period is not drawn over the next cue: it waits (late = "next")."""
+    (tmp_path / "run.tsv").write_text("cue\tfeedback\napple\t1\nhouse\t1\nhorse\t0\n")
+    config = session(tmp_path, "imagery", {
+        "window": {"size": list(win.size)}, "imagery": {"cue_s": 0.5, "imagery_s": 1.0, "rest_s": 0.2},
+        "feedback": {"window_s": 1.0, "top_k": 0, "score_bar": False, "late": "next", "end_screen_s": 1.0},
+        "trigger": {"tr": 1.0},
+    })
+    setup = prepare_run(config, 1)
+    # trial 0's result comes during its imagery; trial 1's 2.5 s after its imagery began: during trial 2's cue
+    link = EchoLink(speed, {0: 0.2, 1: 2.5})
+    watch = PixelWatch()
+    record = StimulusProgram(setup, link=link, participant=VirtualParticipant(tr=1.0, speed=speed), win=win,
+                             on_frame=watch, speed=speed, results_timeout_s=1.0).run()
+    flips = record.flips
+
+    assert _no_feedback_over_the_task(watch, flips, setup.timeline, speed) >= 2
+    assert any(phase == "end" and recon > 0 for _, phase, recon, _ in watch.frames)  # trial 1's, on the end screen
+    rows = _rows(setup.paths.events)
+    assert [(r["trial_type"], r["trial"], r["feedback_status"]) for r in rows] == [
+        ("cue", "0", "n/a"), ("imagery", "0", "n/a"), ("feedback", "0", "shown"),
+        ("cue", "1", "n/a"), ("imagery", "1", "n/a"), ("feedback", "1", "missing"),
+        ("cue", "2", "n/a"), ("imagery", "2", "n/a"), ("feedback", "1", "late"),
+    ]
+    late = rows[-1]
+    assert float(late["onset"]) >= setup.timeline.end - 0.05 * speed  # after the last trial: on the end screen
+    assert float(late["result_received"]) > float(rows[5]["onset"]) + float(rows[5]["duration"]) - 0.05 * speed
 
 
 def test_speed_needs_a_virtual_participant(make_image, tmp_path: Path):

@@ -25,7 +25,7 @@ def files(tmp_path: Path, make_image):
 def test_check_every_run_of_the_session(files: Path, capsys):
     assert main(["stimulus", "check", "--config", str(files / "session.toml")]) == 1
     captured = capsys.readouterr()
-    assert "run 1: " in captured.out and "2 perception trials, 2 events, 0.7 s after the first trigger" in captured.out
+    assert "run 1: " in captured.out and "2 perception trials, 2 events (0 feedback periods, trial), 0.7 s after the first trigger" in captured.out
     assert "sub-07_ses-01_task-perception_run-01_events.tsv" in captured.out
     assert f"{files / 'run-02.tsv'}, line 3: stim_file: image file" in captured.err and "blue.png does not exist" in captured.err
     assert main(["stimulus", "check", "--config", str(files / "session.toml"), "--run", "1"]) == 0
@@ -102,3 +102,76 @@ def test_a_killed_run_resumes_where_the_scanner_is(tmp_path: Path, make_image, x
         triggers = [float(r["time"]) for r in csv.DictReader(f, delimiter="\t")]
     assert triggers[0] == 0.0 and np.allclose(triggers, np.round(triggers), atol=0.05)  # one time zero for both lives
     assert json.loads((folder / "sub-07_ses-01_task-perception_run-01_frames.json").read_text())["aborted"] is False
+
+
+def _toml(sections: dict) -> str:
+    import json
+
+    def value(v):
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return json.dumps(str(v.resolve()) if isinstance(v, Path) else str(v))
+
+    return "".join(f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items()) for name, keys in sections.items())
+
+
+def _verdicts(config: Path, capsys) -> tuple[int, int, str]:
+    stimulus = main(["stimulus", "check", "--config", str(config)])
+    session = main(["session", "check", str(config), "--role", "stimulus"])
+    return stimulus, session, capsys.readouterr().err
+
+
+def test_session_check_plans_the_runs_as_stimulus_check_does(tmp_path: Path, make_image, capsys):
+    make_image(tmp_path / "red.png", (255, 0, 0))
+    # NSD's timing: a trial every 4 s, one blank slot; a feedback period after each trial cannot fit
+    (tmp_path / "run.tsv").write_text("stim_file\tonset\tfeedback\n" + "".join(f"red.png\t{o}\t1\n" for o in (2.0, 6.0, 14.0)))
+    sections = {"session": {"output_dir": tmp_path / "out"}, "stimulus": {"trial_lists": [tmp_path / "run.tsv"]},
+                "stimulus.perception": {"image_s": 3.0, "gap_s": 0.9}, "stimulus.feedback": {"window_s": 4.0}}
+    config = tmp_path / "session.toml"
+    config.write_text(_toml(sections))
+    stimulus, session, err = _verdicts(config, capsys)
+    assert (stimulus, session) == (1, 1)
+    assert f"error: stimulus.trial_lists[0]: {tmp_path / 'run.tsv'}: line 3: onset 6.0 s overlaps" in err
+    # the design's own free stretch as the feedback slot: both agree it is fine
+    sections["stimulus.feedback"]["when"] = "slot"
+    config.write_text(_toml(sections))
+    assert _verdicts(config, capsys)[:2] == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_nsd(tmp_path_factory) -> Path:
+    from dataclasses import replace
+
+    from rtrecon.data.synthetic import PRESETS, generate
+
+    tiny = replace(PRESETS["small"], name="tiny", grid=(16, 19, 16), voxel_mm=6.75, roi_voxels=300, image_size=48)
+    return generate(tmp_path_factory.mktemp("nsd") / "root", n_subjects=1, n_sessions=1, n_runs=1, size=tiny, seed=7, progress=False)
+
+
+def test_the_demos_own_config_passes_stimulus_check(tiny_nsd: Path, tmp_path: Path, capsys):
+    """The demo's trial lists and [stimulus] tables (rtrecon.demo.stimulus_pc), as the demo writes them."""
+    from rtrecon.data.nsd import NSDDataset
+    from rtrecon.demo.stimulus_pc import stimulus_settings, write_trial_lists
+
+    nsd = NSDDataset(tiny_nsd)
+    lists = write_trial_lists(nsd, 1, 1, tmp_path / "stimulus")
+    sections = {"session": {"output_dir": tmp_path / "out"}, **stimulus_settings(lists, nsd.tr, tmp_path / "stimulus" / "images")}
+    config = tmp_path / "session.toml"
+    config.write_text(_toml(sections))
+    stimulus, session, err = _verdicts(config, capsys)
+    assert stimulus == session  # the two checks agree, whatever the demo's settings
+    if sections["stimulus.feedback"].get("when") != "slot":
+        # the demo's settings before its fix: a feedback period after each NSD trial overlaps the next
+        assert stimulus == 1 and "overlaps" in err
+        sections["stimulus.feedback"]["when"] = "slot"  # the fix (rtrecon/demo/stimulus_pc.py, stimulus_settings)
+        config.write_text(_toml(sections))
+        stimulus, session, err = _verdicts(config, capsys)
+    assert (stimulus, session) == (0, 0), err
+    assert main(["stimulus", "check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    n_blank = sum(1 for a, b in zip(nsd.events(1, 1, 1)["onset"], nsd.events(1, 1, 1)["onset"][1:]) if b - a > 6)
+    assert n_blank > 0 and f"({n_blank} feedback periods, slot)" in out  # one at each blank trial

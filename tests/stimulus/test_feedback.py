@@ -24,7 +24,7 @@ def test_single_trial_feedback(win, grab, make_image, tmp_path: Path):
     make_image(tmp_path / "gallery" / "17.png", (255, 255, 0))
     trials = [Trial(index=0, line=2, trial_type="image", stim_file=green, stim_id="5")]
     settings = FeedbackSection(top_k=3, gallery_dir=tmp_path / "gallery", score_range=(0.0, 1.0))
-    panel = FeedbackPanel(win, settings, trials, [(0,)])
+    panel = FeedbackPanel(win, settings, trials)
     assert panel.gallery_file("17") == tmp_path / "gallery" / "17.png"
     assert panel.gallery_file("5") == green and panel.gallery_file("404") is None
 
@@ -60,7 +60,7 @@ def test_single_trial_feedback(win, grab, make_image, tmp_path: Path):
 def test_block_feedback_has_one_column_per_trial(win, grab, make_image, tmp_path: Path):
     red = make_image(tmp_path / "red.png", (255, 0, 0))
     trials = [Trial(index=i, line=i + 2, trial_type="image", stim_file=red) for i in range(2)]
-    panel = FeedbackPanel(win, FeedbackSection(top_k=0, score_bar=False), trials, [(0, 1)])
+    panel = FeedbackPanel(win, FeedbackSection(top_k=0, score_bar=False), trials)
     results = {1: result(1, (0, 0, 255), 0.5, [])}
     panel.add(1, results[1])
     assert panel.draw((0, 1), results) == [1]

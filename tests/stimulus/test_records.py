@@ -47,11 +47,9 @@ def test_write_every_file(tmp_path: Path):
     image0, feedback0, image1 = timeline.events()
     paths = RunPaths(tmp_path / "out", "01", "01", "perception", 1)
     record = RunRecord(paths, trials_file=tmp_path / "run.tsv", zero=100.0, wall_offset=1000.0)
-    record.events = [
-        EventRecord(image0, 0.004, 4.0, "new", 0.61),
-        EventRecord(feedback0, 4.003, 2.0),
-        EventRecord(image1, 6.01, 4.0),
-    ]
+    record.events = [EventRecord(image0, 0.004, 3.0, "new", 0.61), EventRecord(image1, 6.01, 3.5)]  # image 1 stayed 0.5 s too long
+    record.feedback_rows = [{"onset": 4.52, "duration": 1.48, "trial_type": "feedback", "trial": 0, "release": 0,
+                             "feedback_status": "shown", "planned_onset": feedback0.start, "planned_duration": feedback0.duration}]
     msg = TrialResultMessage(session="sub-01_ses-01", run=1, trial=0, stimulus="73", retrieved=["73", "5"], scores=[0.9, 0.2], image=np.zeros((2, 2, 3), np.uint8), latencies={"decode": 0.05}, stamps={"sent": 1104.4})
     record.results[0] = ReceivedResult(msg, received=104.5, shown=104.52)
     record.flips = [0.004 + i / 60 for i in range(100)]
@@ -61,12 +59,19 @@ def test_write_every_file(tmp_path: Path):
 
     with paths.events.open() as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    assert list(rows[0]) == ["onset", "duration", "trial_type", "trial", "stim_file", "stim_id", "response", "response_time", "planned_onset", "result_received", "result_shown"]
-    assert [(r["trial_type"], r["trial"], r["stim_file"]) for r in rows] == [("image", "0", "img/a.png"), ("feedback", "0", "img/a.png"), ("image", "1", "img/b.png")]
+    assert list(rows[0]) == ["onset", "duration", "trial_type", "trial", "stim_file", "stim_id", "response", "response_time",
+                             "planned_onset", "planned_duration", "result_received", "result_shown", "release", "feedback_status"]
+    assert [(r["trial_type"], r["trial"], r["feedback_status"]) for r in rows] == [("image", "0", "n/a"), ("feedback", "0", "shown"), ("image", "1", "n/a")]
+    assert rows[1]["release"] == "0" and rows[1]["result_received"] == "4.500000" and rows[1]["planned_onset"] == "4.000000"
+    assert rows[0]["planned_duration"] == "3.000000" and rows[2]["duration"] == "3.500000"
     assert rows[0]["onset"] == "0.004000" and rows[0]["response"] == "new" and rows[0]["response_time"] == "0.610000"
     assert rows[0]["result_received"] == "4.500000" and rows[0]["result_shown"] == "4.520000"
     assert rows[2]["response"] == "n/a" and rows[2]["stim_id"] == "n/a" and rows[2]["result_shown"] == "n/a"
-    assert "onset" in json.loads(paths.events.with_suffix(".json").read_text())
+    sidecar = json.loads(paths.events.with_suffix(".json").read_text())
+    assert "onset" in sidecar and "Levels" in sidecar["feedback_status"]
+    timing = sidecar["StimulusTiming"]  # image 1's 0.5 s too long is a slip; image 0's 4 ms late onset is not
+    assert (timing["stimuli"], timing["slipped"]) == (2, 1) and timing["slipped_events"][0]["trial"] == 1
+    assert timing["max_duration_error_s"] == pytest.approx(0.5) and timing["max_onset_error_s"] == pytest.approx(0.01)
 
     with paths.source("psychopy.csv").open(encoding="utf-8-sig") as f:
         psy = list(csv.DictReader(f))

@@ -64,9 +64,32 @@ def test_feedback_after_trials_and_after_blocks():
     per_block = build_timeline("perception", trials, settings(**{**cfg, "feedback": {"window_s": 5, "when": "block"}}))
     assert spans(per_block) == [(0, 1, "image", 0), (1, 2, "image", 1), (2, 7, "feedback", 1), (7, 8, "image", 2)]
     assert per_block.segments[2].feedback_trials == (0, 1)
-    # live feedback (results drawn as they arrive): no periods, so the trials keep their places
-    live = build_timeline("perception", trials, settings(**cfg), feedback_periods=False)
+    # feedback on the operator's window only (live, demand): no periods, so the trials keep their places
+    live = build_timeline("perception", trials, settings(**cfg), policy="none")
     assert spans(live) == [(0, 1, "image", 0), (1, 2, "image", 1), (2, 3, "image", 2)]
+
+
+def test_slots_are_the_designs_free_stretches_never_a_trials_own_segments():
+    # NSD-like: 3 s image, 0.9 s gap, a trial every 4 s, slot 2 blank (its stretch is 4.1 s)
+    onsets = [1.0, 5.0, 13.0, 17.0]
+    trials = [Trial(index=i, line=i + 2, trial_type="image", stim_file=Path(f"{i}.png"), onset=o, feedback=True)
+              for i, o in enumerate(onsets)]
+    cfg = settings(perception={"image_s": 3.0, "gap_s": 0.9}, lead_out_s=3.0,
+                   feedback={"when": "slot", "window_s": 4.0, "slot_min_s": 2.0})
+    tl = build_timeline("perception", trials, cfg)
+    slots = [(round(s.start, 6), round(s.stop, 6)) for s in tl.segments if s.phase == "feedback"]
+    # the lead-in (before any trial) and the 0.1 s stretches are not slots; the blank trial and the lead-out are
+    assert slots == [(8.9, 12.9), (20.9, 23.9)]
+    assert all(s.feedback_trials == () and s.event_type == "feedback" for s in tl.segments if s.phase == "feedback")
+    for seg in tl.segments:
+        if seg.phase == "feedback":
+            assert all(t.stop <= seg.start + 1e-9 or t.start >= seg.stop - 1e-9 for t in tl.segments if t.trial is not None)
+    # no trial asks for feedback: no slots
+    quiet = [Trial(index=t.index, line=t.line, trial_type="image", stim_file=t.stim_file, onset=t.onset) for t in trials]
+    assert not [s for s in build_timeline("perception", quiet, cfg).segments if s.phase == "feedback"]
+    # the same design with a feedback period after each trial does not fit: the check says where
+    with pytest.raises(TrialListError, match=r"line 3: onset 5.0 s overlaps"):
+        build_timeline("perception", trials, settings(perception={"image_s": 3.0, "gap_s": 0.9}, feedback={"window_s": 4.0}), Path("run.tsv"))
 
 
 def test_an_onset_that_overlaps_names_its_line():

@@ -1,0 +1,73 @@
+"""The session layout: one spelling of every BIDS name, and the durable atomic write."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rtrecon.layout import SessionLayout, atomic_write, safe_filename, session_id
+
+
+def test_names_follow_bids_with_two_digit_runs(tmp_path: Path) -> None:
+    layout = SessionLayout(tmp_path, "01", "02", "perception")
+    assert layout.session_id == session_id("01", "02") == "sub-01_ses-02"
+    assert layout.stem(1) == "sub-01_ses-02_task-perception_run-01"
+    assert layout.raw(1, "bold.nii.gz") == tmp_path / "sub-01/ses-02/func/sub-01_ses-02_task-perception_run-01_bold.nii.gz"
+    assert layout.derivative(12, "desc-confounds_timeseries.tsv") == (
+        tmp_path / "derivatives/rtrecon/sub-01/ses-02/func/sub-01_ses-02_task-perception_run-12_desc-confounds_timeseries.tsv"
+    )
+    assert layout.session_derivative("desc-roi_mask.nii.gz").name == "sub-01_ses-02_desc-roi_mask.nii.gz"
+    assert layout.stimulus(3, "events.tsv") == (
+        tmp_path / "sourcedata/stimulus/sub-01/ses-02/func/sub-01_ses-02_task-perception_run-03_events.tsv"
+    )
+
+
+@pytest.mark.parametrize("field", ["subject", "session", "task"])
+def test_labels_that_would_break_bids_names_are_refused(tmp_path: Path, field: str) -> None:
+    labels = {"subject": "01", "session": "01", "task": "perception"}
+    labels[field] = "a_b"  # an underscore would split the BIDS entity
+    with pytest.raises(ValueError, match=field):
+        SessionLayout(tmp_path, **labels)
+
+
+def test_safe_filename_removes_what_ntfs_refuses() -> None:
+    assert safe_filename("nsd:123") == "nsd_123"
+    assert safe_filename('a<b>c"d/e\\f|g?h*i') == "a_b_c_d_e_f_g_h_i"
+    assert safe_filename("shared1000_0001.png") == "shared1000_0001.png"
+    with pytest.raises(ValueError):
+        safe_filename("...")
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "sidecar.json"
+    atomic_write(target, '{"RepetitionTime": 1.6}')
+    atomic_write(target, b'{"RepetitionTime": 2.0}', durable=False)
+    assert target.read_text() == '{"RepetitionTime": 2.0}'
+    assert sorted(p.name for p in target.parent.iterdir()) == ["sidecar.json"]
+
+
+def test_a_write_killed_midway_leaves_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "table.npz"
+    atomic_write(target, b"old")
+    # A child dies (SIGKILL) while writing 200 MB through atomic_write: the target is still whole.
+    code = (
+        "import os, signal, threading, sys\n"
+        "from rtrecon.layout import atomic_write\n"
+        "threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()\n"
+        f"atomic_write({str(target)!r}, b'x' * (200 * 2**20))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=os.environ.copy())
+    assert proc.returncode == -9
+    assert target.read_bytes() in (b"old", b"x" * (200 * 2**20))
+
+
+def test_a_failed_write_removes_its_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    with pytest.raises(TypeError):
+        atomic_write(target, 12345)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []

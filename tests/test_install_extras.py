@@ -1,0 +1,86 @@
+"""Each process installs alone: ``rtrecon[bridge]`` and ``rtrecon[stimulus]`` in fresh venvs.
+
+The scanner console and the stimulus PC must not need torch, nilearn or the model stack. Each
+extra is installed from a copy of the project into an empty venv (pip's cache makes the second
+run quick), then its commands' ``--help`` and the contract's imports are checked there. The
+engine's extra is what ``.ci/bootstrap`` installs for the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# What must import on that machine, and what must not be installed there.
+CONTRACT = ["rtrecon.wire", "rtrecon.config", "rtrecon.transport", "rtrecon.keys", "rtrecon.layout", "rtrecon.session"]
+HEAVY = ["torch", "nilearn", "diffusers", "open_clip", "transformers", "onnxruntime"]
+
+CASES = {
+    "bridge": {
+        "modules": CONTRACT + ["scanner_bridge.watcher", "scanner_bridge.dicom_node", "scanner_bridge.sender",
+                               "scanner_bridge.replay", "scanner_bridge.dicom2nii"],
+        "commands": [["bridge", "--help"], ["bridge", "watch", "--help"], ["bridge", "receive", "--help"],
+                     ["bridge", "replay", "--help"], ["bridge", "listen", "--help"], ["dicom2nii", "--help"],
+                     ["keys", "--help"], ["session", "--help"]],
+        "extra_pip": [],
+    },
+    "stimulus": {
+        "modules": CONTRACT + ["stimulus.link", "stimulus.records", "stimulus.trials", "stimulus.timeline"],
+        "commands": [["stimulus", "--help"], ["stimulus", "check", "--help"], ["stimulus", "run", "--help"],
+                     ["keys", "--help"], ["session", "--help"]],
+        # As .ci/bootstrap does: PsychoPy's own dependency list pulls wxPython.
+        "extra_pip": [["--no-deps", "psychopy==2026.2.5"]],
+    },
+}
+
+
+def _copy_project(dest: Path) -> Path:
+    """The installable part of the checkout (a copy: pip's build must not write into the checkout)."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    for package in ("rtrecon", "scanner_bridge", "engine", "stimulus"):
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("extra", sorted(CASES))
+def test_extra_installs_and_runs_alone(tmp_path: Path, extra: str) -> None:
+    case = CASES[extra]
+    (tmp_path / "project").mkdir()
+    project = _copy_project(tmp_path / "project")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                              f"{project}[{extra}]"], capture_output=True, text=True)
+    assert install.returncode == 0, f"pip install rtrecon[{extra}] failed:\n{install.stderr[-3000:]}"
+    for args in case["extra_pip"]:
+        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args], check=True)
+
+    heavy = subprocess.run([python, "-c", "import importlib.util, sys; "
+                            f"print(','.join(m for m in {HEAVY!r} if importlib.util.find_spec(m)))"],
+                           capture_output=True, text=True, check=True)
+    assert heavy.stdout.strip() == "", f"rtrecon[{extra}] installed {heavy.stdout.strip()}"
+
+    imports = "; ".join(f"import {m}" for m in case["modules"])
+    done = subprocess.run([python, "-c", imports], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    for args in case["commands"]:
+        done = subprocess.run([str(venv / "bin" / "rtrecon"), *args], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, f"rtrecon {' '.join(args)} in rtrecon[{extra}]:\n{done.stderr[-3000:]}"
+        assert "usage: rtrecon" in done.stdout
+
+
+def test_the_contract_imports_neither_torch_nor_nilearn() -> None:
+    code = ("import sys; " + "; ".join(f"import {m}" for m in CONTRACT) +
+            f"; print(','.join(m for m in {HEAVY!r} + ['scipy', 'pandas'] if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == ""
