@@ -12,8 +12,9 @@ the store's files by their BIDS names, without importing the engine (``rtrecon``
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-trial<N>decoded.npz        top-k, image
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-runend.json                run ended
 
-with ``<prefix>`` = ``sub-XX_ses-YY_task-T_run-R``. Files being appended may end in a torn line,
-which is skipped. Only what the console shows is read: never a volume's voxels.
+with ``<prefix>`` the run's BIDS stem (:class:`rtrecon.layout.SessionLayout`: ``run-RR``; a store
+that writes the run unpadded, ``run-R``, is read as well). Files being appended may end in a torn
+line, which is skipped. Only what the console shows is read: never a volume's voxels.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from rtrecon.layout import SessionLayout
 
 __all__ = ["MOTION_NAMES", "VolumeRow", "DecodedTrial", "SessionFolder"]
 
@@ -79,13 +82,23 @@ class SessionFolder:
     """Read-only view of one session's store under ``root`` (the config's ``output_dir``)."""
 
     def __init__(self, root: str | Path, subject: str, session: str, task: str) -> None:
-        self.root = Path(root)
-        self.subject, self.session, self.task = subject, session, task
-        self.func = self.root / f"sub-{subject}" / f"ses-{session}" / "func"
-        self.derivatives = self.root / "derivatives" / "rtrecon" / f"sub-{subject}" / f"ses-{session}" / "func"
+        self.layout = SessionLayout(Path(root), subject, session, task)
+        self.func = self.layout.func_dir
+        self.derivatives = self.layout.derivatives_dir
+        self._prefixes: dict[int, str] = {}
 
     def prefix(self, run: int) -> str:
-        return f"sub-{self.subject}_ses-{self.session}_task-{self.task}_run-{run}"
+        """The run's stem as the store wrote it (the layout's before anything is written)."""
+        if run not in self._prefixes:
+            padded = self.layout.stem(run)
+            unpadded = f"{self.layout.session_id}_task-{self.layout.task}_run-{run}"
+            for stem in (padded, unpadded):
+                if any(any(folder.glob(f"{stem}_*")) for folder in (self.func, self.derivatives)):
+                    self._prefixes[run] = stem
+                    break
+            else:
+                return padded
+        return self._prefixes[run]
 
     def _derivative(self, run: int, desc: str, ext: str = ".tsv") -> Path:
         return self.derivatives / f"{self.prefix(run)}_desc-{desc}{ext}"
@@ -93,7 +106,7 @@ class SessionFolder:
     def runs(self) -> list[int]:
         """Runs with anything stored, in order."""
         found = set()
-        for path in self.func.glob(f"sub-{self.subject}_ses-{self.session}_task-{self.task}_run-*_*"):
+        for path in self.func.glob(f"{self.layout.session_id}_task-{self.layout.task}_run-*_*"):
             label = path.name.split("_run-")[1].split("_")[0]
             if label.isdigit():
                 found.add(int(label))
