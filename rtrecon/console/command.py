@@ -31,7 +31,7 @@ missing, link health (bridge, engine, stimulus PC), motion and framewise displac
 alarm ([console] fd_threshold_mm), per-stage latency, the trial timeline (stimulus, releases,
 reconstruction, top-5, rank of the true image), the decoder's queue, running accuracy, and a banner
 when something is wrong. Controls (pause/resume feedback, mark a trial bad, end the run) are recorded
-in OUT/sourcedata/console/. It reads the engine's status feed ([network] status) and the session
+in OUT/sourcedata/console/ and published to the stimulus program ([network] operator). It reads the engine's status feed ([network] status) and the session
 folder ([session] output_dir), so it may start or restart at any time during the session.
 
 Access: --host other than 127.0.0.1/localhost/::1 needs [security] keys_dir; the token is KEYS/console.token."""
