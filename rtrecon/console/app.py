@@ -138,9 +138,7 @@ class ConsoleService:
             for trial in self.folder.released(run):
                 existing = self.state.runs[run].trials.get(trial) if run in self.state.runs else None
                 if existing is None or not existing.releases:
-                    decoded = self.folder.decoded(run, trial)
-                    if decoded is not None:
-                        self.state.add_decoded(decoded)
+                    self.state.add_stored_release(run, trial, self.folder.decoded(run, trial))
             self.state.set_run_info(run, tr=self.folder.tr(run), ended=self.folder.ended(run))
 
     async def _watch(self) -> None:

@@ -276,14 +276,16 @@ class SessionState:
                 trial.stimulus = trial.stimulus or stimulus
                 self._changed_trials.append((run_number, number))
 
-    def add_decoded(self, decoded: DecodedTrial) -> None:
-        """A decoded result read back from the store, for a trial the feed gave none of."""
-        trial = self._run(decoded.run).trial(decoded.trial)
+    def add_stored_release(self, run_number: int, trial_number: int, decoded: DecodedTrial | None) -> None:
+        """A trial the store says was sent (its trials table), with its decoding if one was saved
+        (else it went out as a bare beta), for a trial the feed gave no result of."""
+        trial = self._run(run_number).trial(trial_number)
         if trial.releases:
             return
-        self._set_release(decoded.run, decoded.trial, "", _Release(
-            0, math.nan, False, "from the store", decoded.retrieved, decoded.scores,
-            self._rank(trial.stimulus, decoded.retrieved), thumbnail(decoded.image), {}, {}))
+        retrieved, scores = (decoded.retrieved, decoded.scores) if decoded is not None else ([], [])
+        self._set_release(run_number, trial_number, "", _Release(
+            0, math.nan, False, "from the store", retrieved, scores, self._rank(trial.stimulus, retrieved),
+            thumbnail(decoded.image if decoded is not None else None), {}, {}))
 
     def set_run_info(self, run_number: int, *, tr: float | None = None, ended: int | None = None) -> None:
         """The run's TR (its sidecar) and, once over, its volume count."""

@@ -168,13 +168,15 @@ def test_decoder_backlog_bad_tr_and_feedback_pause(state):
 
 def test_backfill_of_events_and_decoded_trials(state):
     state.add_events(1, {0: (2.0, "nsd:7"), 1: (8.0, "nsd:8")})
-    state.add_decoded(DecodedTrial(1, 0, ["nsd:7", "nsd:1"], [0.9, 0.2], None))
+    state.add_stored_release(1, 0, DecodedTrial(1, 0, ["nsd:7", "nsd:1"], [0.9, 0.2], None))
     state.on_result(_result(1, "nsd:8", ["nsd:8"]))
-    state.add_decoded(DecodedTrial(1, 1, ["nsd:1"], [0.5], None))  # the feed's result stays
+    state.add_stored_release(1, 1, DecodedTrial(1, 1, ["nsd:1"], [0.5], None))  # the feed's result stays
+    state.add_stored_release(1, 2, None)  # sent as a bare beta while the console heard nothing
     trials = {t["trial"]: t for t in state.snapshot(now=0.0)["trials"]}
     assert trials[0]["onset"] == 2.0 and trials[0]["releases"][0]["rank"] == 1
     assert trials[0]["releases"][0]["decoder"] == "from the store"
     assert trials[1]["releases"][0]["retrieved"] == ["nsd:8"]
+    assert [(r["decoder"], r["retrieved"], r["rank"]) for r in trials[2]["releases"]] == [("from the store", [], None)]
     # what the page parses is strict JSON: no NaN (a stored result has no release time)
     assert trials[0]["releases"][0]["release_s"] is None
     state.on_result(dataclasses.replace(_result(2, "nsd:9", []), latencies={"decode_s": math.nan}, stamps={"sent": math.inf}))
