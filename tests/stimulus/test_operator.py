@@ -12,7 +12,7 @@ from stimulus.operator import OperatorControls, console_role
 SESSION = "sub-01_ses-01"
 
 
-def _until(controls: OperatorControls, publisher: StatusPublisher, message: OperatorMessage, wait_s: float = 5.0):
+def _until(controls: OperatorControls, publisher: StatusPublisher, message: OperatorMessage, wait_s: float = 15.0):
     """Publish ``message`` once a tenth of a second, as the console does each heartbeat, until it is the state."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -83,11 +84,9 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         records = ControlRecords(tmp_path / "out", "01", "01").read()
         assert [(r["action"], r.get("run"), r.get("trial")) for r in records] == [
             ("mark_bad", 1, 1), ("pause_feedback", None, None), ("end_run", 1, None)]
-        for _ in range(100):  # the console publishes the whole state each heartbeat
-            state = controls.poll()
-            if state.ended_runs:
-                break
-            page.wait_for_timeout(100)
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not (state := controls.poll()).ended_runs and time.monotonic() < deadline:
+            page.wait_for_timeout(100)  # the console publishes the whole state each heartbeat
         assert (state.feedback_paused, state.ended_runs, state.bad_trials) == (True, [1], {1: [1]})
 
         # The run ends: every trial is released, the run state says so.
@@ -157,7 +156,8 @@ def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, ch
     try:
         with StatusPublisher(f"ipc://{tmp_path}/s") as publisher:
             page.goto(url)
-            for _ in range(100):  # until the console's subscription has joined the feed
+            deadline = time.monotonic() + WAIT_MS / 1000
+            while time.monotonic() < deadline:  # until the console's subscription has joined the feed
                 publisher.publish(links)
                 if page.locator('[data-link="engine"]').get_attribute("class") == "pill ok":
                     break

@@ -13,7 +13,7 @@ from rtrecon.transport import StatusPublisher
 from rtrecon.wire import StatusMessage, TrialResultMessage
 
 
-def _collect(endpoint: str, publisher: StatusPublisher, messages: list, curve=None, wait_s: float = 5.0) -> list:
+def _collect(endpoint: str, publisher: StatusPublisher, messages: list, curve=None, wait_s: float = 15.0) -> list:
     """Publish ``messages`` until the feed has them all (a PUB drops what it sends before the SUB joins)."""
     got: queue.Queue = queue.Queue()
     feed = EngineFeed(endpoint, got.put, curve=curve)
