@@ -48,7 +48,9 @@ engine waits a few seconds for the ones in hand.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -599,7 +601,12 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
             from engine.decoding import BackgroundDecoder, DecodingStage
 
             decoder = BackgroundDecoder(DecodingStage.from_config(config, publish_trial, store))
-        engine = Engine(settings, store, publish_trial=publish_trial, publish_status=status.publish, decoder=decoder)
+        def publish_result(message: TrialResultMessage) -> None:
+            publish_trial(message)
+            # The operator console's copy: the results link is point-to-point to the stimulus PC.
+            status.publish(dataclasses.replace(message, embedding=None))
+
+        engine = Engine(settings, store, publish_trial=publish_result, publish_status=status.publish, decoder=decoder)
         engine.recover()
         events_persisted = {r: max((int(row["trial"]) for row in store.events(r)), default=-1) for r in store.runs()}
         with (
@@ -609,7 +616,17 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
                              curve=curve, heartbeat_s=hb, name="engine-events") as events,
         ):
             log.info("engine up: volumes on %s, events on %s", config.network.volumes, config.network.events)
+            next_links = 0.0
             while stop is None or not stop():
+                if time.monotonic() >= next_links:  # the links' health, once a heartbeat, for the console
+                    next_links = time.monotonic() + hb
+                    links = {"bridge_alive": float(volumes.peer_alive), "stimulus_events_alive": float(events.peer_alive),
+                             "stimulus_results_alive": float(results.peer_alive), "results_pending": float(results.pending),
+                             "trials_decoding": float(decoder.pending if decoder is not None else 0)}
+                    torch = sys.modules.get("torch")  # only if decoding put something on a GPU: never start CUDA here
+                    if torch is not None and torch.cuda.is_initialized():
+                        links["gpu_memory_mb"] = torch.cuda.memory_allocated() / 2**20
+                    status.publish(StatusMessage(process="engine", state="links", sent_time=time.time(), metrics=links))
                 message = volumes.recv(timeout_s=0.005)
                 if message is not None:
                     engine.handle(message, volumes.ack)

@@ -36,6 +36,7 @@ COMMANDS: dict[str, Command] = {
     "stimulus": Command("stimulus.commands", "PsychoPy perception / imagery / feedback tasks locked to the scanner trigger (check a trial list, run)"),
     "demo": Command("rtrecon.demo.command", "the whole closed loop on the synthetic world: data, decoder, live session, report (no downloads)"),
     "replay": Command("rtrecon.demo.replay", "replay an NSD session (real or synthetic) through the live processes, with its report"),
+    "console": Command("rtrecon.console.command", "operator console: the live session in a web page (rtrecon console --config session.toml)"),
     "engine": Command("engine.commands", "real-time engine: realign, incremental GLM, trial betas (rtrecon engine --config session.toml)"),
     "convert-unclip": Command("rtrecon.decoders.convert_cli", "convert MindEye2's SDXL unCLIP checkpoint (sgm .ckpt) to a diffusers folder"),
 }

@@ -75,6 +75,7 @@ __all__ = [
     "SoundSection",
     "FeedbackSection",
     "StimulusSection",
+    "ConsoleSection",
     "SessionConfig",
     "HRF_MODELS",
     "load_config",
@@ -121,9 +122,10 @@ class NetworkSection(_Section):
     events: str = Field("tcp://127.0.0.1:5556", description="stimulus -> engine trial events (the engine binds)")
     results: str = Field("tcp://127.0.0.1:5557", description="engine -> stimulus decoded results (the stimulus PC binds)")
     status: str = Field("tcp://127.0.0.1:5558", description="engine -> dashboard status feed (PUB)")
+    operator: str = Field("tcp://127.0.0.1:5559", description="console -> stimulus operator controls (the console binds; PUB)")
     heartbeat_s: float = Field(1.0, gt=0, description="seconds between heartbeats on every link")
 
-    @field_validator("volumes", "events", "results", "status")
+    @field_validator("volumes", "events", "results", "status", "operator")
     @classmethod
     def _zmq_endpoint(cls, value: str) -> str:
         if not value.startswith(("tcp://", "ipc://", "inproc://")):
@@ -373,6 +375,15 @@ class StimulusSection(_Section):
     quit_key: str = Field("escape", description="key that ends the run early")
 
 
+class ConsoleSection(_Section):
+    """The operator console (`rtrecon console`): a web page of the live session."""
+
+    host: str = Field("127.0.0.1", description="address the page is served on (any other than localhost needs [security] keys_dir)")
+    port: int = Field(8765, ge=0, le=65535, description="TCP port of the page (0: any free port)")
+    fd_threshold_mm: float = Field(0.5, gt=0, description="framewise displacement (mm) above which a volume raises the alarm")
+    decoder_backlog: int = Field(3, ge=1, description="trials waiting to be decoded at which the decoder is falling behind")
+
+
 class SessionConfig(_Section):
     """A whole session config file."""
 
@@ -383,6 +394,7 @@ class SessionConfig(_Section):
     engine: EngineSection = EngineSection()
     decoder: DecoderSection = DecoderSection()
     stimulus: StimulusSection = StimulusSection()
+    console: ConsoleSection = ConsoleSection()
 
 
 def _resolve(value: Any, base: Path) -> Any:

@@ -46,9 +46,10 @@ API (all keyword arguments after ``*`` are optional)::
         .close(); context manager
 
     StatusPublisher(endpoint, *, curve=None, name="engine")        binds a PUB socket
-        .publish(message: StatusMessage) -> bool   False if it could not be queued (never blocks)
-    StatusSubscriber(endpoint, *, curve=None, server_role="engine", name="dashboard")
-        .recv(timeout_s=0.0) -> StatusMessage | None
+        .publish(message) -> bool         False if it could not be queued (never blocks)
+    StatusSubscriber(endpoint, *, curve=None, server_role="engine", name="dashboard",
+                     kinds=(StatusMessage, TrialResultMessage))
+        .recv(timeout_s=0.0) -> Message | None   the next message of one of ``kinds``
 
     volume_key(msg) -> (run, key)   VolumeMessage / VolumeMissingMessage: index; RunEndMessage: n_volumes
     trial_key(msg) -> (run, key)    EventMessage / TrialResultMessage: trial
@@ -97,7 +98,11 @@ One sender per link: two senders would interleave their sequences and each be re
 
 Status feed: :class:`StatusPublisher` (binds) and :class:`StatusSubscriber` (connects) carry
 :class:`~rtrecon.wire.StatusMessage` with PUB/SUB: no acknowledgement, no spool; a slow or absent
-subscriber misses messages, and the publisher never waits.
+subscriber misses messages, and the publisher never waits. The engine also publishes a copy of
+each :class:`~rtrecon.wire.TrialResultMessage` it sends (without its embedding) on this feed, for
+the operator console: the results link itself is point-to-point to the stimulus PC. The console
+publishes its :class:`~rtrecon.wire.OperatorMessage` to the stimulus program the same way
+(``kinds=(OperatorMessage,)`` on the subscriber).
 
 Encryption: pass ``curve=load_curve(keys_dir, role)`` (:mod:`rtrecon.keys`) to every end; the
 binding end admits only known public keys, the connecting end names the ``server_role`` whose
@@ -743,7 +748,7 @@ class StatusPublisher(_Link):
     def __init__(self, endpoint: str, *, curve: CurveKeys | None = None, name: str = "engine") -> None:
         super().__init__(zmq.PUB, endpoint, bind=True, curve=curve, server_role=None, heartbeat_s=1.0, liveness=3, name=name)
 
-    def publish(self, message: StatusMessage) -> bool:
+    def publish(self, message: Message) -> bool:
         """Queue ``message`` for every subscriber; False if it could not be (never blocks)."""
         try:
             self._socket.send_multipart(encode(message), zmq.NOBLOCK)
@@ -753,7 +758,8 @@ class StatusPublisher(_Link):
 
 
 class StatusSubscriber(_Link):
-    """Receives :class:`~rtrecon.wire.StatusMessage` from a :class:`StatusPublisher` at ``endpoint``."""
+    """Receives the messages of ``kinds`` (default: the status feed's status and trial results) from
+    a :class:`StatusPublisher` at ``endpoint``; others are dropped with a warning."""
 
     def __init__(
         self,
@@ -762,12 +768,14 @@ class StatusSubscriber(_Link):
         curve: CurveKeys | None = None,
         server_role: str = "engine",
         name: str = "dashboard",
+        kinds: tuple[type[Message], ...] = (StatusMessage, TrialResultMessage),
     ) -> None:
         super().__init__(zmq.SUB, endpoint, bind=False, curve=curve, server_role=server_role, heartbeat_s=1.0, liveness=3, name=name)
         self._socket.subscribe(b"")
+        self.kinds = kinds
 
-    def recv(self, timeout_s: float = 0.0) -> StatusMessage | None:
-        """The next status message, or None if none came within ``timeout_s``."""
+    def recv(self, timeout_s: float = 0.0) -> Message | None:
+        """The next message of one of ``kinds``, or None if none came within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = max(0.0, deadline - time.monotonic())
@@ -779,6 +787,6 @@ class StatusSubscriber(_Link):
             except WireError as exc:
                 log.warning("%s: dropped a message from %s at %s: %s", self.name, self.endpoint, _peer_address(frames[0]), exc)
                 continue
-            if isinstance(message, StatusMessage):
+            if isinstance(message, self.kinds):
                 return message
-            log.warning("%s: dropped a %s message on the status feed %s", self.name, message.KIND, self.endpoint)
+            log.warning("%s: dropped a %s message on the feed %s", self.name, message.KIND, self.endpoint)

@@ -43,6 +43,7 @@ __all__ = [
     "HeartbeatMessage",
     "RunEndMessage",
     "VolumeMissingMessage",
+    "OperatorMessage",
     "MESSAGE_TYPES",
     "encode",
     "decode",
@@ -221,6 +222,24 @@ class VolumeMissingMessage(Message):
     reason: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class OperatorMessage(Message):
+    """The operator's standing controls, from the console to the stimulus program.
+
+    The console publishes its whole current state at each change and once a heartbeat, so a
+    program that starts or reconnects late has it within a heartbeat: ``feedback_paused`` (show
+    no feedback while true), ``ended_runs`` (runs the operator ended: the program ends them as
+    with its quit key), ``bad_trials`` (run -> trials the operator marked bad).
+    """
+
+    KIND: ClassVar[str] = "operator"
+    session: str
+    feedback_paused: bool = False
+    ended_runs: list[int] = field(default_factory=list)
+    bad_trials: dict[int, list[int]] = field(default_factory=dict)
+    sent_time: float = 0.0
+
+
 MESSAGE_TYPES: Mapping[str, type[Message]] = types.MappingProxyType(
     {
         cls.KIND: cls
@@ -235,6 +254,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = types.MappingProxyType(
             HeartbeatMessage,
             RunEndMessage,
             VolumeMissingMessage,
+            OperatorMessage,
         )
     }
 )

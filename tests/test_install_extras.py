@@ -1,4 +1,4 @@
-"""Each process installs alone: ``rtrecon[bridge]`` and ``rtrecon[stimulus]`` in fresh venvs.
+"""Each process installs alone: ``rtrecon[bridge]``, ``rtrecon[stimulus]`` and ``rtrecon[console]`` in fresh venvs.
 
 The scanner console and the stimulus PC must not need torch, nilearn or the model stack. Each
 extra is installed from a copy of the project into an empty venv (pip's cache makes the second
@@ -36,6 +36,11 @@ CASES = {
                      ["keys", "--help"], ["session", "--help"]],
         # As .ci/bootstrap does: PsychoPy's own dependency list pulls wxPython.
         "extra_pip": [["--no-deps", "psychopy==2026.2.5"]],
+    },
+    "console": {
+        "modules": CONTRACT + ["rtrecon.console.app", "rtrecon.console.command", "rtrecon.console.state"],
+        "commands": [["console", "--help"], ["keys", "--help"], ["session", "--help"]],
+        "extra_pip": [],
     },
 }
 

@@ -9,7 +9,7 @@ checkpoint, output folder, replay speed) and
    and images (:mod:`rtrecon.demo.stimulus_pc`) and the gallery (``gallery.npz``: the targets'
    tokens of every image shown in the session's runs, ids ``nsd:<73k id>``);
 2. finds the participant's screen (``DISPLAY``, else a private Xvfb) and starts the engine
-   (``rtrecon engine --config``), then for each run the stimulus program (``rtrecon stimulus run
+   (``rtrecon engine --config``) and the operator console (``rtrecon console``, its address printed), then for each run the stimulus program (``rtrecon stimulus run
    --virtual --speed S``: the real PsychoPy task with a virtual participant, results drawn on its
    window as they arrive) and, once it waits for the scanner, the bridge (``rtrecon bridge
    replay-nsd``); the bridge's first volume starts the program's virtual scanner. Each is its own
@@ -26,6 +26,7 @@ logs are in ``OUT/logs``.
 from __future__ import annotations
 
 import json
+import re
 import time
 import sys
 from collections.abc import Callable, Sequence
@@ -94,7 +95,7 @@ def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoin
     trial_lists = write_trial_lists(nsd, spec.subject, spec.session, stimulus_dir)
     sections = {
         "session": {"subject": spec.bids_subject, "session": spec.bids_session, "task": "perception", "output_dir": spec.out},
-        "network": dict(zip(("volumes", "events", "results", "status"), endpoints), heartbeat_s=0.5),
+        "network": dict(zip(("volumes", "events", "results", "status", "operator"), endpoints), heartbeat_s=0.5),
         "bridge": {"spool_dir": spec.out / "bridge_spool"},
         "engine": {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes, "ready_delay_s": spec.ready_delay_s},
         "decoder": {"checkpoint": spec.checkpoint, "subject": spec.decoder_subject, "gallery": gallery, "top_k": spec.top_k},
@@ -166,7 +167,7 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
             raise ValueError(f"{spec.root}: subject {spec.subject} session {spec.session} has no run {run}")
     gallery_path, gallery, ids = write_gallery(spec, nsd)
     n_volumes = nsd.read_design(spec.subject, spec.session, spec.runs[0]).size
-    config = write_session_config(spec, nsd, gallery_path, free_endpoints(4), n_volumes)
+    config = write_session_config(spec, nsd, gallery_path, free_endpoints(5), n_volumes)
     layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception",
                            stimulus_folder(spec.out, spec.bids_subject, spec.bids_session))
     speed = ["--speed", repr(spec.speed)]
@@ -177,6 +178,10 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
         console.print(f"    the participant's screen: X display {display}")
         engine_log = group.start("engine", ["-m", "rtrecon.cli", "engine", "--config", str(config)])
         _wait_for_line(group, "engine", engine_log, "engine up", timeout_s=300.0)
+        console_log = group.start("console", ["-m", "rtrecon.cli", "console", "--config", str(config), "--port", "0"])
+        _wait_for_line(group, "console", console_log, "console up", timeout_s=120.0)
+        address = re.search(r"console up: (\S+)", console_log.read_text())[1]
+        console.print(f"    operator console: {address}")
         for run in spec.runs:
             n_trials = len(nsd.events(spec.subject, spec.session, run))
             n_vols = nsd.read_design(spec.subject, spec.session, run).size

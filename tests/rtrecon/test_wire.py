@@ -15,6 +15,7 @@ from rtrecon.wire import (
     HeartbeatMessage,
     HelloMessage,
     Message,
+    OperatorMessage,
     RunEndMessage,
     SequenceMessage,
     StatusMessage,
@@ -64,6 +65,7 @@ EXAMPLES: list[Message] = [
     HeartbeatMessage(peer="bridge", sent_time=1.5e9),
     RunEndMessage(session="s", run=1, n_volumes=300),
     VolumeMissingMessage(session="s", run=1, index=12, reason="file never completed"),
+    OperatorMessage(session="s", feedback_paused=True, ended_runs=[1], bad_trials={1: [3, 7]}, sent_time=1.5e9),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from rtrecon.cli import main
 
@@ -26,6 +27,12 @@ def test_demo_ends_with_the_headline_json_and_writes_the_report(demo_run):
     summary = json.loads((report.parent / "summary.json").read_text())
     assert summary["top1"] == headline["top1"] and summary["metrics"]["live_vs_released_beta_r"] > 0.2
     assert "report:" in demo_run.stderr and "1/4 synthetic dataset" in demo_run.stderr
+
+
+def test_demo_starts_the_operator_console_and_prints_its_address(demo_run):
+    assert re.search(r"operator console: http://127\.0\.0\.1:\d+/\n", demo_run.stderr)
+    log = (demo_run.session_dir / "logs" / "console.log").read_text()
+    assert "console up: http://127.0.0.1:" in log and "Traceback" not in log
 
 
 def test_demo_refuses_a_world_it_cannot_train_on(tmp_path, capsys):

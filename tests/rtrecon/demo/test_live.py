@@ -30,7 +30,7 @@ def test_session_config_gallery_and_bids_outputs(demo_run):
     derivatives = folder / "derivatives" / "rtrecon" / "sub-01" / "ses-02" / "func"
     assert len(list(derivatives.glob("*_desc-trial*decoded.npz"))) == 63
     logs = {p.name for p in (folder / "logs").iterdir()}
-    assert logs - {"xvfb.log"} == {"engine.log", "bridge_run-01.log", "stimulus_run-01.log"}
+    assert logs - {"xvfb.log"} == {"engine.log", "console.log", "bridge_run-01.log", "stimulus_run-01.log"}
     assert ("xvfb.log" in logs) == (not demo_run.display)  # a private Xvfb only when there is no display
     # the stimulus program's settings: one trial list per run, NSD's trial timing, the trigger's TR
     assert config.stimulus.trial_lists == (folder / "stimulus" / "run-01_trials.tsv",)
