@@ -57,7 +57,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="tiny models (the CPU smoke run of this script)")
     p.add_argument("--device", default=None, help="cuda (default) or, with --tiny, cpu")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per figure (median)")
-    p.add_argument("--budget-s", type=float, default=420.0,
+    p.add_argument("--budget-s", type=float, default=360.0,
                    help="skip the optional stages (UNet compile) that would end past this many seconds")
     p.add_argument("--no-compile", action="store_true", help="skip every torch.compile measurement")
     return p.parse_args(argv)
