@@ -186,10 +186,10 @@ class DecodingStage:
             unclip.to(placement.device)
         if blurry_vae is not None:
             blurry_vae = placement.place(blurry_vae)
-        if d.compile:
-            model.backbone = torch.compile(model.backbone)
+        if d.compile:  # in place: the prior's sampler calls its network through its own methods
+            model.backbone.compile()
             if model.config.use_prior:
-                model.diffusion_prior.net = torch.compile(model.diffusion_prior.net)
+                model.diffusion_prior.net.compile()
             if unclip is not None:
                 unclip.compile()
         session_id = f"sub-{config.session.subject}_ses-{config.session.session}"
