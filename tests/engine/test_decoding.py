@@ -228,3 +228,18 @@ def test_official_blurry_autoencoder_file_loads_strictly(tmp_path):
         load_blurry_vae(tmp_path / "wrong.pth")
     with pytest.raises(FileNotFoundError, match="missing.pth: no such blurry-branch autoencoder"):
         load_blurry_vae(tmp_path / "missing.pth")
+
+
+def test_from_config_refuses_models_that_do_not_fit_before_moving_them(tmp_path, monkeypatch):
+    """The check runs on the CPU-loaded models against the GPU's free memory (faked here: 1 KiB
+    free), so the refusal comes before any tensor is sent to the device."""
+    from rtrecon.runtime.device import Placement
+
+    model, betas = _model(), _betas(2)
+    save_checkpoint(model, tmp_path / "ck.pth")
+    np.savez(tmp_path / "gallery.npz", embeddings=_gallery_of(model, betas), ids=np.array(["a", "b"]))
+    (tmp_path / "s.toml").write_text('[decoder]\ncheckpoint = "ck.pth"\ngallery = "gallery.npz"\n')
+    monkeypatch.setattr(Placement, "from_names", classmethod(lambda cls, d, p: cls(torch.device("cuda", 0), "fp16-autocast")))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 80 * 2**30))
+    with pytest.raises(ConfigError, match=r"\[decoder\]: the decoder's models \(ck.pth\) need .* GiB .* but cuda:0 has 0.0 of 80.0 GiB free"):
+        DecodingStage.from_config(load_config(tmp_path / "s.toml"), lambda m: None)
