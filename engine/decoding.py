@@ -113,7 +113,7 @@ class DecodingStage:
         cuda_graphs: bool = False,
     ) -> None:
         self.placement = placement or Placement(torch.device("cpu"))
-        self.model = model.eval()
+        self.model = model.eval().requires_grad_(False)
         self.retrieval = RetrievalDecoder(gallery, ids)
         self.publish = publish
         self.session_id = session_id

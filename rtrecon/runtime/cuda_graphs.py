@@ -57,7 +57,8 @@ class GraphedPriorSampler:
     def _autocast(self):
         if self.autocast is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.autocast)
+        # No weight-cast cache: casts made during the capture must not outlive it (the graph replays them).
+        return torch.autocast("cuda", dtype=self.autocast, cache_enabled=False)
 
     @torch.no_grad()
     def _run(self) -> torch.Tensor:
