@@ -180,6 +180,7 @@ def mindeye_stages(args, device: torch.device, clock: Clock, results: dict) -> N
             with torch.inference_mode(), mixed.autocast():
                 eager = model.prior.sample(got.backbone, steps=steps, noise=replay_source(list(sampler._noise.unbind(0))))
             return {"capture_ms": capture_ms, "prior_ms": ms, "speedup_vs_eager": out["fp16_prior_ms"] / ms,
+                    "tokens_and_prior_ms": out["fp16_tokens_ms"] + ms,
                     "max_abs_diff_vs_eager": float((tokens.float() - eager.float()).abs().max())}
 
         _stage(results, "prior_cuda_graphs", graphs)
