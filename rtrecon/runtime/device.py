@@ -196,11 +196,13 @@ class Placement:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled)
 
     def place(self, model: nn.Module, *, precast: bool = True) -> nn.Module:
-        """``model`` on the device in float32, its autocast-half layers pre-cast (``precast``)."""
-        model = model.to(self.device)
+        """``model`` on the device in float32, its autocast-half layers pre-cast (``precast``).
+
+        The cast happens before the move, so the device never holds the float32 copy.
+        """
         if precast and self.autocast_dtype is not None:
             precast_for_autocast(model, self.autocast_dtype)
-        return model
+        return model.to(self.device)
 
     def generator(self, seed: int) -> torch.Generator:
         """A generator on the device, seeded."""
