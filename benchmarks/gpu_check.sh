@@ -49,4 +49,7 @@ if ! "$python" -c "import diffusers" 2>/dev/null; then
 fi
 export PYTHONPATH="$site:$root${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-exec "$python" "$here/gpu_check.py" "$@"
+# Not exec: the trap must still remove the unpacked wheel when the check ends.
+status=0
+"$python" "$here/gpu_check.py" "$@" || status=$?
+exit "$status"
