@@ -18,7 +18,24 @@ Built from the session config's ``[decoder]`` section by :meth:`DecodingStage.fr
   picks its adapter, whose input size must be the engine's ROI size;
 * ``gallery``: a ``.npz`` with ``embeddings`` (N, tokens, dim) (any (N, ...) array) and ``ids``
   (N,) strings -- the stimulus ids retrieval answers with (``nsd:<73k id>`` for NSD);
-* ``top_k``; ``unclip`` (a decoder folder, ``UnclipDecoder.from_pretrained``) and ``steps``.
+* ``top_k``; ``unclip`` (a decoder folder, ``UnclipDecoder.from_pretrained``) and ``steps``;
+* ``device`` and ``precision`` (:class:`rtrecon.runtime.device.Placement`): ``auto`` takes the GPU
+  when there is one; ``fp16-autocast`` is the official mixed precision (float32 weights and
+  chains, half matrix products), applied to the MindEye2 model, the prior chain, the unCLIP UNet
+  and the blurry-branch VAE (the unCLIP KL VAE decodes in float32 outside autocast, as sgm's);
+* ``recon``: ``fast`` sends the unCLIP image; ``official`` sends ``0.75 · unCLIP + 0.25 · blurry``
+  (the blurry branch's latent decoded by ``blurry_vae``, resized to the unCLIP image), the blend
+  ``final_evaluations.ipynb`` scores (there over the refined image, a stage too slow to run live);
+* ``warmup``, ``compile`` (``torch.compile`` of the backbone, the prior network and the UNet),
+  ``cuda_graphs`` (the 20-step prior chain replayed as one CUDA graph), ``channels_last``.
+
+Start-up: :meth:`DecodingStage.from_config` loads every model on the CPU, refuses with one line
+when their weights (at the chosen precision) do not fit the GPU's free memory, and only then moves
+them. :meth:`DecodingStage.warm_up` decodes a blank beta once at the session's shapes (first CUDA
+kernels, cuBLAS handles, compilation, graph capture) so that the first trial is as fast as the
+rest; :class:`BackgroundDecoder` runs it on its thread before the first trial, and
+:meth:`DecodingStage.status` (``decoder_ready``, ``decoder_warmup_s``, ``decoder_gpu_mb``) is
+what the engine's status publishes.
 
 Bad input (a beta of the wrong size) raises ``ValueError`` naming the checkpoint and the sizes;
 the engine logs it and the session goes on.
@@ -47,6 +64,7 @@ import torch
 
 from engine.trials import TrialBeta
 from rtrecon.config import ConfigError, SessionConfig
+from rtrecon.runtime.device import DoesNotFitError, Placement, check_fits, memory_held_mb, parameter_bytes
 from rtrecon.runtime.retrieval import RetrievalDecoder
 from rtrecon.wire import TrialResultMessage
 
@@ -89,8 +107,13 @@ class DecodingStage:
         steps: int = 4,
         store: Any | None = None,
         name: str = "mindeye2",
+        placement: Placement | None = None,
+        recon: str = "fast",
+        blurry_vae: Any | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
-        self.model = model.eval()
+        self.placement = placement or Placement(torch.device("cpu"))
+        self.model = model.eval().requires_grad_(False)
         self.retrieval = RetrievalDecoder(gallery, ids)
         self.publish = publish
         self.session_id = session_id
@@ -101,6 +124,17 @@ class DecodingStage:
         self.store = store
         self.name = name
         self.n_voxels = int(model.config.n_voxels[subject])
+        if recon not in ("fast", "official"):
+            raise ValueError(f"recon {recon!r}: choose 'fast' or 'official'")
+        if recon == "official" and (blurry_vae is None or not model.config.blurry):
+            raise ConfigError(f"{name}: recon 'official' needs a model with the blurry branch and a blurry_vae")
+        self.recon = recon
+        self.blurry_vae = blurry_vae
+        self.cuda_graphs = cuda_graphs
+        self._graphed_prior = None
+        #: True once :meth:`warm_up` has decoded at the session's shapes (or the first trial has).
+        self.ready = False
+        self.warmup_s = float("nan")
 
     @classmethod
     def from_config(
@@ -114,47 +148,143 @@ class DecodingStage:
             raise ConfigError("[decoder] needs 'checkpoint' and 'gallery' for the engine to decode trials")
         if not Path(d.checkpoint).is_file():
             raise ConfigError(f"{d.checkpoint}: no such MindEye2 checkpoint ([decoder] checkpoint)")
+        try:
+            placement = Placement.from_names(d.device, d.precision)
+        except ValueError as exc:
+            raise ConfigError(f"[decoder] device: {exc}") from None
+        if d.cuda_graphs and placement.device.type != "cuda":
+            raise ConfigError(f"[decoder] cuda_graphs needs a CUDA device, the decoder runs on {placement.device}")
         model = load_official(d.checkpoint)
         if not 0 <= d.subject < model.config.n_subjects:
             raise ConfigError(f"{d.checkpoint}: no adapter {d.subject} ([decoder] subject); it has {model.config.n_subjects}")
+        if d.recon == "official" and not model.config.blurry:
+            raise ConfigError(f"{d.checkpoint}: [decoder] recon 'official' needs the blurry branch, this model has none")
         gallery, ids = load_gallery(d.gallery)
-        unclip = None
+        unclip = blurry_vae = None
         if d.unclip is not None:
             from rtrecon.decoders.unclip import UnclipDecoder
 
-            unclip = UnclipDecoder.from_pretrained(d.unclip)
+            unclip = UnclipDecoder.from_pretrained(d.unclip, autocast=placement.autocast_dtype, channels_last=d.channels_last)
+        if d.recon == "official":
+            from rtrecon.models.blurry import load_blurry_vae
+
+            try:
+                blurry_vae = load_blurry_vae(d.blurry_vae)
+            except (FileNotFoundError, ValueError) as exc:
+                raise ConfigError(f"[decoder] blurry_vae: {exc}") from None
+        # Everything is on the CPU so far: refuse before the first byte goes to the GPU.
+        half = placement.autocast_dtype
+        needed = parameter_bytes([model], half) + (parameter_bytes([blurry_vae], half) if blurry_vae is not None else 0)
+        needed += unclip.nbytes if unclip is not None else 0
+        try:
+            check_fits(placement.device, needed, f"the decoder's models ({Path(d.checkpoint).name}"
+                       + (f", {Path(d.unclip).name}" if d.unclip is not None else "") + ")")
+        except DoesNotFitError as exc:
+            raise ConfigError(f"[decoder]: {exc}") from None
+        model = placement.place(model)
+        if unclip is not None:
+            unclip.to(placement.device)
+        if blurry_vae is not None:
+            blurry_vae = placement.place(blurry_vae)
+        if d.compile:  # in place: the prior's sampler calls its network through its own methods
+            model.backbone.compile()
+            if model.config.use_prior:
+                model.diffusion_prior.net.compile()
+            if unclip is not None:
+                unclip.compile()
         session_id = f"sub-{config.session.subject}_ses-{config.session.session}"
+        log.info("decoder on %s in %s: %s%s, %.0f MiB of weights", placement.device, placement.precision,
+                 Path(d.checkpoint).name, f" + {Path(d.unclip).name}" if d.unclip is not None else "", needed / 2**20)
         return cls(model, gallery, ids, publish, session_id, subject=d.subject, top_k=d.top_k, unclip=unclip,
-                   steps=d.steps, store=store, name=Path(d.checkpoint).name)
+                   steps=d.steps, store=store, name=Path(d.checkpoint).name, placement=placement, recon=d.recon,
+                   blurry_vae=blurry_vae, cuda_graphs=d.cuda_graphs)
+
+    @property
+    def makes_images(self) -> bool:
+        return self.unclip is not None and self.model.config.use_prior
+
+    def _prior_tokens(self, backbone: torch.Tensor, seed: int) -> torch.Tensor:
+        prior = self.model.prior
+        # MindEye2's inference samples the prior with 20 DDIM steps (fewer for a shorter schedule).
+        steps = min(20, prior.noise_scheduler.num_timesteps)
+        generator = self.placement.generator(seed)
+        if self.cuda_graphs and steps < prior.noise_scheduler.num_timesteps:
+            if self._graphed_prior is None or self._graphed_prior.shape != tuple(backbone.shape):
+                from rtrecon.runtime.cuda_graphs import GraphedPriorSampler
+
+                self._graphed_prior = GraphedPriorSampler(prior, tuple(backbone.shape), steps,
+                                                          autocast=self.placement.autocast_dtype)
+            return self._graphed_prior(backbone, generator)
+        with self.placement.autocast():
+            return prior.sample(backbone, steps=steps, generator=generator)
+
+    def _blend_blurry(self, pixels: torch.Tensor, blurry_latent: torch.Tensor) -> torch.Tensor:
+        """``final_evaluations.ipynb``'s ``0.75 · recon + 0.25 · blurry``, the blurry image resized to the recon's."""
+        from rtrecon.models.blurry import decode_blurry
+
+        with self.placement.autocast():  # recon_inference decodes the blurry latent under its fp16 autocast
+            blurry = decode_blurry(self.blurry_vae, blurry_latent)
+        blurry = torch.nn.functional.interpolate(blurry, size=pixels.shape[-2:], mode="bilinear", antialias=True,
+                                                 align_corners=False).clamp(0, 1)
+        return 0.75 * pixels.float() + 0.25 * blurry
 
     @torch.inference_mode()
-    def decode(self, trial: TrialBeta) -> TrialResultMessage:
-        """The decoded result of one released trial (not yet sent)."""
+    def _infer(self, z: np.ndarray, seed: int) -> tuple[torch.Tensor, np.ndarray | None, dict[str, float], dict[str, float]]:
+        """``(embedding (1, D) float32 on the CPU, image or None, latencies, stamps)`` for one beta."""
         stamps = {"decode_start": time.time()}
         t0 = time.perf_counter()
+        voxels = torch.from_numpy(z)[None].to(self.placement.device)
+        with self.placement.autocast():
+            out = self.model.encode(voxels, self.subject)
+            embedding = out.clip_voxels_norm.float().cpu()  # the copy to the CPU waits for the GPU
+        t1 = time.perf_counter()
+        stamps["decoded"] = time.time()
+        latencies = {"decode_s": t1 - t0}
+        image = None
+        if self.makes_images:
+            from rtrecon.decoders.unclip import SamplingOptions
+
+            tokens = self._prior_tokens(out.backbone, seed)
+            pixels = self.unclip(tokens, SamplingOptions.fast(steps=self.steps, seed=seed))
+            if self.recon == "official":
+                pixels = self._blend_blurry(pixels, out.blurry_latent)
+            image = (pixels[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
+            latencies["image_s"] = time.perf_counter() - t1
+            stamps["generated"] = time.time()
+        return embedding, image, latencies, stamps
+
+    def warm_up(self) -> float:
+        """Decode a blank beta once at the session's shapes (nothing is sent or stored); the seconds it took.
+
+        The first call on a GPU pays for CUDA kernels, cuBLAS handles, ``torch.compile`` and the
+        CUDA-graph capture; after it :attr:`ready` is true and a trial costs what every trial costs.
+        """
+        t0 = time.perf_counter()
+        embedding, _, _, _ = self._infer(np.zeros(self.n_voxels, np.float32), seed=0)
+        self.retrieval.topk(embedding, self.top_k)
+        self.placement.synchronize()
+        self.warmup_s = time.perf_counter() - t0
+        self.ready = True
+        log.info("decoder warm on %s in %.2f s (%.0f MiB of GPU memory held)", self.placement.device, self.warmup_s,
+                 memory_held_mb(self.placement.device))
+        return self.warmup_s
+
+    def status(self) -> dict[str, float]:
+        """What the engine's status publishes: readiness, warm-up seconds, GPU memory held (MiB)."""
+        return {"decoder_ready": float(self.ready), "decoder_warmup_s": self.warmup_s,
+                "decoder_gpu_mb": memory_held_mb(self.placement.device)}
+
+    def decode(self, trial: TrialBeta) -> TrialResultMessage:
+        """The decoded result of one released trial (not yet sent)."""
         z = np.asarray(trial.z, np.float32)
         if z.shape != (self.n_voxels,):
             raise ValueError(f"{self.name}: adapter {self.subject} takes {self.n_voxels} voxels, "
                              f"trial {trial.trial} of run {trial.run} has a beta of {z.shape[0]}")
-        out = self.model.encode(torch.from_numpy(z)[None], self.subject)
-        embedding = out.clip_voxels_norm
-        t1 = time.perf_counter()
-        stamps["decoded"] = time.time()
+        embedding, image, latencies, stamps = self._infer(z, seed=trial.trial)
+        t = time.perf_counter()
         ids, scores = self.retrieval.topk(embedding, self.top_k)
-        t2 = time.perf_counter()
-        latencies = {"decode_s": t1 - t0, "retrieval_s": t2 - t1}
-        image = None
-        if self.unclip is not None and self.model.config.use_prior:
-            from rtrecon.decoders.unclip import SamplingOptions
-
-            prior = self.model.prior
-            # MindEye2's inference samples the prior with 20 DDIM steps (fewer for a shorter schedule).
-            steps = min(20, prior.noise_scheduler.num_timesteps)
-            tokens = prior.sample(out.backbone, steps=steps, generator=torch.Generator().manual_seed(trial.trial))
-            pixels = self.unclip(tokens, SamplingOptions.fast(steps=self.steps, seed=trial.trial))
-            image = (pixels[0].clamp(0, 1).permute(1, 2, 0).float().numpy() * 255).round().astype(np.uint8)
-            latencies["image_s"] = time.perf_counter() - t2
-            stamps["generated"] = time.time()
+        latencies["retrieval_s"] = time.perf_counter() - t
+        self.ready = True
         result = TrialResultMessage(
             session=self.session_id, run=trial.run, trial=trial.trial, stimulus=trial.stimulus,
             retrieved=list(ids[0]), scores=[float(s) for s in scores[0]], image=image,
@@ -177,10 +307,14 @@ class BackgroundDecoder:
     """Decode released trials on a thread of their own, in release order (see the module docstring).
 
     ``stage`` is anything with ``decode(trial) -> TrialResultMessage`` (a :class:`DecodingStage`).
+    With ``warm_up`` (and a stage that has ``warm_up()``) the thread first warms the stage up;
+    trials submitted meanwhile wait in the queue. A warm-up that fails is logged and the trials
+    are decoded anyway (the first one then pays the start-up cost).
     """
 
-    def __init__(self, stage: Any) -> None:
+    def __init__(self, stage: Any, warm_up: bool = False) -> None:
         self.stage = stage
+        self._warm_up = warm_up and hasattr(stage, "warm_up")
         self._todo: queue.Queue[tuple[TrialBeta, TrialResultMessage] | None] = queue.Queue()
         self._done: queue.Queue[tuple[TrialBeta, TrialResultMessage]] = queue.Queue()
         self._pending = 0  # submitted and not yet collected; only the engine's thread touches it
@@ -214,7 +348,16 @@ class BackgroundDecoder:
         self._todo.put(None)
         self._thread.join(timeout_s)
 
+    def status(self) -> dict[str, float]:
+        """The stage's status metrics (:meth:`DecodingStage.status`), or none."""
+        return self.stage.status() if hasattr(self.stage, "status") else {}
+
     def _work(self) -> None:
+        if self._warm_up:
+            try:
+                self.stage.warm_up()
+            except Exception:  # the session goes on; the first trial pays what the warm-up would have
+                log.exception("the decoder's warm-up failed: the first trial will be slow")
         while (item := self._todo.get()) is not None:
             trial, fallback = item
             try:

@@ -423,6 +423,7 @@ class Engine:
                        "latency_ms": latency_ms,
                        "trials_decoding": float(self.decoder.pending if self.decoder is not None else 0)}
             metrics.update(dict(zip(PARAMETER_NAMES, map(float, estimate.params))))
+            metrics.update(self.decoder.status() if self.decoder is not None else {})  # readiness, GPU memory
             self.publish_status(StatusMessage(process="engine", state="running",
                                               message=f"run {run} volume {index}", metrics=metrics, sent_time=time.time()))
 
@@ -600,7 +601,7 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
         if config.decoder.checkpoint is not None:  # its decoded result goes out instead of the bare beta
             from engine.decoding import BackgroundDecoder, DecodingStage
 
-            decoder = BackgroundDecoder(DecodingStage.from_config(config, publish_trial, store))
+            decoder = BackgroundDecoder(DecodingStage.from_config(config, publish_trial, store), warm_up=config.decoder.warmup)
         def publish_result(message: TrialResultMessage) -> None:
             publish_trial(message)
             # The operator console's copy: the results link is point-to-point to the stimulus PC.

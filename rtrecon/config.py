@@ -217,6 +217,31 @@ class DecoderSection(_Section):
         json_schema_extra=_example("weights/unclip6"),
     )
     steps: int = Field(4, ge=1, description="unCLIP sampling steps (the official sampler uses 38)")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description='"auto" (the GPU when there is one), "cuda", "cuda:N" or "cpu"',
+    )
+    precision: Literal["fp32", "fp16-autocast", "bf16-autocast"] = Field(
+        "fp16-autocast", description='"fp16-autocast" (the official mixed precision), "bf16-autocast" or "fp32" '
+        "(a CPU runs fp16-autocast as fp32)",
+    )
+    recon: Literal["fast", "official"] = Field(
+        "fast", description='"fast": the unCLIP image; "official": 0.75 unCLIP + 0.25 blurry-branch image (needs blurry_vae)'
+    )
+    blurry_vae: Path | None = Field(
+        None, description="the SD image-variation VAE that decodes the blurry branch (sd_image_var_autoenc.pth or a diffusers folder)",
+        json_schema_extra=_example("weights/sd_image_var_autoenc.pth"),
+    )
+    warmup: bool = Field(True, description="load the models and decode once at start, so the first trial is as fast as the rest")
+    compile: bool = Field(False, description="torch.compile the backbone, prior and unCLIP UNet (slow first call; GPU)")
+    cuda_graphs: bool = Field(False, description="replay the fixed-shape prior chain as a CUDA graph (CUDA only)")
+    channels_last: bool = Field(False, description="run the unCLIP UNet and VAE in channels-last memory layout")
+
+    @model_validator(mode="after")
+    def _official_needs_blurry_vae(self) -> "DecoderSection":
+        if self.recon == "official" and self.blurry_vae is None:
+            raise ValueError('recon "official" blends in the blurry-branch image: set blurry_vae')
+        return self
 
 
 class WindowSection(_Section):

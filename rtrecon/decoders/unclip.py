@@ -15,9 +15,14 @@ unconditional input (``random`` official, ``zero``), image size (512, 768, ...),
 offset), as ``utils.unclip_recon`` does; ``standard``: plain Gaussian), the tiny autoencoder
 for the latents, and the seed. ``SamplingOptions()`` is the official setting.
 
-Speed options are set on the decoder: ``dtype`` (float16/bfloat16; a KL VAE whose config says
-``force_upcast``, as SDXL's does, still decodes in float32 under float16, since SDXL's VAE
-overflows in half precision), :meth:`UnclipDecoder.compile` (``torch.compile``) and
+Precision is set on the decoder: ``autocast`` (float16 or bfloat16) is the official mixed
+precision of MindEye2's ``unclip_recon``: float32 weights, the UNet under ``torch.autocast`` (its
+``Linear``/``Conv`` weights stored in half once, which autocast would produce at every call
+anyway), the Euler chain in float32 and the KL VAE outside autocast in float32 (sgm's
+``disable_first_stage_autocast``). ``dtype`` (float16/bfloat16) instead makes every tensor half
+(a KL VAE whose config says ``force_upcast``, as SDXL's does, still decodes in float32 under
+float16, since SDXL's VAE overflows in half precision). ``channels_last`` stores the UNet's and
+VAE's convolution activations channels-last. :meth:`UnclipDecoder.compile` (``torch.compile``) and
 :meth:`UnclipDecoder.compile` with ``backend="tensorrt"`` (needs ``torch_tensorrt``; imported
 only then), and a ``tiny_autoencoder`` (diffusers ``AutoencoderTiny``) for fast latent decoding.
 
@@ -29,6 +34,7 @@ runs on a CPU in well under a second per step and goes through exactly the same 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -44,6 +50,7 @@ from rtrecon.decoders.config import OFFICIAL_SAMPLING, TINY, DiscretizationConfi
 from rtrecon.decoders.schedulers import first_sigma, is_variance_exploding, make_scheduler, set_schedule
 from rtrecon.decoders.unet import build_unet, load_unet
 from rtrecon.decoders.vae import build_tiny_autoencoder, build_vae, load_tiny_autoencoder, load_vae
+from rtrecon.runtime.device import parameter_bytes, precast_for_autocast
 
 __all__ = ["CONFIG_NAME", "SamplingOptions", "UnclipDecoder", "load_config", "save_config"]
 
@@ -146,29 +153,45 @@ class UnclipDecoder:
         tiny_autoencoder=None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        autocast: torch.dtype | None = None,
+        channels_last: bool = False,
     ) -> None:
+        if autocast is not None and dtype != torch.float32:
+            raise ValueError(f"autocast={autocast} keeps float32 weights: dtype must be float32, not {dtype}")
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
+        self.autocast_dtype = autocast
+        self.channels_last = channels_last
         self.unet = _place(unet, self.device, dtype)
         # SDXL's KL decoder overflows in float16; diffusers marks such VAEs with force_upcast.
         self.vae_dtype = torch.float32 if dtype == torch.float16 and vae.config.get("force_upcast", False) else dtype
         self.vae = _place(vae, self.device, self.vae_dtype)
         self.tiny_autoencoder = None if tiny_autoencoder is None else _place(tiny_autoencoder, self.device, dtype)
+        if autocast is not None:
+            precast_for_autocast(self.unet, autocast)
+            if self.tiny_autoencoder is not None:
+                precast_for_autocast(self.tiny_autoencoder, autocast)
+        if channels_last:
+            for model in (self.unet, self.vae, self.tiny_autoencoder):
+                if model is not None:
+                    model.to(memory_format=torch.channels_last)
         self._unet_forward = self.unet
         self._vae_decode = self.vae.decode
         self._tiny_decode = None if self.tiny_autoencoder is None else self.tiny_autoencoder.decode
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
-    def tiny(cls, *, seed: int = 0, config: UnclipConfig = TINY, device="cpu", dtype=torch.float32, tiny_autoencoder: bool = True) -> UnclipDecoder:
+    def tiny(cls, *, seed: int = 0, config: UnclipConfig = TINY, device="cpu", dtype=torch.float32, tiny_autoencoder: bool = True,
+             autocast: torch.dtype | None = None, channels_last: bool = False) -> UnclipDecoder:
         """The whole decoder at a small size with seeded random weights (for tests and CPU demos)."""
         with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
             torch.manual_seed(seed)
             # Built on the target device: the official-size UNet initialises in seconds on a GPU.
             unet, vae = build_unet(config, device=device), build_vae(config, device=device)
             taesd = build_tiny_autoencoder() if tiny_autoencoder else None
-        return cls(unet, vae, config, tiny_autoencoder=taesd, device=device, dtype=dtype)
+        return cls(unet, vae, config, tiny_autoencoder=taesd, device=device, dtype=dtype, autocast=autocast,
+                   channels_last=channels_last)
 
     @classmethod
     def from_pretrained(
@@ -178,6 +201,8 @@ class UnclipDecoder:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         tiny_autoencoder: str | Path | None = None,
+        autocast: torch.dtype | None = None,
+        channels_last: bool = False,
     ) -> UnclipDecoder:
         """Load a decoder folder (``unet/``, ``vae/``, ``unclip.json``) from local files only.
 
@@ -191,7 +216,26 @@ class UnclipDecoder:
         unet = load_unet(folder / "unet", dtype=dtype)
         vae = load_vae(folder / "vae")
         taesd = None if tiny_autoencoder is None else load_tiny_autoencoder(tiny_autoencoder, dtype=dtype)
-        return cls(unet, vae, config, tiny_autoencoder=taesd, device=device, dtype=dtype)
+        return cls(unet, vae, config, tiny_autoencoder=taesd, device=device, dtype=dtype, autocast=autocast,
+                   channels_last=channels_last)
+
+    def to(self, device: str | torch.device) -> UnclipDecoder:
+        """Move the models to ``device`` (dtypes unchanged); call :meth:`compile` after, not before."""
+        self.device = torch.device(device)
+        for model in (self.unet, self.vae, self.tiny_autoencoder):
+            if model is not None:
+                torch.nn.Module.to(model, self.device)
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the decoder's weights take where they are (for the start-up memory check)."""
+        return parameter_bytes([m for m in (self.unet, self.vae, self.tiny_autoencoder) if m is not None])
+
+    def _autocast(self, enabled: bool = True):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``unet/``, ``vae/`` (safetensors) and ``unclip.json`` under ``folder``."""
@@ -303,14 +347,17 @@ class UnclipDecoder:
             w = torch.full((batch,), options.guidance_scale - 1.0, device=self.device)
             w_embedding = guidance_embedding(w, self.unet.config.time_cond_proj_dim).to(self.dtype)
 
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(latents, t).to(self.dtype)
             if options.uses_cfg:
                 model_in = torch.cat([model_in, model_in])
             # epsilon, v or x0, as the UNet was trained; CFG extrapolates any of them the same way.
-            pred = self._unet_forward(
-                model_in, t, encoder_hidden_states=context, class_labels=vector, timestep_cond=w_embedding
-            ).sample.float()
+            with self._autocast():
+                pred = self._unet_forward(
+                    model_in.contiguous(memory_format=memory_format), t, encoder_hidden_states=context,
+                    class_labels=vector, timestep_cond=w_embedding,
+                ).sample.float()
             if options.uses_cfg:
                 pred_u, pred_c = pred.chunk(2)
                 pred = pred_u + options.guidance_scale * (pred_c - pred_u)
@@ -324,9 +371,14 @@ class UnclipDecoder:
             if self.tiny_autoencoder is None:
                 raise ValueError("tiny_autoencoder=True but this decoder has no tiny autoencoder loaded")
             # AutoencoderTiny reads the scaled latents as they are (its scaling_factor is 1).
-            return self._tiny_decode(latents.to(self.dtype)).sample.float()
+            with self._autocast():
+                return self._tiny_decode(latents.to(self.dtype)).sample.float()
         z = latents.to(self.vae_dtype) / self.vae.config.scaling_factor
-        return self._vae_decode(z).sample.float()
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        # sgm decodes the first stage with autocast disabled (unclip6.yaml), so the KL VAE runs in float32.
+        with self._autocast(enabled=False):
+            return self._vae_decode(z).sample.float()
 
     def __call__(self, tokens, options: SamplingOptions | None = None, **changes) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] from image tokens (B, T, D)."""

@@ -12,13 +12,20 @@ of [0, 1] images squeezed into [0.5, 1]. ``quirk=True`` (the default) reproduces
 
 Two ways to build one, through the same ``open_clip.create_model`` call:
 
-* ``OpenClipImageEmbedder.from_local(path)`` loads local OpenCLIP weights (for bigG the
-  ``laion2b_s39b_b160k`` checkpoint a user downloaded; nothing is fetched here).
+* ``OpenClipImageEmbedder.from_local(path)`` loads local OpenCLIP weights: a full CLIP checkpoint
+  (for bigG the ``laion2b_s39b_b160k`` checkpoint a user downloaded; nothing is fetched here), or
+  the vision tower alone, as ``rtrecon convert-unclip`` writes it from the unCLIP checkpoint
+  (``image_encoder/open_clip_visual.safetensors``, ``visual.*`` keys only). The vision tower is
+  all that image embedding uses, so the second is enough: it is built alone (no text tower) and
+  loaded strictly.
 * ``OpenClipImageEmbedder.tiny(seed)`` builds a small ViT of the same family (``TINY_MODEL_CFG``
   overrides the bigG config) with seeded random weights. It is the synthetic world's "CLIP"
   (``rtrecon.data.synthetic``) and runs every code path on a CPU in milliseconds.
 
 Only the vision tower is kept; the text tower is freed after loading, as in the reference.
+
+``embedder.autocast_dtype = torch.float16`` runs :meth:`OpenClipImageEmbedder.embed` under
+autocast (float32 weights), as the decoder's ``fp16-autocast`` precision does.
 
 Example::
 
@@ -28,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from pathlib import Path
@@ -141,6 +149,8 @@ class OpenClipImageEmbedder(torch.nn.Module):
         grid = visual.grid_size
         self._num_tokens = int(grid[0] * grid[1])
         self._dim = int(visual.conv1.out_channels)
+        #: Half dtype :meth:`embed` autocasts to (None: no autocast).
+        self.autocast_dtype: torch.dtype | None = None
 
     @classmethod
     def from_local(
@@ -152,9 +162,53 @@ class OpenClipImageEmbedder(torch.nn.Module):
         device: str | torch.device = "cpu",
         precision: str = "fp32",
     ) -> OpenClipImageEmbedder:
-        """Load local OpenCLIP weights (a full CLIP checkpoint) and keep the vision tower."""
+        """Load local OpenCLIP weights and keep the vision tower.
+
+        ``weights_path`` is a full CLIP checkpoint, or a ``.safetensors`` file of the vision tower
+        alone (``visual.*`` keys, as ``rtrecon convert-unclip`` writes it): enough for image
+        embedding, which never uses the text tower.
+        """
+        path = Path(weights_path)
+        if path.suffix == ".safetensors" and path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+            if keys and all(k.startswith("visual.") for k in keys):
+                return cls.from_visual_weights(path, arch, quirk, model_cfg, device, precision)
         model = create_openclip_model(arch, weights_path, model_cfg, device=device, precision=precision)
         return cls(model.visual, quirk=quirk)
+
+    @classmethod
+    def from_visual_weights(
+        cls,
+        weights_path: str | Path,
+        arch: str = BIGG_ARCH,
+        quirk: bool = True,
+        model_cfg: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+    ) -> OpenClipImageEmbedder:
+        """The vision tower alone from a ``visual.*`` safetensors file (strict: every key, every shape)."""
+        from open_clip.model import _build_vision_tower
+        from safetensors.torch import load_file
+
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        if precision not in dtypes:
+            raise ValueError(f"precision {precision!r}: a vision tower loads as one of {', '.join(dtypes)}")
+        path = Path(weights_path)
+        cfg = open_clip.get_model_config(arch)
+        if cfg is None:
+            raise ValueError(f"{arch}: not an OpenCLIP architecture")
+        cfg = {**copy.deepcopy(cfg), **copy.deepcopy(model_cfg or {})}
+        state = {k[len("visual."):]: v for k, v in load_file(str(path)).items()}
+        with torch.device("meta"):  # no random initialisation of 1.8 B parameters only to overwrite them
+            visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=cfg.get("quick_gelu", False))
+        try:
+            visual.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as err:
+            raise ValueError(f"{path}: not the {arch} vision tower ({err})") from None
+        return cls(visual.to(device=device, dtype=dtypes[precision]), quirk=quirk)
 
     @classmethod
     def tiny(cls, seed: int = 0, quirk: bool = True, device: str | torch.device = "cpu") -> OpenClipImageEmbedder:
@@ -212,11 +266,13 @@ class OpenClipImageEmbedder(torch.nn.Module):
             raise ValueError(f"expected uint8 (N, H, W, 3) or float (N, 3, H, W) images, got {x.dtype} {tuple(x.shape)}")
         param = self.visual.conv1.weight
         out = []
-        with torch.inference_mode():
+        autocast = (torch.autocast(param.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
             for start in range(0, x.shape[0], batch_size):
                 chunk = x[start : start + batch_size].to(param.device)
                 chunk = chunk.to(param.dtype) / 255.0 if chunk.dtype == torch.uint8 else chunk.to(param.dtype)
-                out.append(self(chunk))
+                out.append(self(chunk).float() if self.autocast_dtype is not None else self(chunk))
         if not out:
             return torch.empty(0, self.num_tokens, self.dim, dtype=param.dtype, device=param.device)
         return torch.cat(out)

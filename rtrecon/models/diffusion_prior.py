@@ -52,7 +52,9 @@ class DiffusionPrior(nn.Module):
         total = self.noise_scheduler.num_timesteps
         steps = total if steps is None else int(steps)
         if noise is None:
-            noise = randn_source(brain_embed.device, brain_embed.dtype, generator)
+            # Drawn in the weights' dtype: float32 under autocast, as upstream's torch.randn (the
+            # chain stays float32 while the backbone tokens are half); half for a half model.
+            noise = randn_source(brain_embed.device, self.net.learned_query.dtype, generator)
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.net.forward_with_cond_scale(x, t, brain_embed, cond_scale)

@@ -148,7 +148,12 @@ def infer_config(sd: Mapping[str, torch.Tensor], name: str = "<state dict>") -> 
 
 
 def cast_model(model: nn.Module, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> nn.Module:
-    """Move/cast tensor by tensor; the noise schedule and rotary frequencies stay float32."""
+    """Move/cast tensor by tensor; the noise schedule and rotary frequencies stay float32.
+
+    Every other tensor takes ``dtype``: a half model then runs its residual stream, LayerNorms
+    (dalle2's eps 1e-3 everywhere) and sampling noise in half precision. That is not the official
+    numerics; :class:`rtrecon.runtime.device.Placement` (``fp16-autocast``) is.
+    """
     keep_fp32 = (NoiseScheduler, RotaryEmbedding)
     for module in model.modules():
         target = None if isinstance(module, keep_fp32) else dtype

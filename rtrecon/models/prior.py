@@ -17,6 +17,11 @@ query heads, one shared key/value head, a learned null key/value, rotary embeddi
 bias over ``n`` queries and ``n + 1`` keys) followed by a SwiGLU feed-forward. LayerNorms are
 dalle2's gain-only kind: variance without Bessel correction, ``eps`` 1e-5 for float32 inputs and
 1e-3 for any other dtype; the final one first divides by the signed feature maximum.
+
+Under ``torch.autocast`` (the official fp16 inference) the module has no casts of its own beyond
+upstream's, so the dtypes flow as upstream's do: the token sequence and residual stream are
+float32 (the noisy image tokens are), matrix products are half, and a LayerNorm sees a half
+tensor (eps 1e-3) only after a projection (``to_out``).
 """
 
 from __future__ import annotations
@@ -73,8 +78,9 @@ class RotaryEmbedding(nn.Module):
         head, tail = t[..., :rot], t[..., rot:]
         # interleaved pairs (d0, d1), (d2, d3), ... -> (-d1, d0), (-d3, d2), ...
         rotated_half = torch.stack((-head[..., 1::2], head[..., 0::2]), dim=-1).reshape(head.shape)
-        cos, sin = angles.cos().to(t.dtype), angles.sin().to(t.dtype)
-        rotated = head * cos + rotated_half * sin
+        # As rotary-embedding-torch (autocast off, float32 angles): half inputs rotate in float32
+        # and are rounded back once.
+        rotated = (head.float() * angles.cos() + rotated_half.float() * angles.sin()).to(t.dtype)
         return rotated if rot == t.shape[-1] else torch.cat((rotated, tail), dim=-1)
 
 
@@ -133,7 +139,7 @@ class Attention(nn.Module):
         q = F.normalize(q, dim=-1) * root
         k = F.normalize(k, dim=-1) * root
         sim = torch.einsum("bhid,bjd->bhij", q, k) + attn_bias.to(q.dtype)
-        attn = sim.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
+        attn = sim.softmax(dim=-1, dtype=torch.float32).to(sim.dtype)
         out = torch.einsum("bhij,bjd->bhid", attn, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 

@@ -7,6 +7,9 @@
   ``OrtPrior`` (``step``, ``sample``), ``quantize_dynamic`` (int8).
 - :mod:`rtrecon.runtime.tensorrt_backend`: ``build_engine``, ``TrtRunner`` (TensorRT imported lazily).
 - :mod:`rtrecon.runtime.retrieval`: ``RetrievalDecoder``, ``pairmate_distinctiveness``.
+- :mod:`rtrecon.runtime.device`: ``Placement`` (``[decoder] device`` and ``precision``: the
+  official fp16 autocast), ``precast_for_autocast``, ``check_fits``, ``memory_held_mb``.
+- :mod:`rtrecon.runtime.cuda_graphs`: ``GraphedPriorSampler``, the prior's DDIM chain as one CUDA graph.
 
 Submodules are imported on use so that ``import rtrecon.runtime`` costs nothing.
 """

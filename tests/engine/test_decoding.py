@@ -129,3 +129,117 @@ def test_unclip_decoder_turns_the_prior_tokens_into_an_image():
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
     assert sent[0].retrieved[0] == "b" and sent[0].latencies["image_s"] > 0
     assert sent[0].stamps["decoded"] <= sent[0].stamps["generated"]
+
+
+def _tiny_blurry_vae(folder):
+    """A small diffusers AutoencoderKL with 4 latent channels (the blurry latent's), saved under ``folder``."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(3)
+    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1)
+    vae.save_pretrained(folder)
+    return vae.eval()
+
+
+def test_warm_up_decodes_once_sends_nothing_and_status_reports_readiness(tmp_path):
+    from rtrecon.decoders.unclip import UnclipDecoder
+
+    model, betas = _model(use_prior=True, tokens=64, dim=64), _betas(3)
+    sent: list[TrialResultMessage] = []
+    store = SessionStore(tmp_path / "out", "01", "01", "perception")
+    stage = DecodingStage(model, _gallery_of(model, betas), ["a", "b", "c"], sent.append, "s", subject=1,
+                          unclip=UnclipDecoder.tiny(), steps=1, store=store)
+    assert stage.status()["decoder_ready"] == 0.0
+    seconds = stage.warm_up()
+    status = stage.status()
+    assert seconds > 0 and status == {"decoder_ready": 1.0, "decoder_warmup_s": seconds, "decoder_gpu_mb": 0.0}
+    assert sent == [] and store.runs() == []
+    decoder = BackgroundDecoder(stage, warm_up=True)  # warms up on its thread, then decodes the queue
+    trial = TrialBeta(1, 0, "c", betas[2], betas[2], 1)
+    decoder.submit(trial, TrialResultMessage(session="s", run=1, trial=0, decoder="trial-beta"))
+    done = decoder.collect(timeout_s=60)
+    decoder.close()
+    assert done[0][1].decoder == "mindeye2" and done[0][1].image is not None
+    assert decoder.status()["decoder_ready"] == 1.0
+
+
+def test_bf16_autocast_stage_from_config_decodes_as_float32_does(tmp_path):
+    model, betas = _model(), _betas(5)
+    save_checkpoint(model, tmp_path / "ck.pth")
+    np.savez(tmp_path / "gallery.npz", embeddings=_gallery_of(model, betas), ids=np.array([f"img{i}" for i in range(5)]))
+    results = {}
+    for precision in ("fp32", "bf16-autocast"):
+        (tmp_path / "s.toml").write_text(f'[decoder]\ncheckpoint = "ck.pth"\ngallery = "gallery.npz"\nsubject = 1\n'
+                                         f'device = "auto"\nprecision = "{precision}"\n')
+        sent: list[TrialResultMessage] = []
+        stage = DecodingStage.from_config(load_config(tmp_path / "s.toml"), sent.append)
+        assert stage.placement.precision == precision and stage.placement.device.type == "cpu"
+        for k in range(5):
+            stage(TrialBeta(1, k, f"img{k}", betas[k], betas[k], 1))
+        results[precision] = sent
+    for a, b in zip(results["fp32"], results["bf16-autocast"]):
+        assert a.retrieved == b.retrieved and b.embedding.dtype == np.float32
+        assert float(a.embedding @ b.embedding) > 0.99
+
+
+def test_official_recon_blends_a_quarter_of_the_blurry_image(tmp_path):
+    """recon "official": 0.75 x the unCLIP image + 0.25 x the blurry latent decoded by the VAE
+    (recomputed here with diffusers directly); recon "fast" is the unCLIP image alone."""
+    from rtrecon.decoders.unclip import UnclipDecoder
+
+    torch.manual_seed(0)
+    config = MindEye2Config.tiny((30, N_VOX), blurry=True).replace(clip_tokens=64, clip_dim=64)
+    model, betas = MindEye2(config).eval(), _betas(2)
+    vae = _tiny_blurry_vae(tmp_path / "blurry_vae")
+    from rtrecon.models.blurry import load_blurry_vae
+
+    images = {}
+    for recon in ("fast", "official"):
+        sent: list[TrialResultMessage] = []
+        stage = DecodingStage(model, _gallery_of(model, betas), ["a", "b"], sent.append, "s", subject=1,
+                              unclip=UnclipDecoder.tiny(), steps=1, recon=recon,
+                              blurry_vae=load_blurry_vae(tmp_path / "blurry_vae") if recon == "official" else None)
+        stage(TrialBeta(1, 4, "a", betas[0], betas[0], 1))
+        images[recon] = sent[0].image.astype(np.float64) / 255
+    with torch.no_grad():
+        latent = model.encode(torch.from_numpy(betas[:1]), 1).blurry_latent
+        blurry = (vae.decode(latent / 0.18215).sample / 2 + 0.5).clamp(0, 1)
+        size = images["fast"].shape[:2]
+        blurry = torch.nn.functional.interpolate(blurry, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+    expected = 0.75 * images["fast"] + 0.25 * blurry[0].permute(1, 2, 0).numpy()
+    assert np.abs(images["official"] - expected).max() <= 1.5 / 255  # two roundings to 8 bits
+    assert np.abs(images["official"] - images["fast"]).max() > 10 / 255  # the control: the blend shows
+    with pytest.raises(ConfigError, match="recon 'official' needs a model with the blurry branch"):
+        DecodingStage(_model(), np.ones((1, 64)), ["a"], lambda m: None, "s", recon="official", blurry_vae=vae)
+
+
+def test_official_blurry_autoencoder_file_loads_strictly(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from rtrecon.models.blurry import BLURRY_VAE_CONFIG, load_blurry_vae
+
+    with torch.device("meta"):
+        official = AutoencoderKL(**BLURRY_VAE_CONFIG)
+    assert sum(p.numel() for p in official.parameters()) > 80_000_000  # the SD image-variation VAE
+    small = _tiny_blurry_vae(tmp_path / "small")
+    torch.save(small.state_dict(), tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="wrong.pth: not the SD image-variation autoencoder"):
+        load_blurry_vae(tmp_path / "wrong.pth")
+    with pytest.raises(FileNotFoundError, match="missing.pth: no such blurry-branch autoencoder"):
+        load_blurry_vae(tmp_path / "missing.pth")
+
+
+def test_from_config_refuses_models_that_do_not_fit_before_moving_them(tmp_path, monkeypatch):
+    """The check runs on the CPU-loaded models against the GPU's free memory (faked here: 1 KiB
+    free), so the refusal comes before any tensor is sent to the device."""
+    from rtrecon.runtime.device import Placement
+
+    model, betas = _model(), _betas(2)
+    save_checkpoint(model, tmp_path / "ck.pth")
+    np.savez(tmp_path / "gallery.npz", embeddings=_gallery_of(model, betas), ids=np.array(["a", "b"]))
+    (tmp_path / "s.toml").write_text('[decoder]\ncheckpoint = "ck.pth"\ngallery = "gallery.npz"\n')
+    monkeypatch.setattr(Placement, "from_names", classmethod(lambda cls, d, p: cls(torch.device("cuda", 0), "fp16-autocast")))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 80 * 2**30))
+    with pytest.raises(ConfigError, match=r"\[decoder\]: the decoder's models \(ck.pth\) need .* GiB .* but cuda:0 has 0.0 of 80.0 GiB free"):
+        DecodingStage.from_config(load_config(tmp_path / "s.toml"), lambda m: None)

@@ -194,3 +194,19 @@ def test_template_is_commented_and_loads_back_to_the_defaults(tmp_path: Path) ->
     uncommented = text.replace('# unclip = "weights/unclip6"', 'unclip = "weights/unclip6"')
     config = load_config(_write(tmp_path, uncommented, "edited.toml"))
     assert config.decoder.unclip == (tmp_path / "configs" / "weights" / "unclip6").resolve()
+
+
+def test_decoder_device_precision_and_recon_keys(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, '[decoder]\ndevice = "cuda:1"\nprecision = "bf16-autocast"\nrecon = "official"\n'
+                                          'blurry_vae = "w/sd_image_var_autoenc.pth"\ncuda_graphs = true\n'))
+    d = config.decoder
+    assert (d.device, d.precision, d.recon, d.cuda_graphs) == ("cuda:1", "bf16-autocast", "official", True)
+    assert d.blurry_vae.parts[-2:] == ("w", "sd_image_var_autoenc.pth") and d.blurry_vae.is_absolute()
+    defaults = load_config(_write(tmp_path, "")).decoder
+    assert (defaults.device, defaults.precision, defaults.recon, defaults.warmup) == ("auto", "fp16-autocast", "fast", True)
+    for text, key in [('device = "gpu0"', "decoder.device"), ('precision = "fp16"', "decoder.precision"),
+                      ('recon = "official"', "blurry_vae")]:
+        path = _write(tmp_path, f"[decoder]\n{text}\n", name="bad.toml")
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert str(path) in str(info.value) and key in str(info.value)

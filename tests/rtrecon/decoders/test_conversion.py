@@ -78,3 +78,20 @@ def test_unreadable_checkpoints_are_named(tmp_path):
     torch.save({"epoch": 1}, tmp_path / "nostate.ckpt")
     with pytest.raises(ConversionError, match="state_dict"):
         load_sgm_state_dict(tmp_path / "nostate.ckpt")
+
+
+def test_converted_image_encoder_loads_as_the_openclip_embedder(tmp_path, reduced_checkpoint, reduced_config):
+    """The visual tower convert-unclip writes (visual.* keys only) embeds images as the whole CLIP does."""
+    import numpy as np
+
+    from rtrecon.embedders.openclip import BIGG_ARCH, TINY_MODEL_CFG, OpenClipImageEmbedder, create_openclip_model
+
+    clip = create_openclip_model(BIGG_ARCH, None, TINY_MODEL_CFG, seed=1)
+    prefixed = {f"conditioner.embedders.0.model.visual.{k}": v for k, v in clip.visual.state_dict().items()}
+    # the text-side tensors the official checkpoint also carries, which an image embedder never needs
+    prefixed["conditioner.embedders.0.model.positional_embedding"] = clip.positional_embedding.detach()
+    torch.save({"state_dict": {**reduced_checkpoint, **prefixed}}, tmp_path / "unclip6.ckpt")
+    out = convert_unclip_checkpoint(tmp_path / "unclip6.ckpt", tmp_path / "out", config=reduced_config)
+    embedder = OpenClipImageEmbedder.from_local(out / "image_encoder" / "open_clip_visual.safetensors", model_cfg=TINY_MODEL_CFG)
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    assert torch.equal(embedder.embed(images), OpenClipImageEmbedder(clip.visual).embed(images))

@@ -147,3 +147,55 @@ def test_sampling_options_presets():
     assert fast.resolve(SYNTHETIC).guidance_scale == SYNTHETIC.guidance_scale
     assert fast.replace(guidance_scale=2.0).resolve(SYNTHETIC).guidance_scale == 2.0
     assert not dataclasses.replace(fast, guidance_scale=1.0).uses_cfg
+
+
+def test_autocast_runs_the_unet_half_the_chain_and_kl_vae_float32(tokens):
+    """The official flow (utils.unclip_recon under fp16 autocast, first stage with autocast off)."""
+    mixed = UnclipDecoder.tiny(seed=0, autocast=torch.bfloat16)
+    seen = {}
+
+    def record(key):
+        def hook(module, args, out):
+            seen.setdefault(key, out.dtype)  # returns None: the output is left as it is
+        return hook
+
+    hooks = [mixed.unet.conv_out.register_forward_hook(record("unet_out")),
+             mixed.vae.decoder.conv_in.register_forward_hook(record("vae"))]
+    fast = SamplingOptions.fast(steps=2)
+    try:
+        latents = mixed.sample_latents(tokens, fast)
+        images = mixed(tokens, fast)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {"unet_out": torch.bfloat16, "vae": torch.float32} and latents.dtype == torch.float32
+    assert mixed.unet.conv_in.weight.dtype == torch.bfloat16 and mixed.unet.conv_norm_out.weight.dtype == torch.float32
+    reference = UnclipDecoder.tiny(seed=0)(tokens, fast)
+    assert (images - reference).abs().max() < 0.1 and (images - reference).abs().mean() < 0.01
+    with pytest.raises(ValueError, match="autocast=torch.bfloat16 keeps float32 weights"):
+        UnclipDecoder.tiny(seed=0, autocast=torch.bfloat16, dtype=torch.bfloat16)
+
+
+def test_precast_weights_give_the_same_bits_under_autocast(tokens, monkeypatch):
+    import rtrecon.decoders.unclip as unclip_module
+
+    fast = SamplingOptions.fast(steps=2)
+    precast_decoder = UnclipDecoder.tiny(seed=0, autocast=torch.bfloat16)
+    precast = precast_decoder(tokens, fast)
+    monkeypatch.setattr(unclip_module, "precast_for_autocast", lambda model, dtype: model)
+    plain = UnclipDecoder.tiny(seed=0, autocast=torch.bfloat16)
+    assert plain.unet.conv_in.weight.dtype == torch.float32
+    assert torch.equal(plain(tokens, fast), precast)
+    from rtrecon.runtime.device import parameter_bytes
+
+    # the UNet's weights take about half the memory (norms stay float32); the KL VAE is not pre-cast
+    assert parameter_bytes([plain.unet]) > 1.95 * parameter_bytes([precast_decoder.unet])
+    assert plain.nbytes > precast_decoder.nbytes
+
+
+def test_channels_last_gives_the_same_image(tokens):
+    laid_out = UnclipDecoder.tiny(seed=0, channels_last=True)
+    assert laid_out.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    fast = SamplingOptions.fast(steps=2)
+    # a fresh decoder: the module's fixture had its weights rounded by the half-precision test
+    torch.testing.assert_close(laid_out(tokens, fast), UnclipDecoder.tiny(seed=0)(tokens, fast), atol=1e-4, rtol=0)

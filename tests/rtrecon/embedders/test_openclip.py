@@ -116,3 +116,34 @@ def test_random_weights_asked_for_raise_no_warning_and_other_warnings_pass(caplo
         create_openclip_model(BIGG_ARCH, None, TINY_MODEL_CFG, seed=1)
         logging.warning("No pretrained weights loaded: a warning of the caller's own")
     assert [r.getMessage() for r in caplog.records] == ["No pretrained weights loaded: a warning of the caller's own"]
+
+
+def _visual_only_file(tmp_path, seed: int = 0):
+    """A tiny CLIP's vision tower saved as ``rtrecon convert-unclip`` writes the unCLIP's (``visual.*`` only)."""
+    from safetensors.torch import save_file
+
+    full = create_openclip_model(BIGG_ARCH, None, TINY_MODEL_CFG, seed=seed)
+    path = tmp_path / "image_encoder" / "open_clip_visual.safetensors"
+    path.parent.mkdir()
+    save_file({f"visual.{k}": v.contiguous() for k, v in full.visual.state_dict().items()}, str(path))
+    return full, path
+
+
+def test_from_local_loads_the_visual_tower_convert_unclip_writes(tmp_path) -> None:
+    full, path = _visual_only_file(tmp_path)
+    emb = OpenClipImageEmbedder.from_local(path, model_cfg=TINY_MODEL_CFG)
+    assert not hasattr(emb, "transformer") and (emb.num_tokens, emb.dim) == (64, 64)
+    images = _images(3, 64)
+    expected = OpenClipImageEmbedder(full.visual).embed(images)
+    assert torch.equal(emb.embed(images), expected)
+    emb.autocast_dtype = torch.bfloat16  # the decoder's bf16-autocast precision
+    mixed = emb.embed(images)
+    assert mixed.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(mixed.flatten(1), expected.flatten(1)).min() > 0.99
+
+
+def test_a_visual_tower_of_another_architecture_is_refused(tmp_path) -> None:
+    _, path = _visual_only_file(tmp_path)
+    wider = {**TINY_MODEL_CFG, "vision_cfg": {**TINY_MODEL_CFG["vision_cfg"], "width": 128}}
+    with pytest.raises(ValueError, match=r"open_clip_visual.safetensors: not the ViT-bigG-14 vision tower"):
+        OpenClipImageEmbedder.from_local(path, model_cfg=wider)
