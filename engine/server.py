@@ -604,7 +604,8 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
         events_persisted = {r: max((int(row["trial"]) for row in store.events(r)), default=-1) for r in store.runs()}
         with (
             ReliableReceiver(config.network.volumes, session_id, store.persisted(), key=volume_key,
-                             curve=curve, heartbeat_s=hb, name="engine") as volumes,
+                             curve=curve, heartbeat_s=hb, name="engine", max_key_jump=config.network.max_index_jump,
+                             max_message_bytes=config.network.max_message_bytes) as volumes,
             ReliableReceiver(config.network.events, session_id, events_persisted, key=trial_key,
                              curve=curve, heartbeat_s=hb, name="engine-events") as events,
         ):

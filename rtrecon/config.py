@@ -122,6 +122,17 @@ class NetworkSection(_Section):
     results: str = Field("tcp://127.0.0.1:5557", description="engine -> stimulus decoded results (the stimulus PC binds)")
     status: str = Field("tcp://127.0.0.1:5558", description="engine -> dashboard status feed (PUB)")
     heartbeat_s: float = Field(1.0, gt=0, description="seconds between heartbeats on every link")
+    max_message_mb: float = Field(
+        64.0, gt=0, le=4096, description="largest frame a receiver reads, in MiB (the session's largest volume; larger: refused)"
+    )
+    max_index_jump: int = Field(
+        100, ge=1, description="a volume more than this many indices after the run's last one is refused (missing volumes are sent as such)"
+    )
+
+    @property
+    def max_message_bytes(self) -> int:
+        """``max_message_mb`` in bytes, as :mod:`rtrecon.transport` takes it."""
+        return int(self.max_message_mb * (1 << 20))
 
     @field_validator("volumes", "events", "results", "status")
     @classmethod

@@ -147,12 +147,18 @@ __all__ = [
     "ReliableReceiver",
     "StatusPublisher",
     "StatusSubscriber",
+    "DEFAULT_MAX_MESSAGE_BYTES",
 ]
 
 log = logging.getLogger(__name__)
 
 Key = tuple[int, int]
 KeyFunc = Callable[[Message], Key]
+
+#: Largest frame a reliable receiver reads unless told otherwise: a 256×256×128 float64 volume.
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+#: Largest frame a sender or status subscriber reads (control and status messages are small).
+CONTROL_MAX_MESSAGE_BYTES = 1 << 20
 
 _SPOOL_MAGIC = b"RTRSPL1\n"
 _SPOOL_SUFFIX = ".frames"
@@ -197,6 +203,7 @@ class _Link:
         heartbeat_s: float,
         liveness: float,
         name: str,
+        max_message_bytes: int | None = None,
     ) -> None:
         if heartbeat_s <= 0 or liveness < 1:
             raise ValueError(f"{name}: heartbeat_s must be > 0 and liveness ≥ 1 (got {heartbeat_s}, {liveness})")
@@ -213,6 +220,9 @@ class _Link:
             self._socket.heartbeat_ivl = ivl
             self._socket.heartbeat_timeout = int(ivl * liveness)
             self._socket.heartbeat_ttl = int(ivl * liveness)
+            if max_message_bytes is not None:
+                # libzmq drops the connection of a peer whose frame is larger, before reading it.
+                self._socket.maxmsgsize = int(max_message_bytes)
             if curve is not None:
                 if bind:
                     self._auth = curve.apply_server(self._socket, self._context, name)
@@ -346,7 +356,7 @@ class ReliableSender(_Link):
         self._lock: int | None = None
         super().__init__(
             zmq.DEALER, endpoint, bind=False, curve=curve, server_role=server_role,
-            heartbeat_s=heartbeat_s, liveness=liveness, name=name,
+            heartbeat_s=heartbeat_s, liveness=liveness, name=name, max_message_bytes=CONTROL_MAX_MESSAGE_BYTES,
         )
         try:
             # Without IMMEDIATE, ZeroMQ would queue items on a pipe to a receiver not yet connected.
@@ -362,6 +372,7 @@ class ReliableSender(_Link):
             self.close()
             raise
         self._acked: dict[int, int] = {}
+        self._refused: dict[tuple[int, int], str] = {}
         self._queue: deque[_Item] = deque()
         self._cache: dict[int, list[bytes]] = {}
         self._connected = False
@@ -414,6 +425,11 @@ class ReliableSender(_Link):
     def acked(self) -> dict[int, int]:
         """run -> last key the receiver has acknowledged (as far as this sender knows)."""
         return dict(self._acked)
+
+    @property
+    def refused(self) -> dict[tuple[int, int], str]:
+        """(run, key) -> why the receiver refused that item (it counts as acknowledged)."""
+        return dict(self._refused)
 
     @property
     def connected(self) -> bool:
@@ -502,6 +518,10 @@ class ReliableSender(_Link):
                     log.warning("%s: dropped an ack of session %r from %s", self.name, message.session, peer)
                     continue
                 self._heard()
+                if message.refused >= 0 and (message.run, message.refused) not in self._refused:
+                    self._refused[(message.run, message.refused)] = message.reason
+                    log.warning("%s: receiver %s refused item %d of run %d: %s",
+                                self.name, peer, message.refused, message.run, message.reason)
                 if message.index > self._acked.get(message.run, -1):
                     self._acked[message.run] = message.index
             elif isinstance(message, HeartbeatMessage):
@@ -566,6 +586,7 @@ class ReliableSender(_Link):
 class _Delivered:
     key: int
     persisted: bool = False
+    refused: str = ""
 
 
 class ReliableReceiver(_Link):
@@ -574,7 +595,13 @@ class ReliableReceiver(_Link):
     ``persisted`` maps each run of ``session`` the application already holds to the last key
     it persisted (a restarted receiver passes what its store holds; runs left out have none).
     ``recv`` returns items in order, once each (their arrays are views of the received frames,
-    not copies); call ``ack`` for each after persisting it.
+    not copies); call ``ack`` for each after persisting it, or ``refuse`` for one that cannot be.
+
+    An item whose sequence frame is sound but whose payload is not (it does not decode, or
+    :func:`~rtrecon.wire.validate` refuses it), or whose key is more than ``max_key_jump`` above
+    the run's last item (None: no bound), is refused here: logged, never returned, and
+    acknowledged to the sender with the reason, so the link goes on. Frames larger than
+    ``max_message_bytes`` are refused by ZeroMQ itself (the sender's connection is dropped).
     """
 
     _PEER = "sender"
@@ -590,15 +617,22 @@ class ReliableReceiver(_Link):
         heartbeat_s: float = 1.0,
         liveness: float = 3,
         name: str = "engine",
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+        max_key_jump: int | None = None,
     ) -> None:
+        if max_key_jump is not None and max_key_jump < 1:
+            raise ValueError(f"{name}: max_key_jump must be ≥ 1 (got {max_key_jump})")
         super().__init__(
             zmq.ROUTER, endpoint, bind=True, curve=curve, server_role=None,
-            heartbeat_s=heartbeat_s, liveness=liveness, name=name,
+            heartbeat_s=heartbeat_s, liveness=liveness, name=name, max_message_bytes=max_message_bytes,
         )
         self.session = session
+        self.max_key_jump = max_key_jump
         self._key = key
         self._persisted: dict[int, int] = {int(r): int(k) for r, k in (persisted or {}).items()}
         self._delivered: dict[int, int] = dict(self._persisted)
+        # The last key delivered to the application, per run: key jumps are measured from it.
+        self._accepted: dict[int, int] = dict(self._persisted)
         self._unacked: dict[int, deque[_Delivered]] = {}
         self._peer: bytes | None = None
         self._peer_name = "?"
@@ -631,22 +665,37 @@ class ReliableReceiver(_Link):
 
     def ack(self, message: Message) -> None:
         """``message`` (returned by :meth:`recv`) is persisted: acknowledge it to the sender."""
+        self._done(*self._key(message), "")
+
+    def refuse(self, message: Message, reason: str) -> None:
+        """``message`` (returned by :meth:`recv`) cannot be used: acknowledge it with ``reason``.
+
+        The sender stops resending it and logs the reason; the link goes on with the next item.
+        """
         run, key = self._key(message)
+        log.warning("%s: refused item %d of run %d from %s: %s", self.name, key, run, self._peer_name, reason)
+        self._done(run, key, reason or "refused")
+
+    def _done(self, run: int, key: int, refused: str) -> None:
         for entry in self._unacked.get(run, ()):
             if entry.key == key:
                 entry.persisted = True
+                entry.refused = refused
                 break
         else:
             if key <= self._persisted.get(run, -1):
                 return
             raise ValueError(f"{self.name}: item {key} of run {run} was not delivered by this receiver")
         queue = self._unacked[run]
-        last = None
+        last, refused_key, reason = None, -1, ""
         while queue and queue[0].persisted:
-            last = queue.popleft().key
+            entry = queue.popleft()
+            last = entry.key
+            if entry.refused:
+                refused_key, reason = entry.key, entry.refused
         if last is not None:
             self._persisted[run] = last
-            self._send_to_peer(AckMessage(session=self.session, run=run, index=last))
+            self._send_to_peer(AckMessage(session=self.session, run=run, index=last, refused=refused_key, reason=reason[:500]))
 
     def _send_to_peer(self, message: Message) -> None:
         if self._peer is None:
@@ -675,13 +724,18 @@ class ReliableReceiver(_Link):
             if len(frames) < 2:
                 raise WireError("empty message")
             head = decode([frames[1].bytes])
-            # The item's arrays are read in place from the received frames (no copy of the voxels).
-            payload = decode([f.buffer for f in frames[2:]]) if isinstance(head, SequenceMessage) else None
-            if payload is None and len(frames) > 2:
+            if not isinstance(head, SequenceMessage) and len(frames) > 2:
                 raise WireError(f"a {head.KIND} message came with {len(frames) - 2} extra frame(s)")
         except WireError as exc:
             log.warning("%s: dropped a message from %s: %s", self.name, peer, exc)
             return None
+        payload: Message | str | None = None
+        if isinstance(head, SequenceMessage):
+            try:
+                # The item's arrays are read in place from the received frames (no copy of the voxels).
+                payload = decode([f.buffer for f in frames[2:]])
+            except WireError as exc:
+                payload = str(exc)  # a sound place in the sequence holding a bad item: refused there
         if isinstance(head, HelloMessage):
             if head.session != self.session:
                 log.warning("%s: sender %s at %s is in session %r, not %r: ignored", self.name, head.peer, address, head.session, self.session)
@@ -709,18 +763,26 @@ class ReliableReceiver(_Link):
         if name:
             self._peer_name = name
 
-    def _on_item(self, identity: bytes, head: SequenceMessage, payload: Message, peer: str) -> Message | None:
-        try:
-            run, key = self._key(payload)
-        except TypeError as exc:
-            log.warning("%s: dropped an item from %s: %s", self.name, peer, exc)
-            return None
+    def _on_item(self, identity: bytes, head: SequenceMessage, payload: Message | str, peer: str) -> Message | None:
         if head.session != self.session or getattr(payload, "session", self.session) != self.session:
             log.warning("%s: dropped an item of session %r from %s (this link is %r)", self.name, head.session, peer, self.session)
             return None
-        if (run, key) != (head.run, head.key):
-            log.warning("%s: dropped an item from %s: its sequence frame says run %d key %d, the %s says run %d key %d",
-                        self.name, peer, head.run, head.key, payload.KIND, run, key)
+        run, key = head.run, head.key
+        problem = payload if isinstance(payload, str) else None
+        if problem is None:
+            try:
+                item_key = self._key(payload)
+            except TypeError as exc:
+                problem = str(exc)
+            else:
+                if item_key != (run, key):
+                    log.warning("%s: dropped an item from %s: its sequence frame says run %d key %d, the %s says run %d key %d",
+                                self.name, peer, run, key, payload.KIND, *item_key)
+                    return None
+        if problem is not None and identity != self._peer:
+            # Only the sender that opened the link may have a bad item refused (which takes its
+            # key): from anyone else it is dropped, so a stray peer cannot use up the real keys.
+            log.warning("%s: dropped an item from %s: %s", self.name, peer, problem)
             return None
         self._adopt(identity, None, greet=True)
         last = self._delivered.get(run, -1)
@@ -732,9 +794,17 @@ class ReliableReceiver(_Link):
         if head.prev != last:
             log.debug("%s: item %d of run %d follows %d, not %d: dropped until resent", self.name, key, run, head.prev, last)
             return None
+        accepted = self._accepted.get(run, -1)
+        if problem is None and self.max_key_jump is not None and key - accepted > self.max_key_jump:
+            problem = f"key {key} jumps from {accepted} (more than {self.max_key_jump} ahead)"
         self._delivered[run] = key
         self._unacked.setdefault(run, deque()).append(_Delivered(key))
-        return payload
+        if problem is not None:
+            log.warning("%s: refused item %d of run %d from %s: %s", self.name, key, run, peer, problem)
+            self._done(run, key, problem)
+            return None
+        self._accepted[run] = key
+        return payload  # type: ignore[return-value]
 
 
 class StatusPublisher(_Link):
@@ -763,7 +833,8 @@ class StatusSubscriber(_Link):
         server_role: str = "engine",
         name: str = "dashboard",
     ) -> None:
-        super().__init__(zmq.SUB, endpoint, bind=False, curve=curve, server_role=server_role, heartbeat_s=1.0, liveness=3, name=name)
+        super().__init__(zmq.SUB, endpoint, bind=False, curve=curve, server_role=server_role, heartbeat_s=1.0, liveness=3,
+                         name=name, max_message_bytes=CONTROL_MAX_MESSAGE_BYTES)
         self._socket.subscribe(b"")
 
     def recv(self, timeout_s: float = 0.0) -> StatusMessage | None:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rtrecon.transport import ReliableSender, volume_key
-from rtrecon.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage
+from rtrecon.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage, WireError, validate
 from scanner_bridge.assembly import FileRejected, RunStarted, VolumeMissing, VolumeReady
 from scanner_bridge.sources import SourceEvent, VolumeSource
 from scanner_bridge.volume import AcquiredVolume
@@ -166,10 +166,17 @@ class BridgeSender:
                 stamps["written"] = written
             self._count(event.run, volume.index)
             stamps["sent"] = time.time()
-            message = self._send(volume_message(self.session, event.run, volume, stamps))
-            if message is not None:
+            message = volume_message(self.session, event.run, volume, stamps)
+            try:
+                validate(message)
+            except WireError as exc:
+                # An impossible volume (NaN TR, NaN affine, ...) goes on the link as missing, with why.
+                logger.warning("run %d volume %d refused before sending: %s", event.run, volume.index, exc)
+                return self.handle(VolumeMissing(event.run, volume.index, volume.series, f"refused by the bridge: {exc}"))
+            sent = self._send(message)
+            if sent is not None:
                 self.report.volumes += 1
-            return message
+            return sent
         if isinstance(event, VolumeMissing):
             self._count(event.run, event.index)
             message = self._send(VolumeMissingMessage(session=self.session, run=event.run, index=event.index, reason=event.reason))

@@ -156,3 +156,23 @@ def test_a_failing_source_is_reported_in_the_callers_thread(tmp_path: Path) -> N
     with ReliableSender(_endpoint(), SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
         with pytest.raises(OSError, match="export share went away"):
             BridgeSender(link).run(Broken([]))
+
+
+def test_impossible_volumes_go_out_as_missing_with_the_reason(tmp_path: Path) -> None:
+    # Issue 20, failure 3: a NaN TR on a run's first volume used to reach the engine's sidecar.
+    import dataclasses
+
+    events: list[SourceEvent] = [
+        VolumeReady(1, dataclasses.replace(_volume(0), tr=float("nan"))),
+        VolumeReady(1, dataclasses.replace(_volume(1), affine=np.full((4, 4), np.nan))),
+        VolumeReady(1, _volume(2)),
+    ]
+    endpoint = _endpoint()
+    receiver = _Receiver(endpoint)
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+        report = BridgeSender(link).run(_Scripted(events))
+    messages = receiver.stop()
+    assert (report.volumes, report.missing) == (1, 2) and report.all_acknowledged
+    kinds = [(type(m).__name__, getattr(m, "index", None)) for m in messages if not isinstance(m, RunEndMessage)]
+    assert kinds == [("VolumeMissingMessage", 0), ("VolumeMissingMessage", 1), ("VolumeMessage", 2)]
+    assert "volume.tr" in messages[0].reason and "volume.affine" in messages[1].reason
