@@ -78,9 +78,36 @@ class VolumeStore:
     SliceTiming, MissingVolumes). :meth:`persisted` reads the folder back for a restart.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, max_index_jump: int = 100) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_index_jump = max_index_jump
+        self._grids: dict[int, tuple[tuple[int, ...], np.dtype]] = {}
+
+    def _grid(self, run: int) -> tuple[tuple[int, ...], np.dtype] | None:
+        """(shape, dtype) of the run's stored volumes, from the first one stored."""
+        if run not in self._grids:
+            first = next(iter(sorted((self.root / f"run-{run:02d}").glob("vol-*[0-9].nii"))), None)
+            if first is None:
+                return None
+            header = nib.load(first).header
+            self._grids[run] = (tuple(int(n) for n in header.get_data_shape()), header.get_data_dtype())
+        return self._grids[run]
+
+    def problem(self, message: Message) -> str | None:
+        """Why ``message`` cannot join what is stored (None: it can); the listener refuses it then."""
+        if isinstance(message, VolumeMessage):
+            grid = self._grid(message.run)
+            voxels = np.asarray(message.voxels)
+            if grid is not None and (voxels.shape, voxels.dtype.newbyteorder("=")) != (grid[0], grid[1].newbyteorder("=")):
+                return (f"volume {message.index} is {voxels.shape} {voxels.dtype}, "
+                        f"the run's volumes are {grid[0]} {grid[1]} (a new run needs a new run number)")
+        elif isinstance(message, RunEndMessage):
+            held = self.persisted().get(message.run, -1)
+            if message.n_volumes > held + 1 + self.max_index_jump:
+                return (f"run end claims {message.n_volumes} volumes, {held + 1} arrived "
+                        f"(more than {self.max_index_jump} missing at the end)")
+        return None
 
     def _run_dir(self, run: int) -> Path:
         folder = self.root / f"run-{run:02d}"
@@ -275,14 +302,15 @@ def _listen(ns: argparse.Namespace, config: SessionConfig) -> int:
     endpoint = ns.addr or config.network.volumes
     session = ns.session or session_name(config)
     curve = _curve(ns.keys or config.security.keys_dir, ns.role)
-    store = VolumeStore(ns.out) if ns.out else None
+    store = VolumeStore(ns.out, max_index_jump=config.network.max_index_jump) if ns.out else None
     persisted = store.persisted() if store else {}
     stop = threading.Event()
     _on_signals(stop.set)
-    counts = {"volumes": 0, "missing": 0, "run_ends": 0}
+    counts = {"volumes": 0, "missing": 0, "run_ends": 0, "refused": 0}
     latencies: list[float] = []
     with ReliableReceiver(endpoint, session, persisted, curve=curve, heartbeat_s=config.network.heartbeat_s,
-                          name="listener") as rx:
+                          name="listener", max_key_jump=config.network.max_index_jump,
+                          max_message_bytes=config.network.max_message_bytes) as rx:
         if ns.json:
             print(json.dumps({"kind": "listening", "endpoint": endpoint, "session": session, "persisted": persisted}), flush=True)
         else:
@@ -296,6 +324,15 @@ def _listen(ns: argparse.Namespace, config: SessionConfig) -> int:
                 continue
             received = time.time()
             last = time.monotonic()
+            problem = store.problem(message) if store is not None else None
+            if problem is not None:
+                # Refused and acknowledged with the reason: a bad item must not stop the listener
+                # nor come back after its restart.
+                rx.refuse(message, problem)
+                counts["refused"] += 1
+                print(json.dumps({"kind": "refused", "run": message.run, "reason": problem}) if ns.json
+                      else f"run {message.run}: REFUSED ({problem})", flush=True)
+                continue
             if store is not None:
                 store.write(message)
             rx.ack(message)
@@ -315,7 +352,8 @@ def _listen(ns: argparse.Namespace, config: SessionConfig) -> int:
     if latencies:
         summary["median_latency_ms"] = float(np.median(latencies))
     print(json.dumps(summary) if ns.json else
-          f"received {counts['volumes']} volume(s), {counts['missing']} missing, {counts['run_ends']} run(s) ended", flush=True)
+          f"received {counts['volumes']} volume(s), {counts['missing']} missing, {counts['run_ends']} run(s) ended"
+          + (f", {counts['refused']} refused" if counts["refused"] else ""), flush=True)
     return 0
 
 

@@ -55,7 +55,7 @@ def test_replay_to_listen(tmp_path: Path, ref: Path, capsys: pytest.CaptureFixtu
     assert [(r["run"], r["index"]) for r in volumes] == [(2, i) for i in range(6)]
     assert all(r["shape"] == [64, 64, 36] and r["dtype"] == "int16" and r["tr"] == 3.2 for r in volumes)
     assert all(r["transit_ms"] >= 0 and r["latency_ms"] >= r["transit_ms"] for r in volumes)
-    assert records[-1] == {"summary": True, "volumes": 6, "missing": 0, "run_ends": 1,
+    assert records[-1] == {"summary": True, "volumes": 6, "missing": 0, "run_ends": 1, "refused": 0,
                            "median_latency_ms": pytest.approx(float(np.median([r["latency_ms"] for r in volumes])))}
     stored = nib.load(tmp_path / "out" / "run-02_bold.nii.gz")
     np.testing.assert_array_equal(np.asanyarray(stored.dataobj), np.asanyarray(nib.load(ref).dataobj))
@@ -141,3 +141,45 @@ def test_bad_input_is_named_with_exit_status_2(tmp_path: Path, capsys: pytest.Ca
     assert "nokeys" in err
     with pytest.raises(SystemExit):
         main(["bridge", "replay", "x.nii", "--speed", "2", "--fast"])  # one pace only
+
+
+def test_listen_out_refuses_what_crashed_it_and_restarts(tmp_path: Path, capsys) -> None:
+    # Issue 20, failure 4: a NaN affine, a shape change before run end and a run end claiming
+    # 300 000 volumes crashed `listen --out` (and again after each restart, never acknowledged).
+    from rtrecon.transport import ReliableSender
+    from rtrecon.wire import RunEndMessage, VolumeMessage
+
+    session = "sub-01_ses-01"
+
+    def volume(run: int, index: int, shape=(4, 4, 3), affine=np.eye(4)) -> VolumeMessage:
+        return VolumeMessage(session=session, run=run, index=index, tr=2.0,
+                             voxels=np.full(shape, index + 1, np.int16), affine=affine)
+
+    items = [
+        volume(1, 0), volume(1, 1, affine=np.full((4, 4), np.nan)), volume(1, 2, shape=(5, 4, 3)), volume(1, 3),
+        RunEndMessage(session=session, run=1, n_volumes=4),
+        volume(2, 0), RunEndMessage(session=session, run=2, n_volumes=300_000),
+        volume(3, 0), RunEndMessage(session=session, run=3, n_volumes=5_000),
+    ]
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    out = tmp_path / "out"
+    refused: dict = {}
+    for attempt in range(2):  # the second listener restarts on the same folder
+        listener, code = _in_thread(["bridge", "listen", endpoint, "--out", str(out), "--json", "--exit-after-idle", "1.5"])
+        with ReliableSender(endpoint, session, tmp_path / "spool", heartbeat_s=0.2) as tx:
+            if attempt == 0:
+                for item in items:
+                    tx.send(item)
+            assert tx.wait_acked(30)
+            refused.update(tx.refused)
+        listener.join(timeout=60)
+        assert code == [0]
+    assert set(refused) == {(1, 1), (1, 2), (2, 300_000), (3, 5_000)}
+    assert "volume.affine" in refused[(1, 1)] and "(5, 4, 3)" in refused[(1, 2)]
+    assert "run_end.n_volumes" in refused[(2, 300_000)] and "jumps" in refused[(3, 5_000)]
+    records = _json_lines(capsys.readouterr().out)
+    # The others never reach the store; those the store does not hold are refused again after the restart.
+    assert [r["run"] for r in records if r.get("kind") == "refused"] == [1]
+    stored = nib.load(out / "run-01_bold.nii.gz")
+    assert stored.shape == (4, 4, 3, 4)
+    assert json.loads((out / "run-01_bold.json").read_text())["MissingVolumes"] == [1, 2]
