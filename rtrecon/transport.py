@@ -113,12 +113,13 @@ import re
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
+import zmq.utils.monitor
 
 from rtrecon.keys import CurveKeys
 from rtrecon.wire import (
@@ -148,6 +149,7 @@ __all__ = [
     "StatusPublisher",
     "StatusSubscriber",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "link_clients",
 ]
 
 log = logging.getLogger(__name__)
@@ -180,6 +182,27 @@ def trial_key(message: Message) -> Key:
     raise TypeError(f"a {message.KIND} message does not travel on an event or result link")
 
 
+_HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no detail",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol error: security mechanism mismatch",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication refused",
+}
+_HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILURES)
+
+
+def link_clients(server_role: str, key: KeyFunc) -> tuple[str, ...] | None:
+    """The roles whose keys a reliable receiver of ``server_role`` admits on the link of ``key``.
+
+    The volume link admits the bridge; an event or result link the other end of the engine ⇄
+    stimulus pair. None (every known role) for a pairing the session does not define.
+    """
+    if key is volume_key:
+        return ("bridge",)
+    if key is trial_key:
+        return {"engine": ("stimulus",), "stimulus": ("engine",)}.get(server_role)
+    return None
+
+
 def _peer_address(frame: zmq.Frame) -> str:
     try:
         return frame.get("Peer-Address") or "?"
@@ -204,6 +227,7 @@ class _Link:
         liveness: float,
         name: str,
         max_message_bytes: int | None = None,
+        client_roles: Sequence[str] | None = None,
     ) -> None:
         if heartbeat_s <= 0 or liveness < 1:
             raise ValueError(f"{name}: heartbeat_s must be > 0 and liveness ≥ 1 (got {heartbeat_s}, {liveness})")
@@ -213,6 +237,10 @@ class _Link:
         self.liveness = liveness
         self._context = zmq.Context()
         self._auth = None
+        self._monitor: zmq.Socket | None = None
+        self._bind = bind
+        self._handshake_failed = False
+        self._next_redial = 0.0
         self._socket = self._context.socket(socket_type)
         try:
             self._socket.linger = 200
@@ -225,12 +253,15 @@ class _Link:
                 self._socket.maxmsgsize = int(max_message_bytes)
             if curve is not None:
                 if bind:
-                    self._auth = curve.apply_server(self._socket, self._context, name)
+                    self._auth = curve.apply_server(self._socket, self._context, name, client_roles)
                 else:
                     curve.apply_client(self._socket, server_role or "")
             if bind:
                 self._socket.bind(endpoint)
             else:
+                # libzmq gives up on an endpoint whose handshake failed for good (a peer without
+                # the same encryption held the port): the monitor sees it, and the link re-dials.
+                self._monitor = self._socket.get_monitor_socket(_HANDSHAKE_EVENTS)
                 self._socket.connect(endpoint)
         except Exception:
             self.close()
@@ -256,11 +287,44 @@ class _Link:
 
     def _wait(self, deadline: float, events: int) -> int:
         """Poll the socket until the deadline or the next heartbeat, whichever is first."""
+        self._watch_handshakes()
         wait = max(0.0, min(deadline, self._next_heartbeat) - time.monotonic())
         return self._socket.poll(int(wait * 1000), events)
 
+    def _watch_handshakes(self) -> None:
+        """Re-dial after a failed handshake (at most once per heartbeat), telling the operator once."""
+        if self._monitor is None:
+            return
+        while self._monitor.poll(0):
+            event = zmq.utils.monitor.recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self._handshake_failed:
+                    log.warning("%s: handshake with %s succeeded: the link is back", self.name, self.endpoint)
+                self._handshake_failed = False
+                continue
+            if not self._handshake_failed:
+                log.warning(
+                    "%s: handshake with %s failed (%s): the peer there does not use the same encryption "
+                    "(CURVE keys on one side only, or another program on the port); re-dialling until the right peer answers",
+                    self.name, self.endpoint, _HANDSHAKE_FAILURES.get(event["event"], event["event"]),
+                )
+            self._handshake_failed = True
+        now = time.monotonic()
+        if self._handshake_failed and now >= self._next_redial:
+            self._next_redial = now + self.heartbeat_s
+            try:
+                self._socket.disconnect(self.endpoint)
+            except zmq.ZMQError:
+                pass  # already dropped by libzmq
+            self._socket.connect(self.endpoint)
+
     def close(self) -> None:
         """Close the socket and its context (idempotent)."""
+        if self._monitor is not None:
+            if not self._socket.closed:
+                self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._socket is not None and not self._socket.closed:
             self._socket.close()
         if self._auth is not None:
@@ -619,12 +683,14 @@ class ReliableReceiver(_Link):
         name: str = "engine",
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
         max_key_jump: int | None = None,
+        client_roles: Sequence[str] | None = None,
     ) -> None:
         if max_key_jump is not None and max_key_jump < 1:
             raise ValueError(f"{name}: max_key_jump must be ≥ 1 (got {max_key_jump})")
         super().__init__(
             zmq.ROUTER, endpoint, bind=True, curve=curve, server_role=None,
             heartbeat_s=heartbeat_s, liveness=liveness, name=name, max_message_bytes=max_message_bytes,
+            client_roles=client_roles if client_roles is not None or curve is None else link_clients(curve.role, key),
         )
         self.session = session
         self.max_key_jump = max_key_jump
@@ -841,9 +907,12 @@ class StatusSubscriber(_Link):
         """The next status message, or None if none came within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:
+            self._watch_handshakes()
             remaining = max(0.0, deadline - time.monotonic())
-            if not self._socket.poll(int(remaining * 1000), zmq.POLLIN):
-                return None
+            if not self._socket.poll(int(min(remaining, 0.1) * 1000), zmq.POLLIN):
+                if time.monotonic() >= deadline:
+                    return None
+                continue
             frames = self._socket.recv_multipart(copy=False)
             try:
                 message = decode([f.bytes for f in frames])
