@@ -154,6 +154,23 @@ class BridgeSection(_Section):
     missing_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for a slice before the volume is declared missing")
     skip_existing: bool = Field(False, description="ignore files already in watch_dir when the bridge starts")
     spool_dir: Path = Field(Path("rtrecon_out/bridge_spool"), description="where unacknowledged volumes wait (survives restarts)")
+    dicom_ae_title: str = Field("RTRECON", pattern=r"^[ -\[\]-~]{1,16}$", description="`bridge receive`: this DICOM node's AE title")
+    dicom_host: str = Field("127.0.0.1", description="`bridge receive`: address the DICOM node listens on (the scanner-side network card)")
+    dicom_port: int = Field(11112, ge=0, le=65535, description="`bridge receive`: port the DICOM node listens on")
+    dicom_allowed_callers: tuple[str, ...] = Field(
+        (), description="`bridge receive`: calling AE titles admitted (the scanner's; others are refused; needed to start)"
+    )
+    ack_warn_trs: float = Field(
+        5.0, gt=0, description="warn when nothing has been acknowledged this many TRs after a volume was sent"
+    )
+
+    @field_validator("dicom_allowed_callers")
+    @classmethod
+    def _ae_titles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for title in value:
+            if not 1 <= len(title.strip()) <= 16 or "\\" in title or not title.isprintable():
+                raise ValueError(f"{title!r} is not a DICOM AE title (1-16 printable characters, no backslash)")
+        return value
 
 
 class SecuritySection(_Section):

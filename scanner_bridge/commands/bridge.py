@@ -3,7 +3,7 @@
 ::
 
     rtrecon bridge watch DIR --to tcp://engine:5555            # follow a scanner export folder
-    rtrecon bridge receive --ae-title RTRECON --port 11112 --to tcp://engine:5555   # DICOM node
+    rtrecon bridge receive --allowed-caller SCANNER --to tcp://engine:5555   # DICOM node
     rtrecon bridge replay FILE.nii.gz --to tcp://engine:5555 [--speed X | --fast]
     rtrecon bridge listen tcp://*:5555 [--out DIR]              # receive and report volumes
 
@@ -269,15 +269,25 @@ def _watch(ns: argparse.Namespace, config: SessionConfig) -> int:
 def _receive(ns: argparse.Namespace, config: SessionConfig) -> int:
     from scanner_bridge.dicom_node import DicomNode
 
+    b = config.bridge
+    callers = ns.allowed_caller or list(b.dicom_allowed_callers)
+    if not callers:
+        print("rtrecon bridge receive: no calling AE title is allowed to store (give the scanner's with "
+              "--allowed-caller AE or [bridge] dicom_allowed_callers)", file=sys.stderr)
+        return 2
+    ae_title = ns.ae_title or b.dicom_ae_title
+    host = ns.host or b.dicom_host
+    port = b.dicom_port if ns.port is None else ns.port
+
     def make(config: SessionConfig) -> VolumeSource:
         node = DicomNode(
-            ns.ae_title, ns.host, ns.port,
-            allowed_callers=ns.allowed_caller,
+            ae_title, host, port,
+            allowed_callers=callers,
             missing_timeout_s=ns.missing_timeout or config.bridge.missing_timeout_s,
             idle_exit_s=ns.exit_after_idle,
             store_dir=ns.store or (ns.spool or config.bridge.spool_dir) / "dicom_node" / (ns.session or session_name(config)),
         )
-        print(f"DICOM node {ns.ae_title} listening on {node.host}:{node.port}", flush=True)
+        print(f"DICOM node {ae_title} listening on {node.host}:{node.port} for {', '.join(callers)}", flush=True)
         return node
 
     return _send(ns, config, make)
@@ -437,13 +447,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     watch.set_defaults(func=_runner(_watch))
 
     receive = sub.add_parser("receive", help="run a DICOM storage node (C-STORE SCP) and send its volumes")
-    receive.add_argument("--ae-title", default="RTRECON", help="this node's AE title (default: %(default)s)")
-    receive.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    receive.add_argument("--port", type=int, default=11112, help="port to listen on (default: %(default)s)")
+    receive.add_argument("--ae-title", help="this node's AE title (default: [bridge] dicom_ae_title, RTRECON)")
+    receive.add_argument("--host", help="address to listen on (default: [bridge] dicom_host, 127.0.0.1)")
+    receive.add_argument("--port", type=int, help="port to listen on (default: [bridge] dicom_port, 11112)")
     receive.add_argument("--store", type=Path, help="folder where each received object is persisted before the scanner is told it "
                          "is stored, and re-read after a restart (default: SPOOL/dicom_node/SESSION; holds full DICOM headers, "
                          "scanner side only)")
-    receive.add_argument("--allowed-caller", action="append", metavar="AE", help="admit only this calling AE title (repeatable)")
+    receive.add_argument("--allowed-caller", action="append", metavar="AE",
+                         help="admit this calling AE title (repeatable; default: [bridge] dicom_allowed_callers; "
+                         "one is needed, others are refused)")
     _sender(receive)
     receive.set_defaults(func=_runner(_receive))
 

@@ -183,3 +183,40 @@ def test_listen_out_refuses_what_crashed_it_and_restarts(tmp_path: Path, capsys)
     stored = nib.load(out / "run-01_bold.nii.gz")
     assert stored.shape == (4, 4, 3, 4)
     assert json.loads((out / "run-01_bold.json").read_text())["MissingVolumes"] == [1, 2]
+
+
+def test_dicom_node_listens_where_the_config_says_and_refuses_other_callers(tmp_path: Path, dicom_dir: Path, caplog, capsys) -> None:
+    # Issue 20, failure 7: the node listened on 0.0.0.0:11112 and stored a push from any caller.
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="scanner_bridge.dicom_node")
+    assert main(["bridge", "receive", "--to", "tcp://127.0.0.1:1", "--spool", str(tmp_path / "s0")]) == 2
+    assert "no calling AE title is allowed" in capsys.readouterr().err
+    endpoint, dicom_port = f"tcp://127.0.0.1:{_free_port()}", _free_port()
+    config = tmp_path / "session.toml"
+    config.write_text(f'[network]\nvolumes = "{endpoint}"\n[bridge]\ndicom_port = {dicom_port}\n'
+                      f'dicom_ae_title = "RTNODE"\ndicom_allowed_callers = ["CONSOLE"]\nspool_dir = "spool"\n')
+    listener, listen_code = _in_thread(["bridge", "listen", "--config", str(config), "--json", "--runs", "1"])
+    node, node_code = _in_thread(["bridge", "receive", "--config", str(config), "--exit-after-idle", "2.0"])
+    datasets = [pydicom.dcmread(p) for p in sorted((dicom_dir / EP2D / "dicom").iterdir())][:2]
+
+    def associate(calling: str):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+        return ae.associate("127.0.0.1", dicom_port, ae_title="RTNODE")
+
+    deadline = time.monotonic() + 30
+    while not (assoc := associate("CONSOLE")).is_established:
+        assert time.monotonic() < deadline, "the DICOM node never came up"
+        time.sleep(0.1)
+    intruder = associate("INTRUDER")
+    assert not intruder.is_established and intruder.is_rejected
+    assert [assoc.send_c_store(ds).Status for ds in datasets] == [0, 0]
+    assoc.release()
+    node.join(timeout=60)
+    listener.join(timeout=60)
+    assert (node_code, listen_code) == ([0], [0])
+    out = capsys.readouterr().out
+    assert f"listening on 127.0.0.1:{dicom_port} for CONSOLE" in out
+    assert [r["index"] for r in _json_lines(out) if r.get("kind") == "volume"] == [0, 1]
+    assert any("refused an association from INTRUDER" in r.getMessage() for r in caplog.records)
