@@ -222,16 +222,30 @@ def _send(ns: argparse.Namespace, config: SessionConfig, make_source: Callable[[
     from rtrecon.transport import ReliableSender
     from scanner_bridge.sender import BridgeSender
 
+    from rtrecon.session import startup_problems
+
     endpoint = ns.to or config.network.volumes
     session = ns.session or session_name(config)
     spool = ns.spool or config.bridge.spool_dir
-    curve = _curve(ns.keys or config.security.keys_dir, "bridge")
+    keys = ns.keys or config.security.keys_dir
+    # What this command will use (the command line wins), checked before any source is opened;
+    # the export folder is the watcher's to check.
+    used = config.model_copy(update={
+        "bridge": config.bridge.model_copy(update={"spool_dir": spool, "watch_dir": None}),
+        "security": config.security.model_copy(update={"keys_dir": keys}),
+    })
+    if problems := startup_problems(used, "bridge"):
+        for problem in problems:
+            print(f"rtrecon bridge: {problem}", file=sys.stderr)
+        return 2
+    curve = _curve(keys, "bridge")
     source = make_source(config)
     _on_signals(source.close)
     with ReliableSender(endpoint, session, spool, curve=curve, server_role=ns.server_role,
                         heartbeat_s=config.network.heartbeat_s) as link:
         print(f"bridge: session {session} → {endpoint} (spool {spool}{', CURVE' if curve else ''})", flush=True)
-        report = BridgeSender(link, drain_timeout_s=ns.drain_timeout, on_event=_print_event).run(source)
+        report = BridgeSender(link, drain_timeout_s=ns.drain_timeout, on_event=_print_event,
+                              ack_warn_trs=config.bridge.ack_warn_trs).run(source)
     print(
         f"bridge: {report.volumes} volume(s) sent, {report.already_spooled} already sent before, "
         f"{report.missing} missing, {report.rejected} file(s) rejected, {report.run_ends} run(s) ended; "

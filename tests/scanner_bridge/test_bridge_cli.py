@@ -220,3 +220,13 @@ def test_dicom_node_listens_where_the_config_says_and_refuses_other_callers(tmp_
     assert f"listening on 127.0.0.1:{dicom_port} for CONSOLE" in out
     assert [r["index"] for r in _json_lines(out) if r.get("kind") == "volume"] == [0, 1]
     assert any("refused an association from INTRUDER" in r.getMessage() for r in caplog.records)
+
+
+def test_bridge_checks_its_spool_and_keys_before_reading_anything(tmp_path: Path, ref: Path, capsys) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    args = ["bridge", "replay", str(ref), "--to", "tcp://127.0.0.1:1", "--fast"]
+    assert main([*args, "--spool", str(blocked / "spool"), "--keys", str(tmp_path / "nokeys")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("rtrecon bridge: ") for line in lines)
+    assert "bridge.spool_dir" in lines[0] and "security.keys_dir" in lines[1] and "nokeys" in lines[1]
