@@ -258,6 +258,9 @@ class Engine:
             return "all voxels are zero"
         if np.asarray(msg.affine).shape != (4, 4) or msg.tr <= 0:
             return "bad affine or TR"
+        stored = self.store.volume_dtype(msg.run)
+        if stored is not None and voxels.dtype.newbyteorder("=") != stored.newbyteorder("="):
+            return f"dtype {voxels.dtype} differs from the run's {stored}"  # a cast would wrap or round
         return None
 
     def _on_missing(self, msg: VolumeMissingMessage, ack: Callable[[Message], None]) -> None:

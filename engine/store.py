@@ -295,8 +295,16 @@ class SessionStore:
             live = self._live[run] = _LiveRun.create(self.bold_path(run, live=True), volume, affine, tr)
         elif volume.shape != live.shape:
             raise ValueError(f"volume shape {volume.shape} differs from run {run}'s {live.shape}")
+        elif volume.dtype.newbyteorder("=") != live.dtype.newbyteorder("="):
+            # A cast would wrap or round silently (3.2e6 stored as 32744 in an int16 run).
+            raise ValueError(f"volume dtype {volume.dtype} differs from run {run}'s {live.dtype}")
         live.append(volume)
         return live.n - 1
+
+    def volume_dtype(self, run: int) -> np.dtype | None:
+        """The dtype of the run's stored volumes (None: none stored yet, or the run has ended)."""
+        live = None if self.is_ended(run) else self._live_run(run)
+        return None if live is None else live.dtype
 
     def append_missing(self, run: int) -> int:
         """Persist a zero volume in place of one that never came or could not be used."""

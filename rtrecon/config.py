@@ -160,6 +160,9 @@ class BridgeSection(_Section):
     dicom_allowed_callers: tuple[str, ...] = Field(
         (), description="`bridge receive`: calling AE titles admitted (the scanner's; others are refused; needed to start)"
     )
+    max_lead: int = Field(
+        8, ge=1, description="volumes sent ahead of the engine's acknowledgements at most (backpressure; the rest wait in the spool)"
+    )
     ack_warn_trs: float = Field(
         5.0, gt=0, description="warn when nothing has been acknowledged this many TRs after a volume was sent"
     )

@@ -26,21 +26,25 @@ is given (``send`` takes the time of a file write and fsync)::
 API (all keyword arguments after ``*`` are optional)::
 
     ReliableSender(endpoint, session, spool_dir, *, key=volume_key, curve=None,
-                   server_role="engine", heartbeat_s=1.0, liveness=3, name="bridge")
+                   server_role="engine", heartbeat_s=1.0, liveness=3, name="bridge", max_in_flight=None)
         .send(message) -> (run, key)      spool (atomic rename + fsync), queue, send; never blocks
         .poll(timeout_s=0.0) -> None      do the link's I/O for up to timeout_s
         .wait_acked(timeout_s) -> bool    poll until every spooled item is acknowledged
         .pending -> int                   spooled items not yet acknowledged
         .spooled -> dict[int, int]        run -> last key spooled (a restarted owner resumes after it)
         .acked -> dict[int, int]          run -> last acknowledged key (-1: none)
+        .refused -> dict[(run, key), str] items the receiver refused, and why (they count as acked)
+        .lead -> int, .max_lead -> int    items sent and not yet acknowledged (now, at most so far)
         .connected -> bool                the receiver has answered and is alive
         .peer_alive -> bool               heard from the receiver within liveness × heartbeat_s
         .close(); context manager
 
     ReliableReceiver(endpoint, session, persisted=None, *, key=volume_key, curve=None,
-                     heartbeat_s=1.0, liveness=3, name="engine")
+                     heartbeat_s=1.0, liveness=3, name="engine", max_message_bytes=64 MiB,
+                     max_key_jump=None, client_roles=None)
         .recv(timeout_s=0.0) -> Message | None   next item in order; control traffic handled inside
         .ack(message) -> None             the application has persisted ``message``
+        .refuse(message, reason) -> None  the application cannot use ``message``: acknowledged with the reason
         .persisted -> dict[int, int]      run -> last key acknowledged (constructor's + acks)
         .peer_alive -> bool               heard from the sender within liveness × heartbeat_s
         .close(); context manager
@@ -92,6 +96,15 @@ and re-dialled. The owner must therefore call ``poll``/``recv`` at least once pe
 Bad traffic. A frame that does not decode (not JSON, unknown kind or version, wrong sizes, ...),
 an item of another session, or one whose key disagrees with its sequence frame is logged as a
 warning naming the peer (its address and name) and the reason, dropped, and the link goes on.
+An item of the current sender whose sequence frame is sound but whose payload is not (it does
+not decode, :func:`~rtrecon.wire.validate` refuses it, its key jumps more than ``max_key_jump``)
+is refused: acknowledged with the reason (:class:`~rtrecon.wire.AckMessage` ``refused``,
+``reason``), so that it is not resent forever and the sender can tell its operator. Frames
+larger than ``max_message_bytes`` are refused by libzmq before they are read.
+
+Handshakes. A connecting end whose handshake fails (a peer with the other encryption setting
+held the port: libzmq then stops re-dialling for good) logs it once and re-dials every
+heartbeat until the right peer answers.
 
 One sender per link: two senders would interleave their sequences and each be resent to forever.
 
@@ -391,6 +404,9 @@ class ReliableSender(_Link):
     """The sending end of a reliable link (DEALER, connects to ``endpoint``).
 
     ``spool_dir`` is this link's spool (one per sender): items live in ``spool_dir/<session>/``.
+    With ``max_in_flight``, at most that many items are on the wire unacknowledged (backpressure:
+    the rest wait in the spool, so a fast source cannot flood the receiver's memory); ``lead``
+    and ``max_lead`` report how far ahead of the receiver the sender is.
     A sender started on a spool that already holds items of ``session`` (a restart) reloads them
     and resends whatever the receiver has not persisted. ``key`` maps an item to (run, key).
     With ``curve``, the receiver must be the CURVE server of role ``server_role``.
@@ -411,7 +427,12 @@ class ReliableSender(_Link):
         heartbeat_s: float = 1.0,
         liveness: float = 3,
         name: str = "bridge",
+        max_in_flight: int | None = None,
     ) -> None:
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"{name}: max_in_flight must be ≥ 1 (got {max_in_flight})")
+        self.max_in_flight = max_in_flight
+        self.max_lead = 0  # the most items seen sent and not yet acknowledged
         self.session = session
         self._key = key
         self._spool = Path(spool_dir) / re.sub(r"[^A-Za-z0-9._-]", "_", session)
@@ -489,6 +510,11 @@ class ReliableSender(_Link):
     def acked(self) -> dict[int, int]:
         """run -> last key the receiver has acknowledged (as far as this sender knows)."""
         return dict(self._acked)
+
+    @property
+    def lead(self) -> int:
+        """Items sent and not yet acknowledged while connected (at most ``max_in_flight``)."""
+        return max(0, self.pending - len(self._queue)) if self._connected else 0
 
     @property
     def refused(self) -> dict[tuple[int, int], str]:
@@ -635,7 +661,10 @@ class ReliableSender(_Link):
             except zmq.Again:
                 # No connection yet: retry at the next poll, so the Hello goes out as soon as one is up.
                 self._next_heartbeat = now + min(self.heartbeat_s, 0.05)
+        lead = self.lead if self._connected and self._queue else 0
         while self._connected and self._queue:
+            if self.max_in_flight is not None and lead >= self.max_in_flight:
+                return
             item = self._queue[0]
             frames = self._cache.get(item.seq) or _read_spool(item.path)
             try:
@@ -644,6 +673,8 @@ class ReliableSender(_Link):
                 return
             self._queue.popleft()
             self._cache.pop(item.seq, None)
+            lead += 1
+            self.max_lead = max(self.max_lead, lead)
 
 
 @dataclass

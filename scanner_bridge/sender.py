@@ -89,6 +89,7 @@ class SendReport:
     already_spooled: int = 0
     run_ends: int = 0
     ack_warnings: int = 0
+    max_lead: int = 0  # the most items sent and not yet acknowledged
     all_acknowledged: bool = False
     runs: dict[int, int] = field(default_factory=dict)  # run -> number of volumes (last index + 1)
 
@@ -165,6 +166,7 @@ class BridgeSender:
             self.link.poll(min(0.05, max(0.0, deadline - time.monotonic())))
             self._watch_acks()
         self.report.all_acknowledged = self.link.pending == 0
+        self.report.max_lead = self.link.max_lead
         if not self.report.all_acknowledged:
             logger.warning("%d item(s) not acknowledged by the receiver after %.0f s; they stay in the spool",
                            self.link.pending, self.drain_timeout_s)

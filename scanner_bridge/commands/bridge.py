@@ -242,13 +242,14 @@ def _send(ns: argparse.Namespace, config: SessionConfig, make_source: Callable[[
     source = make_source(config)
     _on_signals(source.close)
     with ReliableSender(endpoint, session, spool, curve=curve, server_role=ns.server_role,
-                        heartbeat_s=config.network.heartbeat_s) as link:
+                        heartbeat_s=config.network.heartbeat_s, max_in_flight=config.bridge.max_lead) as link:
         print(f"bridge: session {session} → {endpoint} (spool {spool}{', CURVE' if curve else ''})", flush=True)
         report = BridgeSender(link, drain_timeout_s=ns.drain_timeout, on_event=_print_event,
                               ack_warn_trs=config.bridge.ack_warn_trs).run(source)
     print(
         f"bridge: {report.volumes} volume(s) sent, {report.already_spooled} already sent before, "
-        f"{report.missing} missing, {report.rejected} file(s) rejected, {report.run_ends} run(s) ended; "
+        f"{report.missing} missing, {report.rejected} file(s) rejected, {report.run_ends} run(s) ended, "
+        f"at most {report.max_lead} ahead of the receiver (bound {config.bridge.max_lead}); "
         + ("all acknowledged" if report.all_acknowledged else "NOT all acknowledged (kept in the spool)"),
         flush=True,
     )

@@ -421,3 +421,15 @@ def test_a_store_with_bad_event_rows_from_an_older_version_still_restarts(tmp_pa
     assert len(skipped) == 4 and "onset" in skipped[1] and "duration" in skipped[2] and "duration" in skipped[3]
     _stream(restarted, 12, 16, end=False)  # and it goes on with the run
     assert restarted.store.n_volumes(1) == 16
+
+
+def test_a_volume_of_another_dtype_is_stored_as_missing_with_the_reason(tmp_path, caplog):
+    engine = _engine(tmp_path)
+    caplog.set_level(logging.ERROR, logger="engine")
+    _stream(engine, 0, 6, end=False)
+    engine.handle(VolumeMessage(session=SESSION, run=1, index=6, tr=TR, voxels=_phantom()[0][6].astype(np.float64), affine=AFFINE))
+    _stream(engine, 7, 9, end=False)
+    engine.join_background()
+    assert "dtype float64 differs from the run's float32" in caplog.text
+    assert engine.store.n_volumes(1) == 9 and engine.store.volume(1, 6) is None
+    np.testing.assert_array_equal(engine.store.volume(1, 7), _phantom()[0][7])

@@ -535,3 +535,30 @@ def test_a_200_mb_frame_is_refused_before_it_is_read(endpoint: str, tmp_path: Pa
         with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx:
             tx.send(_volume(0))
             assert [m.index for m in _exchange(tx, rx, 1)] == [0]
+
+
+def test_sender_lead_is_bounded_and_reported(endpoint: str, tmp_path: Path) -> None:
+    # Issue 20, failure 8: a --fast replay ran 39 s ahead and the engine held 2.3 GB of queued volumes.
+    with (
+        ReliableReceiver(endpoint, SESSION, heartbeat_s=HB) as rx,
+        ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB, max_in_flight=3) as tx,
+    ):
+        for index in range(20):
+            tx.send(_volume(index))
+        # The receiver reads without acknowledging: nothing beyond the bound reaches it.
+        held: list = []
+
+        def step() -> None:
+            tx.poll(0.005)
+            message = rx.recv(0.005)
+            if message is not None:
+                held.append(message)
+
+        _until(lambda: len(held) == 3, step, 10, "the first items")
+        for _ in range(30):
+            step()
+        assert [m.index for m in held] == [0, 1, 2] and tx.lead == 3 and tx.pending == 20
+        for message in held:
+            rx.ack(message)
+        got = _exchange(tx, rx, 17)
+        assert [m.index for m in got] == list(range(3, 20)) and tx.max_lead == 3 and tx.lead == 0
