@@ -51,7 +51,8 @@ _warned_rows: set[tuple[Path, int]] = set()
 def _event_row_problem(path: Path, line: int, row: Mapping[str, str]) -> str | None:
     """Why an events row cannot be used (None: it can), warned once per row."""
     try:
-        int(row["engine_volumes"])
+        if row.get("engine_volumes", "n/a") != "n/a":
+            int(row["engine_volumes"])
         response_time = None if row["response_time"] == "n/a" else float(row["response_time"])
         validate(EventMessage(session="", run=0, trial=int(row["trial"]), onset=float(row["onset"]),
                               duration=float(row["duration"]), trial_type=row["trial_type"], response_time=response_time))
