@@ -149,6 +149,9 @@ class TrialResultMessage(Message):
     image: np.ndarray | None = None
     embedding: np.ndarray | None = None
     decoder: str = ""
+    release: int = 0
+    release_s: float = 0.0
+    final: bool = False
     latencies: dict[str, float] = field(default_factory=dict)
     stamps: dict[str, float] = field(default_factory=dict)
 
@@ -518,6 +521,7 @@ def _check_result(m: TrialResultMessage) -> None:
     k = m.KIND
     _at_least(k, "run", m.run, 0)
     _at_least(k, "trial", m.trial, 0)
+    _at_least(k, "release", m.release, 0)
     if len(m.scores) > len(m.retrieved):
         raise WireError(f"{k}.scores: {len(m.scores)} scores for {len(m.retrieved)} retrieved ids")
     if m.image is not None:

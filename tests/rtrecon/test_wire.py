@@ -319,3 +319,10 @@ def test_status_metrics_may_be_unknown() -> None:
     # Control: the first volume's displacement is NaN ("not known yet") and is for display only.
     decoded = decode(encode(StatusMessage(process="engine", state="running", metrics={"fd_mm": float("nan")})))
     assert np.isnan(decoded.metrics["fd_mm"])
+
+
+def test_result_release_fields_travel_and_are_checked() -> None:
+    message = TrialResultMessage(session="s", run=1, trial=2, release=1, release_s=9.6, final=True)
+    assert decode(encode(message)) == message
+    _rejects(encode(TrialResultMessage(session="s", run=1, trial=2, release=-1)), "trial_result.release")
+    _rejects(encode(TrialResultMessage(session="s", run=1, trial=2, release_s=float("nan"))), "trial_result.release_s")
