@@ -5,8 +5,8 @@ replaced by arbitrary JSON, and raw frames: decoding either returns a message eq
 encoded and valid, or raises :class:`WireError`, never anything else. Socket level: a hostile peer
 speaks to each end of the volume, event and result links (receiver and sender side); each end
 then still serves valid traffic. In CI this decodes 10 300 generated messages (1 500 generated,
-500 × 8 with mangled headers, 300 × 8 with mangled frames, 300 × 8 raw) and sends at least 120
-to each of the six link ends; set ``RTRECON_FUZZ=N`` for N times more.
+500 × 8 with mangled headers, 300 × 8 with mangled frames, 300 × 8 raw) and sends 20 batches of
+1 to 10 hostile messages to each of the six link ends; set ``RTRECON_FUZZ=N`` for N times more.
 """
 
 from __future__ import annotations
@@ -285,7 +285,8 @@ def test_hostile_sender_then_the_receiver_still_serves(link: str, tmp_path: Path
     key, make = LINKS[link]
     endpoint = _endpoint()
     with ReliableReceiver(endpoint, SESSION, key=key, heartbeat_s=0.2, max_key_jump=100) as rx:
-        raw = zmq.Context.instance().socket(zmq.DEALER)
+        context = zmq.Context()  # its own, so that term() releases the port before the real peer binds
+        raw = context.socket(zmq.DEALER)
         raw.linger = 0
         raw.connect(endpoint)
         raw.send_multipart(encode(HelloMessage(peer="hostile", session=SESSION, attempt=1)))
@@ -309,6 +310,7 @@ def test_hostile_sender_then_the_receiver_still_serves(link: str, tmp_path: Path
                 pass
         finally:
             raw.close()
+            context.term()
         assert sent[0] >= 20
         with ReliableSender(endpoint, SESSION, tmp_path / "spool", key=key, heartbeat_s=0.2) as tx:
             _serves_valid_traffic(rx, tx, make)
@@ -319,7 +321,8 @@ def test_hostile_receiver_then_the_sender_still_serves(link: str, tmp_path: Path
     key, make = LINKS[link]
     endpoint = _endpoint()
     with ReliableSender(endpoint, SESSION, tmp_path / "spool", key=key, heartbeat_s=0.2) as tx:
-        raw = zmq.Context.instance().socket(zmq.ROUTER)
+        context = zmq.Context()  # its own, so that term() releases the port before the real peer binds
+        raw = context.socket(zmq.ROUTER)
         raw.linger = 0
         raw.bind(endpoint)
         identity: list[bytes] = []
@@ -350,6 +353,7 @@ def test_hostile_receiver_then_the_sender_still_serves(link: str, tmp_path: Path
             tx.poll(0.3)  # take in all the hostile traffic before the real receiver comes
         finally:
             raw.close()
+            context.term()
         assert sent[0] >= 20
         # The real receiver comes up on the same port; the sender finds it and delivers.
         with ReliableReceiver(endpoint, SESSION, key=key, heartbeat_s=0.2) as rx:
