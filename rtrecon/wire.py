@@ -455,7 +455,7 @@ def _decode(frames: Sequence[bytes]) -> Message:
     if missing:
         raise WireError(f"{kind}: missing field(s) {', '.join(sorted(missing))}")
     message = cls(**values)
-    validate(message)
+    _check_meaning(message)
     return message
 
 
@@ -584,11 +584,22 @@ _CHECKS: Mapping[type[Message], Callable[[Any], None]] = types.MappingProxyType(
 
 
 def validate(message: Message) -> None:
-    """Raise :class:`WireError` naming the first value of ``message`` that cannot be real.
+    """Raise :class:`WireError` naming the first value of ``message`` that :func:`decode` would refuse.
 
-    :func:`decode` calls it on every message it returns; a sender calls it to refuse an item
-    (a volume with a NaN TR, an event with a NaN onset) before it is spooled.
+    The same checks as :func:`decode` (each field's type, finite numbers, 64-bit integers, then
+    what the values mean), so a sender can refuse an item (a volume with a NaN TR, an event with
+    a NaN onset) before it is spooled instead of having it refused by the receiver.
     """
+    schema = _schema(type(message))
+    for name, adapter in schema.adapters.items():
+        try:
+            adapter.validate_python(getattr(message, name))
+        except ValidationError as exc:
+            raise WireError(f"{message.KIND}.{name}: {exc.errors()[0]['msg']} (got {str(getattr(message, name))[:100]})") from exc
+    _check_meaning(message)
+
+
+def _check_meaning(message: Message) -> None:
     check = _CHECKS.get(type(message))
     if check is not None:
         check(message)

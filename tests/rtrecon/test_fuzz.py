@@ -29,6 +29,7 @@ from hypothesis.extra import numpy as hnp
 
 from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
 from rtrecon.wire import (
+    MAX_HEADER_BYTES,
     MESSAGE_TYPES,
     EventMessage,
     HelloMessage,
@@ -146,14 +147,10 @@ def test_generated_messages_round_trip_or_are_refused(message: Message) -> None:
     decoded = _decodes_safely(frames)
     if decoded is not None:
         assert type(decoded) is type(message) and _same(message, decoded)
-    else:
-        try:
+    elif len(frames[0]) <= MAX_HEADER_BYTES:
+        # What the receiver refuses, the sender's own check refuses too (so it never spools it).
+        with pytest.raises(WireError):
             validate(message)
-        except WireError:
-            return
-        # validate() accepted it: only a field outside the wire's types may have refused it.
-        with pytest.raises(WireError, match=r"(valid integer|less than or equal|greater than or equal|at most|at least|should have)"):
-            decode(frames)
 
 
 MUTANTS = 8  # messages derived from each generated one
