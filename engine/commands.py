@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 
 from rtrecon.config import ConfigError
 
@@ -20,8 +21,13 @@ __all__ = ["configure", "main"]
 
 def main(args: argparse.Namespace) -> int:
     from engine.server import serve
+    from engine.startup import startup_problems
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if problems := startup_problems(args.config):  # before any data is accepted: one line each
+        for problem in problems:
+            print(f"rtrecon engine: {problem}", file=sys.stderr)
+        return 2
     stopping = []
 
     def _stop(signum, frame) -> None:

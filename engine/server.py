@@ -260,6 +260,9 @@ class Engine:
             return "all voxels are zero"
         if np.asarray(msg.affine).shape != (4, 4) or msg.tr <= 0:
             return "bad affine or TR"
+        stored = self.store.volume_dtype(msg.run)
+        if stored is not None and voxels.dtype.newbyteorder("=") != stored.newbyteorder("="):
+            return f"dtype {voxels.dtype} differs from the run's {stored}"  # a cast would wrap or round
         return None
 
     def _on_missing(self, msg: VolumeMissingMessage, ack: Callable[[Message], None]) -> None:
@@ -612,7 +615,8 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
         events_persisted = {r: max((int(row["trial"]) for row in store.events(r)), default=-1) for r in store.runs()}
         with (
             ReliableReceiver(config.network.volumes, session_id, store.persisted(), key=volume_key,
-                             curve=curve, heartbeat_s=hb, name="engine") as volumes,
+                             curve=curve, heartbeat_s=hb, name="engine", max_key_jump=config.network.max_index_jump,
+                             max_message_bytes=config.network.max_message_bytes) as volumes,
             ReliableReceiver(config.network.events, session_id, events_persisted, key=trial_key,
                              curve=curve, heartbeat_s=hb, name="engine-events") as events,
         ):

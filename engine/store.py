@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,9 +36,33 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from rtrecon.wire import EventMessage, WireError, validate
+
 __all__ = ["SessionStore", "AppendTable"]
 
 _HEADER_BYTES = 352  # NIfTI-1 header + the 4 extension bytes: data start right after
+
+
+log = logging.getLogger(__name__)
+
+_warned_rows: set[tuple[Path, int]] = set()
+
+
+def _event_row_problem(path: Path, line: int, row: Mapping[str, str]) -> str | None:
+    """Why an events row cannot be used (None: it can), warned once per row."""
+    try:
+        if row.get("engine_volumes", "n/a") != "n/a":
+            int(row["engine_volumes"])
+        response_time = None if row["response_time"] == "n/a" else float(row["response_time"])
+        validate(EventMessage(session="", run=0, trial=int(row["trial"]), onset=float(row["onset"]),
+                              duration=float(row["duration"]), trial_type=row["trial_type"], response_time=response_time))
+        return None
+    except (KeyError, TypeError, ValueError, WireError) as exc:
+        problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, WireError) else str(exc)
+    if (path, line) not in _warned_rows:
+        _warned_rows.add((path, line))
+        log.warning("%s line %d: event skipped, it cannot be used (%s)", path, line, problem)
+    return problem
 
 
 def _fsync_dir(path: Path) -> None:
@@ -271,8 +296,16 @@ class SessionStore:
             live = self._live[run] = _LiveRun.create(self.bold_path(run, live=True), volume, affine, tr)
         elif volume.shape != live.shape:
             raise ValueError(f"volume shape {volume.shape} differs from run {run}'s {live.shape}")
+        elif volume.dtype.newbyteorder("=") != live.dtype.newbyteorder("="):
+            # A cast would wrap or round silently (3.2e6 stored as 32744 in an int16 run).
+            raise ValueError(f"volume dtype {volume.dtype} differs from run {run}'s {live.dtype}")
         live.append(volume)
         return live.n - 1
+
+    def volume_dtype(self, run: int) -> np.dtype | None:
+        """The dtype of the run's stored volumes (None: none stored yet, or the run has ended)."""
+        live = None if self.is_ended(run) else self._live_run(run)
+        return None if live is None else live.dtype
 
     def append_missing(self, run: int) -> int:
         """Persist a zero volume in place of one that never came or could not be used."""
@@ -374,8 +407,11 @@ class SessionStore:
         self.events_table(run).append(row)
 
     def events(self, run: int) -> list[dict[str, str]]:
+        """The run's usable event rows; a row no valid event could have written (an older
+        version stored NaN or 'n/a' onsets) is skipped with a warning, so the session restarts."""
         path = self.func / f"{self.prefix(run)}_events.tsv"
-        return self.events_table(run).rows() if path.exists() else []
+        rows = self.events_table(run).rows() if path.exists() else []
+        return [row for line, row in enumerate(rows, start=2) if _event_row_problem(path, line, row) is None]
 
     # -- derivatives ---------------------------------------------------------------------------
     def table(self, run: int, desc: str, columns: Sequence[str]) -> AppendTable:

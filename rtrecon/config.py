@@ -124,6 +124,17 @@ class NetworkSection(_Section):
     status: str = Field("tcp://127.0.0.1:5558", description="engine -> dashboard status feed (PUB)")
     operator: str = Field("tcp://127.0.0.1:5559", description="console -> stimulus operator controls (the console binds; PUB)")
     heartbeat_s: float = Field(1.0, gt=0, description="seconds between heartbeats on every link")
+    max_message_mb: float = Field(
+        64.0, gt=0, le=4096, description="largest frame a receiver reads, in MiB (the session's largest volume; larger: refused)"
+    )
+    max_index_jump: int = Field(
+        100, ge=1, description="a volume more than this many indices after the run's last one is refused (missing volumes are sent as such)"
+    )
+
+    @property
+    def max_message_bytes(self) -> int:
+        """``max_message_mb`` in bytes, as :mod:`rtrecon.transport` takes it."""
+        return int(self.max_message_mb * (1 << 20))
 
     @field_validator("volumes", "events", "results", "status", "operator")
     @classmethod
@@ -145,6 +156,26 @@ class BridgeSection(_Section):
     missing_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for a slice before the volume is declared missing")
     skip_existing: bool = Field(False, description="ignore files already in watch_dir when the bridge starts")
     spool_dir: Path = Field(Path("rtrecon_out/bridge_spool"), description="where unacknowledged volumes wait (survives restarts)")
+    dicom_ae_title: str = Field("RTRECON", pattern=r"^[ -\[\]-~]{1,16}$", description="`bridge receive`: this DICOM node's AE title")
+    dicom_host: str = Field("127.0.0.1", description="`bridge receive`: address the DICOM node listens on (the scanner-side network card)")
+    dicom_port: int = Field(11112, ge=0, le=65535, description="`bridge receive`: port the DICOM node listens on")
+    dicom_allowed_callers: tuple[str, ...] = Field(
+        (), description="`bridge receive`: calling AE titles admitted (the scanner's; others are refused; needed to start)"
+    )
+    max_lead: int = Field(
+        8, ge=1, description="volumes sent ahead of the engine's acknowledgements at most (backpressure; the rest wait in the spool)"
+    )
+    ack_warn_trs: float = Field(
+        5.0, gt=0, description="warn when nothing has been acknowledged this many TRs after a volume was sent"
+    )
+
+    @field_validator("dicom_allowed_callers")
+    @classmethod
+    def _ae_titles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for title in value:
+            if not 1 <= len(title.strip()) <= 16 or "\\" in title or not title.isprintable():
+                raise ValueError(f"{title!r} is not a DICOM AE title (1-16 printable characters, no backslash)")
+        return value
 
 
 class SecuritySection(_Section):

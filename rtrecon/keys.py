@@ -1,7 +1,7 @@
 """ZeroMQ CURVE keys: encrypted links that only rtrecon's own processes can join.
 
 ``rtrecon keys init DIR`` makes one CURVE key pair per role (``bridge``, ``engine``,
-``stimulus`` unless ``--roles`` says otherwise) with :func:`zmq.auth.create_certificates`::
+``stimulus``, ``console`` unless ``--roles`` says otherwise) with :func:`zmq.auth.create_certificates`::
 
     DIR/public/<role>.key           every role's public key (copy this folder to every machine)
     DIR/private/<role>.key_secret   the role's secret key, mode 0600 in a 0700 folder
@@ -9,7 +9,9 @@
 
 :func:`load_curve` reads the secret key of one role and the public keys of all roles into a
 :class:`CurveKeys`, which :mod:`rtrecon.transport` takes as ``curve=``. The socket that binds is
-the CURVE server and admits only clients whose public key is in ``DIR/public`` (checked by a
+the CURVE server and admits only clients whose public key is in ``DIR/public`` *and* whose role
+may use that link (``client_roles``: the volume link admits the bridge, the event link the
+stimulus program, the result link the engine; checked by a
 :class:`zmq.auth.thread.ThreadAuthenticator`; a refused key is logged as a warning); the socket
 that connects is the CURVE client and must name the role of the server it connects to, whose
 public key it pins. Usage::
@@ -28,7 +30,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -39,7 +41,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 __all__ = ["DEFAULT_ROLES", "CurveKeys", "KeysError", "init_keys", "load_curve", "configure"]
 
-DEFAULT_ROLES: tuple[str, ...] = ("bridge", "engine", "stimulus")
+DEFAULT_ROLES: tuple[str, ...] = ("bridge", "engine", "stimulus", "console")
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +77,22 @@ class CurveKeys:
         socket.curve_publickey = self.public
         socket.curve_serverkey = self.server_key(server_role)
 
-    def apply_server(self, socket: zmq.Socket, context: zmq.Context, name: str) -> ThreadAuthenticator:
-        """Make ``socket`` (before it binds) a CURVE server admitting only known public keys.
+    def apply_server(
+        self, socket: zmq.Socket, context: zmq.Context, name: str, client_roles: Collection[str] | None = None
+    ) -> ThreadAuthenticator:
+        """Make ``socket`` (before it binds) a CURVE server admitting only the known public keys of
+        ``client_roles`` (None: of every role).
 
         Starts and returns the authenticator of ``context`` (one per context: ZeroMQ routes every
         handshake of the context to it); stop it before terminating the context.
         """
+        if client_roles is not None:
+            unknown = sorted(set(client_roles) - set(self.known))
+            if unknown:
+                raise KeysError(f"{name}: no public key for role(s) {', '.join(unknown)} (known: {', '.join(sorted(self.known))})")
         auth = ThreadAuthenticator(context, log=logging.getLogger(f"{__name__}.zap"))
         auth.start()
-        auth.configure_curve_callback(domain="*", credentials_provider=_KnownKeys(self.known, name))
+        auth.configure_curve_callback(domain="*", credentials_provider=_KnownKeys(self.known, name, client_roles))
         socket.curve_secretkey = self.secret
         socket.curve_publickey = self.public
         socket.curve_server = True
@@ -91,20 +100,27 @@ class CurveKeys:
 
 
 class _KnownKeys:
-    """ZAP credentials provider: admits the known public keys, logs every refusal."""
+    """ZAP credentials provider: admits the known public keys of the allowed roles, logs every refusal."""
 
-    def __init__(self, known: Mapping[str, bytes], name: str) -> None:
-        self._keys = frozenset(known.values())
+    def __init__(self, known: Mapping[str, bytes], name: str, roles: Collection[str] | None = None) -> None:
+        self._roles = {key: role for role, key in known.items()}
+        self._allowed = frozenset(key for role, key in known.items() if roles is None or role in roles)
+        self._admits = "every role" if roles is None else ", ".join(sorted(roles))
         self._name = name
         self._refused: set[bytes] = set()
 
     def callback(self, domain: str, key: bytes) -> bool:
-        if key in self._keys:
+        if key in self._allowed:
             return True
         # A refused client re-dials every 100 ms: warn once per key, not at every attempt.
         if key not in self._refused:
             self._refused.add(key)
-            log.warning("%s: refused a peer with an unknown CURVE public key %s", self._name, key.decode("ascii"))
+            role = self._roles.get(key)
+            if role is None:
+                log.warning("%s: refused a peer with an unknown CURVE public key %s", self._name, key.decode("ascii"))
+            else:
+                log.warning("%s: refused a peer with the CURVE key of role %r: this link admits %s",
+                            self._name, role, self._admits)
         return False
 
 

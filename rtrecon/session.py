@@ -59,7 +59,7 @@ import numpy as np
 
 from rtrecon.config import ConfigError, SessionConfig, config_template, load_config
 
-__all__ = ["Problem", "ROLES", "check_config", "plan_trial_lists", "write_template", "configure"]
+__all__ = ["Problem", "ROLES", "check_config", "plan_trial_lists", "startup_problems", "write_template", "configure"]
 
 ROLES = ("all", "bridge", "engine", "stimulus")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -350,6 +350,21 @@ def check_config(config: SessionConfig, role: str = "all") -> tuple[list[Problem
         checked += 1
         problems += [Problem(key, path, reason) for reason in check()]
     return problems, checked
+
+
+def startup_problems(config: SessionConfig, role: str) -> list[Problem]:
+    """What must stop ``role``'s program before it accepts data: :func:`check_config`'s problems
+    for the role, and the role's own CURVE key pair when the links are encrypted."""
+    from rtrecon.keys import KeysError, load_curve
+
+    problems, _ = check_config(config, role)
+    keys = config.security.keys_dir
+    if keys is not None and role != "all" and not any(p.key == "security.keys_dir" for p in problems):
+        try:
+            load_curve(keys, role)
+        except KeysError as exc:
+            problems.append(Problem("security.keys_dir", keys, str(exc)))
+    return problems
 
 
 def write_template(path: str | Path, *, force: bool = False) -> Path:

@@ -26,21 +26,25 @@ is given (``send`` takes the time of a file write and fsync)::
 API (all keyword arguments after ``*`` are optional)::
 
     ReliableSender(endpoint, session, spool_dir, *, key=volume_key, curve=None,
-                   server_role="engine", heartbeat_s=1.0, liveness=3, name="bridge")
+                   server_role="engine", heartbeat_s=1.0, liveness=3, name="bridge", max_in_flight=None)
         .send(message) -> (run, key)      spool (atomic rename + fsync), queue, send; never blocks
         .poll(timeout_s=0.0) -> None      do the link's I/O for up to timeout_s
         .wait_acked(timeout_s) -> bool    poll until every spooled item is acknowledged
         .pending -> int                   spooled items not yet acknowledged
         .spooled -> dict[int, int]        run -> last key spooled (a restarted owner resumes after it)
         .acked -> dict[int, int]          run -> last acknowledged key (-1: none)
+        .refused -> dict[(run, key), str] items the receiver refused, and why (they count as acked)
+        .lead -> int, .max_lead -> int    items sent and not yet acknowledged (now, at most so far)
         .connected -> bool                the receiver has answered and is alive
         .peer_alive -> bool               heard from the receiver within liveness × heartbeat_s
         .close(); context manager
 
     ReliableReceiver(endpoint, session, persisted=None, *, key=volume_key, curve=None,
-                     heartbeat_s=1.0, liveness=3, name="engine")
+                     heartbeat_s=1.0, liveness=3, name="engine", max_message_bytes=64 MiB,
+                     max_key_jump=None, client_roles=None)
         .recv(timeout_s=0.0) -> Message | None   next item in order; control traffic handled inside
         .ack(message) -> None             the application has persisted ``message``
+        .refuse(message, reason) -> None  the application cannot use ``message``: acknowledged with the reason
         .persisted -> dict[int, int]      run -> last key acknowledged (constructor's + acks)
         .peer_alive -> bool               heard from the sender within liveness × heartbeat_s
         .close(); context manager
@@ -93,6 +97,15 @@ and re-dialled. The owner must therefore call ``poll``/``recv`` at least once pe
 Bad traffic. A frame that does not decode (not JSON, unknown kind or version, wrong sizes, ...),
 an item of another session, or one whose key disagrees with its sequence frame is logged as a
 warning naming the peer (its address and name) and the reason, dropped, and the link goes on.
+An item of the current sender whose sequence frame is sound but whose payload is not (it does
+not decode, :func:`~rtrecon.wire.validate` refuses it, its key jumps more than ``max_key_jump``)
+is refused: acknowledged with the reason (:class:`~rtrecon.wire.AckMessage` ``refused``,
+``reason``), so that it is not resent forever and the sender can tell its operator. Frames
+larger than ``max_message_bytes`` are refused by libzmq before they are read.
+
+Handshakes. A connecting end whose handshake fails (a peer with the other encryption setting
+held the port: libzmq then stops re-dialling for good) logs it once and re-dials every
+heartbeat until the right peer answers.
 
 One sender per link: two senders would interleave their sequences and each be resent to forever.
 
@@ -118,12 +131,13 @@ import re
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
+import zmq.utils.monitor
 
 from rtrecon.keys import CurveKeys
 from rtrecon.wire import (
@@ -152,12 +166,19 @@ __all__ = [
     "ReliableReceiver",
     "StatusPublisher",
     "StatusSubscriber",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "link_clients",
 ]
 
 log = logging.getLogger(__name__)
 
 Key = tuple[int, int]
 KeyFunc = Callable[[Message], Key]
+
+#: Largest frame a reliable receiver reads unless told otherwise: a 256×256×128 float64 volume.
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+#: Largest frame a sender or status subscriber reads (control and status messages are small).
+CONTROL_MAX_MESSAGE_BYTES = 1 << 20
 
 _SPOOL_MAGIC = b"RTRSPL1\n"
 _SPOOL_SUFFIX = ".frames"
@@ -177,6 +198,27 @@ def trial_key(message: Message) -> Key:
     if isinstance(message, (EventMessage, TrialResultMessage)):
         return message.run, message.trial
     raise TypeError(f"a {message.KIND} message does not travel on an event or result link")
+
+
+_HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no detail",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol error: security mechanism mismatch",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication refused",
+}
+_HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILURES)
+
+
+def link_clients(server_role: str, key: KeyFunc) -> tuple[str, ...] | None:
+    """The roles whose keys a reliable receiver of ``server_role`` admits on the link of ``key``.
+
+    The volume link admits the bridge; an event or result link the other end of the engine ⇄
+    stimulus pair. None (every known role) for a pairing the session does not define.
+    """
+    if key is volume_key:
+        return ("bridge",)
+    if key is trial_key:
+        return {"engine": ("stimulus",), "stimulus": ("engine",)}.get(server_role)
+    return None
 
 
 def _peer_address(frame: zmq.Frame) -> str:
@@ -202,6 +244,8 @@ class _Link:
         heartbeat_s: float,
         liveness: float,
         name: str,
+        max_message_bytes: int | None = None,
+        client_roles: Sequence[str] | None = None,
     ) -> None:
         if heartbeat_s <= 0 or liveness < 1:
             raise ValueError(f"{name}: heartbeat_s must be > 0 and liveness ≥ 1 (got {heartbeat_s}, {liveness})")
@@ -211,6 +255,10 @@ class _Link:
         self.liveness = liveness
         self._context = zmq.Context()
         self._auth = None
+        self._monitor: zmq.Socket | None = None
+        self._bind = bind
+        self._handshake_failed = False
+        self._next_redial = 0.0
         self._socket = self._context.socket(socket_type)
         try:
             self._socket.linger = 200
@@ -218,14 +266,20 @@ class _Link:
             self._socket.heartbeat_ivl = ivl
             self._socket.heartbeat_timeout = int(ivl * liveness)
             self._socket.heartbeat_ttl = int(ivl * liveness)
+            if max_message_bytes is not None:
+                # libzmq drops the connection of a peer whose frame is larger, before reading it.
+                self._socket.maxmsgsize = int(max_message_bytes)
             if curve is not None:
                 if bind:
-                    self._auth = curve.apply_server(self._socket, self._context, name)
+                    self._auth = curve.apply_server(self._socket, self._context, name, client_roles)
                 else:
                     curve.apply_client(self._socket, server_role or "")
             if bind:
                 self._socket.bind(endpoint)
             else:
+                # libzmq gives up on an endpoint whose handshake failed for good (a peer without
+                # the same encryption held the port): the monitor sees it, and the link re-dials.
+                self._monitor = self._socket.get_monitor_socket(_HANDSHAKE_EVENTS)
                 self._socket.connect(endpoint)
         except Exception:
             self.close()
@@ -251,11 +305,44 @@ class _Link:
 
     def _wait(self, deadline: float, events: int) -> int:
         """Poll the socket until the deadline or the next heartbeat, whichever is first."""
+        self._watch_handshakes()
         wait = max(0.0, min(deadline, self._next_heartbeat) - time.monotonic())
         return self._socket.poll(int(wait * 1000), events)
 
+    def _watch_handshakes(self) -> None:
+        """Re-dial after a failed handshake (at most once per heartbeat), telling the operator once."""
+        if self._monitor is None:
+            return
+        while self._monitor.poll(0):
+            event = zmq.utils.monitor.recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self._handshake_failed:
+                    log.warning("%s: handshake with %s succeeded: the link is back", self.name, self.endpoint)
+                self._handshake_failed = False
+                continue
+            if not self._handshake_failed:
+                log.warning(
+                    "%s: handshake with %s failed (%s): the peer there does not use the same encryption "
+                    "(CURVE keys on one side only, or another program on the port); re-dialling until the right peer answers",
+                    self.name, self.endpoint, _HANDSHAKE_FAILURES.get(event["event"], event["event"]),
+                )
+            self._handshake_failed = True
+        now = time.monotonic()
+        if self._handshake_failed and now >= self._next_redial:
+            self._next_redial = now + self.heartbeat_s
+            try:
+                self._socket.disconnect(self.endpoint)
+            except zmq.ZMQError:
+                pass  # already dropped by libzmq
+            self._socket.connect(self.endpoint)
+
     def close(self) -> None:
         """Close the socket and its context (idempotent)."""
+        if self._monitor is not None:
+            if not self._socket.closed:
+                self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._socket is not None and not self._socket.closed:
             self._socket.close()
         if self._auth is not None:
@@ -322,6 +409,9 @@ class ReliableSender(_Link):
     """The sending end of a reliable link (DEALER, connects to ``endpoint``).
 
     ``spool_dir`` is this link's spool (one per sender): items live in ``spool_dir/<session>/``.
+    With ``max_in_flight``, at most that many items are on the wire unacknowledged (backpressure:
+    the rest wait in the spool, so a fast source cannot flood the receiver's memory); ``lead``
+    and ``max_lead`` report how far ahead of the receiver the sender is.
     A sender started on a spool that already holds items of ``session`` (a restart) reloads them
     and resends whatever the receiver has not persisted. ``key`` maps an item to (run, key).
     With ``curve``, the receiver must be the CURVE server of role ``server_role``.
@@ -342,7 +432,12 @@ class ReliableSender(_Link):
         heartbeat_s: float = 1.0,
         liveness: float = 3,
         name: str = "bridge",
+        max_in_flight: int | None = None,
     ) -> None:
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"{name}: max_in_flight must be ≥ 1 (got {max_in_flight})")
+        self.max_in_flight = max_in_flight
+        self.max_lead = 0  # the most items seen sent and not yet acknowledged
         self.session = session
         self._key = key
         self._spool = Path(spool_dir) / re.sub(r"[^A-Za-z0-9._-]", "_", session)
@@ -351,7 +446,7 @@ class ReliableSender(_Link):
         self._lock: int | None = None
         super().__init__(
             zmq.DEALER, endpoint, bind=False, curve=curve, server_role=server_role,
-            heartbeat_s=heartbeat_s, liveness=liveness, name=name,
+            heartbeat_s=heartbeat_s, liveness=liveness, name=name, max_message_bytes=CONTROL_MAX_MESSAGE_BYTES,
         )
         try:
             # Without IMMEDIATE, ZeroMQ would queue items on a pipe to a receiver not yet connected.
@@ -367,6 +462,7 @@ class ReliableSender(_Link):
             self.close()
             raise
         self._acked: dict[int, int] = {}
+        self._refused: dict[tuple[int, int], str] = {}
         self._queue: deque[_Item] = deque()
         self._cache: dict[int, list[bytes]] = {}
         self._connected = False
@@ -419,6 +515,16 @@ class ReliableSender(_Link):
     def acked(self) -> dict[int, int]:
         """run -> last key the receiver has acknowledged (as far as this sender knows)."""
         return dict(self._acked)
+
+    @property
+    def lead(self) -> int:
+        """Items sent and not yet acknowledged while connected (at most ``max_in_flight``)."""
+        return max(0, self.pending - len(self._queue)) if self._connected else 0
+
+    @property
+    def refused(self) -> dict[tuple[int, int], str]:
+        """(run, key) -> why the receiver refused that item (it counts as acknowledged)."""
+        return dict(self._refused)
 
     @property
     def connected(self) -> bool:
@@ -507,6 +613,10 @@ class ReliableSender(_Link):
                     log.warning("%s: dropped an ack of session %r from %s", self.name, message.session, peer)
                     continue
                 self._heard()
+                if message.refused >= 0 and (message.run, message.refused) not in self._refused:
+                    self._refused[(message.run, message.refused)] = message.reason
+                    log.warning("%s: receiver %s refused item %d of run %d: %s",
+                                self.name, peer, message.refused, message.run, message.reason)
                 if message.index > self._acked.get(message.run, -1):
                     self._acked[message.run] = message.index
             elif isinstance(message, HeartbeatMessage):
@@ -556,7 +666,10 @@ class ReliableSender(_Link):
             except zmq.Again:
                 # No connection yet: retry at the next poll, so the Hello goes out as soon as one is up.
                 self._next_heartbeat = now + min(self.heartbeat_s, 0.05)
+        lead = self.lead if self._connected and self._queue else 0
         while self._connected and self._queue:
+            if self.max_in_flight is not None and lead >= self.max_in_flight:
+                return
             item = self._queue[0]
             frames = self._cache.get(item.seq) or _read_spool(item.path)
             try:
@@ -565,12 +678,15 @@ class ReliableSender(_Link):
                 return
             self._queue.popleft()
             self._cache.pop(item.seq, None)
+            lead += 1
+            self.max_lead = max(self.max_lead, lead)
 
 
 @dataclass
 class _Delivered:
     key: int
     persisted: bool = False
+    refused: str = ""
 
 
 class ReliableReceiver(_Link):
@@ -579,7 +695,13 @@ class ReliableReceiver(_Link):
     ``persisted`` maps each run of ``session`` the application already holds to the last key
     it persisted (a restarted receiver passes what its store holds; runs left out have none).
     ``recv`` returns items in order, once each (their arrays are views of the received frames,
-    not copies); call ``ack`` for each after persisting it.
+    not copies); call ``ack`` for each after persisting it, or ``refuse`` for one that cannot be.
+
+    An item whose sequence frame is sound but whose payload is not (it does not decode, or
+    :func:`~rtrecon.wire.validate` refuses it), or whose key is more than ``max_key_jump`` above
+    the run's last item (None: no bound), is refused here: logged, never returned, and
+    acknowledged to the sender with the reason, so the link goes on. Frames larger than
+    ``max_message_bytes`` are refused by ZeroMQ itself (the sender's connection is dropped).
     """
 
     _PEER = "sender"
@@ -595,15 +717,24 @@ class ReliableReceiver(_Link):
         heartbeat_s: float = 1.0,
         liveness: float = 3,
         name: str = "engine",
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+        max_key_jump: int | None = None,
+        client_roles: Sequence[str] | None = None,
     ) -> None:
+        if max_key_jump is not None and max_key_jump < 1:
+            raise ValueError(f"{name}: max_key_jump must be ≥ 1 (got {max_key_jump})")
         super().__init__(
             zmq.ROUTER, endpoint, bind=True, curve=curve, server_role=None,
-            heartbeat_s=heartbeat_s, liveness=liveness, name=name,
+            heartbeat_s=heartbeat_s, liveness=liveness, name=name, max_message_bytes=max_message_bytes,
+            client_roles=client_roles if client_roles is not None or curve is None else link_clients(curve.role, key),
         )
         self.session = session
+        self.max_key_jump = max_key_jump
         self._key = key
         self._persisted: dict[int, int] = {int(r): int(k) for r, k in (persisted or {}).items()}
         self._delivered: dict[int, int] = dict(self._persisted)
+        # The last key delivered to the application, per run: key jumps are measured from it.
+        self._accepted: dict[int, int] = dict(self._persisted)
         self._unacked: dict[int, deque[_Delivered]] = {}
         self._peer: bytes | None = None
         self._peer_name = "?"
@@ -636,22 +767,37 @@ class ReliableReceiver(_Link):
 
     def ack(self, message: Message) -> None:
         """``message`` (returned by :meth:`recv`) is persisted: acknowledge it to the sender."""
+        self._done(*self._key(message), "")
+
+    def refuse(self, message: Message, reason: str) -> None:
+        """``message`` (returned by :meth:`recv`) cannot be used: acknowledge it with ``reason``.
+
+        The sender stops resending it and logs the reason; the link goes on with the next item.
+        """
         run, key = self._key(message)
+        log.warning("%s: refused item %d of run %d from %s: %s", self.name, key, run, self._peer_name, reason)
+        self._done(run, key, reason or "refused")
+
+    def _done(self, run: int, key: int, refused: str) -> None:
         for entry in self._unacked.get(run, ()):
             if entry.key == key:
                 entry.persisted = True
+                entry.refused = refused
                 break
         else:
             if key <= self._persisted.get(run, -1):
                 return
             raise ValueError(f"{self.name}: item {key} of run {run} was not delivered by this receiver")
         queue = self._unacked[run]
-        last = None
+        last, refused_key, reason = None, -1, ""
         while queue and queue[0].persisted:
-            last = queue.popleft().key
+            entry = queue.popleft()
+            last = entry.key
+            if entry.refused:
+                refused_key, reason = entry.key, entry.refused
         if last is not None:
             self._persisted[run] = last
-            self._send_to_peer(AckMessage(session=self.session, run=run, index=last))
+            self._send_to_peer(AckMessage(session=self.session, run=run, index=last, refused=refused_key, reason=reason[:500]))
 
     def _send_to_peer(self, message: Message) -> None:
         if self._peer is None:
@@ -680,13 +826,18 @@ class ReliableReceiver(_Link):
             if len(frames) < 2:
                 raise WireError("empty message")
             head = decode([frames[1].bytes])
-            # The item's arrays are read in place from the received frames (no copy of the voxels).
-            payload = decode([f.buffer for f in frames[2:]]) if isinstance(head, SequenceMessage) else None
-            if payload is None and len(frames) > 2:
+            if not isinstance(head, SequenceMessage) and len(frames) > 2:
                 raise WireError(f"a {head.KIND} message came with {len(frames) - 2} extra frame(s)")
         except WireError as exc:
             log.warning("%s: dropped a message from %s: %s", self.name, peer, exc)
             return None
+        payload: Message | str | None = None
+        if isinstance(head, SequenceMessage):
+            try:
+                # The item's arrays are read in place from the received frames (no copy of the voxels).
+                payload = decode([f.buffer for f in frames[2:]])
+            except WireError as exc:
+                payload = str(exc)  # a sound place in the sequence holding a bad item: refused there
         if isinstance(head, HelloMessage):
             if head.session != self.session:
                 log.warning("%s: sender %s at %s is in session %r, not %r: ignored", self.name, head.peer, address, head.session, self.session)
@@ -714,18 +865,26 @@ class ReliableReceiver(_Link):
         if name:
             self._peer_name = name
 
-    def _on_item(self, identity: bytes, head: SequenceMessage, payload: Message, peer: str) -> Message | None:
-        try:
-            run, key = self._key(payload)
-        except TypeError as exc:
-            log.warning("%s: dropped an item from %s: %s", self.name, peer, exc)
-            return None
+    def _on_item(self, identity: bytes, head: SequenceMessage, payload: Message | str, peer: str) -> Message | None:
         if head.session != self.session or getattr(payload, "session", self.session) != self.session:
             log.warning("%s: dropped an item of session %r from %s (this link is %r)", self.name, head.session, peer, self.session)
             return None
-        if (run, key) != (head.run, head.key):
-            log.warning("%s: dropped an item from %s: its sequence frame says run %d key %d, the %s says run %d key %d",
-                        self.name, peer, head.run, head.key, payload.KIND, run, key)
+        run, key = head.run, head.key
+        problem = payload if isinstance(payload, str) else None
+        if problem is None:
+            try:
+                item_key = self._key(payload)
+            except TypeError as exc:
+                problem = str(exc)
+            else:
+                if item_key != (run, key):
+                    log.warning("%s: dropped an item from %s: its sequence frame says run %d key %d, the %s says run %d key %d",
+                                self.name, peer, run, key, payload.KIND, *item_key)
+                    return None
+        if problem is not None and identity != self._peer:
+            # Only the sender that opened the link may have a bad item refused (which takes its
+            # key): from anyone else it is dropped, so a stray peer cannot use up the real keys.
+            log.warning("%s: dropped an item from %s: %s", self.name, peer, problem)
             return None
         self._adopt(identity, None, greet=True)
         last = self._delivered.get(run, -1)
@@ -737,9 +896,17 @@ class ReliableReceiver(_Link):
         if head.prev != last:
             log.debug("%s: item %d of run %d follows %d, not %d: dropped until resent", self.name, key, run, head.prev, last)
             return None
+        accepted = self._accepted.get(run, -1)
+        if problem is None and self.max_key_jump is not None and key - accepted > self.max_key_jump:
+            problem = f"key {key} jumps from {accepted} (more than {self.max_key_jump} ahead)"
         self._delivered[run] = key
         self._unacked.setdefault(run, deque()).append(_Delivered(key))
-        return payload
+        if problem is not None:
+            log.warning("%s: refused item %d of run %d from %s: %s", self.name, key, run, peer, problem)
+            self._done(run, key, problem)
+            return None
+        self._accepted[run] = key
+        return payload  # type: ignore[return-value]
 
 
 class StatusPublisher(_Link):
@@ -770,7 +937,8 @@ class StatusSubscriber(_Link):
         name: str = "dashboard",
         kinds: tuple[type[Message], ...] = (StatusMessage, TrialResultMessage),
     ) -> None:
-        super().__init__(zmq.SUB, endpoint, bind=False, curve=curve, server_role=server_role, heartbeat_s=1.0, liveness=3, name=name)
+        super().__init__(zmq.SUB, endpoint, bind=False, curve=curve, server_role=server_role, heartbeat_s=1.0, liveness=3,
+                         name=name, max_message_bytes=CONTROL_MAX_MESSAGE_BYTES)
         self._socket.subscribe(b"")
         self.kinds = kinds
 
@@ -778,9 +946,12 @@ class StatusSubscriber(_Link):
         """The next message of one of ``kinds``, or None if none came within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:
+            self._watch_handshakes()
             remaining = max(0.0, deadline - time.monotonic())
-            if not self._socket.poll(int(remaining * 1000), zmq.POLLIN):
-                return None
+            if not self._socket.poll(int(min(remaining, 0.1) * 1000), zmq.POLLIN):
+                if time.monotonic() >= deadline:
+                    return None
+                continue
             frames = self._socket.recv_multipart(copy=False)
             try:
                 message = decode([f.bytes for f in frames])

@@ -7,8 +7,14 @@ message is a list of ZeroMQ frames::
     frame 1..n   the raw bytes of each array field, in the order the header lists them
 
 Nothing is pickled. :func:`decode` checks the header, the schema version, every field's type
-(with pydantic) and every array's dtype and byte length, and raises :class:`WireError` naming
-what is wrong, so a peer that receives garbage logs it and carries on.
+(with pydantic: integers are true integers within 64 bits, never booleans; numbers are finite
+except in a status message's ``metrics``), every array's dtype, shape (at most
+:data:`MAX_NDIM` axes, each at most :data:`MAX_DIM`, sizes computed exactly, never overflowing)
+and byte length, then what each message's values mean (:func:`validate`: a volume's TR is
+positive and finite, its affine finite and invertible, an event's onset and duration possible,
+...), and raises :class:`WireError` naming what is wrong. Any exception while decoding one
+message becomes that message's :class:`WireError`, so a peer that receives garbage logs it and
+carries on. :func:`validate` is also what a sender calls to refuse an item before it is sent.
 
 Arrays travel little-endian in their own dtype (only numeric and boolean dtypes are allowed).
 Times named ``*_time`` or kept in ``stamps`` are seconds: ``stamps`` holds ``time.time()``
@@ -20,15 +26,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, Strict, TypeAdapter, ValidationError
 
 __all__ = [
     "WireError",
@@ -45,11 +52,30 @@ __all__ = [
     "VolumeMissingMessage",
     "OperatorMessage",
     "MESSAGE_TYPES",
+    "MAX_HEADER_BYTES",
+    "MAX_NDIM",
+    "MAX_DIM",
+    "MAX_VOLUMES",
+    "MAX_RUN_S",
+    "MAX_TR_S",
     "encode",
     "decode",
+    "validate",
 ]
 
 _ALLOWED_DTYPE_KINDS = frozenset("biuf")
+#: A JSON header larger than this is refused before it is parsed.
+MAX_HEADER_BYTES = 1 << 20
+#: Axes an array may have, and the largest extent of one axis.
+MAX_NDIM = 8
+MAX_DIM = 1 << 16
+#: Volumes a run may hold (indices 0 .. MAX_VOLUMES - 1): 28 h at a TR of 1 s.
+MAX_VOLUMES = 100_000
+#: Seconds from a run's first trigger within which every event lies (onsets and durations).
+MAX_RUN_S = 86_400.0
+#: Longest repetition time accepted, in seconds.
+MAX_TR_S = 60.0
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 
 
 class WireError(ValueError):
@@ -166,12 +192,19 @@ class HelloMessage(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class AckMessage(Message):
-    """The receiver has persisted every item of ``run`` up to and including key ``index``."""
+    """The receiver is done with every item of ``run`` up to and including key ``index``.
+
+    Done is persisted or refused: ``refused`` is the key of an item among those that the
+    receiver refused (-1: none), and ``reason`` says why, so that a bad item cannot block its
+    link and its sender can tell the operator.
+    """
 
     KIND: ClassVar[str] = "ack"
     session: str
     run: int
     index: int
+    refused: int = -1
+    reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,6 +311,41 @@ def _is_array_type(tp: Any) -> tuple[bool, bool]:
     return False, False
 
 
+_MAX_STR = 1 << 16
+
+
+def _wire_type(tp: Any, *, finite: bool, key: bool = False) -> Any:
+    """``tp`` as the wire accepts it: strict scalars (no bool for an int, no "1.5" for a float),
+    64-bit integers, finite floats (unless ``finite`` is False), bounded strings.
+
+    JSON object keys are always strings, so an integer dict key is read from its decimal text.
+    """
+    if tp is int:
+        bounds = Field(ge=_INT_MIN, le=_INT_MAX)
+        return Annotated[int, bounds] if key else Annotated[int, Strict(), bounds]
+    if tp is float:
+        return Annotated[float, Strict(), Field(allow_inf_nan=not finite)]
+    if tp is bool:
+        return Annotated[bool, Strict()]
+    if tp is str:
+        return Annotated[str, Strict(), Field(max_length=_MAX_STR)]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is dict:
+        return dict[_wire_type(args[0], finite=finite, key=True), _wire_type(args[1], finite=finite)]  # type: ignore[misc]
+    if origin is list:
+        return list[_wire_type(args[0], finite=finite)]  # type: ignore[misc]
+    if origin in (typing.Union, types.UnionType):
+        mapped = tuple(_wire_type(a, finite=finite) for a in args)
+        return typing.Union[mapped]  # type: ignore[return-value]
+    if tp is type(None):
+        return tp
+    raise TypeError(f"no wire form for {tp!r}")
+
+
+# Status metrics are for display and may say "not known yet" (the first volume's displacement).
+_NON_FINITE_ALLOWED = frozenset({("status", "metrics")})
+
+
 @lru_cache(maxsize=None)
 def _schema(cls: type[Message]) -> _Schema:
     hints = typing.get_type_hints(cls)
@@ -292,7 +360,8 @@ def _schema(cls: type[Message]) -> _Schema:
             if nullable:
                 optional.add(f.name)
         else:
-            adapters[f.name] = TypeAdapter(hints[f.name])
+            finite = (cls.KIND, f.name) not in _NON_FINITE_ALLOWED
+            adapters[f.name] = TypeAdapter(_wire_type(hints[f.name], finite=finite))
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             required.add(f.name)
     return _Schema(tuple(arrays), frozenset(optional), types.MappingProxyType(adapters), frozenset(required))
@@ -323,41 +392,65 @@ def encode(message: Message) -> list[bytes]:
 
 def _decode_array(kind: str, spec: Any, frame: bytes) -> tuple[str, np.ndarray]:
     if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"} or not isinstance(spec["name"], str):
-        raise WireError(f"{kind}: bad array descriptor {spec!r}")
+        raise WireError(f"{kind}: bad array descriptor {str(spec)[:200]}")
+    name = spec["name"][:100]
+    # Only a dtype string numpy reads back as itself: no structured, object or sub-array dtypes.
+    if not isinstance(spec["dtype"], str) or len(spec["dtype"]) > 8:
+        raise WireError(f"{kind}.{name}: unknown dtype {str(spec['dtype'])[:50]!r}")
     try:
         dtype = np.dtype(spec["dtype"])
-    except (TypeError, ValueError) as exc:
-        raise WireError(f"{kind}.{spec['name']}: unknown dtype {spec['dtype']!r}") from exc
-    if dtype.kind not in _ALLOWED_DTYPE_KINDS:
-        raise WireError(f"{kind}.{spec['name']}: dtype {dtype} is not allowed")
+    except (TypeError, ValueError, SyntaxError) as exc:
+        raise WireError(f"{kind}.{name}: unknown dtype {spec['dtype']!r}") from exc
+    if dtype.kind not in _ALLOWED_DTYPE_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise WireError(f"{kind}.{name}: dtype {dtype} is not allowed")
     shape = spec["shape"]
-    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise WireError(f"{kind}.{spec['name']}: bad shape {shape!r}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # type() is int: a JSON true is a bool, which Python would otherwise count as 1.
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_NDIM
+        or not all(type(n) is int and 0 <= n <= MAX_DIM for n in shape)
+    ):
+        raise WireError(f"{kind}.{name}: bad shape {str(shape)[:200]} (at most {MAX_NDIM} axes of 0..{MAX_DIM})")
+    # Python integers: the product cannot overflow, so a huge shape cannot pass as 0 bytes.
+    expected = math.prod(shape) * dtype.itemsize
     if len(frame) != expected:
         raise WireError(
-            f"{kind}.{spec['name']}: {len(frame)} bytes for shape {shape} of {dtype} (expected {expected})"
+            f"{kind}.{name}: {len(frame)} bytes for shape {shape} of {dtype} (expected {expected})"
         )
-    return spec["name"], np.frombuffer(frame, dtype=dtype).reshape(shape)
+    return name, np.frombuffer(frame, dtype=dtype).reshape(shape)
 
 
 def decode(frames: Sequence[bytes]) -> Message:
-    """The message in ``frames``; :class:`WireError` if they are not a valid message."""
+    """The message in ``frames``; :class:`WireError` if they are not a valid message.
+
+    Whatever goes wrong while decoding is reported as a :class:`WireError` of this message.
+    """
+    try:
+        return _decode(frames)
+    except WireError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one message's garbage must never stop its receiver
+        raise WireError(f"undecodable message: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+def _decode(frames: Sequence[bytes]) -> Message:
     if not frames:
         raise WireError("empty message")
+    if len(frames[0]) > MAX_HEADER_BYTES:
+        raise WireError(f"header of {len(frames[0])} bytes (at most {MAX_HEADER_BYTES})")
     try:
         header = json.loads(bytes(frames[0]))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise WireError(f"header is not JSON: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise WireError(f"header is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(header, dict) or not {"kind", "version", "fields", "arrays"} <= set(header):
         raise WireError("header lacks kind/version/fields/arrays")
     kind = header["kind"]
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise WireError(f"unknown message kind {kind!r}")
+        raise WireError(f"unknown message kind {repr(kind)[:100]}")
     # bool is an int in Python and 1.0 == 1: only a true integer names a schema version.
     if type(header["version"]) is not int or header["version"] != cls.VERSION:
-        raise WireError(f"{kind}: schema version {header['version']!r} is not supported (this peer speaks {cls.VERSION})")
+        raise WireError(f"{kind}: schema version {repr(header['version'])[:50]} is not supported (this peer speaks {cls.VERSION})")
     fields, specs = header["fields"], header["arrays"]
     if not isinstance(fields, dict) or not isinstance(specs, list):
         raise WireError(f"{kind}: fields must be an object and arrays a list")
@@ -368,11 +461,11 @@ def decode(frames: Sequence[bytes]) -> Message:
     for name, raw in fields.items():
         adapter = schema.adapters.get(name)
         if adapter is None:
-            raise WireError(f"{kind}: unknown field {name!r}")
+            raise WireError(f"{kind}: unknown field {name[:100]!r}")
         try:
             values[name] = adapter.validate_python(raw)
         except ValidationError as exc:
-            raise WireError(f"{kind}.{name}: {exc.errors()[0]['msg']} (got {raw!r})") from exc
+            raise WireError(f"{kind}.{name}: {exc.errors()[0]['msg']} (got {str(raw)[:100]})") from exc
     for spec, frame in zip(specs, frames[1:]):
         name, arr = _decode_array(kind, spec, frame)
         if name not in schema.arrays or name in values:
@@ -381,4 +474,152 @@ def decode(frames: Sequence[bytes]) -> Message:
     missing = schema.required - set(values)
     if missing:
         raise WireError(f"{kind}: missing field(s) {', '.join(sorted(missing))}")
-    return cls(**values)
+    message = cls(**values)
+    _check_meaning(message)
+    return message
+
+
+# -- what the values mean -------------------------------------------------------------------------
+
+
+def _finite(kind: str, name: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise WireError(f"{kind}.{name}: {value} is not a finite number")
+
+
+def _at_least(kind: str, name: str, value: int, low: int, high: int | None = None) -> None:
+    if value < low or (high is not None and value > high):
+        raise WireError(f"{kind}.{name}: {value} is outside {low}..{'' if high is None else high}")
+
+
+def _all_finite(kind: str, name: str, values: Any) -> None:
+    values = values.values() if isinstance(values, Mapping) else values
+    for value in values:
+        _finite(kind, name, value)
+
+
+def _check_volume(m: VolumeMessage) -> None:
+    k = m.KIND
+    _at_least(k, "run", m.run, 0)
+    _at_least(k, "index", m.index, 0, MAX_VOLUMES - 1)
+    if not (math.isfinite(m.tr) and 0 < m.tr <= MAX_TR_S):
+        raise WireError(f"{k}.tr: repetition time {m.tr} s is not in (0, {MAX_TR_S:g}]")
+    voxels, affine = np.asarray(m.voxels), np.asarray(m.affine)
+    if voxels.ndim != 3 or min(voxels.shape) < 1:
+        raise WireError(f"{k}.voxels: shape {voxels.shape} is not a 3-D volume")
+    if voxels.dtype.kind not in "iuf":
+        raise WireError(f"{k}.voxels: dtype {voxels.dtype} is not a numeric image type")
+    if affine.shape != (4, 4) or affine.dtype.kind not in "iuf":
+        raise WireError(f"{k}.affine: shape {affine.shape} of {affine.dtype}, expected a 4×4 number matrix")
+    if not np.all(np.isfinite(affine)):
+        raise WireError(f"{k}.affine: NaN or infinite entries")
+    if not np.isfinite(np.linalg.cond(affine[:3, :3].astype(np.float64))) or np.linalg.det(affine[:3, :3].astype(np.float64)) == 0:
+        raise WireError(f"{k}.affine: its 3×3 part is singular (no voxel size)")
+    if m.slice_times is not None:
+        if len(m.slice_times) != voxels.shape[2]:
+            raise WireError(f"{k}.slice_times: {len(m.slice_times)} times for {voxels.shape[2]} slices")
+        if not all(math.isfinite(t) and 0 <= t <= m.tr for t in m.slice_times):
+            raise WireError(f"{k}.slice_times: each must lie within the TR (0..{m.tr:g} s)")
+    _finite(k, "acquisition_time", m.acquisition_time)
+    _all_finite(k, "stamps", m.stamps)
+
+
+def _check_event(m: EventMessage) -> None:
+    k = m.KIND
+    _at_least(k, "run", m.run, 0)
+    _at_least(k, "trial", m.trial, 0)
+    if not (math.isfinite(m.onset) and -MAX_RUN_S <= m.onset <= MAX_RUN_S):
+        raise WireError(f"{k}.onset: {m.onset} s is not within ±{MAX_RUN_S:g} s of the run's start")
+    if not (math.isfinite(m.duration) and 0 <= m.duration <= MAX_RUN_S):
+        raise WireError(f"{k}.duration: {m.duration} s is not in 0..{MAX_RUN_S:g} s")
+    if m.response_time is not None and not (math.isfinite(m.response_time) and abs(m.response_time) <= MAX_RUN_S):
+        raise WireError(f"{k}.response_time: {m.response_time} s is not a possible time")
+    _all_finite(k, "stamps", m.stamps)
+
+
+def _check_result(m: TrialResultMessage) -> None:
+    k = m.KIND
+    _at_least(k, "run", m.run, 0)
+    _at_least(k, "trial", m.trial, 0)
+    _at_least(k, "release", m.release, 0)
+    if len(m.scores) > len(m.retrieved):
+        raise WireError(f"{k}.scores: {len(m.scores)} scores for {len(m.retrieved)} retrieved ids")
+    if m.image is not None:
+        image = np.asarray(m.image)
+        if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape) < 1 or image.dtype != np.uint8:
+            raise WireError(f"{k}.image: shape {image.shape} of {image.dtype}, expected (height, width, 3) uint8")
+    if m.embedding is not None:
+        embedding = np.asarray(m.embedding)
+        if embedding.ndim != 1:
+            raise WireError(f"{k}.embedding: shape {embedding.shape}, expected one vector")
+        if embedding.dtype.kind == "f" and not np.all(np.isfinite(embedding)):
+            raise WireError(f"{k}.embedding: NaN or infinite values")
+    _all_finite(k, "latencies", m.latencies)
+    _all_finite(k, "stamps", m.stamps)
+
+
+def _check_hello(m: HelloMessage) -> None:
+    for run, key in m.persisted.items():
+        _at_least(m.KIND, "persisted run", run, 0)
+        _at_least(m.KIND, f"persisted[{run}]", key, -1)
+    _at_least(m.KIND, "attempt", m.attempt, 0)
+
+
+def _check_sequence(m: SequenceMessage) -> None:
+    k = m.KIND
+    _at_least(k, "run", m.run, 0)
+    _at_least(k, "key", m.key, 0)
+    _at_least(k, "prev", m.prev, -1, m.key - 1)
+    _at_least(k, "seq", m.seq, 0)
+
+
+def _check_ack(m: AckMessage) -> None:
+    _at_least(m.KIND, "run", m.run, 0)
+    _at_least(m.KIND, "index", m.index, 0)
+    _at_least(m.KIND, "refused", m.refused, -1, m.index)
+
+
+def _check_run_end(m: RunEndMessage) -> None:
+    _at_least(m.KIND, "run", m.run, 0)
+    _at_least(m.KIND, "n_volumes", m.n_volumes, 0, MAX_VOLUMES)
+
+
+def _check_missing(m: VolumeMissingMessage) -> None:
+    _at_least(m.KIND, "run", m.run, 0)
+    _at_least(m.KIND, "index", m.index, 0, MAX_VOLUMES - 1)
+
+
+_CHECKS: Mapping[type[Message], Callable[[Any], None]] = types.MappingProxyType({
+    VolumeMessage: _check_volume,
+    EventMessage: _check_event,
+    TrialResultMessage: _check_result,
+    HelloMessage: _check_hello,
+    SequenceMessage: _check_sequence,
+    AckMessage: _check_ack,
+    RunEndMessage: _check_run_end,
+    VolumeMissingMessage: _check_missing,
+    StatusMessage: lambda m: _finite(m.KIND, "sent_time", m.sent_time),
+    HeartbeatMessage: lambda m: _finite(m.KIND, "sent_time", m.sent_time),
+})
+
+
+def validate(message: Message) -> None:
+    """Raise :class:`WireError` naming the first value of ``message`` that :func:`decode` would refuse.
+
+    The same checks as :func:`decode` (each field's type, finite numbers, 64-bit integers, then
+    what the values mean), so a sender can refuse an item (a volume with a NaN TR, an event with
+    a NaN onset) before it is spooled instead of having it refused by the receiver.
+    """
+    schema = _schema(type(message))
+    for name, adapter in schema.adapters.items():
+        try:
+            adapter.validate_python(getattr(message, name))
+        except ValidationError as exc:
+            raise WireError(f"{message.KIND}.{name}: {exc.errors()[0]['msg']} (got {str(getattr(message, name))[:100]})") from exc
+    _check_meaning(message)
+
+
+def _check_meaning(message: Message) -> None:
+    check = _CHECKS.get(type(message))
+    if check is not None:
+        check(message)

@@ -7,9 +7,11 @@ and affine as dcm2niix writes them) with a BIDS-style JSON sidecar: RepetitionTi
 SliceTiming when the headers give it, and a few non-identifying acquisition fields (no names,
 dates, times of day or places). With several runs, one file per run gets a ``_run-N`` suffix.
 
-Files that cannot be used are logged with the reason and skipped; a volume that is missing is
-logged, and listed under ``MissingVolumes`` in the sidecar (the NIfTI holds the volumes that
-exist, in order). A folder with no volume at all raises :class:`NoVolumesError`.
+Files that cannot be used are logged with the reason and skipped. A volume that is missing (no
+file, or a corrupt one) raises :class:`MissingVolumesError` and nothing is written: a NIfTI that
+silently lacks a volume shifts every later one by a TR. With ``allow_missing`` the runs are
+written with their gaps kept as gaps (an all-zero volume at each missing index, listed under
+``MissingVolumes`` in the sidecar). A folder with no volume at all raises :class:`NoVolumesError`.
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ from scanner_bridge.assembly import FileRejected, RunStarted, VolumeAssembler, V
 from scanner_bridge.dicom_file import IncompleteDicomError
 from scanner_bridge.volume import AcquiredVolume
 
-__all__ = ["NoVolumesError", "dicom_series_to_nifti", "nifti_paths"]
+__all__ = ["NoVolumesError", "MissingVolumesError", "dicom_series_to_nifti", "nifti_paths"]
 
 log = logging.getLogger(__name__)
 
 
 class NoVolumesError(ValueError):
     """The folder holds no volume that could be assembled; the message says what was found."""
+
+
+class MissingVolumesError(ValueError):
+    """Volumes are missing or corrupt (and ``allow_missing`` was not given); the message lists them."""
 
 
 @dataclass
@@ -43,11 +49,12 @@ class _RunOutput:
     missing: list[int] = field(default_factory=list)
 
 
-def dicom_series_to_nifti(dicom_dir: Path, out_path: Path) -> list[Path]:
+def dicom_series_to_nifti(dicom_dir: Path, out_path: Path, *, allow_missing: bool = False) -> list[Path]:
     """Convert every run found under ``dicom_dir``; returns the NIfTI paths written.
 
     ``out_path`` ends in ``.nii.gz`` or ``.nii`` (``.nii.gz`` is added otherwise); each
-    NIfTI gets a ``.json`` sidecar beside it.
+    NIfTI gets a ``.json`` sidecar beside it. Raises :class:`MissingVolumesError` (nothing
+    written) if a volume is missing or an image file is corrupt, unless ``allow_missing``.
     """
     dicom_dir = Path(dicom_dir)
     if not dicom_dir.is_dir():
@@ -83,6 +90,12 @@ def dicom_series_to_nifti(dicom_dir: Path, out_path: Path) -> list[Path]:
         detail = f"; first: {rejected[0].origin}: {rejected[0].reason}" if rejected else ""
         raise NoVolumesError(f"{dicom_dir}: no fMRI volume could be assembled from {len(files)} files "
                              f"({len(rejected)} skipped{detail})")
+    corrupt = [event for event in rejected if event.reason.startswith("incomplete")]
+    gaps = [f"run {run.started.run} volume(s) {', '.join(map(str, sorted(run.missing)))}" for run in complete if run.missing]
+    if (gaps or corrupt) and not allow_missing:
+        parts = gaps + ([f"{len(corrupt)} corrupt image file(s), first {corrupt[0].origin}: {corrupt[0].reason}"] if corrupt else [])
+        raise MissingVolumesError(f"{dicom_dir}: missing {'; '.join(parts)}; nothing written "
+                                  "(--allow-missing writes what exists, gaps kept as gaps)")
     paths = nifti_paths(Path(out_path), [run.started.run for run in complete])
     for run, path in zip(complete, paths):
         _write_run(run, path)
@@ -106,7 +119,11 @@ def nifti_paths(out_path: Path, runs: list[int]) -> list[Path]:
 
 def _write_run(run: _RunOutput, path: Path) -> None:
     volumes = run.volumes
-    data = np.stack([v.voxels for v in volumes], axis=-1)
+    # Each volume at its own index: a missing one stays a gap (zeros), so later ones keep their time.
+    n = max([v.index for v in volumes] + run.missing) + 1
+    data = np.zeros(volumes[0].voxels.shape + (n,), dtype=volumes[0].voxels.dtype)
+    for v in volumes:
+        data[..., v.index] = v.voxels
     affine = volumes[0].affine
     image = nib.Nifti1Image(data, affine)
     header = image.header

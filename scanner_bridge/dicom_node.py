@@ -67,9 +67,11 @@ class DicomNode(VolumeSource):
     ae_title
         This node's AE title (what the scanner calls).
     host, port
-        Where to listen (``port=0``: any free port, see :attr:`port`).
+        Where to listen (``port=0``: any free port, see :attr:`port`); by default only this
+        machine can connect: give the address of the network card the scanner reaches.
     allowed_callers
-        Calling AE titles admitted (``None``: any).
+        Calling AE titles admitted; an association from any other is rejected and logged
+        (``None``: any, with a warning; ``rtrecon bridge receive`` always gives a list).
     missing_timeout_s
         How long a gap in the acquisition numbers may stay open before the volume is reported missing.
     idle_exit_s
@@ -83,7 +85,7 @@ class DicomNode(VolumeSource):
     def __init__(
         self,
         ae_title: str = "RTRECON",
-        host: str = "0.0.0.0",
+        host: str = "127.0.0.1",
         port: int = 11112,
         *,
         allowed_callers: Sequence[str] | None = None,
@@ -112,13 +114,26 @@ class DicomNode(VolumeSource):
         ae.require_called_aet = True
         if allowed_callers is not None:
             ae.require_calling_aet = list(allowed_callers)
+        else:
+            logger.warning("DICOM node %s admits any calling AE title", ae_title)
+        self.allowed_callers = None if allowed_callers is None else tuple(allowed_callers)
         for sop_class in MR_STORAGE_CLASSES:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         self._ae = ae
-        self._server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self._server = ae.start_server((host, port), block=False, evt_handlers=[
+            (evt.EVT_C_STORE, self._on_store), (evt.EVT_REQUESTED, self._on_request)])
         self.host, self.port = self._server.server_address[:2]
         logger.info("DICOM node %s listening on %s:%d", ae_title, self.host, self.port)
+
+    def _on_request(self, event: evt.Event) -> None:
+        # pynetdicom rejects the association itself; this tells the operator who was turned away.
+        request = event.assoc.requestor
+        # The requestor's ae_title is filled in after this event; the request itself has it.
+        calling = str(getattr(request.primitive, "calling_ae_title", "") or request.ae_title).strip()
+        if self.allowed_callers is not None and calling not in self.allowed_callers:
+            logger.warning("DICOM node %s refused an association from %s@%s (allowed: %s)",
+                           self.ae_title, calling, request.address, ", ".join(self.allowed_callers))
 
     def _on_store(self, event: evt.Event) -> int:
         # Runs in an association thread: only decode and queue.

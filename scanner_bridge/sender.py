@@ -23,7 +23,9 @@ newest modification time of its source files, when they are files), ``read`` (th
 handed it over) and ``sent``. A :class:`~scanner_bridge.assembly.VolumeMissing` becomes a
 :class:`~rtrecon.wire.VolumeMissingMessage`; when the source ends, each run gets a
 :class:`~rtrecon.wire.RunEndMessage` and the sender waits (up to ``drain_timeout_s``) for the
-receiver to acknowledge everything. Items already in the spool from before a restart (the
+receiver to acknowledge everything. While items wait, it warns (once per silence) when nothing
+has been acknowledged for ``ack_warn_trs`` TRs: "sent" alone does not mean an engine got it.
+Items already in the spool from before a restart (the
 restarted watcher reads the export folder again) are recognised by their key and skipped: the
 transport resends what the receiver lacks.
 """
@@ -39,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rtrecon.transport import ReliableSender, volume_key
-from rtrecon.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage
+from rtrecon.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage, WireError, validate
 from scanner_bridge.assembly import FileRejected, RunStarted, VolumeMissing, VolumeReady
 from scanner_bridge.sources import SourceEvent, VolumeSource
 from scanner_bridge.volume import AcquiredVolume
@@ -86,6 +88,8 @@ class SendReport:
     rejected: int = 0
     already_spooled: int = 0
     run_ends: int = 0
+    ack_warnings: int = 0
+    max_lead: int = 0  # the most items sent and not yet acknowledged
     all_acknowledged: bool = False
     runs: dict[int, int] = field(default_factory=dict)  # run -> number of volumes (last index + 1)
 
@@ -105,8 +109,14 @@ class BridgeSender:
         poll_s: float = 0.05,
         drain_timeout_s: float = 30.0,
         on_event: Callable[[SourceEvent, Message | None], None] | None = None,
+        ack_warn_trs: float = 5.0,
     ) -> None:
         self.link = link
+        self.ack_warn_trs = ack_warn_trs
+        self._tr = 2.0  # until a volume says
+        self._acked_seen: dict[int, int] = {}
+        self._waiting_since: float | None = None
+        self._warned = False
         self.session = link.session
         self.poll_s = poll_s
         self.drain_timeout_s = drain_timeout_s
@@ -130,6 +140,7 @@ class BridgeSender:
         thread.start()
         try:
             while True:
+                self._watch_acks()
                 try:
                     item = inbox.get(timeout=self.poll_s)
                 except queue.Empty:
@@ -150,7 +161,12 @@ class BridgeSender:
         for run, n_volumes in sorted(self.report.runs.items()):
             if self._send(RunEndMessage(session=self.session, run=run, n_volumes=n_volumes)) is not None:
                 self.report.run_ends += 1
-        self.report.all_acknowledged = self.link.wait_acked(self.drain_timeout_s)
+        deadline = time.monotonic() + self.drain_timeout_s
+        while self.link.pending and time.monotonic() < deadline:
+            self.link.poll(min(0.05, max(0.0, deadline - time.monotonic())))
+            self._watch_acks()
+        self.report.all_acknowledged = self.link.pending == 0
+        self.report.max_lead = self.link.max_lead
         if not self.report.all_acknowledged:
             logger.warning("%d item(s) not acknowledged by the receiver after %.0f s; they stay in the spool",
                            self.link.pending, self.drain_timeout_s)
@@ -166,10 +182,19 @@ class BridgeSender:
                 stamps["written"] = written
             self._count(event.run, volume.index)
             stamps["sent"] = time.time()
-            message = self._send(volume_message(self.session, event.run, volume, stamps))
-            if message is not None:
+            message = volume_message(self.session, event.run, volume, stamps)
+            if volume.tr > 0 and volume.tr == volume.tr:  # a NaN TR is refused below
+                self._tr = float(volume.tr)
+            try:
+                validate(message)
+            except WireError as exc:
+                # An impossible volume (NaN TR, NaN affine, ...) goes on the link as missing, with why.
+                logger.warning("run %d volume %d refused before sending: %s", event.run, volume.index, exc)
+                return self.handle(VolumeMissing(event.run, volume.index, volume.series, f"refused by the bridge: {exc}"))
+            sent = self._send(message)
+            if sent is not None:
                 self.report.volumes += 1
-            return message
+            return sent
         if isinstance(event, VolumeMissing):
             self._count(event.run, event.index)
             message = self._send(VolumeMissingMessage(session=self.session, run=event.run, index=event.index, reason=event.reason))
@@ -182,6 +207,24 @@ class BridgeSender:
             self.report.rejected += 1
             return None
         raise TypeError(f"not a source event: {event!r}")
+
+    def _watch_acks(self) -> None:
+        """Warn once per silence when items wait and nothing was acknowledged for ``ack_warn_trs`` TRs."""
+        now = time.monotonic()
+        acked = self.link.acked
+        if not self.link.pending or acked != self._acked_seen:
+            self._acked_seen = acked
+            self._waiting_since = now if self.link.pending else None
+            self._warned = False
+            return
+        if self._waiting_since is None:
+            self._waiting_since = now
+        silent = now - self._waiting_since
+        if not self._warned and silent >= self.ack_warn_trs * self._tr:
+            self._warned = True
+            self.report.ack_warnings += 1
+            logger.warning("nothing acknowledged for %.1f s (%g TRs) with %d item(s) waiting: is the engine running "
+                           "and listening on %s?", silent, self.ack_warn_trs, self.link.pending, self.link.endpoint)
 
     def _count(self, run: int, index: int) -> None:
         self.report.runs[run] = max(self.report.runs.get(run, 0), index + 1)

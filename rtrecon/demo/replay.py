@@ -72,6 +72,15 @@ def replay_nsd(ns: argparse.Namespace) -> int:
     try:
         nsd = NSDDataset(ns.root)
         available = nsd.runs(ns.subject, ns.session)
+        # Checked before anything trains: a session that is not there was found only minutes later.
+        if not available:
+            sessions = nsd.sessions(ns.subject)
+            raise ValueError(f"{ns.root}: subject {ns.subject} has no session {ns.session} "
+                             + (f"(its sessions: {', '.join(map(str, sessions))})" if sessions
+                                else f"(subjects found: {', '.join(map(str, nsd.subjects())) or 'none'})"))
+        if unknown := sorted(set(ns.runs or ()) - set(available)):
+            raise ValueError(f"{ns.root}: subject {ns.subject} session {ns.session} has no run(s) "
+                             f"{', '.join(map(str, unknown))} (its runs: {', '.join(map(str, available))})")
         runs = tuple(ns.runs or available)
         targets = _targets(ns)
         checkpoint, description = ns.checkpoint, f"MindEye2 checkpoint {ns.checkpoint} (adapter {ns.decoder_subject})"

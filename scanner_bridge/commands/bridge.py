@@ -3,7 +3,7 @@
 ::
 
     rtrecon bridge watch DIR --to tcp://engine:5555            # follow a scanner export folder
-    rtrecon bridge receive --ae-title RTRECON --port 11112 --to tcp://engine:5555   # DICOM node
+    rtrecon bridge receive --allowed-caller SCANNER --to tcp://engine:5555   # DICOM node
     rtrecon bridge replay FILE.nii.gz --to tcp://engine:5555 [--speed X | --fast]
     rtrecon bridge listen tcp://*:5555 [--out DIR]              # receive and report volumes
 
@@ -78,9 +78,36 @@ class VolumeStore:
     SliceTiming, MissingVolumes). :meth:`persisted` reads the folder back for a restart.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, max_index_jump: int = 100) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_index_jump = max_index_jump
+        self._grids: dict[int, tuple[tuple[int, ...], np.dtype]] = {}
+
+    def _grid(self, run: int) -> tuple[tuple[int, ...], np.dtype] | None:
+        """(shape, dtype) of the run's stored volumes, from the first one stored."""
+        if run not in self._grids:
+            first = next(iter(sorted((self.root / f"run-{run:02d}").glob("vol-*[0-9].nii"))), None)
+            if first is None:
+                return None
+            header = nib.load(first).header
+            self._grids[run] = (tuple(int(n) for n in header.get_data_shape()), header.get_data_dtype())
+        return self._grids[run]
+
+    def problem(self, message: Message) -> str | None:
+        """Why ``message`` cannot join what is stored (None: it can); the listener refuses it then."""
+        if isinstance(message, VolumeMessage):
+            grid = self._grid(message.run)
+            voxels = np.asarray(message.voxels)
+            if grid is not None and (voxels.shape, voxels.dtype.newbyteorder("=")) != (grid[0], grid[1].newbyteorder("=")):
+                return (f"volume {message.index} is {voxels.shape} {voxels.dtype}, "
+                        f"the run's volumes are {grid[0]} {grid[1]} (a new run needs a new run number)")
+        elif isinstance(message, RunEndMessage):
+            held = self.persisted().get(message.run, -1)
+            if message.n_volumes > held + 1 + self.max_index_jump:
+                return (f"run end claims {message.n_volumes} volumes, {held + 1} arrived "
+                        f"(more than {self.max_index_jump} missing at the end)")
+        return None
 
     def _run_dir(self, run: int) -> Path:
         folder = self.root / f"run-{run:02d}"
@@ -195,19 +222,34 @@ def _send(ns: argparse.Namespace, config: SessionConfig, make_source: Callable[[
     from rtrecon.transport import ReliableSender
     from scanner_bridge.sender import BridgeSender
 
+    from rtrecon.session import startup_problems
+
     endpoint = ns.to or config.network.volumes
     session = ns.session or session_name(config)
     spool = ns.spool or config.bridge.spool_dir
-    curve = _curve(ns.keys or config.security.keys_dir, "bridge")
+    keys = ns.keys or config.security.keys_dir
+    # What this command will use (the command line wins), checked before any source is opened;
+    # the export folder is the watcher's to check.
+    used = config.model_copy(update={
+        "bridge": config.bridge.model_copy(update={"spool_dir": spool, "watch_dir": None}),
+        "security": config.security.model_copy(update={"keys_dir": keys}),
+    })
+    if problems := startup_problems(used, "bridge"):
+        for problem in problems:
+            print(f"rtrecon bridge: {problem}", file=sys.stderr)
+        return 2
+    curve = _curve(keys, "bridge")
     source = make_source(config)
     _on_signals(source.close)
     with ReliableSender(endpoint, session, spool, curve=curve, server_role=ns.server_role,
-                        heartbeat_s=config.network.heartbeat_s) as link:
+                        heartbeat_s=config.network.heartbeat_s, max_in_flight=config.bridge.max_lead) as link:
         print(f"bridge: session {session} → {endpoint} (spool {spool}{', CURVE' if curve else ''})", flush=True)
-        report = BridgeSender(link, drain_timeout_s=ns.drain_timeout, on_event=_print_event).run(source)
+        report = BridgeSender(link, drain_timeout_s=ns.drain_timeout, on_event=_print_event,
+                              ack_warn_trs=config.bridge.ack_warn_trs).run(source)
     print(
         f"bridge: {report.volumes} volume(s) sent, {report.already_spooled} already sent before, "
-        f"{report.missing} missing, {report.rejected} file(s) rejected, {report.run_ends} run(s) ended; "
+        f"{report.missing} missing, {report.rejected} file(s) rejected, {report.run_ends} run(s) ended, "
+        f"at most {report.max_lead} ahead of the receiver (bound {config.bridge.max_lead}); "
         + ("all acknowledged" if report.all_acknowledged else "NOT all acknowledged (kept in the spool)"),
         flush=True,
     )
@@ -242,15 +284,25 @@ def _watch(ns: argparse.Namespace, config: SessionConfig) -> int:
 def _receive(ns: argparse.Namespace, config: SessionConfig) -> int:
     from scanner_bridge.dicom_node import DicomNode
 
+    b = config.bridge
+    callers = ns.allowed_caller or list(b.dicom_allowed_callers)
+    if not callers:
+        print("rtrecon bridge receive: no calling AE title is allowed to store (give the scanner's with "
+              "--allowed-caller AE or [bridge] dicom_allowed_callers)", file=sys.stderr)
+        return 2
+    ae_title = ns.ae_title or b.dicom_ae_title
+    host = ns.host or b.dicom_host
+    port = b.dicom_port if ns.port is None else ns.port
+
     def make(config: SessionConfig) -> VolumeSource:
         node = DicomNode(
-            ns.ae_title, ns.host, ns.port,
-            allowed_callers=ns.allowed_caller,
+            ae_title, host, port,
+            allowed_callers=callers,
             missing_timeout_s=ns.missing_timeout or config.bridge.missing_timeout_s,
             idle_exit_s=ns.exit_after_idle,
             store_dir=ns.store or (ns.spool or config.bridge.spool_dir) / "dicom_node" / (ns.session or session_name(config)),
         )
-        print(f"DICOM node {ns.ae_title} listening on {node.host}:{node.port}", flush=True)
+        print(f"DICOM node {ae_title} listening on {node.host}:{node.port} for {', '.join(callers)}", flush=True)
         return node
 
     return _send(ns, config, make)
@@ -275,14 +327,15 @@ def _listen(ns: argparse.Namespace, config: SessionConfig) -> int:
     endpoint = ns.addr or config.network.volumes
     session = ns.session or session_name(config)
     curve = _curve(ns.keys or config.security.keys_dir, ns.role)
-    store = VolumeStore(ns.out) if ns.out else None
+    store = VolumeStore(ns.out, max_index_jump=config.network.max_index_jump) if ns.out else None
     persisted = store.persisted() if store else {}
     stop = threading.Event()
     _on_signals(stop.set)
-    counts = {"volumes": 0, "missing": 0, "run_ends": 0}
+    counts = {"volumes": 0, "missing": 0, "run_ends": 0, "refused": 0}
     latencies: list[float] = []
     with ReliableReceiver(endpoint, session, persisted, curve=curve, heartbeat_s=config.network.heartbeat_s,
-                          name="listener") as rx:
+                          name="listener", max_key_jump=config.network.max_index_jump,
+                          max_message_bytes=config.network.max_message_bytes) as rx:
         if ns.json:
             print(json.dumps({"kind": "listening", "endpoint": endpoint, "session": session, "persisted": persisted}), flush=True)
         else:
@@ -296,6 +349,15 @@ def _listen(ns: argparse.Namespace, config: SessionConfig) -> int:
                 continue
             received = time.time()
             last = time.monotonic()
+            problem = store.problem(message) if store is not None else None
+            if problem is not None:
+                # Refused and acknowledged with the reason: a bad item must not stop the listener
+                # nor come back after its restart.
+                rx.refuse(message, problem)
+                counts["refused"] += 1
+                print(json.dumps({"kind": "refused", "run": message.run, "reason": problem}) if ns.json
+                      else f"run {message.run}: REFUSED ({problem})", flush=True)
+                continue
             if store is not None:
                 store.write(message)
             rx.ack(message)
@@ -315,7 +377,8 @@ def _listen(ns: argparse.Namespace, config: SessionConfig) -> int:
     if latencies:
         summary["median_latency_ms"] = float(np.median(latencies))
     print(json.dumps(summary) if ns.json else
-          f"received {counts['volumes']} volume(s), {counts['missing']} missing, {counts['run_ends']} run(s) ended", flush=True)
+          f"received {counts['volumes']} volume(s), {counts['missing']} missing, {counts['run_ends']} run(s) ended"
+          + (f", {counts['refused']} refused" if counts["refused"] else ""), flush=True)
     return 0
 
 
@@ -399,13 +462,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     watch.set_defaults(func=_runner(_watch))
 
     receive = sub.add_parser("receive", help="run a DICOM storage node (C-STORE SCP) and send its volumes")
-    receive.add_argument("--ae-title", default="RTRECON", help="this node's AE title (default: %(default)s)")
-    receive.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    receive.add_argument("--port", type=int, default=11112, help="port to listen on (default: %(default)s)")
+    receive.add_argument("--ae-title", help="this node's AE title (default: [bridge] dicom_ae_title, RTRECON)")
+    receive.add_argument("--host", help="address to listen on (default: [bridge] dicom_host, 127.0.0.1)")
+    receive.add_argument("--port", type=int, help="port to listen on (default: [bridge] dicom_port, 11112)")
     receive.add_argument("--store", type=Path, help="folder where each received object is persisted before the scanner is told it "
                          "is stored, and re-read after a restart (default: SPOOL/dicom_node/SESSION; holds full DICOM headers, "
                          "scanner side only)")
-    receive.add_argument("--allowed-caller", action="append", metavar="AE", help="admit only this calling AE title (repeatable)")
+    receive.add_argument("--allowed-caller", action="append", metavar="AE",
+                         help="admit this calling AE title (repeatable; default: [bridge] dicom_allowed_callers; "
+                         "one is needed, others are refused)")
     _sender(receive)
     receive.set_defaults(func=_runner(_receive))
 

@@ -398,3 +398,38 @@ def test_real_run_streamed_through_the_bridge(tmp_path, shared_dir):
     world = (realigner.affine @ np.c_[realigner.roi_voxels[:3].T, np.ones(n_roi)].T)[:3].T
     assert world[top, 1].mean() < world[:, 1].mean() - 20  # posterior (y, mm) to the brain's centre
     assert [m.trial for m in published] == events.trial.tolist()
+
+
+def test_a_store_with_bad_event_rows_from_an_older_version_still_restarts(tmp_path, caplog):
+    # Issue 20, failure 2: an older engine stored NaN and 'n/a' onsets; its restart raised
+    # "could not convert string to float: 'n/a'".
+    engine = _engine(tmp_path)
+    _stream(engine, 0, 12, end=False)
+    engine.join_background()
+    table = engine.store.events_table(1)
+    good = len(engine.store.events(1))
+    assert good > 0
+    with open(table.path, "a") as fh:
+        fh.write("n/a\t3.0\timage\t90\tx\tn/a\tn/a\t0\t12\n")
+        fh.write("nan\t3.0\timage\t91\tx\tn/a\tn/a\t0\t12\n")
+        fh.write("20.0\tinf\timage\t92\tx\tn/a\tn/a\t0\t12\n")
+        fh.write("20.0\t-3.0\timage\t93\tx\tn/a\tn/a\t0\t12\n")
+    caplog.set_level(logging.WARNING, logger="engine.store")
+    restarted = _engine(tmp_path)  # must not raise
+    assert len(restarted.store.events(1)) == good
+    skipped = [r.getMessage() for r in caplog.records if "event skipped" in r.getMessage()]
+    assert len(skipped) == 4 and "onset" in skipped[1] and "duration" in skipped[2] and "duration" in skipped[3]
+    _stream(restarted, 12, 16, end=False)  # and it goes on with the run
+    assert restarted.store.n_volumes(1) == 16
+
+
+def test_a_volume_of_another_dtype_is_stored_as_missing_with_the_reason(tmp_path, caplog):
+    engine = _engine(tmp_path)
+    caplog.set_level(logging.ERROR, logger="engine")
+    _stream(engine, 0, 6, end=False)
+    engine.handle(VolumeMessage(session=SESSION, run=1, index=6, tr=TR, voxels=_phantom()[0][6].astype(np.float64), affine=AFFINE))
+    _stream(engine, 7, 9, end=False)
+    engine.join_background()
+    assert "dtype float64 differs from the run's float32" in caplog.text
+    assert engine.store.n_volumes(1) == 9 and engine.store.volume(1, 6) is None
+    np.testing.assert_array_equal(engine.store.volume(1, 7), _phantom()[0][7])

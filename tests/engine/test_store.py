@@ -113,3 +113,14 @@ def test_geometry_is_what_a_restart_reads_back(tmp_path):
     assert compressed.geometry(1)[1] == live_tr
     store.save_image("desc-reference_boldref", vols[0].astype(np.float32), affine)
     np.testing.assert_array_equal(store.load_image("desc-reference_boldref")[1], live_affine)
+
+
+def test_a_volume_of_another_dtype_is_refused_not_wrapped(tmp_path):
+    # Issue 20, failure 8: a float32 volume in an int16 run was stored wrapped (3.2e6 -> 32744).
+    store = SessionStore(tmp_path, "01", "01", "test")
+    store.append_volume(1, _volumes(1)[0], AFFINE, tr=1.5)
+    with pytest.raises(ValueError, match="dtype float32 differs from run 1's int16"):
+        store.append_volume(1, np.full((6, 5, 4), 3.2e6, np.float32), AFFINE, tr=1.5)
+    assert store.n_volumes(1) == 1 and store.volume_dtype(1) == np.int16
+    store.append_volume(1, _volumes(2)[1].astype(">i2"), AFFINE, tr=1.5)  # control: same dtype, other byte order
+    assert store.n_volumes(1) == 2

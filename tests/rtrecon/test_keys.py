@@ -13,8 +13,8 @@ import pytest
 
 from rtrecon.cli import main
 from rtrecon.keys import CurveKeys, KeysError, init_keys, load_curve
-from rtrecon.transport import ReliableReceiver, ReliableSender, StatusPublisher, StatusSubscriber
-from rtrecon.wire import StatusMessage, VolumeMessage
+from rtrecon.transport import ReliableReceiver, ReliableSender, StatusPublisher, StatusSubscriber, trial_key, volume_key
+from rtrecon.wire import EventMessage, StatusMessage, VolumeMessage
 
 SESSION = "sub-01_ses-01"
 HB = 0.1
@@ -45,7 +45,7 @@ def _mode(path: Path) -> int:
 
 
 def test_init_makes_a_key_pair_per_role_with_private_secrets(keys_dir: Path, capsys) -> None:
-    for role in ("bridge", "engine", "stimulus"):
+    for role in ("bridge", "engine", "stimulus", "console"):
         assert (keys_dir / "public" / f"{role}.key").is_file()
         secret = keys_dir / "private" / f"{role}.key_secret"
         assert _mode(secret) == 0o600
@@ -53,9 +53,9 @@ def test_init_makes_a_key_pair_per_role_with_private_secrets(keys_dir: Path, cap
         assert b"secret-key" not in (keys_dir / "public" / f"{role}.key").read_bytes()
     assert _mode(keys_dir / "private") == 0o700
     assert sorted(p.name for p in (keys_dir / "private").iterdir()) == [
-        "bridge.key_secret", "engine.key_secret", "stimulus.key_secret"]
+        "bridge.key_secret", "console.key_secret", "engine.key_secret", "stimulus.key_secret"]
     bridge, engine = load_curve(keys_dir, "bridge"), load_curve(keys_dir, "engine")
-    assert bridge.known == engine.known and set(bridge.known) == {"bridge", "engine", "stimulus"}
+    assert bridge.known == engine.known and set(bridge.known) == {"bridge", "engine", "stimulus", "console"}
     assert bridge.server_key("engine") == engine.public != bridge.public
     assert len(bridge.public) == len(bridge.secret) == 40  # Z85 of 32 bytes
     # Existing keys are never replaced silently.
@@ -153,3 +153,61 @@ def test_unknown_key_and_plaintext_peers_get_nothing_through(
                             heartbeat_s=HB) as tx:
             tx.send(_volume(0))
             assert [m.index for m in _exchange(tx, rx, 1, timeout_s=10)] == [0]
+
+
+# -- issue 20: keys bound to roles; links that recover from a mechanism mismatch -----------------
+
+
+@pytest.mark.parametrize(
+    ("key", "server", "admitted", "refused"),
+    [
+        (volume_key, "engine", "bridge", "stimulus"),  # failure 6: the stimulus key was accepted on the volume link
+        (trial_key, "engine", "stimulus", "bridge"),
+        (trial_key, "stimulus", "engine", "console"),
+    ],
+)
+def test_a_key_is_accepted_only_on_its_roles_links(
+    keys_dir: Path, endpoint: str, tmp_path: Path, caplog, key, server, admitted, refused
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rtrecon.keys")
+    make = _volume if key is volume_key else (
+        lambda i: EventMessage(session=SESSION, run=1, trial=i, onset=1.0, duration=1.0, trial_type="image"))
+    with ReliableReceiver(endpoint, SESSION, key=key, curve=load_curve(keys_dir, server), heartbeat_s=HB) as rx:
+        with ReliableSender(endpoint, SESSION, tmp_path / "wrong", key=key, curve=load_curve(keys_dir, refused),
+                            server_role=server, heartbeat_s=HB) as tx:
+            tx.send(make(0))
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                tx.poll(0.01)
+                assert rx.recv(0.01) is None
+            assert tx.pending == 1 and not tx.connected
+        assert any(f"CURVE key of role {refused!r}" in r.getMessage() for r in caplog.records)
+        with ReliableSender(endpoint, SESSION, tmp_path / "right", key=key, curve=load_curve(keys_dir, admitted),
+                            server_role=server, heartbeat_s=HB) as tx:
+            tx.send(make(0))
+            assert len(_exchange(tx, rx, 1, timeout_s=10)) == 1
+
+
+@pytest.mark.parametrize("keyed", ["sender", "receiver"])
+def test_link_recovers_after_a_peer_without_the_same_encryption_held_the_port(
+    keys_dir: Path, endpoint: str, tmp_path: Path, caplog, keyed: str
+) -> None:
+    # Failure 5: after one handshake with a plaintext peer, libzmq stopped re-dialling for good.
+    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    sender_curve = load_curve(keys_dir, "bridge") if keyed == "sender" else None
+    receiver_curve = load_curve(keys_dir, "engine") if keyed == "receiver" else None
+    # The wrong peer: a receiver with the other encryption setting holds the port first.
+    with ReliableReceiver(endpoint, SESSION, curve=receiver_curve, heartbeat_s=HB) as wrong, \
+            ReliableSender(endpoint, SESSION, tmp_path, curve=sender_curve, heartbeat_s=HB) as tx:
+        tx.send(_volume(0))
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            tx.poll(0.01)
+            assert wrong.recv(0.01) is None
+        wrong.close()
+        # The right peer (same setting as the sender) takes the port over: the sender finds it.
+        with ReliableReceiver(endpoint, SESSION, curve=load_curve(keys_dir, "engine") if sender_curve else None,
+                              heartbeat_s=HB) as rx:
+            assert [m.index for m in _exchange(tx, rx, 1, timeout_s=10)] == [0]
+    told = [r.getMessage() for r in caplog.records if "handshake" in r.getMessage()]
+    assert any("failed" in m and "re-dialling" in m for m in told) and any("the link is back" in m for m in told), told

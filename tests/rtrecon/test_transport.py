@@ -35,6 +35,7 @@ from rtrecon.wire import (
     VolumeMessage,
     VolumeMissingMessage,
     WireError,
+    decode,
     encode,
 )
 
@@ -410,3 +411,154 @@ def test_status_feed(endpoint: str) -> None:
             assert pub.publish(message)
             got = sub.recv(0.05)
         assert got == message
+
+
+# -- issue 20: hostile items are refused with their reason, and the link goes on -----------------
+
+
+def _raw_item(frames_of_item: list[bytes], key: int, prev: int, seq: int) -> list[bytes]:
+    return [encode(SequenceMessage(session=SESSION, run=1, key=key, prev=prev, seq=seq))[0], *frames_of_item]
+
+
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [2**70], [True, 2]])
+def test_shapes_that_killed_receivers_are_refused_and_the_link_goes_on(endpoint: str, shape, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    good = encode(_volume(0))
+    header = json.loads(good[0])
+    header["arrays"][0]["shape"] = shape
+    bad = [json.dumps(header).encode(), b"", good[2]]
+    with ReliableReceiver(endpoint, SESSION, heartbeat_s=HB) as rx:
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(endpoint)
+        try:
+            raw.send_multipart(encode(HelloMessage(peer="bridge", session=SESSION, attempt=1)))
+            raw.send_multipart(_raw_item(bad, key=0, prev=-1, seq=0))
+            raw.send_multipart(_raw_item(encode(_volume(1)), key=1, prev=0, seq=1))
+            got = None
+            deadline = time.monotonic() + 5
+            while got is None and time.monotonic() < deadline:
+                got = rx.recv(0.05)
+            assert got is not None and got.index == 1  # the next item of the same sender still comes
+            rx.ack(got)
+            acks = []
+            while raw.poll(500):
+                message = decode(raw.recv_multipart())
+                if isinstance(message, AckMessage):
+                    acks.append(message)
+                    if message.index == 1:
+                        break
+        finally:
+            raw.close()
+    refused = [a for a in acks if a.refused == 0]
+    assert refused and "bad shape" in refused[0].reason
+    assert any("refused item 0 of run 1" in r.getMessage() and "bad shape" in r.getMessage() for r in caplog.records)
+
+
+def test_impossible_items_from_a_sender_are_refused_acknowledged_and_reported(endpoint: str, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    nan_tr = VolumeMessage(session=SESSION, run=1, index=1, tr=float("nan"),
+                           voxels=np.ones((6, 5, 4), np.int16), affine=np.eye(4))
+    with (
+        ReliableReceiver(endpoint, SESSION, heartbeat_s=HB) as rx,
+        ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx,
+    ):
+        tx.send(_volume(0))
+        tx.send(nan_tr)
+        tx.send(_volume(2))
+        got = _exchange(tx, rx, 2)
+        assert [m.index for m in got] == [0, 2]
+        assert tx.pending == 0 and tx.acked == {1: 2}
+        assert "volume.tr" in tx.refused[(1, 1)]
+    assert any("refused item 1 of run 1" in r.getMessage() for r in caplog.records)
+
+
+def test_application_refusal_is_acknowledged_with_its_reason(endpoint: str, tmp_path: Path) -> None:
+    with (
+        ReliableReceiver(endpoint, SESSION, heartbeat_s=HB) as rx,
+        ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx,
+    ):
+        for index in range(3):
+            tx.send(_volume(index))
+        got: list = []
+
+        def step() -> None:
+            tx.poll(0.002)
+            message = rx.recv(0.01)
+            if message is not None:
+                got.append(message)
+                (rx.refuse(message, "shape changed") if message.index == 1 else rx.ack(message))
+
+        _until(lambda: len(got) == 3 and tx.pending == 0, step, 10, "3 items")
+        assert tx.refused == {(1, 1): "shape changed"}
+        assert rx.persisted == {1: 2}
+
+
+def test_key_jumps_beyond_the_bound_are_refused(endpoint: str, tmp_path: Path) -> None:
+    with (
+        ReliableReceiver(endpoint, SESSION, heartbeat_s=HB, max_key_jump=10) as rx,
+        ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx,
+    ):
+        for index in (0, 1, 11, 340, 341):
+            tx.send(_volume(index))
+        tx.send(RunEndMessage(session=SESSION, run=1, n_volumes=342))
+        got = _exchange(tx, rx, 2)
+        _until(lambda: tx.pending == 0, lambda: (tx.poll(0.002), rx.recv(0.01)), 10, "all acknowledged")
+    # 11 is 10 ahead of 1 (allowed); 340 and everything after it are measured from 11.
+    assert [m.index for m in got] == [0, 1, 11]
+    assert set(tx.refused) == {(1, 340), (1, 341), (1, 342)}
+    assert "jumps from 11" in tx.refused[(1, 340)]
+
+
+@pytest.mark.parametrize(
+    ("limit", "size_mb", "read"),
+    [("default", 200, False), (None, 2, True)],  # control: without a limit the frame is read (and dropped as garbage)
+)
+def test_a_200_mb_frame_is_refused_before_it_is_read(endpoint: str, tmp_path: Path, limit, size_mb, read, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    kwargs = {} if limit == "default" else {"max_message_bytes": limit}
+    with ReliableReceiver(endpoint, SESSION, heartbeat_s=HB, **kwargs) as rx:
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(endpoint)
+        try:
+            huge = np.zeros(size_mb * 1024 * 1024, np.uint8)
+            raw.send_multipart([_raw_item([b"{}"], 0, -1, 0)[0], b"{}", memoryview(huge)], copy=False)
+            del huge
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and not caplog.records:
+                assert rx.recv(0.05) is None
+        finally:
+            raw.close()
+        assert any("item" in r.getMessage() for r in caplog.records) == read
+        # The link still serves its real sender.
+        with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx:
+            tx.send(_volume(0))
+            assert [m.index for m in _exchange(tx, rx, 1)] == [0]
+
+
+def test_sender_lead_is_bounded_and_reported(endpoint: str, tmp_path: Path) -> None:
+    # Issue 20, failure 8: a --fast replay ran 39 s ahead and the engine held 2.3 GB of queued volumes.
+    with (
+        ReliableReceiver(endpoint, SESSION, heartbeat_s=HB) as rx,
+        ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB, max_in_flight=3) as tx,
+    ):
+        for index in range(20):
+            tx.send(_volume(index))
+        # The receiver reads without acknowledging: nothing beyond the bound reaches it.
+        held: list = []
+
+        def step() -> None:
+            tx.poll(0.005)
+            message = rx.recv(0.005)
+            if message is not None:
+                held.append(message)
+
+        _until(lambda: len(held) == 3, step, 10, "the first items")
+        for _ in range(30):
+            step()
+        assert [m.index for m in held] == [0, 1, 2] and tx.lead == 3 and tx.pending == 20
+        for message in held:
+            rx.ack(message)
+        got = _exchange(tx, rx, 17)
+        assert [m.index for m in got] == list(range(3, 20)) and tx.max_lead == 3 and tx.lead == 0

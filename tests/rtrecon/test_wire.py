@@ -49,8 +49,8 @@ def _volume(**overrides) -> VolumeMessage:
 EXAMPLES: list[Message] = [
     _volume(),
     _volume(voxels=RNG.standard_normal((6, 5, 4)).astype(np.float32), slice_times=None, acquisition_time=None),
-    _volume(voxels=RNG.integers(0, 4000, size=(3, 3, 2)).astype(np.uint16).astype(">u2")),
-    _volume(voxels=np.zeros((0, 4, 2), dtype=np.float64)),
+    _volume(voxels=RNG.integers(0, 4000, size=(3, 3, 2)).astype(np.uint16).astype(">u2"), slice_times=[0.0, 0.75]),
+    _volume(voxels=np.zeros((1, 1, 3), dtype=np.float64)),
     EventMessage(session="s", run=1, trial=3, onset=12.5, duration=3.0, trial_type="image",
                  stimulus="nsd_00042", response="1", response_time=0.62, feedback=True),
     TrialResultMessage(session="s", run=1, trial=3, stimulus="nsd_00042", retrieved=["nsd_00042", "nsd_00007"],
@@ -187,3 +187,144 @@ def test_rejects_wrong_field_type() -> None:
     header, data = _header(HelloMessage(peer="e", session="s"))
     header["fields"]["persisted"] = {"one": 3}
     _rejects(_with(header, data), "hello.persisted")
+
+
+# -- issue 20, failure 1: shapes that overflowed or raised past the WireError handler ------------
+
+
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [2**70], [True, 2], [2, False, 3], [1.0, 2], [1] * 9, "5x4x3", None])
+def test_shapes_that_crashed_receivers_are_wire_errors(shape) -> None:
+    header, data = _header(_volume())
+    header["arrays"][0]["shape"] = shape
+    _rejects(_with(header, data), "volume.voxels", "bad shape")
+    # A plausible shape whose exact byte count is far from the frame's: refused on the count.
+    header["arrays"][0]["shape"] = [65536, 65536, 65536]
+    _rejects(_with(header, data), "expected 562949953421312")
+
+
+def test_any_exception_while_decoding_is_that_messages_wire_error() -> None:
+    # A 5000-digit integer makes json.loads raise a plain ValueError (Python's int-digits limit).
+    header, data = _header(_volume())
+    header["fields"]["index"] = 123454321
+    text = json.dumps(header).replace("123454321", "9" * 5000)
+    _rejects([text.encode(), *data], "not JSON")
+    _rejects([b"{" + b" " * (1 << 20) + b"}"], "header of")
+    header, data = _header(_volume())
+    header["arrays"][0]["dtype"] = "(2,)<i2"  # a sub-array dtype: numpy parses it, the wire must not
+    _rejects(_with(header, data), "volume.voxels")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("index", True, "volume.index"),
+        ("run", 2.0, "volume.run"),
+        ("index", 2**70, "volume.index"),
+        ("index", -1, "volume.index"),
+        ("index", 100_000, "volume.index"),
+        ("tr", "1.5", "volume.tr"),
+        ("tr", 0.0, "repetition time"),
+        ("tr", -1.5, "repetition time"),
+        ("tr", 1e300, "repetition time"),
+        ("stamps", {"sent": "soon"}, "volume.stamps"),
+    ],
+)
+def test_volume_fields_are_refused_with_their_name(field, value, needle) -> None:
+    header, data = _header(_volume())
+    header["fields"][field] = value
+    _rejects(_with(header, data), needle)
+
+
+# -- issue 20, failures 2 and 3: impossible events and volumes are refused at the wire -------------
+
+
+def _event(**overrides) -> EventMessage:
+    fields = dict(session="s", run=1, trial=3, onset=12.5, duration=3.0, trial_type="image")
+    fields.update(overrides)
+    return EventMessage(**fields)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"onset": float("nan")}, "event.onset"),
+        ({"onset": float("inf")}, "event.onset"),
+        ({"onset": 1e12}, "event.onset"),
+        ({"onset": -1e9}, "event.onset"),
+        ({"duration": float("nan")}, "event.duration"),
+        ({"duration": float("-inf")}, "event.duration"),
+        ({"duration": -3.0}, "event.duration"),
+        ({"response_time": float("nan")}, "event.response_time"),
+        ({"trial": -1}, "event.trial"),
+    ],
+)
+def test_impossible_events_are_refused(overrides, needle) -> None:
+    # Python's json writes NaN and Infinity (and reads them back): the check must be the wire's own.
+    _rejects(encode(_event(**overrides)), needle)
+
+
+def test_a_valid_event_with_an_early_onset_passes() -> None:
+    # Control: an onset before the first trigger is possible (nilearn keeps events down to -24 s).
+    assert decode(encode(_event(onset=-10.0, duration=0.0))).onset == -10.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"tr": float("nan")}, "volume.tr"),
+        ({"tr": float("inf")}, "volume.tr"),
+        ({"tr": 0.0}, "volume.tr"),
+        ({"affine": np.full((4, 4), np.nan)}, "volume.affine"),
+        ({"affine": np.diag([2.0, 2.0, np.inf, 1.0])}, "volume.affine"),
+        ({"affine": np.zeros((4, 4))}, "singular"),
+        ({"affine": np.eye(3)}, "volume.affine"),
+        ({"voxels": np.zeros((4, 4, 3, 2), np.int16)}, "volume.voxels"),
+        ({"voxels": np.zeros((4, 0, 3), np.int16)}, "volume.voxels"),
+        ({"voxels": np.zeros((4, 4, 3), bool)}, "volume.voxels"),
+        ({"slice_times": [0.0, float("nan"), 1.0]}, "volume.slice_times"),
+        ({"slice_times": [0.0, 0.5]}, "volume.slice_times"),
+        ({"acquisition_time": float("nan")}, "volume.acquisition_time"),
+    ],
+)
+def test_impossible_volumes_are_refused(overrides, needle) -> None:
+    _rejects(encode(_volume(**overrides)), needle)
+
+
+def test_nan_voxels_still_travel() -> None:
+    # Control: NaN voxels are data the engine already refuses itself with its own reason.
+    voxels = np.full((5, 4, 3), np.nan, np.float32)
+    assert np.isnan(decode(encode(_volume(voxels=voxels))).voxels).all()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        RunEndMessage(session="s", run=1, n_volumes=300_000),
+        RunEndMessage(session="s", run=-1, n_volumes=3),
+        VolumeMissingMessage(session="s", run=1, index=-4, reason="?"),
+        SequenceMessage(session="s", run=1, key=4, prev=4, seq=0),
+        AckMessage(session="s", run=1, index=-2),
+        HelloMessage(peer="e", session="s", persisted={1: -2}),
+        HeartbeatMessage(peer="e", sent_time=float("nan")),
+        TrialResultMessage(session="s", run=1, trial=1, image=np.zeros((4, 4), np.uint8)),
+        TrialResultMessage(session="s", run=1, trial=1, embedding=np.full(4, np.nan, np.float32)),
+        TrialResultMessage(session="s", run=1, trial=1, retrieved=["a"], scores=[0.5, 0.2]),
+        TrialResultMessage(session="s", run=1, trial=1, latencies={"decode_s": float("inf")}),
+    ],
+    ids=lambda m: m.KIND,
+)
+def test_impossible_control_and_result_values_are_refused(message) -> None:
+    _rejects(encode(message), message.KIND)
+
+
+def test_status_metrics_may_be_unknown() -> None:
+    # Control: the first volume's displacement is NaN ("not known yet") and is for display only.
+    decoded = decode(encode(StatusMessage(process="engine", state="running", metrics={"fd_mm": float("nan")})))
+    assert np.isnan(decoded.metrics["fd_mm"])
+
+
+def test_result_release_fields_travel_and_are_checked() -> None:
+    message = TrialResultMessage(session="s", run=1, trial=2, release=1, release_s=9.6, final=True)
+    assert decode(encode(message)) == message
+    _rejects(encode(TrialResultMessage(session="s", run=1, trial=2, release=-1)), "trial_result.release")
+    _rejects(encode(TrialResultMessage(session="s", run=1, trial=2, release_s=float("nan"))), "trial_result.release_s")

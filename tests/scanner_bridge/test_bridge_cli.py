@@ -55,7 +55,7 @@ def test_replay_to_listen(tmp_path: Path, ref: Path, capsys: pytest.CaptureFixtu
     assert [(r["run"], r["index"]) for r in volumes] == [(2, i) for i in range(6)]
     assert all(r["shape"] == [64, 64, 36] and r["dtype"] == "int16" and r["tr"] == 3.2 for r in volumes)
     assert all(r["transit_ms"] >= 0 and r["latency_ms"] >= r["transit_ms"] for r in volumes)
-    assert records[-1] == {"summary": True, "volumes": 6, "missing": 0, "run_ends": 1,
+    assert records[-1] == {"summary": True, "volumes": 6, "missing": 0, "run_ends": 1, "refused": 0,
                            "median_latency_ms": pytest.approx(float(np.median([r["latency_ms"] for r in volumes])))}
     stored = nib.load(tmp_path / "out" / "run-02_bold.nii.gz")
     np.testing.assert_array_equal(np.asanyarray(stored.dataobj), np.asanyarray(nib.load(ref).dataobj))
@@ -141,3 +141,92 @@ def test_bad_input_is_named_with_exit_status_2(tmp_path: Path, capsys: pytest.Ca
     assert "nokeys" in err
     with pytest.raises(SystemExit):
         main(["bridge", "replay", "x.nii", "--speed", "2", "--fast"])  # one pace only
+
+
+def test_listen_out_refuses_what_crashed_it_and_restarts(tmp_path: Path, capsys) -> None:
+    # Issue 20, failure 4: a NaN affine, a shape change before run end and a run end claiming
+    # 300 000 volumes crashed `listen --out` (and again after each restart, never acknowledged).
+    from rtrecon.transport import ReliableSender
+    from rtrecon.wire import RunEndMessage, VolumeMessage
+
+    session = "sub-01_ses-01"
+
+    def volume(run: int, index: int, shape=(4, 4, 3), affine=np.eye(4)) -> VolumeMessage:
+        return VolumeMessage(session=session, run=run, index=index, tr=2.0,
+                             voxels=np.full(shape, index + 1, np.int16), affine=affine)
+
+    items = [
+        volume(1, 0), volume(1, 1, affine=np.full((4, 4), np.nan)), volume(1, 2, shape=(5, 4, 3)), volume(1, 3),
+        RunEndMessage(session=session, run=1, n_volumes=4),
+        volume(2, 0), RunEndMessage(session=session, run=2, n_volumes=300_000),
+        volume(3, 0), RunEndMessage(session=session, run=3, n_volumes=5_000),
+    ]
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    out = tmp_path / "out"
+    refused: dict = {}
+    for attempt in range(2):  # the second listener restarts on the same folder
+        listener, code = _in_thread(["bridge", "listen", endpoint, "--out", str(out), "--json", "--exit-after-idle", "1.5"])
+        with ReliableSender(endpoint, session, tmp_path / "spool", heartbeat_s=0.2) as tx:
+            if attempt == 0:
+                for item in items:
+                    tx.send(item)
+            assert tx.wait_acked(30)
+            refused.update(tx.refused)
+        listener.join(timeout=60)
+        assert code == [0]
+    assert set(refused) == {(1, 1), (1, 2), (2, 300_000), (3, 5_000)}
+    assert "volume.affine" in refused[(1, 1)] and "(5, 4, 3)" in refused[(1, 2)]
+    assert "run_end.n_volumes" in refused[(2, 300_000)] and "jumps" in refused[(3, 5_000)]
+    records = _json_lines(capsys.readouterr().out)
+    # The others never reach the store; those the store does not hold are refused again after the restart.
+    assert [r["run"] for r in records if r.get("kind") == "refused"] == [1]
+    stored = nib.load(out / "run-01_bold.nii.gz")
+    assert stored.shape == (4, 4, 3, 4)
+    assert json.loads((out / "run-01_bold.json").read_text())["MissingVolumes"] == [1, 2]
+
+
+def test_dicom_node_listens_where_the_config_says_and_refuses_other_callers(tmp_path: Path, dicom_dir: Path, caplog, capsys) -> None:
+    # Issue 20, failure 7: the node listened on 0.0.0.0:11112 and stored a push from any caller.
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="scanner_bridge.dicom_node")
+    assert main(["bridge", "receive", "--to", "tcp://127.0.0.1:1", "--spool", str(tmp_path / "s0")]) == 2
+    assert "no calling AE title is allowed" in capsys.readouterr().err
+    endpoint, dicom_port = f"tcp://127.0.0.1:{_free_port()}", _free_port()
+    config = tmp_path / "session.toml"
+    config.write_text(f'[network]\nvolumes = "{endpoint}"\n[bridge]\ndicom_port = {dicom_port}\n'
+                      f'dicom_ae_title = "RTNODE"\ndicom_allowed_callers = ["CONSOLE"]\nspool_dir = "spool"\n')
+    listener, listen_code = _in_thread(["bridge", "listen", "--config", str(config), "--json", "--runs", "1"])
+    node, node_code = _in_thread(["bridge", "receive", "--config", str(config), "--exit-after-idle", "2.0"])
+    datasets = [pydicom.dcmread(p) for p in sorted((dicom_dir / EP2D / "dicom").iterdir())][:2]
+
+    def associate(calling: str):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+        return ae.associate("127.0.0.1", dicom_port, ae_title="RTNODE")
+
+    deadline = time.monotonic() + 30
+    while not (assoc := associate("CONSOLE")).is_established:
+        assert time.monotonic() < deadline, "the DICOM node never came up"
+        time.sleep(0.1)
+    intruder = associate("INTRUDER")
+    assert not intruder.is_established and intruder.is_rejected
+    assert [assoc.send_c_store(ds).Status for ds in datasets] == [0, 0]
+    assoc.release()
+    node.join(timeout=60)
+    listener.join(timeout=60)
+    assert (node_code, listen_code) == ([0], [0])
+    out = capsys.readouterr().out
+    assert f"listening on 127.0.0.1:{dicom_port} for CONSOLE" in out
+    assert [r["index"] for r in _json_lines(out) if r.get("kind") == "volume"] == [0, 1]
+    assert any("refused an association from INTRUDER" in r.getMessage() for r in caplog.records)
+
+
+def test_bridge_checks_its_spool_and_keys_before_reading_anything(tmp_path: Path, ref: Path, capsys) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    args = ["bridge", "replay", str(ref), "--to", "tcp://127.0.0.1:1", "--fast"]
+    assert main([*args, "--spool", str(blocked / "spool"), "--keys", str(tmp_path / "nokeys")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("rtrecon bridge: ") for line in lines)
+    assert "bridge.spool_dir" in lines[0] and "security.keys_dir" in lines[1] and "nokeys" in lines[1]

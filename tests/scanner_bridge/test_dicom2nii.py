@@ -72,8 +72,12 @@ def test_bad_files_are_logged_and_a_missing_volume_is_listed(dicom_dir: Path, tm
     cut.write_bytes(files[2].read_bytes()[:200_000])
     (folder / "notes.txt").write_text("run 1: subject moved during volume 3\n" * 5)
     with caplog.at_level("WARNING", logger="scanner_bridge.dicom2nii"):
-        [path] = dicom_series_to_nifti(folder, tmp_path / "gap.nii.gz")
-    assert nib.load(path).shape[3] == 5
+        [path] = dicom_series_to_nifti(folder, tmp_path / "gap.nii.gz", allow_missing=True)
+    # The gap is kept (issue 20: volumes after it used to shift by one TR).
+    data = np.asanyarray(nib.load(path).dataobj)
+    assert data.shape[3] == 6 and not data[..., 2].any() and data[..., 3].any()
+    reference = np.asanyarray(nib.load(files[0].parents[1] / "ref" / "2_ep2d_Asc.nii").dataobj)
+    np.testing.assert_array_equal(data[..., 3:], reference[..., 3:])
     assert json.loads((tmp_path / "gap.json").read_text())["MissingVolumes"] == [2]
     logged = caplog.text
     assert f"skipped {cut}: incomplete: pixel data has" in logged
@@ -125,3 +129,19 @@ def test_every_shared_series_converts_to_its_reference(dicom_dir: Path, tmp_path
     raw = reference_sidecar.read_bytes()
     expected_sidecar = json.loads(gzip.decompress(raw) if reference_sidecar.suffix == ".gz" else raw)
     assert sidecar["RepetitionTime"] == pytest.approx(expected_sidecar["RepetitionTime"], abs=1e-3)
+
+
+def test_a_missing_or_corrupt_volume_is_an_error_unless_allowed(dicom_dir: Path, tmp_path: Path, capsys) -> None:
+    # Issue 20, failure 9: a corrupt volume was dropped with exit status 0.
+    files = sorted((dicom_dir / "siemens_mosaic_ep2d_vd13" / "dicom").iterdir())
+    folder = _link_files([f for f in files if f.name not in ("IM-0001-0003.dcm", "IM-0001-0006.dcm")], tmp_path / "bad")
+    (folder / "IM-0001-0003.dcm").write_bytes(files[2].read_bytes()[:3000])  # a middle volume, corrupt
+    (folder / "IM-0001-0006.dcm").write_bytes(files[5].read_bytes()[:3000])  # the last one: no gap shows it
+    assert main(["dicom2nii", str(folder), str(tmp_path / "out.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert "run 1 volume(s) 2" in err and "2 corrupt image file(s)" in err and "--allow-missing" in err
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert main(["dicom2nii", str(folder), str(tmp_path / "out.nii.gz"), "--allow-missing"]) == 0
+    assert nib.load(tmp_path / "out.nii.gz").shape[3] == 5
+    # Control: the complete folder converts with status 0.
+    assert main(["dicom2nii", str(_link_files(files, tmp_path / "ok")), str(tmp_path / "ok.nii.gz")]) == 0

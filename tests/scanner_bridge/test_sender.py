@@ -156,3 +156,44 @@ def test_a_failing_source_is_reported_in_the_callers_thread(tmp_path: Path) -> N
     with ReliableSender(_endpoint(), SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
         with pytest.raises(OSError, match="export share went away"):
             BridgeSender(link).run(Broken([]))
+
+
+def test_impossible_volumes_go_out_as_missing_with_the_reason(tmp_path: Path) -> None:
+    # Issue 20, failure 3: a NaN TR on a run's first volume used to reach the engine's sidecar.
+    import dataclasses
+
+    events: list[SourceEvent] = [
+        VolumeReady(1, dataclasses.replace(_volume(0), tr=float("nan"))),
+        VolumeReady(1, dataclasses.replace(_volume(1), affine=np.full((4, 4), np.nan))),
+        VolumeReady(1, _volume(2)),
+    ]
+    endpoint = _endpoint()
+    receiver = _Receiver(endpoint)
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+        report = BridgeSender(link).run(_Scripted(events))
+    messages = receiver.stop()
+    assert (report.volumes, report.missing) == (1, 2) and report.all_acknowledged
+    kinds = [(type(m).__name__, getattr(m, "index", None)) for m in messages if not isinstance(m, RunEndMessage)]
+    assert kinds == [("VolumeMissingMessage", 0), ("VolumeMissingMessage", 1), ("VolumeMessage", 2)]
+    assert "volume.tr" in messages[0].reason and "volume.affine" in messages[1].reason
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_the_bridge_warns_when_nothing_acknowledges_within_a_few_trs(tmp_path: Path, caplog, listening: bool) -> None:
+    # Issue 20, failure 9: the bridge printed "sent" for every volume with nothing listening.
+    import dataclasses
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="scanner_bridge.sender")
+    events: list[SourceEvent] = [VolumeReady(1, dataclasses.replace(_volume(i), tr=0.1)) for i in range(3)]
+    endpoint = _endpoint()
+    receiver = _Receiver(endpoint) if listening else None  # control: a receiver acknowledges in time
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+        report = BridgeSender(link, drain_timeout_s=3.0 if listening else 2.0, ack_warn_trs=10).run(_Scripted(events))
+    if receiver is not None:
+        receiver.stop()
+    warnings = [r.getMessage() for r in caplog.records if "nothing acknowledged" in r.getMessage()]
+    assert report.all_acknowledged == listening
+    assert (report.ack_warnings, len(warnings)) == ((0, 0) if listening else (1, 1))
+    if not listening:
+        assert endpoint in warnings[0] and "4 item(s) waiting" in warnings[0]

@@ -42,3 +42,21 @@ def test_replay_errors_name_the_problem(demo_run, tmp_path, capsys):
     assert "none.pth: no such checkpoint" in capsys.readouterr().err
     assert main([*args, "--targets", str(tmp_path / "none.npy")]) == 2
     assert "none.npy: no CLIP tokens" in capsys.readouterr().err
+
+
+def test_a_session_or_run_that_is_not_there_is_named_before_any_training(tmp_path, capsys):
+    # Issue 20, failure 9: `replay nsd` trained for minutes before finding the session absent.
+    root = tmp_path / "nsd"
+    series = root / "nsddata_timeseries" / "ppdata" / "subj01" / "func1pt8mm" / "timeseries"
+    series.mkdir(parents=True)
+    for session in (1, 2):
+        (series / f"timeseries_session{session:02d}_run01.nii.gz").write_bytes(b"")
+    (root / "synthetic_truth").mkdir()  # a synthetic root: without a checkpoint it would train a decoder
+    args = ["replay", "nsd", "--root", str(root), "--subject", "1", "--out", str(tmp_path / "out")]
+    assert main([*args, "--session", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "subject 1 has no session 7" in err and "its sessions: 1, 2" in err and "training" not in err
+    assert main([*args[:5], "3", *args[6:], "--session", "1"]) == 2
+    assert "subject 3 has no session 1" in capsys.readouterr().err
+    assert main([*args, "--session", "1", "--runs", "1", "4"]) == 2
+    assert "has no run(s) 4" in capsys.readouterr().err
