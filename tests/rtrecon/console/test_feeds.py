@@ -52,7 +52,9 @@ def test_an_encrypted_feed_needs_the_session_keys(tmp_path):
     keys = init_keys(tmp_path / "keys")
     other = init_keys(tmp_path / "other")
     assert console_curve(None) is None
-    assert console_curve(keys).role == "engine"  # no console key pair: the engine's, on the engine's machine
+    assert console_curve(keys).role == "console"  # keys init makes the console's pair too
+    older = init_keys(tmp_path / "older", roles=("bridge", "engine", "stimulus"))
+    assert console_curve(older).role == "engine"  # no console key pair: the engine's, on the engine's machine
     init_keys(tmp_path / "with_console", roles=("engine", "console"))
     assert console_curve(tmp_path / "with_console").role == "console"
     status = StatusMessage(process="engine", state="links", metrics={"bridge_alive": 1.0})
