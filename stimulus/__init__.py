@@ -4,6 +4,7 @@ Its settings are the session config's ``[stimulus]`` table (:class:`rtrecon.conf
 One module per concern:
 
 - :mod:`stimulus.trials`: trial lists (TSV), checked before the run with file and line in errors;
+- :mod:`stimulus.soundfiles`: which cue files are sounds, decoded and checked before the run;
 - :mod:`stimulus.timeline`: a run's plan, segments in seconds since the first trigger;
 - :mod:`stimulus.trigger`: key input (keyboard, serial, scheduled) and the scanner trigger;
 - :mod:`stimulus.screen`: the window and what each task phase draws;
