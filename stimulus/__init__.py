@@ -14,7 +14,10 @@ One module per concern:
   journal a killed run resumes from;
 - :mod:`stimulus.participant`: a virtual participant and scanner;
 - :mod:`stimulus.app`: the run itself (:func:`~stimulus.app.prepare_run`,
-  :class:`~stimulus.app.StimulusProgram`);
+  :class:`~stimulus.app.StimulusProgram`: the frame loop), with :mod:`stimulus.pacing` (speed,
+  trigger wait, frame period), :mod:`stimulus.eventlog` (segments shown, responses),
+  :mod:`stimulus.results` (results from arrival to the screen), :mod:`stimulus.operator_view`
+  (the operator's window) and :mod:`stimulus.resume` (a killed run read back);
 - :mod:`stimulus.commands`: ``rtrecon stimulus check|run``.
 
 PsychoPy is imported only where a window is needed, so that trial lists can be checked on a
