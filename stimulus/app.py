@@ -325,6 +325,7 @@ class StimulusProgram:
 
     # -- the frame loop ---------------------------------------------------------------------------
     def _loop(self, win: Any, screen: TaskScreen, results: ResultHandler, period: float) -> None:
+        """One frame per pass, the module docstring's steps 1-6, until the end screen is over."""
         segments = self.setup.timeline.segments
         end_screen = Segment(self.setup.timeline.end, float("inf"), "end")
         self.pacer.start(period)
