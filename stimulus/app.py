@@ -51,12 +51,24 @@ the events sidecar's ``StimulusTiming``). All files are written when the run end
 (:class:`~stimulus.records.RunRecord`); a segment with an event is never skipped, even when
 the process stalled past it (it is then shown late, for at least one frame).
 
+:class:`StimulusProgram` holds the frame loop and what happens on a flip (onsets, events sent);
+the rest is in its own modules:
+
+- :mod:`stimulus.pacing`: the replay's speed, the wait for the first trigger, the frame period
+  and the time of the coming flip (:class:`~stimulus.pacing.Pacer`);
+- :mod:`stimulus.eventlog`: the segments as shown, their event rows and the responses
+  (:class:`~stimulus.eventlog.EventLog`);
+- :mod:`stimulus.results`: feedback handling, each result from its arrival to the flip that shows
+  it (:class:`~stimulus.results.ResultHandler`; :mod:`stimulus.policy` chooses, :mod:`stimulus.feedback` draws);
+- :mod:`stimulus.operator_view`: the operator's window (:class:`~stimulus.operator_view.OperatorView`);
+- :mod:`stimulus.resume`: a killed run's journal read back (:func:`~stimulus.resume.resume_run`).
+
 A replay's time scale: ``speed`` S (with a virtual participant only) plays the timeline S
 times faster than the scanner, so that it keeps pace with the bridge replaying volumes at S × the
 TR pace. The timeline and every time recorded or sent stay in scanner seconds since the first
 trigger: a clock interval ``d`` is ``d × S`` scanner seconds. Speed 1 is the scanner's own pace.
 
-Resuming a killed run. Everything is journaled as it happens
+Resuming a killed run (:mod:`stimulus.resume`). Everything is journaled as it happens
 (:class:`~stimulus.records.RunJournal`). A program started again on a run whose journal holds a
 first trigger but no end (and whose events file was never written) does not wait for a trigger:
 
@@ -77,28 +89,30 @@ first trigger but no end (and whose events file was never written) does not wait
 from __future__ import annotations
 
 import logging
-import statistics
-from bisect import bisect_right
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rtrecon.config import SessionConfig, StimulusSection
-from rtrecon.wire import EventMessage, TrialResultMessage
+from rtrecon.wire import EventMessage
 
-from .feedback import FeedbackPanel, ReceivedResult
+from .eventlog import EventLog
+from .feedback import FeedbackPanel
 from .link import Link
+from .operator_view import OperatorView
+from .pacing import Pacer
 from .pairmates import PairmateScorer
 from .participant import VirtualParticipant
-from .policy import FeedbackPolicy, FeedbackShow
-from .records import EventRecord, RunJournal, RunPaths, RunRecord, result_from_entry
+from .policy import FeedbackPolicy
+from .records import RunJournal, RunPaths, RunRecord
+from .results import ResultHandler
+from .resume import check_speed, resume_run
 from .screen import TaskScreen, open_window
 from .timeline import Segment, Timeline, build_timeline
 from .trials import Task, Trial, TrialListError, load_trials
-from .trigger import KeyInput, KeyPress, MergedKeys, ScannerTrigger, psychopy_time
+from .trigger import KeyInput, MergedKeys, ScannerTrigger, psychopy_time
 
 __all__ = ["RunSetup", "Frame", "StimulusProgram", "prepare_run", "task_of"]
 
@@ -204,48 +218,6 @@ class _Quit(Exception):
     pass
 
 
-class _OperatorView:
-    """The operator's window: feedback periods, and the latest result when asked for.
-
-    It is redrawn and flipped only when its content changes, so that between changes it costs
-    the participant's frames nothing.
-    """
-
-    def __init__(self, win: Any, panel: FeedbackPanel, window_s: float):
-        self.win = win
-        self.panel = panel
-        self.window_s = window_s
-        self._state: tuple[Any, ...] | None = None
-        self._demand: tuple[tuple[int, ...], float] | None = None  # (trials, until)
-
-    def demand(self, results: dict[int, ReceivedResult], t: float) -> None:
-        """Show the most recent result for ``window_s`` from run time ``t``."""
-        latest = max(results.values(), key=lambda r: r.received, default=None)
-        if latest is None:
-            log.info("feedback asked for, but no result has arrived yet")
-        else:
-            self._demand = ((latest.message.trial,), t + self.window_s)
-
-    def update(self, index: int, period: tuple[int, ...], t: float, results: dict[int, ReceivedResult],
-               on_shown: Callable[[int], None]) -> list[int]:
-        """Show ``period`` (a feedback period's trials), else the demanded result; returns the trials
-        drawn when the window was redrawn (it flips at once)."""
-        if self._demand is not None and t >= self._demand[1]:
-            self._demand = None
-        group = period or (self._demand[0] if self._demand else ())
-        arrived = tuple((i, results[i].message.release) for i in group if i in results and self.panel.ready(i))
-        state = (index, group, arrived) if group else None
-        if state == self._state:
-            return []
-        self._state = state
-        drawn = self.panel.draw(group, results) if group else []
-        for i in drawn:
-            if results[i].shown is None:
-                self.win.callOnFlip(on_shown, i)
-        self.win.flip()
-        return drawn
-
-
 class StimulusProgram:
     """Runs one :class:`RunSetup` (see the module docstring).
 
@@ -281,11 +253,7 @@ class StimulusProgram:
     ):
         if keys is None and participant is None:
             raise ValueError("give keys, a virtual participant, or both")
-        if speed <= 0:
-            raise ValueError(f"speed {speed} must be positive")
-        if speed != 1.0 and (participant is None or participant.speed != speed):
-            raise ValueError(f"speed {speed:g} replays a run faster than the scanner: it needs a virtual participant "
-                             "at the same speed (a person and a real scanner run at speed 1)")
+        self.pacer = Pacer(speed, participant)
         self.setup = setup
         self.link = link
         self.participant = participant
@@ -297,29 +265,148 @@ class StimulusProgram:
         self.journal = journal if journal is not None else RunJournal(setup.paths, clock=psychopy_time)
         self.live_feedback = live_feedback
         self.results_timeout_s = results_timeout_s
-        started = self.journal.started
-        if started is not None and abs(float(started.get("speed", 1.0)) - speed) > 1e-9:
-            raise ValueError(f"{self.journal.path}: run {setup.run} was started at speed {started.get('speed')}, "
-                             f"not {speed:g}: resume it at that speed")
+        check_speed(self.journal, setup.run, speed)
         trig = setup.settings.trigger
         self.trigger = ScannerTrigger(frozenset(trig.keys), trig.tr)
         self.record = RunRecord(setup.paths, setup.trials_file, speed=speed)
+        self.events = EventLog(setup.timeline, self.record)
+        self.policy = FeedbackPolicy(setup.settings.feedback, setup.trials, setup.timeline, queue=setup.feedback == "slot")
+        self.operator: OperatorView | None = None
         self.resumed = False
         self.missed: list[int] = []
-        self._open: EventRecord | None = None
-        self._events_by_trial: dict[int, list[EventRecord]] = {}
-        self._event_index: dict[int, EventRecord] = {}
-        self._shown: list[tuple[float, Segment]] = []
-        self._demand_pressed = False
-        self._current = -1
         self._triggers_logged = 0
         self._flip_batch: list[float] = []
-        self._live: tuple[int, float] | None = None  # (trial, until run time)
-        self._live_queue: deque[int] = deque()  # arrived, not yet drawn (live feedback on the operator's window)
-        self._pace_s = 0.0
-        self.policy = FeedbackPolicy(setup.settings.feedback, setup.trials, setup.timeline, queue=setup.feedback == "slot")
-        self._onsets: dict[int, float] = {}  # segment index -> measured onset (the end screen: len(segments))
-        self._handover: deque[int] = deque()  # results received, their textures not yet made
+
+    def run(self) -> RunRecord:
+        """Run the task; returns what was recorded (also written to disk)."""
+        settings = self.setup.settings
+        start = self.journal.started
+        own_window = self.win is None
+        win = self.win if self.win is not None else open_window(settings.window, title="rtrecon stimulus")
+        operator_win = None
+        period = win.monitorFramePeriod or 1 / 60
+        try:
+            screen = TaskScreen(win, settings, self.setup.trials)
+            if settings.feedback.screen == "operator":
+                operator_win = open_window(settings.window, title="rtrecon operator", screen=settings.feedback.operator_screen, size=settings.feedback.operator_size, operator=True)
+            panel = FeedbackPanel(operator_win or win, settings.feedback, self.setup.trials)
+            if operator_win is not None:
+                self.operator = OperatorView(operator_win, panel, settings.feedback.window_s)
+            results = ResultHandler(self.setup.session_label, self.setup.run, self.setup.trials, record=self.record,
+                                    journal=self.journal, policy=self.policy, panel=panel, operator=self.operator,
+                                    pairmates=self.setup.pairmates, live=self.live_feedback)
+            try:
+                if start is not None:
+                    self._resume(start, results)
+                    period = self.pacer.measure_period(win, screen)
+                else:
+                    period = self._wait_for_trigger(win, screen)
+                self._loop(win, screen, results, period)
+            except _Quit:
+                self.record.aborted = True
+                log.warning("run aborted with the quit key")
+            self.events.close(self.record.flips[-1] if self.record.flips else None)
+        finally:
+            if self.trigger.started:
+                self.record.zero = self.trigger.zero
+                self._post_flips()
+                last = self.record.flips[-1] if self.record.flips else 0.0
+                self.record.feedback_rows = self.policy.rows(self.events.onsets, last)
+                self.record.write(self.trigger, period)
+                self.journal.post({"t": "end", "aborted": self.record.aborted})
+            self.journal.close()
+            if operator_win is not None:
+                operator_win.close()
+                if not own_window:  # closing a window leaves no GL context current: give the caller's back
+                    win.winHandle.switch_to()
+            if own_window:
+                win.close()
+        return self.record
+
+    # -- the frame loop ---------------------------------------------------------------------------
+    def _loop(self, win: Any, screen: TaskScreen, results: ResultHandler, period: float) -> None:
+        """One frame per pass, the module docstring's steps 1-6, until the end screen is over."""
+        segments = self.setup.timeline.segments
+        end_screen = Segment(self.setup.timeline.end, float("inf"), "end")
+        self.pacer.start(period)
+        last_result = self.pacer.last_flip
+        ended: float | None = None
+        while True:
+            # A segment starts on the flip nearest its planned onset, so onsets err by at most half a frame.
+            flip_at, interval = self.pacer.coming_flip()
+            t_next = self.record.run_time(flip_at)
+            index = self.events.next_index(t_next + self.pacer.scanner_s(interval) / 2)
+            self._poll_keys()
+            if results.poll(self.link):
+                last_result = psychopy_time()
+            if index >= len(segments):
+                if ended is None:
+                    ended = psychopy_time()
+                    win.callOnFlip(self._on_end_screen)
+                if self._end_screen_over(results, ended, last_result):
+                    break
+                segment, index = end_screen, len(segments)
+            else:
+                segment = segments[index]
+                if index != self.events.current:
+                    self._begin(win, screen, index, segment)
+            results.hand_over(segment, t_next, self.pacer.scanner_s(interval))
+            drawn = self._draw(win, screen, results, index, segment, t_next)
+            if self.on_frame is not None:
+                self.on_frame(Frame(len(self.record.flips), segment, win, drawn))
+            self._flip(win)
+
+    def _poll_keys(self) -> None:
+        """Triggers are journaled, the quit key ends the run, the demand key goes to the operator's
+        window, and every other press answers what was on screen when it was made."""
+        others = self.trigger.feed(self.keys.poll())
+        if self.trigger.started and self.record.zero is not None:
+            for t in self.trigger.times[max(self._triggers_logged, 1):]:
+                self.journal.post({"t": "trigger", "time": self.record.run_time(t)})
+            self._triggers_logged = len(self.trigger.times)
+        for press in others:
+            if press.key == self.setup.settings.quit_key:
+                raise _Quit
+            if press.key == self.setup.settings.feedback.demand_key and self.operator is not None:
+                self.operator.press_demand()
+                continue
+            answered = self.events.respond(press)
+            if answered is not None:
+                index, ev = answered
+                self.journal.post({"t": "response", "segment": index, "response": ev.response, "response_time": ev.response_time})
+
+    def _end_screen_over(self, results: ResultHandler, ended: float, last_result: float) -> bool:
+        """After the timeline the end screen stays ``feedback.end_screen_s``, then, with
+        ``results_timeout_s``, while results it still owes (:meth:`ResultHandler.owed`) keep coming."""
+        if self.pacer.scanner_s(psychopy_time() - ended) < self.setup.settings.feedback.end_screen_s:
+            return False
+        if self.results_timeout_s <= 0 or psychopy_time() - max(last_result, ended) > self.results_timeout_s:
+            return True
+        return not results.owed(self.missed)
+
+    def _begin(self, win: Any, screen: TaskScreen, index: int, segment: Segment) -> None:
+        """The coming flip first shows segment ``index``."""
+        # The onset is stamped first (its callback only queues its I/O), then a sound cue
+        # starts: opening the audio stream can take milliseconds the onset must not include.
+        win.callOnFlip(self._on_onset, index)
+        screen.schedule(segment)
+        self.events.current = index
+
+    def _draw(self, win: Any, screen: TaskScreen, results: ResultHandler, index: int, segment: Segment, t_next: float) -> tuple[int, ...]:
+        """Draw the task, then the results; returns the trials drawn on the participant's window."""
+        if self.operator is not None and segment.phase == "feedback":
+            screen.draw(Segment(segment.start, segment.stop, "fixation"))  # feedback goes to the operator's window
+        else:
+            screen.draw(segment)
+        return results.draw(win, index, segment, t_next)
+
+    def _flip(self, win: Any) -> None:
+        flip = win.flip()
+        self.record.flips.append(self.record.run_time(flip))
+        self._flip_batch.append(self.record.flips[-1])
+        if len(self._flip_batch) >= 120:
+            self._post_flips()
+        self.pacer.flipped(flip)
 
     # -- called right after a flip (win.callOnFlip) -------------------------------------------
     def _on_onset(self, index: int) -> None:
@@ -327,7 +414,7 @@ class StimulusProgram:
         now = psychopy_time()
         onset = self.record.run_time(now)
         self.journal.post({"t": "onset", "segment": index, "onset": onset})
-        self._start_segment(index, onset, now)
+        self.events.start(index, onset, now)
         if segment.main and segment.trial is not None:
             trial = segment.trial
             self.link.send_event(
@@ -346,377 +433,34 @@ class StimulusProgram:
         if self.participant is not None:
             self.participant.observe(segment, now)
 
-    def _start_segment(self, index: int, onset: float, clock_time: float) -> None:
-        """Book-keeping of a segment's first frame (also when a resumed run reads it back)."""
-        segment = self.setup.timeline.segments[index]
-        if self._open is not None:
-            self._open.duration = onset - self._open.onset
-            self._open = None
-        self._shown.append((clock_time, segment))
-        self._onsets[index] = onset
-        if segment.event_type and segment.phase != "feedback":  # feedback rows come from the policy
-            ev = EventRecord(segment, onset)
-            self.record.events.append(ev)
-            self._event_index[index] = ev
-            self._open = ev
-            trial = segment.trial
-            if trial is not None:
-                self._events_by_trial.setdefault(trial.index, []).append(ev)
-
-    def _on_shown(self, trial_index: int) -> None:
-        result = self.record.results[trial_index]
-        if result.shown is None:
-            result.shown = psychopy_time()
-            self.journal.post({"t": "shown", "trial": trial_index, "release": result.message.release,
-                               "shown": self.record.run_time(result.shown), "shown_wall": result.shown + self.record.wall_offset})
-
-    def _on_feedback_drawn(self, period: int, trials: tuple[int, ...]) -> None:
-        onset = self.record.run_time(psychopy_time())
-        for show in self.policy.drawn(period, trials, self.record.results, onset):
-            self.journal.post({"t": "feedback", "period": show.period, "trial": show.trial, "release": show.release, "onset": show.onset})
-
     def _on_end_screen(self) -> None:
         onset = self.record.run_time(psychopy_time())
-        self._onsets[len(self.setup.timeline.segments)] = onset
+        self.events.onsets[len(self.setup.timeline.segments)] = onset
         self.journal.post({"t": "end_screen", "onset": onset})
 
-    # -- per frame ------------------------------------------------------------------------------
-    def _poll_keys(self) -> None:
-        others = self.trigger.feed(self.keys.poll())
-        if self.trigger.started and self.record.zero is not None:
-            for t in self.trigger.times[max(self._triggers_logged, 1):]:
-                self.journal.post({"t": "trigger", "time": self.record.run_time(t)})
-            self._triggers_logged = len(self.trigger.times)
-        for press in others:
-            if press.key == self.setup.settings.quit_key:
-                raise _Quit
-            if press.key == self.setup.settings.feedback.demand_key and self.setup.settings.feedback.screen == "operator":
-                self._demand_pressed = True
-                continue
-            # A press belongs to what was on screen when it was made, even if the screen
-            # changed before it was polled.
-            shown = bisect_right(self._shown, press.time, key=lambda item: item[0])
-            if shown:
-                self._respond(self._shown[shown - 1][1], press)
-
-    def _respond(self, segment: Segment, press: KeyPress) -> None:
-        label = segment.responses.get(press.key)
-        trial = segment.trial
-        if label is None or trial is None:
-            return
-        takers = [ev for ev in self._events_by_trial.get(trial.index, []) if ev.segment.responses]
-        if not takers or takers[-1].response:
-            return
-        ev = takers[-1]
-        ev.response = label
-        ev.response_time = self.record.run_time(press.time) - ev.onset
-        index = next(i for i, e in self._event_index.items() if e is ev)
-        self.journal.post({"t": "response", "segment": index, "response": label, "response_time": ev.response_time})
-
-    def _accept(self, message: TrialResultMessage) -> bool:
-        if message.session != self.setup.session_label or message.run != self.setup.run:
-            log.warning("ignored a result for %s run %d (this is %s run %d)", message.session, message.run, self.setup.session_label, self.setup.run)
-        elif not 0 <= message.trial < len(self.setup.trials):
-            log.warning("ignored a result for trial %d, which this run does not have", message.trial)
-        elif message.trial in self.record.results and message.release <= self.record.results[message.trial].message.release:
-            log.warning("ignored a result for trial %d: release %d, and release %d is here", message.trial,
-                        message.release, self.record.results[message.trial].message.release)
-        else:
-            return True
-        return False
-
-    def _keep(self, message: TrialResultMessage, received: float) -> None:
-        """A result accepted: scored, kept (replacing an older release), its textures to be made."""
-        pairs = self.setup.pairmates
-        cpd = pairs.score(message.trial, message.embedding) if pairs is not None else None
-        self.record.results[message.trial] = ReceivedResult(message, received, cpd=cpd)
-        self._handover.append(message.trial)
-
-    def _poll_results(self) -> None:
-        for message, received in self.link.poll_results():
-            if self._accept(message):
-                self._keep(message, received)
-                if self.live_feedback and self.setup.trials[message.trial].feedback:
-                    self._live_queue.append(message.trial)
-
-    def _hand_over(self, panel: FeedbackPanel, segment: Segment, t_next: float, interval: float) -> None:
-        """Make received results' textures, only where no stimulus is drawn: in a feedback period
-        or on the end screen all at once (they are shown now), else one a frame, on a fixation,
-        gap or rest frame at least three frames from the next segment (so no stimulus onset waits)."""
-        if not self._handover:
-            return
-        if segment.phase in ("feedback", "end"):
-            n = len(self._handover)
-        elif self.setup.settings.feedback.screen == "operator" or (
-                segment.phase in ("fixation", "gap", "rest") and segment.stop - t_next > 3 * interval * self.speed):
-            n = 1  # the operator's window may show any result at any time (on demand, live): its textures can't wait
-        else:
-            return
-        for _ in range(n):
-            trial = self._handover.popleft()
-            panel.add(trial, self.record.results[trial])
-
-    # -- a resumed run -------------------------------------------------------------------------
-    def _restore(self, start: dict[str, Any]) -> None:
-        """Read back what a killed program of this run recorded (see the module docstring)."""
-        offset = self.journal.clock_offset
-        zero = float(start["zero_monotonic"]) - offset
-        self.trigger.times.append(zero)
-        self.record.zero = zero
-        self.record.wall_offset = time.time() - psychopy_time()
-        folder = self.setup.paths.folder
-        segments = self.setup.timeline.segments
-        for entry in self.journal.previous:
-            kind = entry.get("t")
-            if kind == "onset":
-                index = int(entry["segment"])
-                self._start_segment(index, float(entry["onset"]), self.record.clock_time(float(entry["onset"])))
-                self._current = max(self._current, index)
-            elif kind == "response" and int(entry["segment"]) in self._event_index:
-                ev = self._event_index[int(entry["segment"])]
-                ev.response, ev.response_time = entry["response"], entry["response_time"]
-            elif kind == "trigger":
-                self.trigger.times.append(self.record.clock_time(float(entry["time"])))
-            elif kind == "flips":
-                self.record.flips.extend(entry["times"])
-            elif kind == "result":
-                message = result_from_entry(entry, folder)
-                if self._accept(message):
-                    self._keep(message, float(entry["received_monotonic"]) - offset)
-                    if self.live_feedback and self.setup.trials[message.trial].feedback:
-                        self._live_queue.append(message.trial)
-            elif kind == "feedback":
-                self.policy.restore(FeedbackShow(int(entry["period"]), int(entry["trial"]), int(entry["release"]), float(entry["onset"])))
-            elif kind == "shown" and int(entry["trial"]) in self.record.results and \
-                    int(entry.get("release", 0)) == self.record.results[int(entry["trial"])].message.release:
-                self.record.results[int(entry["trial"])].shown = self.record.clock_time(float(entry["shown"]))
-                if int(entry["trial"]) in self._live_queue:
-                    self._live_queue.remove(int(entry["trial"]))
-        self._triggers_logged = len(self.trigger.times)
-        now = self.record.run_time(psychopy_time())
-        upto = self.setup.timeline.index_at(now)
-        self.missed = [segments[i].trial.index for i in range(self._current + 1, min(upto, len(segments)))
-                       if segments[i].main and segments[i].trial is not None]
-        if self.missed:
-            log.warning("run %d resumed at %.1f s: trial(s) %s came while the program was down and were not shown",
-                        self.setup.run, now, ", ".join(map(str, self.missed)))
-        # the segment under way now starts on the first frame (late: it began while the program was down)
-        self._current = max(self._current, upto - 1)
-        if self.participant is not None:
-            seen = {s.trial.stimulus for s, ev in ((e.segment, e) for e in self.record.events) if s.phase == "image" and s.trial is not None}
-            answered = {ev.trial for ev in self.record.events if ev.response and ev.trial is not None}
-            self.participant.resume(zero, seen, answered)
-        self.resumed = True
-        log.info("run %d resumed at %.1f s after the first trigger (%d events, %d results kept)",
-                 self.setup.run, now, len(self.record.events), len(self.record.results))
-
-    def run(self) -> RunRecord:
-        """Run the task; returns what was recorded (also written to disk)."""
-        settings = self.setup.settings
-        start = self.journal.started
-        own_window = self.win is None
-        win = self.win if self.win is not None else open_window(settings.window, title="rtrecon stimulus")
-        operator_win = None
-        period = win.monitorFramePeriod or 1 / 60
-        try:
-            screen = TaskScreen(win, settings, self.setup.trials)
-            if settings.feedback.screen == "operator":
-                operator_win = open_window(settings.window, title="rtrecon operator", screen=settings.feedback.operator_screen, size=settings.feedback.operator_size, operator=True)
-            panel = FeedbackPanel(operator_win or win, settings.feedback, self.setup.trials)
-            operator = _OperatorView(operator_win, panel, settings.feedback.window_s) if operator_win is not None else None
-            try:
-                if start is not None:
-                    self._restore(start)
-                    while self._handover:  # before the first frame: no stimulus waits on them
-                        trial = self._handover.popleft()
-                        panel.add(trial, self.record.results[trial])
-                    period = self._measure_period(win, screen)
-                else:
-                    period = self._wait_for_trigger(win, screen)
-                self._loop(win, screen, panel, operator, period)
-            except _Quit:
-                self.record.aborted = True
-                log.warning("run aborted with the quit key")
-            if self._open is not None:
-                self._open.duration = (self.record.flips[-1] if self.record.flips else self._open.onset) - self._open.onset
-        finally:
-            if self.trigger.started:
-                self.record.zero = self.trigger.zero
-                self._post_flips()
-                last = self.record.flips[-1] if self.record.flips else 0.0
-                self.record.feedback_rows = self.policy.rows(self._onsets, last)
-                self.record.write(self.trigger, period)
-                self.journal.post({"t": "end", "aborted": self.record.aborted})
-            self.journal.close()
-            if operator_win is not None:
-                operator_win.close()
-                if not own_window:  # closing a window leaves no GL context current: give the caller's back
-                    win.winHandle.switch_to()
-            if own_window:
-                win.close()
-        return self.record
-
-    def _frame_period(self, flips: list[float], win: Any) -> float:
-        """The display's frame period from consecutive flips; without vsync (flips far faster than any
-        display, e.g. under Xvfb) the nominal one, which the loop then paces itself to, so that it
-        does not spin a core the other processes need."""
-        if len(flips) <= 10:
-            return win.monitorFramePeriod or 1 / 60
-        measured = statistics.median(b - a for a, b in zip(flips, flips[1:]))
-        if measured < 0.0025:
-            self._pace_s = win.monitorFramePeriod or 1 / 60
-            return self._pace_s
-        return measured
-
-    def _pace(self, last_flip: float) -> None:
-        if self._pace_s:
-            wait = last_flip + self._pace_s - psychopy_time()
-            if wait > 0.001:
-                time.sleep(wait - 0.0005)
-
-    def _measure_period(self, win: Any, screen: TaskScreen) -> float:
-        """A resumed run has no waiting screen: measure the frame period on a few fixation frames."""
-        flips = []
-        for _ in range(12):
-            screen.fixation.draw()
-            flips.append(win.flip())
-        return self._frame_period(flips, win)
-
+    # -- before the first frame -----------------------------------------------------------------
     def _wait_for_trigger(self, win: Any, screen: TaskScreen) -> float:
-        """Show the waiting screen until the first trigger; returns the frame period.
-
-        The period is the median interval of the waiting screen's flips (the display's refresh,
-        with vsync), or PsychoPy's nominal one when the trigger came too soon to measure it.
-        """
-        timeout = self.setup.settings.trigger.timeout_s
+        """Show the waiting screen until the first trigger (time zero, journaled); returns the frame period."""
         self.keys.poll()  # keys pressed before the waiting screen are stale, triggers included
         if self.participant is not None:
             self.participant.start()
-        log.info("waiting for the scanner")
-        deadline = psychopy_time() + timeout
-        flips: list[float] = []
-        while not self.trigger.started:
-            self._poll_keys()
-            if self.trigger.started:
-                break
-            if psychopy_time() > deadline:
-                raise TimeoutError(f"no scanner trigger ({', '.join(self.trigger.keys)}) within {timeout} s")
-            screen.draw_waiting()
-            flips.append(win.flip())
-            if len(flips) == 11:
-                self._frame_period(flips, win)
-            self._pace(flips[-1])
+        period = self.pacer.wait_for_trigger(win, screen, self.trigger, self._poll_keys, self.setup.settings.trigger.timeout_s)
         self.record.zero = self.trigger.zero
         self.record.wall_offset = time.time() - psychopy_time()
         self._triggers_logged = 1
         self.journal.begin({"t": "start", "zero_monotonic": self.trigger.zero + self.journal.clock_offset, "speed": self.speed,
                              "wall_offset": self.record.wall_offset, "run": self.setup.run, "session": self.setup.session_label})
-        return self._frame_period(flips, win)
+        return period
+
+    def _resume(self, start: dict[str, Any], results: ResultHandler) -> None:
+        """Go on with a killed run (:func:`~stimulus.resume.resume_run`); results' textures are made now."""
+        self.missed = resume_run(start, self.journal, run=self.setup.run, timeline=self.setup.timeline, record=self.record,
+                                 trigger=self.trigger, events=self.events, results=results, participant=self.participant)
+        self._triggers_logged = len(self.trigger.times)
+        self.resumed = True
+        results.hand_over_all()  # before the first frame: no stimulus waits on them
 
     def _post_flips(self) -> None:
         if self._flip_batch:
             self.journal.post({"t": "flips", "times": self._flip_batch})
             self._flip_batch = []
-
-    def _next_index(self, t: float) -> int:
-        """The segment a flip at run time ``t`` shows: never skips one with an event (a stalled
-        process shows it late, for a frame, rather than not at all)."""
-        segments = self.setup.timeline.segments
-        index = max(self.setup.timeline.index_at(t), self._current)
-        for i in range(self._current + 1, min(index, len(segments))):
-            if segments[i].event_type:
-                return i
-        return index
-
-    def _live_result(self, t: float) -> int | None:
-        """The trial whose result live feedback draws on a frame at run time ``t``.
-
-        Results are drawn in arrival order, each for at least one frame (so that each is seen,
-        and its ``shown`` time is a real flip), then until ``feedback.window_s`` after it first
-        showed or the next one is drawn.
-        """
-        live = self._live
-        if self._live_queue and (live is None or self.record.results[live[0]].shown is not None):
-            trial = self._live_queue.popleft()
-            self._live = live = (trial, t + self.setup.settings.feedback.window_s)
-        if live is None or (t >= live[1] and self.record.results[live[0]].shown is not None):
-            return None
-        return live[0]
-
-    def _waiting_for_results(self, last_result: float) -> bool:
-        """After the timeline: results the end screen still owes (:meth:`FeedbackPolicy.owed`), and coming."""
-        if self.results_timeout_s <= 0 or psychopy_time() - last_result > self.results_timeout_s:
-            return False
-        if self.live_feedback and self.setup.settings.feedback.screen == "operator":
-            results = self.record.results
-            owed = [t.index for t in self.setup.trials if t.feedback and t.index not in self.missed]
-            return any(i not in results or results[i].shown is None for i in owed)
-        return bool(self.policy.owed(self.record.results, self.missed))
-
-    def _loop(self, win: Any, screen: TaskScreen, panel: FeedbackPanel, operator: _OperatorView | None, period: float) -> None:
-        segments = self.setup.timeline.segments
-        end = self.setup.timeline.end
-        end_screen = Segment(end, float("inf"), "end")
-        end_s = self.setup.settings.feedback.end_screen_s
-        intervals: deque[float] = deque([period], maxlen=30)
-        last_flip = psychopy_time()
-        last_result = last_flip
-        ended: float | None = None
-        while True:
-            # The coming flip is one (measured) frame after the last one; a segment starts on
-            # the flip nearest its planned onset, so onsets err by at most half a frame.
-            interval = statistics.median(intervals)
-            t_next = self.record.run_time(last_flip + interval)
-            index = self._next_index(t_next + interval * self.speed / 2)
-            self._poll_keys()
-            n_results = len(self._handover)
-            self._poll_results()
-            if len(self._handover) != n_results:
-                last_result = psychopy_time()
-            if index >= len(segments):
-                if ended is None:
-                    ended = psychopy_time()
-                    win.callOnFlip(self._on_end_screen)
-                if (psychopy_time() - ended) * self.speed >= end_s and not self._waiting_for_results(max(last_result, ended)):
-                    break
-                segment, index = end_screen, len(segments)
-            else:
-                segment = segments[index]
-                if index != self._current:
-                    # The onset is stamped first (its callback only queues its I/O), then a sound cue
-                    # starts: opening the audio stream can take milliseconds the onset must not include.
-                    win.callOnFlip(self._on_onset, index)
-                    screen.schedule(segment)
-                    self._current = index
-            self._hand_over(panel, segment, t_next, interval)
-            results = self.record.results
-            group = self.policy.group(index, segment, results, t_next) if segment.phase in ("feedback", "end") else ()
-            drawn: tuple[int, ...] = ()
-            if operator is None:
-                screen.draw(segment)
-                if group:
-                    drawn = tuple(panel.draw(group, results))
-                    if drawn:
-                        win.callOnFlip(self._on_feedback_drawn, index, drawn)
-                for i in drawn:
-                    if results[i].shown is None:
-                        win.callOnFlip(self._on_shown, i)
-            else:
-                screen.draw(segment if segment.phase != "feedback" else Segment(segment.start, segment.stop, "fixation"))
-                if self._demand_pressed:
-                    self._demand_pressed = False
-                    operator.demand(results, t_next)
-                live = self._live_result(t_next) if self.live_feedback and not group else None
-                on_operator = operator.update(index, group or ((live,) if live is not None else ()), t_next, results, self._on_shown)
-                if group and on_operator:
-                    self._on_feedback_drawn(index, tuple(on_operator))
-            if self.on_frame is not None:
-                self.on_frame(Frame(len(self.record.flips), segment, win, drawn))
-            flip = win.flip()
-            intervals.append(flip - last_flip)
-            last_flip = flip
-            self.record.flips.append(self.record.run_time(flip))
-            self._flip_batch.append(self.record.flips[-1])
-            if len(self._flip_batch) >= 120:
-                self._post_flips()
-            self._pace(flip)

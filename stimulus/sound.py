@@ -1,9 +1,8 @@
 """Sound cues: decoded before the run, started through PsychoPy's sound API at the cue's first flip.
 
-An imagery trial's ``cue_file`` may be a sound (:data:`SOUND_SUFFIXES`: WAV, FLAC, Ogg/Opus,
-MP3, AIFF, all decoded by libsndfile through ``soundfile``). :func:`check_sound_file` decodes one
-completely, so that :func:`~stimulus.trials.load_trials` reports a missing or unreadable sound
-with its file and line before the run starts, as it does for images.
+An imagery trial's ``cue_file`` may be a sound (:data:`~stimulus.soundfiles.SOUND_SUFFIXES`: WAV,
+FLAC, Ogg/Opus, MP3, AIFF); :mod:`stimulus.soundfiles` decodes and checks such files (its
+functions are also importable from here).
 
 :class:`SoundCues` serves one run. Before the first trigger it opens the output that the session
 config's ``[stimulus.sound]`` names (:class:`~rtrecon.config.SoundSection`), raising
@@ -32,23 +31,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rtrecon.config import SoundSection
 
+from .soundfiles import SOUND_SUFFIXES, check_sound_file, decode_sound
+from .timeline import Segment
+from .trials import Trial
 from .trigger import psychopy_time
-
-if TYPE_CHECKING:  # trials.py imports this module to check sound files
-    from .timeline import Segment
-    from .trials import Trial
 
 __all__ = ["SOUND_SUFFIXES", "SoundError", "PlayedSound", "SoundCues", "decode_sound", "check_sound_file", "output_device"]
 
 log = logging.getLogger(__name__)
-
-SOUND_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})
 
 
 class SoundError(OSError):
@@ -62,36 +58,6 @@ class PlayedSound:
     trial: int
     file: Path
     time: float
-
-
-def decode_sound(path: str | Path) -> tuple[np.ndarray, int]:
-    """The samples (frames x channels, float32 in -1..1) and sample rate of the sound file ``path``.
-
-    Raises ValueError naming the file when it cannot be decoded, is empty or has more than two
-    channels (a cue is mono or stereo).
-    """
-    import soundfile
-
-    try:
-        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.SoundFileError, RuntimeError, OSError) as exc:
-        raise ValueError(f"sound file {path} cannot be decoded: {exc}") from exc
-    if samples.shape[0] == 0:
-        raise ValueError(f"sound file {path} has no samples")
-    if samples.shape[1] > 2:
-        raise ValueError(f"sound file {path} has {samples.shape[1]} channels; a cue must be mono or stereo")
-    return samples, int(rate)
-
-
-def check_sound_file(path: Path) -> str | None:
-    """None when ``path`` decodes as a sound cue, else why not."""
-    if not path.is_file():
-        return f"sound file {path} does not exist"
-    try:
-        decode_sound(path)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def _output_samples(samples: np.ndarray, rate: int, out_rate: int) -> np.ndarray:

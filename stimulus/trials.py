@@ -12,7 +12,7 @@ column              tasks        meaning
 ``stim_id``         both         the stimulus id (e.g. NSD's 73k id), sent to the engine
 ``cue``             imagery      the word cue
 ``cue_file``        imagery      an image cue (a thumbnail), or a sound cue (a file with a
-                                 suffix of :data:`~stimulus.sound.SOUND_SUFFIXES`: wav, flac,
+                                 suffix of :data:`~stimulus.soundfiles.SOUND_SUFFIXES`: wav, flac,
                                  ogg, mp3...), played from the cue's first frame
 ``trial_type``      both         the BIDS trial_type (default: ``image`` or ``imagery``)
 ``onset``           both         planned onset in seconds since the first trigger (all rows
@@ -42,7 +42,7 @@ from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
-from .sound import SOUND_SUFFIXES, check_sound_file
+from .soundfiles import SOUND_SUFFIXES, check_sound_file
 
 __all__ = ["Task", "Trial", "TrialListError", "load_trials"]
 

@@ -5,6 +5,9 @@
   values, cosines first, frequencies ``exp(-ln(10000) k / (embed_dim / 2))`` (sgm
   ``ConcatTimestepEmbedderND``). MindEye2 uses (768, 768) and (0, 0) for any output size; the
   result equals ``schedules.json``'s ``unclip_vector_suffix_768_crop0``.
+- :func:`guidance_embedding`: an LCM-distilled UNet's guidance-scale input (``time_cond_proj_dim``),
+  shared by the sampler (:mod:`~rtrecon.decoders.unclip`) and the distillation that trains it
+  (:mod:`~rtrecon.decoders.distill_lcm`).
 - :func:`unconditional_tokens`: the classifier-free-guidance unconditional input. Officially
   ``torch.randn_like(tokens)`` (random tokens, ``"random"``); ``"zero"`` gives zero tokens.
 - :func:`map_output`: the official ``clamp(x * 0.8 + 0.2, 0, 1)`` on the VAE output, or the usual
@@ -19,7 +22,7 @@ import torch
 
 from rtrecon.decoders.config import OFFICIAL_SAMPLING
 
-__all__ = ["map_output", "size_crop_vector", "unconditional_tokens"]
+__all__ = ["guidance_embedding", "map_output", "size_crop_vector", "unconditional_tokens"]
 
 UncondMode = Literal["random", "zero"]
 OutputMapping = Literal["official", "standard"]
@@ -41,6 +44,13 @@ def size_crop_vector(
     # sgm's timestep_embedding is diffusers' with cos first and no frequency shift.
     emb = get_timestep_embedding(scalars, embed_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
     return emb.reshape(1, -1).expand(batch_size, -1).to(dtype)
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """LCM's sinusoidal embedding of the guidance weight ``w`` (sin first, of ``1000 w``)."""
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    return get_timestep_embedding(w.float() * 1000.0, dim, flip_sin_to_cos=False, downscale_freq_shift=1)
 
 
 def unconditional_tokens(

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rtrecon.decoders.conditioning import size_crop_vector, unconditional_tokens
+from rtrecon.decoders.conditioning import guidance_embedding, size_crop_vector, unconditional_tokens
 from rtrecon.decoders.unclip import UnclipDecoder
 
-__all__ = ["DistillSettings", "distill_lcm", "guidance_embedding", "main", "make_student"]
+__all__ = ["DistillSettings", "distill_lcm", "main", "make_student"]
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,6 @@ class DistillSettings:
     gradient_checkpointing: bool = True
     seed: int = 0
     log_every: int = 50
-
-
-def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """LCM's sinusoidal embedding of the guidance weight ``w`` (sin first, of ``1000 w``)."""
-    from diffusers.models.embeddings import get_timestep_embedding
-
-    return get_timestep_embedding(w.float() * 1000.0, dim, flip_sin_to_cos=False, downscale_freq_shift=1)
 
 
 def make_student(teacher_unet, guidance_embed_dim: int = 256):

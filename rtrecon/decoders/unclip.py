@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from rtrecon.decoders.conditioning import map_output, size_crop_vector, unconditional_tokens
+from rtrecon.decoders.conditioning import guidance_embedding, map_output, size_crop_vector, unconditional_tokens
 from rtrecon.decoders.config import OFFICIAL_SAMPLING, TINY, DiscretizationConfig, UnclipConfig
 from rtrecon.decoders.schedulers import first_sigma, is_variance_exploding, make_scheduler, set_schedule
 from rtrecon.decoders.unet import build_unet, load_unet
@@ -342,8 +342,6 @@ class UnclipDecoder:
             context = tokens
         w_embedding = None
         if distilled:
-            from rtrecon.decoders.distill_lcm import guidance_embedding
-
             w = torch.full((batch,), options.guidance_scale - 1.0, device=self.device)
             w_embedding = guidance_embedding(w, self.unet.config.time_cond_proj_dim).to(self.dtype)
 

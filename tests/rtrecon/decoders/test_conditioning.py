@@ -1,4 +1,4 @@
-"""rtrecon.decoders.conditioning: the official vector, unconditional input and output mapping."""
+"""rtrecon.decoders.conditioning: the official vector, LCM guidance input, unconditional input and output mapping."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtrecon.decoders.conditioning import map_output, size_crop_vector, unconditional_tokens
+from rtrecon.decoders.conditioning import guidance_embedding, map_output, size_crop_vector, unconditional_tokens
 
 
 def test_vector_equals_the_official_conditioner_output(schedules):
@@ -39,3 +39,11 @@ def test_output_mapping_official_and_standard():
     assert torch.allclose(map_output(x, "standard"), torch.tensor([0.0, 0.5, 1.0, 1.0]))
     with pytest.raises(ValueError, match="official"):
         map_output(x, "sigmoid")
+
+
+def test_guidance_embedding_is_lcms():
+    w = torch.tensor([0.0, 4.0])
+    emb = guidance_embedding(w, 8)
+    freqs = torch.exp(-np.log(10000.0) * torch.arange(4) / 3)
+    assert torch.allclose(emb[1], torch.cat([torch.sin(4000 * freqs), torch.cos(4000 * freqs)]), atol=1e-4)
+    assert torch.equal(emb[0], torch.tensor([0.0, 0, 0, 0, 1, 1, 1, 1]))
