@@ -51,7 +51,7 @@ class Engine(threading.Thread):
                 for item in [d for d in due if d[0] <= time.monotonic()]:
                     due.remove(item)
                     image = np.zeros((8, 8, 3), np.uint8) + np.array(RECON, np.uint8)
-                    tx.send(TrialResultMessage(session=SESSION, run=1, trial=item[1], image=image, retrieved=[], scores=[0.5]))
+                    tx.send(TrialResultMessage(session=SESSION, run=1, trial=item[1], image=image, retrieved=["decoded"], scores=[0.5]))
                 tx.poll(0.0)
             tx.wait_acked(1.0)
 

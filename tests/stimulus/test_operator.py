@@ -39,8 +39,9 @@ def test_the_latest_state_of_this_session(tmp_path):
 
 def test_an_encrypted_link_pins_the_consoles_key(tmp_path):
     endpoint = f"ipc://{tmp_path}/operator"
-    keys = init_keys(tmp_path / "keys")
-    assert console_role(keys) == "engine"
+    keys = init_keys(tmp_path / "keys", roles=("bridge", "engine", "stimulus"))
+    assert console_role(keys) == "engine"  # a key folder made before the console had a key pair
+    assert console_role(init_keys(tmp_path / "current")) == "console"
     assert console_role(init_keys(tmp_path / "with_console", roles=("engine", "console", "stimulus"))) == "console"
     other = init_keys(tmp_path / "other")
     paused = OperatorMessage(session=SESSION, feedback_paused=True)
