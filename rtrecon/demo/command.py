@@ -18,10 +18,10 @@
    a private Xvfb) with a virtual participant playing the design's events at the same speed and
    showing each result as it arrives -- separate processes over ZeroMQ on localhost;
 4. the BIDS session, derivatives and HTML report under ``OUT/<session folder>``; the headline
-   figures are printed, and the last line is one JSON object with the keys ``report``, ``trials``,
+   figures are printed (the world first: the demo says it runs in a high-SNR world), and the last line is one JSON object with the keys ``report``, ``trials``,
    ``decoded``, ``top1``, ``top5``, ``chance_top1``, ``median_latency_s`` (``top1``/``top5``: the first
    release of each trial, what the participant saw first), ``top1_by_release`` (release → top-1),
-   ``two_way_clip`` and ``pixcorr`` (of the reconstructions; ``None`` with ``--no-unclip``) and ``world``.
+   ``two_way_clip`` and ``pixcorr`` (of the first releases' reconstructions; ``None`` with ``--no-unclip``).
 
 Reconstructions: the decoder is trained with its diffusion prior, and the engine reconstructs every
 trial from the prior's image tokens through the synthetic world's own unCLIP decoder, which ships
@@ -67,7 +67,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "synthetic world's decoder shipped with rtrecon); the decoder gets a diffusion prior and every trial "
                         "is also reconstructed from the prior's tokens")
     parser.add_argument("--no-unclip", action="store_true", help="retrieval only: no diffusion prior, no reconstructions")
-    parser.add_argument("--ready-delay", type=float, default=8.0, help="seconds after onset before a trial is decoded (default %(default)s)")
+    parser.add_argument("--releases", type=float, nargs="+", default=[8.0, 16.0], metavar="S",
+                        help="seconds after onset at which each trial is released and decoded, besides run end "
+                             "(default: %(default)s; an engine that releases once uses the first)")
     parser.set_defaults(func=run_demo)
 
 
@@ -121,7 +123,10 @@ def run_demo(ns: argparse.Namespace) -> int:
     )
     spec = LiveSpec(root=dataset, subject=ns.subject, session=live_session, runs=runs, checkpoint=checkpoint,
                     targets=load_truth(dataset)["embeddings"], out=out, decoder_description=description,
-                    speed=ns.speed, ready_delay_s=ns.ready_delay, unclip=unclip)
+                    speed=ns.speed, releases_s=tuple(ns.releases), unclip=unclip,
+                    clip_seed=load_truth(dataset)["world"]["embedder"]["seed"],
+                    notes=(f"Synthetic world: {ns.world} ({WORLD_NOTES[ns.world]}); the decoder was fine-tuned on "
+                           f"subject {ns.subject}'s sessions {_span(own_sessions)}, the live session is {live_session}.",))
     try:
         summary = run_session(spec, console)
     except ProcessFailed as exc:
@@ -151,10 +156,18 @@ def _fmt(value: float | None, spec: str) -> str:
 def _print_summary(console: Console, summary, wall_s: float) -> None:
     console.print(f"    report: {summary.report}")
     console.print(f"    trials decoded: {summary.decoded} of {summary.trials}")
-    console.print(f"    retrieval top-1 {_fmt(summary.top1, '.1%')} (chance {_fmt(summary.chance_top1, '.1%')}), "
-                  f"top-5 {_fmt(summary.top5, '.1%')} (chance {_fmt(summary.chance_top5, '.1%')})")
+    console.print(f"    retrieval at the first release: top-1 {_fmt(summary.top1, '.1%')} (chance {_fmt(summary.chance_top1, '.1%')}), "
+                  f"top-5 {_fmt(summary.top5, '.1%')} (chance {_fmt(summary.chance_top5, '.1%')}); most retrieved "
+                  f"{summary.hub_id} in {_fmt(summary.hub_share, '.0%')} of trials")
+    for release, m in summary.by_release.items():
+        console.print(f"    release {release} (median {_fmt(m.get('median_release_s'), '.1f')} s after onset): "
+                      f"top-1 {_fmt(m.get('top1'), '.1%')}, top-5 {_fmt(m.get('top5'), '.1%')}, "
+                      f"CLIP two-way {_fmt(m.get('two_way_clip'), '.1%')}, PixCorr {_fmt(m.get('pixcorr'), '.3f')}, "
+                      f"SSIM {_fmt(m.get('ssim'), '.3f')}, r(decoded, end-of-run betas) {_fmt(m.get('beta_r_end'), '.3f')}")
     console.print(f"    latency last volume acquired → result shown: median {_fmt(summary.median_latency_s, '.3f')} s, "
                   f"p95 {_fmt(summary.p95_latency_s, '.3f')} s")
+    console.print(f"    stimulus onset → feedback shown (run seconds): median {_fmt(summary.median_feedback_delay_s, '.2f')} s, "
+                  f"p95 {_fmt(summary.p95_feedback_delay_s, '.2f')} s")
     for name, value in summary.metrics.items():
         console.print(f"    {name}: {value:.3f}")
     console.print(f"    done in {wall_s:.0f} s")

@@ -142,7 +142,7 @@ def golden_spec(settings: GoldenSettings, dataset: Path, checkpoint: Path, out: 
 
     return LiveSpec(root=dataset, subject=settings.subject, session=settings.sessions, runs=(1,),
                     checkpoint=checkpoint, targets=load_truth(dataset)["embeddings"], out=out,
-                    decoder_description="golden", speed=settings.speed, ready_delay_s=settings.ready_delay_s)
+                    decoder_description="golden", speed=settings.speed, releases_s=(settings.ready_delay_s,))
 
 
 def _rows(path: Path) -> int:
