@@ -72,7 +72,7 @@ from rtrecon.data import brains, images, timeseries
 from rtrecon.data.nsd import BETA_SCALE, SPACES, NSDDataset
 
 __all__ = ["PRESETS", "WORLDS", "NSD_GRIDS", "NoiseModel", "SizePreset", "configure", "generate", "load_truth",
-           "ncsnr", "noise_ceiling"]
+           "ncsnr", "noise_ceiling", "ceiling_ranks"]
 
 SPACE = "func1pt8mm"
 TR = SPACES[SPACE]["tr"]
@@ -438,6 +438,31 @@ def ncsnr(root: str | Path, subject: int, sessions: list[int] | None = None) -> 
         raise ValueError(f"{root}: subject {subject} sees no image 3 times in sessions {sessions}: ncsnr needs repeats")
     noise_var = np.mean([betas[ids == i].var(0, ddof=1) for i in thrice], axis=0)
     return np.sqrt(np.clip(1.0 - noise_var, 0.0, None)) / np.sqrt(noise_var)
+
+
+def ceiling_ranks(root: str | Path, subject: int, betas: np.ndarray, image_ids: np.ndarray,
+                  gallery_ids: np.ndarray) -> np.ndarray:
+    """1-based rank of each trial's image among ``gallery_ids`` by an oracle that knows the world.
+
+    The oracle correlates each trial's beta (rows of ``betas``, trials × nsdgeneral voxels, any
+    scale: z-scored per voxel here) with the noise-free mean response of every gallery image
+    (``true_responses``, z-scored per voxel over the gallery): what the betas carry about the
+    image, whatever a decoder learns. Its top-1 is the identification ceiling a decoder's
+    thresholds are set against; in the shuffled world it is at chance.
+    """
+    truth = load_truth(root, subject)
+    responses = truth["true_responses"][np.asarray(gallery_ids) - 1].astype(np.float64)
+    responses = _zscore(responses)
+    b = _zscore(np.asarray(betas, np.float64))
+    b -= b.mean(1, keepdims=True)
+    responses -= responses.mean(1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-12
+    responses /= np.linalg.norm(responses, axis=1, keepdims=True) + 1e-12
+    scores = b @ responses.T
+    index = {int(g): k for k, g in enumerate(gallery_ids)}
+    targets = np.array([index[int(i)] for i in image_ids])
+    own = scores[np.arange(len(b)), targets]
+    return (scores > own[:, None]).sum(1) + 1
 
 
 def noise_ceiling(snr: np.ndarray, n_trials: int = 1) -> np.ndarray:

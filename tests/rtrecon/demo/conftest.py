@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-#: The shortened demo: 2 subjects × 2 sessions × 1 run, a few epochs, the replay at 80× the TR pace.
-DEMO_ARGS = ["--subjects", "2", "--sessions", "2", "--runs", "1", "--speed", "80", "--epochs", "1", "1", "--hidden-dim", "64"]
+#: The shortened demo: 2 subjects × 2 sessions × 1 run, a few epochs, the replay at 80× the TR pace, in the
+#: typical world (the golden session's, whose cache it shares; test_decoding.py measures the decoder in the
+#: demo's default high-SNR world against its noise ceiling).
+DEMO_ARGS = ["--subjects", "2", "--sessions", "2", "--runs", "1", "--speed", "80", "--epochs", "1", "1", "--hidden-dim", "64",
+             "--world", "typical"]
 
 
 @dataclass(frozen=True)
