@@ -67,6 +67,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "synthetic world's decoder shipped with rtrecon); the decoder gets a diffusion prior and every trial "
                         "is also reconstructed from the prior's tokens")
     parser.add_argument("--no-unclip", action="store_true", help="retrieval only: no diffusion prior, no reconstructions")
+    parser.add_argument("--metric-weights", type=metric_weights, nargs="+", default=[], metavar="NAME=FILE",
+                        help="local torchvision weights for MindEye2's metrics of external networks "
+                             "(alexnet2, alexnet5, inception, effnet, swav); without them those are reported as not computed")
     parser.add_argument("--releases", type=float, nargs="+", default=[8.0, 16.0], metavar="S",
                         help="seconds after onset at which each trial is released and decoded, besides run end "
                              "(default: %(default)s; an engine that releases once uses the first)")
@@ -124,7 +127,7 @@ def run_demo(ns: argparse.Namespace) -> int:
     spec = LiveSpec(root=dataset, subject=ns.subject, session=live_session, runs=runs, checkpoint=checkpoint,
                     targets=load_truth(dataset)["embeddings"], out=out, decoder_description=description,
                     speed=ns.speed, releases_s=tuple(ns.releases), unclip=unclip,
-                    clip_seed=load_truth(dataset)["world"]["embedder"]["seed"],
+                    clip_seed=load_truth(dataset)["world"]["embedder"]["seed"], metric_weights=tuple(ns.metric_weights),
                     notes=(f"Synthetic world: {ns.world} ({WORLD_NOTES[ns.world]}); the decoder was fine-tuned on "
                            f"subject {ns.subject}'s sessions {_span(own_sessions)}, the live session is {live_session}.",))
     try:
@@ -143,6 +146,18 @@ WORLD_NOTES = {
     "high-snr": "median ncsnr 0.63-0.71, the top of NSD's SNR range",
     "typical": "median ncsnr 0.33-0.39, typical of NSD's nsdgeneral voxels",
 }
+
+
+def metric_weights(text: str) -> tuple[str, Path]:
+    """``NAME=FILE`` of ``--metric-weights``: a known metric and an existing file."""
+    from rtrecon.report.metrics import EXTERNAL_METRICS
+
+    name, sep, path = text.partition("=")
+    if not sep or name not in EXTERNAL_METRICS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=FILE with NAME among {', '.join(EXTERNAL_METRICS)}")
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{path}: no such weights file for {name}")
+    return name, Path(path)
 
 
 def _span(values: list[int]) -> str:

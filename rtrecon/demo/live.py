@@ -54,6 +54,8 @@ class LiveSpec:
     that releases each trial once uses the first). ``clip_seed``: the seed of the synthetic world's
     CLIP embedder (``OpenClipImageEmbedder.tiny``), which gives the reconstructions' two-way
     identification; None (a real NSD root) leaves it out. ``notes``: lines for the report.
+    ``metric_weights``: (metric, local weights file) pairs for MindEye2's metrics of external
+    networks (:data:`rtrecon.report.metrics.EXTERNAL_METRICS`); the others are reported not computed.
     """
 
     root: Path
@@ -72,6 +74,7 @@ class LiveSpec:
     releases_s: tuple[float, ...] = (8.0, 16.0)
     clip_seed: int | None = None
     notes: tuple[str, ...] = ()
+    metric_weights: tuple[tuple[str, Path], ...] = ()
 
     @property
     def bids_subject(self) -> str:
@@ -231,7 +234,8 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
     report_dir = layout.derivatives.parent / "report"
     return build_report(layout, spec.runs, nsd.tr, gallery, ids, _image_lookup(nsd), spec.decoder_description,
                         report_dir, metrics, release_metrics=per_release, clip_features=_clip_features(spec.clip_seed),
-                        presentations=presentations(nsd, spec.subject, spec.session, spec.runs), notes=spec.notes)
+                        presentations=presentations(nsd, spec.subject, spec.session, spec.runs), notes=spec.notes,
+                        external_weights=dict(spec.metric_weights))
 
 
 def _clip_features(seed: int | None) -> Callable[[np.ndarray], np.ndarray] | None:

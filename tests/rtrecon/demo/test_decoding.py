@@ -57,6 +57,17 @@ def _decode(root, checkpoint):
     return ranks, oracle, two_way, len(gallery)
 
 
+def test_retrieval_only_trains_no_prior(worlds):
+    import torch
+
+    from rtrecon.models import load_official
+
+    _, _, checkpoint = worlds
+    assert load_official(checkpoint).config.use_prior is False
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model_state_dict"]
+    assert not any("prior" in k for k in state)
+
+
 def _chance_band(n_trials: int, gallery: int) -> float:
     """Chance top-1 plus 3 binomial standard errors."""
     p = 1.0 / gallery
@@ -65,6 +76,7 @@ def _chance_band(n_trials: int, gallery: int) -> float:
 
 def test_the_worlds_snr_is_the_documented_one_and_the_control_has_none(worlds):
     real, shuffled, _ = worlds
+    assert real != shuffled  # the cache keys them apart
     assert 0.55 < np.median(ncsnr(real, 1)) < 0.85  # high-snr: the top of NSD's range (docs: 0.63-0.71 at 4 sessions)
     assert np.median(ncsnr(shuffled, 1)) < 0.1
 
