@@ -46,7 +46,8 @@ from rtrecon.report.figures import as_uint8
 from rtrecon.report.metrics import external_metrics, two_way_identification
 from rtrecon.runtime.retrieval import normalize
 
-__all__ = ["STAGES", "SessionLayout", "trial_records", "decoded_betas", "beta_correlation", "build_report"]
+__all__ = ["STAGES", "SessionLayout", "release_rows", "release_arrays", "trial_records", "decoded_betas", "beta_correlation",
+           "build_report"]
 
 #: The stamps of a trial, in order: its last volume acquired (written by the scanner; for a replay,
 #: read by the bridge) → received, realigned, GLM updated (engine) → beta estimated → decoded →
@@ -108,7 +109,7 @@ def _rank_score(embedding: Sequence[float] | None, stimulus: str, gallery: np.nd
     return int(np.sum(scores > own)) + 1, float(own)
 
 
-def _releases(trials: pd.DataFrame) -> pd.DataFrame:
+def release_rows(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials table with ``release``/``release_s``/``final`` (an engine without releases: one, release 0)."""
     trials = trials.copy()
     if "release" not in trials:
@@ -118,7 +119,7 @@ def _releases(trials: pd.DataFrame) -> pd.DataFrame:
     return trials
 
 
-def _arrays(layout: SessionLayout, run: int, trial: int, release: int, kind: str, releases: bool) -> Path:
+def release_arrays(layout: SessionLayout, run: int, trial: int, release: int, kind: str, releases: bool) -> Path:
     """The engine's ``kind`` (``decoded`` or ``beta``) arrays of one release."""
     name = f"trial{trial}release{release}{kind}" if releases else f"trial{trial}{kind}"
     return layout.derivative(run, name, ".npz")
@@ -135,8 +136,8 @@ def trial_records(
     been seen (1 when absent)."""
     table = layout.table(run, "trials")
     has_releases = "release" in table
-    trials = _releases(table)
-    timings = _releases(layout.table(run, "trialtimings")).set_index(["trial", "release"])
+    trials = release_rows(table)
+    timings = release_rows(layout.table(run, "trialtimings")).set_index(["trial", "release"])
     volumes = layout.table(run, "volumetimings").set_index("volume")
     results = {(row["trial"], row["release"]): row for row in read_results(layout.journal(run))}
     events = pd.read_csv(layout.events(run), sep="\t", na_values=["n/a"], keep_default_na=False)
@@ -172,7 +173,7 @@ def trial_records(
         result = results.get((trial, release))
         retrieved: list[str] = []
         reconstruction = embedding = None
-        decoded = _arrays(layout, run, trial, release, "decoded", has_releases)
+        decoded = release_arrays(layout, run, trial, release, "decoded", has_releases)
         if decoded.is_file():
             with np.load(decoded) as f:
                 embedding = f["embedding"][None]
@@ -208,8 +209,8 @@ def decoded_betas(layout: SessionLayout, run: int) -> dict[int, tuple[list[int],
     table = layout.table(run, "trials")
     has_releases = "release" in table
     out: dict[int, tuple[list[int], list[np.ndarray]]] = {}
-    for row in _releases(table).itertuples():
-        path = _arrays(layout, run, int(row.trial), int(row.release), "beta", has_releases)
+    for row in release_rows(table).itertuples():
+        path = release_arrays(layout, run, int(row.trial), int(row.release), "beta", has_releases)
         if path.is_file():
             with np.load(path) as f:
                 trials, betas = out.setdefault(int(row.release), ([], []))
