@@ -110,10 +110,11 @@ def _rank_score(embedding: Sequence[float] | None, stimulus: str, gallery: np.nd
 
 
 def release_rows(trials: pd.DataFrame) -> pd.DataFrame:
-    """The trials table with ``release``/``release_s``/``final`` (an engine without releases: one, release 0)."""
+    """An engine table with ``release`` and ``final`` (an engine without releases: one per trial, release 0)."""
     trials = trials.copy()
     if "release" not in trials:
         trials["release"] = 0
+    if "final" not in trials:
         trials["final"] = False
     trials["final"] = trials["final"].astype(str).str.lower().isin(("true", "1"))
     return trials
