@@ -25,8 +25,25 @@ run the whole loop with nothing downloaded. The world:
   ``true_responses.npy`` (images × ROI voxels, noise-free mean responses).
 
 Size presets (``PRESETS``): ``small`` (the default; seconds on 2 cores) and ``nsd`` (subject
-grids from NSD's func1pt8mm table, 15,724 ROI voxels for subject 1). ``shared_images=N`` (``rtrecon
-synth --shared-images N``) sets the number of shared test images instead of the preset's
+grids from NSD's func1pt8mm table, 15,724 ROI voxels for subject 1).
+
+World presets (``WORLDS``, ``rtrecon synth --world``) set the noise, i.e. how well single trials
+can be told apart. :func:`ncsnr` measures it the NSD way (Allen et al. 2022: betas z-scored per
+voxel within each session; per voxel, the noise SD is the pooled SD across the repeats of images
+seen 3 times, the signal SD ``sqrt(max(0, 1 - noise²))``, ncsnr their ratio). Medians over the
+nsdgeneral voxels of the released (``betas_assumehrf``) betas, ``small`` size, 4 subjects × 4
+sessions × 1 run, seed 0, measured for all 4 subjects:
+
+* ``typical`` (noise SD 1.5 % signal change): median ncsnr 0.33-0.39, inside NSD's own nsdgeneral
+  range;
+* ``high-snr`` (noise SD 0.5): median ncsnr 0.63-0.71, the top of NSD's range; the demo's
+  default, so that a few sessions of one subject decode visibly.
+
+``shuffled=True`` (``--shuffled``) is the control world: each trial's true response is that of
+another image, drawn at random, so the betas carry nothing about the image shown and every
+decoding metric must fall to chance.
+
+``shared_images=N`` (``rtrecon synth --shared-images N``) sets the number of shared test images instead of the preset's
 ``shared_fraction`` (e.g. more than 300, for retrieval among 300 as MindEye2 reports it). Output is
 a pure function of the arguments and the seed.
 """
@@ -54,7 +71,8 @@ from threadpoolctl import threadpool_limits
 from rtrecon.data import brains, images, timeseries
 from rtrecon.data.nsd import BETA_SCALE, SPACES, NSDDataset
 
-__all__ = ["PRESETS", "NSD_GRIDS", "NoiseModel", "SizePreset", "configure", "generate", "load_truth"]
+__all__ = ["PRESETS", "WORLDS", "NSD_GRIDS", "NoiseModel", "SizePreset", "configure", "generate", "load_truth",
+           "ncsnr", "noise_ceiling", "ceiling_ranks"]
 
 SPACE = "func1pt8mm"
 TR = SPACES[SPACE]["tr"]
@@ -93,6 +111,12 @@ class SizePreset:
     clip_seed: int = 0
     noise: NoiseModel = NoiseModel()
 
+
+#: Noise levels of the worlds (see the module docstring for their measured ncsnr).
+WORLDS: dict[str, NoiseModel] = {
+    "typical": NoiseModel(),
+    "high-snr": NoiseModel(noise_sd=0.5),
+}
 
 PRESETS: dict[str, SizePreset] = {
     "small": SizePreset("small", grid=(24, 29, 24), voxel_mm=4.5, roi_voxels=1000, image_size=96),
@@ -161,13 +185,21 @@ def generate(
     seed: int = 0,
     progress: bool = True,
     shared_images: int | None = None,
+    world: str | None = None,
+    shuffled: bool = False,
 ) -> Path:
     """Write a synthetic dataset in NSD's layout under ``out`` and return its path.
 
     ``shared_images``: number of shared test images (each shown 3 times to every subject);
-    ``None`` takes the preset's ``shared_fraction`` of the trials.
+    ``None`` takes the preset's ``shared_fraction`` of the trials. ``world``: a :data:`WORLDS`
+    name whose noise replaces the preset's (its motion setting is kept); ``shuffled``: the control
+    world (responses shuffled across images, trial by trial).
     """
     preset = PRESETS[size] if isinstance(size, str) else size
+    if world is not None:
+        if world not in WORLDS:
+            raise ValueError(f"unknown world {world!r}: choose one of {', '.join(WORLDS)}")
+        preset = replace(preset, noise=replace(WORLDS[world], motion=preset.noise.motion))
     if min(n_subjects, n_sessions, n_runs) < 1:
         raise ValueError(f"need at least one subject, session and run, got {n_subjects}, {n_sessions}, {n_runs}")
     if shared_images is not None and shared_images < 1:
@@ -250,6 +282,8 @@ def generate(
             "sessions": n_sessions,
             "runs": n_runs,
             "preset": asdict(preset),
+            "world": world or "custom",
+            "shuffled": shuffled,
             "space": SPACE,
             "tr": TR,
             "embedder": {"name": "OpenClipImageEmbedder.tiny", "seed": preset.clip_seed, "quirk": embedder.quirk,
@@ -270,13 +304,13 @@ def generate(
         for subject, ss in enumerate(ss_subjects.spawn(n_subjects), start=1):
             srng = np.random.default_rng(ss)
             _write_subject(out, subject, srng, preset, stimpattern, masterordering, subjectim,
-                           features, lowlevel, hrfs, hrf_dt, bar, run_task)
+                           features, lowlevel, hrfs, hrf_dt, bar, run_task, shuffled)
     (out / "README_SYNTHETIC.md").write_text(_README.format(**world, root=out.name))
     return out
 
 
 def _write_subject(out, subject, rng, preset, stimpattern, masterordering, subjectim,
-                   features, lowlevel, hrfs, hrf_dt, bar, run_task) -> None:
+                   features, lowlevel, hrfs, hrf_dt, bar, run_task, shuffled=False) -> None:
     """Anatomy, tuning, every run's time series, betas and ground truth of one subject."""
     noise = preset.noise
     grid, n_roi = _subject_grid(preset, subject, rng)
@@ -312,8 +346,10 @@ def _write_subject(out, subject, rng, preset, stimpattern, masterordering, subje
             image_ids = subjectim[subject - 1, masterordering[offset : offset + len(slots)] - 1]
             offset += len(slots)
             onsets = slots * SPACES[SPACE]["rows_per_trial"] * TR
-            # True single-trial betas: the voxel's mean response to the image plus trial variability.
-            b = responses[image_ids - 1] + rng.normal(0, noise.trial_sd, (len(slots), responses.shape[1])) * tuning.amplitude
+            # True single-trial betas: the voxel's mean response to the image plus trial variability
+            # (the control world: to a random image, not the one shown).
+            evoked = rng.integers(1, len(responses) + 1, len(slots)) if shuffled else image_ids
+            b = responses[evoked - 1] + rng.normal(0, noise.trial_sd, (len(slots), responses.shape[1])) * tuning.amplitude
             b = b.astype(np.float32)
             true_betas.append(b)
             regs = timeseries.trial_regressors(onsets, N_VOLS, TR, hrfs, hrf_dt)
@@ -375,6 +411,66 @@ def load_truth(root: str | Path, subject: int | None = None) -> dict:
     return out
 
 
+def _zscore(betas: np.ndarray) -> np.ndarray:
+    std = betas.std(0, ddof=1)
+    return np.divide(betas - betas.mean(0), std, out=np.zeros_like(betas), where=std > 0)
+
+
+def ncsnr(root: str | Path, subject: int, sessions: list[int] | None = None) -> np.ndarray:
+    """Per-voxel noise-ceiling SNR of ``subject``'s released betas over nsdgeneral, the NSD way.
+
+    Betas are z-scored per voxel within each session; for the images shown 3 times (in
+    ``sessions``, default all), the noise variance is the mean over images of the variance across
+    their repeats (ddof 1), the signal SD ``sqrt(max(0, 1 - noise variance))``, and ncsnr the
+    signal SD over the noise SD (Allen et al. 2022, Methods).
+    """
+    nsd = NSDDataset(root)
+    sessions = sessions or nsd.sessions(subject)
+    mask = nsd.roi_mask(subject)
+    trials = [t for t in nsd.trials(subject) if t.session in sessions]
+    betas = np.concatenate([_zscore(nsd.betas(subject, s, mask=mask).astype(np.float64)) for s in sessions])
+    ids = np.array([t.image_id for t in trials])
+    if len(ids) != len(betas):
+        raise ValueError(f"{root}: subject {subject} has {len(betas)} betas for {len(ids)} trials in sessions {sessions}")
+    unique, counts = np.unique(ids, return_counts=True)
+    thrice = unique[counts == 3]
+    if not thrice.size:
+        raise ValueError(f"{root}: subject {subject} sees no image 3 times in sessions {sessions}: ncsnr needs repeats")
+    noise_var = np.mean([betas[ids == i].var(0, ddof=1) for i in thrice], axis=0)
+    return np.sqrt(np.clip(1.0 - noise_var, 0.0, None)) / np.sqrt(noise_var)
+
+
+def ceiling_ranks(root: str | Path, subject: int, betas: np.ndarray, image_ids: np.ndarray,
+                  gallery_ids: np.ndarray) -> np.ndarray:
+    """1-based rank of each trial's image among ``gallery_ids`` by an oracle that knows the world.
+
+    The oracle correlates each trial's beta (rows of ``betas``, trials × nsdgeneral voxels, any
+    scale: z-scored per voxel here) with the noise-free mean response of every gallery image
+    (``true_responses``, z-scored per voxel over the gallery): what the betas carry about the
+    image, whatever a decoder learns. Its top-1 is the identification ceiling a decoder's
+    thresholds are set against; in the shuffled world it is at chance.
+    """
+    truth = load_truth(root, subject)
+    responses = truth["true_responses"][np.asarray(gallery_ids) - 1].astype(np.float64)
+    responses = _zscore(responses)
+    b = _zscore(np.asarray(betas, np.float64))
+    b -= b.mean(1, keepdims=True)
+    responses -= responses.mean(1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-12
+    responses /= np.linalg.norm(responses, axis=1, keepdims=True) + 1e-12
+    scores = b @ responses.T
+    index = {int(g): k for k, g in enumerate(gallery_ids)}
+    targets = np.array([index[int(i)] for i in image_ids])
+    own = scores[np.arange(len(b)), targets]
+    return (scores > own[:, None]).sum(1) + 1
+
+
+def noise_ceiling(snr: np.ndarray, n_trials: int = 1) -> np.ndarray:
+    """NSD's noise ceiling (% of variance explainable) of the average of ``n_trials`` trials."""
+    snr2 = np.asarray(snr, np.float64) ** 2
+    return 100.0 * snr2 / (snr2 + 1.0 / n_trials)
+
+
 _README = """# Synthetic NSD-layout dataset ({root})
 
 Made by `rtrecon synth` (seed {seed}, {subjects} subjects × {sessions} sessions × {runs} runs,
@@ -396,6 +492,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=sorted(PRESETS), default="small",
                         help="small: fast demo grids (default); nsd: NSD subject grids and ROI sizes")
     parser.add_argument("--seed", type=int, default=0, help="random seed (output is deterministic for it)")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="typical",
+                        help="noise level: typical (median ncsnr 0.33-0.39, inside NSD's nsdgeneral range; default) or "
+                             "high-snr (0.63-0.71, the top of NSD's range)")
+    parser.add_argument("--shuffled", action="store_true",
+                        help="control world: each trial's response is that of a random image (decoding must fall to chance)")
     parser.add_argument("--shared-images", type=int,
                         help="number of shared test images, each seen 3 times by every subject "
                              "(default: the preset's share of the trials)")
@@ -414,12 +515,18 @@ def _main(ns: argparse.Namespace) -> int:
         preset = replace(preset, noise=replace(preset.noise, motion=False))
     try:
         root = generate(ns.out, ns.subjects, ns.sessions, ns.runs, preset, ns.seed, progress=not ns.quiet,
-                        shared_images=ns.shared_images)
+                        shared_images=ns.shared_images, world=ns.world, shuffled=ns.shuffled)
     except ValueError as err:
         console.print(f"[red]error:[/] {err}")
         return 2
     notes = NSDDataset(root).check()
     for line in notes:
         console.print(line)
+    try:
+        snr = np.median(ncsnr(root, 1))
+        console.print(f"world {ns.world}{' (shuffled control)' if ns.shuffled else ''}: subject 1's median ncsnr "
+                      f"over nsdgeneral {snr:.2f}")
+    except ValueError as err:  # too few sessions for images seen 3 times
+        console.print(f"no ncsnr: {err}")
     console.print(f"wrote {root} (checked with rtrecon.data.nsd)")
     return 0

@@ -3,9 +3,10 @@
 ``cache_root()`` is ``$RTRECON_CACHE`` or ``~/.cache/rtrecon``. :func:`cached_dataset` returns
 ``<cache>/synthetic/<key>/``, generating it first (into a temporary folder renamed when complete,
 so an interrupted generation is never mistaken for a dataset) when it is not there; the key is a
-hash of the generation parameters. :func:`cached_decoder` does the same for the decoder trained
+hash of the generation parameters (counts, size and world presets with their contents, seed). :func:`cached_decoder` does the same for the decoder trained
 on a dataset (``<cache>/decoders/<key>/finetune/last.pth``), keyed by the dataset's key, the
-subjects and sessions, and the :class:`~rtrecon.demo.training.DecoderRecipe`.
+subjects and sessions, and the :class:`~rtrecon.demo.training.DecoderRecipe` (architecture, prior or
+not, epochs, batch, learning rate, seed): everything that changes the weights.
 """
 
 from __future__ import annotations
@@ -42,16 +43,20 @@ def _fresh(folder: Path) -> Path:
 
 
 def cached_dataset(n_subjects: int, n_sessions: int, n_runs: int, size: str = "small", seed: int = 0,
+                   world: str = "typical", shuffled: bool = False,
                    *, root: Path | None = None, progress: bool = True) -> tuple[Path, bool]:
-    """The synthetic dataset of these parameters and whether it was already cached."""
-    from rtrecon.data.synthetic import generate
+    """The synthetic dataset of these parameters (``world``: a :data:`rtrecon.data.synthetic.WORLDS`
+    name; ``shuffled``: the control world) and whether it was already cached."""
+    from rtrecon.data.synthetic import PRESETS, WORLDS, generate
 
-    params = dict(kind="synthetic", n_subjects=n_subjects, n_sessions=n_sessions, n_runs=n_runs, size=size, seed=seed)
+    # The presets' contents, not only their names, so that retuning a preset is a new dataset.
+    params = dict(kind="synthetic", n_subjects=n_subjects, n_sessions=n_sessions, n_runs=n_runs, size=size, seed=seed,
+                  world=world, shuffled=shuffled, preset=asdict(PRESETS[size]), noise=asdict(WORLDS[world]))
     folder = (root or cache_root()) / "synthetic" / cache_key(**params)
     if (folder / "synthetic_truth" / "world.json").is_file():
         return folder, True
     tmp = _fresh(folder)
-    generate(tmp, n_subjects, n_sessions, n_runs, size, seed, progress=progress)
+    generate(tmp, n_subjects, n_sessions, n_runs, size, seed, progress=progress, world=world, shuffled=shuffled)
     (tmp / "rtrecon_cache.json").write_text(json.dumps(params, indent=1))
     tmp.rename(folder)
     return folder, False

@@ -70,7 +70,7 @@ import numpy as np
 import pandas as pd
 
 from rtrecon.data.nsd import NSDDataset
-from rtrecon.demo.collect import SessionLayout
+from rtrecon.demo.collect import SessionLayout, release_arrays, release_rows
 from rtrecon.demo.live import LiveSpec, write_gallery, write_session_config
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
 from rtrecon.demo.stimulus_pc import read_results, start_display, stimulus_command, stimulus_folder
@@ -142,7 +142,7 @@ def golden_spec(settings: GoldenSettings, dataset: Path, checkpoint: Path, out: 
 
     return LiveSpec(root=dataset, subject=settings.subject, session=settings.sessions, runs=(1,),
                     checkpoint=checkpoint, targets=load_truth(dataset)["embeddings"], out=out,
-                    decoder_description="golden", speed=settings.speed, ready_delay_s=settings.ready_delay_s)
+                    decoder_description="golden", speed=settings.speed, releases_s=(settings.ready_delay_s,))
 
 
 def _rows(path: Path) -> int:
@@ -244,20 +244,24 @@ def _fingerprint(values: np.ndarray, directions: np.ndarray) -> list[float]:
 
 
 def session_record(layout: SessionLayout, run: int = 1) -> dict:
-    """The compared values of a finished session's ``run`` (see the module docstring)."""
-    trials = layout.table(run, "trials")
+    """The compared values of a finished session's ``run`` (see the module docstring): each trial's
+    first release (the one decoded live; an engine with releases sends later ones too)."""
+    table = layout.table(run, "trials")
+    has_releases = "release" in table
+    trials = release_rows(table).sort_values(["trial", "release"]).drop_duplicates("trial")
     events = pd.read_csv(layout.events(run), sep="\t")
     onsets = {int(t): float(o) for t, o in zip(events["trial"], events["onset"]) if not pd.isna(t)}
     results = {}
     for row in read_results(layout.journal(run)):
         if row["copies"] > 1:
             raise ValueError(f"{layout.journal(run)}: trial {row['trial']} of run {run} has {row['copies']} results")
-        results[row["trial"]] = row
+        if row["trial"] not in results or row["release"] < results[row["trial"]]["release"]:
+            results[row["trial"]] = row
     record = []
     directions = None
     for row in trials.itertuples():
         trial = int(row.trial)
-        path = layout.derivative(run, f"trial{trial}beta", ".npz")
+        path = release_arrays(layout, run, trial, int(row.release), "beta", has_releases)
         with np.load(path) as f:
             beta, z = f["beta"], f["z"]
         if directions is None:

@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rtrecon.data.nsd import NSDDataset
-from rtrecon.demo.collect import SessionLayout, beta_correlation, build_report
+from rtrecon.demo.collect import SessionLayout, beta_correlation, build_report, decoded_betas
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
 from rtrecon.demo.stimulus_pc import (journal_path, read_results, start_display, stimulus_command, stimulus_folder,
                                       stimulus_settings, write_trial_lists)
@@ -49,7 +49,15 @@ __all__ = ["LiveSpec", "write_session_config", "write_gallery", "run_session"]
 
 @dataclass(frozen=True)
 class LiveSpec:
-    """One live session of NSD subject ``subject``, scan session ``session`` (runs ``runs``)."""
+    """One live session of NSD subject ``subject``, scan session ``session`` (runs ``runs``).
+
+    ``releases_s``: seconds after onset at which each trial is released (and at run end; an engine
+    that releases each trial once uses the first). ``clip_seed``: the seed of the synthetic world's
+    CLIP embedder (``OpenClipImageEmbedder.tiny``), which gives the reconstructions' two-way
+    identification; None (a real NSD root) leaves it out. ``notes``: lines for the report.
+    ``metric_weights``: (metric, local weights file) pairs for MindEye2's metrics of external
+    networks (:data:`rtrecon.report.metrics.EXTERNAL_METRICS`); the others are reported not computed.
+    """
 
     root: Path
     subject: int
@@ -64,7 +72,10 @@ class LiveSpec:
     top_k: int = 5
     unclip: Path | None = None
     released_betas: bool = True
-    ready_delay_s: float = 8.0
+    releases_s: tuple[float, ...] = (8.0, 16.0)
+    clip_seed: int | None = None
+    notes: tuple[str, ...] = ()
+    metric_weights: tuple[tuple[str, Path], ...] = ()
 
     @property
     def bids_subject(self) -> str:
@@ -93,11 +104,18 @@ def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoin
     images it writes in ``OUT/stimulus``: :func:`rtrecon.demo.stimulus_pc.write_trial_lists`)."""
     stimulus_dir = spec.out / "stimulus"
     trial_lists = write_trial_lists(nsd, spec.subject, spec.session, stimulus_dir)
+    from rtrecon.config import EngineSection
+
+    engine: dict[str, object] = {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes}
+    if "releases_s" in EngineSection.model_fields:
+        engine["releases_s"] = list(spec.releases_s)
+    else:  # an engine that releases each trial once
+        engine["ready_delay_s"] = spec.releases_s[0]
     sections = {
         "session": {"subject": spec.bids_subject, "session": spec.bids_session, "task": "perception", "output_dir": spec.out},
         "network": dict(zip(("volumes", "events", "results", "status", "operator"), endpoints), heartbeat_s=0.5),
         "bridge": {"spool_dir": spec.out / "bridge_spool"},
-        "engine": {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes, "ready_delay_s": spec.ready_delay_s},
+        "engine": engine,
         "decoder": {"checkpoint": spec.checkpoint, "subject": spec.decoder_subject, "gallery": gallery, "top_k": spec.top_k},
     }
     if spec.unclip is not None:
@@ -194,7 +212,7 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
             def update(run: int = run, volumes: int = volumes, results: int = results, log: Path = bridge_log,
                        journal: Path = journal) -> None:
                 bar.update(volumes, completed=_count_lines(log, f"run {run} volume"))
-                bar.update(results, completed=len(read_results(journal)))
+                bar.update(results, completed=len({r["trial"] for r in read_results(journal)}))
 
             # The stimulus program's virtual scanner triggers with the bridge's first volume: the
             # program first loads its images and waits, then the bridge starts, and its "run started"
@@ -214,28 +232,60 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
                 group.check(name)
             update()
         group.stop("engine")
+    per_release = _released_beta_metrics(spec, nsd, layout) if spec.released_betas else {}
     metrics: dict[str, float] = {}
-    if spec.released_betas:
-        metrics.update(_released_beta_metrics(spec, nsd, layout))
+    if per_release:  # the headline: the betas the participant's first feedback was decoded from
+        metrics["live_vs_released_beta_r"] = per_release[min(per_release)]["live_vs_released_beta_r"]
     report_dir = layout.derivatives.parent / "report"
     return build_report(layout, spec.runs, nsd.tr, gallery, ids, _image_lookup(nsd), spec.decoder_description,
-                        report_dir, metrics)
+                        report_dir, metrics, release_metrics=per_release, clip_features=_clip_features(spec.clip_seed),
+                        presentations=presentations(nsd, spec.subject, spec.session, spec.runs), notes=spec.notes,
+                        external_weights=dict(spec.metric_weights))
 
 
-def _released_beta_metrics(spec: LiveSpec, nsd: NSDDataset, layout: SessionLayout) -> dict[str, float]:
-    """Median per-voxel correlation of the live betas with NSD's released betas of the same trials."""
+def _clip_features(seed: int | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    if seed is None:
+        return None
+    from rtrecon.embedders.openclip import OpenClipImageEmbedder
+
+    embedder = OpenClipImageEmbedder.tiny(seed=seed)
+    return lambda images: embedder.embed(images).numpy().reshape(len(images), -1)
+
+
+def presentations(nsd: NSDDataset, subject: int, session: int, runs: Sequence[int]) -> dict[tuple[int, int], int]:
+    """(run, engine trial) → the how-manieth showing of the trial's image to the subject, over the
+    whole experiment (NSD's repeats are mostly across sessions); the engine's trial k is the run's
+    k-th image."""
+    trials = nsd.trials(subject)
+    out: dict[tuple[int, int], int] = {}
+    for run in runs:
+        exp_run = nsd.experiment_run(subject, session, run)
+        in_run = [t for t in trials if t.session == session and t.run == exp_run]
+        out.update({(run, k): t.repeat + 1 for k, t in enumerate(in_run)})
+    return out
+
+
+def _released_beta_metrics(spec: LiveSpec, nsd: NSDDataset, layout: SessionLayout) -> dict[int, dict[str, float]]:
+    """Per release, the median per-voxel correlation of the betas it decoded with NSD's released
+    betas of the same trials (``live_vs_released_beta_r``)."""
     try:
         released = nsd.betas(spec.subject, spec.session, mask=nsd.roi_mask(spec.subject))
     except (OSError, ValueError) as exc:
         print(f"report: no comparison with the released betas: {exc}", file=sys.stderr)
         return {}
-    offset, correlations = 0, []
+    offset, correlations = 0, {}
     for run in nsd.runs(spec.subject, spec.session):
         # the engine's trial k is the run's k-th image (the stimulus program's trial list row)
         n = len(nsd.events(spec.subject, spec.session, run))
         if run in spec.runs:
-            correlations.append(beta_correlation(layout, run, released, {k: offset + k for k in range(n)}))
+            for release in decoded_betas(layout, run):
+                correlations.setdefault(release, []).append(
+                    beta_correlation(layout, run, released, {k: offset + k for k in range(n)}, release))
         offset += n
-    r = np.concatenate(correlations) if correlations else np.array([])
-    r = r[np.isfinite(r)]
-    return {"live_vs_released_beta_r": float(np.median(r))} if r.size else {}
+    out = {}
+    for release, values in sorted(correlations.items()):
+        r = np.concatenate(values)
+        r = r[np.isfinite(r)]
+        if r.size:
+            out[release] = {"live_vs_released_beta_r": float(np.median(r))}
+    return out

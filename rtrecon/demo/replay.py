@@ -28,6 +28,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from rtrecon.demo.command import metric_weights
+
 __all__ = ["configure", "replay_nsd"]
 
 
@@ -44,10 +46,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     nsd.add_argument("--unclip", type=Path, help="unCLIP decoder folder (`rtrecon convert-unclip` output); the checkpoint "
                      "needs its diffusion prior (default: retrieval only)")
     nsd.add_argument("--speed", type=float, default=1.0, help="replay speed, × the scanner's TR pace (default %(default)s)")
-    nsd.add_argument("--ready-delay", type=float, default=8.0, help="seconds after onset before a trial is decoded (default %(default)s)")
+    nsd.add_argument("--metric-weights", type=metric_weights, nargs="+", default=[], metavar="NAME=FILE",
+                        help="local torchvision weights for MindEye2's metrics of external networks "
+                             "(alexnet2, alexnet5, inception, effnet, swav); without them those are reported as not computed")
+    nsd.add_argument("--releases", type=float, nargs="+", default=[8.0, 16.0], metavar="S",
+                     help="seconds after onset at which each trial is released and decoded, besides run end "
+                          "(default: %(default)s; an engine that releases once uses the first)")
     nsd.add_argument("--out", type=Path, default=Path("rtrecon_out") / "replay", help="where the session is written (default: %(default)s)")
     nsd.add_argument("--cache", type=Path, help="cache for a decoder trained on a synthetic root")
     nsd.set_defaults(func=replay_nsd)
+
+
+def _clip_seed(root: Path) -> int | None:
+    """The synthetic world's CLIP embedder seed (None for a real NSD root: no two-way identification)."""
+    world = root / "synthetic_truth" / "world.json"
+    return json.loads(world.read_text())["embedder"]["seed"] if world.is_file() else None
 
 
 def _targets(ns: argparse.Namespace):
@@ -99,7 +112,8 @@ def replay_nsd(ns: argparse.Namespace) -> int:
                       f"of {ns.root} at {ns.speed:g}× → {out}")
         spec = LiveSpec(root=ns.root, subject=ns.subject, session=ns.session, runs=runs, checkpoint=checkpoint,
                         targets=targets, out=out, decoder_subject=ns.decoder_subject, decoder_description=description,
-                        speed=ns.speed, ready_delay_s=ns.ready_delay, unclip=ns.unclip)
+                        speed=ns.speed, releases_s=tuple(ns.releases), unclip=ns.unclip,
+                        clip_seed=_clip_seed(ns.root), metric_weights=tuple(ns.metric_weights))
         summary = run_session(spec, console)
     except (NSDLayoutError, ValueError, FileNotFoundError, ProcessFailed) as exc:
         console.print(f"[red]error:[/] {exc}")

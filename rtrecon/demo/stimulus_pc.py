@@ -21,7 +21,8 @@ prepares and reads what that program uses and leaves:
   (``OUT/sourcedata/stimulus/sub-XX/ses-YY/func/..._journal.jsonl``, written line by line as the
   run goes, fsynced; a torn line from a kill is skipped): per trial the result's retrieved ids,
   scores, decoded embedding, stage stamps with ``result_received`` and ``shown`` (``time.time()`` of the
-  flip that first showed it) added, and the reconstruction's PNG.
+  flip that first showed it) added, ``shown_run_s`` (that flip in run seconds), and the
+  reconstruction's PNG; keyed by trial and release (a journal without releases: release 0).
 """
 
 from __future__ import annotations
@@ -137,18 +138,20 @@ def start_display(group: ProcessGroup, size: tuple[int, int] = WINDOW_SIZE, time
 def read_results(journal: Path) -> list[dict[str, Any]]:
     """The results a run's journal holds, in arrival order (see the module docstring).
 
-    Each: ``trial``, ``stimulus``, ``retrieved``, ``scores``, ``embedding`` (list or None),
-    ``stamps`` (the engine's, with ``result_received`` and, once shown, ``shown``), ``image`` (the
+    Each: ``trial``, ``release`` (0 when the journal does not say), ``stimulus``, ``retrieved``,
+    ``scores``, ``embedding`` (list or None), ``stamps`` (the engine's, with ``result_received``
+    and, once shown, ``shown``), ``shown_run_s`` (None until shown), ``image`` (the
     reconstruction's PNG path or None), ``copies`` (how many times it was received: 1 unless the
-    engine sent it again). A run restarted after a kill has one journal, so the results of every
-    life of the program are there.
+    engine sent it again). ``shown`` goes to a trial's first result: the program shows a trial's
+    feedback once. A run restarted after a kill has one journal, so the results of every life of
+    the program are there.
     """
     try:
         lines = journal.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return []
-    results: dict[int, dict[str, Any]] = {}
-    shown: dict[int, float] = {}
+    results: dict[tuple[int, int], dict[str, Any]] = {}
+    shown: dict[int, tuple[float, float | None]] = {}
     run = None
     for line in lines:
         try:
@@ -158,19 +161,22 @@ def read_results(journal: Path) -> list[dict[str, Any]]:
         kind = entry.get("t")
         if kind == "start":
             run = entry.get("run")
-        elif kind == "result" and entry["trial"] in results and entry["run"] == run:
-            results[entry["trial"]]["copies"] += 1
+        elif kind == "result" and (entry["trial"], entry.get("release", 0)) in results and entry["run"] == run:
+            results[entry["trial"], entry.get("release", 0)]["copies"] += 1
         elif kind == "result" and (run is None or entry["run"] == run):
-            results[entry["trial"]] = {
-                "trial": entry["trial"], "stimulus": entry["stimulus"], "retrieved": list(entry["retrieved"]),
+            results[entry["trial"], entry.get("release", 0)] = {
+                "trial": entry["trial"], "release": entry.get("release", 0), "stimulus": entry["stimulus"],
+                "retrieved": list(entry["retrieved"]), "shown_run_s": None,
                 "scores": list(entry["scores"]), "embedding": entry["embedding"],
                 "stamps": {**entry["stamps"], "result_received": entry["received_wall"]},
                 "image": journal.parent / entry["image"] if entry.get("image") else None,
                 "copies": 1,
             }
         elif kind == "shown":
-            shown.setdefault(entry["trial"], entry["shown_wall"])
-    for trial, wall in shown.items():
-        if trial in results:
-            results[trial]["stamps"]["shown"] = wall
+            shown.setdefault(entry["trial"], (entry["shown_wall"], entry.get("shown")))
+    for trial, (wall, run_s) in shown.items():
+        first = min((key for key in results if key[0] == trial), default=None, key=lambda key: key[1])
+        if first is not None:
+            results[first]["stamps"]["shown"] = wall
+            results[first]["shown_run_s"] = run_s
     return list(results.values())

@@ -4,10 +4,11 @@ Build a :class:`SessionReportData` from plain arrays and numbers, then::
 
     from rtrecon.report import write_report
     summary = write_report(data, out_dir)      # out_dir/report.html + out_dir/summary.json
-    summary.headline()                         # {"report", "trials", "decoded", "top1", ...}
+    summary.headline()                         # {"report", "trials", "decoded", "top1", ..., "top1_by_release"}
 
 Modules: :mod:`~rtrecon.report.records` (the input records, :func:`load_confounds`,
-:func:`stage_durations`, :func:`summarise`), :mod:`~rtrecon.report.figures` (PNG plots) and
+:func:`stage_durations`, :func:`summarise`), :mod:`~rtrecon.report.metrics` (MindEye2's
+reconstruction and retrieval metrics), :mod:`~rtrecon.report.figures` (plots and thumbnails) and
 :mod:`~rtrecon.report.writer` (the page).
 """
 

@@ -3,12 +3,15 @@
 Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas, never
 through ``pyplot``, so nothing global is touched and no display is needed.
 
-- :func:`image_png` — an image array as a PNG thumbnail;
+- :func:`image_png` — an image array as a PNG thumbnail; :func:`image_jpeg` as a small JPEG (the
+  per-trial cards: a 750-trial session's report stays a few MB);
 - :func:`motion_png` — fMRIPrep-style motion plot of one run: translations (mm), rotations
   (degrees) and framewise displacement with its threshold;
 - :func:`latency_png` — the duration of every stage, stacked per trial, with the median and
   95th percentile of the total;
-- :func:`accuracy_png` — top-1 / top-5 retrieval accuracy beside chance.
+- :func:`accuracy_png` — top-1 / top-5 retrieval accuracy beside chance;
+- :func:`release_png` — top-1 / top-5 against the release delay (seconds from onset), one point
+  per release, with chance: what an experimenter needs to choose a delay.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from PIL import Image
 
 from rtrecon.report.records import MotionTrace, ReportSummary, TrialRecord
 
-__all__ = ["as_uint8", "image_png", "motion_png", "latency_png", "accuracy_png"]
+__all__ = ["as_uint8", "image_png", "image_jpeg", "motion_png", "latency_png", "accuracy_png", "release_png"]
 
 _DPI = 100
 
@@ -61,6 +64,16 @@ def image_png(image: np.ndarray, max_side: int = 256) -> bytes:
         picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def image_jpeg(image: np.ndarray, max_side: int = 96, quality: int = 85) -> bytes:
+    """``image`` as a JPEG thumbnail of at most ``max_side`` pixels a side (alpha dropped)."""
+    picture = Image.fromarray(as_uint8(image)).convert("RGB")
+    if max(picture.size) > max_side:
+        picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=quality, subsampling=0)
     return buffer.getvalue()
 
 
@@ -157,4 +170,32 @@ def accuracy_png(summary: ReportSummary) -> bytes:
     ax.set_ylabel("accuracy")
     ax.set_title(f"retrieval over {summary.retrieval_trials} trials", fontsize=10)
     ax.grid(axis="y", alpha=0.25)
+    return _png(figure)
+
+
+def release_png(by_release: dict[int, dict], chance_top1: float | None, chance_top5: float | None) -> bytes:
+    """Top-1 and top-5 per release against its median delay after onset, with chance."""
+    releases = [r for r in sorted(by_release) if by_release[r].get("top1") is not None]
+    if not releases:
+        raise ValueError("no release has a retrieval rank to plot")
+    x = np.array([by_release[r].get("median_release_s") or np.nan for r in releases], float)
+    if np.isnan(x).any():  # no delays recorded: the release index stands in
+        x = np.arange(len(releases), dtype=float)
+    figure = Figure(figsize=(5.6, 3.4), layout="constrained")
+    ax = figure.subplots()
+    for key, colour in (("top1", "#1f77b4"), ("top5", "#6baed6")):
+        y = [by_release[r][key] for r in releases]
+        ax.plot(x, y, "o-", color=colour, label=key.replace("top", "top-"))
+        for xi, yi, r in zip(x, y, releases):
+            ax.annotate(f"{yi:.0%}", (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    for chance, style in ((chance_top1, "--"), (chance_top5, ":")):
+        if chance is not None:
+            ax.axhline(chance, color="#d62728", ls=style, lw=1)
+    ax.set_xticks(x, [f"{v:.1f} s\n(release {r})" for v, r in zip(x, releases)], fontsize=8)
+    ax.set_xlabel("release delay after onset (median)")
+    ax.set_ylabel("retrieval accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.set_title("accuracy against release delay (red: chance)", fontsize=10)
+    ax.grid(alpha=0.25)
     return _png(figure)

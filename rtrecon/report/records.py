@@ -1,10 +1,15 @@
 """What a session report is made from: plain records any producer can fill, and their summary.
 
 :class:`SessionReportData` holds the session's names, which decoder made the reconstructions,
-one :class:`TrialRecord` per trial (images as arrays, retrieval, the correct image's rank, the
-duration of every stage) and one :class:`MotionTrace` per run. :func:`summarise` turns it into
-the headline :class:`ReportSummary`: retrieval accuracy with its chance level, latency median
-and 95th percentile (overall and per stage), framewise displacement.
+one :class:`TrialRecord` per release of a trial (a trial is decoded several times as its beta
+refines: images as arrays, retrieval, the correct image's rank and score, the duration of every
+stage, the trial's onset, motion, response and repeat) and one :class:`MotionTrace` per run.
+:func:`summarise` turns it into the headline :class:`ReportSummary`: retrieval accuracy with its
+chance level on each trial's first release (what the participant saw first) and per release
+(:attr:`ReportSummary.by_release`: top-1/top-5, hubness, PixCorr and SSIM of the reconstructions,
+with the producer's per-release metrics such as CLIP two-way identification), latency median
+and 95th percentile (overall and per stage), the closed-loop delay from stimulus onset to
+feedback shown, framewise displacement.
 
 Helpers for producers: :func:`stage_durations` turns the time stamps of one trial (volume
 written, ..., shown on screen) into per-stage durations, and :func:`load_confounds` reads a
@@ -30,6 +35,7 @@ __all__ = [
     "ReportSummary",
     "stage_durations",
     "load_confounds",
+    "release_figures",
     "summarise",
 ]
 
@@ -47,6 +53,13 @@ class TrialRecord:
     their thumbnails, optional). ``correct_rank`` is the 1-based rank of ``stimulus_id`` among the
     whole gallery (None: not retrieved, or the stimulus is not in the gallery). ``latencies`` maps
     each stage to its duration in seconds (see :func:`stage_durations`).
+
+    ``release`` is the 0-based release of the trial this record decodes, ``release_s`` the seconds
+    from onset to the start of the last volume its beta used, ``final`` whether it is the
+    end-of-run release. ``onset_s`` is the trial's onset (run seconds), ``fd_mm`` the largest
+    framewise displacement over the volumes its beta used, ``score`` the true image's similarity,
+    ``response`` the participant's, ``presentation`` how many times the image had been seen (1: a
+    first showing), ``feedback_delay_s`` stimulus onset → this result shown (run seconds).
     """
 
     run: int
@@ -58,6 +71,15 @@ class TrialRecord:
     retrieved_images: Sequence[np.ndarray] = ()
     correct_rank: int | None = None
     latencies: Mapping[str, float] = field(default_factory=dict)
+    release: int = 0
+    release_s: float | None = None
+    final: bool = False
+    onset_s: float | None = None
+    fd_mm: float | None = None
+    score: float | None = None
+    response: str = ""
+    presentation: int = 1
+    feedback_delay_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.correct_rank is not None and self.correct_rank < 1:
@@ -72,6 +94,10 @@ class TrialRecord:
     def decoded(self) -> bool:
         """Whether the decoder produced anything for this trial."""
         return self.reconstruction is not None or bool(self.retrieved_ids) or self.correct_rank is not None
+
+    @property
+    def top1_id(self) -> str | None:
+        return str(self.retrieved_ids[0]) if self.retrieved_ids else None
 
     @property
     def total_latency_s(self) -> float | None:
@@ -113,7 +139,11 @@ class SessionReportData:
     or the synthetic world's own decoder) and is printed at the top. ``gallery_size`` is the
     number of images retrieval chooses from (chance top-1 = 1 / gallery_size). ``latency_stages``
     orders the stages of :attr:`TrialRecord.latencies` (empty: the order they first appear).
-    ``metrics`` are extra headline figures (e.g. the correlation of live and released betas).
+    ``metrics`` are extra headline figures (e.g. the correlation of live and released betas);
+    ``release_metrics`` per release index, figures the producer measured for that release (e.g.
+    ``two_way_clip``, ``beta_r_end``: the decoded betas' correlation with the end-of-run betas);
+    ``external_metrics`` MindEye2's metrics of external networks (a value, or why there is none);
+    ``notes`` lines shown under the decoder (e.g. the synthetic world used).
     """
 
     subject: str
@@ -126,6 +156,9 @@ class SessionReportData:
     latency_stages: Sequence[str] = ()
     fd_threshold_mm: float = 0.5
     metrics: Mapping[str, float] = field(default_factory=dict)
+    release_metrics: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
+    external_metrics: Mapping[str, float | str] = field(default_factory=dict)
+    notes: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if self.gallery_size is not None and self.gallery_size < 1:
@@ -136,6 +169,15 @@ class SessionReportData:
             raise ValueError(
                 f"run {t.run} trial {t.trial}: correct_rank {t.correct_rank} exceeds the gallery size {self.gallery_size}"
             )
+
+    def first_releases(self) -> list[TrialRecord]:
+        """Each trial's earliest release (what the participant saw first), in (run, trial) order."""
+        first: dict[tuple[int, int], TrialRecord] = {}
+        for t in self.trials:
+            key = (t.run, t.trial)
+            if key not in first or t.release < first[key].release:
+                first[key] = t
+        return [first[k] for k in sorted(first)]
 
     def stages(self) -> list[str]:
         """The stage names, in :attr:`latency_stages` order, then any others as they first appear."""
@@ -166,16 +208,31 @@ class ReportSummary:
     high_motion_volumes: int
     decoder: str
     metrics: dict[str, float]
+    by_release: dict[int, dict[str, Any]] = field(default_factory=dict)
+    two_way_clip: float | None = None
+    pixcorr: float | None = None
+    ssim: float | None = None
+    hub_id: str | None = None
+    hub_share: float | None = None
+    median_feedback_delay_s: float | None = None
+    p95_feedback_delay_s: float | None = None
+    external_metrics: dict[str, float | str] = field(default_factory=dict)
+
+    @property
+    def top1_by_release(self) -> dict[str, float | None]:
+        return {str(r): m["top1"] for r, m in self.by_release.items()}
 
     def headline(self) -> dict[str, Any]:
-        """The keys the demo prints as its last JSON line."""
-        keys = ("trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s")
-        return {"report": str(self.report), **{k: getattr(self, k) for k in keys}}
+        """The keys the demo prints as its last JSON line (``top1``/``top5``: first releases)."""
+        keys = ("trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s", "two_way_clip", "pixcorr")
+        return {"report": str(self.report), **{k: getattr(self, k) for k in keys}, "top1_by_release": self.top1_by_release}
 
     def as_dict(self) -> dict[str, Any]:
         """Every figure, JSON-ready (what ``summary.json`` holds)."""
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["report"] = str(self.report)
+        out["by_release"] = {str(r): m for r, m in self.by_release.items()}
+        out["top1_by_release"] = self.top1_by_release
         return out
 
 
@@ -236,9 +293,41 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _median(values: Sequence[float | None]) -> float | None:
+    v = np.array([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+def release_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
+    """Retrieval, hubness and low-level reconstruction metrics of one release's records."""
+    from rtrecon.report.metrics import hubness, pixcorr, ssim
+
+    ranks = [t.correct_rank for t in records if t.correct_rank is not None]
+    hub_id, hub_share = hubness([t.top1_id for t in records if t.top1_id is not None])
+    pairs = [(t.reconstruction, t.seen_image) for t in records if t.reconstruction is not None and t.seen_image is not None]
+    return {
+        "trials": len(records),
+        "ranked": len(ranks),
+        "top1": float(np.mean(np.array(ranks) <= 1)) if ranks else None,
+        "top5": float(np.mean(np.array(ranks) <= 5)) if ranks else None,
+        "median_release_s": _median([t.release_s for t in records]),
+        "hub_id": hub_id,
+        "hub_share": hub_share,
+        "reconstructions": len(pairs),
+        "pixcorr": pixcorr(*zip(*pairs)) if pairs else None,
+        "ssim": ssim(*zip(*pairs)) if pairs else None,
+    }
+
+
 def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
-    """The headline figures of ``data`` (``report``: where its HTML is written)."""
-    ranks = np.array([t.correct_rank for t in data.trials if t.correct_rank is not None], dtype=float)
+    """The headline figures of ``data`` (``report``: where its HTML is written).
+
+    Retrieval, reconstruction and hubness headline figures are those of each trial's first
+    release; :attr:`ReportSummary.by_release` has them for every release index.
+    """
+    first = data.first_releases()
+    ranks = np.array([t.correct_rank for t in first if t.correct_rank is not None], dtype=float)
     top1 = float(np.mean(ranks <= 1)) if ranks.size else None
     top5 = float(np.mean(ranks <= 5)) if ranks.size else None
     n = data.gallery_size
@@ -251,10 +340,18 @@ def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
         stage_p95[stage] = float(np.percentile(values, 95))
     fd = np.concatenate([m.fd for m in data.motion]) if data.motion else np.array([])
     fd = fd[np.isfinite(fd)]
+    by_release: dict[int, dict[str, Any]] = {}
+    for release in sorted({t.release for t in data.trials}):
+        figures = release_figures([t for t in data.trials if t.release == release])
+        figures.update({k: float(v) for k, v in data.release_metrics.get(release, {}).items() if v is not None})
+        by_release[release] = figures
+    head = release_figures(first) if first else {}
+    first_release = min(by_release) if by_release else None
+    delays = np.array([t.feedback_delay_s for t in first if t.feedback_delay_s is not None], dtype=float)
     return ReportSummary(
         report=Path(report),
-        trials=len(data.trials),
-        decoded=sum(t.decoded for t in data.trials),
+        trials=len(first),
+        decoded=sum(t.decoded for t in first),
         retrieval_trials=int(ranks.size),
         top1=top1,
         top5=top5,
@@ -269,4 +366,13 @@ def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
         high_motion_volumes=int(np.sum(fd > data.fd_threshold_mm)),
         decoder=data.decoder_description,
         metrics={k: float(v) for k, v in data.metrics.items()},
+        by_release=by_release,
+        two_way_clip=by_release[first_release].get("two_way_clip") if first_release is not None else None,
+        pixcorr=head.get("pixcorr"),
+        ssim=head.get("ssim"),
+        hub_id=head.get("hub_id"),
+        hub_share=head.get("hub_share"),
+        median_feedback_delay_s=float(np.median(delays)) if delays.size else None,
+        p95_feedback_delay_s=float(np.percentile(delays, 95)) if delays.size else None,
+        external_metrics=dict(data.external_metrics),
     )

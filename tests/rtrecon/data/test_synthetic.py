@@ -139,3 +139,26 @@ def test_shared_images_sets_the_test_set_size(tmp_path: Path, capsys: pytest.Cap
     assert not (tmp_path / "x" / "nsddata").exists()
     with pytest.raises(ValueError, match="at least 1"):
         generate(tmp_path / "y", shared_images=0)
+
+
+def test_worlds_order_by_their_measured_ncsnr_and_the_shuffled_world_has_none(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from rtrecon.data.synthetic import WORLDS, ncsnr, noise_ceiling
+
+    tiny = replace(PRESETS["small"], name="tiny", grid=(16, 19, 16), voxel_mm=6.75, roi_voxels=300, image_size=32,
+                   noise=replace(PRESETS["small"].noise, motion=False))
+    medians = {}
+    for name, kwargs in {"typical": dict(world="typical"), "high-snr": dict(world="high-snr"),
+                         "shuffled": dict(world="high-snr", shuffled=True)}.items():
+        root = generate(tmp_path / name, 1, 2, 2, tiny, seed=2, progress=False, **kwargs)
+        assert load_truth(root)["world"]["world"] == kwargs["world"]
+        medians[name] = float(np.median(ncsnr(root, 1)))
+    print(f"\nmedian ncsnr: {medians}")
+    assert WORLDS["high-snr"].noise_sd < WORLDS["typical"].noise_sd
+    assert medians["shuffled"] < 0.15 < medians["typical"] < medians["high-snr"]
+    # NSD's noise ceiling of one trial and of the average of 3
+    assert noise_ceiling(np.array([1.0]))[0] == pytest.approx(50.0)
+    assert noise_ceiling(np.array([1.0]), 3)[0] == pytest.approx(75.0)
+    with pytest.raises(ValueError, match="unknown world"):
+        generate(tmp_path / "z", 1, 1, 1, tiny, world="noisy", progress=False)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from rtrecon.data.nsd import NSDDataset
-from rtrecon.demo.collect import STAGES, SessionLayout, beta_correlation, build_report, trial_records
+from rtrecon.demo.collect import STAGES, SessionLayout, beta_correlation, build_report, decoded_betas, trial_records
 from rtrecon.demo.stimulus_pc import stimulus_folder
 
 
@@ -23,8 +25,18 @@ def _gallery(demo_run):
 
 def test_trial_records_rank_the_whole_gallery_and_time_every_stage(demo_run):
     gallery, ids = _gallery(demo_run)
-    records = trial_records(_layout(demo_run), 1, gallery, ids, lambda names: [None] * len(names))
-    assert len(records) == 63
+    nsd = NSDDataset(demo_run.dataset)
+    records = trial_records(_layout(demo_run), 1, gallery, ids, lambda names: [None] * len(names), tr=nsd.tr)
+    first = [r for r in records if r.release == min(x.release for x in records if x.trial == r.trial)]
+    first_ids = {id(r) for r in first}
+    assert len(first) == 63
+    events = pd.read_csv(_layout(demo_run).events(1), sep="\t")
+    onsets = dict(zip(events["trial"], events["onset"]))  # the onsets the stimulus program sent, as it ran them
+    for r in first:
+        assert r.onset_s == pytest.approx(onsets[r.trial])
+        assert 0 < r.release_s < 30 and r.fd_mm is not None and r.fd_mm >= 0
+        assert r.feedback_delay_s > r.release_s  # feedback comes after the volumes the beta needs
+        assert -1 <= r.score <= 1
     for r in records:
         assert 1 <= r.correct_rank <= len(ids)
         if r.correct_rank == 1:
@@ -32,7 +44,8 @@ def test_trial_records_rank_the_whole_gallery_and_time_every_stage(demo_run):
         elif r.correct_rank > 5:
             assert r.stimulus_id not in r.retrieved_ids
         assert [s for s in STAGES if s in r.latencies] == list(r.latencies)
-        assert {"received", "realigned", "glm_updated", "betas", "decoded", "sent", "shown"} <= set(r.latencies)
+        if id(r) in first_ids:
+            assert {"received", "realigned", "glm_updated", "betas", "decoded", "sent", "shown"} <= set(r.latencies)
         assert all(v >= 0 for v in r.latencies.values())
 
 
@@ -54,3 +67,23 @@ def test_live_betas_correlate_with_the_released_ones(demo_run):
     assert r.shape == (released.shape[1],) and np.nanmedian(r) > 0.2
     shuffled = beta_correlation(_layout(demo_run), 1, released[::-1], rows)
     assert abs(np.nanmedian(shuffled)) < 0.2
+    # the betas actually decoded (each release's) correlate less than the end-of-run ones
+    for release, (trials, betas) in decoded_betas(_layout(demo_run), 1).items():
+        assert sorted(trials) == list(range(63)) and betas.shape == released.shape
+        early = beta_correlation(_layout(demo_run), 1, released, rows, release)
+        assert 0 < np.nanmedian(early) <= np.nanmedian(r) + 0.05
+
+
+def test_the_decoded_betas_carry_what_the_decoder_cannot_exceed(demo_run):
+    """The oracle ceiling of the betas the engine decoded bounds the live top-1 from above."""
+    from rtrecon.data.synthetic import ceiling_ranks
+
+    nsd = NSDDataset(demo_run.dataset)
+    ids = nsd.events(1, 2, 1)["image_id"].to_numpy()
+    gallery = np.unique(ids)
+    trials, betas = decoded_betas(_layout(demo_run), 1)[0]
+    ceiling = np.mean(ceiling_ranks(demo_run.dataset, 1, betas, ids[trials], gallery) == 1)
+    chance = 1 / len(gallery)
+    top1 = demo_run.headline["top1"]
+    assert ceiling > chance + 3 * np.sqrt(chance * (1 - chance) / 63)
+    assert top1 <= ceiling + 3 * np.sqrt(ceiling * (1 - ceiling) / 63)

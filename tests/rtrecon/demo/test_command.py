@@ -7,7 +7,8 @@ import re
 
 from rtrecon.cli import main
 
-KEYS = {"report", "trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s"}
+KEYS = {"report", "trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s", "two_way_clip", "pixcorr",
+        "top1_by_release"}
 
 
 def test_demo_ends_with_the_headline_json_and_writes_the_report(demo_run):
@@ -25,8 +26,26 @@ def test_demo_ends_with_the_headline_json_and_writes_the_report(demo_run):
     # every trial is reconstructed by default, by the decoder shipped for the synthetic world
     assert "own unCLIP decoder shipped with rtrecon" in html and "sub-01" in html
     summary = json.loads((report.parent / "summary.json").read_text())
-    assert summary["top1"] == headline["top1"] and summary["metrics"]["live_vs_released_beta_r"] > 0.2
+    assert summary["top1"] == headline["top1"] and summary["metrics"]["live_vs_released_beta_r"] > 0
+    # per release (one or several, as the engine releases): retrieval of the betas decoded, their
+    # correlation with the end-of-run betas, and the reconstructions' metrics
+    first = min(summary["by_release"], key=int)
+    assert headline["top1_by_release"][first] == headline["top1"]
+    assert set(headline["top1_by_release"]) == set(summary["by_release"])
+    for release in summary["by_release"].values():
+        assert release["trials"] == 63 and release["reconstructions"] == 63
+        assert 0 < release["beta_r_end"] <= 1 and 0 <= release["two_way_clip"] <= 1 and -1 <= release["ssim"] <= 1
+        assert 0 < release["hub_share"] <= 1 and release["median_release_s"] > 0
+        assert 0 < release["live_vs_released_beta_r"] < 1
+    assert headline["two_way_clip"] == summary["by_release"][first]["two_way_clip"]
+    assert -1 <= headline["pixcorr"] <= 1 and summary["median_feedback_delay_s"] > 0
+    assert all(v.startswith("not computed") for v in summary["external_metrics"].values())
+    # cards sorted by rank, worst trials, the world named
+    assert "Worst trials" in html and 'id="release-plot"' in html and "Synthetic world: typical" in html
+    ranks = [int(r) for r in re.findall(r'data-rank="(\d+)"', html)]
+    assert len(ranks) == 63 and ranks == sorted(ranks)
     assert "report:" in demo_run.stderr and "1/4 synthetic dataset" in demo_run.stderr
+    assert "world typical (median ncsnr" in demo_run.stderr and "fine-tune on subject 1 session(s) 1" in demo_run.stderr
 
 
 def test_demo_starts_the_operator_console_and_prints_its_address(demo_run):

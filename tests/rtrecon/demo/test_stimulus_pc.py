@@ -70,6 +70,19 @@ def test_read_results_skips_a_torn_line_and_counts_copies(tmp_path):
     assert read_results(tmp_path / "none.jsonl") == []
 
 
+def test_read_results_keeps_each_release_and_shows_the_first(tmp_path):
+    journal = tmp_path / "journal.jsonl"
+    result = {"t": "result", "run": 1, "trial": 4, "stimulus": "nsd:3", "retrieved": ["nsd:3"], "scores": [0.5],
+              "embedding": None, "stamps": {"sent": 10.0}, "received_wall": 10.5, "image": None}
+    lines = [{"t": "start", "run": 1}, {**result, "release": 0}, {"t": "shown", "trial": 4, "shown_wall": 11.0, "shown": 30.0},
+             {**result, "release": 1, "stamps": {"sent": 20.0}}]
+    journal.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    first, second = sorted(read_results(journal), key=lambda r: r["release"])
+    assert (first["release"], second["release"]) == (0, 1) and first["copies"] == second["copies"] == 1
+    assert first["stamps"]["shown"] == 11.0 and first["shown_run_s"] == 30.0
+    assert "shown" not in second["stamps"] and second["shown_run_s"] is None
+
+
 def test_without_a_display_or_xvfb_the_error_names_the_package(tmp_path, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)

@@ -61,7 +61,33 @@ def test_latency_per_stage_and_total() -> None:
     assert summary.headline() == {
         "report": "r.html", "trials": 20, "decoded": 20, "top1": 1.0, "top5": 1.0,
         "chance_top1": 0.1, "median_latency_s": summary.median_latency_s,
+        "two_way_clip": None, "pixcorr": None, "top1_by_release": {"0": 1.0},
     }
+
+
+def test_releases_headline_is_the_first_release_and_each_release_has_its_figures() -> None:
+    rng = np.random.default_rng(0)
+    seen = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(4)]
+    trials = []
+    for i in range(4):
+        # release 0 ranks the true image 3rd and retrieves image "h" first; release 1 gets it right
+        trials.append(TrialRecord(1, i, str(i), seen_image=seen[i], reconstruction=seen[(i + 1) % 4], correct_rank=3,
+                                  retrieved_ids=("h", "x", str(i)), release=0, release_s=8.0, feedback_delay_s=9.0 + i))
+        trials.append(TrialRecord(1, i, str(i), seen_image=seen[i], reconstruction=seen[i], correct_rank=1,
+                                  retrieved_ids=(str(i),), release=1, release_s=16.0 + i, final=True))
+    data = SessionReportData("01", "01", "perception", "d", trials, 10,
+                             release_metrics={0: {"two_way_clip": 0.6, "beta_r_end": 0.5}, 1: {"two_way_clip": 0.9}})
+    summary = summarise(data, "r.html")
+    assert summary.trials == 4 and summary.top1 == 0.0 and summary.top5 == 1.0
+    assert summary.top1_by_release == {"0": 0.0, "1": 1.0}
+    assert summary.hub_id == "h" and summary.hub_share == 1.0
+    assert summary.by_release[1]["hub_share"] == 0.25 and summary.by_release[1]["median_release_s"] == 17.5
+    assert summary.by_release[1]["pixcorr"] == pytest.approx(1.0) and summary.by_release[1]["ssim"] == pytest.approx(1.0)
+    assert summary.pixcorr < 0.5 and summary.two_way_clip == 0.6 and summary.by_release[0]["beta_r_end"] == 0.5
+    assert summary.median_feedback_delay_s == 10.5
+    headline = summary.headline()
+    assert headline["top1_by_release"] == {"0": 0.0, "1": 1.0} and headline["two_way_clip"] == 0.6
+    json.dumps(summary.as_dict())
 
 
 def test_stage_durations_skip_missing_stages() -> None:
