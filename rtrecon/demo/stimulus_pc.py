@@ -12,8 +12,9 @@ prepares and reads what that program uses and leaves:
 - :func:`stimulus_settings`: the session config's ``[stimulus]`` tables (a small window, the
   trigger's TR, feedback of the retrieved images and the reconstruction);
 - :func:`stimulus_command`: the program's command line for one run (``--virtual --speed S
-  --live-feedback``: results are drawn over the task as they arrive, since NSD's timing leaves no
-  feedback periods; ``--start-file``: the virtual scanner's first trigger comes when the
+  --live-feedback``: results are shown in the design's free stretches (``when = "slot"``: NSD's
+  blank trials and the end of the run), never over a trial, since NSD's 4 s trials leave no
+  period after each one; ``--start-file``: the virtual scanner's first trigger comes when the
   supervisor creates that file);
 - :func:`start_display`: ``DISPLAY`` from the environment, else a private ``Xvfb`` (24-bit: at
   16 the window hangs) started in the session's :class:`~rtrecon.demo.processes.ProcessGroup`;
@@ -76,8 +77,8 @@ def stimulus_settings(trial_lists: list[Path], tr: float, images: Path) -> dict[
         "stimulus.trigger": {"tr": tr},
         # NSD: 3 s image, then a gap until the next trial (its trials come every 3 TR = 3.9995 s)
         "stimulus.perception": {"image_s": 3.0, "gap_s": 0.9},
-        # one 4-s NSD trial: each result stays on until the next trial's comes
-        "stimulus.feedback": {"window_s": 4.0, "show_target": False, "show_image": True, "top_k": 3,
+        # a 4-s feedback period, as long as one NSD trial
+        "stimulus.feedback": {"when": "slot", "window_s": 4.0, "show_target": False, "show_image": True, "top_k": 3,
                               "score_bar": False, "gallery_dir": images},
     }
 
