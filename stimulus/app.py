@@ -210,7 +210,7 @@ class _OperatorView:
         if self._demand is not None and t >= self._demand[1]:
             self._demand = None
         group = segment.feedback_trials if segment.phase == "feedback" else self._demand[0] if self._demand else ()
-        arrived = tuple(i for i in group if i in results)
+        arrived = tuple((i, results[i].message.release) for i in group if i in results)  # a newer release redraws
         state = (index, group, arrived) if group else None
         if state == self._state:
             return
@@ -381,8 +381,10 @@ class StimulusProgram:
             log.warning("ignored a result for %s run %d (this is %s run %d)", message.session, message.run, self.setup.session_label, self.setup.run)
         elif not 0 <= message.trial < len(self.setup.trials):
             log.warning("ignored a result for trial %d, which this run does not have", message.trial)
-        elif message.trial in self.record.results:
-            log.warning("ignored a second result for trial %d", message.trial)
+        elif message.trial in self.record.results and message.release <= self.record.results[message.trial].message.release:
+            # A trial is released several times, each refining the last: only a newer one replaces it.
+            log.warning("ignored release %d of trial %d (release %d is in hand)", message.release, message.trial,
+                        self.record.results[message.trial].message.release)
         else:
             return True
         return False
@@ -393,7 +395,7 @@ class StimulusProgram:
                 result = ReceivedResult(message, received)
                 self.record.results[message.trial] = result
                 panel.add(message.trial, result)
-                if self.live_feedback and self.setup.trials[message.trial].feedback:
+                if self.live_feedback and self.setup.trials[message.trial].feedback and message.trial not in self._live_queue:
                     self._live_queue.append(message.trial)
 
     # -- a resumed run -------------------------------------------------------------------------
@@ -423,7 +425,7 @@ class StimulusProgram:
                 message = result_from_entry(entry, folder)
                 if self._accept(message):
                     self.record.results[message.trial] = ReceivedResult(message, float(entry["received_monotonic"]) - offset)
-                    if self.live_feedback and self.setup.trials[message.trial].feedback:
+                    if self.live_feedback and self.setup.trials[message.trial].feedback and message.trial not in self._live_queue:
                         self._live_queue.append(message.trial)
             elif kind == "shown" and int(entry["trial"]) in self.record.results:
                 self.record.results[int(entry["trial"])].shown = self.record.clock_time(float(entry["shown"]))

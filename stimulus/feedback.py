@@ -85,7 +85,7 @@ class FeedbackPanel:
         self._bar_outline = visual.Rect(win, width=bar_w, height=bar_h, pos=(0, self._bar_y), units="pix", lineColor="white", fillColor=None, lineWidth=2)
         self._bar_fill = visual.Rect(win, width=bar_w, height=bar_h, pos=(0, self._bar_y), units="pix", lineColor=None, fillColor=(-0.2, 0.8, -0.2))
         self._bar_width = bar_w
-        self._bar_key: tuple[int, ...] = ()
+        self._bar_key: tuple[tuple[int, ...], list[float]] | None = None
         for stim in (*self._targets.values(), self._bar_outline, self._bar_fill):
             stim.draw()
         win.clearBuffer()
@@ -151,8 +151,8 @@ class FeedbackPanel:
         scores = [s for i in arrived if (s := results[i].score) is not None]
         if not self.settings.score_bar or not scores:
             return False
-        if arrived != self._bar_key:
-            self._bar_key = arrived
+        if (arrived, scores) != self._bar_key:  # a newer release of a trial brings a new score
+            self._bar_key = (arrived, scores)
             lo, hi = self.settings.score_range
             fraction = float(np.clip((np.mean(scores) - lo) / (hi - lo), 0.0, 1.0))
             width = max(fraction * self._bar_width, 1.0)

@@ -297,7 +297,8 @@ class RunJournal:
 
     def record_result(self, message: TrialResultMessage, received: float) -> None:
         """Write a result (its reconstruction as PNG) at once: the link calls it before acknowledging."""
-        fields = {k: getattr(message, k) for k in ("session", "run", "trial", "stimulus", "retrieved", "scores", "decoder", "latencies", "stamps")}
+        fields = {k: getattr(message, k) for k in ("session", "run", "trial", "stimulus", "retrieved", "scores", "decoder",
+                                                   "release", "release_s", "final", "sequence", "latencies", "stamps")}
         fields["embedding"] = None if message.embedding is None else np.asarray(message.embedding, np.float32).ravel().tolist()
         fields["image"] = None
         if message.image is not None and message.run == self.paths.run:
@@ -333,6 +334,7 @@ def result_from_entry(entry: dict[str, Any], folder: Path) -> TrialResultMessage
         image = np.asarray(Image.open(folder / entry["image"]).convert("RGB"))
     embedding = None if entry.get("embedding") is None else np.asarray(entry["embedding"], np.float32)
     fields = {k: entry[k] for k in ("session", "run", "trial", "stimulus", "retrieved", "scores", "decoder", "latencies", "stamps")}
+    fields.update({k: entry[k] for k in ("release", "release_s", "final", "sequence") if k in entry})  # older journals lack them
     return TrialResultMessage(**fields, image=image, embedding=embedding)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rtrecon.config import NetworkSection, SessionConfig, SessionSection, StimulusSection
-from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key
+from rtrecon.transport import ReliableReceiver, ReliableSender, result_key, trial_key
 from rtrecon.wire import EventMessage, TrialResultMessage
 from stimulus.app import Frame, StimulusProgram, prepare_run
 from stimulus.participant import VirtualParticipant
@@ -38,7 +38,7 @@ class Engine(threading.Thread):
 
     def run(self) -> None:
         net = self.config.network
-        with ReliableReceiver(net.events, SESSION, key=trial_key, heartbeat_s=0.2) as rx, ReliableSender(net.results, SESSION, self.spool, key=trial_key, heartbeat_s=0.2, name="engine") as tx:
+        with ReliableReceiver(net.events, SESSION, key=trial_key, heartbeat_s=0.2) as rx, ReliableSender(net.results, SESSION, self.spool, key=result_key, heartbeat_s=0.2, name="engine") as tx:
             self.ready.set()
             due: list[tuple[float, int]] = []
             while not self.stop.is_set():
@@ -51,7 +51,8 @@ class Engine(threading.Thread):
                 for item in [d for d in due if d[0] <= time.monotonic()]:
                     due.remove(item)
                     image = np.zeros((8, 8, 3), np.uint8) + np.array(RECON, np.uint8)
-                    tx.send(TrialResultMessage(session=SESSION, run=1, trial=item[1], image=image, retrieved=[], scores=[0.5]))
+                    tx.send(TrialResultMessage(session=SESSION, run=1, trial=item[1], image=image, retrieved=[], scores=[0.5],
+                                               sequence=tx.spooled.get(1, -1) + 1))
                 tx.poll(0.0)
             tx.wait_acked(1.0)
 
