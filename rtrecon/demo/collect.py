@@ -5,7 +5,8 @@ records (``sourcedata/stimulus``: its journal, :func:`rtrecon.demo.stimulus_pc.r
 read back from disk -- never from the processes' memory -- so a report can be rebuilt from any
 session folder. For each run:
 
-* ``desc-trials.tsv`` (which volume released each trial), ``desc-trialtimings.tsv`` and
+* ``desc-trials.tsv`` (which volume released each trial: its first release, the one decoded live;
+  the later ones refine it), ``desc-trialtimings.tsv`` and
   ``desc-volumetimings.tsv`` (the engine's stage times, with the bridge's ``written`` stamp) and
   the results (their ``decoded``/``generated``/``sent`` stamps and the stimulus program's ``shown``:
   the flip that first drew the result on the participant's window)
@@ -103,8 +104,9 @@ def trial_records(
 ) -> list[TrialRecord]:
     """One :class:`TrialRecord` per trial the engine released in ``run``; ``images(ids)`` gives the
     pictures of stimulus ids (None where there is none)."""
-    trials = layout.table(run, "trials")
-    timings = layout.table(run, "trialtimings").set_index("trial")
+    # Each trial's first release (a trial is released again later, refined): the one decoded live.
+    trials = layout.table(run, "trials").drop_duplicates("trial")
+    timings = layout.table(run, "trialtimings").drop_duplicates("trial").set_index("trial")
     volumes = layout.table(run, "volumetimings").set_index("volume")
     results = {row["trial"]: row for row in read_results(layout.journal(run))}
     records = []

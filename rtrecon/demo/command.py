@@ -55,7 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "synthetic world's decoder shipped with rtrecon); the decoder gets a diffusion prior and every trial "
                         "is also reconstructed from the prior's tokens")
     parser.add_argument("--no-unclip", action="store_true", help="retrieval only: no diffusion prior, no reconstructions")
-    parser.add_argument("--ready-delay", type=float, default=8.0, help="seconds after onset before a trial is decoded (default %(default)s)")
+    parser.add_argument("--ready-delay", type=float, default=8.0, help="seconds after onset of a trial's first release, decoded live (default %(default)s); another comes at run end")
     parser.set_defaults(func=run_demo)
 
 

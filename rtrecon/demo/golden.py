@@ -245,7 +245,7 @@ def _fingerprint(values: np.ndarray, directions: np.ndarray) -> list[float]:
 
 def session_record(layout: SessionLayout, run: int = 1) -> dict:
     """The compared values of a finished session's ``run`` (see the module docstring)."""
-    trials = layout.table(run, "trials")
+    trials = layout.table(run, "trials").drop_duplicates("trial")  # each trial's first release: decoded live
     events = pd.read_csv(layout.events(run), sep="\t")
     onsets = {int(t): float(o) for t, o in zip(events["trial"], events["onset"]) if not pd.isna(t)}
     results = {}
@@ -257,7 +257,7 @@ def session_record(layout: SessionLayout, run: int = 1) -> dict:
     directions = None
     for row in trials.itertuples():
         trial = int(row.trial)
-        path = layout.derivative(run, f"trial{trial}beta", ".npz")
+        path = layout.derivative(run, f"trial{trial}release{int(row.release)}beta", ".npz")
         with np.load(path) as f:
             beta, z = f["beta"], f["z"]
         if directions is None:

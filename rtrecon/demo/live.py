@@ -63,7 +63,7 @@ class LiveSpec:
     top_k: int = 5
     unclip: Path | None = None
     released_betas: bool = True
-    ready_delay_s: float = 8.0
+    ready_delay_s: float = 8.0  # the engine's first release of each trial (releases_s); another comes at run end
 
     @property
     def bids_subject(self) -> str:
@@ -96,7 +96,7 @@ def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoin
         "session": {"subject": spec.bids_subject, "session": spec.bids_session, "task": "perception", "output_dir": spec.out},
         "network": dict(zip(("volumes", "events", "results", "status"), endpoints), heartbeat_s=0.5),
         "bridge": {"spool_dir": spec.out / "bridge_spool"},
-        "engine": {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes, "ready_delay_s": spec.ready_delay_s},
+        "engine": {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes, "releases_s": [spec.ready_delay_s]},
         "decoder": {"checkpoint": spec.checkpoint, "subject": spec.decoder_subject, "gallery": gallery, "top_k": spec.top_k},
     }
     if spec.unclip is not None:

@@ -44,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     nsd.add_argument("--unclip", type=Path, help="unCLIP decoder folder (`rtrecon convert-unclip` output); the checkpoint "
                      "needs its diffusion prior (default: retrieval only)")
     nsd.add_argument("--speed", type=float, default=1.0, help="replay speed, × the scanner's TR pace (default %(default)s)")
-    nsd.add_argument("--ready-delay", type=float, default=8.0, help="seconds after onset before a trial is decoded (default %(default)s)")
+    nsd.add_argument("--ready-delay", type=float, default=8.0, help="seconds after onset of a trial's first release, decoded live (default %(default)s); another comes at run end")
     nsd.add_argument("--out", type=Path, default=Path("rtrecon_out") / "replay", help="where the session is written (default: %(default)s)")
     nsd.add_argument("--cache", type=Path, help="cache for a decoder trained on a synthetic root")
     nsd.set_defaults(func=replay_nsd)

@@ -135,9 +135,11 @@ def start_display(group: ProcessGroup, size: tuple[int, int] = WINDOW_SIZE, time
 
 
 def read_results(journal: Path) -> list[dict[str, Any]]:
-    """The results a run's journal holds, in arrival order (see the module docstring).
+    """The results a run's journal holds, one per trial in arrival order (see the module docstring).
 
-    Each: ``trial``, ``stimulus``, ``retrieved``, ``scores``, ``embedding`` (list or None),
+    The engine releases a trial several times (its ``releases_s``, then at run end); this is each
+    trial's first release, the one decoded live (``release`` says which it is). Each: ``trial``,
+    ``release``, ``stimulus``, ``retrieved``, ``scores``, ``embedding`` (list or None),
     ``stamps`` (the engine's, with ``result_received`` and, once shown, ``shown``), ``image`` (the
     reconstruction's PNG path or None), ``copies`` (how many times it was received: 1 unless the
     engine sent it again). A run restarted after a kill has one journal, so the results of every
@@ -159,10 +161,11 @@ def read_results(journal: Path) -> list[dict[str, Any]]:
         if kind == "start":
             run = entry.get("run")
         elif kind == "result" and entry["trial"] in results and entry["run"] == run:
-            results[entry["trial"]]["copies"] += 1
+            if entry.get("release", 0) == results[entry["trial"]]["release"]:
+                results[entry["trial"]]["copies"] += 1
         elif kind == "result" and (run is None or entry["run"] == run):
             results[entry["trial"]] = {
-                "trial": entry["trial"], "stimulus": entry["stimulus"], "retrieved": list(entry["retrieved"]),
+                "trial": entry["trial"], "release": entry.get("release", 0), "stimulus": entry["stimulus"], "retrieved": list(entry["retrieved"]),
                 "scores": list(entry["scores"]), "embedding": entry["embedding"],
                 "stamps": {**entry["stamps"], "result_received": entry["received_wall"]},
                 "image": journal.parent / entry["image"] if entry.get("image") else None,
