@@ -399,41 +399,57 @@ def test_a_replay_at_speed_with_live_feedback(win, make_image, tmp_path: Path):
 
 
 class ReleasesLink(ScriptedLink):
-    """Trial 0 released three times: release 0 first, then the final release 2 and, late, release 1."""
+    """Trial 0 released three times: release 0 during its image, then during its feedback period the
+    final release 2 and, just after it, the older release 1 (``at``: the feedback period's middle, in
+    seconds after the trial's event was sent)."""
 
     COLOURS = {0: RECON, 1: (200, 0, 200), 2: (0, 200, 0)}
+
+    def __init__(self, at: float) -> None:
+        super().__init__()
+        self.at = at
+        self.due: list[tuple[float, int]] = []
+
+    def send_event(self, message: EventMessage) -> None:
+        from stimulus.trigger import psychopy_time
+
+        super().send_event(message)
+        if message.trial == 0:
+            now = psychopy_time()
+            self.due = [(now + 0.05, 0), (now + self.at, 2), (now + self.at + 0.02, 1)]
 
     def poll_results(self):
         from stimulus.trigger import psychopy_time
 
-        self.polls += 1
-        due = {40: (0,), 80: (2, 1)}.get(self.polls, ())
+        now = psychopy_time()
+        ready = [r for t, r in self.due if t <= now]
+        self.due = [(t, r) for t, r in self.due if t > now]
         return [(TrialResultMessage(session=SESSION, run=1, trial=0, release=r, final=r == 2, sequence=[0, 2, 1][r],
                                     image=np.zeros((8, 8, 3), np.uint8) + np.array(self.COLOURS[r], np.uint8), scores=[0.5]),
-                 psychopy_time()) for r in due]
+                 now) for r in ready]
 
 
 def test_a_newer_release_of_a_trial_replaces_the_older_on_screen(win, make_image, tmp_path: Path):
-    speed = 5.0
     make_image(tmp_path / "red.png", (255, 0, 0))
-    (tmp_path / "run.tsv").write_text("stim_file\tonset\tfeedback\n" + "".join(f"red.png\t{o}\t1\n" for o in (1.0, 4.0, 7.0, 10.0)))
+    (tmp_path / "run.tsv").write_text("stim_file\tfeedback\nred.png\t1\n")
     config = session(tmp_path, "perception", {
-        "window": {"size": list(win.size)}, "perception": {"image_s": 2.0, "gap_s": 0.5},
-        "feedback": {"window_s": 2.0, "top_k": 0, "show_target": False, "score_bar": False}, "trigger": {"tr": 1.0},
+        "window": {"size": list(win.size)}, "perception": {"image_s": 0.3, "gap_s": 0.1}, "lead_in_s": 0.1,
+        "feedback": {"window_s": 1.2, "top_k": 0, "show_target": False, "score_bar": False}, "trigger": {"tr": 1.0},
     })
-    setup = prepare_run(config, 1, live_feedback=True)
+    setup = prepare_run(config, 1)
+    (image,) = [s for s in setup.timeline.segments if s.phase == "image"]
+    (period,) = [s for s in setup.timeline.segments if s.phase == "feedback"]
     w, h = win.size
     recorder = Recorder({"recon": (int(h / 2 - 0.14 * h), w // 2 + 10)})
-    link = ReleasesLink()
-    record = StimulusProgram(setup, link=link, participant=VirtualParticipant(tr=1.0, speed=speed), win=win,
-                             on_frame=recorder, speed=speed, live_feedback=True, results_timeout_s=0.5).run()
-    assert link.polls > 80
-    colours = [recorder.frames[i]["recon"] for i in sorted(recorder.frames)]
+    link = ReleasesLink(at=(period.start + period.stop) / 2 - image.start)
+    record = StimulusProgram(setup, link=link, participant=VirtualParticipant(tr=1.0), win=win, on_frame=recorder).run()
+    in_period = [recorder.frames[i]["recon"] for i in sorted(recorder.frames)
+                 if period.start + 0.05 < record.flips[i] < period.stop - 0.05]
     first, final, late = (ReleasesLink.COLOURS[r] for r in (0, 2, 1))
-    # release 0 is drawn, then the final release in its place; release 1, older, came too late to show
-    assert first in colours and final in colours and colours.index(first) < colours.index(final)
-    assert late not in colours and first not in colours[colours.index(final):]
-    assert record.results[0].message.release == 2 and record.results[0].shown is not None
+    # release 0 is drawn first, then the final release in its place; release 1, older, came too late to show
+    assert in_period[0] == first and in_period[-1] == final and late not in in_period
+    assert first not in in_period[in_period.index(final):]
+    assert link.due == [] and record.results[0].message.release == 2 and record.results[0].shown is not None
 
 
 def test_speed_needs_a_virtual_participant(make_image, tmp_path: Path):
