@@ -33,8 +33,9 @@ so :meth:`Engine.recover` replays the store and reaches the state it had when it
 the same releases in the same order, hence the same ``sequence`` numbers; a release already in
 the trials table is not sent again, and ``serve`` drops those the results link had spooled (sent
 but not yet recorded when the engine died). The receivers are then opened with the store's
-persisted keys and the senders resume from their spool. A run's final betas (``desc-trialbetas.npz``, written at its end) are computed from
-statistics recomputed from the stored rows, so they are bit-identical with or without a crash.
+persisted keys and the senders resume from their spool. A run's final betas
+(``desc-trialbetas.npz``, written at its end) are computed from statistics recomputed from the
+stored rows, so they are bit-identical with or without a crash.
 For that the live engine computes with exactly what the store holds: the run's affine as its
 NIfTI header stores it (float32) and the TR of its sidecar (:meth:`SessionStore.geometry`), and
 the reference as saved, never with the float64 geometry of the messages, which a restarted
