@@ -44,6 +44,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.usage = ("rtrecon engine --config CONFIG [--log-level LEVEL]\n"
+                    "       rtrecon engine replay RUN --events EVENTS --out DIR [--config CONFIG] (see replay --help)")
     parser.add_argument("--config", help="session config (TOML) with an [engine] section (required to serve)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.set_defaults(func=main)
