@@ -52,5 +52,5 @@ def configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(title="actions", metavar="ACTION")
     from engine import replay  # light: the engine's heavy imports come when it runs
 
-    replay.configure(actions.add_parser("replay", help="run a recorded run (DICOM folder or 4-D NIfTI) through the "
+    replay.configure(actions.add_parser("replay", prog="rtrecon engine replay", help="run a recorded run (DICOM folder or 4-D NIfTI) through the "
                                         "live engine, offline, as fast as it goes"))
