@@ -167,6 +167,11 @@ class GLMSection(_Section):
     min_onset: float = Field(-24.0, description="events earlier than this (s) are ignored, as in nilearn")
     slice_time_ref: float = Field(0.0, ge=0, le=1, description="where in the TR each volume is sampled (0: start, 0.5: middle)")
     motion_confounds: bool = Field(True, description="add the 6 realignment parameters as confounds")
+    noise_model: Literal["ols", "ar1"] = Field(
+        "ols", description='noise model of the end-of-run betas and t maps: "ols" (as the live releases, '
+        '~2 s for 150 trials x 15000 voxels) or "ar1" (nilearn\'s AR(1), as RT-MindEye fits offline; '
+        '~1.4 s per trial at that size)',
+    )
 
 
 class EngineSection(_Section):
@@ -180,7 +185,8 @@ class EngineSection(_Section):
         None, description="3-D NIfTI that volumes are realigned to (unset: the first volume of the first run)",
         json_schema_extra=_example("reference/boldref.nii.gz"),
     )
-    planned_volumes: int = Field(300, ge=2, description="volumes per run as planned (the drift basis depends on it)")
+    planned_volumes: int = Field(300, ge=2, description="expected volumes per run: a capacity hint for the GLM's buffers only "
+        "(the design is always the one of the volumes acquired so far)")
     ready_delay_s: float = Field(8.0, ge=0, description="seconds after a trial's onset before its beta is estimated")
     beta_method: Literal["lss", "lsa"] = Field("lss", description='trial betas: "lss" (least squares separate) or "lsa" (all)')
     zscore_stats: Path | None = Field(
