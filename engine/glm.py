@@ -102,6 +102,10 @@ class IncrementalGLM:
     def trial_ids(self) -> list[Hashable]:
         return list(self._trials)
 
+    def trial_timing(self, trial_id: Hashable) -> tuple[float, float]:
+        """Onset and duration (s) of trial ``trial_id``."""
+        return self._trials[trial_id]
+
     @property
     def frames(self) -> np.ndarray:
         """The volume index of each row so far (a missing volume leaves a gap)."""
