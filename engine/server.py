@@ -24,8 +24,8 @@ anatomy lies in the volume), the stage timings (``desc-volumetimings.tsv``,
 ``desc-trialtimings.tsv``: one row per release), the trials table (``desc-trials.tsv``: one row
 per release sent, :data:`TRIAL_COLUMNS`), each release's raw and z-scored beta
 (``desc-trial<N>release<R>beta.npz``: ``beta``, ``z``) and the final LSA and LSS betas
-(``desc-trialbetas.npz``: ``trials``, ``lsa``, ``lss``, ``frames``, over the session's
-``desc-roi_mask``).
+(``desc-trialbetas.npz``: ``trials``, ``lsa``, ``lss``, their t maps ``lsa_t``, ``lss_t``, the
+``noise_model`` and ``frames``, over the session's ``desc-roi_mask``).
 
 Recovery. Everything the engine computes follows from what the store holds, processed in the
 order it arrived (each event row records how many volumes of its run had been stored before it),
@@ -107,8 +107,6 @@ XFM_COLUMNS = [f"xfm_{row}{col}" for row in range(3) for col in range(4)]
 CONFOUND_COLUMNS = ["volume", *PARAMETER_NAMES, "framewise_displacement", "iterations", "missing", *XFM_COLUMNS]
 #: The run's trials table: one row per release sent, in the order they were released.
 TRIAL_COLUMNS = ["trial", "release", "release_s", "final", "stimulus", "volumes", "method", "repeats"]
-# Without a capacity hint the GLM starts with room for this many volumes and grows as needed.
-_DEFAULT_CAPACITY = 300
 
 
 #: The engine's settings are the session config's ``[engine]`` table.
@@ -391,7 +389,7 @@ class Engine:
         if state is not None:
             return state
         assert self.realigner is not None
-        design = RunDesign(tr, self.settings.planned_volumes or _DEFAULT_CAPACITY, self.settings.glm)
+        design = RunDesign(tr, self.settings.planned_volumes, self.settings.glm)
         confounds = list(PARAMETER_NAMES) if self.settings.glm.motion_confounds else []
         glm = IncrementalGLM(design, int(self.realigner.roi_mask.sum()), confound_names=confounds)
         schedule = ReleaseSchedule(self.settings.releases_s, tr, self.settings.glm.slice_time_ref)
@@ -568,7 +566,8 @@ class Engine:
                         self.decoder.pending)
 
     def _finish_run(self, run: int) -> None:
-        """Give every trial its final release and save the run's final betas, from freshly summed statistics."""
+        """Give every trial its final release (OLS, as every release) and save the run's final betas and t
+        maps (``[engine.glm] noise_model``: OLS or AR(1)) on the whole run."""
         state = self.runs.get(run)
         if state is None:
             return
@@ -577,12 +576,11 @@ class Engine:
         for trial in sorted(state.onsets):
             if trial in active:
                 self._release(state, trial, state.schedule.final, final=True)
-        trials = state.glm.active_trials()
-        if trials:
-            lsa = state.glm.lsa(trials)
+        if state.glm.active_trials():
+            betas = state.glm.final(self.settings.glm.noise_model)
             self.store.save_arrays(
-                run, "trialbetas", trials=np.array(trials), lsa=np.stack([lsa[t] for t in trials]),
-                lss=np.stack([state.glm.lss(t) for t in trials]), frames=state.glm.frames,
+                run, "trialbetas", trials=np.array(betas.trials), lsa=betas.lsa, lss=betas.lss,
+                lsa_t=betas.lsa_t, lss_t=betas.lss_t, noise_model=np.array(betas.noise_model), frames=state.glm.frames,
             )
 
 

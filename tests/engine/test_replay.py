@@ -183,9 +183,6 @@ def _realigned_roi(store: SessionStore, params: np.ndarray) -> np.ndarray:
     return np.stack([realigner.resample_roi(v, p, affine) for v, p in zip(store.iter_volumes(1), params)])
 
 
-@pytest.mark.xfail(strict=True, reason="the old GLM (engine/glm.py _solve_rows: Cholesky of the normal equations XᵀX, "
-                   "drift built for planned_volumes and truncated) misses lstsq on the same rows by far more than 1e-6; "
-                   "the glm branch's exact GLM makes it pass")
 def test_every_release_equals_lstsq_on_the_same_rows(replayed, run_dir):
     """Each release's LSS beta equals a from-scratch least-squares fit on the rows it used: nilearn's
     design for the volumes up to its last one (the trials then known, their HRF regressors, the motion
