@@ -10,7 +10,7 @@ an image (:class:`rtrecon.decoders.unclip.UnclipDecoder`). The result goes out t
 the seconds each stage took (``latencies``: ``decode_s``, ``retrieval_s``, ``image_s``) and the
 wall times it passed them (``stamps``: ``decode_start``, ``decoded``, ``generated``, ``sent``).
 With a ``store`` the decoded embedding, the top-k ids and scores and the image are saved as the
-run's ``desc-trial<N>decoded.npz`` derivative.
+run's ``desc-trial<N>release<R>decoded.npz`` derivative (one per release of a trial).
 
 Built from the session config's ``[decoder]`` section by :meth:`DecodingStage.from_config`:
 
@@ -294,7 +294,7 @@ class DecodingStage:
             arrays = {"embedding": result.embedding, "retrieved": np.array(result.retrieved), "scores": np.array(result.scores)}
             if image is not None:
                 arrays["image"] = image
-            self.store.save_arrays(trial.run, f"trial{trial.trial}decoded", **arrays)
+            self.store.save_arrays(trial.run, f"trial{trial.trial}release{trial.release}decoded", **arrays)
         return result
 
     def __call__(self, trial: TrialBeta) -> None:

@@ -1,138 +1,185 @@
-"""Incremental OLS GLM over ROI voxels, with per-trial betas (LSA and LSS) from the same statistics.
+"""Per-trial GLM betas (LSA and LSS) over ROI voxels, exact for the volumes acquired so far.
 
-:class:`IncrementalGLM` keeps ``XᵀX`` and ``XᵀY`` for the rows seen so far. A new volume adds its
-row (trial regressors at that frame, the motion confounds, drift and constant from
-:class:`engine.design.RunDesign`); since a trial regressor is zero outside ``onset ..
-onset + duration + 32 s``, only the non-zero entries of the row touch ``XᵀY``, so a volume costs
-the same at the end of a run as at its start. A new trial adds columns: their products with the
-past rows are computed from the stored design rows and, for ``XᵀY``, only from the past frames
-where the column is non-zero (none when the event arrives before its onset).
+:class:`IncrementalGLM` stores each volume's ROI signal and confounds as it arrives (O(V) per
+volume: one row copied into a buffer that doubles when the run outgrows it). A release solves
+the least-squares problem of the design of the volumes so far (:class:`engine.design.RunDesign`:
+nilearn's drift for the current number of volumes, trial regressors from ``compute_regressor``
+on the current frame times, the motion confounds), without ever forming ``XᵀX``: only the rows
+of ``pinv(X)`` for the betas wanted are computed, from the SVD of the small (n × q) design, and
+multiplied with the stored (n × V) signal. That is ``np.linalg.pinv(X) @ Y`` to rounding (the
+normal equations square the condition number), with nilearn's rank cut-off (``scipy.linalg.pinv``), so rank decisions early in a run
+match nilearn's OLS, and it costs O(n q² + n V) per release.
 
-Betas solve the normal equations of the columns active so far (trials whose regressor is still
-all-zero are left out, exactly as a pseudo-inverse would give them zero weight and leave the
-others unchanged), by Cholesky after scaling each column to unit norm; when the design is not
-of full rank (the first volumes of a run have fewer rows than columns) they are the
-minimum-norm solution ``(XᵀX)⁺XᵀY = X⁺Y``, as nilearn's pseudo-inverse gives.
+* **LSA**: one design, one column (set) per trial whose regressor is non-zero so far (a trial
+  still all-zero gets no beta, exactly as a pseudo-inverse gives it zero weight and leaves the
+  others unchanged).
+* **LSS** (Mumford et al. 2012): for trial ``j``, the design ``[c_j, c_others, nuisance]`` with
+  ``c_others`` nilearn's regressor of every other active trial as one condition.
 
-* **LSA**: one design, one column (set) per trial.
-* **LSS** (Mumford et al. 2012): for trial ``j``, the design ``[c_j, Σ_{i≠j} c_i, nuisance]``. Its
-  columns are linear combinations of the LSA columns, so its normal equations follow from the
-  same ``XᵀX`` and ``XᵀY`` at O(p·V) per trial.
+A trial's regressor is computed by nilearn once and extended with zeros once its response has
+ended, while nilearn's oversampled grid keeps its start and step (as it does with
+``slice_time_ref=0`` and no missing volume; otherwise every column is recomputed at each volume,
+~1.3 ms per trial at 300 volumes). Measured with V = 15000 ROI voxels, 6 confounds, a trial every 4 s, TR 2 s (2 shared
+cores): ``add_volume`` 0.05 ms at n = 30 and 0.07 ms at n = 300; a release (``active_trials``
+and one ``lss``, after a new volume) 1-5 ms at n = 30 (15 trials) and 5-13 ms at n = 300
+(150 trials); ``lsa`` of one trial 0.4 ms and 12 ms.
 
-Both equal a from-scratch nilearn ``FirstLevelModel(noise_model="ols", signal_scaling=False)``
-fit on the same data, design and confounds (tests/engine/test_glm.py).
+:meth:`IncrementalGLM.final` gives the run's LSA and LSS betas and t maps, OLS or nilearn's AR(1)
+(``[engine.glm] noise_model``).
+
+Releases and final betas equal a from-scratch nilearn ``FirstLevelModel(signal_scaling=False)``
+fit on the same volumes, events and confounds, and every release equals ``np.linalg.lstsq`` on
+the same rows (tests/engine/test_glm.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import linalg
+from nilearn.glm.contrasts import compute_contrast
+from nilearn.glm.first_level import run_glm
 
 from engine.design import RunDesign
 
-__all__ = ["IncrementalGLM"]
+__all__ = ["IncrementalGLM", "RunBetas", "pinv_rows"]
+
+
+def pinv_rows(design: np.ndarray, wanted: Sequence[int]) -> np.ndarray:
+    """Rows ``wanted`` of ``pinv(design)``, with ``scipy.linalg.pinv``'s default rank cut-off."""
+    u, s, vt = np.linalg.svd(design, full_matrices=False)
+    keep = s > max(design.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)
+    return (vt[:, wanted][keep].T / s[keep]) @ u[:, keep].T
+
+
+@dataclass(frozen=True)
+class RunBetas:
+    """A run's end-of-run trial estimates over the ROI, one row per trial (in ``trials`` order)."""
+
+    trials: list[Hashable]
+    lsa: np.ndarray
+    lss: np.ndarray
+    lsa_t: np.ndarray
+    lss_t: np.ndarray
+    noise_model: str
 
 
 class IncrementalGLM:
-    """OLS over ``n_voxels`` signals with the design of ``design``, grown one row or trial at a time.
+    """OLS over ``n_voxels`` signals, grown one volume or trial at a time.
 
-    ``confound_names`` name the per-volume confounds passed to :meth:`add_volume` (none: no
-    confounds). Trials are identified by any hashable id.
+    Parameters
+    ----------
+    design : RunDesign
+        The run's TR and design options (its ``n_planned`` sizes the buffers).
+    n_voxels : int
+        ROI voxels per volume.
+    confound_names : sequence of str
+        Names of the per-volume confounds passed to :meth:`add_volume` (none: no confounds).
+
+    Trials are identified by any hashable id.
     """
 
     def __init__(self, design: RunDesign, n_voxels: int, confound_names: Sequence[str] = ()) -> None:
         self.design = design
         self.n_voxels = int(n_voxels)
         self.confound_names = list(confound_names)
-        self._trials: dict[Hashable, tuple[float, float, np.ndarray]] = {}
-        self._confounds = np.zeros((design.n_planned, len(self.confound_names)))
-        self._y = np.zeros((design.n_planned, self.n_voxels))
-        self._frames = np.zeros(design.n_planned, dtype=np.int64)
+        self._trials: dict[Hashable, tuple[float, float]] = {}
+        capacity = max(design.n_planned, 2)
+        self._confounds = np.zeros((capacity, len(self.confound_names)))
+        self._y = np.zeros((capacity, self.n_voxels))
+        self._frames = np.zeros(capacity, dtype=np.int64)
         self.n_rows = 0
-        self._reset_statistics()
+        # Per trial: (rows it was computed for, where it fell on nilearn's grid then, its columns).
+        self._columns: dict[Hashable, tuple[int, tuple[float, float, int, int], np.ndarray]] = {}
+        self._grid_cache: tuple[int, np.ndarray] | None = None
+        self._nuisance: tuple[np.ndarray, list[str]] | None = None
 
     # -- layout --------------------------------------------------------------------------------
     @property
     def trial_ids(self) -> list[Hashable]:
         return list(self._trials)
 
-    @property
-    def n_columns(self) -> int:
-        return len(self._trials) * self.design.n_basis + len(self.confound_names) + len(self.design.drift_names)
-
-    def _trial_slice(self, position: int) -> slice:
-        k = self.design.n_basis
-        return slice(position * k, (position + 1) * k)
-
-    def _nuisance_slice(self) -> slice:
-        return slice(len(self._trials) * self.design.n_basis, self.n_columns)
-
-    def column_names(self) -> list[str]:
-        """Design column names: ``trial-<id><basis suffix>``, the confounds, then the drift."""
-        names = [f"trial-{t}{s}" for t in self._trials for s in self.design.basis_suffixes]
-        return names + self.confound_names + self.design.drift_names
-
-    def _rows(self, start: int, stop: int) -> np.ndarray:
-        """Design rows ``start:stop`` (in arrival order) with every current column."""
-        frames = self._frames[start:stop]
-        parts = [cols[frames] for _, _, cols in self._trials.values()]
-        parts += [self._confounds[start:stop], self.design.drift[frames]]
-        return np.hstack(parts)
+    def trial_timing(self, trial_id: Hashable) -> tuple[float, float]:
+        """Onset and duration (s) of trial ``trial_id``."""
+        return self._trials[trial_id]
 
     @property
     def frames(self) -> np.ndarray:
         """The volume index of each row so far (a missing volume leaves a gap)."""
         return self._frames[: self.n_rows].copy()
 
+    @property
+    def signal(self) -> np.ndarray:
+        """The stored (n_rows, V) ROI signal (a view: do not modify)."""
+        return self._y[: self.n_rows]
+
+    def trial_columns(self, trial_id: Hashable) -> np.ndarray:
+        """Trial ``trial_id``'s (n_rows, n_basis) regressors on the volumes so far.
+
+        Computed by nilearn, and kept as volumes arrive while that stays exact: a single-column
+        regressor whose response has ended (its last value is exactly 0 after non-zero ones) is 0
+        on every later volume, as long as nilearn's oversampled grid keeps its start and step and
+        the event starts and stops on the same grid samples (:meth:`RunDesign.oversampled_times`;
+        an event on a grid point can move by one sample when the grid's rounding changes). Any
+        other column is recomputed on the current frames.
+        """
+        n = self.n_rows
+        cached = self._columns.get(trial_id)
+        if cached is not None and cached[0] == n:
+            return cached[2]
+        onset, duration = self._trials[trial_id]
+        key = self._grid_key(onset, duration)
+        if cached is not None and self.design.n_basis == 1 and _same_grid(cached[1], key):
+            cols = cached[2]
+            if cols[-1, 0] == 0 and np.any(cols != 0):
+                cols = np.vstack([cols, np.zeros((n - len(cols), 1))])
+                self._columns[trial_id] = (n, key, cols)
+                return cols
+        cols = self.design.trial_columns(onset, duration, self._frames[:n])
+        self._columns[trial_id] = (n, key, cols)
+        return cols
+
+    def _grid_key(self, onset: float, duration: float) -> tuple[float, float, int, int]:
+        if self._grid_cache is None or self._grid_cache[0] != self.n_rows:
+            self._grid_cache = (self.n_rows, self.design.oversampled_times(self._frames[: self.n_rows]))
+        times = self._grid_cache[1]
+        start, stop = np.searchsorted(times, [onset, onset + duration])
+        return float(times[0]), float(times[1] - times[0]), int(start), int(stop)
+
+    def nuisance(self) -> tuple[np.ndarray, list[str]]:
+        """The (n_rows, c) confounds and drift columns of the volumes so far, and their names."""
+        if self._nuisance is None:
+            drift, names = self.design.drift(self._frames[: self.n_rows])
+            self._nuisance = np.hstack([self._confounds[: self.n_rows], drift]), self.confound_names + names
+        return self._nuisance
+
+    def column_names(self) -> list[str]:
+        """Design column names: ``trial-<id><basis suffix>``, the confounds, then the drift."""
+        names = [f"trial-{t}{s}" for t in self._trials for s in self.design.basis_suffixes]
+        return names + self.nuisance()[1]
+
     def design_matrix(self) -> pd.DataFrame:
-        """The design of the rows so far, indexed by frame time."""
+        """The design of the rows so far (every trial, active or not), indexed by frame time."""
+        parts = [self.trial_columns(t) for t in self._trials] + [self.nuisance()[0]]
         return pd.DataFrame(
-            self._rows(0, self.n_rows), columns=self.column_names(), index=self.design.frame_times[self.frames]
+            np.hstack(parts), columns=self.column_names(), index=self.design.frame_times(self.frames)
         )
 
     def refresh(self) -> None:
-        """Recompute ``XᵀX`` and ``XᵀY`` from the stored rows: the same numbers whatever order
-        rows and trials arrived in (used for a run's final betas)."""
-        self._reset_statistics()
-
-    def _reset_statistics(self) -> None:
-        rows = self._rows(0, self.n_rows)
-        self._xtx = rows.T @ rows
-        self._xty = rows.T @ self._y[: self.n_rows]
+        """Recompute every design column from the stored rows at the next solve (the same numbers
+        whatever order rows and trials arrived in, as for a run's final betas)."""
+        self._columns.clear()
+        self._nuisance = None
 
     # -- growth --------------------------------------------------------------------------------
-    def _grow_plan(self) -> None:
-        """The run outlived its plan: double it and recompute the statistics once."""
-        new = self.design.extended(2 * self.design.n_planned)
-        self.design = new
-        self._confounds = np.vstack([self._confounds, np.zeros_like(self._confounds)])
-        self._y = np.vstack([self._y, np.zeros_like(self._y)])
-        self._frames = np.r_[self._frames, np.zeros_like(self._frames)]
-        self._trials = {t: (on, du, new.trial_columns(on, du)) for t, (on, du, _) in self._trials.items()}
-        self._reset_statistics()
-
     def add_trial(self, trial_id: Hashable, onset: float, duration: float) -> None:
-        """Add a trial's regressor column(s); its products with past rows come from stored rows."""
+        """Add a trial; its regressor is computed when a solve needs it."""
         if trial_id in self._trials:
             raise ValueError(f"trial {trial_id!r} is already in the design")
-        cols = self.design.trial_columns(onset, duration)
-        past = self._rows(0, self.n_rows)
-        new_past = cols[self.frames]
-        cross = past.T @ new_past
-        self_block = new_past.T @ new_past
-        k = cols.shape[1]
-        position = len(self._trials) * self.design.n_basis
-        # Trial columns come first: insert the new block after the existing trial columns.
-        xtx = np.insert(self._xtx, [position] * k, cross.T, axis=0)
-        col_block = np.vstack([cross[:position], self_block, cross[position:]])
-        self._xtx = np.insert(xtx, [position] * k, col_block, axis=1)
-        frames = np.flatnonzero(np.any(new_past != 0, axis=1))
-        xty_new = new_past[frames].T @ self._y[frames]
-        self._xty = np.insert(self._xty, [position] * k, xty_new, axis=0)
-        self._trials[trial_id] = (float(onset), float(duration), cols)
+        self._trials[trial_id] = (float(onset), float(duration))
 
     def add_volume(self, y: np.ndarray, confounds: Sequence[float] = (), frame: int | None = None) -> None:
         """Append volume ``frame``'s ROI signal ``y`` (V,) and confound values.
@@ -152,85 +199,155 @@ class IncrementalGLM:
         frame = last + 1 if frame is None else int(frame)
         if frame <= last:
             raise ValueError(f"volume {frame} arrived after volume {last}: frames must increase")
-        while frame >= self.design.n_planned:
-            self._grow_plan()
+        if self.n_rows == len(self._frames):
+            # Geometric growth: copying is amortised O(V) per volume, and nothing is recomputed.
+            self._y = np.vstack([self._y, np.zeros_like(self._y)])
+            self._confounds = np.vstack([self._confounds, np.zeros_like(self._confounds)])
+            self._frames = np.r_[self._frames, np.zeros_like(self._frames)]
         i = self.n_rows
         self._frames[i] = frame
         self._y[i] = y
         self._confounds[i] = confounds
-        row = self._rows(i, i + 1)[0]
-        self._xtx += np.outer(row, row)
-        nz = np.flatnonzero(row)
-        self._xty[nz] += row[nz, None] * y[None, :]
         self.n_rows += 1
+        self._nuisance = None
 
     # -- solutions -----------------------------------------------------------------------------
     def active_trials(self) -> list[Hashable]:
         """Trials whose regressor is non-zero on some volume so far (the others have no beta yet)."""
-        frames = self.frames
-        return [t for t, (_, _, cols) in self._trials.items() if np.any(cols[frames] != 0)]
+        if self.n_rows < 2:
+            return []
+        # nilearn's regressors are causal: an event that starts more than one TR after the last
+        # volume is zero on every volume so far, and its columns need not be computed.
+        horizon = self.design.frame_times([self._frames[self.n_rows - 1]])[0] + self.design.tr
+        return [
+            t for t, (onset, _) in self._trials.items()
+            if onset <= horizon and np.any(self.trial_columns(t) != 0)
+        ]
 
-    @staticmethod
-    def _solve_rows(gram: np.ndarray, rhs: np.ndarray, wanted: Sequence[int]) -> np.ndarray:
-        """Rows ``wanted`` of ``gram⁻¹ rhs`` for a symmetric positive definite ``gram``."""
-        scale = np.sqrt(np.diag(gram))
-        if np.all(scale > 0):
-            unit = gram / np.outer(scale, scale)
-            if np.linalg.cond(unit) < 1e10:
-                inv = linalg.cho_solve(linalg.cho_factor(unit), np.eye(len(gram)))
-                return (inv[wanted] / scale[wanted, None] / scale[None, :]) @ rhs
-        # Fewer rows than columns (early in a run) or collinear columns: (XᵀX)⁺Xᵀ = X⁺, the
-        # minimum-norm solution that nilearn's pinv gives too.
-        return np.linalg.pinv(gram, rcond=1e-13, hermitian=True)[wanted] @ rhs
+    def _check_active(self, trial_ids: Sequence[Hashable], active: Sequence[Hashable]) -> None:
+        missing = [t for t in trial_ids if t not in active]
+        if missing:
+            raise KeyError(f"trial(s) {missing} have no non-zero regressor yet")
 
-    def _active_columns(self) -> tuple[list[Hashable], np.ndarray]:
-        active = self.active_trials()
-        positions = {t: p for p, t in enumerate(self._trials)}
-        cols = [np.arange(self.n_columns)[self._trial_slice(positions[t])] for t in active]
-        nuisance = np.arange(self.n_columns)[self._nuisance_slice()]
-        return active, np.concatenate(cols + [nuisance])
+    def lsa_design(self, active: Sequence[Hashable]) -> np.ndarray:
+        """The (n_rows, q) LSA design of trials ``active``: their columns, confounds, drift."""
+        return np.hstack([self.trial_columns(t) for t in active] + [self.nuisance()[0]])
+
+    def lss_design(self, trial_id: Hashable, active: Sequence[Hashable]) -> np.ndarray:
+        """The LSS design of ``trial_id``: its columns, the other active trials as one condition, nuisance."""
+        others = [self._trials[t] for t in active if t != trial_id]
+        parts = [self.trial_columns(trial_id)]
+        if others and self.design.n_basis == 1:
+            # nilearn's regressor is linear in the events: the sum of their columns.
+            parts.append(sum(self.trial_columns(t) for t in active if t != trial_id))
+        elif others:
+            # Derivative columns are orthogonalised per condition: nilearn's regressor of the set.
+            onsets, durations = zip(*others)
+            parts.append(self.design.condition_columns(onsets, durations, self._frames[: self.n_rows]))
+        return np.hstack(parts + [self.nuisance()[0]])
 
     def lsa(self, trial_ids: Sequence[Hashable] | None = None) -> dict[Hashable, np.ndarray]:
         """LSA betas (V,) of the main basis column of each trial (default: every active trial)."""
-        active, columns = self._active_columns()
+        active = self.active_trials()
         wanted_ids = active if trial_ids is None else list(trial_ids)
-        missing = [t for t in wanted_ids if t not in active]
-        if missing:
-            raise KeyError(f"trial(s) {missing} have no non-zero regressor yet")
+        self._check_active(wanted_ids, active)
         k = self.design.n_basis
-        wanted = [active.index(t) * k for t in wanted_ids]
-        gram = self._xtx[np.ix_(columns, columns)]
-        betas = self._solve_rows(gram, self._xty[columns], wanted)
-        return dict(zip(wanted_ids, betas))
+        rows = pinv_rows(self.lsa_design(active), [active.index(t) * k for t in wanted_ids])
+        return dict(zip(wanted_ids, rows @ self.signal))
 
     def lss(self, trial_id: Hashable) -> np.ndarray:
         """LSS beta (V,) of ``trial_id``: that trial against all other trials plus nuisance."""
         active = self.active_trials()
-        if trial_id not in active:
-            raise KeyError(f"trial {trial_id!r} has no non-zero regressor yet")
+        self._check_active([trial_id], active)
+        return (pinv_rows(self.lss_design(trial_id, active), [0]) @ self.signal)[0]
+
+    def final(
+        self, noise_model: Literal["ols", "ar1"] = "ols", trial_ids: Sequence[Hashable] | None = None
+    ) -> RunBetas:
+        """LSA and LSS betas and t maps of ``trial_ids`` (default: every active trial) on the whole run.
+
+        The betas and t values of ``FirstLevelModel(noise_model=noise_model, signal_scaling=False)``
+        on the design of the volumes so far. OLS is computed here from the SVD of each design
+        (LSS residuals from the residual after the nuisance columns, so a trial costs O(n V));
+        AR(1) is nilearn's ``run_glm`` (its per-voxel coefficient binned as nilearn does) and
+        ``compute_contrast``, refitted once per trial for LSS. Measured at 300 volumes × 15000
+        voxels with 150 trials (2 shared cores): OLS ~2 s, AR(1) ~210 s (~1.4 s per trial).
+        """
+        if noise_model not in ("ols", "ar1"):
+            raise ValueError(f"noise_model must be 'ols' or 'ar1', got {noise_model!r}")
+        active = self.active_trials()
+        wanted_ids = active if trial_ids is None else list(trial_ids)
+        self._check_active(wanted_ids, active)
         k = self.design.n_basis
-        n_trial_cols = len(self._trials) * k
-        positions = {t: p for p, t in enumerate(self._trials)}
-        target = np.arange(n_trial_cols)[self._trial_slice(positions[trial_id])]
-        # Combination matrix (p, q): target columns, their sum over other trials, nuisance.
-        combo = np.zeros((self.n_columns, 2 * k))
-        combo[target, np.arange(k)] = 1.0
-        for t in self._trials:
-            if t != trial_id:
-                cols = np.arange(n_trial_cols)[self._trial_slice(positions[t])]
-                combo[cols, k + np.arange(k)] = 1.0
-        nuisance = np.arange(self.n_columns)[self._nuisance_slice()]
-        nuis = np.zeros((self.n_columns, len(nuisance)))
-        nuis[nuisance, np.arange(len(nuisance))] = 1.0
-        combo = np.hstack([combo, nuis])
-        gram = combo.T @ self._xtx @ combo
-        keep = np.flatnonzero(np.diag(gram) > 0)  # no other trial active yet: drop its column
-        gram = gram[np.ix_(keep, keep)]
-        rhs = np.vstack(
-            [
-                self._xty[target],
-                self._xty[:n_trial_cols].reshape(len(self._trials), k, -1).sum(axis=0) - self._xty[target],
-                self._xty[nuisance],
-            ]
-        )[keep]
-        return self._solve_rows(gram, rhs, [0])[0]
+        x, y = self.lsa_design(active), self.signal
+        columns = [active.index(t) * k for t in wanted_ids]
+        if noise_model == "ols":
+            lsa, lsa_t = _ols_fit(x, y, columns)
+            lss_fits = _ols_lss(self, wanted_ids, active)
+        else:
+            lsa, lsa_t = _nilearn_fit(x, y, columns, noise_model)
+            lss_fits = [_nilearn_fit(self.lss_design(t, active), y, [0], noise_model) for t in wanted_ids]
+        empty = np.zeros((0, self.n_voxels))
+        return RunBetas(
+            trials=wanted_ids,
+            lsa=lsa,
+            lss=np.vstack([b for b, _ in lss_fits]) if lss_fits else empty,
+            lsa_t=lsa_t,
+            lss_t=np.vstack([t for _, t in lss_fits]) if lss_fits else empty,
+            noise_model=noise_model,
+        )
+
+
+def _range_basis(x: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the column space of ``x``, with ``scipy.linalg.pinv``'s rank cut-off."""
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    return u[:, s > max(x.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)]
+
+
+def _ols_fit(design: np.ndarray, y: np.ndarray, columns: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """OLS betas and t values (len(columns), V), as nilearn's OLSModel and compute_contrast give them."""
+    rows = pinv_rows(design, columns)
+    basis = _range_basis(design)
+    residual = y - basis @ (basis.T @ y)
+    # nilearn divides by n minus the number of columns, whatever the rank.
+    dispersion = np.sum(residual**2, axis=0) / (design.shape[0] - design.shape[1])
+    betas = rows @ y
+    return betas, betas / np.sqrt(np.sum(rows**2, axis=1)[:, None] * dispersion[None, :])
+
+
+def _ols_lss(glm: IncrementalGLM, trial_ids: Sequence[Hashable], active: Sequence[Hashable]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """OLS LSS betas and t values: each design's residual is the residual after the nuisance
+    columns minus its projection on the trial's two columns made orthogonal to them."""
+    y = glm.signal
+    nuisance = glm.nuisance()[0]
+    basis = _range_basis(nuisance)
+    residual = y - basis @ (basis.T @ y)
+    rss = np.sum(residual**2, axis=0)
+    fits = []
+    for t in trial_ids:
+        design = glm.lss_design(t, active)
+        own = design[:, : design.shape[1] - nuisance.shape[1]]
+        extra = _range_basis(own - basis @ (basis.T @ own))
+        dispersion = (rss - np.sum((extra.T @ residual) ** 2, axis=0)) / (design.shape[0] - design.shape[1])
+        row = pinv_rows(design, [0])
+        beta = row @ y
+        fits.append((beta, beta / np.sqrt(np.sum(row**2) * dispersion[None, :])))
+    return fits
+
+
+def _same_grid(a: tuple[float, float, int, int], b: tuple[float, float, int, int]) -> bool:
+    return a[0] == b[0] and abs(a[1] - b[1]) <= 1e-12 * abs(b[1]) and a[2:] == b[2:]
+
+
+def _nilearn_fit(design: np.ndarray, y: np.ndarray, columns: Sequence[int], noise_model: str) -> tuple[np.ndarray, np.ndarray]:
+    """Betas and t values (len(columns), V) of single-column contrasts, by nilearn's GLM."""
+    labels, results = run_glm(y, design, noise_model=noise_model)
+    betas = np.zeros((len(columns), y.shape[1]))
+    tmaps = np.zeros_like(betas)
+    for i, column in enumerate(columns):
+        con = np.zeros(design.shape[1])
+        con[column] = 1.0
+        contrast = compute_contrast(labels, results, con, stat_type="t")
+        betas[i] = contrast.effect_size()
+        tmaps[i] = contrast.stat()
+    return betas, tmaps

@@ -8,18 +8,34 @@ messages directly; :func:`serve` connects it to the session's links (:mod:`rtrec
 * each is written to the :class:`~engine.store.SessionStore` and only then acknowledged;
 * a volume is realigned (:class:`~engine.motion.RigidRealigner`, warm-started from the previous
   volume), its ROI voxels go into the run's :class:`~engine.glm.IncrementalGLM`, and every trial
-  whose volumes up to ``onset + ready_delay_s`` have arrived is released: its LSS (or LSA) beta,
+  with a release due (:class:`~engine.trials.ReleaseSchedule`: the volumes up to ``onset + d``
+  have arrived, for each delay ``d`` of ``releases_s``) is released: its LSS (or LSA) beta,
   z-scored and repeat-averaged (:class:`~engine.trials.TrialNormaliser`), goes to the stimulus
-  PC as a ``TrialResultMessage`` (``decoder="trial-beta"``, the z-scored beta in ``embedding``)
-  over a reliable link, and to any ``on_trial`` callback;
+  PC as a ``TrialResultMessage`` (``decoder="trial-beta"``, the z-scored beta in ``embedding``;
+  ``release``, ``release_s``, ``final``; ``sequence``, its key on the results link) over a
+  reliable link, and to any ``on_trial`` callback. Each release refines the last; at run end
+  every trial gets a final release from the whole run;
 * a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed.
+
+Outputs per run (BIDS derivatives, :class:`~engine.store.SessionStore`): the confounds
+(``desc-confounds_timeseries.tsv``: the 6 motion parameters, FD, and ``xfm_00 .. xfm_23``, rows
+0-2 of the 4x4 world (RAS mm) transform mapping a point of the reference to where the same
+anatomy lies in the volume), the stage timings (``desc-volumetimings.tsv``,
+``desc-trialtimings.tsv``: one row per release), the trials table (``desc-trials.tsv``: one row
+per release sent, :data:`TRIAL_COLUMNS`), each release's raw and z-scored beta
+(``desc-trial<N>release<R>beta.npz``: ``beta``, ``z``) and the final LSA and LSS betas
+(``desc-trialbetas.npz``: ``trials``, ``lsa``, ``lss``, their t maps ``lsa_t``, ``lss_t``, the
+``noise_model`` and ``frames``, over the session's ``desc-roi_mask``).
 
 Recovery. Everything the engine computes follows from what the store holds, processed in the
 order it arrived (each event row records how many volumes of its run had been stored before it),
-so :meth:`Engine.recover` replays the store and reaches the state it had when it was killed;
-the receivers are then opened with the store's persisted keys and the senders resume from
-their spool. A run's final betas (``desc-trialbetas.npz``, written at its end) are computed from
-statistics recomputed from the stored rows, so they are bit-identical with or without a crash.
+so :meth:`Engine.recover` replays the store and reaches the state it had when it was killed:
+the same releases in the same order, hence the same ``sequence`` numbers; a release already in
+the trials table is not sent again, and ``serve`` drops those the results link had spooled (sent
+but not yet recorded when the engine died). The receivers are then opened with the store's
+persisted keys and the senders resume from their spool. A run's final betas
+(``desc-trialbetas.npz``, written at its end) are computed from statistics recomputed from the
+stored rows, so they are bit-identical with or without a crash.
 For that the live engine computes with exactly what the store holds: the run's affine as its
 NIfTI header stores it (float32) and the TR of its sidecar (:meth:`SessionStore.geometry`), and
 the reference as saved, never with the float64 geometry of the messages, which a restarted
@@ -35,15 +51,15 @@ The reference is the first volume of the first run, or ``EngineSettings.referenc
 ``EngineSettings.roi_mask`` (resampled to the reference grid if needed) or the reference's brain
 mask. Both are saved with the session's derivatives.
 
-A run ends with its ``RunEndMessage``: remaining trials are released, the final LSA and LSS betas
-saved, the end recorded, the message acknowledged, and the BIDS run gzipped in a background
+A run ends with its ``RunEndMessage``: every trial gets its final release, the final LSA and LSS
+betas are saved, the end recorded, the message acknowledged, and the BIDS run gzipped in a background
 thread (:meth:`Engine.join_background` waits for it) so that the next run is not held up.
 With a ``[decoder]`` checkpoint in the config, :mod:`engine.decoding` decodes each released
 trial on a thread of its own (:class:`~engine.decoding.BackgroundDecoder`), so volumes keep
 being realigned and stored while an image is generated, and its result replaces the bare trial
-beta on the results link. A trial enters the run's trials table only once its result is sent: a
-trial still decoding when the engine is killed is decoded again after the restart, and a stopping
-engine waits a few seconds for the ones in hand.
+beta on the results link. A release enters the run's trials table only once its result is sent: a
+release still decoding when the engine is killed is decoded again after the restart, and a
+stopping engine waits a few seconds for the ones in hand.
 """
 
 from __future__ import annotations
@@ -54,7 +70,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,10 +78,10 @@ import nibabel as nib
 import numpy as np
 from engine.design import RunDesign
 from engine.glm import IncrementalGLM
-from engine.motion import PARAMETER_NAMES, RigidRealigner, framewise_displacement
+from engine.motion import PARAMETER_NAMES, RigidRealigner, framewise_displacement, rigid_matrix
 from engine.store import SessionStore
 from engine.timing import TRIAL_STAGES, VOLUME_STAGES, StageRecorder
-from engine.trials import TrialBeta, TrialNormaliser, ready_frame
+from engine.trials import ReleaseSchedule, TrialBeta, TrialNormaliser
 from rtrecon.config import EngineSection, SessionConfig, load_config
 from rtrecon.wire import (
     EventMessage,
@@ -80,7 +96,7 @@ from rtrecon.wire import (
 if TYPE_CHECKING:  # torch is imported only when a session decodes
     from engine.decoding import BackgroundDecoder
 
-__all__ = ["EngineSettings", "Engine", "load_engine_config", "serve"]
+__all__ = ["EngineSettings", "Engine", "CONFOUND_COLUMNS", "TRIAL_COLUMNS", "load_engine_config", "serve"]
 
 log = logging.getLogger("engine")
 
@@ -88,7 +104,11 @@ log = logging.getLogger("engine")
 # at the next start, so a stop is never held up for long).
 _DRAIN_S = 10.0
 
-CONFOUND_COLUMNS = ["volume", *PARAMETER_NAMES, "framewise_displacement", "iterations", "missing"]
+# Rows 0-2 of each volume's 4x4 reference-to-volume world transform, row by row.
+XFM_COLUMNS = [f"xfm_{row}{col}" for row in range(3) for col in range(4)]
+CONFOUND_COLUMNS = ["volume", *PARAMETER_NAMES, "framewise_displacement", "iterations", "missing", *XFM_COLUMNS]
+#: The run's trials table: one row per release sent, in the order they were released.
+TRIAL_COLUMNS = ["trial", "release", "release_s", "final", "stimulus", "volumes", "method", "repeats"]
 
 
 #: The engine's settings are the session config's ``[engine]`` table.
@@ -108,11 +128,13 @@ class _Run:
     number: int
     tr: float
     glm: IncrementalGLM
+    schedule: ReleaseSchedule
     stimuli: dict[int, str] = field(default_factory=dict)
     onsets: dict[int, float] = field(default_factory=dict)
-    released: set[int] = field(default_factory=set)
-    recorded: set[int] = field(default_factory=set)  # trials in the trials table (published before)
-    undelivered: dict[int, dict[str, Any]] = field(default_factory=dict)  # released, not yet sent: their table rows
+    released: dict[int, int] = field(default_factory=dict)  # trial -> its newest release so far
+    recorded: set[tuple[int, int]] = field(default_factory=set)  # (trial, release) in the trials table (sent before)
+    undelivered: dict[int, dict[str, Any]] = field(default_factory=dict)  # sequence -> table row, released, not yet sent
+    sequence: int = 0  # the next release's sequence number (its key on the results link)
     last_params: np.ndarray | None = None
     n_volumes: int = 0
     confounds: Any = None
@@ -127,10 +149,10 @@ class Engine:
     """The engine's state machine over one session's store.
 
     ``publish_trial(result)`` and ``publish_status(status)`` send messages out (defaults: drop);
-    ``on_trial(trial_beta)`` callbacks receive each released trial once: a restarted engine
-    replaying its store does not hand them the trials it published before. With a ``decoder``
-    (:class:`~engine.decoding.BackgroundDecoder`) a released trial is decoded on its thread, and
-    its decoded result goes out instead of the bare beta when :meth:`poll` collects it.
+    ``on_trial(trial_beta)`` callbacks receive each release once: a restarted engine replaying its
+    store does not hand them the releases it published before. With a ``decoder``
+    (:class:`~engine.decoding.BackgroundDecoder`) a release is decoded on its thread, and its
+    decoded result goes out instead of the bare beta when :meth:`poll` collects it.
     """
 
     def __init__(
@@ -375,12 +397,13 @@ class Engine:
         design = RunDesign(tr, self.settings.planned_volumes, self.settings.glm)
         confounds = list(PARAMETER_NAMES) if self.settings.glm.motion_confounds else []
         glm = IncrementalGLM(design, int(self.realigner.roi_mask.sum()), confound_names=confounds)
-        state = _Run(run, tr, glm)
+        schedule = ReleaseSchedule(self.settings.releases_s, tr, self.settings.glm.slice_time_ref)
+        state = _Run(run, tr, glm, schedule)
         state.confounds = self.store.table(run, "confounds_timeseries", CONFOUND_COLUMNS)
         state.timings = self.store.table(run, "volumetimings", state.volume_recorder.columns("volume"))
-        state.trial_timings = self.store.table(run, "trialtimings", state.trial_recorder.columns("trial"))
-        state.trial_table = self.store.table(run, "trials", ["trial", "stimulus", "volumes", "method", "repeats"])
-        state.recorded = {int(row["trial"]) for row in state.trial_table.rows()}
+        state.trial_timings = self.store.table(run, "trialtimings", ["trial", "release", *state.trial_recorder.columns("trial")[1:]])
+        state.trial_table = self.store.table(run, "trials", TRIAL_COLUMNS)
+        state.recorded = {(int(row["trial"]), int(row["release"])) for row in state.trial_table.rows()}
         self.runs[run] = state
         for event in self._early_events.pop(run, []):
             self._use_event(run, event)
@@ -418,7 +441,8 @@ class Engine:
         rec.mark(index, "glm_updated")
         latency_ms = rec.elapsed_ms(index, "glm_updated")
         state.n_volumes = index + 1
-        self._write_volume_rows(state, index, estimate.params, fd, estimate.iterations, missing=False)
+        xfm = rigid_matrix(estimate.params, self.realigner.center)[:3].ravel()
+        self._write_volume_rows(state, index, estimate.params, fd, estimate.iterations, missing=False, xfm=xfm)
         self._release_ready(state)
         if not self._replaying:
             metrics = {"run": float(run), "volume": float(index), "framewise_displacement": fd,
@@ -435,13 +459,15 @@ class Engine:
         if state is None:
             return
         state.n_volumes = index + 1
-        self._write_volume_rows(state, index, np.full(6, np.nan), float("nan"), 0, missing=True)
+        self._write_volume_rows(state, index, np.full(6, np.nan), float("nan"), 0, missing=True, xfm=np.full(12, np.nan))
         self._release_ready(state)
         if not self._replaying:
             self.publish_status(StatusMessage(process="engine", state="warning",
                                               message=f"run {run} volume {index} missing: {reason}", sent_time=time.time()))
 
-    def _write_volume_rows(self, state: _Run, index: int, params: np.ndarray, fd: float, iterations: int, missing: bool) -> None:
+    def _write_volume_rows(
+        self, state: _Run, index: int, params: np.ndarray, fd: float, iterations: int, missing: bool, xfm: np.ndarray,
+    ) -> None:
         # Volumes missing before the run's state existed still get their (empty) rows.
         while len(state.confounds) < index:
             state.confounds.append({"volume": len(state.confounds), "missing": True})
@@ -450,58 +476,71 @@ class Engine:
         # Replays recompute rows already on disk: keep those (their timings are the live ones).
         if index >= len(state.confounds):
             state.confounds.append({"volume": index, **dict(zip(PARAMETER_NAMES, params)),
-                                    "framewise_displacement": fd, "iterations": iterations, "missing": missing})
+                                    "framewise_displacement": fd, "iterations": iterations, "missing": missing,
+                                    **dict(zip(XFM_COLUMNS, xfm))})
         if index >= len(state.timings):
             state.timings.append(state.volume_recorder.row(index, "volume"))
         state.volume_recorder.forget(index)
 
     def _release_ready(self, state: _Run) -> None:
-        frames_seen = state.n_volumes - 1
+        """Release every trial with a release due now that ``state.n_volumes`` volumes have arrived."""
+        last_frame = state.n_volumes - 1
+        active = None
         for trial in sorted(state.onsets):
-            if trial in state.released:
+            release = state.schedule.due(state.onsets[trial], last_frame, state.released.get(trial, -1))
+            if release is None:
                 continue
-            due = ready_frame(state.onsets[trial], self.settings.ready_delay_s, state.tr, self.settings.glm.slice_time_ref)
-            if frames_seen >= due and trial in state.glm.active_trials():
-                self._release(state, trial)
+            if active is None:
+                active = set(state.glm.active_trials())
+            if trial in active:
+                self._release(state, trial, release, final=False)
 
-    def _release(self, state: _Run, trial: int) -> None:
+    def _release(self, state: _Run, trial: int, release: int, final: bool) -> None:
         assert self.normaliser is not None
-        rec = state.trial_recorder
-        rec.mark(trial, "ready")
+        sequence = state.sequence
+        state.sequence += 1
+        rec = state.trial_recorder  # keyed by sequence: a trial may have several releases in flight
+        rec.mark(sequence, "ready")
         if self.settings.beta_method == "lss":
             beta = state.glm.lss(trial)
         else:
             beta = state.glm.lsa([trial])[trial]
-        released = self.normaliser.release(state.number, trial, state.stimuli.get(trial, ""), beta)
-        rec.mark(trial, "betas")
-        state.released.add(trial)
-        if trial in state.recorded:  # released, decoded and sent before a restart: not again
-            rec.forget(trial)
+        released = self.normaliser.release(state.number, trial, state.stimuli.get(trial, ""), beta, release=release)
+        rec.mark(sequence, "betas")
+        state.released[trial] = release
+        release_s = float(state.glm.frames[-1]) * state.tr - state.onsets[trial]
+        released = replace(released, release_s=release_s, final=final, sequence=sequence)
+        if (trial, release) in state.recorded:  # released, decoded and sent before a restart: not again
+            rec.forget(sequence)
             return
-        self.store.save_arrays(state.number, f"trial{trial}beta", beta=released.beta, z=released.z)
+        self.store.save_arrays(state.number, f"trial{trial}release{release}beta", beta=released.beta, z=released.z)
         result = TrialResultMessage(
             session=self.session_id, run=state.number, trial=trial, stimulus=released.stimulus,
             embedding=released.z.astype(np.float32), decoder="trial-beta",
-            latencies={"betas_s": rec.elapsed_ms(trial, "betas") / 1000.0}, stamps={"trial_ready": time.time()},
+            release=release, release_s=release_s, final=final, sequence=sequence,
+            latencies={"betas_s": rec.elapsed_ms(sequence, "betas") / 1000.0}, stamps={"trial_ready": time.time()},
         )
         for callback in self.on_trial:
             callback(released)
-        state.undelivered[trial] = {"trial": trial, "stimulus": released.stimulus, "volumes": state.n_volumes,
-                                    "method": self.settings.beta_method, "repeats": released.repeats}
+        state.undelivered[sequence] = {
+            "trial": trial, "release": release, "release_s": release_s, "final": final, "stimulus": released.stimulus,
+            "volumes": state.n_volumes, "method": self.settings.beta_method, "repeats": released.repeats,
+        }
         if self.decoder is None:
-            self._deliver(state, trial, result)
+            self._deliver(state, sequence, result)
         else:
             self.decoder.submit(released, result)
 
-    def _deliver(self, state: _Run, trial: int, result: TrialResultMessage) -> None:
-        """Send a trial's result, then record it: a trial in the trials table is never sent again."""
+    def _deliver(self, state: _Run, sequence: int, result: TrialResultMessage) -> None:
+        """Send a release's result, then record it: a release in the trials table is never sent again."""
         self.publish_trial(result)
         rec = state.trial_recorder
-        rec.mark(trial, "published")
-        state.recorded.add(trial)
-        state.trial_table.append(state.undelivered.pop(trial))
-        state.trial_timings.append(rec.row(trial, "trial"))
-        rec.forget(trial)
+        rec.mark(sequence, "published")
+        row = state.undelivered.pop(sequence)
+        state.recorded.add((row["trial"], row["release"]))
+        state.trial_table.append(row)
+        state.trial_timings.append({**rec.row(sequence, "trial"), "trial": row["trial"], "release": row["release"]})
+        rec.forget(sequence)
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Send and record the results the decoder has finished (waiting up to ``timeout_s`` for one);
@@ -511,10 +550,13 @@ class Engine:
         done = self.decoder.collect(timeout_s)
         for trial, result in done:
             result.stamps["sent"] = time.time()
+            # The decoder builds its result from the trial alone: which release it is comes from here.
+            result = replace(result, release=trial.release, release_s=trial.release_s, final=trial.final,
+                             sequence=trial.sequence)
             try:
-                self._deliver(self.runs[trial.run], trial.trial, result)
+                self._deliver(self.runs[trial.run], trial.sequence, result)
             except Exception:  # as in handle(): the session goes on
-                log.exception("failed to send the result of trial %d of run %d", trial.trial, trial.run)
+                log.exception("failed to send release %d of trial %d of run %d", trial.release, trial.trial, trial.run)
         return len(done)
 
     def drain(self, timeout_s: float) -> None:
@@ -530,20 +572,21 @@ class Engine:
                         self.decoder.pending)
 
     def _finish_run(self, run: int) -> None:
-        """Release what is left and save the run's final betas from freshly summed statistics."""
+        """Give every trial its final release (OLS, as every release) and save the run's final betas and t
+        maps (``[engine.glm] noise_model``: OLS or AR(1)) on the whole run."""
         state = self.runs.get(run)
         if state is None:
             return
         state.glm.refresh()
+        active = set(state.glm.active_trials())
         for trial in sorted(state.onsets):
-            if trial not in state.released and trial in state.glm.active_trials():
-                self._release(state, trial)
-        trials = state.glm.active_trials()
-        if trials:
-            lsa = state.glm.lsa(trials)
+            if trial in active:
+                self._release(state, trial, state.schedule.final, final=True)
+        if state.glm.active_trials():
+            betas = state.glm.final(self.settings.glm.noise_model)
             self.store.save_arrays(
-                run, "trialbetas", trials=np.array(trials), lsa=np.stack([lsa[t] for t in trials]),
-                lss=np.stack([state.glm.lss(t) for t in trials]), frames=state.glm.frames,
+                run, "trialbetas", trials=np.array(betas.trials), lsa=betas.lsa, lss=betas.lss,
+                lsa_t=betas.lsa_t, lss_t=betas.lss_t, noise_model=np.array(betas.noise_model), frames=state.glm.frames,
             )
 
 
@@ -582,7 +625,7 @@ def _roi_on_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.n
 def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) -> int:
     """Run the engine of the session config at ``config_path`` until ``stop()`` is true."""
     from rtrecon.keys import load_curve
-    from rtrecon.transport import ReliableReceiver, ReliableSender, StatusPublisher, trial_key, volume_key
+    from rtrecon.transport import ReliableReceiver, ReliableSender, StatusPublisher, result_key, trial_key, volume_key
 
     config, settings = load_engine_config(config_path)
     s = config.session
@@ -592,12 +635,13 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
     spool = Path(s.output_dir) / "engine_spool"
     hb = config.network.heartbeat_s
     with (
-        ReliableSender(config.network.results, session_id, spool, key=trial_key, curve=curve,
+        ReliableSender(config.network.results, session_id, spool, key=result_key, curve=curve,
                        server_role="stimulus", heartbeat_s=hb, name="engine") as results,
         StatusPublisher(config.network.status, curve=curve, name="engine") as status,
     ):
         def publish_trial(message: TrialResultMessage) -> None:
-            if message.trial > results.spooled.get(message.run, -1):
+            # A restarted engine releases again what it had spooled but not yet recorded: sent once.
+            if message.sequence > results.spooled.get(message.run, -1):
                 results.send(message)
 
         decoder = None

@@ -19,7 +19,7 @@ Example::
 
     [engine]
     roi_mask = "masks/nsdgeneral.nii.gz"
-    ready_delay_s = 8.0
+    releases_s = [8.0, 16.0]     # each trial's beta is released (decoded, sent) then, and at run end
 
     [engine.glm]
     hrf_model = "glover"
@@ -200,6 +200,11 @@ class GLMSection(_Section):
     min_onset: float = Field(-24.0, description="events earlier than this (s) are ignored, as in nilearn")
     slice_time_ref: float = Field(0.0, ge=0, le=1, description="where in the TR each volume is sampled (0: start, 0.5: middle)")
     motion_confounds: bool = Field(True, description="add the 6 realignment parameters as confounds")
+    noise_model: Literal["ols", "ar1"] = Field(
+        "ols", description='noise model of the end-of-run betas and t maps: "ols" (as the live releases, '
+        '~2 s for 150 trials x 15000 voxels) or "ar1" (nilearn\'s AR(1), as RT-MindEye fits offline; '
+        '~1.4 s per trial at that size)',
+    )
 
 
 class EngineSection(_Section):
@@ -213,8 +218,15 @@ class EngineSection(_Section):
         None, description="3-D NIfTI that volumes are realigned to (unset: the first volume of the first run)",
         json_schema_extra=_example("reference/boldref.nii.gz"),
     )
-    planned_volumes: int = Field(300, ge=2, description="volumes per run as planned (the drift basis depends on it)")
-    ready_delay_s: float = Field(8.0, ge=0, description="seconds after a trial's onset before its beta is estimated")
+    planned_volumes: int | None = Field(
+        None, ge=2, description="capacity hint: volumes a run is expected to have (unset: grown as the run goes; "
+        "the design is always the one of the volumes acquired)",
+        json_schema_extra=_example(300),
+    )
+    releases_s: list[float] = Field(
+        [8.0, 16.0], description="seconds after a trial's onset at which its beta is released (decoded and sent); "
+        "every trial also gets a final release at run end",
+    )
     beta_method: Literal["lss", "lsa"] = Field("lss", description='trial betas: "lss" (least squares separate) or "lsa" (all)')
     zscore_stats: Path | None = Field(
         None, description="training session's .npz with per-voxel mean and std (unset: this session's running stats)",
@@ -228,6 +240,27 @@ class EngineSection(_Section):
         "unsmoothed volume (0: every volume)",
     )
     realign_samples: int = Field(12000, ge=100, description="brain voxels sampled to estimate motion")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "ready_delay_s" in data:
+            delay = data["ready_delay_s"]
+            delay = delay if isinstance(delay, (int, float)) and not isinstance(delay, bool) else 8.0
+            raise ValueError(
+                f"ready_delay_s was replaced by releases_s: write releases_s = [{float(delay)}] (seconds after "
+                "onset, one per release; every trial also gets a release at run end)"
+            )
+        return data
+
+    @field_validator("releases_s")
+    @classmethod
+    def _increasing_delays(cls, value: list[float]) -> list[float]:
+        if not all(math.isfinite(d) and d >= 0 for d in value):
+            raise ValueError(f"{value}: every delay must be a finite number of seconds >= 0")
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError(f"{value}: delays must increase")
+        return value
 
 
 class DecoderSection(_Section):

@@ -56,7 +56,8 @@ API (all keyword arguments after ``*`` are optional)::
         .recv(timeout_s=0.0) -> Message | None   the next message of one of ``kinds``
 
     volume_key(msg) -> (run, key)   VolumeMessage / VolumeMissingMessage: index; RunEndMessage: n_volumes
-    trial_key(msg) -> (run, key)    EventMessage / TrialResultMessage: trial
+    trial_key(msg) -> (run, key)    EventMessage: trial
+    result_key(msg) -> (run, key)   TrialResultMessage: sequence (each release of a trial is an item)
 
 Every item has a **key** within its run (``key=`` picks it from the message: the volume index,
 the trial number); keys must increase within a run in sending order, but need not be
@@ -162,6 +163,7 @@ __all__ = [
     "KeyFunc",
     "volume_key",
     "trial_key",
+    "result_key",
     "ReliableSender",
     "ReliableReceiver",
     "StatusPublisher",
@@ -194,10 +196,17 @@ def volume_key(message: Message) -> Key:
 
 
 def trial_key(message: Message) -> Key:
-    """(run, key) of an item on an event or result link: its trial number (so one item per trial)."""
+    """(run, key) of an item on the event link: its trial number (so one event per trial)."""
     if isinstance(message, (EventMessage, TrialResultMessage)):
         return message.run, message.trial
     raise TypeError(f"a {message.KIND} message does not travel on an event or result link")
+
+
+def result_key(message: Message) -> Key:
+    """(run, key) of an item on the result link: the result's ``sequence`` (a trial is released several times)."""
+    if isinstance(message, TrialResultMessage):
+        return message.run, message.sequence
+    raise TypeError(f"a {message.KIND} message does not travel on a result link")
 
 
 _HANDSHAKE_FAILURES = {
@@ -216,7 +225,7 @@ def link_clients(server_role: str, key: KeyFunc) -> tuple[str, ...] | None:
     """
     if key is volume_key:
         return ("bridge",)
-    if key is trial_key:
+    if key is trial_key or key is result_key:
         return {"engine": ("stimulus",), "stimulus": ("engine",)}.get(server_role)
     return None
 

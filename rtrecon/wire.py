@@ -138,6 +138,13 @@ class TrialResultMessage(Message):
     ``retrieved`` are gallery stimulus ids best first with their ``scores``; ``image`` is the
     reconstruction (height, width, 3) uint8 when one was generated; ``embedding`` the decoded
     retrieval embedding; ``latencies`` the seconds each stage took.
+
+    A trial is released several times (the engine's ``releases_s`` schedule, then at run end), each
+    release refining the last: ``release`` is the 0-based index of the release in the trial's
+    schedule (the end-of-run release is the last one, ``final`` true: no newer one follows), and
+    ``release_s`` the seconds from the trial's onset to the start of the last volume its beta used.
+    ``sequence`` numbers the results of a run 0, 1, 2, ... in the order the engine released them:
+    it is their key on the results link (:func:`rtrecon.transport.result_key`).
     """
 
     KIND: ClassVar[str] = "trial_result"
@@ -155,6 +162,7 @@ class TrialResultMessage(Message):
     final: bool = False
     latencies: dict[str, float] = field(default_factory=dict)
     stamps: dict[str, float] = field(default_factory=dict)
+    sequence: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,7 +184,7 @@ class HelloMessage(Message):
     A sender sends it (with ``persisted`` empty) until the receiver answers; the receiver answers
     with, for each run, the key of the last item it has persisted (-1: none). Keys are the
     per-run sequence numbers of the link: the volume index on the volume link, the trial number
-    on the event and result links. The sender then sends every item after those, so a restart
+    on the event link, the result's ``sequence`` on the result link. The sender then sends every item after those, so a restart
     of either end loses nothing and duplicates nothing. ``attempt`` numbers a sender's Hellos
     (1, 2, ...); an answer repeats the attempt it answers, and is 0 when the receiver greets a
     sender unasked (a connection it has not heard before), so a sender can tell a late answer to

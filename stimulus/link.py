@@ -1,7 +1,8 @@
 """The stimulus program's link to the engine: task events out, trial results in, never blocking a frame.
 
-Both directions are :mod:`rtrecon.transport` reliable links keyed by trial
-(:func:`~rtrecon.transport.trial_key`): events go out through a
+Both directions are :mod:`rtrecon.transport` reliable links: events keyed by trial
+(:func:`~rtrecon.transport.trial_key`), results by their sequence (:func:`~rtrecon.transport.result_key`:
+the engine releases a trial several times, each release a result of its own). Events go out through a
 :class:`~rtrecon.transport.ReliableSender` connected to ``network.events`` (spooled to disk
 before sending, resent after a restart or a dropped link); results come in through a
 :class:`~rtrecon.transport.ReliableReceiver` bound at ``network.results``.
@@ -17,7 +18,7 @@ sockets belong to one thread) and talks to the frame loop through two in-memory 
 
 Results are acknowledged as soon as they are received -- after ``on_result`` has kept them
 (the program's :meth:`~stimulus.records.RunJournal.record_result` writes them to disk, so an
-acknowledged result survives a kill) -- and the last trial received per run is kept in
+acknowledged result survives a kill) -- and the last result received per run is kept in
 ``state_file`` (JSON), so that a restarted program is not sent old results again.
 Keys must increase within a run, so a trial sends one event: its main event (the image, the
 imagery period), not its cue, rating or feedback period, which are in the run's events file.
@@ -37,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key
+from rtrecon.transport import ReliableReceiver, ReliableSender, result_key, trial_key
 from rtrecon.wire import EventMessage, TrialResultMessage
 
 __all__ = ["Link", "EngineLink", "OfflineLink"]
@@ -119,7 +120,7 @@ class EngineLink:
             self._state_file.parent.mkdir(parents=True, exist_ok=True)
             sender = ReliableSender(events, self.session, spool, key=trial_key, curve=curve, server_role="engine", heartbeat_s=heartbeat_s, name="stimulus")
             try:
-                receiver = ReliableReceiver(results, self.session, self._load_state(), key=trial_key, curve=curve, heartbeat_s=heartbeat_s, name="stimulus")
+                receiver = ReliableReceiver(results, self.session, self._load_state(), key=result_key, curve=curve, heartbeat_s=heartbeat_s, name="stimulus")
             except BaseException:
                 sender.close()
                 raise

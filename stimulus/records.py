@@ -374,7 +374,7 @@ class RunJournal:
 
 
 _RESULT_FIELDS = ("session", "run", "trial", "stimulus", "retrieved", "scores", "decoder", "release", "release_s", "final",
-                  "latencies", "stamps")
+                  "sequence", "latencies", "stamps")
 
 
 def result_from_entry(entry: dict[str, Any], folder: Path) -> TrialResultMessage:

@@ -51,8 +51,7 @@ __all__ = ["LiveSpec", "write_session_config", "write_gallery", "run_session"]
 class LiveSpec:
     """One live session of NSD subject ``subject``, scan session ``session`` (runs ``runs``).
 
-    ``releases_s``: seconds after onset at which each trial is released (and at run end; an engine
-    that releases each trial once uses the first). ``clip_seed``: the seed of the synthetic world's
+    ``releases_s``: seconds after onset at which each trial is released (and at run end). ``clip_seed``: the seed of the synthetic world's
     CLIP embedder (``OpenClipImageEmbedder.tiny``), which gives the reconstructions' two-way
     identification; None (a real NSD root) leaves it out. ``notes``: lines for the report.
     ``metric_weights``: (metric, local weights file) pairs for MindEye2's metrics of external
@@ -104,13 +103,8 @@ def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoin
     images it writes in ``OUT/stimulus``: :func:`rtrecon.demo.stimulus_pc.write_trial_lists`)."""
     stimulus_dir = spec.out / "stimulus"
     trial_lists = write_trial_lists(nsd, spec.subject, spec.session, stimulus_dir)
-    from rtrecon.config import EngineSection
-
-    engine: dict[str, object] = {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes}
-    if "releases_s" in EngineSection.model_fields:
-        engine["releases_s"] = list(spec.releases_s)
-    else:  # an engine that releases each trial once
-        engine["ready_delay_s"] = spec.releases_s[0]
+    engine: dict[str, object] = {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes,
+                                 "releases_s": list(spec.releases_s)}
     sections = {
         "session": {"subject": spec.bids_subject, "session": spec.bids_session, "task": "perception", "output_dir": spec.out},
         "network": dict(zip(("volumes", "events", "results", "status", "operator"), endpoints), heartbeat_s=0.5),

@@ -100,7 +100,7 @@ def test_from_config_loads_checkpoint_and_gallery_and_saves_derivatives(tmp_path
     stage(TrialBeta(1, 7, "img2", betas[2], betas[2], 1))
     assert sent[0].session == "sub-02_ses-03" and sent[0].retrieved == ["img2", sent[0].retrieved[1]]
     assert sent[0].decoder == "ck.pth"
-    with np.load(store.derivative_path(1, "trial7decoded", ".npz")) as saved:
+    with np.load(store.derivative_path(1, "trial7release0decoded", ".npz")) as saved:
         assert list(saved["retrieved"]) == sent[0].retrieved
         np.testing.assert_allclose(saved["embedding"], sent[0].embedding)
 

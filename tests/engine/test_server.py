@@ -19,8 +19,9 @@ from scipy import ndimage
 from engine.decoding import BackgroundDecoder
 from engine.design import RunDesign
 from engine.motion import rigid_matrix
-from engine.server import Engine, EngineSettings, load_engine_config
+from engine.server import CONFOUND_COLUMNS, TRIAL_COLUMNS, Engine, EngineSettings, load_engine_config
 from engine.store import SessionStore
+from rtrecon.config import ConfigError
 from rtrecon.wire import EventMessage, RunEndMessage, TrialResultMessage, VolumeMessage
 
 # A TR and an oblique affine that float32 (the NIfTI header's precision) cannot hold exactly, as a
@@ -101,6 +102,10 @@ def _final_betas(store: SessionStore) -> dict[str, np.ndarray]:
     return dict(np.load(store.derivative_path(1, "trialbetas", ".npz")))
 
 
+def _releases(messages: list[TrialResultMessage]) -> list[tuple[int, int, bool]]:
+    return [(m.trial, m.release, m.final) for m in messages]
+
+
 def test_session_outputs_motion_and_betas(clean_run):
     engine, published = clean_run
     store = engine.store
@@ -116,8 +121,8 @@ def test_session_outputs_motion_and_betas(clean_run):
     assert np.isnan(confounds.framewise_displacement[0]) and confounds.framewise_displacement[1:].notna().all()
     timings = pd.read_csv(store.derivative_path(1, "volumetimings"), sep="\t", na_values="n/a")
     assert len(timings) == N_VOLS and (timings.glm_updated_ms > 0).all()
-    # Every trial released once, as a z-scored ROI beta, in trial order.
-    assert [m.trial for m in published] == list(range(len(ONSETS)))
+    # Every trial released, as a z-scored ROI beta, ending with its final release at run end.
+    assert [m.trial for m in published if m.final] == list(range(len(ONSETS)))
     assert all(m.decoder == "trial-beta" and np.all(np.isfinite(m.embedding)) for m in published)
     final = np.load(store.derivative_path(1, "trialbetas", ".npz"))
     assert final["lsa"].shape == (len(ONSETS), int(engine.realigner.roi_mask.sum()))
@@ -150,12 +155,78 @@ def test_bad_input_is_logged_and_the_session_goes_on(tmp_path, caplog):
     assert engine.store.n_volumes(1) == N_VOLS
     confounds = pd.read_csv(engine.store.derivative_path(1, "confounds_timeseries"), sep="\t", na_values="n/a")
     assert confounds.missing.tolist() == [int(i in (20, 21, 22)) for i in range(N_VOLS)]
-    assert [m.trial for m in published] == list(range(len(ONSETS)))
+    assert confounds.loc[[20, 21, 22], ["xfm_00", "xfm_23"]].isna().all().all()
+    assert [m.trial for m in published if m.final] == list(range(len(ONSETS)))
+    assert [m.sequence for m in published] == list(range(len(published)))
 
 
-def _trial_z(store: SessionStore) -> dict[int, np.ndarray]:
-    return {int(p.name.split("desc-trial")[1].split("beta")[0]): np.load(p)["z"]
-            for p in store.derivatives.glob("*_desc-trial*beta.npz")}
+def _trial_z(store: SessionStore) -> dict[tuple[int, int], np.ndarray]:
+    """(trial, release) -> the z-scored beta saved for that release."""
+    out = {}
+    for path in store.derivatives.glob("*_desc-trial*release*beta.npz"):
+        trial, release = path.name.split("desc-trial")[1].split("beta")[0].split("release")
+        out[int(trial), int(release)] = np.load(path)["z"]
+    return out
+
+
+def _trials_rows(store: SessionStore, run: int = 1) -> list[dict[str, str]]:
+    return store.table(run, "trials", TRIAL_COLUMNS).rows()
+
+
+def test_release_schedule(clean_run):
+    """Releases 8 s and 16 s after onset (the first volume starting then or later) and one at run end,
+    each sent once, numbered in release order, recorded in the trials table and saved."""
+    engine, published = clean_run
+    assert engine.settings.releases_s == [8.0, 16.0]
+    assert [m.sequence for m in published] == list(range(len(published)))
+    last_start = (N_VOLS - 1) * TR
+    for trial, onset in enumerate(ONSETS):
+        mine = [m for m in published if m.trial == trial]
+        due = [d for d in (8.0, 16.0) if onset + d <= last_start]
+        assert [m.release for m in mine] == [*range(len(due)), 2]
+        assert [m.final for m in mine] == [False] * len(due) + [True]
+        for m, delay in zip(mine, due):
+            assert delay - 1e-9 <= m.release_s < delay + TR  # the first volume starting at or after onset + delay
+        assert mine[-1].release_s == pytest.approx(last_start - onset)
+    # Releases go out as the volumes come, so the trials interleave; the final ones come last.
+    assert [m.trial for m in published] != sorted(m.trial for m in published)
+    rows = _trials_rows(engine.store)
+    assert [(int(r["trial"]), int(r["release"]), r["final"] == "1") for r in rows] == _releases(published)
+    assert [float(r["release_s"]) for r in rows] == [m.release_s for m in published]
+    z = _trial_z(engine.store)
+    assert set(z) == {(m.trial, m.release) for m in published}
+    for m in published:
+        np.testing.assert_array_equal(z[m.trial, m.release].astype(np.float32), m.embedding)
+    # Each release refines the last: closer to the end-of-run beta.
+    final = _final_betas(engine.store)
+    end = dict(zip(final["trials"].tolist(), final["lss"]))
+    early = [np.load(engine.store.derivative_path(1, f"trial{t}release0beta", ".npz"))["beta"] for t in range(len(ONSETS) - 2)]
+    later = [np.load(engine.store.derivative_path(1, f"trial{t}release1beta", ".npz"))["beta"] for t in range(len(ONSETS) - 2)]
+    last = [np.load(engine.store.derivative_path(1, f"trial{t}release2beta", ".npz"))["beta"] for t in range(len(ONSETS) - 2)]
+    gap = [np.median([np.linalg.norm(b - end[t]) for t, b in enumerate(bs)]) for bs in (early, later, last)]
+    assert gap[0] > gap[1] and gap[2] == 0
+
+
+def test_confounds_give_each_volume_transform(tmp_path):
+    """``xfm_*``: the reference-to-volume world transform. A volume whose anatomy is moved by two voxels
+    along j lies 2 × the affine's j column (mm) further, with no rotation."""
+    engine = _engine(tmp_path)
+    volume = _phantom()[0][0]
+    engine.handle(VolumeMessage(session=SESSION, run=1, index=0, tr=TR, voxels=volume, affine=AFFINE))
+    engine.handle(VolumeMessage(session=SESSION, run=1, index=1, tr=TR, voxels=np.roll(volume, 2, axis=1), affine=AFFINE))
+    confounds = pd.read_csv(engine.store.derivative_path(1, "confounds_timeseries"), sep="\t", na_values="n/a")
+    assert list(confounds.columns) == CONFOUND_COLUMNS
+    xfm = confounds[[f"xfm_{r}{c}" for r in range(3) for c in range(4)]].to_numpy().reshape(2, 3, 4)
+    np.testing.assert_allclose(xfm[0], np.eye(4)[:3], atol=1e-6)
+    np.testing.assert_allclose(xfm[1][:, :3], np.eye(3), atol=2e-3)
+    np.testing.assert_allclose(xfm[1][:, 3], 2 * AFFINE[:3, 1], atol=0.05)
+    # Control: the opposite convention (volume to reference) is far from it.
+    assert np.abs(xfm[1][:, 3] + 2 * AFFINE[:3, 1]).max() > 5
+    # Where the transform sends the reference's anatomy, the moved volume has it.
+    grid = nib.affines.apply_affine(np.linalg.inv(AFFINE), nib.affines.apply_affine(np.r_[xfm[1], [[0, 0, 0, 1]]],
+                                    nib.affines.apply_affine(AFFINE, np.argwhere(volume > 500))))
+    moved = ndimage.map_coordinates(np.roll(volume, 2, axis=1), grid.T, order=1)
+    assert np.corrcoef(moved, volume[volume > 500])[0, 1] > 0.99
 
 
 @pytest.mark.parametrize("crash_after", [1, 37, N_VOLS])
@@ -172,12 +243,15 @@ def test_restart_from_the_store_gives_identical_betas(tmp_path, clean_run, crash
     final = np.load(resumed.store.derivative_path(1, "trialbetas", ".npz"))
     for key in ("trials", "lsa", "lss", "frames"):
         np.testing.assert_array_equal(final[key], reference[key])
-    # Trials released before the crash are not published again; the others are, once.
-    released_before = {int(r["trial"]) for r in resumed.store.table(1, "trials", ["trial", "stimulus", "volumes", "method", "repeats"]).rows()} - {m.trial for m in published}
-    assert sorted(released_before | {m.trial for m in published}) == list(range(len(ONSETS)))
-    assert len(published) == len({m.trial for m in published})
-    # A decoder sees the same trials, once each: not again those the replay releases a second time.
-    assert [t.trial for t in decoded] == [m.trial for m in published]
+    # Releases sent before the crash are not sent again; the others are, once, with the same numbers:
+    # together, exactly the releases of the uninterrupted run.
+    reference_releases = [(m.sequence, m.trial, m.release, m.final) for m in clean_run[1]]
+    rows = _trials_rows(resumed.store)
+    before = [(i, int(r["trial"]), int(r["release"]), r["final"] == "1") for i, r in enumerate(rows[: len(rows) - len(published)])]
+    assert before + [(m.sequence, m.trial, m.release, m.final) for m in published] == reference_releases
+    assert [m.release_s for m in published] == [m.release_s for m in clean_run[1][len(before):]]
+    # A decoder sees the same releases, once each: not again those the replay releases a second time.
+    assert [(t.trial, t.release, t.sequence) for t in decoded] == [(m.trial, m.release, m.sequence) for m in published]
     z = _trial_z(resumed.store)
     assert z.keys() == reference_z.keys()
     for t in z:
@@ -197,8 +271,8 @@ class _GatedStage:
                                   retrieved=[trial.stimulus], scores=[1.0], decoder="gated")
 
 
-def _trials_table(store: SessionStore) -> list[int]:
-    return [int(r["trial"]) for r in store.table(1, "trials", ["trial", "stimulus", "volumes", "method", "repeats"]).rows()]
+def _trials_table(store: SessionStore) -> list[tuple[int, int]]:
+    return [(int(r["trial"]), int(r["release"])) for r in _trials_rows(store)]
 
 
 def test_volumes_go_on_while_trials_decode(tmp_path):
@@ -213,13 +287,14 @@ def test_volumes_go_on_while_trials_decode(tmp_path):
     assert engine.store.n_volumes(1) == N_VOLS and len(engine.runs[1].timings.rows()) == N_VOLS
     released = sorted(engine.runs[1].released)
     assert len(released) >= len(ONSETS) - 2 and engine.poll() == 0 and published == []
-    assert engine.decoder.pending == len(released) and _trials_table(engine.store) == []
+    assert engine.decoder.pending == engine.runs[1].sequence > len(released) and _trials_table(engine.store) == []
     gate.set()
     engine.handle(RunEndMessage(session=SESSION, run=1, n_volumes=N_VOLS))
     engine.drain(timeout_s=30)
-    assert [m.trial for m in published] == list(range(len(ONSETS)))
+    assert [m.trial for m in published if m.final] == list(range(len(ONSETS)))
+    assert [m.sequence for m in published] == list(range(len(published)))
     assert all(m.decoder == "gated" and "trial_ready" in m.stamps and "sent" in m.stamps for m in published)
-    assert _trials_table(engine.store) == list(range(len(ONSETS)))
+    assert _trials_table(engine.store) == [(m.trial, m.release) for m in published]
     engine.decoder.close()
     engine.join_background()
 
@@ -235,8 +310,9 @@ def test_trials_still_decoding_at_a_crash_are_decoded_after_the_restart(tmp_path
     resumed = _engine(tmp_path, published, decoder=BackgroundDecoder(_GatedStage(gate)))
     _stream(resumed, 37, N_VOLS)
     resumed.drain(timeout_s=30)
-    assert [m.trial for m in published] == list(range(len(ONSETS)))
-    assert _trials_table(resumed.store) == list(range(len(ONSETS)))
+    assert [m.trial for m in published if m.final] == list(range(len(ONSETS)))
+    assert [m.sequence for m in published] == list(range(len(published)))
+    assert _trials_table(resumed.store) == [(m.trial, m.release) for m in published]
     resumed.decoder.close()
     resumed.join_background()
 
@@ -244,14 +320,23 @@ def test_trials_still_decoding_at_a_crash_are_decoded_after_the_restart(tmp_path
 def test_config_with_engine_section(tmp_path):
     (tmp_path / "roi.nii.gz").write_bytes(b"")
     path = tmp_path / "session.toml"
-    path.write_text('[session]\nsubject = "02"\n\n[engine]\nroi_mask = "roi.nii.gz"\nready_delay_s = 6.0\n'
+    path.write_text('[session]\nsubject = "02"\n\n[engine]\nroi_mask = "roi.nii.gz"\nreleases_s = [6.0, 12.5]\n'
                     '[engine.glm]\nhrf_model = "spm"\n')
     config, settings = load_engine_config(path)
     assert config.session.subject == "02" and settings.roi_mask == tmp_path / "roi.nii.gz"
-    assert settings.glm.hrf_model == "spm" and settings.ready_delay_s == 6.0
+    assert settings.glm.hrf_model == "spm" and settings.releases_s == [6.0, 12.5]
+    assert EngineSettings().releases_s == [8.0, 16.0] and EngineSettings().planned_volumes is None
     path.write_text("[engine]\nready_delay = 6.0\n")
     with pytest.raises(Exception, match="engine.ready_delay"):
         load_engine_config(path)
+    # The key that releases_s replaced: refused with what to write instead.
+    path.write_text("[engine]\nready_delay_s = 6.0\n")
+    with pytest.raises(ConfigError, match=r"ready_delay_s was replaced by releases_s: write releases_s = \[6.0\]"):
+        load_engine_config(path)
+    for bad in ("[16.0, 8.0]", "[-1.0]", "[8.0, 8.0]"):
+        path.write_text(f"[engine]\nreleases_s = {bad}\n")
+        with pytest.raises(ConfigError, match="engine.releases_s"):
+            load_engine_config(path)
 
 
 # A standby engine process: it imports the engine (nilearn alone takes seconds) while the first one
@@ -268,8 +353,9 @@ def _start_engine(config: Path, standby: bool = False) -> subprocess.Popen:
 
 
 def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
-    """SIGKILL the engine process while volumes stream in; after a restart its final betas equal a clean run's."""
-    from rtrecon.transport import ReliableSender, trial_key, volume_key
+    """SIGKILL the engine process while volumes stream in; after a restart its final betas equal a clean
+    run's, and the stimulus PC has received every release of the clean run, once each."""
+    from rtrecon.transport import ReliableReceiver, ReliableSender, result_key, trial_key, volume_key
 
     config = tmp_path / "session.toml"
     ipc = f"ipc://{tmp_path}"
@@ -284,13 +370,18 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
     final_path = tmp_path / "out/derivatives/rtrecon/sub-01/ses-01/func/sub-01_ses-01_task-test_run-1_desc-trialbetas.npz"
     kills = iter((30,))
     kill_at = next(kills)
+    received = []
     with (
         ReliableSender(f"{ipc}/v", SESSION, tmp_path / "spool_v", key=volume_key, heartbeat_s=0.5) as volumes,
         ReliableSender(f"{ipc}/e", SESSION, tmp_path / "spool_e", key=trial_key, heartbeat_s=0.5, name="stimulus") as events,
+        ReliableReceiver(f"{ipc}/r", SESSION, {}, key=result_key, heartbeat_s=0.5, name="stimulus") as results,
     ):
         def pump(seconds: float) -> None:
-            volumes.poll(seconds / 2)
-            events.poll(seconds / 2)
+            volumes.poll(seconds / 3)
+            events.poll(seconds / 3)
+            while (result := results.recv(timeout_s=seconds / 3)) is not None:
+                received.append(result)
+                results.ack(result)
 
         for i in range(N_VOLS):
             for trial, onset in enumerate(ONSETS):
@@ -313,7 +404,7 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
             pump(0.05)
         volumes.send(RunEndMessage(session=SESSION, run=1, n_volumes=N_VOLS))
         deadline = time.monotonic() + 120
-        while not final_path.exists() and time.monotonic() < deadline:
+        while (not final_path.exists() or len(received) < len(clean_run[1])) and time.monotonic() < deadline:
             pump(0.05)
     engine.terminate()
     _, err = engine.communicate(timeout=30)
@@ -322,6 +413,8 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
     for key in ("trials", "lsa", "lss", "frames"):
         np.testing.assert_array_equal(final[key], reference[key])
     assert (tmp_path / "out/sub-01/ses-01/func/sub-01_ses-01_task-test_run-1_bold.nii.gz").exists()
+    assert [(m.sequence, m.trial, m.release, m.final) for m in received] == \
+        [(m.sequence, m.trial, m.release, m.final) for m in clean_run[1]]
 
 
 def test_real_run_streamed_through_the_bridge(tmp_path, shared_dir):
@@ -334,7 +427,7 @@ def test_real_run_streamed_through_the_bridge(tmp_path, shared_dir):
     base = shared_dir / "data/bold/siemens_prisma_e11_pydecnef_run1"
     events = pd.read_csv(base / "design_local/events.tsv", sep="\t")
     store = SessionStore(tmp_path / "session", "01", "01", "perception")
-    settings = EngineSettings(planned_volumes=130, ready_delay_s=16.0, glm=dict(high_pass=1 / 128))
+    settings = EngineSettings(planned_volumes=130, releases_s=[16.0], glm=dict(high_pass=1 / 128))
     published = []
     engine = Engine(settings, store, publish_trial=published.append)
     endpoint = f"ipc://{tmp_path}/volumes"
@@ -397,7 +490,8 @@ def test_real_run_streamed_through_the_bridge(tmp_path, shared_dir):
     top = np.argsort(mean_beta)[-200:]
     world = (realigner.affine @ np.c_[realigner.roi_voxels[:3].T, np.ones(n_roi)].T)[:3].T
     assert world[top, 1].mean() < world[:, 1].mean() - 20  # posterior (y, mm) to the brain's centre
-    assert [m.trial for m in published] == events.trial.tolist()
+    assert [m.trial for m in published if m.release == 0] == events.trial.tolist()
+    assert [m.trial for m in published if m.final] == events.trial.tolist()
 
 
 def test_a_store_with_bad_event_rows_from_an_older_version_still_restarts(tmp_path, caplog):

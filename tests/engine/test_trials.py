@@ -1,11 +1,11 @@
-"""Trial readiness, Welford statistics, z-scoring and repeat averaging."""
+"""Release schedule, Welford statistics, z-scoring and repeat averaging."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.trials import TrialNormaliser, Welford, ready_frame
+from engine.trials import ReleaseSchedule, TrialNormaliser, Welford, ready_frame
 
 
 def test_ready_frame_is_the_first_volume_at_or_after_the_delay():
@@ -13,6 +13,41 @@ def test_ready_frame_is_the_first_volume_at_or_after_the_delay():
     assert ready_frame(10.5, 8.0, 2.0) == 10
     assert ready_frame(10.0, 8.0, 2.0, slice_time_ref=0.5) == 9  # sampled at 19 s
     assert ready_frame(0.0, 0.0, 1.5) == 0
+
+
+def test_release_schedule():
+    schedule = ReleaseSchedule([8.0, 16.0], tr=2.0)
+    assert schedule.final == 2 and schedule.frames(10.0) == [9, 13]
+    assert schedule.due(10.0, last_frame=8, done=-1) is None
+    assert schedule.due(10.0, last_frame=9, done=-1) == 0
+    assert schedule.due(10.0, last_frame=12, done=0) is None
+    assert schedule.due(10.0, last_frame=13, done=0) == 1
+    assert schedule.due(10.0, last_frame=13, done=1) is None
+    assert schedule.due(10.0, last_frame=20, done=-1) == 1  # an event that came late: only the newest is due
+    assert ReleaseSchedule([], tr=2.0).due(0.0, 100, -1) is None and ReleaseSchedule([], tr=2.0).final == 0
+
+
+def test_each_release_is_zscored_against_its_own_release_statistics():
+    rng = np.random.default_rng(2)
+    early, late = rng.normal(0, 3, (4, 5)), rng.normal(0, 1, (4, 5))
+    norm = TrialNormaliser(5)
+    for i in range(4):
+        norm.release(1, i, "", early[i], release=0)
+        last = norm.release(1, i, "", late[i], release=1)
+    np.testing.assert_allclose(last.z, (late[3] - late.mean(0)) / late.std(0, ddof=1))
+    assert last.release == 1 and norm.running[0].count == norm.running[1].count == 4
+
+
+def test_a_newer_release_replaces_the_trials_own_repeat(tmp_path):
+    rng = np.random.default_rng(3)
+    betas = rng.normal(0, 1, (4, 5))
+    np.savez(tmp_path / "stats.npz", mean=np.zeros(5), std=np.ones(5))  # z = beta, to follow the averages
+    norm = TrialNormaliser(5, stats=tmp_path / "stats.npz", average_repeats=True)
+    assert norm.release(1, 0, "a", betas[0]).repeats == 1
+    again = norm.release(1, 0, "a", betas[1], release=1)  # trial 0 refined: not a repeat of itself
+    assert again.repeats == 1 and np.allclose(again.z, betas[1])
+    other = norm.release(1, 1, "a", betas[2])  # another trial of the same image: averaged with trial 0's newest
+    assert other.repeats == 2 and np.allclose(other.z, (betas[1] + betas[2]) / 2)
 
 
 def test_welford_equals_numpy():

@@ -106,7 +106,7 @@ LIVE = """
 roi_mask = "masks/roi.nii.gz"
 reference = "/data/ref.nii.gz"
 zscore_stats = "train/stats.npz"
-ready_delay_s = 6.5
+releases_s = [6.5, 13.0]
 average_repeats = true
 
 [engine.glm]
@@ -146,7 +146,7 @@ def test_live_sections_load_and_resolve_every_path(tmp_path: Path) -> None:
     assert engine.roi_mask == base / "masks" / "roi.nii.gz"
     assert engine.reference == Path("/data/ref.nii.gz")
     assert engine.zscore_stats == base / "train" / "stats.npz"
-    assert engine.ready_delay_s == 6.5 and engine.average_repeats is True and engine.beta_method == "lss"
+    assert engine.releases_s == [6.5, 13.0] and engine.average_repeats is True and engine.beta_method == "lss"
     assert engine.glm.hrf_model == "spm + derivative" and engine.glm.high_pass == 0.008
     assert engine.glm.motion_confounds is False and engine.glm.drift_model == "cosine"
     assert decoder.checkpoint == base / "ckpt" / "last.pth" and decoder.gallery == base / "gallery"
@@ -171,7 +171,8 @@ def test_empty_file_leaves_the_live_sections_unset(tmp_path: Path) -> None:
         ('hrf_model = "spm + derivative"', 'hrf_model = "gamma"', "engine.glm.hrf_model"),
         ("high_pass = 0.008", "high_pass = 0", "engine.glm.high_pass"),
         ("motion_confounds = false", "motion = false", "engine.glm.motion"),
-        ("ready_delay_s = 6.5", "ready_delay_s = -1", "engine.ready_delay_s"),
+        ("releases_s = [6.5, 13.0]", "releases_s = [13.0, 6.5]", "engine.releases_s: Value error, [13.0, 6.5]: delays must increase"),
+        ("releases_s = [6.5, 13.0]", "ready_delay_s = 6.5", "engine: Value error, ready_delay_s was replaced by releases_s: write releases_s = [6.5]"),
         ("top_k = 3", "top_k = 0", "decoder.top_k"),
         ('when = "block"', 'when = "always"', "stimulus.feedback.when"),
         ('keys = ["5", "t"]', "keys = []", "stimulus.trigger"),

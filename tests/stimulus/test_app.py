@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rtrecon.config import NetworkSection, SessionConfig, SessionSection, StimulusSection
-from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key
+from rtrecon.transport import ReliableReceiver, ReliableSender, result_key, trial_key
 from rtrecon.wire import EventMessage, TrialResultMessage
 from stimulus.app import Frame, StimulusProgram, prepare_run
 from stimulus.participant import VirtualParticipant
@@ -38,7 +38,7 @@ class Engine(threading.Thread):
 
     def run(self) -> None:
         net = self.config.network
-        with ReliableReceiver(net.events, SESSION, key=trial_key, heartbeat_s=0.2) as rx, ReliableSender(net.results, SESSION, self.spool, key=trial_key, heartbeat_s=0.2, name="engine") as tx:
+        with ReliableReceiver(net.events, SESSION, key=trial_key, heartbeat_s=0.2) as rx, ReliableSender(net.results, SESSION, self.spool, key=result_key, heartbeat_s=0.2, name="engine") as tx:
             self.ready.set()
             due: list[tuple[float, int]] = []
             while not self.stop.is_set():
@@ -51,7 +51,8 @@ class Engine(threading.Thread):
                 for item in [d for d in due if d[0] <= time.monotonic()]:
                     due.remove(item)
                     image = np.zeros((8, 8, 3), np.uint8) + np.array(RECON, np.uint8)
-                    tx.send(TrialResultMessage(session=SESSION, run=1, trial=item[1], image=image, retrieved=["decoded"], scores=[0.5]))
+                    tx.send(TrialResultMessage(session=SESSION, run=1, trial=item[1], image=image, retrieved=["decoded"], scores=[0.5],
+                                               sequence=tx.spooled.get(1, -1) + 1))
                 tx.poll(0.0)
             tx.wait_acked(1.0)
 
@@ -473,6 +474,60 @@ def test_imagery_feedback_after_each_trial_and_a_late_result(win, tmp_path: Path
     late = rows[-1]
     assert float(late["onset"]) >= setup.timeline.end - 0.05 * speed  # after the last trial: on the end screen
     assert float(late["result_received"]) > float(rows[5]["onset"]) + float(rows[5]["duration"]) - 0.05 * speed
+
+
+class ReleasesLink(ScriptedLink):
+    """Trial 0 released three times: release 0 during its image, then during its feedback period the
+    final release 2 and, just after it, the older release 1 (``at``: the feedback period's middle, in
+    seconds after the trial's event was sent)."""
+
+    COLOURS = {0: RECON, 1: (200, 0, 200), 2: (0, 200, 0)}
+
+    def __init__(self, at: float) -> None:
+        super().__init__()
+        self.at = at
+        self.due: list[tuple[float, int]] = []
+
+    def send_event(self, message: EventMessage) -> None:
+        from stimulus.trigger import psychopy_time
+
+        super().send_event(message)
+        if message.trial == 0:
+            now = psychopy_time()
+            self.due = [(now + 0.05, 0), (now + self.at, 2), (now + self.at + 0.02, 1)]
+
+    def poll_results(self):
+        from stimulus.trigger import psychopy_time
+
+        now = psychopy_time()
+        ready = [r for t, r in self.due if t <= now]
+        self.due = [(t, r) for t, r in self.due if t > now]
+        return [(TrialResultMessage(session=SESSION, run=1, trial=0, release=r, final=r == 2, sequence=[0, 2, 1][r],
+                                    image=np.zeros((8, 8, 3), np.uint8) + np.array(self.COLOURS[r], np.uint8), scores=[0.5]),
+                 now) for r in ready]
+
+
+def test_a_newer_release_of_a_trial_replaces_the_older_on_screen(win, make_image, tmp_path: Path):
+    make_image(tmp_path / "red.png", (255, 0, 0))
+    (tmp_path / "run.tsv").write_text("stim_file\tfeedback\nred.png\t1\n")
+    config = session(tmp_path, "perception", {
+        "window": {"size": list(win.size)}, "perception": {"image_s": 0.3, "gap_s": 0.1}, "lead_in_s": 0.1,
+        "feedback": {"window_s": 1.2, "top_k": 0, "show_target": False, "score_bar": False}, "trigger": {"tr": 1.0},
+    })
+    setup = prepare_run(config, 1)
+    (image,) = [s for s in setup.timeline.segments if s.phase == "image"]
+    (period,) = [s for s in setup.timeline.segments if s.phase == "feedback"]
+    w, h = win.size
+    recorder = Recorder({"recon": (int(h / 2 - 0.14 * h), w // 2 + 10)})
+    link = ReleasesLink(at=(period.start + period.stop) / 2 - image.start)
+    record = StimulusProgram(setup, link=link, participant=VirtualParticipant(tr=1.0), win=win, on_frame=recorder).run()
+    in_period = [recorder.frames[i]["recon"] for i in sorted(recorder.frames)
+                 if period.start + 0.05 < record.flips[i] < period.stop - 0.05]
+    first, final, late = (ReleasesLink.COLOURS[r] for r in (0, 2, 1))
+    # release 0 is drawn first, then the final release in its place; release 1, older, came too late to show
+    assert in_period[0] == first and in_period[-1] == final and late not in in_period
+    assert first not in in_period[in_period.index(final):]
+    assert link.due == [] and record.results[0].message.release == 2 and record.results[0].shown is not None
 
 
 def test_speed_needs_a_virtual_participant(make_image, tmp_path: Path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key
+from rtrecon.transport import ReliableReceiver, ReliableSender, result_key, trial_key
 from rtrecon.wire import EventMessage, TrialResultMessage
 from stimulus.link import EngineLink, OfflineLink
 
@@ -39,7 +39,7 @@ def test_events_out_results_in(tmp_path: Path, endpoints):
     got: list[EventMessage] = []
     clock_value = [42.0]
     link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", clock=lambda: clock_value[0], heartbeat_s=0.2)
-    with ReliableReceiver(events, SESSION, key=trial_key, heartbeat_s=0.2) as rx, ReliableSender(results, SESSION, tmp_path / "engine_spool", key=trial_key, heartbeat_s=0.2, name="engine") as tx:
+    with ReliableReceiver(events, SESSION, key=trial_key, heartbeat_s=0.2) as rx, ReliableSender(results, SESSION, tmp_path / "engine_spool", key=result_key, heartbeat_s=0.2, name="engine") as tx:
 
         def engine() -> None:
             msg = rx.recv(0.01)
@@ -54,7 +54,7 @@ def test_events_out_results_in(tmp_path: Path, endpoints):
         assert [(m.trial, m.onset, m.stimulus) for m in got] == [(0, 0.5, "s0"), (1, 4.5, "s1")]
 
         image = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
-        tx.send(TrialResultMessage(session=SESSION, run=1, trial=1, image=image, retrieved=["9", "3"], scores=[0.8, 0.1]))
+        tx.send(TrialResultMessage(session=SESSION, run=1, trial=1, image=image, retrieved=["9", "3"], scores=[0.8, 0.1], sequence=4))
         received: list = []
         pump(lambda: bool(received.extend(link.poll_results()) or received), engine)
         (result, arrived), = received
@@ -62,7 +62,7 @@ def test_events_out_results_in(tmp_path: Path, endpoints):
         assert arrived == 42.0
         pump(lambda: tx.pending == 0, engine)
     link.close()
-    assert json.loads((tmp_path / "state.json").read_text()) == {"1": 1}
+    assert json.loads((tmp_path / "state.json").read_text()) == {"1": 4}  # the last result's sequence
     assert OfflineLink().poll_results() == []
 
 
@@ -97,7 +97,7 @@ def test_an_endpoint_in_use_is_an_error(tmp_path: Path, endpoints):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = f"tcp://127.0.0.1:{port}"
-    with ReliableReceiver(results, SESSION, key=trial_key):
+    with ReliableReceiver(results, SESSION, key=result_key):
         with pytest.raises(OSError, match="engine link"):
             EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json")
 
@@ -114,7 +114,7 @@ def test_a_result_is_kept_before_it_is_acknowledged(tmp_path: Path, endpoints):
 
     link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", clock=lambda: 7.0,
                       heartbeat_s=0.2, on_result=keep)
-    with ReliableSender(results, SESSION, tmp_path / "engine_spool", key=trial_key, heartbeat_s=0.2, name="engine") as tx:
+    with ReliableSender(results, SESSION, tmp_path / "engine_spool", key=result_key, heartbeat_s=0.2, name="engine") as tx:
         tx.send(TrialResultMessage(session=SESSION, run=1, trial=0))
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
@@ -127,7 +127,7 @@ def test_a_result_is_kept_before_it_is_acknowledged(tmp_path: Path, endpoints):
     failing[0] = False  # the program restarted: the engine's sender resends what was never acknowledged
     link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", clock=lambda: 8.0,
                       heartbeat_s=0.2, on_result=keep)
-    with ReliableSender(results, SESSION, tmp_path / "engine_spool", key=trial_key, heartbeat_s=0.2, name="engine") as tx:
+    with ReliableSender(results, SESSION, tmp_path / "engine_spool", key=result_key, heartbeat_s=0.2, name="engine") as tx:
         received: list = []
         pump(lambda: bool(received.extend(link.poll_results()) or received) and tx.pending == 0, lambda: tx.poll(0.01))
     link.close()

@@ -28,7 +28,8 @@ def test_session_config_gallery_and_bids_outputs(demo_run):
     events = pd.read_csv(func / "sub-01_ses-02_task-perception_run-1_events.tsv", sep="\t")
     assert len(events) == 63
     derivatives = folder / "derivatives" / "rtrecon" / "sub-01" / "ses-02" / "func"
-    assert len(list(derivatives.glob("*_desc-trial*decoded.npz"))) == 63
+    # each trial's live release (8 s after onset) decoded; the run-end releases follow as the engine stops
+    assert len(list(derivatives.glob("*_desc-trial*release0decoded.npz"))) == 63
     logs = {p.name for p in (folder / "logs").iterdir()}
     assert logs - {"xvfb.log"} == {"engine.log", "console.log", "bridge_run-01.log", "stimulus_run-01.log"}
     assert ("xvfb.log" in logs) == (not demo_run.display)  # a private Xvfb only when there is no display
