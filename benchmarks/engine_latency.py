@@ -111,8 +111,14 @@ def beta_correlations(session: Path, tuning: np.ndarray) -> dict:
     released first (``early_beta_r``: 8 s after onset, what is decoded live) and with the run's
     end-of-run LSS beta (``end_beta_r``); the median over voxels.
     """
-    early = {int(re.search(r"desc-trial(\d+)beta", p.name).group(1)): np.load(p)["beta"]
-             for p in session.rglob("*_desc-trial*beta.npz") if re.search(r"desc-trial\d+beta\.npz$", p.name)}
+    # One file per release (``desc-trial<N>...beta.npz``); the first name in order is the first release.
+    early: dict[int, np.ndarray] = {}
+    for path in sorted(session.rglob("*_desc-trial*beta.npz")):
+        match = re.search(r"desc-trial(\d+)\D*?\d*beta\.npz$", path.name)
+        if match and int(match.group(1)) not in early:
+            early[int(match.group(1))] = np.load(path)["beta"]
+    if not early:
+        raise FileNotFoundError(f"no released trial betas (*_desc-trial<N>beta.npz) under {session}")
     (final,) = session.rglob("*_desc-trialbetas.npz")
     with np.load(final) as f:
         end = dict(zip(f["trials"].tolist(), f["lss"]))
