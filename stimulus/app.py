@@ -25,7 +25,13 @@ and refuses to overwrite a recorded run. :meth:`StimulusProgram.run` then opens 
 loads every image, shows "waiting for the scanner" until the first trigger (time zero), and
 runs one frame loop until the timeline ends (or the quit key). Each frame it
 
-1. polls the keys (non-blocking): triggers are logged, buttons become responses;
+1. polls the keys (non-blocking): triggers are logged, buttons become responses; and the
+   operator's controls from the console, when given (:class:`~stimulus.operator.OperatorControls`):
+   pausing feedback stops every feedback period drawing (results are still received and kept;
+   what a period would have shown gets a ``paused`` feedback row), the run's "end run" ends it as
+   the quit key does (every record written), and each control followed (paused, resumed, a trial
+   marked or unmarked bad, the run ended) is journaled and listed in the events sidecar's
+   ``OperatorActions``;
 2. polls the engine link (non-blocking) and keeps each result with the time it arrived;
 3. finds the segment the coming flip falls in; when that is a new segment, schedules with
    ``win.callOnFlip`` the stamping of its onset (right after the flip that first shows it),
@@ -101,12 +107,13 @@ from rtrecon.wire import EventMessage
 from .eventlog import EventLog
 from .feedback import FeedbackPanel
 from .link import Link
+from .operator import OperatorControls
 from .operator_view import OperatorView
 from .pacing import Pacer
 from .pairmates import PairmateScorer
 from .participant import VirtualParticipant
 from .policy import FeedbackPolicy
-from .records import RunJournal, RunPaths, RunRecord
+from .records import RunJournal, RunPaths, RunRecord, bad_trials
 from .results import ResultHandler
 from .resume import check_speed, resume_run
 from .screen import TaskScreen, open_window
@@ -215,7 +222,11 @@ class Frame:
 
 
 class _Quit(Exception):
-    pass
+    """The run ends now: ``by`` the quit key or the operator."""
+
+    def __init__(self, by: str) -> None:
+        super().__init__(by)
+        self.by = by
 
 
 class StimulusProgram:
@@ -235,6 +246,8 @@ class StimulusProgram:
     next of the design's free stretches (slots), on the operator's window at once, for
     ``feedback.window_s`` (scanner seconds) or until the next one; ``results_timeout_s`` keeps the
     end screen on until every result still owed is shown, or no result came for that many seconds.
+    ``controls``: the operator's controls from the console, polled each frame (step 1 of the
+    module docstring); without them nothing the console does reaches the run.
     """
 
     def __init__(
@@ -250,6 +263,7 @@ class StimulusProgram:
         journal: RunJournal | None = None,
         live_feedback: bool = False,
         results_timeout_s: float = 0.0,
+        controls: OperatorControls | None = None,
     ):
         if keys is None and participant is None:
             raise ValueError("give keys, a virtual participant, or both")
@@ -265,6 +279,9 @@ class StimulusProgram:
         self.journal = journal if journal is not None else RunJournal(setup.paths, clock=psychopy_time)
         self.live_feedback = live_feedback
         self.results_timeout_s = results_timeout_s
+        self.controls = controls
+        self.results: ResultHandler | None = None
+        self._bad: set[int] = set()
         check_speed(self.journal, setup.run, speed)
         trig = setup.settings.trigger
         self.trigger = ScannerTrigger(frozenset(trig.keys), trig.tr)
@@ -295,6 +312,7 @@ class StimulusProgram:
             results = ResultHandler(self.setup.session_label, self.setup.run, self.setup.trials, record=self.record,
                                     journal=self.journal, policy=self.policy, panel=panel, operator=self.operator,
                                     pairmates=self.setup.pairmates, live=self.live_feedback)
+            self.results = results
             try:
                 if start is not None:
                     self._resume(start, results)
@@ -302,9 +320,10 @@ class StimulusProgram:
                 else:
                     period = self._wait_for_trigger(win, screen)
                 self._loop(win, screen, results, period)
-            except _Quit:
+            except _Quit as quit_:
                 self.record.aborted = True
-                log.warning("run aborted with the quit key")
+                self.record.ended_by = quit_.by
+                log.warning("run ended by the operator" if quit_.by == "operator" else "run aborted with the quit key")
             self.events.close(self.record.flips[-1] if self.record.flips else None)
         finally:
             if self.trigger.started:
@@ -364,9 +383,11 @@ class StimulusProgram:
             for t in self.trigger.times[max(self._triggers_logged, 1):]:
                 self.journal.post({"t": "trigger", "time": self.record.run_time(t)})
             self._triggers_logged = len(self.trigger.times)
+        if self.controls is not None:
+            self._follow_operator()
         for press in others:
             if press.key == self.setup.settings.quit_key:
-                raise _Quit
+                raise _Quit("quit_key")
             if press.key == self.setup.settings.feedback.demand_key and self.operator is not None:
                 self.operator.press_demand()
                 continue
@@ -374,6 +395,31 @@ class StimulusProgram:
             if answered is not None:
                 index, ev = answered
                 self.journal.post({"t": "response", "segment": index, "response": ev.response, "response_time": ev.response_time})
+
+    def _follow_operator(self) -> None:
+        """Follow what changed in the console's controls since the last frame, recording each action."""
+        state = self.controls.poll()
+        results = self.results
+        now = self.record.run_time(psychopy_time())
+        if results is not None and state.feedback_paused != results.paused:
+            results.pause(state.feedback_paused, now)
+            self._operator_action("feedback_paused" if state.feedback_paused else "feedback_resumed", now)
+        bad = set(state.bad_trials.get(self.setup.run, ()))
+        for trial in sorted(bad - self._bad):
+            self._operator_action("trial_marked_bad", now, trial=trial)
+        for trial in sorted(self._bad - bad):
+            self._operator_action("trial_unmarked_bad", now, trial=trial)
+        self._bad = bad
+        if self.setup.run in state.ended_runs:
+            self._operator_action("run_ended", now)
+            raise _Quit("operator")
+
+    def _operator_action(self, action: str, t: float | None, **fields: Any) -> None:
+        entry = {"action": action, "time": t, **fields}
+        log.info("operator: %s%s", action.replace("_", " "), f" (trial {fields['trial']})" if fields else "")
+        self.record.operator_actions.append(entry)
+        if self.record.zero is not None:  # before the first trigger the journal is not begun
+            self.journal.post({"t": "operator", **entry})
 
     def _end_screen_over(self, results: ResultHandler, ended: float, last_result: float) -> bool:
         """After the timeline the end screen stays ``feedback.end_screen_s``, then, with
@@ -458,6 +504,11 @@ class StimulusProgram:
                                  trigger=self.trigger, events=self.events, results=results, participant=self.participant)
         self._triggers_logged = len(self.trigger.times)
         self.resumed = True
+        # the controls as the killed program left them, so the console's next heartbeat is no new action
+        actions = self.record.operator_actions
+        self._bad = bad_trials(actions)
+        pauses = [a["action"] for a in actions if a["action"] in ("feedback_paused", "feedback_resumed")]
+        results.pause(bool(pauses) and pauses[-1] == "feedback_paused", None)
         results.hand_over_all()  # before the first frame: no stimulus waits on them
 
     def _post_flips(self) -> None:

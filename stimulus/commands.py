@@ -29,8 +29,14 @@ every result still owed is shown, or none came for S seconds. ``check --json`` p
 run's problems as one JSON line: ``rtrecon session check`` runs it, so the two agree.
 
 A run that was killed (its journal holds a first trigger and no end) is resumed where the scanner
-is now, not refused (see :mod:`stimulus.app`). Exit status: 0 done, 1 bad input or no trigger,
-2 ended with the quit key.
+is now, not refused (see :mod:`stimulus.app`).
+
+Before anything else ``run`` checks every path and key the config names
+(:func:`rtrecon.session.startup_problems`, role ``stimulus``), printing one line per problem.
+Unless ``--offline``, the operator's controls from ``rtrecon console`` (``[network] operator``:
+pause feedback, end the run, mark trials bad) are followed and recorded
+(:class:`~stimulus.operator.OperatorControls`). Exit status: 0 done, 1 bad input or no trigger,
+2 ended with the quit key or by the operator, or the start-up check failed.
 """
 
 from __future__ import annotations
@@ -134,6 +140,22 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--speed {args.speed:g} replays a run faster than the scanner, which only a virtual "
                              "participant can follow: add --virtual, or run at speed 1 with a person and a real scanner")
         config = _config(args)
+    except _BAD_INPUT as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from rtrecon.session import startup_problems
+
+    # every path and key the config names, before any window opens: one line each. Of the trial
+    # lists only this run's counts (none with --trials): the others are ``check``'s to report.
+    this_list = None if args.trials is not None else f"stimulus.trial_lists[{(args.run or 1) - 1}]"
+    problems = [p for p in startup_problems(config, "stimulus")
+                if not p.key.startswith("stimulus.trial_lists[") or p.key == this_list]
+    if problems:
+        where = f"{args.config}: " if args.config else ""
+        for problem in problems:
+            print(f"rtrecon stimulus: {where}{problem}", file=sys.stderr)
+        return 2
+    try:
         live_feedback = args.live_feedback or config.stimulus.feedback.when == "live"
         setup = prepare_run(config, args.run or 1, trials_file=args.trials, task=args.task, overwrite=args.overwrite,
                             live_feedback=live_feedback)
@@ -145,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     from .app import StimulusProgram
     from .link import EngineLink, Link, OfflineLink
+    from .operator import OperatorControls, console_role
     from .participant import VirtualParticipant
     from .records import RunJournal
     from .sound import SoundError
@@ -155,6 +178,7 @@ def _run(args: argparse.Namespace) -> int:
     keys: KeyInput = PsychopyKeys()
     hardware = None
     link: Link = OfflineLink()
+    controls = None
     journal = RunJournal(setup.paths, clock=psychopy_time)
     try:
         hardware = hardware_keys(trig)
@@ -175,25 +199,33 @@ def _run(args: argparse.Namespace) -> int:
             )
             if journal.started is None:  # a resumed run has sent events already
                 link.check_run(setup.run)
+            keys_dir = config.security.keys_dir
+            controls = OperatorControls(config.network.operator, setup.session_label, curve=curve,
+                                        server_role=console_role(keys_dir) if keys_dir else "engine")
     except (OSError, ValueError, KeysError) as exc:
         link.close()
+        if controls is not None:
+            controls.close()
         if hardware is not None:
             hardware.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
         program = StimulusProgram(setup, link=link, keys=keys, participant=participant, speed=args.speed, journal=journal,
-                                  live_feedback=live_feedback, results_timeout_s=args.wait_results)
+                                  live_feedback=live_feedback, results_timeout_s=args.wait_results, controls=controls)
         record = program.run()
     except (TimeoutError, ValueError, SoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         link.close()
+        if controls is not None:
+            controls.close()
         if hardware is not None:
             hardware.close()
     shown = sum(r.shown is not None for r in record.results.values())
-    print(f"{'aborted' if record.aborted else 'finished'}: {len(record.events)} events in {setup.paths.events}")
+    outcome = ("ended by the operator" if record.ended_by == "operator" else "aborted") if record.aborted else "finished"
+    print(f"{outcome}: {len(record.events)} events in {setup.paths.events}")
     print(f"{len(record.flips)} frames, results received {len(record.results)}, shown {shown}; frame timing in {setup.paths.source('frames.json')}")
     if program.missed:
         print(f"missed while the program was down: trial(s) {', '.join(map(str, program.missed))}")

@@ -12,7 +12,10 @@ end-of-run screen; nothing else ever draws a result on the participant's screen.
   ``"end"``) and, in slot mode, the queue.
 
 A result that misses its own period (it arrived after the period ended, or never) is recorded
-as ``missing`` in that period's row; ``late = "skip"`` never shows it afterwards. Once a trial's
+as ``missing`` in that period's row; ``late = "skip"`` never shows it afterwards. While the
+operator has paused feedback (``rtrecon console``) a period draws nothing: what it would have
+drawn is recorded as ``paused`` (:meth:`FeedbackPolicy.withhold`), is drawn if the period is
+still on when feedback resumes, and is not owed to a later period. Once a trial's
 result has been shown in a period it is not queued again; a newer release of it (the engine
 refines each trial's result) is drawn in place while the period lasts.
 
@@ -36,7 +39,7 @@ from .trials import Trial
 
 __all__ = ["FeedbackShow", "FeedbackPolicy", "FeedbackStatus"]
 
-FeedbackStatus = Literal["shown", "late", "missing", "empty"]
+FeedbackStatus = Literal["shown", "late", "missing", "empty", "paused"]
 #: At most this many results share one period's screen (one column each).
 MAX_COLUMNS = 8
 
@@ -69,10 +72,13 @@ class FeedbackPolicy:
         self.shows: list[FeedbackShow] = []
         self._members: dict[int, list[int]] = {}
         self._drawn: set[tuple[int, int, int]] = set()  # (period, trial, release)
+        #: what feedback paused withheld: [period, trial, release, first frame withheld, when feedback resumed]
+        self.withheld: list[list[Any]] = []
 
     # -- what a period shows ---------------------------------------------------------------------
     def _shown_trials(self) -> set[int]:
-        return {s.trial for s in self.shows}
+        """Trials shown, or withheld by a pause: neither is owed to a later period."""
+        return {s.trial for s in self.shows} | {w[1] for w in self.withheld}
 
     def _owed(self, results: Mapping[int, ReceivedResult], before: int) -> list[int]:
         """Arrived results still to show in a period at index ``before``, oldest arrival first."""
@@ -136,6 +142,26 @@ class FeedbackPolicy:
         self.shows.extend(new)
         return new
 
+    def withhold(self, index: int, trials: Sequence[int], results: Mapping[int, ReceivedResult], onset: float) -> list[FeedbackShow]:
+        """Record the trials a frame of period ``index`` would have drawn while feedback was paused
+        (its flip at run time ``onset``); returns those withheld for the first time."""
+        open_ = {(w[0], w[1], w[2]) for w in self.withheld if w[4] is None}
+        new = []
+        for trial in trials:
+            key = (index, trial, results[trial].message.release)
+            if key not in open_:
+                self.withheld.append([*key, onset, None])
+                new.append(FeedbackShow(*key, onset))
+        return new
+
+    def resumed(self, t: float) -> None:
+        """Feedback resumed at run time ``t``: what was withheld stops there, and is drawn anew
+        (a new row) if its period is still on."""
+        for w in self.withheld:
+            if w[4] is None:
+                w[4] = t
+                self._drawn.discard((w[0], w[1], w[2]))
+
     def restore(self, show: FeedbackShow) -> None:
         """A show read back from a resumed run's journal."""
         if (show.period, show.trial, show.release) not in self._drawn:
@@ -174,16 +200,22 @@ class FeedbackPolicy:
             shows = sorted(by_period.get(index, []), key=lambda s: s.onset)
             stop = stop_of(index)
             planned = self.segments[index] if index < self.end_index else None
+            paused = sorted((w for w in self.withheld if w[0] == index), key=lambda w: w[3])
             for k, show in enumerate(shows):
                 newer = [s.onset for s in shows[k + 1:] if s.trial == show.trial]
+                newer += [w[3] for w in paused if w[1] == show.trial and w[3] > show.onset]
+                newer.sort()
                 own = self.own.get(show.trial)
                 status: FeedbackStatus = "late" if (own is not None and own != index) or index == self.end_index else "shown"
                 rows.append(self._row(show.onset, (newer[0] if newer else stop) - show.onset, show.trial, show.release, status, planned))
-            drawn = {s.trial for s in shows}
+            for _, trial, release, onset, resumed in paused:
+                until = stop if resumed is None else min(stop, resumed)
+                rows.append(self._row(onset, until - onset, trial, release, "paused", planned))
+            drawn = {s.trial for s in shows} | {w[1] for w in paused}
             missing = [t for t in (planned.feedback_trials if planned is not None else ()) if t not in drawn]
             for trial in missing:
                 rows.append(self._row(onsets[index], stop - onsets[index], trial, None, "missing", planned))
-            if not shows and not missing and index != self.end_index:
+            if not drawn and not missing and index != self.end_index:
                 rows.append(self._row(onsets[index], stop - onsets[index], None, None, "empty", planned))
         return rows
 

@@ -6,7 +6,10 @@
         events.tsv (+ .json sidecar)    BIDS events: every event the participant saw, with responses,
                                         planned and measured onset and duration; one feedback row per
                                         (period, trial, release shown), with its status; the sidecar's
-                                        StimulusTiming counts the stimuli that slipped over a frame
+                                        StimulusTiming counts the stimuli that slipped over a frame;
+                                        its OperatorActions, the operator's controls followed
+                                        (rtrecon console: feedback paused / resumed, trials
+                                        marked bad, the run ended), when there were any
         psychopy.csv, psychopy.psydat   PsychoPy ExperimentHandler, one row per event
         results.tsv                     each result (its latest release; its CPD when the trial has a
                                         pairmate): received / shown (run seconds), engine latencies,
@@ -48,6 +51,8 @@ their ``"t"``:
   segments), ``trial``, ``release``, ``onset`` (s): a result first drawn in a feedback period
   (:class:`~stimulus.policy.FeedbackShow`);
 - ``end_screen``: ``onset`` (s) of the end-of-run screen;
+- ``operator``: an operator's control followed (:attr:`RunRecord.operator_actions`): ``action``,
+  ``time`` (s), and ``trial`` for a trial marked or unmarked bad;
 - ``flips``: ``times`` (s) of a batch of flips;
 - ``end``: the run ended (``aborted``).
 
@@ -79,7 +84,7 @@ from .feedback import ReceivedResult
 from .timeline import Segment
 from .trigger import ScannerTrigger
 
-__all__ = ["RunPaths", "EventRecord", "FrameStats", "RunRecord", "RunJournal", "frame_stats", "read_journal", "stimulus_timing"]
+__all__ = ["RunPaths", "EventRecord", "FrameStats", "RunRecord", "RunJournal", "bad_trials", "frame_stats", "read_journal", "stimulus_timing"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +132,7 @@ _SIDECAR = {
             "late": "a result that missed its own period, shown in a later one or on the end screen ([stimulus.feedback] late)",
             "missing": "the period ended before the trial's result arrived",
             "empty": "a slot with no result waiting",
+            "paused": "the operator had paused feedback: the period would have shown this release of the trial's result, and did not",
         },
     },
 }
@@ -389,6 +395,17 @@ def result_from_entry(entry: dict[str, Any], folder: Path) -> TrialResultMessage
     return TrialResultMessage(**fields, image=image, embedding=embedding)
 
 
+def bad_trials(actions: Sequence[dict[str, Any]]) -> set[int]:
+    """The trials the operator's ``actions`` leave marked bad."""
+    bad: set[int] = set()
+    for action in actions:
+        if action["action"] == "trial_marked_bad":
+            bad.add(action["trial"])
+        elif action["action"] == "trial_unmarked_bad":
+            bad.discard(action["trial"])
+    return bad
+
+
 def _cell(value: Any) -> str:
     if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -416,6 +433,10 @@ class RunRecord:
     speed: float = 1.0
     feedback_rows: list[dict[str, Any]] = field(default_factory=list)
     timing: dict[str, Any] = field(default_factory=dict)
+    #: the operator's controls followed, in order: {"action", "time" (s; None before the first trigger)[, "trial"]}
+    operator_actions: list[dict[str, Any]] = field(default_factory=list)
+    #: who ended an aborted run: "quit_key" or "operator"
+    ended_by: str | None = None
 
     def run_time(self, clock_time: float | None) -> float | None:
         """``clock_time`` in scanner seconds since the first trigger."""
@@ -518,6 +539,14 @@ class RunRecord:
         sidecar = {**_SIDECAR, "StimulusTiming": {
             "Description": "stimuli (image, cue, imagery) against the plan, in seconds of the display (scanner seconds / speed); "
                            "slipped: onset or duration off by more than one frame", **self.timing}}
+        if self.operator_actions:
+            sidecar["OperatorActions"] = {
+                "Description": "the operator's controls (rtrecon console) the program followed, in order; time: seconds since "
+                               "the first trigger (null: before it). feedback_paused / feedback_resumed; trial_marked_bad / "
+                               "trial_unmarked_bad (trial); run_ended (the run ended there, its records whole)",
+                "actions": self.operator_actions,
+                "bad_trials": sorted(bad_trials(self.operator_actions)),
+            }
         self.paths.events.with_suffix(".json").write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
         self._write_psychopy(rows)
         result_rows = [
@@ -544,6 +573,7 @@ class RunRecord:
         drift = scanner.drift()
         # frames on the display's own clock: a dropped frame is one of the screen, at any speed
         stats = frame_stats([t / self.speed for t in self.flips], expected_interval)
-        summary = {"frames": stats.as_dict(), "triggers": drift.__dict__, "stimulus_timing": self.timing, "aborted": self.aborted, "speed": self.speed,
+        summary = {"frames": stats.as_dict(), "triggers": drift.__dict__, "stimulus_timing": self.timing, "aborted": self.aborted,
+                   "ended_by": self.ended_by, "speed": self.speed,
                    "frames_clock": "seconds of the display (scanner seconds / speed)"}
         self.paths.source("frames.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

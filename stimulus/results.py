@@ -8,7 +8,9 @@ textures are made only where no stimulus is drawn (:meth:`ResultHandler.hand_ove
 frame :meth:`ResultHandler.draw` draws what the feedback :mod:`~stimulus.policy` chooses
 (:class:`~stimulus.feedback.FeedbackPanel` draws it) on the participant's window, or hands it to
 the :class:`~stimulus.operator_view.OperatorView`, and journals the flip that first shows each
-result and each feedback row. Nothing here waits on the network: a missing result never delays a
+result and each feedback row. While the operator has paused feedback (:meth:`ResultHandler.pause`)
+results are still received and kept, but no feedback period draws one: what it would have drawn
+is recorded as paused (:meth:`~stimulus.policy.FeedbackPolicy.withhold`). Nothing here waits on the network: a missing result never delays a
 frame.
 """
 
@@ -58,6 +60,7 @@ class ResultHandler:
         self.operator = operator
         self.pairmates = pairmates
         self.live = live
+        self.paused = False
         self._handover: deque[int] = deque()  # results received, their textures not yet made
 
     # -- arrival ----------------------------------------------------------------------------------
@@ -133,6 +136,11 @@ class ResultHandler:
         """
         results = self.record.results
         group = self.policy.group(index, segment, results, t_next) if segment.phase in ("feedback", "end") else ()
+        if self.paused and group:
+            withheld = tuple(i for i in group if i in results and self.panel.ready(i))
+            if withheld:
+                win.callOnFlip(self._on_feedback_withheld, index, withheld)
+            group = ()
         if self.operator is not None:
             on_operator = self.operator.frame(index, group, t_next, results, self._on_shown)
             if group and on_operator:
@@ -147,6 +155,15 @@ class ResultHandler:
             if results[i].shown is None:
                 win.callOnFlip(self._on_shown, i)
         return drawn
+
+    def pause(self, paused: bool, t: float | None) -> None:
+        """The operator paused (or resumed) feedback at run time ``t`` (None: before the first trigger)."""
+        if self.paused and not paused and t is not None:
+            self.policy.resumed(t)
+        self.paused = paused
+
+    def _on_feedback_withheld(self, period: int, trials: tuple[int, ...]) -> None:
+        self.policy.withhold(period, trials, self.record.results, self.record.run_time(psychopy_time()))
 
     def _on_shown(self, trial_index: int) -> None:
         result = self.record.results[trial_index]

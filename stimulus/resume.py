@@ -75,6 +75,8 @@ def resume_run(start: dict[str, Any], journal: RunJournal, *, run: int, timeline
             results.restore_feedback(FeedbackShow(int(entry["period"]), int(entry["trial"]), int(entry["release"]), float(entry["onset"])))
         elif kind == "shown":
             results.restore_shown(int(entry["trial"]), int(entry.get("release", 0)), entry["shown"])
+        elif kind == "operator":
+            record.operator_actions.append({k: v for k, v in entry.items() if k != "t"})
     now = record.run_time(psychopy_time())
     upto = timeline.index_at(now)
     missed = [segments[i].trial.index for i in range(events.current + 1, min(upto, len(segments)))

@@ -536,3 +536,141 @@ def test_speed_needs_a_virtual_participant(make_image, tmp_path: Path):
     setup = prepare_run(session(tmp_path, "perception"), 1)
     with pytest.raises(ValueError, match="needs a virtual participant at the same speed"):
         StimulusProgram(setup, link=ScriptedLink(), keys=ScriptedLink(), speed=2.0)
+
+
+class Console:
+    """on_frame hook standing in for ``rtrecon console``: publishes the operator's controls each frame
+    (its heartbeat), ``plan(t)`` giving them at run time ``t``; and the reconstruction's pixels of each
+    frame, with whether the program's feedback was paused when it drew it."""
+
+    def __init__(self, endpoint: str, plan) -> None:
+        from rtrecon.transport import StatusPublisher
+
+        self.publisher = StatusPublisher(endpoint, name="console")
+        self.plan = plan
+        self.program: StimulusProgram | None = None
+        self.frames: list[tuple[int, str, int | None, int, bool]] = []  # (index, phase, trial, recon pixels, paused)
+
+    def __call__(self, frame: Frame) -> None:
+        record = self.program.record
+        t = record.flips[-1] if record.flips else 0.0
+        self.publisher.publish(self.plan(t))
+        frame.win.getMovieFrame(buffer="back")
+        pixels = np.asarray(frame.win.movieFrames.pop())
+        recon = int((pixels == np.array(RECON)).all(axis=2).sum())
+        trial = frame.segment.trial.index if frame.segment.trial is not None else None
+        self.frames.append((frame.index, frame.segment.phase, trial, recon, self.program.results.paused))
+
+    def close(self) -> None:
+        self.publisher.close()
+
+
+def _feedback_run(win, make_image, tmp_path: Path):
+    """Three perception trials, each with a 1.2 s feedback period; every result comes 0.1 s after its image."""
+    make_image(tmp_path / "red.png", (255, 0, 0))
+    (tmp_path / "run.tsv").write_text("stim_file\tfeedback\n" + "red.png\t1\n" * 3)
+    config = session(tmp_path, "perception", {
+        "window": {"size": list(win.size)}, "perception": {"image_s": 0.4, "gap_s": 0.1}, "lead_in_s": 0.2,
+        "feedback": {"window_s": 1.2, "top_k": 0, "show_target": False, "score_bar": False, "end_screen_s": 0.2},
+    })
+    setup = prepare_run(config, 1)
+    periods = {s.trial.index: (s.start, s.stop) for s in setup.timeline.segments if s.phase == "feedback"}
+    return setup, periods, EchoLink(1.0, {0: 0.1, 1: 0.1, 2: 0.1})
+
+
+@pytest.mark.parametrize("with_controls", [True, False])
+def test_the_operator_pauses_and_resumes_feedback(win, make_image, tmp_path: Path, with_controls: bool):
+    from rtrecon.wire import OperatorMessage
+    from stimulus.operator import OperatorControls
+
+    setup, periods, link = _feedback_run(win, make_image, tmp_path)
+    start, stop = periods[1]
+    resume_at = (start + stop) / 2
+
+    def plan(t: float) -> OperatorMessage:
+        # paused from trial 1's image to the middle of its feedback period; trial 0 marked bad meanwhile
+        paused = periods[0][1] <= t < resume_at
+        return OperatorMessage(session=SESSION, feedback_paused=paused, bad_trials={1: [0]} if t >= start else {})
+
+    endpoint = f"ipc://{tmp_path}/operator"
+    console = Console(endpoint, plan)
+    controls = OperatorControls(endpoint, SESSION) if with_controls else None
+    try:
+        program = StimulusProgram(setup, link=link, participant=VirtualParticipant(tr=1.0), win=win, on_frame=console,
+                                  controls=controls)
+        console.program = program
+        record = program.run()
+    finally:
+        console.close()
+        if controls is not None:
+            controls.close()
+
+    flips = record.flips
+    def period(trial: int) -> list[tuple[float, int, bool]]:  # (flip, recon pixels, paused) of each frame of its period
+        return [(flips[i], recon, paused) for i, phase, t, recon, paused in console.frames if phase == "feedback" and t == trial]
+
+    in_period = period(1)
+    assert all(recon > 0 for _, recon, _ in period(0)[3:])  # trial 0's result, drawn before the pause
+    rows = _rows(setup.paths.events)
+    feedback = [(r["trial"], r["feedback_status"]) for r in rows if r["trial_type"] == "feedback"]
+    sidecar = json.loads(setup.paths.events.with_suffix(".json").read_text())
+    assert sorted(record.results) == [0, 1, 2]  # every result received and recorded, paused or not
+    if not with_controls:  # the control: without the console's controls nothing changes
+        assert all(recon > 0 for _, recon, _ in in_period[3:]) and not any(paused for *_, paused in console.frames)
+        assert feedback == [("0", "shown"), ("1", "shown"), ("2", "shown")]
+        assert "OperatorActions" not in sidecar
+        return
+    paused_frames = [(t, recon) for t, recon, paused in in_period if paused]
+    after = [(t, recon) for t, recon, paused in in_period if not paused]
+    assert len(paused_frames) >= 10 and all(recon == 0 for _, recon in paused_frames)  # no feedback pixel while paused
+    assert all(recon > 0 for _, recon in after[3:]) and len(after) >= 10  # drawn again after resume
+    assert all(recon == 0 for *_, recon, paused in console.frames if paused)
+    assert feedback == [("0", "shown"), ("1", "paused"), ("1", "shown"), ("2", "shown")]
+    paused_row, shown_row = [r for r in rows if r["trial_type"] == "feedback" and r["trial"] == "1"]
+    assert float(paused_row["onset"]) == pytest.approx(start, abs=0.05)
+    assert float(paused_row["onset"]) + float(paused_row["duration"]) == pytest.approx(float(shown_row["onset"]), abs=0.05)
+    assert float(shown_row["onset"]) == pytest.approx(resume_at, abs=0.1)
+    actions = sidecar["OperatorActions"]
+    assert [(a["action"], a.get("trial")) for a in actions["actions"]] == [
+        ("feedback_paused", None), ("trial_marked_bad", 0), ("feedback_resumed", None)]
+    times = [a["time"] for a in actions["actions"]]
+    assert times == pytest.approx([periods[0][1], start, resume_at], abs=0.1)
+    assert actions["bad_trials"] == [0]
+    journal = [json.loads(line) for line in setup.paths.journal.read_text().splitlines()]
+    assert [e["action"] for e in journal if e["t"] == "operator"] == ["feedback_paused", "trial_marked_bad", "feedback_resumed"]
+
+
+def test_the_operator_ends_the_run(win, make_image, tmp_path: Path):
+    from rtrecon.wire import OperatorMessage
+    from stimulus.operator import OperatorControls
+
+    setup, periods, link = _feedback_run(win, make_image, tmp_path)
+    end_at = periods[1][0]
+
+    def plan(t: float) -> OperatorMessage:
+        # the control: another run's end (run 2, from the start) does not end this one
+        return OperatorMessage(session=SESSION, ended_runs=[1, 2] if t >= end_at else [2])
+
+    endpoint = f"ipc://{tmp_path}/operator"
+    console = Console(endpoint, plan)
+    try:
+        with OperatorControls(endpoint, SESSION) as controls:
+            program = StimulusProgram(setup, link=link, participant=VirtualParticipant(tr=1.0), win=win, on_frame=console,
+                                      controls=controls)
+            console.program = program
+            record = program.run()
+    finally:
+        console.close()
+
+    assert record.aborted and record.ended_by == "operator"
+    assert end_at <= record.flips[-1] < end_at + 0.2 < setup.timeline.end
+    rows = _rows(setup.paths.events)
+    assert [(r["trial_type"], r["trial"]) for r in rows] == [("image", "0"), ("feedback", "0"), ("image", "1"), ("feedback", "1")]
+    frames = json.loads(setup.paths.source("frames.json").read_text())
+    assert frames["aborted"] and frames["ended_by"] == "operator"
+    actions = json.loads(setup.paths.events.with_suffix(".json").read_text())["OperatorActions"]["actions"]
+    assert [a["action"] for a in actions] == ["run_ended"] and actions[0]["time"] == pytest.approx(end_at, abs=0.1)
+    assert _rows(setup.paths.source("results.tsv"))[0]["trial"] == "0"
+    assert setup.paths.source("triggers.tsv").is_file() and (setup.paths.source("psychopy.csv")).is_file()
+    journal = [json.loads(line) for line in setup.paths.journal.read_text().splitlines()]
+    assert journal[-1] == {"t": "end", "aborted": True}

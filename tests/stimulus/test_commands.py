@@ -175,3 +175,65 @@ def test_the_demos_own_config_passes_stimulus_check(tiny_nsd: Path, tmp_path: Pa
     out = capsys.readouterr().out
     n_blank = sum(1 for a, b in zip(nsd.events(1, 1, 1)["onset"], nsd.events(1, 1, 1)["onset"][1:]) if b - a > 6)
     assert n_blank > 0 and f"({n_blank} feedback periods, slot)" in out  # one at each blank trial
+
+
+def test_run_refuses_a_config_with_missing_paths_before_any_window(files: Path, xvfb: str, capsys, monkeypatch):
+    import stimulus.app
+
+    def no_window(*args, **kwargs):
+        raise AssertionError("a window was opened before the start-up check")
+
+    monkeypatch.setattr(stimulus.app, "open_window", no_window)
+    config = files / "session.toml"
+    text = config.read_text()
+    config.write_text(text.replace('"run-01.tsv"', '"run-00.tsv"') + '[security]\nkeys_dir = "no-keys"\n')
+    args = ["stimulus", "run", "--config", str(config), "--run", "1", "--virtual", "--tr", "0.3"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in captured.err and captured.out == ""
+    keys, trials = sorted(lines)  # one line each, naming the file, the key and the path
+    assert keys == f"rtrecon stimulus: {config}: security.keys_dir: {files / 'no-keys'}: does not exist"
+    assert trials.startswith(f"rtrecon stimulus: {config}: stimulus.trial_lists[0]: ") and "run-00.tsv" in trials
+    assert not (files / "out").exists()
+    # the control: with run 1's list and no keys folder it runs (run 2's bad list is for stimulus check to report)
+    config.write_text(text)
+    monkeypatch.undo()
+    assert main(args + ["--offline"]) == 0
+
+
+def test_run_follows_the_consoles_end_run(files: Path, xvfb: str, capsys):
+    import json
+    import threading
+
+    from rtrecon.transport import StatusPublisher
+    from rtrecon.wire import OperatorMessage
+
+    (files / "run-01.tsv").write_text("stim_file\n" + "red.png\n" * 10)  # 3 s: the operator ends it first
+    config = files / "session.toml"
+    config.write_text(config.read_text() + f'[network]\nevents = "ipc://{files}/ev"\nresults = "ipc://{files}/res"\n'
+                      f'operator = "ipc://{files}/operator"\n')
+    folder = files / "out/sourcedata/stimulus/sub-07/ses-01/func"
+    journal = folder / "sub-07_ses-01_task-perception_run-01_journal.jsonl"
+    stop = threading.Event()
+
+    def console() -> None:  # once trial 1 is on screen, the run's end: published each 0.1 s as the console's heartbeat
+        with StatusPublisher(f"ipc://{files}/operator", name="console") as publisher:
+            while not stop.wait(0.1):
+                started = journal.is_file() and '"t": "onset", "segment": 3,' in journal.read_text()  # trial 1's image
+                publisher.publish(OperatorMessage(session="sub-07_ses-01", ended_runs=[1] if started else []))
+
+    thread = threading.Thread(target=console, daemon=True)
+    thread.start()
+    try:
+        status = main(["stimulus", "run", "--config", str(config), "--run", "1", "--virtual", "--tr", "0.3"])
+    finally:
+        stop.set()
+        thread.join(10)
+    assert status == 2
+    assert "ended by the operator: " in capsys.readouterr().out
+    with (folder / "sub-07_ses-01_task-perception_run-01_events.tsv").open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert 2 <= len(rows) < 10 and rows[1]["trial"] == "1"
+    sidecar = json.loads((folder / "sub-07_ses-01_task-perception_run-01_events.json").read_text())
+    assert [a["action"] for a in sidecar["OperatorActions"]["actions"]] == ["run_ended"]

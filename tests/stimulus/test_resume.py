@@ -44,7 +44,9 @@ def test_a_killed_run_goes_on_where_the_scanner_is(win, make_image, tmp_path: Pa
     for entry in ({"t": "onset", "segment": 0, "onset": 0.01}, {"t": "onset", "segment": 1, "onset": 1.01},
                   {"t": "trigger", "time": 1.0}, {"t": "response", "segment": 1, "response": timeline.segments[1].responses[key],
                                                   "response_time": 0.4},
-                  {"t": "onset", "segment": 2, "onset": 2.01}, {"t": "flips", "times": [0.01, 1.01, 2.01]}):
+                  {"t": "onset", "segment": 2, "onset": 2.01}, {"t": "flips", "times": [0.01, 1.01, 2.01]},
+                  {"t": "operator", "action": "feedback_paused", "time": 2.5},
+                  {"t": "operator", "action": "trial_marked_bad", "time": 3.0, "trial": 0}):
         first.append(entry)
     image = np.zeros((8, 8, 3), np.uint8)
     first.record_result(TrialResultMessage(session=SESSION, run=1, trial=0, image=image, scores=[0.5]), zero + 5.0)
@@ -76,6 +78,9 @@ def test_a_killed_run_goes_on_where_the_scanner_is(win, make_image, tmp_path: Pa
     (shown_image,) = record.events
     assert shown_image.trial == 0 and shown_image.response_time == 0.4 and shown_image.duration == pytest.approx(1.0)
     assert record.flips == [0.01, 1.01, 2.01]
+    # the operator's controls the first life followed stay in the run's records
+    assert record.operator_actions == [{"action": "feedback_paused", "time": 2.5},
+                                       {"action": "trial_marked_bad", "time": 3.0, "trial": 0}]
     kept = record.results[0]
     assert kept.message.release == 1 and kept.received == pytest.approx(clock_zero + 6.0) and kept.shown is None
     results.hand_over_all()
