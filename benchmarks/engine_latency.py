@@ -27,7 +27,8 @@ All work runs on one core (BLAS and OpenMP threads are pinned to 1 before numpy 
 
 The last line printed is one JSON object: {"benchmark": "engine_latency", "machine": ...,
 "results": {"median_ms", "p99_ms", "end_start_cost_ratio", "baseline_run_s", "engine_run_s",
-"speedup_vs_baseline", ...}}.
+"speedup_vs_baseline", "early_beta_r", "end_beta_r", ...}} (the betas' median per-voxel correlation with the
+true single-trial responses: see :func:`beta_correlations`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -99,7 +101,35 @@ def synthetic_run(n_volumes: int, seed: int = 0):
         clean += rng.normal(0, 8, SHAPE).astype(np.float32) * (anatomy > 0)
         vmap = np.linalg.inv(affine) @ rigid_matrix(motion[i], centre_mm) @ affine
         volumes[i] = ndimage.affine_transform(clean, np.linalg.inv(vmap), order=1, mode="nearest").clip(0, 32767)
-    return volumes, affine, roi, onsets, motion
+    return volumes, affine, roi, onsets, motion, tuning
+
+
+def beta_correlations(session: Path, tuning: np.ndarray) -> dict:
+    """How well the released betas follow the true single-trial responses (``tuning``, trials × ROI).
+
+    Per ROI voxel, the correlation over trials of the true response with the beta the engine
+    released first (``early_beta_r``: 8 s after onset, what is decoded live) and with the run's
+    end-of-run LSS beta (``end_beta_r``); the median over voxels.
+    """
+    # One file per release (``desc-trial<N>...beta.npz``); the first name in order is the first release.
+    early: dict[int, np.ndarray] = {}
+    for path in sorted(session.rglob("*_desc-trial*beta.npz")):
+        match = re.search(r"desc-trial(\d+)\D*?\d*beta\.npz$", path.name)
+        if match and int(match.group(1)) not in early:
+            early[int(match.group(1))] = np.load(path)["beta"]
+    if not early:
+        raise FileNotFoundError(f"no released trial betas (*_desc-trial<N>beta.npz) under {session}")
+    (final,) = session.rglob("*_desc-trialbetas.npz")
+    with np.load(final) as f:
+        end = dict(zip(f["trials"].tolist(), f["lss"]))
+
+    def median_r(betas: dict) -> float:
+        trials = sorted(betas)
+        b, t = np.stack([betas[i] for i in trials]), tuning[trials].astype(np.float64)
+        b, t = b - b.mean(0), t - t.mean(0)
+        return float(np.median(np.sum(b * t, 0) / np.sqrt(np.sum(b**2, 0) * np.sum(t**2, 0) + 1e-30)))
+
+    return {"early_beta_r": median_r(early), "end_beta_r": median_r(end)}
 
 
 def run_engine(volumes, affine, roi, onsets, work: Path) -> dict:
@@ -223,13 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     n = args.volumes or (40 if args.quick else 226)
 
     t0 = time.perf_counter()
-    volumes, affine, roi, onsets, motion = synthetic_run(n)
+    volumes, affine, roi, onsets, motion, tuning = synthetic_run(n)
     print(f"synthetic run: {n} volumes of {SHAPE}, {int(roi.sum())} ROI voxels, {len(onsets)} trials "
           f"({time.perf_counter() - t0:.1f} s to make)", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         eng = run_engine(volumes, affine, roi, onsets, work)
+        betas_r = beta_correlations(work / "session", tuning)
         lat = eng["latency_ms"]
         centre_err = np.abs(eng["params"][:, :3] - motion[:, :3]).mean()
         print(f"engine: {eng['total_s']:.2f} s for the run (+ {eng['run_end_s']:.2f} s at its end: final betas, "
@@ -281,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "volumes": n,
         "roi_voxels": int(roi.sum()),
         "trials": len(onsets),
+        **betas_r,
     }
     emit("engine_latency", results, machine_extra="engine run on 1 core")
     return 0

@@ -15,7 +15,8 @@ make early betas better, each optional (docs/early_estimates.md gives the measur
   then fits each group of voxels that share an HRF with that HRF's regressors.
 
 Both work on the stored ROI signal of a run (``IncrementalGLM.signal``), so they cost
-O(n q² + n V) per release like the plain fit.
+O(n q² + n V) per release like the plain fit (the HRF choice once per HRF in use). A per-voxel
+fractional ridge on the release was measured too and did not help (docs/early_estimates.md).
 """
 
 from __future__ import annotations
@@ -117,20 +118,15 @@ class NoisePool:
             design = RunDesign(run.tr, settings=settings)
             x = _task_design(run, design, design.settings.hrf_model, per_trial=False)
             r2.append(_r2(x, run.signal, x.shape[1] - 1))
-            residuals.append(run.signal)
+            residuals.append(_residual(x, run.signal))
         pool = np.flatnonzero(np.mean(r2, axis=0) < self.pool_r2)
         if pool.size < self.n_components:
             raise ValueError(f"only {pool.size} voxels have task R² < {self.pool_r2}: too few for a noise pool")
-        # Each run's pool residuals after its task and drift, each voxel scaled to unit variance.
-        stacked = []
-        for run in runs:
-            design = RunDesign(run.tr, settings=settings)
-            x = _task_design(run, design, design.settings.hrf_model, per_trial=False)
-            stacked.append(_residual(x, run.signal[:, pool]))
-        res = np.vstack(stacked)
-        self.scale = res.std(0) + 1e-12
-        _, _, vt = np.linalg.svd(res / self.scale, full_matrices=False)
-        self.pool, self.weights = pool, vt[: self.n_components].T / self.scale[:, None]
+        # The pool's residuals after task and drift, over every run, each voxel scaled to unit variance.
+        res = np.vstack([r[:, pool] for r in residuals])
+        scale = res.std(0) + 1e-12
+        _, _, vt = np.linalg.svd(res / scale, full_matrices=False)
+        self.pool, self.weights = pool, vt[: self.n_components].T / scale[:, None]
         return self
 
     def regressors(self, volume: np.ndarray) -> np.ndarray:
@@ -184,3 +180,4 @@ class HRFChoice:
             x = np.hstack(parts + [nuisance])
             beta[voxels] = (pinv_rows(x, [0]) @ glm.signal[:, voxels])[0]
         return beta
+

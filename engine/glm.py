@@ -57,7 +57,11 @@ def pinv_rows(design: np.ndarray, wanted: Sequence[int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RunBetas:
-    """A run's end-of-run trial estimates over the ROI, one row per trial (in ``trials`` order)."""
+    """A run's end-of-run trial estimates over the ROI, one row per trial (in ``trials`` order).
+
+    ``lsa``/``lss`` are the (T, V) betas of each trial's main column, ``lsa_t``/``lss_t`` their t
+    values (nilearn's ``compute_contrast`` t statistic), ``noise_model`` "ols" or "ar1".
+    """
 
     trials: list[Hashable]
     lsa: np.ndarray

@@ -1,0 +1,128 @@
+"""Early releases with what the session already knows: noise pool and per-voxel HRF (engine.early).
+
+A synthetic demo world (``rtrecon.data.synthetic``, the ``small`` preset without head motion, one
+subject, one session of 4 runs) is made in a temporary folder. Runs 1-3 are the session's
+earlier runs: :class:`engine.early.NoisePool` (from every brain voxel: the engine's ROI alone has
+few voxels the task does not drive) and :class:`engine.early.HRFChoice` (ROI voxels) are fitted
+on them. Run 4 is streamed volume by volume into :class:`engine.glm.IncrementalGLM`, and each
+trial is released ``--delay`` s after its onset (the engine's default first release, 8 s) with
+its LSS beta: plain, with the noise regressors as confounds, with the chosen HRFs, and with both.
+``*_r`` is the median over ROI voxels of the correlation over trials of the released beta with
+the true single-trial beta (``synthetic_truth/.../true_betas_session01.npy``); the baseline is
+``ols_r`` (what the engine releases today), measured in the same run.
+
+    .venv/bin/python benchmarks/early_estimates.py [--quick] [--delay S]
+
+The last line printed is one JSON object: {"benchmark": "early_estimates", "machine": ...,
+"results": {"ols_r", "noise_pool_r", "hrf_r", "both_r", ...}}.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _report import emit  # noqa: E402
+from engine.design import RunDesign  # noqa: E402
+from engine.early import EarlyRun, HRFChoice, NoisePool  # noqa: E402
+from engine.glm import IncrementalGLM  # noqa: E402
+from rtrecon.data import synthetic  # noqa: E402
+
+SPACE = "func1pt8mm"
+
+
+def load_world(root: Path, n_runs: int):
+    """Per run: (ROI signal, every brain voxel's signal, onsets, true betas); the ROI size."""
+    truth = synthetic.load_truth(root, 1)
+    base = root / "nsddata_timeseries" / "ppdata" / "subj01" / SPACE
+    anat = root / "nsddata" / "ppdata" / "subj01" / SPACE
+    roi = truth["voxels"]["roi_index"]
+    brain = nib.load(anat / "brainmask.nii.gz").get_fdata().ravel() > 0
+    inside = np.zeros(brain.size, bool)
+    inside[roi] = True
+    others = np.flatnonzero(brain & ~inside)
+    true_betas = truth["true_betas"][1]
+    runs, start = [], 0
+    for run in range(1, n_runs + 1):
+        data = np.asarray(nib.load(base / "timeseries" / f"timeseries_session01_run{run:02d}.nii.gz").dataobj)
+        flat = data.reshape(-1, data.shape[-1]).astype(np.float64)
+        onsets = np.flatnonzero(np.loadtxt(base / "design" / f"design_session01_run{run:02d}.tsv")) * synthetic.TR
+        runs.append((flat[roi].T, np.hstack([flat[roi].T, flat[others].T]), onsets, true_betas[start : start + len(onsets)]))
+        start += len(onsets)
+    return runs
+
+
+def release(signal, whole, onsets, delay_s, pool: NoisePool | None, hrf: HRFChoice | None) -> np.ndarray:
+    """Each trial's beta released ``delay_s`` after onset, as the engine streams a run."""
+    glm = IncrementalGLM(RunDesign(synthetic.TR), signal.shape[1], pool.names if pool is not None else [])
+    betas = np.full((len(onsets), signal.shape[1]), np.nan)
+    for i, y in enumerate(signal):
+        for t, onset in enumerate(onsets):
+            if onset <= i * synthetic.TR and t not in glm.trial_ids:
+                glm.add_trial(t, onset, 3.0)
+        glm.add_volume(y, pool.regressors(whole[i]) if pool is not None else ())
+        for t, onset in enumerate(onsets):
+            if np.isnan(betas[t, 0]) and i * synthetic.TR >= onset + delay_s:
+                betas[t] = hrf.lss(glm, t) if hrf is not None else glm.lss(t)
+    return betas
+
+
+def median_r(betas: np.ndarray, truth: np.ndarray) -> float:
+    done = ~np.isnan(betas[:, 0])
+    b, t = betas[done] - betas[done].mean(0), truth[done] - truth[done].mean(0)
+    return float(np.median(np.sum(b * t, 0) / np.sqrt(np.sum(b**2, 0) * np.sum(t**2, 0) + 1e-30)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 earlier runs instead of 3")
+    parser.add_argument("--delay", type=float, default=8.0, help="release delay after onset (s)")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    n_runs = 3 if args.quick else 4
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        preset = synthetic.PRESETS["small"]
+        preset = replace(preset, noise=replace(preset.noise, motion=False))
+        root = synthetic.generate(Path(tmp), 1, 1, n_runs, preset, seed=0, progress=False)
+        runs = load_world(root, n_runs)
+    print(f"demo world: {n_runs} runs, {runs[0][0].shape[1]} ROI voxels ({time.perf_counter() - t0:.0f} s to make)", flush=True)
+    earlier = runs[:-1]
+    t0 = time.perf_counter()
+    pool = NoisePool().fit([EarlyRun(w, synthetic.TR, o, [3.0] * len(o)) for _, w, o, _ in earlier])
+    hrf = HRFChoice().fit([EarlyRun(s, synthetic.TR, o, [3.0] * len(o)) for s, _, o, _ in earlier])
+    fit_s = time.perf_counter() - t0
+    n_roi = runs[0][0].shape[1]
+    print(f"fitted on {len(earlier)} earlier runs in {fit_s:.1f} s: noise pool of {len(pool.pool)} voxels "
+          f"({np.mean(pool.pool < n_roi):.0%} in the ROI), {len(np.unique(hrf.choice))} HRFs in use", flush=True)
+    signal, whole, onsets, truth = runs[-1]
+    results = {}
+    for key, kw in [("ols_r", {}), ("noise_pool_r", {"pool": pool}), ("hrf_r", {"hrf": hrf}),
+                    ("both_r", {"pool": pool, "hrf": hrf})]:
+        t0 = time.perf_counter()
+        betas = release(signal, whole, onsets, args.delay, kw.get("pool"), kw.get("hrf"))
+        results[key] = median_r(betas, truth)
+        print(f"{key}: {results[key]:.3f} ({time.perf_counter() - t0:.1f} s for the run)", flush=True)
+    results.update(delay_s=args.delay, earlier_runs=len(earlier), trials=len(onsets), roi_voxels=n_roi,
+                   fit_s=fit_s, gain_both=results["both_r"] - results["ols_r"])
+    emit("early_estimates", results, machine_extra="1 core")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
