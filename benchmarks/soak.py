@@ -105,9 +105,12 @@ def _engine(root: Path, settings: EngineSettings) -> Engine:
 
 
 def _state_digest(engine: Engine) -> str:
-    """What a restart must rebuild exactly: each run's ROI signal and frames, and its releases so far."""
+    """What a restart must rebuild exactly: each live run's ROI signal and frames, and every run's releases."""
     digest = hashlib.sha256()
     for run, state in sorted(engine.runs.items()):
+        if state.glm is None:  # an ended run: what it released is what counts
+            digest.update(repr((run, sorted(state.released.items()), state.sequence)).encode())
+            continue
         digest.update(np.ascontiguousarray(state.glm.signal).tobytes() + state.glm.frames.tobytes())
         digest.update(repr((run, sorted(state.released.items()), state.sequence)).encode())
     return digest.hexdigest()

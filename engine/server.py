@@ -127,7 +127,7 @@ class _Run:
 
     number: int
     tr: float
-    glm: IncrementalGLM
+    glm: IncrementalGLM | None  # None once the run has ended: its signal is not used again
     schedule: ReleaseSchedule
     stimuli: dict[int, str] = field(default_factory=dict)
     onsets: dict[int, float] = field(default_factory=dict)
@@ -215,6 +215,7 @@ class Engine:
                     checkpoint.forget()
                 if self.store.is_ended(run):
                     self._finish_run(run)
+                    self._forget_signal(run)
                 if n:
                     log.info("recovered run %d: %d volumes (%d realigned again), %d events", run, n, realigned, len(events))
         finally:
@@ -308,7 +309,9 @@ class Engine:
         return None
 
     def _on_missing(self, msg: VolumeMissingMessage, ack: Callable[[Message], None]) -> None:
-        if self.store.n_volumes(msg.run) != msg.index:
+        if self.store.is_ended(msg.run):
+            log.error("missing-volume notice %d of run %d ignored: the run has ended", msg.index, msg.run)
+        elif self.store.n_volumes(msg.run) != msg.index:
             log.error("missing-volume notice %d of run %d ignored: out of order", msg.index, msg.run)
         elif msg.index == 0:
             log.error("volume 0 of run %d never came (%s): the run starts at its first volume", msg.run, msg.reason)
@@ -358,7 +361,15 @@ class Engine:
         self._finish_run(msg.run)
         self.store.end_run(msg.run)
         ack(msg)
+        self._forget_signal(msg.run)
         self._compress_later(msg.run)
+
+    def _forget_signal(self, run: int) -> None:
+        """Free an ended run's GLM (its ROI signal): its final betas are saved and nothing solves it
+        again, so a long session's memory does not grow by a run's signal per run."""
+        state = self.runs.get(run)
+        if state is not None:
+            state.glm = None
 
     def _compress_later(self, run: int) -> None:
         """gzip the run's BIDS NIfTI in a thread: seconds of work that must not delay the next run."""

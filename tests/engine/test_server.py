@@ -22,7 +22,7 @@ from engine.motion import rigid_matrix
 from engine.server import CONFOUND_COLUMNS, TRIAL_COLUMNS, Engine, EngineSettings, load_engine_config
 from engine.store import SessionStore
 from rtrecon.config import ConfigError
-from rtrecon.wire import EventMessage, RunEndMessage, TrialResultMessage, VolumeMessage
+from rtrecon.wire import EventMessage, RunEndMessage, TrialResultMessage, VolumeMessage, VolumeMissingMessage
 
 # A TR and an oblique affine that float32 (the NIfTI header's precision) cannot hold exactly, as a
 # scanner's are: the recovery tests then show whether the live engine uses the stored geometry.
@@ -284,6 +284,21 @@ def test_restart_uses_the_checkpoint_and_realigns_only_what_it_lacks(tmp_path, c
     final, reference = _final_betas(resumed.store), _final_betas(clean_run[0].store)
     for key in ("trials", "lsa", "lss", "frames"):
         np.testing.assert_array_equal(final[key], reference[key])
+
+
+def test_an_ended_run_frees_its_signal_and_takes_no_more_volumes(tmp_path):
+    """Memory stays flat over a session: an ended run's GLM is freed once its final betas are saved;
+    a late missing-volume notice for it changes nothing (control: one for the live run is stored)."""
+    engine = _engine(tmp_path)
+    for i in range(12):
+        engine.handle(_volume(i))
+    engine.handle(VolumeMissingMessage(session=SESSION, run=1, index=12, reason="test"))
+    assert engine.store.n_volumes(1) == 13 and engine.runs[1].glm is not None
+    engine.handle(RunEndMessage(session=SESSION, run=1, n_volumes=13))
+    assert engine.runs[1].glm is None
+    engine.handle(VolumeMissingMessage(session=SESSION, run=1, index=13, reason="late"))
+    engine.join_background()
+    assert engine.store.n_volumes(1) == 13 and _engine(tmp_path).runs[1].glm is None
 
 
 class _GatedStage:
