@@ -29,7 +29,9 @@ per release sent, :data:`TRIAL_COLUMNS`), each release's raw and z-scored beta
 
 Recovery. Everything the engine computes follows from what the store holds, processed in the
 order it arrived (each event row records how many volumes of its run had been stored before it),
-so :meth:`Engine.recover` replays the store and reaches the state it had when it was killed:
+so :meth:`Engine.recover` replays the store and reaches the state it had when it was killed
+(a volume's realignment comes from its run's checkpoint, :class:`~engine.store.RealignmentLog`,
+written as it was realigned, so a restart neither reads nor realigns the volumes again):
 the same releases in the same order, hence the same ``sequence`` numbers; a release already in
 the trials table is not sent again, and ``serve`` drops those the results link had spooled (sent
 but not yet recorded when the engine died). The receivers are then opened with the store's
