@@ -29,7 +29,9 @@ per release sent, :data:`TRIAL_COLUMNS`), each release's raw and z-scored beta
 
 Recovery. Everything the engine computes follows from what the store holds, processed in the
 order it arrived (each event row records how many volumes of its run had been stored before it),
-so :meth:`Engine.recover` replays the store and reaches the state it had when it was killed:
+so :meth:`Engine.recover` replays the store and reaches the state it had when it was killed
+(a volume's realignment comes from its run's checkpoint, :class:`~engine.store.RealignmentLog`,
+written as it was realigned, so a restart neither reads nor realigns the volumes again):
 the same releases in the same order, hence the same ``sequence`` numbers; a release already in
 the trials table is not sent again, and ``serve`` drops those the results link had spooled (sent
 but not yet recorded when the engine died). The receivers are then opened with the store's
@@ -78,8 +80,8 @@ import nibabel as nib
 import numpy as np
 from engine.design import RunDesign
 from engine.glm import IncrementalGLM
-from engine.motion import PARAMETER_NAMES, RigidRealigner, framewise_displacement, rigid_matrix
-from engine.store import SessionStore
+from engine.motion import PARAMETER_NAMES, MotionEstimate, RigidRealigner, framewise_displacement, rigid_matrix
+from engine.store import RealignmentLog, SessionStore
 from engine.timing import TRIAL_STAGES, VOLUME_STAGES, StageRecorder
 from engine.trials import ReleaseSchedule, TrialBeta, TrialNormaliser
 from rtrecon.config import EngineSection, SessionConfig, load_config
@@ -127,7 +129,7 @@ class _Run:
 
     number: int
     tr: float
-    glm: IncrementalGLM
+    glm: IncrementalGLM | None  # None once the run has ended: its signal is not used again
     schedule: ReleaseSchedule
     stimuli: dict[int, str] = field(default_factory=dict)
     onsets: dict[int, float] = field(default_factory=dict)
@@ -178,10 +180,15 @@ class Engine:
         self._early_events: dict[int, list[EventMessage]] = {}  # runs whose first volume is yet to come
         self._background: list[threading.Thread] = []
         self._replaying = False
+        self._checkpoints: dict[int, RealignmentLog] = {}  # run -> its realignment checkpoint
 
     # -- recovery ------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Rebuild the state from the store (a fresh store: nothing to do)."""
+        """Rebuild the state from the store (a fresh store: nothing to do).
+
+        A volume with a record in its run's realignment checkpoint is not read or realigned again:
+        the record gives exactly what realigning it gave, so the state (and every beta) is the same.
+        """
         self._replaying = True
         try:
             for run in self.store.runs():
@@ -189,25 +196,41 @@ class Engine:
                 pending = sorted(events, key=lambda row: int(row["engine_volumes"]))
                 n = self.store.n_volumes(run)
                 affine, tr = self.store.geometry(run) if n else (None, None)
-                volumes = self.store.iter_volumes(run)
+                if n and self.realigner is None and self.store.load_image("desc-reference_boldref") is not None:
+                    self._ensure_realigner(run, None, affine)  # from the saved reference: the volume is not used
+                checkpoint = self._checkpoint(run) if self.realigner is not None else None
+                volumes = _VolumeReader(self.store, run)
+                realigned = 0
                 for index in range(n + 1):
                     while pending and int(pending[0]["engine_volumes"]) <= index:
                         self._use_event(run, _event_from_row(self.session_id, run, pending.pop(0)))
                     if index == n:
                         break
-                    volume = next(volumes)
-                    if volume is None:
+                    record = checkpoint.get(index) if checkpoint is not None else None
+                    volume = None if record is not None else volumes.read(index)
+                    if record is None and volume is None:
                         self._process_missing(run, index, "missing when stored")
                     else:
-                        self._process_volume(run, index, volume, affine, tr, {})
+                        self._process_volume(run, index, volume, affine, tr, {}, record=record)
+                        realigned += record is None
+                if checkpoint is not None:
+                    checkpoint.forget()
                 if self.store.is_ended(run):
                     self._finish_run(run)
+                    self._forget_signal(run)
                 if n:
-                    log.info("recovered run %d: %d volumes, %d events", run, n, len(events))
+                    log.info("recovered run %d: %d volumes (%d realigned again), %d events", run, n, realigned, len(events))
         finally:
             self._replaying = False
         for run in self.store.uncompressed_ended_runs():
             self._compress_later(run)
+
+    def _checkpoint(self, run: int) -> RealignmentLog:
+        checkpoint = self._checkpoints.get(run)
+        if checkpoint is None:
+            assert self.realigner is not None
+            checkpoint = self._checkpoints[run] = self.store.realignment_log(run, int(self.realigner.roi_mask.sum()))
+        return checkpoint
 
     # -- dispatch ------------------------------------------------------------------------------
     def handle(self, message: Message, ack: Callable[[Message], None] | None = None) -> None:
@@ -288,7 +311,9 @@ class Engine:
         return None
 
     def _on_missing(self, msg: VolumeMissingMessage, ack: Callable[[Message], None]) -> None:
-        if self.store.n_volumes(msg.run) != msg.index:
+        if self.store.is_ended(msg.run):
+            log.error("missing-volume notice %d of run %d ignored: the run has ended", msg.index, msg.run)
+        elif self.store.n_volumes(msg.run) != msg.index:
             log.error("missing-volume notice %d of run %d ignored: out of order", msg.index, msg.run)
         elif msg.index == 0:
             log.error("volume 0 of run %d never came (%s): the run starts at its first volume", msg.run, msg.reason)
@@ -338,7 +363,15 @@ class Engine:
         self._finish_run(msg.run)
         self.store.end_run(msg.run)
         ack(msg)
+        self._forget_signal(msg.run)
         self._compress_later(msg.run)
+
+    def _forget_signal(self, run: int) -> None:
+        """Free an ended run's GLM (its ROI signal): its final betas are saved and nothing solves it
+        again, so a long session's memory does not grow by a run's signal per run."""
+        state = self.runs.get(run)
+        if state is not None:
+            state.glm = None
 
     def _compress_later(self, run: int) -> None:
         """gzip the run's BIDS NIfTI in a thread: seconds of work that must not delay the next run."""
@@ -353,7 +386,7 @@ class Engine:
         self._background = [t for t in self._background if t.is_alive()]
 
     # -- processing ----------------------------------------------------------------------------
-    def _ensure_realigner(self, run: int, volume: np.ndarray, affine: np.ndarray) -> None:
+    def _ensure_realigner(self, run: int, volume: np.ndarray | None, affine: np.ndarray) -> None:
         if self.realigner is not None:
             return
         saved = self.store.load_image("desc-reference_boldref")
@@ -422,16 +455,25 @@ class Engine:
         self._release_ready(state)
 
     def _process_volume(
-        self, run: int, index: int, volume: np.ndarray, affine: np.ndarray, tr: float,
+        self, run: int, index: int, volume: np.ndarray | None, affine: np.ndarray, tr: float,
         stamps: dict[str, float], received: float | None = None,
+        record: tuple[np.ndarray, int, np.ndarray] | None = None,
     ) -> None:
+        """Realign ``volume`` and use it; a checkpoint ``record`` (params, iterations, ROI voxels) is
+        that volume's realignment, recorded before: then ``volume`` is not needed."""
         self._ensure_realigner(run, volume, affine)
         assert self.realigner is not None
         state = self._run_state(run, tr)
         rec = state.volume_recorder
         rec.mark(index, "received", stamps, at=received)
         rec.mark(index, "persisted")
-        estimate = self.realigner.realign(volume, affine, init=state.last_params)
+        if record is not None:
+            estimate = MotionEstimate(record[0], record[2], record[1], converged=True)
+        else:
+            assert volume is not None
+            estimate = self.realigner.realign(volume, affine, init=state.last_params)
+            if not self._checkpoint(run).append(index, estimate.params, estimate.iterations, estimate.roi):
+                log.debug("volume %d of run %d: no checkpoint record (a restart realigns it again)", index, run)
         rec.mark(index, "realigned")
         previous = state.last_params
         state.last_params = estimate.params
@@ -588,6 +630,28 @@ class Engine:
                 run, "trialbetas", trials=np.array(betas.trials), lsa=betas.lsa, lss=betas.lss,
                 lsa_t=betas.lsa_t, lss_t=betas.lss_t, noise_model=np.array(betas.noise_model), frames=state.glm.frames,
             )
+
+
+class _VolumeReader:
+    """A stored run's volumes by increasing index: a live run's read where they lie, an ended
+    (gzipped) run's decompressed once, and only when a volume is wanted."""
+
+    def __init__(self, store: SessionStore, run: int) -> None:
+        self.store, self.run = store, run
+        self.live = store.bold_path(run, live=True).exists()
+        self._volumes: Any = None
+        self._next = 0
+
+    def read(self, index: int) -> np.ndarray | None:
+        if self.live:
+            return self.store.volume(self.run, index)
+        if self._volumes is None:
+            self._volumes = self.store.iter_volumes(self.run)
+        while self._next < index:
+            next(self._volumes)
+            self._next += 1
+        self._next += 1
+        return next(self._volumes)
 
 
 def _event_from_row(session: str, run: int, row: dict[str, str]) -> EventMessage:

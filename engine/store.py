@@ -9,6 +9,7 @@ Layout under ``root`` (BIDS names; ``R`` is the run number of the wire messages)
     derivatives/rtrecon/sub-XX/ses-YY/func/<run prefix>_desc-confounds_timeseries.tsv
     derivatives/rtrecon/sub-XX/ses-YY/func/<run prefix>_desc-<name>.tsv / .npz  (timings, betas)
     derivatives/rtrecon/sub-XX/ses-YY/func/<run prefix>_desc-runend.json     the run has ended
+    derivatives/rtrecon/sub-XX/ses-YY/func/<run prefix>_desc-realigned.bin   checkpoint: each volume's realignment
 
 Crash safety. A live run's NIfTI is uncompressed: a volume's bytes are appended and fsynced
 *before* the header's volume count is rewritten (and fsynced), so the header never counts a
@@ -18,6 +19,11 @@ partial last line is dropped on reopening. Whole files (sidecars, ``.npz``, the 
 are written to a temporary name, fsynced, and renamed. Hence :meth:`SessionStore.n_volumes` is
 exactly what was persisted, the number the engine acknowledges to the bridge.
 
+A run's checkpoint (:class:`RealignmentLog`) holds, per realigned volume, what realignment gave
+(motion parameters, iterations, the ROI voxels on the reference grid), so that a restarted engine
+rebuilds its state without realigning the stored volumes again. It is derived data: records are
+flushed, not fsynced, each carries a CRC, and a record that did not survive a crash is recomputed.
+
 A volume that never came or could not be used is stored as zeros so that indices stay those of
 the acquisition; :meth:`SessionStore.volume` then returns ``None`` for it.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 import logging
 import os
 import shutil
@@ -38,7 +45,7 @@ import numpy as np
 
 from rtrecon.wire import EventMessage, WireError, validate
 
-__all__ = ["SessionStore", "AppendTable"]
+__all__ = ["SessionStore", "AppendTable", "RealignmentLog"]
 
 _HEADER_BYTES = 352  # NIfTI-1 header + the 4 extension bytes: data start right after
 
@@ -142,6 +149,64 @@ class AppendTable:
 
     def __len__(self) -> int:
         return self._n_rows
+
+
+class RealignmentLog:
+    """One run's realignment checkpoint: a record per realigned volume, appended in volume order.
+
+    A record is a little-endian float64 head (volume index, iterations, the 6 motion parameters,
+    the CRC-32 of the rest) followed by the ``n_roi`` ROI voxels as float32. Opening keeps the
+    leading records that are whole, with a valid CRC and increasing indices, and truncates the
+    rest (a write a crash interrupted, or a block lost with the page cache), so appends follow.
+    Records are flushed, not fsynced: a lost one is recomputed from the stored volume.
+    """
+
+    _HEAD = 9
+
+    def __init__(self, path: Path, n_roi: int) -> None:
+        self.path = Path(path)
+        self.n_roi = int(n_roi)
+        self.record_bytes = self._HEAD * 8 + self.n_roi * 4
+        self._records: dict[int, tuple[np.ndarray, int, np.ndarray]] = {}
+        raw = self.path.read_bytes() if self.path.exists() else b""
+        good = 0
+        last = -1
+        for start in range(0, len(raw) - self.record_bytes + 1, self.record_bytes):
+            record = raw[start : start + self.record_bytes]
+            head = np.frombuffer(record, "<f8", self._HEAD)
+            if zlib.crc32(record[: 8 * 8] + record[self._HEAD * 8 :]) != head[8] or not head[0] > last:
+                break
+            last = int(head[0])
+            roi = np.frombuffer(record, "<f4", offset=self._HEAD * 8).astype(np.float64)
+            self._records[last] = (head[2:8].copy(), int(head[1]), roi)
+            good = start + self.record_bytes
+        if good != len(raw):
+            log.warning("%s: %d bytes past the last whole record dropped", self.path, len(raw) - good)
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+        self._last = last
+
+    def get(self, index: int) -> tuple[np.ndarray, int, np.ndarray] | None:
+        """Volume ``index``'s (params, iterations, ROI voxels as float64), or None if not recorded."""
+        return self._records.get(index)
+
+    def forget(self) -> None:
+        """Drop the records read at opening (once recovery has used them): memory stays flat."""
+        self._records.clear()
+
+    def append(self, index: int, params: np.ndarray, iterations: int, roi: np.ndarray) -> bool:
+        """Record volume ``index``; False (nothing written) if its ROI voxels are not exactly float32,
+        as a record must give back exactly what realignment gave."""
+        roi32 = np.asarray(roi, dtype="<f4")
+        if index <= self._last or roi32.shape != (self.n_roi,) or not np.array_equal(roi32, roi):
+            return False
+        body = np.asarray([index, iterations, *np.asarray(params, dtype=np.float64)], dtype="<f8").tobytes()
+        data = roi32.tobytes()
+        crc = np.asarray([zlib.crc32(body + data)], dtype="<f8").tobytes()
+        with open(self.path, "ab") as f:
+            f.write(body + crc + data)
+        self._last = index
+        return True
 
 
 class _LiveRun:
@@ -417,6 +482,10 @@ class SessionStore:
     def table(self, run: int, desc: str, columns: Sequence[str]) -> AppendTable:
         """A derivative table (recomputable, so rows are flushed, not fsynced)."""
         return AppendTable(self.derivative_path(run, desc), columns, durable=False)
+
+    def realignment_log(self, run: int, n_roi: int) -> RealignmentLog:
+        """The run's realignment checkpoint (see :class:`RealignmentLog`)."""
+        return RealignmentLog(self.derivative_path(run, "realigned", ".bin"), n_roi)
 
     def save_arrays(self, run: int, desc: str, **arrays: np.ndarray) -> Path:
         path = self.derivative_path(run, desc, ".npz")

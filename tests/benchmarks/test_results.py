@@ -34,5 +34,7 @@ def test_saved_results_are_closing_lines_of_their_benchmark(path, shared_dir):
         name = record.get("benchmark")
         assert path.name.startswith(f"{name}_"), f"{path}:{number}: a {name!r} result in a file named for another"
         assert record.get("machine"), f"{path}:{number}: no machine"
-        missing = [k for k in required[name] if k not in record.get("results", {})]
+        # A benchmark ARCHITECTURE.md's table does not list yet must still be one of benchmarks/.
+        assert name in required or (RESULTS.parent / f"{name}.py").exists(), f"{path}:{number}: unknown benchmark {name!r}"
+        missing = [k for k in required.get(name, []) if k not in record.get("results", {})]
         assert not missing, f"{path}:{number}: results lack {missing}"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.store import AppendTable, SessionStore
+from engine.store import AppendTable, RealignmentLog, SessionStore
 
 AFFINE = np.diag([2.0, 2.0, 2.5, 1.0])
 
@@ -124,3 +124,32 @@ def test_a_volume_of_another_dtype_is_refused_not_wrapped(tmp_path):
     assert store.n_volumes(1) == 1 and store.volume_dtype(1) == np.int16
     store.append_volume(1, _volumes(2)[1].astype(">i2"), AFFINE, tr=1.5)  # control: same dtype, other byte order
     assert store.n_volumes(1) == 2
+
+
+def test_realignment_log_gives_back_exact_records_and_drops_damaged_ones(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "run-1_desc-realigned.bin"
+    records = {i: (rng.normal(size=6), int(i % 5), rng.normal(size=50).astype(np.float32).astype(np.float64))
+               for i in (0, 1, 3, 4)}  # volume 2 was missing: no record
+    log = RealignmentLog(path, 50)
+    for i, (params, iterations, roi) in records.items():
+        assert log.append(i, params, iterations, roi)
+    # Refused: a volume already recorded, and ROI values float32 cannot hold exactly.
+    assert not log.append(4, *records[4]) and not log.append(5, records[4][0], 1, np.full(50, 0.1))
+    reopened = RealignmentLog(path, 50)
+    for i, (params, iterations, roi) in records.items():
+        got = reopened.get(i)
+        assert np.array_equal(got[0], params) and got[1] == iterations and np.array_equal(got[2], roi)
+    assert reopened.get(2) is None
+    # A torn last record is dropped (and truncated, so appends follow the whole ones) ...
+    whole = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(b"\x01" * 100)
+    assert RealignmentLog(path, 50).get(4) is not None and path.stat().st_size == whole
+    # ... and a record that fails its CRC is dropped with every later one.
+    raw = bytearray(path.read_bytes())
+    raw[whole // 4 + 80] ^= 0x01
+    path.write_bytes(bytes(raw))
+    damaged = RealignmentLog(path, 50)
+    assert damaged.get(0) is not None and damaged.get(1) is None and damaged.get(3) is None
+    assert path.stat().st_size == whole // 4 and damaged.append(1, *records[1])
