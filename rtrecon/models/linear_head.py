@@ -84,6 +84,13 @@ class LinearHead:
         return pred.reshape((len(x), *self._shape)).astype(np.float32)
 
     @property
+    def target_shape(self) -> tuple[int, ...]:
+        """The shape of one predicted target (what one training target had)."""
+        if self.alpha is None:
+            raise RuntimeError("fit the head first")
+        return self._shape
+
+    @property
     def n_voxels(self) -> int:
         if self.alpha is None:
             raise RuntimeError("fit the head first")
