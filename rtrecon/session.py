@@ -21,6 +21,8 @@ key                                   checked
                                       (the ROI's voxel count when ``roi_mask`` is set)
 ``decoder.checkpoint``                a ``.safetensors`` file whose header reads, or a
                                       ``torch.save`` file (zip or pickle)
+``decoder.linear_head``               a ridge head ``.npz`` that ``LinearHead.load`` reads whose
+                                      voxel count is the ROI's (when ``roi_mask`` is set)
 ``decoder.gallery``                   ``.npz``/``.npy``/``.h5`` that opens, or a folder of images
 ``decoder.unclip``                    a folder with ``unclip.json``, ``unet/`` and ``vae/``
                                       (the layout ``rtrecon convert-unclip`` writes)
@@ -189,6 +191,20 @@ def _check_checkpoint(path: Path) -> str | None:
     return "is neither a safetensors file nor a torch.save checkpoint (zip or pickle)"
 
 
+def _check_linear_head(path: Path, n_voxels: int | None) -> str | None:
+    if err := _readable_file(path):
+        return err
+    from rtrecon.models.linear_head import LinearHead
+
+    try:
+        head = LinearHead.load(path)
+    except ValueError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    if n_voxels is not None and head.n_voxels != n_voxels:
+        return f"takes {head.n_voxels} voxels, the ROI (engine.roi_mask) has {n_voxels}"
+    return None
+
+
 def _check_gallery(path: Path) -> str | None:
     if path.is_dir():
         if err := _readable_dir(path):
@@ -300,6 +316,8 @@ def _checks(config: SessionConfig, role: str) -> Iterator[tuple[str, Path, Calla
             yield "engine.zscore_stats", stats, lambda: one(_check_stats(stats, n_voxels[0] if n_voxels else None))
         if (checkpoint := decoder.checkpoint) is not None:
             yield "decoder.checkpoint", checkpoint, lambda: one(_check_checkpoint(checkpoint))
+        if decoder.head == "linear" and (head := decoder.linear_head) is not None:
+            yield "decoder.linear_head", head, lambda: one(_check_linear_head(head, n_voxels[0] if n_voxels else None))
         if (gallery := decoder.gallery) is not None:
             yield "decoder.gallery", gallery, lambda: one(_check_gallery(gallery))
         if (unclip := decoder.unclip) is not None:
