@@ -192,16 +192,19 @@ def _check_checkpoint(path: Path) -> str | None:
 
 
 def _check_linear_head(path: Path, n_voxels: int | None) -> str | None:
+    # Read with numpy, not LinearHead: this module is the light contract (no model stack).
     if err := _readable_file(path):
         return err
-    from rtrecon.models.linear_head import LinearHead
-
     try:
-        head = LinearHead.load(path)
-    except ValueError as exc:
-        return str(exc).removeprefix(f"{path}: ")
-    if n_voxels is not None and head.n_voxels != n_voxels:
-        return f"takes {head.n_voxels} voxels, the ROI (engine.roi_mask) has {n_voxels}"
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in ("weights", "mean", "std", "y_mean") if k not in arrays.files]
+            if missing:
+                return f"is not a linear head file (no {', '.join(missing)}; written by rtrecon train --head linear)"
+            count = int(arrays["mean"].shape[0])
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        return f"cannot be read as a linear head .npz: {exc}"
+    if n_voxels is not None and count != n_voxels:
+        return f"takes {count} voxels, the ROI (engine.roi_mask) has {n_voxels}"
     return None
 
 
