@@ -16,6 +16,11 @@ Built from the session config's ``[decoder]`` section by :meth:`DecodingStage.fr
 
 * ``checkpoint``: a MindEye2 checkpoint :func:`rtrecon.models.load_official` reads; ``subject``
   picks its adapter, whose input size must be the engine's ROI size;
+* ``head``: ``"mindeye"`` (the checkpoint) or ``"linear"``: the ridge head of ``linear_head``
+  (:class:`rtrecon.models.linear_head.LinearHead`, voxels -> the gallery's CLIP targets), which
+  retrieves only (it has no prior tokens for unCLIP) and is what generalises from perception to
+  mental imagery in NSD-Imagery and MIRAGE (``shared/reference/nsd_imagery.md``); its input size
+  must be the engine's ROI size;
 * ``gallery``: a ``.npz`` with ``embeddings`` (N, tokens, dim) (any (N, ...) array) and ``ids``
   (N,) strings -- the stimulus ids retrieval answers with (``nsd:<73k id>`` for NSD);
 * ``top_k``; ``unclip`` (a decoder folder, ``UnclipDecoder.from_pretrained``) and ``steps``;
@@ -64,6 +69,7 @@ import torch
 
 from engine.trials import TrialBeta
 from rtrecon.config import ConfigError, SessionConfig
+from rtrecon.models.linear_head import LinearHead
 from rtrecon.runtime.device import DoesNotFitError, Placement, check_fits, memory_held_mb, parameter_bytes
 from rtrecon.runtime.retrieval import RetrievalDecoder
 from rtrecon.wire import TrialResultMessage
@@ -113,7 +119,9 @@ class DecodingStage:
         cuda_graphs: bool = False,
     ) -> None:
         self.placement = placement or Placement(torch.device("cpu"))
-        self.model = model.eval().requires_grad_(False)
+        #: A ridge head decodes on the CPU in numpy; a MindEye2 model through torch on ``placement``.
+        self.linear = isinstance(model, LinearHead)
+        self.model = model if self.linear else model.eval().requires_grad_(False)
         self.retrieval = RetrievalDecoder(gallery, ids)
         self.publish = publish
         self.session_id = session_id
@@ -123,9 +131,11 @@ class DecodingStage:
         self.steps = steps
         self.store = store
         self.name = name
-        self.n_voxels = int(model.config.n_voxels[subject])
+        self.n_voxels = model.n_voxels if self.linear else int(model.config.n_voxels[subject])
         if recon not in ("fast", "official"):
             raise ValueError(f"recon {recon!r}: choose 'fast' or 'official'")
+        if self.linear and (unclip is not None or recon == "official"):
+            raise ConfigError(f"{name}: a linear head retrieves only (no prior tokens for unCLIP, no blurry branch)")
         if recon == "official" and (blurry_vae is None or not model.config.blurry):
             raise ConfigError(f"{name}: recon 'official' needs a model with the blurry branch and a blurry_vae")
         self.recon = recon
@@ -144,6 +154,8 @@ class DecodingStage:
         from rtrecon.models import load_official
 
         d = config.decoder
+        if d.head == "linear":
+            return cls._linear_from_config(config, publish, store)
         if d.checkpoint is None or d.gallery is None:
             raise ConfigError("[decoder] needs 'checkpoint' and 'gallery' for the engine to decode trials")
         if not Path(d.checkpoint).is_file():
@@ -199,9 +211,32 @@ class DecodingStage:
                    steps=d.steps, store=store, name=Path(d.checkpoint).name, placement=placement, recon=d.recon,
                    blurry_vae=blurry_vae, cuda_graphs=d.cuda_graphs)
 
+    @classmethod
+    def _linear_from_config(
+        cls, config: SessionConfig, publish: Callable[[TrialResultMessage], None], store: Any | None
+    ) -> DecodingStage:
+        d = config.decoder
+        if d.linear_head is None or d.gallery is None:
+            raise ConfigError('[decoder] head "linear" needs \'linear_head\' and \'gallery\' for the engine to decode trials')
+        if not Path(d.linear_head).is_file():
+            raise ConfigError(f"{d.linear_head}: no such linear head file ([decoder] linear_head)")
+        if d.unclip is not None:
+            raise ConfigError('[decoder] unclip: head "linear" retrieves only (it makes no prior tokens); unset unclip')
+        try:
+            head = LinearHead.load(d.linear_head)
+        except ValueError as exc:
+            raise ConfigError(f"[decoder] linear_head: {exc}") from None
+        gallery, ids = load_gallery(d.gallery)
+        if int(np.prod(gallery.shape[1:])) != int(np.prod(head.target_shape)):
+            raise ConfigError(f"{d.linear_head}: the head predicts {head.target_shape} targets, the gallery {d.gallery} "
+                              f"holds {gallery.shape[1:]}")
+        session_id = f"sub-{config.session.subject}_ses-{config.session.session}"
+        log.info("decoder: linear head %s (%d voxels, alpha %g) on the CPU", Path(d.linear_head).name, head.n_voxels, head.alpha)
+        return cls(head, gallery, ids, publish, session_id, top_k=d.top_k, store=store, name=Path(d.linear_head).name)
+
     @property
     def makes_images(self) -> bool:
-        return self.unclip is not None and self.model.config.use_prior
+        return not self.linear and self.unclip is not None and self.model.config.use_prior
 
     def _prior_tokens(self, backbone: torch.Tensor, seed: int) -> torch.Tensor:
         prior = self.model.prior
@@ -233,6 +268,10 @@ class DecodingStage:
         """``(embedding (1, D) float32 on the CPU, image or None, latencies, stamps)`` for one beta."""
         stamps = {"decode_start": time.time()}
         t0 = time.perf_counter()
+        if self.linear:
+            embedding = torch.nn.functional.normalize(torch.from_numpy(self.model.predict(z[None])).flatten(1), dim=-1)
+            stamps["decoded"] = time.time()
+            return embedding, None, {"decode_s": time.perf_counter() - t0}, stamps
         voxels = torch.from_numpy(z)[None].to(self.placement.device)
         with self.placement.autocast():
             out = self.model.encode(voxels, self.subject)
@@ -278,7 +317,8 @@ class DecodingStage:
         """The decoded result of one released trial (not yet sent)."""
         z = np.asarray(trial.z, np.float32)
         if z.shape != (self.n_voxels,):
-            raise ValueError(f"{self.name}: adapter {self.subject} takes {self.n_voxels} voxels, "
+            taker = "the linear head" if self.linear else f"adapter {self.subject}"
+            raise ValueError(f"{self.name}: {taker} takes {self.n_voxels} voxels, "
                              f"trial {trial.trial} of run {trial.run} has a beta of {z.shape[0]}")
         embedding, image, latencies, stamps = self._infer(z, seed=trial.trial)
         t = time.perf_counter()

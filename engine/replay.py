@@ -197,7 +197,7 @@ def replay(
     if store.n_volumes(run) or store.events(run):
         raise ReplayError(f"{store.func}: already holds run {run}; give another --out or --run")
     decoder = None
-    if config.decoder.checkpoint is not None:
+    if config.decoder.decodes:
         from engine.decoding import BackgroundDecoder, DecodingStage
 
         decoder = BackgroundDecoder(DecodingStage.from_config(config, lambda message: None, store))

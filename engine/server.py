@@ -709,7 +709,7 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
                 results.send(message)
 
         decoder = None
-        if config.decoder.checkpoint is not None:  # its decoded result goes out instead of the bare beta
+        if config.decoder.decodes:  # its decoded result goes out instead of the bare beta
             from engine.decoding import BackgroundDecoder, DecodingStage
 
             decoder = BackgroundDecoder(DecodingStage.from_config(config, publish_trial, store), warm_up=config.decoder.warmup)

@@ -271,6 +271,14 @@ class DecoderSection(_Section):
         json_schema_extra=_example("checkpoints/subj01_finetuned.pth"),
     )
     subject: int = Field(0, ge=0, description="index of this participant's adapter in the checkpoint")
+    head: Literal["mindeye", "linear"] = Field(
+        "mindeye", description='"mindeye": the MindEye2 checkpoint; "linear": the ridge head of linear_head (voxels -> '
+        "CLIP targets, retrieval only; what generalises from perception to mental imagery)",
+    )
+    linear_head: Path | None = Field(
+        None, description='ridge head .npz (rtrecon.models.linear_head.LinearHead.save) decoding with head = "linear"',
+        json_schema_extra=_example("checkpoints/subj01_linear_head.npz"),
+    )
     gallery: Path | None = Field(
         None, description="retrieval gallery: embeddings (.npz, .npy, .h5) or an image folder (unset: the session's images)",
         json_schema_extra=_example("gallery/shared1000.npz"),
@@ -301,10 +309,19 @@ class DecoderSection(_Section):
     cuda_graphs: bool = Field(False, description="replay the fixed-shape prior chain as a CUDA graph (CUDA only)")
     channels_last: bool = Field(False, description="run the unCLIP UNet and VAE in channels-last memory layout")
 
+    @property
+    def decodes(self) -> bool:
+        """Whether the engine decodes trials: a MindEye2 checkpoint, or the linear head."""
+        return self.checkpoint is not None if self.head == "mindeye" else self.linear_head is not None
+
     @model_validator(mode="after")
-    def _official_needs_blurry_vae(self) -> "DecoderSection":
+    def _choices_agree(self) -> "DecoderSection":
         if self.recon == "official" and self.blurry_vae is None:
             raise ValueError('recon "official" blends in the blurry-branch image: set blurry_vae')
+        if self.head == "linear" and self.linear_head is None:
+            raise ValueError('head "linear" decodes with a ridge head file: set linear_head')
+        if self.head == "linear" and self.recon == "official":
+            raise ValueError('head "linear" has no blurry branch: recon "official" needs head "mindeye"')
         return self
 
 

@@ -21,6 +21,8 @@ key                                   checked
                                       (the ROI's voxel count when ``roi_mask`` is set)
 ``decoder.checkpoint``                a ``.safetensors`` file whose header reads, or a
                                       ``torch.save`` file (zip or pickle)
+``decoder.linear_head``               a ridge head ``.npz`` that ``LinearHead.load`` reads whose
+                                      voxel count is the ROI's (when ``roi_mask`` is set)
 ``decoder.gallery``                   ``.npz``/``.npy``/``.h5`` that opens, or a folder of images
 ``decoder.unclip``                    a folder with ``unclip.json``, ``unet/`` and ``vae/``
                                       (the layout ``rtrecon convert-unclip`` writes)
@@ -189,6 +191,23 @@ def _check_checkpoint(path: Path) -> str | None:
     return "is neither a safetensors file nor a torch.save checkpoint (zip or pickle)"
 
 
+def _check_linear_head(path: Path, n_voxels: int | None) -> str | None:
+    # Read with numpy, not LinearHead: this module is the light contract (no model stack).
+    if err := _readable_file(path):
+        return err
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in ("weights", "mean", "std", "y_mean") if k not in arrays.files]
+            if missing:
+                return f"is not a linear head file (no {', '.join(missing)}; written by rtrecon train --head linear)"
+            count = int(arrays["mean"].shape[0])
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        return f"cannot be read as a linear head .npz: {exc}"
+    if n_voxels is not None and count != n_voxels:
+        return f"takes {count} voxels, the ROI (engine.roi_mask) has {n_voxels}"
+    return None
+
+
 def _check_gallery(path: Path) -> str | None:
     if path.is_dir():
         if err := _readable_dir(path):
@@ -300,6 +319,8 @@ def _checks(config: SessionConfig, role: str) -> Iterator[tuple[str, Path, Calla
             yield "engine.zscore_stats", stats, lambda: one(_check_stats(stats, n_voxels[0] if n_voxels else None))
         if (checkpoint := decoder.checkpoint) is not None:
             yield "decoder.checkpoint", checkpoint, lambda: one(_check_checkpoint(checkpoint))
+        if decoder.head == "linear" and (head := decoder.linear_head) is not None:
+            yield "decoder.linear_head", head, lambda: one(_check_linear_head(head, n_voxels[0] if n_voxels else None))
         if (gallery := decoder.gallery) is not None:
             yield "decoder.gallery", gallery, lambda: one(_check_gallery(gallery))
         if (unclip := decoder.unclip) is not None:

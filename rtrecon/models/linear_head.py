@@ -12,11 +12,16 @@ Voxels are z-scored with the training set's statistics (as the engine z-scores l
 targets are centred. For each penalty of ``alphas`` the fit is one SVD of the training betas;
 the penalty kept is the one with the best mean held-out correlation over ``folds`` contiguous
 folds (contiguous: neighbouring trials share noise), and the final fit uses every trial.
+
+:meth:`LinearHead.save` writes a fitted head as one ``.npz`` (weights, the voxel statistics, the
+target mean and shape, the penalty); :meth:`LinearHead.load` reads it back. That file is what the
+engine's ``[decoder] head = "linear"`` decodes with (``linear_head``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -77,6 +82,54 @@ class LinearHead:
         x = np.asarray(betas, np.float64)
         pred = self._standardise(x) @ self.weights + self._y_mean
         return pred.reshape((len(x), *self._shape)).astype(np.float32)
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """The shape of one predicted target (what one training target had)."""
+        if self.alpha is None:
+            raise RuntimeError("fit the head first")
+        return self._shape
+
+    @property
+    def n_voxels(self) -> int:
+        if self.alpha is None:
+            raise RuntimeError("fit the head first")
+        return int(self._mean.shape[0])
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted head to ``path`` (``.npz``); the path written."""
+        if self.alpha is None:
+            raise RuntimeError("fit the head first")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:  # a file object: np.savez would append .npz to another suffix
+            np.savez(f, weights=self.weights, mean=self._mean, std=self._std, y_mean=self._y_mean,
+                     shape=np.asarray(self._shape, np.int64), alpha=self.alpha, alphas=np.asarray(self.alphas),
+                     folds=self.folds, cv_alphas=np.asarray(list(self.cv_scores)),
+                     cv_scores=np.asarray(list(self.cv_scores.values())))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LinearHead":
+        """A head :meth:`save` wrote (ValueError naming the file when it is not one)."""
+        keys = ("weights", "mean", "std", "y_mean", "shape", "alpha", "alphas", "folds", "cv_alphas", "cv_scores")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                missing = [k for k in keys if k not in f]
+                if missing:
+                    raise ValueError(f"{path}: not a linear head file (no {', '.join(missing)})")
+                arrays = {k: f[k] for k in keys}
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot be read as a linear head .npz: {exc}") from exc
+        head = cls(alphas=arrays["alphas"].tolist(), folds=int(arrays["folds"]))
+        head.weights, head._mean, head._std = arrays["weights"], arrays["mean"], arrays["std"]
+        head._y_mean, head._shape = arrays["y_mean"], tuple(int(n) for n in arrays["shape"])
+        head.alpha = float(arrays["alpha"])
+        head.cv_scores = dict(zip(arrays["cv_alphas"].tolist(), arrays["cv_scores"].tolist()))
+        if head.weights.shape != (head._mean.shape[0], head._y_mean.shape[0]):
+            raise ValueError(f"{path}: weights {head.weights.shape} do not match {head._mean.shape[0]} voxels "
+                             f"and {head._y_mean.shape[0]} target values")
+        return head
 
 
 def _mean_row_correlation(a: np.ndarray, b: np.ndarray) -> float:

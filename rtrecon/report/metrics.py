@@ -134,6 +134,12 @@ def retrieval_ranks(embeddings: np.ndarray, gallery: np.ndarray, targets: Sequen
     return (scores > own[:, None]).sum(1) + 1
 
 
+def rank_among(embedding: np.ndarray, candidates: np.ndarray, target: int) -> int:
+    """1-based rank of ``candidates[target]`` among ``candidates`` by cosine similarity to one ``embedding``
+    (ties count against it): imagery retrieval among a trial's target set."""
+    return int(retrieval_ranks(np.asarray(embedding)[None], candidates, [target])[0])
+
+
 def top_k(ranks: Sequence[int], k: int) -> float | None:
     ranks = np.asarray(ranks)
     return float(np.mean(ranks <= k)) if ranks.size else None

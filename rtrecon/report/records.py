@@ -7,7 +7,9 @@ stage, the trial's onset, motion, response and repeat) and one :class:`MotionTra
 :func:`summarise` turns it into the headline :class:`ReportSummary`: retrieval accuracy with its
 chance level on each trial's first release (what the participant saw first) and per release
 (:attr:`ReportSummary.by_release`: top-1/top-5, hubness, PixCorr and SSIM of the reconstructions,
-with the producer's per-release metrics such as CLIP two-way identification), latency median
+with the producer's per-release metrics such as CLIP two-way identification), for mental imagery
+the retrieval of each trial's target among its target set, overall, per set and per vividness
+rating (:func:`imagery_figures`, :attr:`ReportSummary.imagery`), latency median
 and 95th percentile (overall and per stage), the closed-loop delay from stimulus onset to
 feedback shown, framewise displacement.
 
@@ -36,6 +38,7 @@ __all__ = [
     "stage_durations",
     "load_confounds",
     "release_figures",
+    "imagery_figures",
     "summarise",
 ]
 
@@ -60,6 +63,11 @@ class TrialRecord:
     framewise displacement over the volumes its beta used, ``score`` the true image's similarity,
     ``response`` the participant's, ``presentation`` how many times the image had been seen (1: a
     first showing), ``feedback_delay_s`` stimulus onset → this result shown (run seconds).
+
+    Mental imagery (NSD-Imagery's protocol): ``target_set`` names the set of targets the trial's
+    target belongs to (empty for perception), ``set_rank`` the 1-based rank of the target among
+    the set's ``set_size`` targets by the decoded embedding (:func:`rtrecon.report.metrics.rank_among`),
+    and ``response`` holds the vividness rating.
     """
 
     run: int
@@ -80,8 +88,14 @@ class TrialRecord:
     response: str = ""
     presentation: int = 1
     feedback_delay_s: float | None = None
+    target_set: str = ""
+    set_rank: int | None = None
+    set_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.set_rank is not None and not (self.set_size and 1 <= self.set_rank <= self.set_size):
+            raise ValueError(f"run {self.run} trial {self.trial}: set_rank {self.set_rank} is not a rank among "
+                             f"{self.set_size} targets")
         if self.correct_rank is not None and self.correct_rank < 1:
             raise ValueError(f"run {self.run} trial {self.trial}: correct_rank is 1-based, got {self.correct_rank}")
         if self.retrieved_images and len(self.retrieved_images) != len(self.retrieved_ids):
@@ -217,6 +231,7 @@ class ReportSummary:
     median_feedback_delay_s: float | None = None
     p95_feedback_delay_s: float | None = None
     external_metrics: dict[str, float | str] = field(default_factory=dict)
+    imagery: dict[str, Any] = field(default_factory=dict)
 
     @property
     def top1_by_release(self) -> dict[str, float | None]:
@@ -225,7 +240,10 @@ class ReportSummary:
     def headline(self) -> dict[str, Any]:
         """The keys the demo prints as its last JSON line (``top1``/``top5``: first releases)."""
         keys = ("trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s", "two_way_clip", "pixcorr")
-        return {"report": str(self.report), **{k: getattr(self, k) for k in keys}, "top1_by_release": self.top1_by_release}
+        out = {"report": str(self.report), **{k: getattr(self, k) for k in keys}, "top1_by_release": self.top1_by_release}
+        if self.imagery:  # an imagery session: retrieval among each trial's target set (first releases)
+            out.update({f"imagery_{k}": self.imagery[k] for k in ("top1", "chance", "per_set", "per_vividness")})
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         """Every figure, JSON-ready (what ``summary.json`` holds)."""
@@ -320,6 +338,35 @@ def release_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
     }
 
 
+def imagery_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
+    """Imagery retrieval among each trial's target set, as NSD-Imagery scores it (empty: no imagery trial).
+
+    ``top1``: the share of trials whose target ranks first among its set's targets; ``chance``:
+    the mean of ``1 / set_size``; ``per_set`` and ``per_vividness`` (by the rating in ``response``;
+    ``"n/a"`` where none was given) the same share per group; ``trials``: the trials ranked.
+    """
+    ranked = [t for t in records if t.target_set and t.set_rank is not None]
+    if not ranked:
+        return {}
+
+    def share(group: Sequence[TrialRecord]) -> float:
+        return float(np.mean([t.set_rank == 1 for t in group]))
+
+    by_set: dict[str, list[TrialRecord]] = {}
+    by_rating: dict[str, list[TrialRecord]] = {}
+    for t in ranked:
+        by_set.setdefault(t.target_set, []).append(t)
+        by_rating.setdefault(t.response or "n/a", []).append(t)
+    return {
+        "trials": len(ranked),
+        "top1": share(ranked),
+        "chance": float(np.mean([1.0 / t.set_size for t in ranked])),
+        "per_set": {name: share(group) for name, group in by_set.items()},
+        "per_vividness": {rating: share(by_rating[rating]) for rating in sorted(by_rating)},
+        "trials_per_vividness": {rating: len(by_rating[rating]) for rating in sorted(by_rating)},
+    }
+
+
 def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
     """The headline figures of ``data`` (``report``: where its HTML is written).
 
@@ -375,4 +422,5 @@ def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
         median_feedback_delay_s=float(np.median(delays)) if delays.size else None,
         p95_feedback_delay_s=float(np.percentile(delays, 95)) if delays.size else None,
         external_metrics=dict(data.external_metrics),
+        imagery=imagery_figures(first),
     )

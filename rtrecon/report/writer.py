@@ -255,6 +255,22 @@ def _summary_table(summary: ReportSummary) -> str:
     return f'<table class="summary">{body}</table>'
 
 
+def _imagery_section(summary: ReportSummary) -> str:
+    """Imagery retrieval among each trial's target set: overall, per set, per vividness rating."""
+    m = summary.imagery
+    if not m:
+        return ""
+    chance = f'<span class="chance">(chance {_pct(m["chance"])})</span>'
+    rows = [("All imagery trials", f"{_pct(m['top1'])} {chance}", str(m["trials"]))]
+    rows += [(f"Target set {html.escape(name)}", _pct(value), "") for name, value in m["per_set"].items()]
+    rows += [(f"Vividness {html.escape(rating)}", _pct(value), str(m["trials_per_vividness"][rating]))
+             for rating, value in m["per_vividness"].items()]
+    body = "".join(f'<tr><th>{name}</th><td class="num">{value}</td><td class="num">{n}</td></tr>' for name, value, n in rows)
+    return ('<h2 id="imagery">Mental imagery</h2><p>Top-1 retrieval of each trial\'s target among its target set '
+            "(NSD-Imagery's scoring), first releases.</p>"
+            f'<table class="summary"><tr><th></th><th>top-1</th><th>trials</th></tr>{body}</table>')
+
+
 def _latency_section(data: SessionReportData, summary: ReportSummary, stages: Sequence[str]) -> str:
     if not any(t.latencies for t in data.trials):
         return "<h2>Latency</h2><p>No stage timings were recorded.</p>"
@@ -320,7 +336,7 @@ def render_html(data: SessionReportData, summary: ReportSummary) -> str:
         f"<h1>rtrecon session report</h1><p class=\"subtitle\">{html.escape(title)} · written {created}</p>"
         f'<p class="decoder" id="decoder">Reconstructions by: {html.escape(data.decoder_description)}</p>{notes}'
         f"<h2>Summary</h2>{_summary_table(summary)}{_external_section(summary)}"
-        f"<h2>Retrieval</h2>{accuracy}{_release_section(summary)}"
+        f"<h2>Retrieval</h2>{accuracy}{_release_section(summary)}{_imagery_section(summary)}"
         f"{_latency_section(data, summary, stages)}"
         f"{_motion_section(data)}"
         f"{_worst_section(first, data.gallery_size)}"

@@ -15,6 +15,10 @@ Examples::
     # without GPUs the processes train on CPUs over gloo
     accelerate launch --multi_gpu --num_processes 2 -m rtrecon.cli train --data train.npz --output runs/ddp
 
+    # the linear decoding head (ridge, voxels -> CLIP targets) for one subject: OUTPUT/linear_head.npz,
+    # what the engine decodes with under [decoder] head = "linear" (it generalises to mental imagery)
+    rtrecon train --data sub-new.npz --head linear --output runs/linear
+
 The data is either a :class:`rtrecon.train.data.TrainingData` ``.npz`` (``--data``: betas per
 subject, CLIP target tokens, image ids) or MindEye2's webdataset layout (``--wds ROOT``, read by
 :mod:`rtrecon.train.webdataset`; targets from ``--targets`` (tokens in 73k order, ``.npy``) or
@@ -64,6 +68,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/state")
     parser.add_argument("--test-data", type=Path, help="held-out TrainingData .npz for the final retrieval scores")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--head", choices=("mindeye", "linear"), default="mindeye",
+                        help='"mindeye" (default) or "linear": fit the ridge head of one subject (OUTPUT/linear_head.npz; '
+                             "the penalty by cross-validation) for the engine's [decoder] head = \"linear\"")
     parser.set_defaults(func=run)
 
 
@@ -78,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     data = _wds_data(args, "train") if args.wds is not None else TrainingData.load(args.data)
     if args.subjects:
         data = data.select(args.subjects)
+    if args.head == "linear":
+        return _train_linear(args, data)
     if args.init is not None:
         if args.new_subject:
             if len(data.subjects) != 1:
@@ -122,6 +131,32 @@ def run(args: argparse.Namespace) -> int:
 
     if PartialState().is_main_process:
         print(json.dumps(summary))
+    return 0
+
+
+def _train_linear(args: argparse.Namespace, data) -> int:
+    """Fit and save the linear head of the single subject of ``data``; print its summary as JSON."""
+    from rtrecon.models.linear_head import LinearHead
+    from rtrecon.train.data import TrainingData
+    from rtrecon.train.evaluate import head_retrieval_accuracy
+
+    if len(data.subjects) != 1:
+        raise SystemExit(f"{args.data or args.wds}: --head linear fits one subject, found {len(data.subjects)} (pick one with --subjects)")
+    subject = data.subjects[0]
+    try:
+        head = LinearHead().fit(subject.betas, data.targets[subject.image_ids])
+    except ValueError as err:
+        raise SystemExit(f"{args.data or args.wds}: {err}") from None
+    path = head.save(args.output / "linear_head.npz")
+    summary = {"head": "linear", "alpha": head.alpha, "cv_correlation": head.cv_scores[head.alpha],
+               "trials": len(subject.betas), "checkpoint": str(path)}
+    test = _wds_data(args, "new_test") if args.wds is not None and args.wds_test else (
+        TrainingData.load(args.test_data) if args.test_data is not None else None)
+    if test is not None:
+        if subject.name not in [s.name for s in test.subjects]:
+            raise SystemExit(f"{args.test_data or args.wds}: the test data has no subject {subject.name!r}")
+        summary["retrieval"] = {subject.name: head_retrieval_accuracy(head, test.select([subject.name]).subjects[0], test.targets)}
+    print(json.dumps(summary))
     return 0
 
 

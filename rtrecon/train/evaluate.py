@@ -4,7 +4,8 @@
 by image and their betas averaged over repeats; ``clip_voxels`` (flattened, L2-normalised) are
 compared with the normalised CLIP targets; each loop draws ``n`` random images (all of them if
 fewer) and scores top-1 brain->image ("image retrieval", forward) and image->brain ("brain
-retrieval", backward). Returns the means over loops (chance is 1/n).
+retrieval", backward). Returns the means over loops (chance is 1/n). ``head_retrieval_accuracy``
+scores a :class:`~rtrecon.models.linear_head.LinearHead` the same way.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rtrecon.models.linear_head import LinearHead
 from rtrecon.models.mindeye import MindEye2
 from rtrecon.train.data import SubjectData
 
-__all__ = ["average_repeats", "retrieval_accuracy"]
+__all__ = ["average_repeats", "retrieval_accuracy", "head_retrieval_accuracy"]
 
 
 def average_repeats(subject: SubjectData) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +42,18 @@ def retrieval_accuracy(model: MindEye2, subject: SubjectData, targets: np.ndarra
         .clip_voxels_norm.float().cpu()
         for i in range(0, len(betas), batch_size)
     ])
+    return _top1_loops(preds, targets, ids, n, loops, seed)
+
+
+def head_retrieval_accuracy(head: LinearHead, subject: SubjectData, targets: np.ndarray, n: int = 300, loops: int = 30,
+                            seed: int = 0) -> dict[str, float]:
+    """:func:`retrieval_accuracy` of a linear decoding head (its predictions flattened and L2-normalised)."""
+    betas, ids = average_repeats(subject)
+    preds = F.normalize(torch.from_numpy(head.predict(betas)).flatten(1).float(), dim=-1)
+    return _top1_loops(preds, targets, ids, n, loops, seed)
+
+
+def _top1_loops(preds: torch.Tensor, targets: np.ndarray, ids: np.ndarray, n: int, loops: int, seed: int) -> dict[str, float]:
     targs = F.normalize(torch.from_numpy(targets[ids]).flatten(1).float(), dim=-1)
     rng = np.random.default_rng(seed)
     k = min(n, len(ids))

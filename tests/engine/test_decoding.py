@@ -243,3 +243,79 @@ def test_from_config_refuses_models_that_do_not_fit_before_moving_them(tmp_path,
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 80 * 2**30))
     with pytest.raises(ConfigError, match=r"\[decoder\]: the decoder's models \(ck.pth\) need .* GiB .* but cuda:0 has 0.0 of 80.0 GiB free"):
         DecodingStage.from_config(load_config(tmp_path / "s.toml"), lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def imagery_world(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny synthetic world (the data tests' size), its subject 1's imagery runs, and a gallery of its images."""
+    from dataclasses import replace
+
+    from rtrecon.data.imagery import ImageryProtocol, simulate
+    from rtrecon.data.synthetic import PRESETS, generate, load_truth
+
+    tiny = replace(PRESETS["small"], name="tiny", grid=(16, 19, 16), voxel_mm=6.75, roi_voxels=300, image_size=48)
+    root = generate(tmp_path_factory.mktemp("nsd") / "root", n_subjects=2, n_sessions=2, n_runs=2, size=tiny,
+                    seed=7, progress=False)
+    embeddings = load_truth(root)["embeddings"]
+    gallery = tmp_path_factory.mktemp("gallery") / "gallery.npz"
+    np.savez(gallery, embeddings=embeddings, ids=np.array([f"nsd:{i}" for i in range(1, len(embeddings) + 1)]))
+    # 576 imagery trials: NSD-Imagery's count per participant in its benchmark (the reference note)
+    return root, simulate(root, 1, seed=0, protocol=ImageryProtocol(runs_per_set=4)), embeddings, gallery
+
+
+def test_the_linear_head_decodes_imagery_through_the_engine_above_chance_and_a_shuffled_one_at_chance(imagery_world, tmp_path):
+    from scipy.stats import binomtest
+
+    from engine.trials import TrialNormaliser
+    from rtrecon.data.imagery import imagery_retrieval
+    from rtrecon.data.nsd import NSDDataset
+    from rtrecon.demo.training import subject_data
+    from rtrecon.models.linear_head import LinearHead
+
+    root, imagery, embeddings, gallery = imagery_world
+    nsd = NSDDataset(root)
+    # trained on perception only (z-scored per session, as the engine z-scores live betas), never on the targets
+    data = subject_data(nsd, 1, nsd.sessions(1))
+    train = ~np.isin(data.image_ids + 1, imagery.trials["image_id"].unique())
+    x, y = data.betas[train], embeddings[data.image_ids[train]]
+    LinearHead().fit(x, y).save(tmp_path / "head.npz")
+    LinearHead().fit(x, y[np.random.default_rng(1).permutation(len(y))]).save(tmp_path / "shuffled.npz")
+    scores = {}
+    for name in ("head", "shuffled"):
+        (tmp_path / f"{name}.toml").write_text(f'[decoder]\nhead = "linear"\nlinear_head = "{name}.npz"\n'
+                                               f'gallery = "{gallery}"\ntop_k = 3\n')
+        sent: list[TrialResultMessage] = []
+        stage = DecodingStage.from_config(load_config(tmp_path / f"{name}.toml"), sent.append)
+        assert stage.warm_up() >= 0 and not stage.makes_images
+        normaliser = TrialNormaliser(stage.n_voxels)
+        for k, (row, beta) in enumerate(zip(imagery.trials.itertuples(), imagery.betas)):
+            stage(normaliser.release(int(row.run), k, f"nsd:{row.image_id}", beta))
+        assert len(sent) == len(imagery.trials) and sent[0].decoder == f"{name}.npz" and len(sent[0].retrieved) == 3
+        assert sent[0].image is None and set(sent[0].latencies) == {"decode_s", "retrieval_s"}
+        # the first trial has no running statistics yet (a zero beta): scored from the second on
+        decoded = np.stack([m.embedding for m in sent])[1:]
+        scores[name] = imagery_retrieval(decoded, imagery.trials.iloc[1:], embeddings)
+    head, control = scores["head"], scores["shuffled"]
+    assert head["chance"] == pytest.approx(1 / 6) and set(head["per_set"]) == {"simple", "naturalistic", "conceptual"}
+    assert binomtest(int(head["correct"].sum()), head["n"], 1 / 6, alternative="greater").pvalue < 1e-3
+    assert binomtest(int(control["correct"].sum()), control["n"], 1 / 6).pvalue > 0.01
+    print(f"imagery through the engine: linear head {head['accuracy']:.3f}, shuffled {control['accuracy']:.3f}, "
+          f"chance {head['chance']:.3f}, per set {head['per_set']}, per vividness {head['per_vividness']}")
+
+
+def test_a_linear_head_config_is_refused_with_one_line(tmp_path):
+    from rtrecon.models.linear_head import LinearHead
+
+    (tmp_path / "a.toml").write_text('[decoder]\nhead = "linear"\ngallery = "g.npz"\n')
+    with pytest.raises(ConfigError, match='head "linear" decodes with a ridge head file: set linear_head'):
+        load_config(tmp_path / "a.toml")
+    rng = np.random.default_rng(0)
+    LinearHead().fit(rng.standard_normal((20, N_VOX)), rng.standard_normal((20, 4, 16))).save(tmp_path / "h.npz")
+    np.savez(tmp_path / "g.npz", embeddings=np.ones((3, 8), np.float32), ids=np.array(["a", "b", "c"]))
+    (tmp_path / "b.toml").write_text('[decoder]\nhead = "linear"\nlinear_head = "h.npz"\ngallery = "g.npz"\n')
+    with pytest.raises(ConfigError, match=r"h.npz: the head predicts \(4, 16\) targets, the gallery .*g.npz holds \(8,\)"):
+        DecodingStage.from_config(load_config(tmp_path / "b.toml"), lambda m: None)
+    (tmp_path / "c.toml").write_text('[decoder]\nhead = "linear"\nlinear_head = "none.npz"\ngallery = "g.npz"\n')
+    with pytest.raises(ConfigError, match=r"none.npz: no such linear head file \(\[decoder\] linear_head\)"):
+        DecodingStage.from_config(load_config(tmp_path / "c.toml"), lambda m: None)
+    assert not load_config(tmp_path / "c.toml").decoder.head == "mindeye" and load_config(tmp_path / "c.toml").decoder.decodes

@@ -181,3 +181,23 @@ def test_invalid_values_are_reported_before_paths(tmp_path: Path, capsys: pytest
 def test_write_template_makes_parent_folders(tmp_path: Path) -> None:
     path = write_template(tmp_path / "a" / "b" / "session.toml")
     assert load_config(path).session.subject == "01"
+
+
+def test_a_linear_head_is_checked_against_the_roi(session_dir: Path) -> None:
+    from rtrecon.models.linear_head import LinearHead
+
+    rng = np.random.default_rng(0)
+    LinearHead().fit(rng.standard_normal((20, 18)), rng.standard_normal((20, 8))).save(session_dir / "head18.npz")
+    LinearHead().fit(rng.standard_normal((20, 12)), rng.standard_normal((20, 8))).save(session_dir / "head12.npz")
+    np.savez(session_dir / "nothead.npz", weights=np.ones((18, 8)))
+    linear = GOOD.replace('checkpoint = "ckpt/model.safetensors"\n', 'head = "linear"\nlinear_head = "HEAD"\n').replace(
+        'unclip = "unclip"\n', "")
+    reasons = {}
+    for name in ("head18", "head12", "nothead", "absent"):
+        (session_dir / f"{name}.toml").write_text(linear.replace("HEAD", f"{name}.npz"), encoding="utf-8")
+        problems, _ = check_config(load_config(session_dir / f"{name}.toml"), role="engine")
+        reasons[name] = [p.reason for p in problems if p.key == "decoder.linear_head"]
+    assert reasons["head18"] == []
+    assert reasons["head12"] == ["takes 12 voxels, the ROI (engine.roi_mask) has 18"]
+    assert reasons["nothead"] and "not a linear head file (no mean" in reasons["nothead"][0]
+    assert reasons["absent"] == ["does not exist"]

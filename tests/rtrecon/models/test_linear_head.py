@@ -34,3 +34,17 @@ def test_cross_validation_penalises_more_where_the_targets_are_noisier():
         LinearHead(folds=5).fit(x[:6], x[:6])
     with pytest.raises(RuntimeError, match="fit the head first"):
         LinearHead().predict(x)
+
+
+def test_a_saved_head_predicts_what_it_predicted_before(tmp_path):
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((60, 12)), rng.standard_normal((60, 3, 2))
+    head = LinearHead().fit(x, y)
+    path = head.save(tmp_path / "head.npz")
+    back = LinearHead.load(path)
+    new = rng.standard_normal((4, 12))
+    np.testing.assert_array_equal(back.predict(new), head.predict(new))
+    assert back.alpha == head.alpha and back.cv_scores == head.cv_scores and back.n_voxels == 12
+    np.savez(tmp_path / "other.npz", embeddings=y)
+    with pytest.raises(ValueError, match=r"other.npz: not a linear head file \(no weights"):
+        LinearHead.load(tmp_path / "other.npz")

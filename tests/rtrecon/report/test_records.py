@@ -154,3 +154,40 @@ def test_load_confounds_names_file_and_problem(tmp_path: Path) -> None:
         load_confounds(holes)
     with pytest.raises(ValueError, match="no such confounds file"):
         load_confounds(tmp_path / "absent.tsv")
+
+
+def test_imagery_figures_agree_with_nsd_imagery_scoring_of_the_same_trials(tmp_path) -> None:
+    import pandas as pd
+
+    from rtrecon.data.imagery import imagery_retrieval
+    from rtrecon.report.metrics import rank_among
+    from rtrecon.report.writer import write_report
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((30, 4, 8))  # the world's images, 1-based id = row + 1
+    sets = {"simple": [3, 7, 9, 12, 15, 20], "naturalistic": [1, 2, 4, 5, 6, 8], "conceptual": [10, 11, 13, 14, 16, 17]}
+    rows = [{"target_set": name, "image_id": int(i), "vividness": int(rng.integers(1, 5))}
+            for name, ids in sets.items() for i in rng.choice(ids, 40)]
+    trials = pd.DataFrame(rows)
+    decoded = embeddings[trials["image_id"] - 1] + 3.0 * rng.standard_normal((len(trials), 4, 8))
+    records = []
+    for k, (row, e) in enumerate(zip(trials.itertuples(), decoded)):
+        targets = sets[row.target_set]
+        records.append(TrialRecord(run=1, trial=k, stimulus_id=f"nsd:{row.image_id}", response=str(row.vividness),
+                                   target_set=row.target_set, set_size=6,
+                                   set_rank=rank_among(e, embeddings[np.array(targets) - 1], targets.index(row.image_id))))
+    data = SessionReportData("01", "01", "imagery", "linear head", records, 18)
+    summary = write_report(data, tmp_path)
+    reference = imagery_retrieval(decoded, trials, embeddings)  # argmax among sorted set ids: an independent path
+    assert summary.imagery["trials"] == 120 and summary.imagery["chance"] == pytest.approx(1 / 6)
+    assert summary.imagery["top1"] == pytest.approx(reference["accuracy"]) and 0.3 < reference["accuracy"] < 0.95
+    assert summary.imagery["per_set"] == pytest.approx(reference["per_set"])
+    assert summary.imagery["per_vividness"] == pytest.approx({str(k): v for k, v in reference["per_vividness"].items()})
+    headline = summary.headline()
+    assert headline["imagery_top1"] == summary.imagery["top1"] and set(headline["imagery_per_set"]) == set(sets)
+    assert 'id="imagery"' in (tmp_path / "report.html").read_text()
+    # perception trials (no target set) give no imagery figures and the perception headline is unchanged
+    perception = summarise(_data([1, 2]), "r.html")
+    assert perception.imagery == {} and not any(k.startswith("imagery") for k in perception.headline())
+    with pytest.raises(ValueError, match="set_rank 7 is not a rank among 6 targets"):
+        TrialRecord(run=1, trial=0, stimulus_id="x", target_set="simple", set_rank=7, set_size=6)
