@@ -18,7 +18,9 @@ heartbeat). A task on the loop reads the store once a heartbeat (runs that
 have ended, a new run's TR, the trials' onsets: the engine does not publish events) and refreshes
 the summary, so a dead engine shows on the page within seconds without the page polling anything.
 The state is backfilled from the store at start, when the feed skips a volume, and when the
-engine comes back after falling silent (a restart).
+engine comes back after falling silent (a restart): every release in the run's trials table that
+the state lacks, with that release's decoding (a release is shown once, however often it is
+republished or read back).
 
 Access (:class:`TokenGate`). Bound to localhost the console admits local clients only (Host
 header checked, against DNS rebinding). Bound to any other address it needs ``token``: every
@@ -135,10 +137,10 @@ class ConsoleService:
             self.state.add_volume_rows(self.folder.volumes(run))
             self.state.add_stages(run, self.folder.stages(run))
             self.state.add_events(run, self.folder.events(run))
-            for trial in self.folder.released(run):
-                existing = self.state.runs[run].trials.get(trial) if run in self.state.runs else None
-                if existing is None or not existing.releases:
-                    self.state.add_stored_release(run, trial, self.folder.decoded(run, trial))
+            for trial, releases in self.folder.released(run).items():
+                for stored in releases:
+                    if not self.state.knows_release(run, trial, stored.release):
+                        self.state.add_stored_release(stored, self.folder.decoded(run, trial, stored.release))
             self.state.set_run_info(run, tr=self.folder.tr(run), ended=self.folder.ended(run))
 
     async def _watch(self) -> None:

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 _EPILOG = """\
 The page updates as each volume arrives (WebSocket push): run state, volumes received / expected /
 missing, link health (bridge, engine, stimulus PC), motion and framewise displacement with the FD
-alarm ([console] fd_threshold_mm), per-stage latency, the trial timeline (stimulus, releases,
-reconstruction, top-5, rank of the true image), the decoder's queue, running accuracy, and a banner
+alarm ([console] fd_threshold_mm), per-stage latency, the trial timeline (stimulus, each release as
+it arrives, the newest one's reconstruction, top-5 and rank of the true image), the decoder's queue,
+running accuracy (each trial scored once, on its first release), and a banner
 when something is wrong. Controls (pause/resume feedback, mark a trial bad, end the run) are recorded
 in OUT/sourcedata/console/ and published to the stimulus program ([network] operator). It reads the engine's status feed ([network] status) and the session
 folder ([session] output_dir), so it may start or restart at any time during the session.

@@ -9,18 +9,25 @@ the store's files by their BIDS names, without importing the engine (``rtrecon``
     OUT/sub-XX/ses-YY/func/<prefix>_events.tsv                         trial onsets and stimuli
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-confounds_timeseries.tsv   motion, FD
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-volumetimings.tsv          stage times
-    OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-trial<N>decoded.npz        top-k, image
+    OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-trials.tsv                 releases sent
+    OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-trial<N>release<R>decoded.npz   top-k, image
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-runend.json                run ended
 
 with ``<prefix>`` the run's BIDS stem (:class:`rtrecon.layout.SessionLayout`: ``run-RR``; a store
 that writes the run unpadded, ``run-R``, is read as well). Files being appended may end in a torn
 line, which is skipped. Only what the console shows is read: never a volume's voxels.
+
+Each trial is released several times (``[engine] releases_s`` after its onset, then once more at
+run end): the trials table has one row per release sent, in release order, and each decoded
+release its own arrays, so :meth:`SessionFolder.released` gives every trial's releases and
+:meth:`SessionFolder.decoded` one release's decoding (the newest stored by default).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +36,7 @@ import numpy as np
 
 from rtrecon.layout import SessionLayout
 
-__all__ = ["MOTION_NAMES", "VolumeRow", "DecodedTrial", "SessionFolder"]
+__all__ = ["MOTION_NAMES", "VolumeRow", "StoredRelease", "DecodedTrial", "SessionFolder"]
 
 #: The engine's six rigid-body parameters (mm, radians), in its order.
 MOTION_NAMES = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
@@ -48,11 +55,28 @@ class VolumeRow:
 
 
 @dataclass(frozen=True)
-class DecodedTrial:
-    """A trial's decoded result as saved by the engine's decoding stage."""
+class StoredRelease:
+    """One release of a trial as the engine's trials table recorded it, once its result was sent.
+
+    ``release`` is the index in the trial's schedule (the final, end-of-run one last), ``release_s``
+    the seconds from onset to the start of the last volume its beta used (NaN where unknown).
+    """
 
     run: int
     trial: int
+    release: int
+    release_s: float
+    final: bool
+    stimulus: str
+
+
+@dataclass(frozen=True)
+class DecodedTrial:
+    """One release of a trial as the engine's decoding stage saved it."""
+
+    run: int
+    trial: int
+    release: int
     retrieved: list[str]
     scores: list[float]
     image: np.ndarray | None
@@ -165,17 +189,34 @@ class SessionFolder:
                 out[int(r["trial"])] = (_number(r.get("onset")), "" if r.get("stimulus") in (None, "n/a") else r["stimulus"])
         return out
 
-    def released(self, run: int) -> list[int]:
-        """Trials whose result the engine has sent (its trials table)."""
-        return [int(r["trial"]) for r in _read_tsv(self._derivative(run, "trials")) if r.get("trial", "").isdigit()]
+    def released(self, run: int) -> dict[int, list[StoredRelease]]:
+        """trial -> its releases the engine has sent (its trials table), in release order; trials in
+        the order of their first release."""
+        out: dict[int, list[StoredRelease]] = {}
+        for r in _read_tsv(self._derivative(run, "trials")):
+            if not (r.get("trial", "").isdigit() and r.get("release", "").isdigit()):
+                continue
+            stimulus = "" if r.get("stimulus") in (None, "n/a") else r["stimulus"]
+            out.setdefault(int(r["trial"]), []).append(StoredRelease(
+                run, int(r["trial"]), int(r["release"]), _number(r.get("release_s")),
+                r.get("final") == "1", stimulus))
+        return out
 
-    def decoded(self, run: int, trial: int) -> DecodedTrial | None:
-        """The trial's saved decoding (None if it has none: a bare beta, or not decoded yet)."""
-        path = self._derivative(run, f"trial{trial}decoded", ".npz")
+    def decoded(self, run: int, trial: int, release: int | None = None) -> DecodedTrial | None:
+        """A release's saved decoding, the newest release saved when ``release`` is None (None if
+        there is none: the trial went out as a bare beta, or is not decoded yet)."""
+        if release is None:
+            pattern = re.compile(rf"{re.escape(self.prefix(run))}_desc-trial{trial}release(\d+)decoded\.npz")
+            stored = [int(m[1]) for path in self.derivatives.glob(f"{self.prefix(run)}_desc-trial{trial}release*decoded.npz")
+                      if (m := pattern.fullmatch(path.name))]
+            if not stored:
+                return None
+            release = max(stored)
+        path = self._derivative(run, f"trial{trial}release{release}decoded", ".npz")
         try:
             with np.load(path, allow_pickle=False) as data:
                 image = np.asarray(data["image"]) if "image" in data.files else None
-                return DecodedTrial(run, trial, [str(i) for i in data["retrieved"]],
+                return DecodedTrial(run, trial, release, [str(i) for i in data["retrieved"]],
                                     [float(s) for s in data["scores"]], image)
         except (FileNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError):
             return None

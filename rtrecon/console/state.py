@@ -9,6 +9,13 @@ the operator's controls. It keeps, per run, every volume and every trial with it
 answers with JSON-ready dicts: :meth:`snapshot` (everything, for a page that connects) and
 :meth:`changes` (what changed since the last call, pushed to every open page).
 
+A release is known by (run, trial, release index) and shown once: a restarted engine republishes
+results it had sent, and the store holds the releases the feed gave too, so a release already
+heard is not taken again (only a release read back from the store gives way to the feed's copy,
+which has its latencies). The running accuracy scores each trial once, on its first release (what
+the participant saw first, as the session report's headline does); later releases refine the
+reconstruction and top-5 the page shows, not the accuracy.
+
 It holds no sockets and no clock of its own (``now`` is passed in, ``time.monotonic()``
 seconds), so it is tested by feeding it messages. Nothing in it is patient data: volume indices,
 motion numbers, stimulus ids and reconstructions only.
@@ -31,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from rtrecon.console.folder import MOTION_NAMES, DecodedTrial, VolumeRow
+from rtrecon.console.folder import MOTION_NAMES, DecodedTrial, StoredRelease, VolumeRow
 from rtrecon.wire import OperatorMessage, StatusMessage, TrialResultMessage
 
 __all__ = ["SessionState", "thumbnail"]
@@ -88,6 +95,7 @@ class _Release:
     thumbnail: str | None
     latencies: dict[str, float]
     stamps: dict[str, float]
+    from_store: bool = False  # read back from the store: the feed's copy of it replaces it
 
     def as_json(self) -> dict[str, Any]:
         return {"release": self.release, "release_s": _finite(self.release_s), "final": self.final,
@@ -106,6 +114,9 @@ class _Trial:
 
     def latest(self) -> _Release | None:
         return self.releases[max(self.releases)] if self.releases else None
+
+    def first(self) -> _Release | None:
+        return self.releases[min(self.releases)] if self.releases else None
 
     def as_json(self, run: int) -> dict[str, Any]:
         return {"run": run, "trial": self.trial, "stimulus": self.stimulus, "onset": self.onset, "bad": self.bad,
@@ -227,8 +238,12 @@ class SessionState:
         return gap
 
     def on_result(self, message: TrialResultMessage) -> None:
-        """Take one trial result (a release of a trial)."""
+        """Take one trial result (a release of a trial); a release already heard is ignored."""
         if message.session != self.session_id:
+            return
+        trial = self.runs[message.run].trials.get(message.trial) if message.run in self.runs else None
+        held = trial.releases.get(message.release) if trial is not None else None
+        if held is not None and not held.from_store:  # republished by a restarted engine
             return
         self._set_release(message.run, message.trial, message.stimulus, _Release(
             message.release, message.release_s, message.final, message.decoder, list(message.retrieved),
@@ -276,16 +291,23 @@ class SessionState:
                 trial.stimulus = trial.stimulus or stimulus
                 self._changed_trials.append((run_number, number))
 
-    def add_stored_release(self, run_number: int, trial_number: int, decoded: DecodedTrial | None) -> None:
-        """A trial the store says was sent (its trials table), with its decoding if one was saved
-        (else it went out as a bare beta), for a trial the feed gave no result of."""
-        trial = self._run(run_number).trial(trial_number)
-        if trial.releases:
+    def knows_release(self, run_number: int, trial_number: int, release: int) -> bool:
+        """This release of the trial has been taken already (from the feed or the store)."""
+        trial = self.runs[run_number].trials.get(trial_number) if run_number in self.runs else None
+        return trial is not None and release in trial.releases
+
+    def add_stored_release(self, stored: StoredRelease, decoded: DecodedTrial | None) -> None:
+        """A release the store says was sent (its trials table), with its decoding if one was saved
+        (else it went out as a bare beta); ignored if the feed (or the store) gave it already."""
+        if self.knows_release(stored.run, stored.trial, stored.release):
             return
+        trial = self._run(stored.run).trial(stored.trial)
+        stimulus = trial.stimulus or stored.stimulus
         retrieved, scores = (decoded.retrieved, decoded.scores) if decoded is not None else ([], [])
-        self._set_release(run_number, trial_number, "", _Release(
-            0, math.nan, False, "from the store", retrieved, scores, self._rank(trial.stimulus, retrieved),
-            thumbnail(decoded.image if decoded is not None else None), {}, {}))
+        self._set_release(stored.run, stored.trial, stored.stimulus, _Release(
+            stored.release, stored.release_s, stored.final, "from the store", retrieved, scores,
+            self._rank(stimulus, retrieved), thumbnail(decoded.image if decoded is not None else None), {}, {},
+            from_store=True))
 
     def set_run_info(self, run_number: int, *, tr: float | None = None, ended: int | None = None) -> None:
         """The run's TR (its sidecar) and, once over, its volume count."""
@@ -335,17 +357,17 @@ class SessionState:
         return f"run {run.number} acquiring"
 
     def accuracy(self) -> dict[str, Any]:
-        """Top-1 and top-5 retrieval over decoded trials with a known stimulus (latest release,
-        trials marked bad left out)."""
+        """Top-1 and top-5 retrieval over decoded trials with a known stimulus, each scored once on
+        its first release (trials marked bad left out)."""
         hits1 = hits5 = n = 0
         for run in self.runs.values():
             for trial in run.trials.values():
-                latest = trial.latest()
-                if trial.bad or latest is None or not latest.retrieved or not trial.stimulus:
+                first = trial.first()
+                if trial.bad or first is None or not first.retrieved or not trial.stimulus:
                     continue
                 n += 1
-                hits1 += latest.retrieved[0] == trial.stimulus
-                hits5 += trial.stimulus in latest.retrieved[:5]
+                hits1 += first.retrieved[0] == trial.stimulus
+                hits5 += trial.stimulus in first.retrieved[:5]
         return {"task": self.task, "trials": n, "top1": hits1 / n if n else None, "top5": hits5 / n if n else None}
 
     def fd_alarm(self) -> dict[str, Any] | None:

@@ -40,7 +40,8 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         live.send(SPIKE)
         expect(page.locator("#received")).to_have_text(str(SPIKE), timeout=WAIT_MS)
         expect(page.locator("#expected")).to_have_text(str(N_VOLS))
-        expect(page.locator('.trial[data-trial="0"] .releases')).to_contain_text("r0", timeout=WAIT_MS)
+        # (trial 0, onset 2 s: its first release once volume 10, 8 s after onset, has arrived)
+        expect(page.locator('.trial[data-trial="0"] .releases span')).to_have_text(["r0 @8.0 s"], timeout=WAIT_MS)
         expect(page.locator('[data-link="bridge_alive"]')).to_have_class("pill ok", timeout=WAIT_MS)
         expect(page.locator("#gpu")).to_have_text("— (not on a GPU)")
         expect(page.locator("#latency-strip")).to_contain_text("→ realigned", timeout=WAIT_MS)
@@ -70,7 +71,7 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         # (a later stall of the busy engine past its liveness would count as one more)
         expect(page.locator("#restarts")).to_have_text(re.compile(r"^[1-9]\d*$"), timeout=WAIT_MS)
         expect(page.locator("#banners")).not_to_contain_text("engine silent", timeout=WAIT_MS)
-        expect(page.locator('.trial[data-trial="2"] .releases')).to_contain_text("r0", timeout=WAIT_MS)
+        expect(page.locator('.trial[data-trial="2"] .releases span')).to_have_text(["r0 @8.0 s"], timeout=WAIT_MS)
 
         # Controls: recorded in the session's records, shown, and sent to the stimulus program.
         page.locator('.trial[data-trial="1"] button').click()
@@ -89,11 +90,15 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
             page.wait_for_timeout(100)  # the console publishes the whole state each heartbeat
         assert (state.feedback_paused, state.ended_runs, state.bad_trials) == (True, [1], {1: [1]})
 
-        # The run ends: every trial is released, the run state says so.
+        # The run ends: every trial gets its final release (from the last volume, 27 s), the run
+        # state says so. Each release shows once, though the restarted engine republished its results.
         live.end()
         expect(page.locator("#state")).to_have_text("run 1 ended (28 volumes)", timeout=WAIT_MS)
         expect(page.locator(".trial")).to_have_count(4, timeout=WAIT_MS)
-        expect(page.locator('.trial[data-trial="3"] .releases')).to_contain_text("r0", timeout=WAIT_MS)
+        releases = {0: ["r0 @8.0 s", "r1 @16.0 s", "final @25.0 s"], 1: ["r0 @8.0 s", "r1 @16.0 s", "final @19.0 s"],
+                    2: ["r0 @8.0 s", "final @13.0 s"], 3: ["final @7.0 s"]}  # trial 3 (onset 20 s): not due before
+        for trial, texts in releases.items():
+            expect(page.locator(f'.trial[data-trial="{trial}"] .releases span')).to_have_text(texts, timeout=WAIT_MS)
         expect(page.locator('.trial[data-trial="3"]')).to_contain_text("onset 20.0 s", timeout=WAIT_MS)
         page.screenshot(path=shots / "4-run-ended.png", full_page=True)
 
@@ -110,6 +115,8 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
             expect(page.locator("#state")).to_have_text("run 1 ended (28 volumes)")
             expect(page.locator('.trial[data-trial="1"]')).to_have_class("trial bad")
             expect(page.locator("#fd-alarm")).to_contain_text(f"volume {SPIKE + 1}")
+            for trial, texts in releases.items():  # every release read back from the store's trials table
+                expect(page.locator(f'.trial[data-trial="{trial}"] .releases span')).to_have_text(texts)
             state = json.loads(page.request.get(late_url + "api/state").text())
             assert [v["index"] for v in state["volumes"]] == list(range(28))
             assert state["volumes"][SPIKE]["fd"] > 2.0 and state["volumes"][SPIKE - 1]["fd"] < 0.5
@@ -171,8 +178,16 @@ def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, ch
             expect(card.locator(".top5 li")).to_have_count(5)
             expect(card.locator(".top5 li.hit")).to_have_text("nsd:3 (0.900)")
             expect(page.locator('.trial[data-trial="1"] .rank')).to_have_text("not in top-6", timeout=WAIT_MS)
-            expect(page.locator("#top1")).to_have_text("50.0 %")
+            # scored on each trial's first release: trial 0's r0 has nsd:3 second (its final, first)
+            expect(page.locator("#scored")).to_have_text("2")
+            expect(page.locator("#top1")).to_have_text("0.0 %")
             expect(page.locator("#top5")).to_have_text("50.0 %")
+            # a release published again (as a restarted engine does) is not shown twice nor taken
+            publisher.publish(result(0, "nsd:3", ["nsd:9"], 1, True))
+            publisher.publish(result(2, "nsd:2", ["nsd:2"], 0, False))
+            expect(page.locator('.trial[data-trial="2"] .rank')).to_have_text("rank 1", timeout=WAIT_MS)
+            expect(card.locator(".releases span")).to_have_text(["r0 @8.0 s", "final @16.0 s"])
+            expect(card.locator(".rank")).to_have_text("rank 1")
             expect(page.locator("#latency-strip")).to_contain_text("image: 0.90 s")
             reconstructed = card.locator('img[alt="no reconstruction"]')
             assert reconstructed.get_attribute("src").startswith("data:image/png;base64,")

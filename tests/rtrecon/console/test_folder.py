@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rtrecon.console.folder import MOTION_NAMES, SessionFolder
+from rtrecon.console.folder import MOTION_NAMES, SessionFolder, StoredRelease
 
 
 @pytest.fixture(scope="module")
 def store(harness, tmp_path_factory):
-    """A real engine (in this process) that took 16 volumes and 2 events, then ended the run."""
+    """A real engine (in this process) that took 16 volumes and 2 events, then ended the run (the
+    default releases: trial 0 at 8 s, then both at run end), with two releases of trial 0 decoded."""
     from engine.server import Engine, EngineSettings
     from engine.store import SessionStore
     from rtrecon.wire import RunEndMessage
@@ -28,8 +29,10 @@ def store(harness, tmp_path_factory):
     engine.handle(RunEndMessage(session=harness.SESSION, run=1, n_volumes=16))
     engine.join_background()
     image = np.full((32, 32, 3), 90, np.uint8)
-    store.save_arrays(1, "trial0decoded", embedding=np.zeros(4, np.float32), retrieved=np.array(["nsd:100", "nsd:5"]),
-                      scores=np.array([0.8, 0.3]), image=image)
+    store.save_arrays(1, "trial0release0decoded", embedding=np.zeros(4, np.float32),
+                      retrieved=np.array(["nsd:5", "nsd:100"]), scores=np.array([0.6, 0.5]))
+    store.save_arrays(1, "trial0release2decoded", embedding=np.zeros(4, np.float32),
+                      retrieved=np.array(["nsd:100", "nsd:5"]), scores=np.array([0.8, 0.3]), image=image)
     return store
 
 
@@ -58,10 +61,23 @@ def test_volumes_match_the_stored_tables(store, harness):
 def test_events_released_and_decoded_trials(store):
     folder = SessionFolder(store.root, "01", "01", "perception")
     assert folder.events(1) == {0: (2.0, "nsd:100"), 1: (8.0, "nsd:101")}
-    assert folder.released(1) == [0, 1]
-    decoded = folder.decoded(1, 0)
-    assert decoded.retrieved == ["nsd:100", "nsd:5"] and decoded.scores == [0.8, 0.3] and decoded.image.shape == (32, 32, 3)
-    assert folder.decoded(1, 1) is None  # a bare beta: nothing decoded
+    # trial 0 (onset 2 s) released after volume 10 (8 s) and at run end (volume 15: 13 s);
+    # trial 1 (onset 8 s) was not due by 16 s when the run ended: only its final release (7 s)
+    released = folder.released(1)
+    assert released == {
+        0: [StoredRelease(1, 0, 0, 8.0, False, "nsd:100"), StoredRelease(1, 0, 2, 13.0, True, "nsd:100")],
+        1: [StoredRelease(1, 1, 2, 7.0, True, "nsd:101")],
+    }
+    table = pd.read_csv(store.derivative_path(1, "trials"), sep="\t", na_values="n/a")  # the reference
+    assert [(r.trial, r.release, r.release_s, bool(r.final), r.stimulus) for r in table.itertuples()] == [
+        (s.trial, s.release, s.release_s, s.final, s.stimulus) for rs in released.values() for s in rs]
+    newest = folder.decoded(1, 0)  # the newest release decoded
+    assert newest.release == 2 and newest.retrieved == ["nsd:100", "nsd:5"] and newest.scores == [0.8, 0.3]
+    assert newest.image.shape == (32, 32, 3)
+    first = folder.decoded(1, 0, release=0)
+    assert (first.release, first.retrieved, first.scores, first.image) == (0, ["nsd:5", "nsd:100"], [0.6, 0.5], None)
+    assert folder.decoded(1, 0, release=1) is None  # never released
+    assert folder.decoded(1, 1) is None and folder.decoded(1, 1, release=2) is None  # a bare beta: nothing decoded
 
 
 def test_the_layouts_two_digit_runs_are_read_too(store, tmp_path):
@@ -78,6 +94,7 @@ def test_the_layouts_two_digit_runs_are_read_too(store, tmp_path):
     assert padded.prefix(1).endswith("_run-01") and folder.prefix(1).endswith("_run-1")
     assert padded.runs() == [1] and padded.ended(1) == 16 and padded.volumes(1) == folder.volumes(1)
     assert padded.events(1) == folder.events(1) and padded.decoded(1, 0).retrieved == ["nsd:100", "nsd:5"]
+    assert padded.released(1) == folder.released(1)
 
 
 def test_a_torn_row_and_an_absent_session_read_as_nothing(store, tmp_path):

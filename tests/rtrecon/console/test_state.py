@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rtrecon.console.folder import MOTION_NAMES, DecodedTrial, VolumeRow
+from rtrecon.console.folder import MOTION_NAMES, DecodedTrial, StoredRelease, VolumeRow
 from rtrecon.console.state import SessionState, thumbnail
 from rtrecon.wire import StatusMessage, TrialResultMessage
 
@@ -109,15 +109,20 @@ def test_releases_rank_thumbnail_and_accuracy(state):
     state.apply_control({"time": 0.0, "action": "mark_bad", "run": 1, "trial": 3})
     picture = Image.open(io.BytesIO(base64.b64decode(refined["thumbnail"].split(",", 1)[1])))
     assert picture.size == (96, 128) and picture.getpixel((10, 10))[:3] == (200, 0, 0)
-    # top-1: trials 0 (latest release) and 2; top-5: trial 1's true image is sixth
+    # each trial scored once, on its first release: top-1 only trial 2 (trial 0's r0 has it second,
+    # its refinement first: scoring the latest would give 2/3); top-5: trial 1's true image is sixth
     accuracy = state.accuracy()
-    assert (accuracy["trials"], accuracy["top1"], accuracy["top5"]) == (3, pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert (accuracy["trials"], accuracy["top1"], accuracy["top5"]) == (3, pytest.approx(1 / 3), pytest.approx(2 / 3))
     state.apply_control({"time": 0.0, "action": "mark_bad", "run": 1, "trial": 2})
     accuracy = state.accuracy()
-    assert (accuracy["trials"], accuracy["top1"]) == (2, 0.5)
+    assert (accuracy["trials"], accuracy["top1"], accuracy["top5"]) == (2, 0.0, 0.5)
     # what changed (a snapshot for a new page leaves it to push to the others), each trial once
     assert [t["trial"] for t in state.changes(now=0.0)["trials"]] == [0, 1, 2, 3]
     assert state.changes(now=0.0)["trials"] == []
+    # a restarted engine republishes what it had sent: the same (run, trial, release) is not taken again
+    state.on_result(_result(0, "nsd:7", ["nsd:1"], release=1, final=True))
+    assert state.changes(now=0.0)["trials"] == []
+    assert [r["rank"] for r in state.snapshot(now=0.0)["trials"][0]["releases"]] == [2, 1]
 
 
 def test_thumbnail_refuses_what_is_not_an_image():
@@ -166,18 +171,32 @@ def test_decoder_backlog_bad_tr_and_feedback_pause(state):
     assert "info" not in _levels(state, 0.2)
 
 
-def test_backfill_of_events_and_decoded_trials(state):
+def test_backfill_of_events_and_decoded_releases(state):
     state.add_events(1, {0: (2.0, "nsd:7"), 1: (8.0, "nsd:8")})
-    state.add_stored_release(1, 0, DecodedTrial(1, 0, ["nsd:7", "nsd:1"], [0.9, 0.2], None))
+    state.add_stored_release(StoredRelease(1, 0, 0, 8.0, False, "nsd:7"), DecodedTrial(1, 0, 0, ["nsd:1", "nsd:7"], [0.9, 0.2], None))
+    state.add_stored_release(StoredRelease(1, 0, 2, 13.0, True, "nsd:7"), DecodedTrial(1, 0, 2, ["nsd:7", "nsd:1"], [0.9, 0.2], None))
     state.on_result(_result(1, "nsd:8", ["nsd:8"]))
-    state.add_stored_release(1, 1, DecodedTrial(1, 1, ["nsd:1"], [0.5], None))  # the feed's result stays
-    state.add_stored_release(1, 2, None)  # sent as a bare beta while the console heard nothing
+    # the feed's result stays; the store's next release of the trial is added beside it
+    state.add_stored_release(StoredRelease(1, 1, 0, 8.0, False, "nsd:8"), DecodedTrial(1, 1, 0, ["nsd:1"], [0.5], None))
+    state.add_stored_release(StoredRelease(1, 1, 1, 16.0, False, "nsd:8"), DecodedTrial(1, 1, 1, ["nsd:2", "nsd:8"], [0.5, 0.4], None))
+    # sent as a bare beta while the console heard nothing, with no release time recorded
+    state.add_stored_release(StoredRelease(1, 2, 2, math.nan, True, "nsd:9"), None)
     trials = {t["trial"]: t for t in state.snapshot(now=0.0)["trials"]}
-    assert trials[0]["onset"] == 2.0 and trials[0]["releases"][0]["rank"] == 1
-    assert trials[0]["releases"][0]["decoder"] == "from the store"
-    assert trials[1]["releases"][0]["retrieved"] == ["nsd:8"]
+    assert trials[0]["onset"] == 2.0
+    assert [(r["release"], r["release_s"], r["final"], r["rank"], r["decoder"]) for r in trials[0]["releases"]] == [
+        (0, 8.0, False, 2, "from the store"), (2, 13.0, True, 1, "from the store")]
+    assert [(r["release"], r["retrieved"], r["decoder"]) for r in trials[1]["releases"]] == [
+        (0, ["nsd:8"], "mindeye2"), (1, ["nsd:2", "nsd:8"], "from the store")]
+    assert trials[2]["stimulus"] == "nsd:9"
     assert [(r["decoder"], r["retrieved"], r["rank"]) for r in trials[2]["releases"]] == [("from the store", [], None)]
-    # what the page parses is strict JSON: no NaN (a stored result has no release time)
-    assert trials[0]["releases"][0]["release_s"] is None
+    # what the page parses is strict JSON: no NaN
+    assert trials[2]["releases"][0]["release_s"] is None
+    # read back again (a second backfill): nothing changes; the feed's copy of a stored release replaces it
+    state.changes(now=0.0)
+    state.add_stored_release(StoredRelease(1, 0, 0, 8.0, False, "nsd:7"), DecodedTrial(1, 0, 0, ["nsd:5"], [0.1], None))
+    assert state.changes(now=0.0)["trials"] == []
+    state.on_result(_result(0, "nsd:7", ["nsd:1", "nsd:7"]))
+    assert state.snapshot(now=0.0)["trials"][0]["releases"][0]["decoder"] == "mindeye2"
+    assert state.accuracy()["trials"] == 2 and state.accuracy()["top5"] == 1.0
     state.on_result(dataclasses.replace(_result(2, "nsd:9", []), latencies={"decode_s": math.nan}, stamps={"sent": math.inf}))
     json.dumps(state.snapshot(now=0.0), allow_nan=False)
