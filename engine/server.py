@@ -65,6 +65,7 @@ stopping engine waits a few seconds for the ones in hand.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 import threading
@@ -76,9 +77,11 @@ from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 from engine.design import RunDesign
+from engine.early import EarlyRun, HRFChoice, NoisePool
 from engine.glm import IncrementalGLM
-from engine.motion import PARAMETER_NAMES, RigidRealigner, framewise_displacement, rigid_matrix
+from engine.motion import PARAMETER_NAMES, RigidRealigner, brain_mask, framewise_displacement, rigid_matrix
 from engine.store import SessionStore
 from engine.timing import TRIAL_STAGES, VOLUME_STAGES, StageRecorder
 from engine.trials import ReleaseSchedule, TrialBeta, TrialNormaliser
@@ -143,6 +146,10 @@ class _Run:
     trial_table: Any = None
     volume_recorder: StageRecorder = field(default_factory=lambda: StageRecorder(VOLUME_STAGES))
     trial_recorder: StageRecorder = field(default_factory=lambda: StageRecorder(TRIAL_STAGES, incoming=()))
+    extra: list[np.ndarray] = field(default_factory=list)  # per GLM row: the noise-pool candidates outside the ROI
+    pool: NoisePool | None = None  # [engine.early]: learned on earlier runs when this run started
+    hrf: HRFChoice | None = None
+    ended: bool = False
 
 
 class Engine:
@@ -178,6 +185,8 @@ class Engine:
         self._early_events: dict[int, list[EventMessage]] = {}  # runs whose first volume is yet to come
         self._background: list[threading.Thread] = []
         self._replaying = False
+        self._pool_voxels: np.ndarray | None = None  # (4, n) brain voxels outside the ROI, noise-pool candidates
+        self._training: list[EarlyRun] | None = None  # [engine.early] training_session, realigned once
 
     # -- recovery ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -387,6 +396,15 @@ class Engine:
         self.normaliser = TrialNormaliser(
             n_roi, stats=self.settings.zscore_stats, average_repeats=self.settings.average_repeats
         )
+        if self.settings.early.noise_pool:
+            # The ROI alone has few voxels the task does not drive: the pool also samples the brain beyond it.
+            # The brain itself, not the realigner's dilated mask: voxels at its edge, interpolated from
+            # the brain by motion estimates that the task's own signal nudges, made the task a "noise"
+            # component (measured: first-release r 0.61 -> 0.32 in a world without shared noise).
+            outside = np.argwhere(brain_mask(reference, ref_affine) & ~self.realigner.roi_mask)
+            n = min(self.settings.early.pool_voxels, len(outside))
+            outside = outside[np.unique(np.linspace(0, len(outside) - 1, n).round().astype(int))] if n else outside[:0]
+            self._pool_voxels = np.c_[outside, np.ones(len(outside))].T
         log.info("reference %s, ROI of %d voxels", reference.shape, n_roi)
 
     def _run_state(self, run: int, tr: float) -> _Run:
@@ -395,10 +413,12 @@ class Engine:
             return state
         assert self.realigner is not None
         design = RunDesign(tr, self.settings.planned_volumes, self.settings.glm)
+        pool, hrf = self._fit_early(run)
         confounds = list(PARAMETER_NAMES) if self.settings.glm.motion_confounds else []
+        confounds += pool.names if pool is not None else []
         glm = IncrementalGLM(design, int(self.realigner.roi_mask.sum()), confound_names=confounds)
         schedule = ReleaseSchedule(self.settings.releases_s, tr, self.settings.glm.slice_time_ref)
-        state = _Run(run, tr, glm, schedule)
+        state = _Run(run, tr, glm, schedule, pool=pool, hrf=hrf)
         state.confounds = self.store.table(run, "confounds_timeseries", CONFOUND_COLUMNS)
         state.timings = self.store.table(run, "volumetimings", state.volume_recorder.columns("volume"))
         state.trial_timings = self.store.table(run, "trialtimings", ["trial", "release", *state.trial_recorder.columns("trial")[1:]])
@@ -436,7 +456,12 @@ class Engine:
         previous = state.last_params
         state.last_params = estimate.params
         fd = float("nan") if previous is None else float(framewise_displacement([previous, estimate.params])[1])
-        confounds = estimate.params if self.settings.glm.motion_confounds else ()
+        confounds = list(estimate.params) if self.settings.glm.motion_confounds else []
+        if self._pool_voxels is not None:
+            extra = self.realigner.resample_voxels(volume, estimate.params, self._pool_voxels, affine)
+            state.extra.append(extra)
+            if state.pool is not None:
+                confounds += list(state.pool.regressors(np.concatenate([estimate.roi, extra])))
         state.glm.add_volume(estimate.roi, confounds, frame=index)
         rec.mark(index, "glm_updated")
         latency_ms = rec.elapsed_ms(index, "glm_updated")
@@ -502,7 +527,7 @@ class Engine:
         rec = state.trial_recorder  # keyed by sequence: a trial may have several releases in flight
         rec.mark(sequence, "ready")
         if self.settings.beta_method == "lss":
-            beta = state.glm.lss(trial)
+            beta = state.hrf.lss(state.glm, trial) if state.hrf is not None else state.glm.lss(trial)
         else:
             beta = state.glm.lsa([trial])[trial]
         released = self.normaliser.release(state.number, trial, state.stimuli.get(trial, ""), beta, release=release)
@@ -577,6 +602,7 @@ class Engine:
         state = self.runs.get(run)
         if state is None:
             return
+        state.ended = True
         state.glm.refresh()
         active = set(state.glm.active_trials())
         for trial in sorted(state.onsets):
@@ -588,6 +614,93 @@ class Engine:
                 run, "trialbetas", trials=np.array(betas.trials), lsa=betas.lsa, lss=betas.lss,
                 lsa_t=betas.lsa_t, lss_t=betas.lss_t, noise_model=np.array(betas.noise_model), frames=state.glm.frames,
             )
+
+
+    # -- early estimates ([engine.early]) ----------------------------------------------------------
+    def _fit_early(self, run: int) -> tuple[NoisePool | None, HRFChoice | None]:
+        """The noise pool and per-voxel HRFs of ``run``, learned on what the session has when it starts."""
+        early = self.settings.early
+        if not (early.noise_pool or early.hrf_library):
+            return None, None
+        earlier = self._earlier_runs(run)
+        if not earlier:
+            log.info("run %d: no earlier run to learn early estimates from: plain OLS releases", run)
+            return None, None
+        assert self.realigner is not None
+        n_roi = int(self.realigner.roi_mask.sum())
+        pool = hrf = None
+        if early.noise_pool:
+            try:
+                pool = NoisePool(early.noise_components, early.pool_r2).fit(earlier, self.settings.glm)
+            except ValueError as exc:  # too few voxels the task leaves alone: this run goes without
+                log.error("run %d: no noise pool (%s)", run, exc)
+        if early.hrf_library:
+            hrf = HRFChoice().fit([replace(r, signal=r.signal[:, :n_roi]) for r in earlier], self.settings.glm)
+        log.info("run %d: early estimates from %d earlier runs: %s", run, len(earlier), ", ".join(
+            ([f"noise pool of {len(pool.pool)} voxels"] if pool is not None else [])
+            + ([f"{len(np.unique(hrf.choice))} HRFs in use"] if hrf is not None else [])) or "none")
+        return pool, hrf
+
+    def _earlier_runs(self, run: int) -> list[EarlyRun]:
+        """The training session's runs, then this session's runs that had ended when ``run`` started.
+
+        Which of the session's runs those were is saved with ``run`` (``desc-earlyruns.npz``) the
+        first time, so a restarted engine learns from the same runs, hence releases the same betas."""
+        early = self.settings.early
+        runs = list(self._training_runs()) if early.training_session is not None else []
+        if not early.session_runs:
+            return runs
+        path = self.store.derivative_path(run, "earlyruns", ".npz")
+        if path.exists():
+            with np.load(path) as saved:
+                numbers = [int(r) for r in saved["runs"]]
+        else:
+            numbers = [r for r, s in sorted(self.runs.items()) if r < run and s.ended and s.glm.trial_ids]
+            self.store.save_arrays(run, "earlyruns", runs=np.array(numbers, dtype=int))
+        for number in numbers:
+            state = self.runs[number]
+            signal = state.glm.signal
+            if self._pool_voxels is not None:
+                signal = np.hstack([signal, np.vstack(state.extra)]) if state.extra else signal[:0]
+            timing = [state.glm.trial_timing(t) for t in state.glm.trial_ids]
+            runs.append(EarlyRun(signal, state.tr, [o for o, _ in timing], [d for _, d in timing], state.glm.frames))
+        return runs
+
+    def _training_runs(self) -> list[EarlyRun]:
+        """The runs of ``[engine.early] training_session``, realigned to this session's reference (once)."""
+        if self._training is not None:
+            return self._training
+        assert self.realigner is not None and self.settings.early.training_session is not None
+        self._training = []
+        for bold in sorted(self.settings.early.training_session.rglob("*_bold.nii*")):
+            events = bold.with_name(bold.name.split("_bold.nii")[0] + "_events.tsv")
+            if not bold.name.endswith((".nii", ".nii.gz")) or not events.exists():
+                continue
+            img = nib.load(bold)
+            if img.ndim != 4 or img.shape[:3] != self.realigner.shape:
+                log.error("training run %s skipped: shape %s, this session's grid is %s", bold, img.shape, self.realigner.shape)
+                continue
+            sidecar = bold.with_name(bold.name.split(".nii")[0] + ".json")
+            tr = float(json.loads(sidecar.read_text())["RepetitionTime"]) if sidecar.exists() else float(img.header.get_zooms()[3])
+            data, affine = np.asarray(img.dataobj), img.header.get_best_affine()
+            rows, frames, params = [], [], None
+            for index in range(data.shape[3]):
+                volume = data[..., index]
+                if not volume.any():  # stored as missing
+                    continue
+                estimate = self.realigner.realign(volume, affine, init=params)
+                params = estimate.params
+                row = estimate.roi
+                if self._pool_voxels is not None:
+                    row = np.concatenate([row, self.realigner.resample_voxels(volume, params, self._pool_voxels, affine)])
+                rows.append(row)
+                frames.append(index)
+            table = pd.read_csv(events, sep="\t")
+            table = table[np.isfinite(pd.to_numeric(table["onset"], errors="coerce"))]
+            self._training.append(EarlyRun(np.vstack(rows), tr, table["onset"].astype(float).tolist(),
+                                           table["duration"].astype(float).tolist(), np.array(frames)))
+            log.info("training run %s: %d volumes, %d trials", bold.name, len(rows), len(table))
+        return self._training
 
 
 def _event_from_row(session: str, run: int, row: dict[str, str]) -> EventMessage:
