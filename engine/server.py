@@ -17,6 +17,12 @@ messages directly; :func:`serve` connects it to the session's links (:mod:`rtrec
   every trial gets a final release from the whole run;
 * a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed.
 
+With ``[engine.early]`` options on, each run starts by learning a noise pool and/or per-voxel HRFs
+(:mod:`engine.early`) from the runs the engine has then (a training session folder, and the
+session's ended runs: which ones is saved with the run, ``desc-earlyruns.npz``, so a restart
+learns from the same); the pool's regressors of each volume join its confounds, and LSS releases
+use the chosen HRFs (docs/early_estimates.md: measured, they do not help on the demo's world).
+
 Outputs per run (BIDS derivatives, :class:`~engine.store.SessionStore`): the confounds
 (``desc-confounds_timeseries.tsv``: the 6 motion parameters, FD, and ``xfm_00 .. xfm_23``, rows
 0-2 of the 4x4 world (RAS mm) transform mapping a point of the reference to where the same
