@@ -649,3 +649,17 @@ def test_early_estimates_restart_gives_identical_betas(tmp_path):
     assert _trial_z(resumed.store).keys() == _trial_z(reference.store).keys()
     for key, z in _trial_z(resumed.store).items():
         np.testing.assert_array_equal(z, _trial_z(reference.store)[key])
+
+
+def test_early_estimates_from_a_training_session_folder(tmp_path, caplog):
+    # The training folder is a session the engine wrote (here: the same world without the options),
+    # realigned to this session's reference: the first run already learns from its 3 runs.
+    training = _early_session(tmp_path / "training", True, {})
+    early = {"noise_pool": True, "hrf_library": True, "session_runs": False, "training_session": training.store.root}
+    with caplog.at_level(logging.INFO, logger="engine"):
+        engine = _early_session(tmp_path / "live", True, early)
+    learned = [r.message for r in caplog.records if "early estimates from" in r.message]
+    assert len(learned) == EARLY_RUNS and all("from 3 earlier runs: noise pool of" in m for m in learned), learned
+    assert not any("no earlier run" in r.message for r in caplog.records)
+    assert all(state.pool is not None and state.hrf is not None for state in engine.runs.values())
+    assert not engine.store.derivative_path(1, "earlyruns", ".npz").exists()  # the session's own runs: not used
