@@ -628,7 +628,11 @@ class Engine:
         early = self.settings.early
         if not (early.noise_pool or early.hrf_library):
             return None, None
-        earlier = self._earlier_runs(run)
+        try:
+            earlier = self._earlier_runs(run)
+        except Exception:  # an unreadable training run must not stop the live run: it goes plain
+            log.exception("run %d: the earlier runs could not be read: plain OLS releases", run)
+            return None, None
         if not earlier:
             log.info("run %d: no earlier run to learn early estimates from: plain OLS releases", run)
             return None, None
@@ -638,10 +642,13 @@ class Engine:
         if early.noise_pool:
             try:
                 pool = NoisePool(early.noise_components, early.pool_r2).fit(earlier, self.settings.glm)
-            except ValueError as exc:  # too few voxels the task leaves alone: this run goes without
+            except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. too few voxels the task leaves alone
                 log.error("run %d: no noise pool (%s)", run, exc)
         if early.hrf_library:
-            hrf = HRFChoice().fit([replace(r, signal=r.signal[:, :n_roi]) for r in earlier], self.settings.glm)
+            try:
+                hrf = HRFChoice().fit([replace(r, signal=r.signal[:, :n_roi]) for r in earlier], self.settings.glm)
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                log.error("run %d: no per-voxel HRF (%s)", run, exc)
         log.info("run %d: early estimates from %d earlier runs: %s", run, len(earlier), ", ".join(
             ([f"noise pool of {len(pool.pool)} voxels"] if pool is not None else [])
             + ([f"{len(np.unique(hrf.choice))} HRFs in use"] if hrf is not None else [])) or "none")
