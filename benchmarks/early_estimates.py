@@ -11,10 +11,17 @@ its LSS beta: plain, with the noise regressors as confounds, with the chosen HRF
 the true single-trial beta (``synthetic_truth/.../true_betas_session01.npy``); the baseline is
 ``ols_r`` (what the engine releases today), measured in the same run.
 
-    .venv/bin/python benchmarks/early_estimates.py [--quick] [--delay S]
+With ``--engine`` the demo's own world (``rtrecon demo``'s default: the ``small`` preset, world
+``high-snr``, head motion on unless ``--no-motion``) goes through the live engine instead: every run is streamed through
+:meth:`engine.server.Engine.handle` (realignment, the session's ``[engine.early]`` options learned
+at each run's start from the runs before it, releases at 8 and 16 s), once per option, and
+``engine_*_r`` scores the first releases of the last run as above.
+
+    .venv/bin/python benchmarks/early_estimates.py [--quick] [--delay S] [--engine]
 
 The last line printed is one JSON object: {"benchmark": "early_estimates", "machine": ...,
-"results": {"ols_r", "noise_pool_r", "hrf_r", "both_r", ...}}.
+"results": {"ols_r", "noise_pool_r", "hrf_r", "both_r", ...}} (``--engine``: {"engine_ols_r",
+"engine_noise_pool_r", "engine_hrf_r", "engine_both_r", ...}).
 """
 
 from __future__ import annotations
@@ -88,13 +95,78 @@ def median_r(betas: np.ndarray, truth: np.ndarray) -> float:
     return float(np.median(np.sum(b * t, 0) / np.sqrt(np.sum(b**2, 0) * np.sum(t**2, 0) + 1e-30)))
 
 
+EARLY_OPTIONS = [("ols_r", {}), ("noise_pool_r", {"noise_pool": True}), ("hrf_r", {"hrf_library": True}),
+                 ("both_r", {"noise_pool": True, "hrf_library": True})]
+
+
+def engine_first_release_r(root: Path, n_runs: int, early: dict, work: Path) -> float:
+    """Stream the world's runs through the engine with ``[engine.early]`` = ``early``; the median
+    per-voxel r of the last run's first releases with the true single-trial betas."""
+    from engine.server import Engine, EngineSettings
+    from engine.store import SessionStore
+    from rtrecon.wire import EventMessage, RunEndMessage, VolumeMessage
+
+    truth = synthetic.load_truth(root, 1)
+    base = root / "nsddata_timeseries" / "ppdata" / "subj01" / SPACE
+    first = nib.load(base / "timeseries" / "timeseries_session01_run01.nii.gz")
+    mask = np.zeros(first.shape[:3], np.uint8).ravel()
+    mask[truth["voxels"]["roi_index"]] = 1
+    work.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(mask.reshape(first.shape[:3]), first.affine), work / "roi.nii.gz")
+    engine = Engine(EngineSettings(roi_mask=work / "roi.nii.gz", early=early), SessionStore(work / "s", "01", "01", "bench"))
+    session = "sub-01_ses-01"
+    for run in range(1, n_runs + 1):
+        img = nib.load(base / "timeseries" / f"timeseries_session01_run{run:02d}.nii.gz")
+        data = np.asarray(img.dataobj)
+        onsets = np.flatnonzero(np.loadtxt(base / "design" / f"design_session01_run{run:02d}.tsv")) * synthetic.TR
+        for i in range(data.shape[3]):
+            for t, onset in enumerate(onsets):
+                if (i - 1) * synthetic.TR < onset <= i * synthetic.TR:
+                    engine.handle(EventMessage(session=session, run=run, trial=t, onset=float(onset), duration=3.0,
+                                               trial_type="image", stimulus=f"img{t}"))
+            engine.handle(VolumeMessage(session=session, run=run, index=i, tr=synthetic.TR,
+                                        voxels=np.ascontiguousarray(data[..., i]), affine=img.affine))
+        engine.handle(RunEndMessage(session=session, run=run, n_volumes=data.shape[3]))
+    engine.join_background()
+    n_before = sum(len(np.flatnonzero(np.loadtxt(base / "design" / f"design_session01_run{r:02d}.tsv")))
+                   for r in range(1, n_runs))
+    betas = np.full((len(onsets), int(mask.sum())), np.nan)
+    for t in range(len(onsets)):
+        path = engine.store.derivative_path(n_runs, f"trial{t}release0beta", ".npz")
+        if path.exists():
+            betas[t] = np.load(path)["beta"]
+    return median_r(betas, truth["true_betas"][1][n_before : n_before + len(onsets)])
+
+
+def main_engine(n_runs: int, motion: bool) -> int:
+    preset = synthetic.PRESETS["small"]
+    preset = replace(preset, noise=replace(preset.noise, motion=motion))
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        root = synthetic.generate(Path(tmp) / "world", 1, 1, n_runs, preset, seed=0, progress=False, world="high-snr")
+        print(f"demo world (high-snr, motion {motion}): {n_runs} runs ({time.perf_counter() - t0:.0f} s to make)", flush=True)
+        results = {}
+        for key, early in EARLY_OPTIONS:
+            t0 = time.perf_counter()
+            results["engine_" + key] = engine_first_release_r(root, n_runs, early, Path(tmp) / key)
+            print(f"engine_{key}: {results['engine_' + key]:.3f} ({time.perf_counter() - t0:.0f} s for the session)", flush=True)
+    results.update(earlier_runs=n_runs - 1, motion=motion, gain_both=results["engine_both_r"] - results["engine_ols_r"],
+                   gain_noise_pool=results["engine_noise_pool_r"] - results["engine_ols_r"])
+    emit("early_estimates", results, machine_extra="1 core")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 earlier runs instead of 3")
     parser.add_argument("--delay", type=float, default=8.0, help="release delay after onset (s)")
+    parser.add_argument("--engine", action="store_true", help="through the live engine, on the demo's world (see above)")
+    parser.add_argument("--no-motion", action="store_true", help="with --engine: the demo's world without head motion")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     n_runs = 3 if args.quick else 4
+    if args.engine:
+        return main_engine(n_runs, not args.no_motion)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         preset = synthetic.PRESETS["small"]

@@ -39,12 +39,14 @@ DEFAULT_SHIFTS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
 
 @dataclass(frozen=True)
 class EarlyRun:
-    """An earlier run: its (n, V) ROI signal, its TR, and its trials' onsets and durations (s)."""
+    """An earlier run: its (n, V) ROI signal, its TR, its trials' onsets and durations (s), and the
+    volume index of each signal row (default ``0 .. n-1``; a run with missing volumes skips them)."""
 
     signal: np.ndarray
     tr: float
     onsets: Sequence[float]
     durations: Sequence[float]
+    frames: np.ndarray | None = None
 
 
 def hrf_library(shifts: Sequence[float] = DEFAULT_SHIFTS) -> list[Callable[..., np.ndarray]]:
@@ -80,7 +82,7 @@ def _residual(design: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _task_design(run: EarlyRun, design: RunDesign, hrf: Callable | str, per_trial: bool) -> np.ndarray:
-    frames = np.arange(len(run.signal))
+    frames = np.arange(len(run.signal)) if run.frames is None else np.asarray(run.frames)
     drift, _ = design.drift(frames)
     if per_trial:
         cols = [_condition(design, hrf, [o], [d], frames) for o, d in zip(run.onsets, run.durations)]

@@ -431,6 +431,16 @@ class RigidRealigner:
             np.asarray(volume, dtype=np.float32), coords, order=self.order, mode="nearest"
         ).astype(np.float64)
 
+    def resample_voxels(
+        self, volume: np.ndarray, params: np.ndarray, voxels: np.ndarray, affine: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The reference-grid ``voxels`` (4, n homogeneous indices) of ``volume`` realigned, float64 (n,)."""
+        affine = self.affine if affine is None else np.asarray(affine, dtype=np.float64)
+        coords = (self._voxel_map(params, affine) @ voxels)[:3]
+        return ndimage.map_coordinates(
+            np.asarray(volume, dtype=np.float32), coords, order=self.order, mode="nearest"
+        ).astype(np.float64)
+
     def resample_volume(
         self, volume: np.ndarray, params: np.ndarray, affine: np.ndarray | None = None
     ) -> np.ndarray:

@@ -17,6 +17,12 @@ messages directly; :func:`serve` connects it to the session's links (:mod:`rtrec
   every trial gets a final release from the whole run;
 * a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed.
 
+With ``[engine.early]`` options on, each run starts by learning a noise pool and/or per-voxel HRFs
+(:mod:`engine.early`) from the runs the engine has then (a training session folder, and the
+session's ended runs: which ones is saved with the run, ``desc-earlyruns.npz``, so a restart
+learns from the same); the pool's regressors of each volume join its confounds, and LSS releases
+use the chosen HRFs (docs/early_estimates.md: measured, they do not help on the demo's world).
+
 Outputs per run (BIDS derivatives, :class:`~engine.store.SessionStore`): the confounds
 (``desc-confounds_timeseries.tsv``: the 6 motion parameters, FD, and ``xfm_00 .. xfm_23``, rows
 0-2 of the 4x4 world (RAS mm) transform mapping a point of the reference to where the same
@@ -67,6 +73,7 @@ stopping engine waits a few seconds for the ones in hand.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 import threading
@@ -78,9 +85,11 @@ from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 from engine.design import RunDesign
+from engine.early import EarlyRun, HRFChoice, NoisePool
 from engine.glm import IncrementalGLM
-from engine.motion import PARAMETER_NAMES, MotionEstimate, RigidRealigner, framewise_displacement, rigid_matrix
+from engine.motion import PARAMETER_NAMES, MotionEstimate, RigidRealigner, brain_mask, framewise_displacement, rigid_matrix
 from engine.store import RealignmentLog, SessionStore
 from engine.timing import TRIAL_STAGES, VOLUME_STAGES, StageRecorder
 from engine.trials import ReleaseSchedule, TrialBeta, TrialNormaliser
@@ -129,7 +138,7 @@ class _Run:
 
     number: int
     tr: float
-    glm: IncrementalGLM | None  # None once the run has ended: its signal is not used again
+    glm: IncrementalGLM | None  # None once the run has ended (unless [engine.early] learns from it)
     schedule: ReleaseSchedule
     stimuli: dict[int, str] = field(default_factory=dict)
     onsets: dict[int, float] = field(default_factory=dict)
@@ -145,6 +154,10 @@ class _Run:
     trial_table: Any = None
     volume_recorder: StageRecorder = field(default_factory=lambda: StageRecorder(VOLUME_STAGES))
     trial_recorder: StageRecorder = field(default_factory=lambda: StageRecorder(TRIAL_STAGES, incoming=()))
+    extra: list[np.ndarray] = field(default_factory=list)  # per GLM row: the noise-pool candidates outside the ROI
+    pool: NoisePool | None = None  # [engine.early]: learned on earlier runs when this run started
+    hrf: HRFChoice | None = None
+    ended: bool = False
 
 
 class Engine:
@@ -181,6 +194,8 @@ class Engine:
         self._background: list[threading.Thread] = []
         self._replaying = False
         self._checkpoints: dict[int, RealignmentLog] = {}  # run -> its realignment checkpoint
+        self._pool_voxels: np.ndarray | None = None  # (4, n) brain voxels outside the ROI, noise-pool candidates
+        self._training: list[EarlyRun] | None = None  # [engine.early] training_session, realigned once
 
     # -- recovery ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -368,7 +383,11 @@ class Engine:
 
     def _forget_signal(self, run: int) -> None:
         """Free an ended run's GLM (its ROI signal): its final betas are saved and nothing solves it
-        again, so a long session's memory does not grow by a run's signal per run."""
+        again, so a long session's memory does not grow by a run's signal per run. Kept when
+        ``[engine.early]`` learns from the session's ended runs, which reads their signal."""
+        early = self.settings.early
+        if early.session_runs and (early.noise_pool or early.hrf_library):
+            return
         state = self.runs.get(run)
         if state is not None:
             state.glm = None
@@ -420,6 +439,15 @@ class Engine:
         self.normaliser = TrialNormaliser(
             n_roi, stats=self.settings.zscore_stats, average_repeats=self.settings.average_repeats
         )
+        if self.settings.early.noise_pool:
+            # The ROI alone has few voxels the task does not drive: the pool also samples the brain beyond it.
+            # The brain itself, not the realigner's dilated mask: voxels at its edge, interpolated from
+            # the brain by motion estimates that the task's own signal nudges, made the task a "noise"
+            # component (measured: first-release r 0.61 -> 0.32 in a world without shared noise).
+            outside = np.argwhere(brain_mask(reference, ref_affine) & ~self.realigner.roi_mask)
+            n = min(self.settings.early.pool_voxels, len(outside))
+            outside = outside[np.unique(np.linspace(0, len(outside) - 1, n).round().astype(int))] if n else outside[:0]
+            self._pool_voxels = np.c_[outside, np.ones(len(outside))].T
         log.info("reference %s, ROI of %d voxels", reference.shape, n_roi)
 
     def _run_state(self, run: int, tr: float) -> _Run:
@@ -428,10 +456,12 @@ class Engine:
             return state
         assert self.realigner is not None
         design = RunDesign(tr, self.settings.planned_volumes, self.settings.glm)
+        pool, hrf = self._fit_early(run)
         confounds = list(PARAMETER_NAMES) if self.settings.glm.motion_confounds else []
+        confounds += pool.names if pool is not None else []
         glm = IncrementalGLM(design, int(self.realigner.roi_mask.sum()), confound_names=confounds)
         schedule = ReleaseSchedule(self.settings.releases_s, tr, self.settings.glm.slice_time_ref)
-        state = _Run(run, tr, glm, schedule)
+        state = _Run(run, tr, glm, schedule, pool=pool, hrf=hrf)
         state.confounds = self.store.table(run, "confounds_timeseries", CONFOUND_COLUMNS)
         state.timings = self.store.table(run, "volumetimings", state.volume_recorder.columns("volume"))
         state.trial_timings = self.store.table(run, "trialtimings", ["trial", "release", *state.trial_recorder.columns("trial")[1:]])
@@ -478,7 +508,12 @@ class Engine:
         previous = state.last_params
         state.last_params = estimate.params
         fd = float("nan") if previous is None else float(framewise_displacement([previous, estimate.params])[1])
-        confounds = estimate.params if self.settings.glm.motion_confounds else ()
+        confounds = list(estimate.params) if self.settings.glm.motion_confounds else []
+        if self._pool_voxels is not None:
+            extra = self.realigner.resample_voxels(volume, estimate.params, self._pool_voxels, affine)
+            state.extra.append(extra)
+            if state.pool is not None:
+                confounds += list(state.pool.regressors(np.concatenate([estimate.roi, extra])))
         state.glm.add_volume(estimate.roi, confounds, frame=index)
         rec.mark(index, "glm_updated")
         latency_ms = rec.elapsed_ms(index, "glm_updated")
@@ -544,7 +579,7 @@ class Engine:
         rec = state.trial_recorder  # keyed by sequence: a trial may have several releases in flight
         rec.mark(sequence, "ready")
         if self.settings.beta_method == "lss":
-            beta = state.glm.lss(trial)
+            beta = state.hrf.lss(state.glm, trial) if state.hrf is not None else state.glm.lss(trial)
         else:
             beta = state.glm.lsa([trial])[trial]
         released = self.normaliser.release(state.number, trial, state.stimuli.get(trial, ""), beta, release=release)
@@ -619,6 +654,7 @@ class Engine:
         state = self.runs.get(run)
         if state is None:
             return
+        state.ended = True
         state.glm.refresh()
         active = set(state.glm.active_trials())
         for trial in sorted(state.onsets):
@@ -630,6 +666,99 @@ class Engine:
                 run, "trialbetas", trials=np.array(betas.trials), lsa=betas.lsa, lss=betas.lss,
                 lsa_t=betas.lsa_t, lss_t=betas.lss_t, noise_model=np.array(betas.noise_model), frames=state.glm.frames,
             )
+
+    # -- early estimates ([engine.early]) ----------------------------------------------------------
+    def _fit_early(self, run: int) -> tuple[NoisePool | None, HRFChoice | None]:
+        """The noise pool and per-voxel HRFs of ``run``, learned on what the session has when it starts."""
+        early = self.settings.early
+        if not (early.noise_pool or early.hrf_library):
+            return None, None
+        try:
+            earlier = self._earlier_runs(run)
+        except Exception:  # an unreadable training run must not stop the live run: it goes plain
+            log.exception("run %d: the earlier runs could not be read: plain OLS releases", run)
+            return None, None
+        if not earlier:
+            log.info("run %d: no earlier run to learn early estimates from: plain OLS releases", run)
+            return None, None
+        assert self.realigner is not None
+        n_roi = int(self.realigner.roi_mask.sum())
+        pool = hrf = None
+        if early.noise_pool:
+            try:
+                pool = NoisePool(early.noise_components, early.pool_r2).fit(earlier, self.settings.glm)
+            except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. too few voxels the task leaves alone
+                log.error("run %d: no noise pool (%s)", run, exc)
+        if early.hrf_library:
+            try:
+                hrf = HRFChoice().fit([replace(r, signal=r.signal[:, :n_roi]) for r in earlier], self.settings.glm)
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                log.error("run %d: no per-voxel HRF (%s)", run, exc)
+        log.info("run %d: early estimates from %d earlier runs: %s", run, len(earlier), ", ".join(
+            ([f"noise pool of {len(pool.pool)} voxels"] if pool is not None else [])
+            + ([f"{len(np.unique(hrf.choice))} HRFs in use"] if hrf is not None else [])) or "none")
+        return pool, hrf
+
+    def _earlier_runs(self, run: int) -> list[EarlyRun]:
+        """The training session's runs, then this session's runs that had ended when ``run`` started.
+
+        Which of the session's runs those were is saved with ``run`` (``desc-earlyruns.npz``) the
+        first time, so a restarted engine learns from the same runs, hence releases the same betas."""
+        early = self.settings.early
+        runs = list(self._training_runs()) if early.training_session is not None else []
+        if not early.session_runs:
+            return runs
+        path = self.store.derivative_path(run, "earlyruns", ".npz")
+        if path.exists():
+            with np.load(path) as saved:
+                numbers = [int(r) for r in saved["runs"]]
+        else:
+            numbers = [r for r, s in sorted(self.runs.items()) if r < run and s.ended and s.glm is not None and s.glm.trial_ids]
+            self.store.save_arrays(run, "earlyruns", runs=np.array(numbers, dtype=int))
+        for number in numbers:
+            state = self.runs[number]
+            signal = state.glm.signal
+            if self._pool_voxels is not None:
+                signal = np.hstack([signal, np.vstack(state.extra)]) if state.extra else signal[:0]
+            timing = [state.glm.trial_timing(t) for t in state.glm.trial_ids]
+            runs.append(EarlyRun(signal, state.tr, [o for o, _ in timing], [d for _, d in timing], state.glm.frames))
+        return runs
+
+    def _training_runs(self) -> list[EarlyRun]:
+        """The runs of ``[engine.early] training_session``, realigned to this session's reference (once)."""
+        if self._training is not None:
+            return self._training
+        assert self.realigner is not None and self.settings.early.training_session is not None
+        self._training = []
+        for bold in sorted(self.settings.early.training_session.rglob("*_bold.nii*")):
+            events = bold.with_name(bold.name.split("_bold.nii")[0] + "_events.tsv")
+            if not bold.name.endswith((".nii", ".nii.gz")) or not events.exists():
+                continue
+            img = nib.load(bold)
+            if img.ndim != 4 or img.shape[:3] != self.realigner.shape:
+                log.error("training run %s skipped: shape %s, this session's grid is %s", bold, img.shape, self.realigner.shape)
+                continue
+            sidecar = bold.with_name(bold.name.split(".nii")[0] + ".json")
+            tr = float(json.loads(sidecar.read_text())["RepetitionTime"]) if sidecar.exists() else float(img.header.get_zooms()[3])
+            data, affine = np.asarray(img.dataobj), img.header.get_best_affine()
+            rows, frames, params = [], [], None
+            for index in range(data.shape[3]):
+                volume = data[..., index]
+                if not volume.any():  # stored as missing
+                    continue
+                estimate = self.realigner.realign(volume, affine, init=params)
+                params = estimate.params
+                row = estimate.roi
+                if self._pool_voxels is not None:
+                    row = np.concatenate([row, self.realigner.resample_voxels(volume, params, self._pool_voxels, affine)])
+                rows.append(row)
+                frames.append(index)
+            table = pd.read_csv(events, sep="\t")
+            table = table[np.isfinite(pd.to_numeric(table["onset"], errors="coerce"))]
+            self._training.append(EarlyRun(np.vstack(rows), tr, table["onset"].astype(float).tolist(),
+                                           table["duration"].astype(float).tolist(), np.array(frames)))
+            log.info("training run %s: %d volumes, %d trials", bold.name, len(rows), len(table))
+        return self._training
 
 
 class _VolumeReader:
@@ -652,7 +781,6 @@ class _VolumeReader:
             self._next += 1
         self._next += 1
         return next(self._volumes)
-
 
 def _event_from_row(session: str, run: int, row: dict[str, str]) -> EventMessage:
     def num(value: str) -> float | None:

@@ -66,6 +66,7 @@ __all__ = [
     "BridgeSection",
     "SecuritySection",
     "GLMSection",
+    "EarlySection",
     "EngineSection",
     "DecoderSection",
     "WindowSection",
@@ -207,6 +208,28 @@ class GLMSection(_Section):
     )
 
 
+class EarlySection(_Section):
+    """Early releases that use what the session already knows (docs/early_estimates.md)."""
+
+    noise_pool: bool = Field(
+        False, description="GLMdenoise noise regressors: spatial components of the residuals of voxels the task "
+        "does not drive, learned on the earlier runs, added as confounds of each volume",
+    )
+    hrf_library: bool = Field(
+        False, description="per-voxel HRF (Glover's HRF shifted by -1 ... +2.5 s) chosen on the earlier runs; "
+        "releases fit LSS per HRF group (needs beta_method = \"lss\")",
+    )
+    session_runs: bool = Field(True, description="learn from this session's earlier runs (those ended when a run starts)")
+    training_session: Path | None = Field(
+        None, description="also learn from a training session folder written by the engine (its func/ BOLD runs "
+        "and events, on this session's grid); used from the first run on",
+        json_schema_extra=_example("training/sub-01/ses-01"),
+    )
+    noise_components: int = Field(4, ge=1, description="noise regressors per volume")
+    pool_r2: float = Field(0.05, gt=0, lt=1, description="voxels whose task R² on the earlier runs is below this form the noise pool")
+    pool_voxels: int = Field(3000, ge=0, description="brain voxels outside the ROI sampled (evenly) as noise-pool candidates")
+
+
 class EngineSection(_Section):
     """The real-time engine: realignment, ROI, GLM, trial release and z-scoring."""
 
@@ -234,6 +257,7 @@ class EngineSection(_Section):
     )
     average_repeats: bool = Field(False, description="average a trial with earlier repeats of the same image")
     glm: GLMSection = GLMSection()
+    early: EarlySection = EarlySection()
     realign_fwhm_mm: float = Field(3.5, gt=0, description="smoothing applied before estimating motion")
     realign_refine_above_mm: float = Field(
         5.0, ge=0, description="mean displacement from the reference (mm) above which motion is refined on the "
@@ -252,6 +276,12 @@ class EngineSection(_Section):
                 "onset, one per release; every trial also gets a release at run end)"
             )
         return data
+
+    @model_validator(mode="after")
+    def _hrf_library_needs_lss(self) -> EngineSection:
+        if self.early.hrf_library and self.beta_method != "lss":
+            raise ValueError('early.hrf_library fits LSS per HRF group: it needs beta_method = "lss"')
+        return self
 
     @field_validator("releases_s")
     @classmethod

@@ -19,6 +19,8 @@ key                                   checked
 ``engine.reference``                  a 3-D NIfTI with finite values
 ``engine.zscore_stats``               a ``.npz`` with 1-D ``mean`` and ``std`` of one length
                                       (the ROI's voxel count when ``roi_mask`` is set)
+``engine.early.training_session``     a folder with at least one ``*_bold.nii[.gz]`` that has its
+                                      ``*_events.tsv`` beside it (searched recursively)
 ``decoder.checkpoint``                a ``.safetensors`` file whose header reads, or a
                                       ``torch.save`` file (zip or pickle)
 ``decoder.linear_head``               a ridge head ``.npz`` that ``LinearHead.load`` reads whose
@@ -288,6 +290,15 @@ def _check_trial_list(path: Path) -> list[str]:
     return problems
 
 
+def _check_training_session(folder: Path) -> str | None:
+    if (err := _readable_dir(folder)) is not None:
+        return err
+    for bold in sorted(folder.rglob("*_bold.nii*")):
+        if bold.name.endswith((".nii", ".nii.gz")) and bold.with_name(bold.name.split("_bold.nii")[0] + "_events.tsv").exists():
+            return None
+    return "has no *_bold.nii[.gz] run with its *_events.tsv (a session folder written by the engine)"
+
+
 def _checks(config: SessionConfig, role: str) -> Iterator[tuple[str, Path, Callable[[], list[str]]]]:
     """The (key, path, check) of every path the config names that ``role`` needs."""
     def one(result: str | None) -> list[str]:
@@ -317,6 +328,8 @@ def _checks(config: SessionConfig, role: str) -> Iterator[tuple[str, Path, Calla
             yield "engine.reference", reference, lambda: one(_check_reference(reference))
         if (stats := engine.zscore_stats) is not None:
             yield "engine.zscore_stats", stats, lambda: one(_check_stats(stats, n_voxels[0] if n_voxels else None))
+        if (training := engine.early.training_session) is not None:
+            yield "engine.early.training_session", training, lambda: one(_check_training_session(training))
         if (checkpoint := decoder.checkpoint) is not None:
             yield "decoder.checkpoint", checkpoint, lambda: one(_check_checkpoint(checkpoint))
         if decoder.head == "linear" and (head := decoder.linear_head) is not None:

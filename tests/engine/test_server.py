@@ -573,3 +573,139 @@ def test_a_volume_of_another_dtype_is_stored_as_missing_with_the_reason(tmp_path
     assert "dtype float64 differs from the run's float32" in caplog.text
     assert engine.store.n_volumes(1) == 9 and engine.store.volume(1, 6) is None
     np.testing.assert_array_equal(engine.store.volume(1, 7), _phantom()[0][7])
+
+
+# -- [engine.early]: noise pool and per-voxel HRF learned on the session's earlier runs -------------
+EARLY_SHAPE, EARLY_TR, EARLY_VOLS, EARLY_RUNS = (16, 16, 10), 1.5, 110, 3
+EARLY_ONSETS = np.arange(4.0, EARLY_VOLS * EARLY_TR - 14, 5.0)
+
+
+@lru_cache(maxsize=2)
+def _early_world(effect: bool):
+    """Motion-free runs of a brain whose ROI (a slab) responds to every trial with its own amplitude.
+
+    With ``effect``: the ROI's HRFs peak from ~4 to ~7.5 s (Glover's shifted, as engine.early's
+    library) and three global noise series are shared by every brain voxel; without (the control):
+    Glover's HRF everywhere and independent noise only."""
+    from nilearn.glm.first_level import compute_regressor
+
+    from engine.early import DEFAULT_SHIFTS, hrf_library
+
+    rng = np.random.default_rng(3)
+    grid = np.indices(EARLY_SHAPE).astype(float)
+    centre = (np.array(EARLY_SHAPE) - 1) / 2
+    r = np.sqrt((((grid.T - centre) / (np.array(EARLY_SHAPE) * 0.42)) ** 2).sum(-1)).T
+    brain = r < 1
+    roi = brain & (grid[2] >= 4) & (grid[2] <= 6) & (grid[1] >= 4) & (grid[1] <= 11)
+    anatomy = np.where(brain, 1000.0 * (1 + 0.2 * ndimage.gaussian_filter(rng.normal(size=EARLY_SHAPE), 1.0)), 0.0)
+    v = int(brain.sum())
+    in_roi = roi[brain]
+    amplitude = np.where(in_roi, rng.uniform(0.6, 1.4, v), 0.0)
+    library = hrf_library()
+    shift = rng.integers(0, len(DEFAULT_SHIFTS), v) if effect else np.full(v, DEFAULT_SHIFTS.index(0.0))
+    frame_times = np.arange(EARLY_VOLS) * EARLY_TR
+    weights = rng.normal(size=(3, v)) * 3.0 if effect else np.zeros((3, v))
+    runs = []
+    for _ in range(EARLY_RUNS):
+        truth = amplitude * rng.normal(1.0, 0.6, (len(EARLY_ONSETS), v))
+        signal = np.zeros((EARLY_VOLS, v))
+        for k in np.unique(shift):
+            cols = np.hstack([compute_regressor(np.array([[o], [3.0], [1.0]]), library[k], frame_times)[0]
+                              for o in EARLY_ONSETS])
+            signal[:, shift == k] = cols @ truth[:, shift == k]
+        shared = ndimage.gaussian_filter1d(rng.normal(size=(EARLY_VOLS, 3)), 1.0, axis=0) @ weights
+        percent = signal + shared + rng.normal(0, 0.6, (EARLY_VOLS, v))
+        volumes = np.zeros((EARLY_VOLS, *EARLY_SHAPE), np.float32)
+        volumes[:, brain] = anatomy[brain] * (1 + 0.01 * percent)
+        runs.append((volumes, truth[:, in_roi]))
+    return runs, roi, anatomy
+
+
+def _early_session(root: Path, effect: bool, early: dict, published: list | None = None,
+                   stop: tuple[int, int] | None = None) -> Engine:
+    """Every run of the world through ``Engine.handle`` (up to volume ``stop[1]`` of run ``stop[0]``)."""
+    runs, roi, _ = _early_world(effect)
+    root.mkdir(parents=True, exist_ok=True)
+    mask = root / "roi.nii.gz"
+    if not mask.exists():
+        nib.save(nib.Nifti1Image(roi.astype(np.uint8), AFFINE), mask)
+    settings = EngineSettings(roi_mask=mask, realign_samples=2000, early=early)
+    engine = _engine(root / "session", published, settings)
+    for number, (volumes, _) in enumerate(runs, start=1):
+        for i in range(len(volumes)):
+            if engine.store.n_volumes(number) > i:
+                continue  # stored before a restart
+            if stop is not None and (number, i) == stop:
+                return engine
+            for trial, onset in enumerate(EARLY_ONSETS):
+                if (i - 1) * EARLY_TR < onset <= i * EARLY_TR:
+                    engine.handle(EventMessage(session=SESSION, run=number, trial=trial, onset=float(onset),
+                                               duration=3.0, trial_type="image", stimulus=f"img{trial}.png"))
+            engine.handle(VolumeMessage(session=SESSION, run=number, index=i, tr=EARLY_TR, voxels=volumes[i],
+                                        affine=AFFINE))
+        if not engine.store.is_ended(number):
+            engine.handle(RunEndMessage(session=SESSION, run=number, n_volumes=len(volumes)))
+    engine.join_background()
+    return engine
+
+
+def _first_release_r(engine: Engine, effect: bool) -> float:
+    """Median over ROI voxels of the correlation over trials of the first releases of the last run
+    with the true single-trial responses."""
+    truth = _early_world(effect)[0][-1][1]
+    rows = [r for r in _trials_rows(engine.store, EARLY_RUNS) if r["release"] == "0"]
+    trials = [int(r["trial"]) for r in rows]
+    betas = np.stack([np.load(engine.store.derivative_path(EARLY_RUNS, f"trial{t}release0beta", ".npz"))["beta"]
+                      for t in trials])
+    b, t = betas - betas.mean(0), truth[trials] - truth[trials].mean(0)
+    return float(np.median((b * t).sum(0) / np.sqrt((b**2).sum(0) * (t**2).sum(0))))
+
+
+ON = {"noise_pool": True, "hrf_library": True}
+
+
+@pytest.mark.parametrize("effect", [True, False], ids=["effect", "control"])
+def test_early_estimates_from_earlier_runs(tmp_path, effect, caplog):
+    # The noise pool (+0.029 here): the HRF library alone gains less (+0.007), and with the pool it
+    # loses the pool's gain (docs/early_estimates.md).
+    with caplog.at_level(logging.INFO, logger="engine"):
+        on = _early_session(tmp_path / "on", effect, {"noise_pool": True})
+    assert sum("no earlier run to learn early estimates from" in r.message for r in caplog.records) == 1
+    off = _early_session(tmp_path / "off", effect, {})
+    r_on, r_off = _first_release_r(on, effect), _first_release_r(off, effect)
+    if effect:
+        assert r_on > r_off + 0.02, (r_on, r_off)
+    else:
+        # Measured: -0.031 (0.580 against 0.611): four regressors of noise only cost a few volumes'
+        # worth of fit at 8 s (docs/early_estimates.md); this bounds that cost.
+        assert r_on > r_off - 0.04, (r_on, r_off)
+    with np.load(on.store.derivative_path(EARLY_RUNS, "earlyruns", ".npz")) as saved:
+        assert saved["runs"].tolist() == [1, 2]
+
+
+def test_early_estimates_restart_gives_identical_betas(tmp_path):
+    reference = _early_session(tmp_path / "clean", True, ON)
+    _early_session(tmp_path / "crashed", True, ON, stop=(2, 40))  # killed in the middle of run 2
+    resumed = _early_session(tmp_path / "crashed", True, ON)
+    for run in range(1, EARLY_RUNS + 1):
+        ref = np.load(reference.store.derivative_path(run, "trialbetas", ".npz"))
+        got = np.load(resumed.store.derivative_path(run, "trialbetas", ".npz"))
+        for key in ("lsa", "lss"):
+            np.testing.assert_array_equal(got[key], ref[key])
+    assert _trial_z(resumed.store).keys() == _trial_z(reference.store).keys()
+    for key, z in _trial_z(resumed.store).items():
+        np.testing.assert_array_equal(z, _trial_z(reference.store)[key])
+
+
+def test_early_estimates_from_a_training_session_folder(tmp_path, caplog):
+    # The training folder is a session the engine wrote (here: the same world without the options),
+    # realigned to this session's reference: the first run already learns from its 3 runs.
+    training = _early_session(tmp_path / "training", True, {})
+    early = {"noise_pool": True, "hrf_library": True, "session_runs": False, "training_session": training.store.root}
+    with caplog.at_level(logging.INFO, logger="engine"):
+        engine = _early_session(tmp_path / "live", True, early)
+    learned = [r.message for r in caplog.records if "early estimates from" in r.message]
+    assert len(learned) == EARLY_RUNS and all("from 3 earlier runs: noise pool of" in m for m in learned), learned
+    assert not any("no earlier run" in r.message for r in caplog.records)
+    assert all(state.pool is not None and state.hrf is not None for state in engine.runs.values())
+    assert not engine.store.derivative_path(1, "earlyruns", ".npz").exists()  # the session's own runs: not used

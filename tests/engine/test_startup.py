@@ -46,3 +46,16 @@ def test_a_complete_config_has_no_problem(tmp_path: Path) -> None:
     config = _config(tmp_path, '[security]\nkeys_dir = "keys"\n[engine]\nroi_mask = "masks/roi.nii.gz"\n')
     assert startup_problems(config) == []
     assert startup_problems(tmp_path / "absent.toml") == [f"{tmp_path / 'absent.toml'}: no such config file"]
+
+
+def test_a_bad_training_session_folder_is_refused(tmp_path: Path) -> None:
+    missing = startup_problems(_config(tmp_path, '[engine.early]\nnoise_pool = true\ntraining_session = "training"\n'))
+    assert len(missing) == 1 and "engine.early.training_session" in missing[0] and "does not exist" in missing[0]
+    (tmp_path / "training" / "func").mkdir(parents=True)
+    empty = startup_problems(_config(tmp_path, '[engine.early]\nnoise_pool = true\ntraining_session = "training"\n'))
+    assert len(empty) == 1 and "has no *_bold.nii[.gz] run with its *_events.tsv" in empty[0]
+    # Control: a run with its events is accepted.
+    func = tmp_path / "training" / "func"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 3, 5), np.float32), np.eye(4)), func / "sub-01_ses-01_task-x_run-1_bold.nii.gz")
+    (func / "sub-01_ses-01_task-x_run-1_events.tsv").write_text("onset\tduration\n2.0\t3.0\n")
+    assert startup_problems(_config(tmp_path, '[engine.early]\nnoise_pool = true\ntraining_session = "training"\n')) == []
