@@ -222,7 +222,9 @@ class Engine:
                     if index == n:
                         break
                     record = checkpoint.get(index) if checkpoint is not None else None
-                    volume = None if record is not None else volumes.read(index)
+                    # The noise pool samples voxels beyond the ROI, which the checkpoint does not hold.
+                    needs_volume = record is None or self.settings.early.noise_pool
+                    volume = volumes.read(index) if needs_volume else None
                     if record is None and volume is None:
                         self._process_missing(run, index, "missing when stored")
                     else:
