@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["session_id", "SessionLayout", "atomic_write", "fsync_dir", "safe_filename"]
+__all__ = ["session_id", "SessionLayout", "atomic_file", "atomic_write", "fsync_dir", "safe_filename"]
 
 # Characters that cannot appear in a file name on NTFS (Windows stimulus PCs) or that a shell or
 # URL would mangle; ids such as "nsd:123" name gallery thumbnails.
@@ -118,20 +121,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, data: bytes | str, *, durable: bool = True) -> Path:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one.
-
-    ``durable``: fsync the file and its folder before returning (what is acknowledged to a peer);
-    without it the rename is still atomic but the bytes may be lost at a power cut (derivatives
-    that can be recomputed).
-    """
+@contextmanager
+def atomic_file(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` when the block ends without an error (the streaming
+    form of :func:`atomic_write`, for writers that take a file: ``np.savez``, ``gzip``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(payload)
+            yield f
             f.flush()
             if durable:
                 os.fsync(f.fileno())
@@ -141,4 +140,15 @@ def atomic_write(path: str | Path, data: bytes | str, *, durable: bool = True) -
         raise
     if durable:
         fsync_dir(path.parent)
-    return path
+
+
+def atomic_write(path: str | Path, data: bytes | str, *, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one.
+
+    ``durable``: fsync the file and its folder before returning (what is acknowledged to a peer);
+    without it the rename is still atomic but the bytes may be lost at a power cut (derivatives
+    that can be recomputed).
+    """
+    with atomic_file(path, durable=durable) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return Path(path)
