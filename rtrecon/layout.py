@@ -8,6 +8,7 @@ a session writes under its output folder::
     sub-S/ses-E/func/STEM_bold.nii.gz ...                       raw, as the scanner delivered it
     derivatives/rtrecon/sub-S/ses-E/func/STEM_desc-*.tsv ...    what the engine computed
     sourcedata/stimulus/sub-S/ses-E/func/STEM_events.tsv ...    what the stimulus PC recorded
+    sourcedata/console/sub-S/ses-E/sub-S_ses-E_console-events.jsonl   the operator's controls
 
 :func:`atomic_write` is the one "write then rename" of the project: the bytes go to a temporary
 file beside the target, are fsynced, renamed over the target and the folder is fsynced, so that a
@@ -82,10 +83,14 @@ class SessionLayout:
         """The engine's derivatives (confounds, timings, betas, decoded results)."""
         return self.root / "derivatives" / "rtrecon" / f"sub-{self.subject}" / f"ses-{self.session}" / "func"
 
+    def sourcedata_dir(self, source: str) -> Path:
+        """What process ``source`` recorded of the session (``stimulus``, ``console``)."""
+        return self.root / "sourcedata" / source / f"sub-{self.subject}" / f"ses-{self.session}"
+
     @property
     def stimulus_session_dir(self) -> Path:
         """The stimulus PC's records of the session (sourcedata: what it presented and measured)."""
-        return self.root / "sourcedata" / "stimulus" / f"sub-{self.subject}" / f"ses-{self.session}"
+        return self.sourcedata_dir("stimulus")
 
     @property
     def stimulus_dir(self) -> Path:

@@ -76,9 +76,9 @@ class ConsoleService:
         s = config.session
         self.config = config
         self.folder = SessionFolder(s.output_dir, s.subject, s.session, s.task)
-        self.records = ControlRecords(s.output_dir, s.subject, s.session)
+        self.records = ControlRecords(self.folder.layout)
         self.state = SessionState(
-            f"sub-{s.subject}_ses-{s.session}", task=s.task, expected_volumes=config.engine.planned_volumes,
+            self.folder.layout.session_id, task=s.task, expected_volumes=config.engine.planned_volumes,
             fd_threshold_mm=config.console.fd_threshold_mm, heartbeat_s=config.network.heartbeat_s,
             decoder_backlog=config.console.decoder_backlog, expected_tr=config.stimulus.trigger.tr,
         )

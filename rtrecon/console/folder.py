@@ -85,20 +85,10 @@ class SessionFolder:
         self.layout = SessionLayout(Path(root), subject, session, task)
         self.func = self.layout.func_dir
         self.derivatives = self.layout.derivatives_dir
-        self._prefixes: dict[int, str] = {}
 
     def prefix(self, run: int) -> str:
-        """The run's stem as the store wrote it (the layout's before anything is written)."""
-        if run not in self._prefixes:
-            padded = self.layout.stem(run)
-            unpadded = f"{self.layout.session_id}_task-{self.layout.task}_run-{run}"
-            for stem in (padded, unpadded):
-                if any(any(folder.glob(f"{stem}_*")) for folder in (self.func, self.derivatives)):
-                    self._prefixes[run] = stem
-                    break
-            else:
-                return padded
-        return self._prefixes[run]
+        """The run's stem, as the engine's store writes it."""
+        return self.layout.stem(run)
 
     def _derivative(self, run: int, desc: str, ext: str = ".tsv") -> Path:
         return self.derivatives / f"{self.prefix(run)}_desc-{desc}{ext}"
