@@ -127,14 +127,19 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_file(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+def atomic_file(path: str | Path, *, durable: bool = True, mode: int = 0o666) -> Iterator[BinaryIO]:
     """A binary file that replaces ``path`` when the block ends without an error (the streaming
-    form of :func:`atomic_write`, for writers that take a file: ``np.savez``, ``gzip``)."""
+    form of :func:`atomic_write`, for writers that take a file: ``np.savez``, ``gzip``).
+
+    ``mode``: the permissions it is created with (less the umask), from its first byte on
+    (``0o600`` for a secret key: never readable by others, even briefly).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), mode)
+        with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             if durable:
@@ -147,13 +152,13 @@ def atomic_file(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]
         fsync_dir(path.parent)
 
 
-def atomic_write(path: str | Path, data: bytes | str, *, durable: bool = True) -> Path:
+def atomic_write(path: str | Path, data: bytes | str, *, durable: bool = True, mode: int = 0o666) -> Path:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one.
 
     ``durable``: fsync the file and its folder before returning (what is acknowledged to a peer);
     without it the rename is still atomic but the bytes may be lost at a power cut (derivatives
-    that can be recomputed).
+    that can be recomputed). ``mode``: as for :func:`atomic_file`.
     """
-    with atomic_file(path, durable=durable) as f:
+    with atomic_file(path, durable=durable, mode=mode) as f:
         f.write(data.encode() if isinstance(data, str) else data)
     return Path(path)

@@ -85,3 +85,13 @@ def test_atomic_file_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) ->
     with atomic_file(target, durable=False) as f:
         f.write(b"new")
     assert target.read_bytes() == b"new"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_secret_is_never_readable_by_others(tmp_path: Path) -> None:
+    secret = atomic_write(tmp_path / "engine.key_secret", b"secret", mode=0o600)
+    assert secret.stat().st_mode & 0o777 == 0o600
+    umask = os.umask(0o022)
+    os.umask(umask)
+    public = atomic_write(tmp_path / "engine.key", b"public")  # the control: the default mode
+    assert public.stat().st_mode & 0o777 == 0o666 & ~umask
