@@ -56,6 +56,7 @@ from rtrecon.console.feeds import EngineFeed, console_curve, open_operator_feed
 from rtrecon.console.folder import SessionFolder
 from rtrecon.console.records import ControlError, ControlRecords
 from rtrecon.console.state import SessionState
+from rtrecon.layout import safe_filename
 from rtrecon.transport import StatusPublisher
 from rtrecon.wire import StatusMessage, TrialResultMessage
 
@@ -271,7 +272,7 @@ def create_app(service: ConsoleService, *, token: str | None = None, local_only:
         image_id = request.path_params["image_id"]
         if folder is not None and _IMAGE_ID.match(image_id) and ".." not in image_id:
             for ext in (".png", ".jpg", ".jpeg"):
-                path = Path(folder) / f"{image_id}{ext}"
+                path = Path(folder) / f"{safe_filename(image_id)}{ext}"  # as the stimulus PC names it
                 if path.is_file():
                     return FileResponse(path)
         return PlainTextResponse("no such image", status_code=404)

@@ -138,7 +138,7 @@ def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, ch
     gallery = tmp_path / "gallery"
     gallery.mkdir()
     for k in range(8):
-        Image.fromarray(np.full((40, 40, 3), 30 * k, np.uint8)).save(gallery / f"nsd:{k}.png")
+        Image.fromarray(np.full((40, 40, 3), 30 * k, np.uint8)).save(gallery / f"nsd_{k}.png")  # nsd:k on NTFS
     config = harness.write_config(tmp_path, f'[stimulus.feedback]\ngallery_dir = "{gallery}"\n')
     console, url = harness.start_console(config)
     reconstruction = np.zeros((96, 96, 3), np.uint8)
