@@ -43,6 +43,7 @@ import numpy as np
 
 from rtrecon.config import ConfigError, SessionConfig, load_config
 from rtrecon.layout import atomic_write, session_id
+from rtrecon.logs import configure_logging
 from rtrecon.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage
 from scanner_bridge.sources import FileRejected, RunStarted, SourceEvent, VolumeMissing, VolumeReady, VolumeSource
 
@@ -437,7 +438,7 @@ def _runner(func: Callable[[argparse.Namespace, SessionConfig], int]) -> Callabl
         from rtrecon.keys import KeysError
         from scanner_bridge.replay import ReplayError
 
-        logging.basicConfig(level=ns.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+        configure_logging("bridge", ns.log_level)
         try:
             return func(ns, _load(ns))
         except (ConfigError, KeysError, ReplayError, NotADirectoryError) as exc:
