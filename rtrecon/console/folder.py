@@ -12,8 +12,8 @@ the store's files by their BIDS names, without importing the engine (``rtrecon``
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-trial<N>decoded.npz        top-k, image
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-runend.json                run ended
 
-with ``<prefix>`` the run's BIDS stem (:class:`rtrecon.layout.SessionLayout`: ``run-RR``; a store
-that writes the run unpadded, ``run-R``, is read as well). Files being appended may end in a torn
+with ``<prefix>`` the run's BIDS stem (:class:`rtrecon.layout.SessionLayout`: ``run-RR``, as the
+engine's store writes it). Files being appended may end in a torn
 line, which is skipped. Only what the console shows is read: never a volume's voxels.
 """
 
