@@ -269,8 +269,8 @@ class Engine:
                 log.error("run %d: nothing stored for volume %d, its geometry is unusable", msg.run, index)
                 return
             dtype = np.asarray(msg.voxels).dtype if np.asarray(msg.voxels).dtype.kind in "iuf" else np.float32
-            # The wire refuses a TR <= 0, so the first message's TR is the scanner's; a volume
-            # refused for its TR never reaches here (the run has no volume yet, so none differs).
+            # No stand-in TR: the wire refuses TR <= 0, so this is the scanner's, and the run's
+            # later volumes are compared with it (_volume_problem).
             self.store.append_volume(msg.run, np.zeros(shape, dtype), affine, msg.tr)
         self._process_missing(msg.run, index, reason)
 
