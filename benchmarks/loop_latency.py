@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from rtrecon.data.nsd import NSDDataset
     from rtrecon.data.synthetic import load_truth
     from rtrecon.demo.cache import cache_root, cached_dataset
-    from rtrecon.demo.collect import SessionLayout
+    from rtrecon.demo.collect import LiveSessionFiles
     from rtrecon.demo.live import LiveSpec, run_session
 
     size = "small" if ns.quick else "nsd"
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         out=out, decoder_description="random-weight MindEye2 (real-time shape)", speed=speed,
                         released_betas=False)
         summary = run_session(spec)
-        layout = SessionLayout(out, "01", "01", "perception", out / "stimulus")
+        layout = LiveSessionFiles(out, "01", "01", "perception", out / "stimulus")
         volumes = layout.table(1, "volumetimings")
         floor = (volumes["glm_updated_time"] - volumes["read_time"]).dropna().to_numpy()
     results = {

@@ -18,6 +18,7 @@ import signal
 import sys
 
 from rtrecon.config import ConfigError
+from rtrecon.logs import configure_logging
 
 __all__ = ["configure", "main"]
 
@@ -29,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     if args.config is None:
         print("rtrecon engine: error: --config is required (or: rtrecon engine replay --help)", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging("engine", args.log_level)
     if problems := startup_problems(args.config):  # before any data is accepted: one line each
         for problem in problems:
             print(f"rtrecon engine: {problem}", file=sys.stderr)

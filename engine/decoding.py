@@ -70,6 +70,7 @@ import torch
 from engine.trials import TrialBeta
 from rtrecon.config import ConfigError, SessionConfig
 from rtrecon.models.linear_head import LinearHead
+from rtrecon.layout import session_id as session_id_of
 from rtrecon.runtime.device import DoesNotFitError, Placement, check_fits, memory_held_mb, parameter_bytes
 from rtrecon.runtime.retrieval import RetrievalDecoder
 from rtrecon.wire import TrialResultMessage
@@ -204,7 +205,7 @@ class DecodingStage:
                 model.diffusion_prior.net.compile()
             if unclip is not None:
                 unclip.compile()
-        session_id = f"sub-{config.session.subject}_ses-{config.session.session}"
+        session_id = session_id_of(config.session.subject, config.session.session)
         log.info("decoder on %s in %s: %s%s, %.0f MiB of weights", placement.device, placement.precision,
                  Path(d.checkpoint).name, f" + {Path(d.unclip).name}" if d.unclip is not None else "", needed / 2**20)
         return cls(model, gallery, ids, publish, session_id, subject=d.subject, top_k=d.top_k, unclip=unclip,

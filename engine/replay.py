@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rtrecon.config import ConfigError, SessionConfig, load_config
+from rtrecon.layout import session_id
 from rtrecon.wire import EventMessage, Message, RunEndMessage, VolumeMessage, VolumeMissingMessage
 
 if TYPE_CHECKING:  # the engine (nilearn, scipy) is imported when a replay runs, not for --help
@@ -191,7 +192,7 @@ def replay(
     from engine.store import SessionStore
 
     s = config.session
-    session = f"sub-{s.subject}_ses-{s.session}"
+    session = session_id(s.subject, s.session)
     events = read_events(events_path, session, run)
     store = SessionStore(out, s.subject, s.session, s.task)
     if store.n_volumes(run) or store.events(run):

@@ -75,6 +75,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -94,6 +95,7 @@ from engine.store import RealignmentLog, SessionStore
 from engine.timing import TRIAL_STAGES, VOLUME_STAGES, StageRecorder
 from engine.trials import ReleaseSchedule, TrialBeta, TrialNormaliser
 from rtrecon.config import EngineSection, SessionConfig, load_config
+from rtrecon.layout import session_id as session_id_of
 from rtrecon.wire import (
     EventMessage,
     Message,
@@ -182,7 +184,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.session_id = f"sub-{store.subject}_ses-{store.session}"
+        self.session_id = store.layout.session_id
         self.publish_trial = publish_trial or (lambda message: None)
         self.publish_status = publish_status or (lambda message: None)
         self.on_trial = list(on_trial or [])
@@ -307,7 +309,9 @@ class Engine:
                 log.error("run %d: nothing stored for volume %d, its geometry is unusable", msg.run, index)
                 return
             dtype = np.asarray(msg.voxels).dtype if np.asarray(msg.voxels).dtype.kind in "iuf" else np.float32
-            self.store.append_volume(msg.run, np.zeros(shape, dtype), affine, msg.tr if msg.tr > 0 else 1.0)
+            # No stand-in TR: the wire refuses TR <= 0, so this is the scanner's, and the run's
+            # later volumes are compared with it (_volume_problem).
+            self.store.append_volume(msg.run, np.zeros(shape, dtype), affine, msg.tr)
         self._process_missing(msg.run, index, reason)
 
     def _volume_problem(self, msg: VolumeMessage) -> str | None:
@@ -322,6 +326,10 @@ class Engine:
             return "all voxels are zero"
         if np.asarray(msg.affine).shape != (4, 4) or msg.tr <= 0:
             return "bad affine or TR"
+        if self.store.n_volumes(msg.run) > 0:
+            run_tr = self.store.geometry(msg.run)[1]
+            if not math.isclose(msg.tr, run_tr, rel_tol=1e-6):
+                return f"TR {msg.tr:g} s differs from the run's {run_tr:g} s"
         stored = self.store.volume_dtype(msg.run)
         if stored is not None and voxels.dtype.newbyteorder("=") != stored.newbyteorder("="):
             return f"dtype {voxels.dtype} differs from the run's {stored}"  # a cast would wrap or round
@@ -825,7 +833,7 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
     s = config.session
     store = SessionStore(s.output_dir, s.subject, s.session, s.task)
     curve = load_curve(config.security.keys_dir, "engine") if config.security.keys_dir else None
-    session_id = f"sub-{s.subject}_ses-{s.session}"
+    session_id = session_id_of(s.subject, s.session)
     spool = Path(s.output_dir) / "engine_spool"
     hb = config.network.heartbeat_s
     with (

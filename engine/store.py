@@ -1,11 +1,11 @@
 """The session store: a BIDS folder written as volumes and events arrive, readable after a crash.
 
-Layout under ``root`` (BIDS names; ``R`` is the run number of the wire messages)::
+Layout under ``root`` (BIDS names; ``RR`` is the run number of the wire messages, two digits, as :class:`rtrecon.layout.SessionLayout` spells it)::
 
-    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-R_bold.nii      while the run is live
-    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-R_bold.nii.gz   once it has ended (compressed in the background)
-    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-R_bold.json     sidecar (TR, slice timing)
-    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-R_events.tsv
+    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-RR_bold.nii      while the run is live
+    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-RR_bold.nii.gz   once it has ended (compressed in the background)
+    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-RR_bold.json     sidecar (TR, slice timing)
+    sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-RR_events.tsv
     derivatives/rtrecon/sub-XX/ses-YY/func/<run prefix>_desc-confounds_timeseries.tsv
     derivatives/rtrecon/sub-XX/ses-YY/func/<run prefix>_desc-<name>.tsv / .npz  (timings, betas)
     derivatives/rtrecon/sub-XX/ses-YY/func/<run prefix>_desc-runend.json     the run has ended
@@ -16,7 +16,7 @@ Crash safety. A live run's NIfTI is uncompressed: a volume's bytes are appended 
 volume that is not whole on disk; reopening truncates any bytes past the counted volumes (a
 write the crash interrupted). Table rows end with a newline and are fsynced one by one; a
 partial last line is dropped on reopening. Whole files (sidecars, ``.npz``, the compressed run)
-are written to a temporary name, fsynced, and renamed. Hence :meth:`SessionStore.n_volumes` is
+are written with :func:`rtrecon.layout.atomic_write` (temporary name, fsync, rename, folder fsync). Hence :meth:`SessionStore.n_volumes` is
 exactly what was persisted, the number the engine acknowledges to the bridge.
 
 A run's checkpoint (:class:`RealignmentLog`) holds, per realigned volume, what realignment gave
@@ -43,6 +43,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from rtrecon.layout import SessionLayout, atomic_file, atomic_write, fsync_dir
 from rtrecon.wire import EventMessage, WireError, validate
 
 __all__ = ["SessionStore", "AppendTable", "RealignmentLog"]
@@ -70,24 +71,6 @@ def _event_row_problem(path: Path, line: int, row: Mapping[str, str]) -> str | N
         _warned_rows.add((path, line))
         log.warning("%s line %d: event skipped, it cannot be used (%s)", path, line, problem)
     return problem
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _format(value: Any) -> str:
@@ -132,7 +115,7 @@ class AppendTable:
         self._n_rows = max(0, self.path.read_bytes().count(b"\n") - 1)
 
     def _write_header(self) -> None:
-        _atomic_write(self.path, ("\t".join(self.columns) + "\n").encode())
+        atomic_write(self.path, ("\t".join(self.columns) + "\n").encode())
 
     def append(self, row: Mapping[str, Any]) -> None:
         line = "\t".join(_format(row.get(c)) for c in self.columns) + "\n"
@@ -242,7 +225,7 @@ class _LiveRun:
         zooms[3] = tr
         header.set_zooms(zooms)
         header["vox_offset"] = _HEADER_BYTES
-        _atomic_write(path, header.binaryblock + b"\x00" * 4)
+        atomic_write(path, header.binaryblock + b"\x00" * 4)
         return cls(path)
 
     def append(self, volume: np.ndarray) -> None:
@@ -276,10 +259,11 @@ class SessionStore:
     )
 
     def __init__(self, root: str | Path, subject: str, session: str, task: str) -> None:
-        self.root = Path(root)
+        self.layout = SessionLayout(root, subject, session, task)
+        self.root = self.layout.root
         self.subject, self.session, self.task = subject, session, task
-        self.func = self.root / f"sub-{subject}" / f"ses-{session}" / "func"
-        self.derivatives = self.root / "derivatives" / "rtrecon" / f"sub-{subject}" / f"ses-{session}" / "func"
+        self.func = self.layout.func_dir
+        self.derivatives = self.layout.derivatives_dir
         self.func.mkdir(parents=True, exist_ok=True)
         self.derivatives.mkdir(parents=True, exist_ok=True)
         self._write_dataset_descriptions()
@@ -291,11 +275,11 @@ class SessionStore:
         for folder, extra in ((self.root, {}), (self.root / "derivatives" / "rtrecon", {"DatasetType": "derivative", "GeneratedBy": [{"Name": "rtrecon engine"}]})):
             path = folder / "dataset_description.json"
             if not path.exists():
-                _atomic_write(path, json.dumps({"Name": "rtrecon session", "BIDSVersion": "1.9.0", **extra}, indent=2).encode())
+                atomic_write(path, json.dumps({"Name": "rtrecon session", "BIDSVersion": "1.9.0", **extra}, indent=2).encode())
 
     # -- names ---------------------------------------------------------------------------------
     def prefix(self, run: int) -> str:
-        return f"sub-{self.subject}_ses-{self.session}_task-{self.task}_run-{run}"
+        return self.layout.stem(run)
 
     def bold_path(self, run: int, *, live: bool | None = None) -> Path:
         """The run's NIfTI: ``.nii`` while live, ``.nii.gz`` once ended (``live=None``: whichever exists)."""
@@ -311,7 +295,7 @@ class SessionStore:
     def runs(self) -> list[int]:
         """Runs with at least one stored volume or event, in order."""
         found = set()
-        for path in self.func.glob(f"sub-{self.subject}_ses-{self.session}_task-{self.task}_run-*_*"):
+        for path in self.func.glob(f"{self.layout.session_id}_task-{self.task}_run-*_*"):
             label = path.name.split("_run-")[1].split("_")[0]
             if label.isdigit():
                 found.add(int(label))
@@ -354,10 +338,12 @@ class SessionStore:
         live = self._live_run(run)
         volume = np.asarray(volume)
         if live is None:
+            if not (np.isfinite(tr) and tr > 0):  # the run's TR is the scanner's, never a stand-in
+                raise ValueError(f"run {run}: repetition time {tr} s is not a positive number")
             sidecar = {"RepetitionTime": float(tr), "TaskName": self.task}
             if slice_times is not None:
                 sidecar["SliceTiming"] = [float(t) for t in slice_times]
-            _atomic_write(self.func / f"{self.prefix(run)}_bold.json", json.dumps(sidecar, indent=2).encode())
+            atomic_write(self.func / f"{self.prefix(run)}_bold.json", json.dumps(sidecar, indent=2).encode())
             live = self._live[run] = _LiveRun.create(self.bold_path(run, live=True), volume, affine, tr)
         elif volume.shape != live.shape:
             raise ValueError(f"volume shape {volume.shape} differs from run {run}'s {live.shape}")
@@ -431,7 +417,7 @@ class SessionStore:
         if n == 0:
             raise ValueError(f"run {run} has no volume to end")
         marker = self._end_marker(run)
-        _atomic_write(marker, json.dumps({"n_volumes": n}).encode())
+        atomic_write(marker, json.dumps({"n_volumes": n}).encode())
         return marker
 
     def uncompressed_ended_runs(self) -> list[int]:
@@ -450,16 +436,12 @@ class SessionStore:
             if final.exists():
                 return final
             raise ValueError(f"run {run} has no volume to compress")
-        tmp = final.with_name(final.name + ".tmp")
-        with open(live.path, "rb") as src, open(tmp, "wb") as raw:
+        with open(live.path, "rb") as src, atomic_file(final) as raw:
             with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
                 shutil.copyfileobj(src, gz, 1 << 20)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, final)
         self._live.pop(run, None)
         live.path.unlink()
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return final
 
     # -- events --------------------------------------------------------------------------------
@@ -489,11 +471,8 @@ class SessionStore:
 
     def save_arrays(self, run: int, desc: str, **arrays: np.ndarray) -> Path:
         path = self.derivative_path(run, desc, ".npz")
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_file(path) as f:
+            np.savez(f, **arrays)
         return path
 
     def save_image(self, name: str, data: np.ndarray, affine: np.ndarray) -> Path:
@@ -501,14 +480,13 @@ class SessionStore:
 
         Its affine is stored as float32: :meth:`load_image` gives back the values to compute with.
         """
-        path = self.derivatives / f"sub-{self.subject}_ses-{self.session}_{name}.nii.gz"
-        tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
-        nib.save(nib.Nifti1Image(data, affine), tmp)
-        os.replace(tmp, path)
+        path = self.layout.session_derivative(f"{name}.nii.gz")
+        # mtime=0: the same image gives the same bytes.
+        atomic_write(path, gzip.compress(nib.Nifti1Image(data, affine).to_bytes(), compresslevel=6, mtime=0))
         return path
 
     def load_image(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-        path = self.derivatives / f"sub-{self.subject}_ses-{self.session}_{name}.nii.gz"
+        path = self.layout.session_derivative(f"{name}.nii.gz")
         if not path.exists():
             return None
         img = nib.load(path)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import stat
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from types import MappingProxyType
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+
+from rtrecon.layout import atomic_write
 
 __all__ = ["DEFAULT_ROLES", "CurveKeys", "KeysError", "init_keys", "load_curve", "configure"]
 
@@ -149,9 +150,8 @@ def init_keys(keys_dir: str | Path, roles: Sequence[str] = DEFAULT_ROLES, *, for
         os.chmod(scratch, 0o700)
         for role in roles:
             public_file, secret_file = zmq.auth.create_certificates(scratch, role)
-            os.chmod(secret_file, 0o600)
-            os.replace(secret_file, private / f"{role}.key_secret")
-            shutil.move(public_file, public / f"{role}.key")
+            atomic_write(private / f"{role}.key_secret", Path(secret_file).read_bytes(), mode=0o600)
+            atomic_write(public / f"{role}.key", Path(public_file).read_bytes())
     return keys_dir
 
 

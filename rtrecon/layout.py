@@ -8,6 +8,7 @@ a session writes under its output folder::
     sub-S/ses-E/func/STEM_bold.nii.gz ...                       raw, as the scanner delivered it
     derivatives/rtrecon/sub-S/ses-E/func/STEM_desc-*.tsv ...    what the engine computed
     sourcedata/stimulus/sub-S/ses-E/func/STEM_events.tsv ...    what the stimulus PC recorded
+    sourcedata/console/sub-S/ses-E/sub-S_ses-E_console-events.jsonl   the operator's controls
 
 :func:`atomic_write` is the one "write then rename" of the project: the bytes go to a temporary
 file beside the target, are fsynced, renamed over the target and the folder is fsynced, so that a
@@ -20,10 +21,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["session_id", "SessionLayout", "atomic_write", "fsync_dir", "safe_filename"]
+__all__ = ["session_id", "SessionLayout", "atomic_file", "atomic_write", "fsync_dir", "safe_filename"]
 
 # Characters that cannot appear in a file name on NTFS (Windows stimulus PCs) or that a shell or
 # URL would mangle; ids such as "nsd:123" name gallery thumbnails.
@@ -79,10 +83,14 @@ class SessionLayout:
         """The engine's derivatives (confounds, timings, betas, decoded results)."""
         return self.root / "derivatives" / "rtrecon" / f"sub-{self.subject}" / f"ses-{self.session}" / "func"
 
+    def sourcedata_dir(self, source: str) -> Path:
+        """What process ``source`` recorded of the session (``stimulus``, ``console``)."""
+        return self.root / "sourcedata" / source / f"sub-{self.subject}" / f"ses-{self.session}"
+
     @property
     def stimulus_session_dir(self) -> Path:
         """The stimulus PC's records of the session (sourcedata: what it presented and measured)."""
-        return self.root / "sourcedata" / "stimulus" / f"sub-{self.subject}" / f"ses-{self.session}"
+        return self.sourcedata_dir("stimulus")
 
     @property
     def stimulus_dir(self) -> Path:
@@ -118,20 +126,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, data: bytes | str, *, durable: bool = True) -> Path:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one.
+@contextmanager
+def atomic_file(path: str | Path, *, durable: bool = True, mode: int = 0o666) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` when the block ends without an error (the streaming
+    form of :func:`atomic_write`, for writers that take a file: ``np.savez``, ``gzip``).
 
-    ``durable``: fsync the file and its folder before returning (what is acknowledged to a peer);
-    without it the rename is still atomic but the bytes may be lost at a power cut (derivatives
-    that can be recomputed).
+    ``mode``: the permissions it is created with (less the umask), from its first byte on
+    (``0o600`` for a secret key: never readable by others, even briefly).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), mode)
+        with os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             if durable:
                 os.fsync(f.fileno())
@@ -141,4 +150,15 @@ def atomic_write(path: str | Path, data: bytes | str, *, durable: bool = True) -
         raise
     if durable:
         fsync_dir(path.parent)
-    return path
+
+
+def atomic_write(path: str | Path, data: bytes | str, *, durable: bool = True, mode: int = 0o666) -> Path:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one.
+
+    ``durable``: fsync the file and its folder before returning (what is acknowledged to a peer);
+    without it the rename is still atomic but the bytes may be lost at a power cut (derivatives
+    that can be recomputed). ``mode``: as for :func:`atomic_file`.
+    """
+    with atomic_file(path, durable=durable, mode=mode) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return Path(path)

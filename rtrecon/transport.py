@@ -125,7 +125,6 @@ key it pins.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
@@ -141,6 +140,7 @@ import zmq
 import zmq.utils.monitor
 
 from rtrecon.keys import CurveKeys
+from rtrecon.layout import atomic_file, fsync_dir
 from rtrecon.wire import (
     AckMessage,
     EventMessage,
@@ -377,23 +377,41 @@ class _Item:
 
 def _write_spool(path: Path, frames: list[bytes]) -> None:
     """Write atomically (a killed process leaves the whole file or none); :func:`_sync` makes it durable."""
-    tmp = path.with_name(f".{path.name}.tmp")
     header = _SPOOL_MAGIC + struct.pack(f"<I{len(frames)}Q", len(frames), *(len(f) for f in frames))
-    with open(tmp, "wb") as fh:
+    # Not durable here: send() sends first and fsyncs after (see there), with _sync.
+    with atomic_file(path, durable=False) as fh:
         fh.write(header)
         for frame in frames:
             fh.write(frame)
-    os.replace(tmp, path)
+
+
+def _lock_exclusive(fd: int) -> None:
+    """Lock the open file ``fd`` for this sender until it is closed; BlockingIOError if another holds it.
+
+    ``fcntl`` exists on POSIX only: imported here so that the module, hence the stimulus program
+    and its link, also start on Windows, where ``msvcrt`` locks the file's first byte instead.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:  # Windows says "permission denied" for a byte another handle locked
+            raise BlockingIOError(str(exc)) from exc
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _sync(path: Path) -> None:
     """fsync a spool file and its folder, so that it survives a power cut too."""
-    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY)):
-        fd = os.open(target, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fd = os.open(path, os.O_RDWR)  # Windows fsyncs only a handle open for writing
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _read_spool(path: Path, first_only: bool = False) -> list[bytes]:
@@ -463,7 +481,7 @@ class ReliableSender(_Link):
             self._spool.mkdir(parents=True, exist_ok=True)
             self._lock = os.open(self._spool / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_exclusive(self._lock)
             except BlockingIOError:
                 raise RuntimeError(f"{self._spool}: spool in use by another sender (one sender per spool)") from None
             self._load_spool()
@@ -479,7 +497,7 @@ class ReliableSender(_Link):
         self._answered = 0  # answers to Hellos up to this attempt are stale once connected
 
     def _load_spool(self) -> None:
-        for stale in self._spool.glob(f".*{_SPOOL_SUFFIX}.tmp"):
+        for stale in self._spool.glob(f".*{_SPOOL_SUFFIX}.*tmp"):
             # A write cut short by a crash: its send() never returned, so the item was never sent.
             log.warning("%s: removing the incomplete spool file %s", self.name, stale)
             stale.unlink()
@@ -507,7 +525,7 @@ class ReliableSender(_Link):
         """Close the link and release the spool (idempotent); the spool's items stay on disk."""
         super().close()
         if self._lock is not None:
-            os.close(self._lock)  # releases the flock
+            os.close(self._lock)  # releases the lock
             self._lock = None
 
     @property

@@ -28,7 +28,6 @@ it stays on the scanner side and is the bridge's to clean after the session. Wit
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -44,6 +43,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from rtrecon.layout import atomic_file
 from scanner_bridge.assembly import VolumeAssembler
 from scanner_bridge.sources import SourceEvent, VolumeSource, log_problem
 
@@ -153,19 +153,15 @@ class DicomNode(VolumeSource):
     def _persist(self, ds: Dataset) -> Path:
         uid = str(ds.get("SOPInstanceUID", "")) or f"noinstance-{time.time_ns()}"
         path = self.store_dir / f"{uid}.dcm"  # type: ignore[operator]
-        partial = path.with_suffix(".part")
-        with open(partial, "wb") as fh:
+        with atomic_file(path) as fh:  # durable, folder included: the scanner is told it is stored
             ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(partial, path)
         return path
 
     def _stored(self) -> Iterator[SourceEvent]:
         """What an earlier node on the same store acknowledged, read again in order of arrival."""
         if self.store_dir is None:
             return
-        for partial in self.store_dir.glob("*.part"):
+        for partial in self.store_dir.glob(".*.dcm.*tmp"):
             partial.unlink()  # never acknowledged: the scanner retries it
         for path in sorted(self.store_dir.glob("*.dcm"), key=lambda p: p.stat().st_mtime_ns):
             yield from self._logged(self.assembler.add_file(path))

@@ -205,7 +205,7 @@ def prepare_run(
     paths = RunPaths(sess.output_dir, sess.subject, sess.session, sess.task, run)
     if not overwrite:
         paths.check_free()
-    return RunSetup(task, trials, trials_file, timeline, settings, paths, f"sub-{sess.subject}_ses-{sess.session}", run, pairmates, policy)
+    return RunSetup(task, trials, trials_file, timeline, settings, paths, paths.layout.session_id, run, pairmates, policy)
 
 
 @dataclass(frozen=True)

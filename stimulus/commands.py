@@ -49,6 +49,7 @@ from pathlib import Path
 
 from rtrecon.config import ConfigError, SessionConfig, load_config
 from rtrecon.keys import KeysError, load_curve
+from rtrecon.logs import configure_logging
 
 from .trials import TrialListError
 
@@ -173,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
     from .sound import SoundError
     from .trigger import KeyInput, MergedKeys, PsychopyKeys, hardware_keys, psychopy_time
 
-    logging.basicConfig(level=logging.INFO, format="stimulus: %(message)s", stream=sys.stdout, force=True)
+    configure_logging("stimulus", logging.INFO, stream=sys.stdout, force=True)
     trig = config.stimulus.trigger
     keys: KeyInput = PsychopyKeys()
     hardware = None

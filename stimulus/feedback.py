@@ -6,7 +6,8 @@ session config asks for (``[stimulus.feedback]``):
 - the reconstruction (``TrialResultMessage.image``), with the seen or cued image beside it
   (``show_target``);
 - the top-k retrieved images (``retrieved`` ids looked up as ``<id>.png``/``.jpg`` in
-  ``gallery_dir``, else among the trial list's ``stim_id``/file names; an id without an image
+  ``gallery_dir``, the id written as :func:`rtrecon.layout.safe_filename` makes it, valid on
+  NTFS: ``nsd:123`` is ``nsd_123.png``, else among the trial list's ``stim_id``/file names; an id without an image
   is written as text);
 - a bar for the score (``scores[0]``, the engine's score of its best answer) or, with
   ``bar_value = "cpd"``, the trial's pairmate distinctiveness (:mod:`stimulus.pairmates`),
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from rtrecon.config import FeedbackSection
+from rtrecon.layout import safe_filename
 from rtrecon.wire import TrialResultMessage
 
 from .trials import Trial
@@ -107,9 +109,10 @@ class FeedbackPanel:
     def gallery_file(self, stim_id: str) -> Path | None:
         """The image for a retrieved id, or None when none is found."""
         gallery = self.settings.gallery_dir
-        if gallery is not None:
+        name = safe_filename(stim_id) if stim_id.strip(". ") else None
+        if gallery is not None and name is not None:
             for suffix in _IMAGE_SUFFIXES:
-                candidate = gallery / f"{stim_id}{suffix}"
+                candidate = gallery / f"{name}{suffix}"
                 if candidate.is_file():
                     return candidate
         return self._by_id.get(stim_id) or self._by_name.get(stim_id)

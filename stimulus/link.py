@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -38,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from rtrecon.layout import atomic_write
 from rtrecon.transport import ReliableReceiver, ReliableSender, result_key, trial_key
 from rtrecon.wire import EventMessage, TrialResultMessage
 
@@ -111,9 +111,7 @@ class EngineLink:
             return {}
 
     def _save_state(self, persisted: dict[int, int]) -> None:
-        tmp = self._state_file.with_name(f".{self._state_file.name}.tmp")
-        tmp.write_text(json.dumps(persisted))
-        os.replace(tmp, self._state_file)
+        atomic_write(self._state_file, json.dumps(persisted))
 
     def _main(self, events: str, results: str, spool: Path, curve: Any, heartbeat_s: float) -> None:
         try:

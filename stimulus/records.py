@@ -78,6 +78,7 @@ from typing import Any
 
 import numpy as np
 
+from rtrecon.layout import SessionLayout, atomic_file
 from rtrecon.wire import TrialResultMessage
 
 from .feedback import ReceivedResult
@@ -149,12 +150,16 @@ class RunPaths:
     run: int
 
     @property
+    def layout(self) -> SessionLayout:
+        return SessionLayout(self.output_dir, self.subject, self.session, self.task)
+
+    @property
     def stem(self) -> str:
-        return f"sub-{self.subject}_ses-{self.session}_task-{self.task}_run-{self.run:02d}"
+        return self.layout.stem(self.run)
 
     @property
     def session_dir(self) -> Path:
-        return self.output_dir / "sourcedata" / "stimulus" / f"sub-{self.subject}" / f"ses-{self.session}"
+        return self.layout.stimulus_session_dir
 
     @property
     def folder(self) -> Path:
@@ -181,7 +186,7 @@ class RunPaths:
 
     def source(self, suffix: str) -> Path:
         """The run's file ending in ``_<suffix>``."""
-        return self.folder / f"{self.stem}_{suffix}"
+        return self.layout.stimulus(self.run, suffix)
 
     def check_free(self) -> None:
         """Refuse to run over a recorded run (FileExistsError naming the file).
@@ -359,10 +364,8 @@ class RunJournal:
             from PIL import Image
 
             path = self.paths.reconstruction(message.trial)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            Image.fromarray(np.asarray(message.image, np.uint8)).save(tmp, format="PNG")
-            os.replace(tmp, path)
+            with atomic_file(path) as f:  # durable: the engine drops its copy once acknowledged
+                Image.fromarray(np.asarray(message.image, np.uint8)).save(f, format="PNG")
             fields["image"] = path.name
         # on the system's monotonic clock, which a restarted program shares (its own clock may not)
         self.append({"t": "result", **fields, "received_monotonic": received + self.clock_offset, "received_wall": time.time()})

@@ -58,6 +58,7 @@ from rtrecon.console.feeds import EngineFeed, console_curve, open_operator_feed
 from rtrecon.console.folder import SessionFolder
 from rtrecon.console.records import ControlError, ControlRecords
 from rtrecon.console.state import SessionState
+from rtrecon.layout import safe_filename
 from rtrecon.transport import StatusPublisher
 from rtrecon.wire import StatusMessage, TrialResultMessage
 
@@ -78,9 +79,9 @@ class ConsoleService:
         s = config.session
         self.config = config
         self.folder = SessionFolder(s.output_dir, s.subject, s.session, s.task)
-        self.records = ControlRecords(s.output_dir, s.subject, s.session)
+        self.records = ControlRecords(self.folder.layout)
         self.state = SessionState(
-            f"sub-{s.subject}_ses-{s.session}", task=s.task, expected_volumes=config.engine.planned_volumes,
+            self.folder.layout.session_id, task=s.task, expected_volumes=config.engine.planned_volumes,
             fd_threshold_mm=config.console.fd_threshold_mm, heartbeat_s=config.network.heartbeat_s,
             decoder_backlog=config.console.decoder_backlog, expected_tr=config.stimulus.trigger.tr,
         )
@@ -273,7 +274,7 @@ def create_app(service: ConsoleService, *, token: str | None = None, local_only:
         image_id = request.path_params["image_id"]
         if folder is not None and _IMAGE_ID.match(image_id) and ".." not in image_id:
             for ext in (".png", ".jpg", ".jpeg"):
-                path = Path(folder) / f"{image_id}{ext}"
+                path = Path(folder) / f"{safe_filename(image_id)}{ext}"  # as the stimulus PC names it
                 if path.is_file():
                     return FileResponse(path)
         return PlainTextResponse("no such image", status_code=404)

@@ -21,6 +21,8 @@ import socket
 import sys
 from pathlib import Path
 
+from rtrecon.logs import configure_logging
+
 __all__ = ["configure", "run_console", "console_token"]
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ def run_console(ns: argparse.Namespace) -> int:
     from rtrecon.config import ConfigError, load_config
     from rtrecon.console.app import LOCAL_HOSTS, ConsoleService, create_app
 
-    logging.basicConfig(level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging("console", ns.log_level)
     try:
         config = load_config(ns.config)
     except ConfigError as exc:

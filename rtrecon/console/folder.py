@@ -13,8 +13,8 @@ the store's files by their BIDS names, without importing the engine (``rtrecon``
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-trial<N>release<R>decoded.npz   top-k, image
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-runend.json                run ended
 
-with ``<prefix>`` the run's BIDS stem (:class:`rtrecon.layout.SessionLayout`: ``run-RR``; a store
-that writes the run unpadded, ``run-R``, is read as well). Files being appended may end in a torn
+with ``<prefix>`` the run's BIDS stem (:class:`rtrecon.layout.SessionLayout`: ``run-RR``, as the
+engine's store writes it). Files being appended may end in a torn
 line, which is skipped. Only what the console shows is read: never a volume's voxels.
 
 Each trial is released several times (``[engine] releases_s`` after its onset, then once more at
@@ -109,20 +109,10 @@ class SessionFolder:
         self.layout = SessionLayout(Path(root), subject, session, task)
         self.func = self.layout.func_dir
         self.derivatives = self.layout.derivatives_dir
-        self._prefixes: dict[int, str] = {}
 
     def prefix(self, run: int) -> str:
-        """The run's stem as the store wrote it (the layout's before anything is written)."""
-        if run not in self._prefixes:
-            padded = self.layout.stem(run)
-            unpadded = f"{self.layout.session_id}_task-{self.layout.task}_run-{run}"
-            for stem in (padded, unpadded):
-                if any(any(folder.glob(f"{stem}_*")) for folder in (self.func, self.derivatives)):
-                    self._prefixes[run] = stem
-                    break
-            else:
-                return padded
-        return self._prefixes[run]
+        """The run's stem, as the engine's store writes it."""
+        return self.layout.stem(run)
 
     def _derivative(self, run: int, desc: str, ext: str = ".tsv") -> Path:
         return self.derivatives / f"{self.prefix(run)}_desc-{desc}{ext}"

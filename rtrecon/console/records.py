@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
+
+from rtrecon.layout import SessionLayout, fsync_dir
 
 __all__ = ["ACTIONS", "ControlError", "ControlRecords"]
 
@@ -37,9 +38,8 @@ class ControlError(ValueError):
 class ControlRecords:
     """The console events file of one session (see the module docstring)."""
 
-    def __init__(self, output_dir: str | Path, subject: str, session: str) -> None:
-        folder = Path(output_dir) / "sourcedata" / "console" / f"sub-{subject}" / f"ses-{session}"
-        self.path = folder / f"sub-{subject}_ses-{session}_console-events.jsonl"
+    def __init__(self, layout: SessionLayout) -> None:
+        self.path = layout.sourcedata_dir("console") / f"{layout.session_id}_console-events.jsonl"
 
     def read(self) -> list[dict[str, Any]]:
         """Every control recorded so far, oldest first."""
@@ -74,8 +74,11 @@ class ControlRecords:
         if note:
             record["note"] = note
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if created:  # the new file's name must survive a power cut too
+            fsync_dir(self.path.parent)
         return record

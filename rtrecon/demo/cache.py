@@ -1,7 +1,7 @@
 """The demo's cache: the synthetic dataset and the trained decoder, each keyed by what made it.
 
 ``cache_root()`` is ``$RTRECON_CACHE`` or ``~/.cache/rtrecon``. :func:`cached_dataset` returns
-``<cache>/synthetic/<key>/``, generating it first (into a temporary folder renamed when complete,
+``<cache>/synthetic/<key>/``, generating it first (into a temporary folder renamed when complete and on disk,
 so an interrupted generation is never mistaken for a dataset) when it is not there; the key is a
 hash of the generation parameters (counts, size and world presets with their contents, seed). :func:`cached_decoder` does the same for the decoder trained
 on a dataset (``<cache>/decoders/<key>/finetune/last.pth``), keyed by the dataset's key, the
@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rtrecon.demo.training import DecoderRecipe
+from rtrecon.layout import atomic_write, fsync_dir
 
 __all__ = ["cache_root", "cache_key", "cached_dataset", "cached_decoder"]
 
@@ -42,6 +43,20 @@ def _fresh(folder: Path) -> Path:
     return tmp
 
 
+def _publish(tmp: Path, folder: Path, params: dict) -> None:
+    """Rename the complete ``tmp`` to ``folder`` once every file in it is on disk: a power cut must
+    not leave a cache entry that looks whole (its marker file present) with torn files in it."""
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            fsync_dir(path)
+    atomic_write(tmp / "rtrecon_cache.json", json.dumps(params, indent=1))
+    tmp.rename(folder)
+    fsync_dir(folder.parent)
+
+
 def cached_dataset(n_subjects: int, n_sessions: int, n_runs: int, size: str = "small", seed: int = 0,
                    world: str = "typical", shuffled: bool = False,
                    *, root: Path | None = None, progress: bool = True) -> tuple[Path, bool]:
@@ -57,8 +72,7 @@ def cached_dataset(n_subjects: int, n_sessions: int, n_runs: int, size: str = "s
         return folder, True
     tmp = _fresh(folder)
     generate(tmp, n_subjects, n_sessions, n_runs, size, seed, progress=progress, world=world, shuffled=shuffled)
-    (tmp / "rtrecon_cache.json").write_text(json.dumps(params, indent=1))
-    tmp.rename(folder)
+    _publish(tmp, folder, params)
     return folder, False
 
 
@@ -81,6 +95,5 @@ def cached_decoder(dataset: Path, pretrain: dict[int, Sequence[int]], subject: i
     tmp = _fresh(folder)
     targets = np.asarray(load_truth(dataset)["embeddings"])
     train_decoder(NSDDataset(dataset), targets, pretrain, subject, finetune_sessions, tmp, recipe, progress=progress)
-    (tmp / "rtrecon_cache.json").write_text(json.dumps(params, indent=1))
-    tmp.rename(folder)
+    _publish(tmp, folder, params)
     return checkpoint, False

@@ -41,12 +41,13 @@ import pandas as pd
 from PIL import Image
 
 from rtrecon.demo.stimulus_pc import journal_path, read_results
+from rtrecon.layout import SessionLayout
 from rtrecon.report import MotionTrace, ReportSummary, SessionReportData, TrialRecord, load_confounds, stage_durations, write_report
 from rtrecon.report.figures import as_uint8
 from rtrecon.report.metrics import external_metrics, two_way_identification
 from rtrecon.runtime.retrieval import normalize
 
-__all__ = ["STAGES", "SessionLayout", "release_rows", "release_arrays", "trial_records", "decoded_betas", "beta_correlation",
+__all__ = ["STAGES", "LiveSessionFiles", "release_rows", "release_arrays", "trial_records", "decoded_betas", "beta_correlation",
            "build_report"]
 
 #: The stamps of a trial, in order: its last volume acquired (written by the scanner; for a replay,
@@ -56,8 +57,9 @@ STAGES = ("acquired", "received", "realigned", "glm_updated", "betas", "decoded"
 
 
 @dataclass(frozen=True)
-class SessionLayout:
-    """Where a live session's files are: the engine's ``output_dir`` and the stimulus program's run folder."""
+class LiveSessionFiles:
+    """Where a live session's files are: the engine's ``output_dir`` and the stimulus program's run
+    folder, named by :class:`rtrecon.layout.SessionLayout`."""
 
     root: Path
     subject: str
@@ -65,19 +67,23 @@ class SessionLayout:
     task: str
     stimulus_dir: Path
 
+    @property
+    def layout(self) -> SessionLayout:
+        return SessionLayout(self.root, self.subject, self.session, self.task)
+
     def prefix(self, run: int) -> str:
-        return f"sub-{self.subject}_ses-{self.session}_task-{self.task}_run-{run}"
+        return self.layout.stem(run)
 
     @property
     def derivatives(self) -> Path:
-        return self.root / "derivatives" / "rtrecon" / f"sub-{self.subject}" / f"ses-{self.session}" / "func"
+        return self.layout.derivatives_dir
 
     def derivative(self, run: int, desc: str, ext: str = ".tsv") -> Path:
-        return self.derivatives / f"{self.prefix(run)}_desc-{desc}{ext}"
+        return self.layout.derivative(run, f"desc-{desc}{ext}")
 
     def events(self, run: int) -> Path:
         """The engine's BIDS ``_events.tsv`` of ``run``: the events it received."""
-        return self.root / f"sub-{self.subject}" / f"ses-{self.session}" / "func" / f"{self.prefix(run)}_events.tsv"
+        return self.layout.raw(run, "events.tsv")
 
     def journal(self, run: int) -> Path:
         """The stimulus program's journal of ``run``."""
@@ -120,14 +126,14 @@ def release_rows(trials: pd.DataFrame) -> pd.DataFrame:
     return trials
 
 
-def release_arrays(layout: SessionLayout, run: int, trial: int, release: int, kind: str, releases: bool) -> Path:
+def release_arrays(layout: LiveSessionFiles, run: int, trial: int, release: int, kind: str, releases: bool) -> Path:
     """The engine's ``kind`` (``decoded`` or ``beta``) arrays of one release."""
     name = f"trial{trial}release{release}{kind}" if releases else f"trial{trial}{kind}"
     return layout.derivative(run, name, ".npz")
 
 
 def trial_records(
-    layout: SessionLayout, run: int, gallery: np.ndarray, ids: list[str],
+    layout: LiveSessionFiles, run: int, gallery: np.ndarray, ids: list[str],
     images: Callable[[list[str]], list[np.ndarray | None]], top_k_images: int = 5, tr: float | None = None,
     presentations: dict[tuple[int, int], int] | None = None,
 ) -> list[TrialRecord]:
@@ -205,7 +211,7 @@ def trial_records(
     return records
 
 
-def decoded_betas(layout: SessionLayout, run: int) -> dict[int, tuple[list[int], np.ndarray]]:
+def decoded_betas(layout: LiveSessionFiles, run: int) -> dict[int, tuple[list[int], np.ndarray]]:
     """Per release index, the trials and the raw betas (trials × ROI voxels) the engine decoded."""
     table = layout.table(run, "trials")
     has_releases = "release" in table
@@ -226,7 +232,7 @@ def _voxel_r(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))
 
 
-def beta_correlation(layout: SessionLayout, run: int, released: np.ndarray, trial_rows: dict[int, int],
+def beta_correlation(layout: LiveSessionFiles, run: int, released: np.ndarray, trial_rows: dict[int, int],
                      release: int | None = None) -> np.ndarray:
     """Per-voxel correlation across trials of the run's live betas with ``released``.
 
@@ -252,7 +258,7 @@ def beta_correlation(layout: SessionLayout, run: int, released: np.ndarray, tria
     return _voxel_r(a, b)
 
 
-def _end_of_run_r(layout: SessionLayout, runs: Sequence[int]) -> dict[int, float]:
+def _end_of_run_r(layout: LiveSessionFiles, runs: Sequence[int]) -> dict[int, float]:
     """Per release, the median per-voxel correlation of its decoded betas with the end-of-run LSS betas."""
     rs: dict[int, list[np.ndarray]] = {}
     for run in runs:
@@ -274,7 +280,7 @@ def _end_of_run_r(layout: SessionLayout, runs: Sequence[int]) -> dict[int, float
 
 
 def build_report(
-    layout: SessionLayout, runs: Sequence[int], tr: float, gallery: np.ndarray, ids: list[str],
+    layout: LiveSessionFiles, runs: Sequence[int], tr: float, gallery: np.ndarray, ids: list[str],
     images: Callable[[list[str]], list[np.ndarray | None]], decoder_description: str, out_dir: Path,
     metrics: dict[str, float] | None = None, *, release_metrics: dict[int, dict[str, float]] | None = None,
     clip_features: Callable[[np.ndarray], np.ndarray] | None = None,

@@ -41,6 +41,7 @@ from pathlib import Path
 from rich.console import Console
 
 from rtrecon.data.synthetic import WORLDS
+from rtrecon.layout import session_id
 
 __all__ = ["configure", "run_demo"]
 
@@ -112,7 +113,7 @@ def run_demo(ns: argparse.Namespace) -> int:
     console.print(f"    {'cached' if hit else 'trained'}: {checkpoint} ({time.monotonic() - started:.0f} s)")
     nsd = NSDDataset(dataset)
     runs = tuple(nsd.runs(ns.subject, live_session)[: ns.live_runs])
-    out = ns.out / f"sub-{ns.subject:02d}_ses-{live_session:02d}_{time.strftime('%Y%m%dT%H%M%S')}"
+    out = ns.out / f"{session_id(f'{ns.subject:02d}', f'{live_session:02d}')}_{time.strftime('%Y%m%dT%H%M%S')}"
     console.print(f"3/4 live session: subject {ns.subject} session {live_session} run(s) {', '.join(map(str, runs))} "
                   f"at {ns.speed:g}× the TR pace → {out}")
     description = (

@@ -70,7 +70,7 @@ import numpy as np
 import pandas as pd
 
 from rtrecon.data.nsd import NSDDataset
-from rtrecon.demo.collect import SessionLayout, release_arrays, release_rows
+from rtrecon.demo.collect import LiveSessionFiles, release_arrays, release_rows
 from rtrecon.demo.live import LiveSpec, write_gallery, write_session_config
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
 from rtrecon.demo.stimulus_pc import read_results, start_display, stimulus_command, stimulus_folder
@@ -179,7 +179,7 @@ def _kill(group: ProcessGroup, name: str) -> None:
 
 
 def run_ordered_session(spec: LiveSpec, kills: Sequence[str] = (), timeout_s: float = 240.0,
-                        stimulus_speed: float | None = None) -> SessionLayout:
+                        stimulus_speed: float | None = None) -> LiveSessionFiles:
     """Run ``spec``'s first run with every event stored before the first volume (see the module
     docstring), SIGKILLing and restarting each process named in ``kills`` on the way; the layout of
     the finished session (no report is built). The stimulus program plays the run at
@@ -194,7 +194,7 @@ def run_ordered_session(spec: LiveSpec, kills: Sequence[str] = (), timeout_s: fl
     spec.out.mkdir(parents=True, exist_ok=True)
     gallery, _, _ = write_gallery(spec, nsd)
     config = write_session_config(spec, nsd, gallery, free_endpoints(4), n_volumes)
-    layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception",
+    layout = LiveSessionFiles(spec.out, spec.bids_subject, spec.bids_session, "perception",
                            stimulus_folder(spec.out, spec.bids_subject, spec.bids_session))
     events_tsv = layout.events(run)
     where = ["--config", str(config), "--root", str(spec.root), "--subject", str(spec.subject),
@@ -243,7 +243,7 @@ def _fingerprint(values: np.ndarray, directions: np.ndarray) -> list[float]:
     return [_short(x) for x in (v.mean(), v.std(), *(directions @ v))]
 
 
-def session_record(layout: SessionLayout, run: int = 1) -> dict:
+def session_record(layout: LiveSessionFiles, run: int = 1) -> dict:
     """The compared values of a finished session's ``run`` (see the module docstring): each trial's
     first release (the one decoded live; an engine with releases sends later ones too)."""
     table = layout.table(run, "trials")

@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rtrecon.data.nsd import NSDDataset
-from rtrecon.demo.collect import SessionLayout, beta_correlation, build_report, decoded_betas
+from rtrecon.demo.collect import LiveSessionFiles, beta_correlation, build_report, decoded_betas
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
 from rtrecon.demo.stimulus_pc import (journal_path, read_results, start_display, stimulus_command, stimulus_folder,
                                       stimulus_settings, write_trial_lists)
@@ -180,7 +180,7 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
     gallery_path, gallery, ids = write_gallery(spec, nsd)
     n_volumes = nsd.read_design(spec.subject, spec.session, spec.runs[0]).size
     config = write_session_config(spec, nsd, gallery_path, free_endpoints(5), n_volumes)
-    layout = SessionLayout(spec.out, spec.bids_subject, spec.bids_session, "perception",
+    layout = LiveSessionFiles(spec.out, spec.bids_subject, spec.bids_session, "perception",
                            stimulus_folder(spec.out, spec.bids_subject, spec.bids_session))
     speed = ["--speed", repr(spec.speed)]
     with ProcessGroup(spec.out / "logs") as group, Progress(
@@ -259,7 +259,7 @@ def presentations(nsd: NSDDataset, subject: int, session: int, runs: Sequence[in
     return out
 
 
-def _released_beta_metrics(spec: LiveSpec, nsd: NSDDataset, layout: SessionLayout) -> dict[int, dict[str, float]]:
+def _released_beta_metrics(spec: LiveSpec, nsd: NSDDataset, layout: LiveSessionFiles) -> dict[int, dict[str, float]]:
     """Per release, the median per-voxel correlation of the betas it decoded with NSD's released
     betas of the same trials (``live_vs_released_beta_r``)."""
     try:

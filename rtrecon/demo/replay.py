@@ -29,6 +29,7 @@ from pathlib import Path
 from rich.console import Console
 
 from rtrecon.demo.command import metric_weights
+from rtrecon.layout import session_id
 
 __all__ = ["configure", "replay_nsd"]
 
@@ -107,7 +108,7 @@ def replay_nsd(ns: argparse.Namespace) -> int:
             raise ValueError(f"{ns.unclip}: not an unCLIP decoder folder (no unclip.json)")
         else:
             description += f". Reconstructions by the unCLIP decoder {ns.unclip} from the prior's image tokens."
-        out = ns.out / f"sub-{ns.subject:02d}_ses-{ns.session:02d}_{time.strftime('%Y%m%dT%H%M%S')}"
+        out = ns.out / f"{session_id(f'{ns.subject:02d}', f'{ns.session:02d}')}_{time.strftime('%Y%m%dT%H%M%S')}"
         console.print(f"replaying subject {ns.subject} session {ns.session} run(s) {', '.join(map(str, runs))} "
                       f"of {ns.root} at {ns.speed:g}× → {out}")
         spec = LiveSpec(root=ns.root, subject=ns.subject, session=ns.session, runs=runs, checkpoint=checkpoint,

@@ -40,6 +40,7 @@ from PIL import Image
 
 from rtrecon.data.nsd import NSDDataset
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup
+from rtrecon.layout import SessionLayout, safe_filename
 
 __all__ = ["WINDOW_SIZE", "write_trial_lists", "stimulus_settings", "stimulus_command", "stimulus_folder",
            "journal_path", "start_display", "read_results"]
@@ -56,13 +57,14 @@ def write_trial_lists(nsd: NSDDataset, subject: int, session: int, folder: Path)
     events = {run: nsd.events(subject, session, run) for run in runs}
     ids = sorted({int(i) for table in events.values() for i in table["image_id"]})
     for image_id, pixels in zip(ids, nsd.images(ids)):
-        path = images / f"nsd:{image_id}.png"
+        path = images / f"{safe_filename(f'nsd:{image_id}')}.png"
         if not path.is_file():
             Image.fromarray(np.asarray(pixels, np.uint8)).save(path)
     lists = []
     for run in runs:
         rows = ["stim_file\tstim_id\tonset\tfeedback"]
-        rows += [f"images/nsd:{int(r.image_id)}.png\tnsd:{int(r.image_id)}\t{float(r.onset)!r}\t1" for r in events[run].itertuples()]
+        rows += [f"images/{safe_filename(f'nsd:{int(r.image_id)}')}.png\tnsd:{int(r.image_id)}\t{float(r.onset)!r}\t1"
+                 for r in events[run].itertuples()]
         path = folder / f"run-{run:02d}_trials.tsv"
         path.write_text("\n".join(rows) + "\n")
         lists.append(path)
@@ -94,13 +96,13 @@ def stimulus_command(config: Path, run: int, tr: float, n_volumes: int, speed: f
     return args
 
 
-def stimulus_folder(out: Path, subject: str, session: str) -> Path:
+def stimulus_folder(out: Path, subject: str, session: str, task: str = "perception") -> Path:
     """Where the stimulus program writes its runs (the session config's ``output_dir`` is ``out``)."""
-    return out / "sourcedata" / "stimulus" / f"sub-{subject}" / f"ses-{session}" / "func"
+    return SessionLayout(out, subject, session, task).stimulus_dir
 
 
 def journal_path(folder: Path, subject: str, session: str, task: str, run: int) -> Path:
-    return folder / f"sub-{subject}_ses-{session}_task-{task}_run-{run:02d}_journal.jsonl"
+    return folder / f"{SessionLayout(folder, subject, session, task).stem(run)}_journal.jsonl"
 
 
 def _free_display() -> int:

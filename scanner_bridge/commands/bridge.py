@@ -28,6 +28,7 @@ import argparse
 import gzip
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -41,6 +42,8 @@ import nibabel as nib
 import numpy as np
 
 from rtrecon.config import ConfigError, SessionConfig, load_config
+from rtrecon.layout import atomic_write, session_id
+from rtrecon.logs import configure_logging
 from rtrecon.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage
 from scanner_bridge.sources import FileRejected, RunStarted, SourceEvent, VolumeMissing, VolumeReady, VolumeSource
 
@@ -54,19 +57,10 @@ logger = logging.getLogger("scanner_bridge.bridge")
 
 def session_name(config: SessionConfig) -> str:
     """The link's session name: ``sub-<subject>_ses-<session>``."""
-    return f"sub-{config.session.subject}_ses-{config.session.session}"
+    return session_id(config.session.subject, config.session.session)
 
 
 # -- the listener's store ------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class VolumeStore:
@@ -102,6 +96,11 @@ class VolumeStore:
             if grid is not None and (voxels.shape, voxels.dtype.newbyteorder("=")) != (grid[0], grid[1].newbyteorder("=")):
                 return (f"volume {message.index} is {voxels.shape} {voxels.dtype}, "
                         f"the run's volumes are {grid[0]} {grid[1]} (a new run needs a new run number)")
+            timing = self.root / f"run-{message.run:02d}" / "timing.json"
+            if timing.is_file():
+                run_tr = float(json.loads(timing.read_text())["RepetitionTime"])
+                if not math.isclose(message.tr, run_tr, rel_tol=1e-6):
+                    return f"volume {message.index} has TR {message.tr:g} s, the run's is {run_tr:g} s"
         elif isinstance(message, RunEndMessage):
             held = self.persisted().get(message.run, -1)
             if message.n_volumes > held + 1 + self.max_index_jump:
@@ -136,18 +135,18 @@ class VolumeStore:
             img = nib.Nifti1Image(np.asarray(message.voxels), np.asarray(message.affine, dtype=np.float64))
             img.header.set_xyzt_units("mm", "sec")
             path = folder / f"vol-{message.index:05d}.nii"
-            _write_atomic(path, img.to_bytes())
+            atomic_write(path, img.to_bytes())
             timing = folder / "timing.json"
             if not timing.exists():
-                _write_atomic(timing, json.dumps({"RepetitionTime": message.tr, "SliceTiming": message.slice_times}).encode())
+                atomic_write(timing, json.dumps({"RepetitionTime": message.tr, "SliceTiming": message.slice_times}).encode())
             return path
         if isinstance(message, VolumeMissingMessage):
             path = self._run_dir(message.run) / f"vol-{message.index:05d}.missing.json"
-            _write_atomic(path, json.dumps({"reason": message.reason}).encode())
+            atomic_write(path, json.dumps({"reason": message.reason}).encode())
             return path
         if isinstance(message, RunEndMessage):
             path = self._write_run(message.run, message.n_volumes)
-            _write_atomic(self._run_dir(message.run) / "run_end.json", json.dumps({"n_volumes": message.n_volumes}).encode())
+            atomic_write(self._run_dir(message.run) / "run_end.json", json.dumps({"n_volumes": message.n_volumes}).encode())
             return path
         raise TypeError(f"a {message.KIND} message is not stored by the volume store")
 
@@ -163,14 +162,14 @@ class VolumeStore:
         for i, img in present.items():
             data[..., i] = np.asanyarray(img.dataobj)
         timing_file = folder / "timing.json"
-        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+        timing = json.loads(timing_file.read_text())  # written with the first volume, before its ack
         img4d = nib.Nifti1Image(data, first.affine)
         img4d.header.set_xyzt_units("mm", "sec")
-        img4d.header.set_zooms(first.header.get_zooms()[:3] + (float(timing.get("RepetitionTime") or 1.0),))
+        img4d.header.set_zooms(first.header.get_zooms()[:3] + (float(timing["RepetitionTime"]),))
         # Level 1: the run file is written while the session goes on; size matters less than time.
-        _write_atomic(out, gzip.compress(img4d.to_bytes(), compresslevel=1))
+        atomic_write(out, gzip.compress(img4d.to_bytes(), compresslevel=1))
         sidecar = {**timing, "MissingVolumes": sorted(set(range(n_volumes)) - set(present))}
-        _write_atomic(self.root / f"run-{run:02d}_bold.json", json.dumps(sidecar, indent=1).encode())
+        atomic_write(self.root / f"run-{run:02d}_bold.json", json.dumps(sidecar, indent=1).encode())
         return out
 
 
@@ -439,7 +438,7 @@ def _runner(func: Callable[[argparse.Namespace, SessionConfig], int]) -> Callabl
         from rtrecon.keys import KeysError
         from scanner_bridge.replay import ReplayError
 
-        logging.basicConfig(level=ns.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+        configure_logging("bridge", ns.log_level)
         try:
             return func(ns, _load(ns))
         except (ConfigError, KeysError, ReplayError, NotADirectoryError) as exc:

@@ -111,8 +111,8 @@ def test_session_outputs_motion_and_betas(clean_run):
     store = engine.store
     _, motion, amplitudes = _phantom()
     bold = nib.load(store.bold_path(1))
-    assert store.bold_path(1).name == "sub-01_ses-01_task-test_run-1_bold.nii.gz" and bold.shape == (*SHAPE, N_VOLS)
-    events = pd.read_csv(store.func / "sub-01_ses-01_task-test_run-1_events.tsv", sep="\t")
+    assert store.bold_path(1).name == "sub-01_ses-01_task-test_run-01_bold.nii.gz" and bold.shape == (*SHAPE, N_VOLS)
+    events = pd.read_csv(store.func / "sub-01_ses-01_task-test_run-01_events.tsv", sep="\t")
     assert events.onset.tolist() == pytest.approx(ONSETS.tolist())
     confounds = pd.read_csv(store.derivative_path(1, "confounds_timeseries"), sep="\t", na_values="n/a")
     params = confounds[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]].to_numpy()
@@ -411,7 +411,7 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
     reference = _final_betas(clean_run[0].store)
     engine = _start_engine(config)
     spare = _start_engine(config, standby=True)
-    final_path = tmp_path / "out/derivatives/rtrecon/sub-01/ses-01/func/sub-01_ses-01_task-test_run-1_desc-trialbetas.npz"
+    final_path = tmp_path / "out/derivatives/rtrecon/sub-01/ses-01/func/sub-01_ses-01_task-test_run-01_desc-trialbetas.npz"
     # Kills at random points (seeded, so a failure can be replayed): 19 and 20 kill the restarted
     # engine again while it is recovering or has only just acknowledged.
     kills = iter(sorted(int(i) for i in np.random.default_rng(20).choice(np.arange(6, N_VOLS - 6), 3, replace=False)))
@@ -458,7 +458,7 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
     final = np.load(final_path)
     for key in ("trials", "lsa", "lss", "frames"):
         np.testing.assert_array_equal(final[key], reference[key])
-    assert (tmp_path / "out/sub-01/ses-01/func/sub-01_ses-01_task-test_run-1_bold.nii.gz").exists()
+    assert (tmp_path / "out/sub-01/ses-01/func/sub-01_ses-01_task-test_run-01_bold.nii.gz").exists()
     assert [(m.sequence, m.trial, m.release, m.final) for m in received] == \
         [(m.sequence, m.trial, m.release, m.final) for m in clean_run[1]]
 
@@ -709,3 +709,19 @@ def test_early_estimates_from_a_training_session_folder(tmp_path, caplog):
     assert not any("no earlier run" in r.message for r in caplog.records)
     assert all(state.pool is not None and state.hrf is not None for state in engine.runs.values())
     assert not engine.store.derivative_path(1, "earlyruns", ".npz").exists()  # the session's own runs: not used
+
+
+def test_a_volume_whose_tr_differs_from_the_runs_is_stored_as_missing_with_the_reason(tmp_path, caplog):
+    statuses = []
+    store = SessionStore(tmp_path, "01", "01", "test")
+    engine = Engine(SETTINGS, store, publish_status=statuses.append)
+    engine.recover()
+    caplog.set_level(logging.ERROR, logger="engine")
+    _stream(engine, 0, 4, end=False)
+    engine.handle(VolumeMessage(session=SESSION, run=1, index=4, tr=2 * TR, voxels=_phantom()[0][4], affine=AFFINE))
+    _stream(engine, 5, 7, end=False)  # the control: the run's own TR goes on being accepted
+    engine.join_background()
+    assert "TR 2.9 s differs from the run's 1.45 s" in caplog.text
+    assert any("volume 4 missing: TR 2.9 s differs" in s.message for s in statuses if s.state == "warning")
+    assert store.n_volumes(1) == 7 and store.volume(1, 4) is None and store.geometry(1)[1] == TR
+    np.testing.assert_array_equal(store.volume(1, 5), _phantom()[0][5])

@@ -24,12 +24,12 @@ def test_run_is_bids_and_readable_while_live(tmp_path):
     for v in vols:
         store.append_volume(3, v, AFFINE, tr=1.5, slice_times=[0.0, 0.5, 1.0, 0.25])
     live = store.bold_path(3)
-    assert live.name == "sub-01_ses-02_task-perception_run-3_bold.nii"
+    assert live.name == "sub-01_ses-02_task-perception_run-03_bold.nii"
     img = nib.load(live)
     assert img.shape == (6, 5, 4, 5) and img.header.get_zooms()[3] == 1.5
     np.testing.assert_array_equal(np.moveaxis(np.asarray(img.dataobj), -1, 0), vols)
     np.testing.assert_allclose(img.affine, AFFINE)
-    sidecar = json.loads((store.func / "sub-01_ses-02_task-perception_run-3_bold.json").read_text())
+    sidecar = json.loads((store.func / "sub-01_ses-02_task-perception_run-03_bold.json").read_text())
     assert sidecar["RepetitionTime"] == 1.5 and sidecar["SliceTiming"][2] == 1.0
     assert store.persisted() == {3: 4}
     store.end_run(3)
@@ -63,6 +63,10 @@ def test_missing_volumes_and_bad_shapes(tmp_path):
     with pytest.raises(ValueError, match="geometry"):
         store.append_missing(1)
     vols = _volumes(2)
+    for invented in (0.0, float("nan")):  # a run's TR is never made up
+        with pytest.raises(ValueError, match="repetition time"):
+            store.append_volume(1, vols[0], AFFINE, invented)
+    assert store.runs() == []
     store.append_volume(1, vols[0], AFFINE, 2.0)
     assert store.append_missing(1) == 1
     assert store.volume(1, 1) is None
@@ -75,7 +79,7 @@ def test_events_and_tables_drop_torn_rows(tmp_path):
     store = SessionStore(tmp_path, "01", "01", "t")
     store.append_event(2, {"onset": 1.25, "duration": 3.0, "trial_type": "image", "trial": 0, "stimulus": "a.png"})
     store.append_event(2, {"onset": 5.5, "duration": 3.0, "trial_type": "image", "trial": 1, "response_time": None})
-    path = store.func / "sub-01_ses-01_task-t_run-2_events.tsv"
+    path = store.func / "sub-01_ses-01_task-t_run-02_events.tsv"
     with open(path, "ab") as f:
         f.write(b"9.0\t3.0\tima")
     reopened = SessionStore(tmp_path, "01", "01", "t")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rtrecon.layout import SessionLayout, atomic_write, safe_filename, session_id
+from rtrecon.layout import SessionLayout, atomic_file, atomic_write, safe_filename, session_id
 
 
 def test_names_follow_bids_with_two_digit_runs(tmp_path: Path) -> None:
@@ -71,3 +71,27 @@ def test_a_failed_write_removes_its_temporary(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         atomic_write(target, 12345)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_file_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "betas.npz"
+    atomic_write(target, b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as f:
+            f.write(b"half of the new")
+            raise RuntimeError("the writer died")
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]
+    with atomic_file(target, durable=False) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_secret_is_never_readable_by_others(tmp_path: Path) -> None:
+    secret = atomic_write(tmp_path / "engine.key_secret", b"secret", mode=0o600)
+    assert secret.stat().st_mode & 0o777 == 0o600
+    umask = os.umask(0o022)
+    os.umask(umask)
+    public = atomic_write(tmp_path / "engine.key", b"public")  # the control: the default mode
+    assert public.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -562,3 +562,36 @@ def test_sender_lead_is_bounded_and_reported(endpoint: str, tmp_path: Path) -> N
             rx.ack(message)
         got = _exchange(tx, rx, 17)
         assert [m.index for m in got] == list(range(3, 20)) and tx.max_lead == 3 and tx.lead == 0
+
+
+def test_the_link_starts_without_fcntl_as_on_windows(endpoint: str, tmp_path: Path, monkeypatch) -> None:
+    # The stimulus program's modules import where fcntl does not exist (a Windows stimulus PC).
+    code = "import sys; sys.modules['fcntl'] = None; import rtrecon.transport, stimulus.link; print('imported')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr
+    control = subprocess.run([sys.executable, "-c", "import sys; sys.modules['fcntl'] = None; import fcntl"],
+                             capture_output=True, text=True, timeout=120)
+    assert control.returncode != 0  # the patch does hide fcntl
+
+    # Without fcntl a sender locks its spool with msvcrt (here backed by this machine's flock).
+    import fcntl
+    import types
+
+    calls: list[int] = []
+
+    def locking(fd: int, mode: int, nbytes: int) -> None:
+        calls.append(mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise PermissionError(13, "Permission denied") from exc  # what msvcrt raises
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(LK_NBLCK=2, locking=locking))
+    spool = tmp_path / "spool"
+    with ReliableSender(endpoint, SESSION, spool, heartbeat_s=HB):
+        with pytest.raises(RuntimeError, match="spool in use by another sender"):
+            ReliableSender(endpoint, SESSION, spool, heartbeat_s=HB)
+    with ReliableSender(endpoint, SESSION, spool, heartbeat_s=HB) as tx:  # released on close
+        tx.send(_volume(0))
+    assert calls == [2, 2, 2]

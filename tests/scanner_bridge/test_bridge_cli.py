@@ -151,8 +151,8 @@ def test_listen_out_refuses_what_crashed_it_and_restarts(tmp_path: Path, capsys)
 
     session = "sub-01_ses-01"
 
-    def volume(run: int, index: int, shape=(4, 4, 3), affine=np.eye(4)) -> VolumeMessage:
-        return VolumeMessage(session=session, run=run, index=index, tr=2.0,
+    def volume(run: int, index: int, shape=(4, 4, 3), affine=np.eye(4), tr=2.0) -> VolumeMessage:
+        return VolumeMessage(session=session, run=run, index=index, tr=tr,
                              voxels=np.full(shape, index + 1, np.int16), affine=affine)
 
     items = [
@@ -160,6 +160,7 @@ def test_listen_out_refuses_what_crashed_it_and_restarts(tmp_path: Path, capsys)
         RunEndMessage(session=session, run=1, n_volumes=4),
         volume(2, 0), RunEndMessage(session=session, run=2, n_volumes=300_000),
         volume(3, 0), RunEndMessage(session=session, run=3, n_volumes=5_000),
+        volume(4, 0), volume(4, 1, tr=2.5), RunEndMessage(session=session, run=4, n_volumes=2),
     ]
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     out = tmp_path / "out"
@@ -174,15 +175,17 @@ def test_listen_out_refuses_what_crashed_it_and_restarts(tmp_path: Path, capsys)
             refused.update(tx.refused)
         listener.join(timeout=60)
         assert code == [0]
-    assert set(refused) == {(1, 1), (1, 2), (2, 300_000), (3, 5_000)}
+    assert set(refused) == {(1, 1), (1, 2), (2, 300_000), (3, 5_000), (4, 1)}
     assert "volume.affine" in refused[(1, 1)] and "(5, 4, 3)" in refused[(1, 2)]
+    assert "TR 2.5 s, the run's is 2 s" in refused[(4, 1)]
     assert "run_end.n_volumes" in refused[(2, 300_000)] and "jumps" in refused[(3, 5_000)]
     records = _json_lines(capsys.readouterr().out)
     # The others never reach the store; those the store does not hold are refused again after the restart.
-    assert [r["run"] for r in records if r.get("kind") == "refused"] == [1]
+    assert [r["run"] for r in records if r.get("kind") == "refused"] == [1, 4]
     stored = nib.load(out / "run-01_bold.nii.gz")
-    assert stored.shape == (4, 4, 3, 4)
+    assert stored.shape == (4, 4, 3, 4) and stored.header.get_zooms()[3] == 2.0
     assert json.loads((out / "run-01_bold.json").read_text())["MissingVolumes"] == [1, 2]
+    assert json.loads((out / "run-04_bold.json").read_text())["MissingVolumes"] == [1]
 
 
 def test_dicom_node_listens_where_the_config_says_and_refuses_other_callers(tmp_path: Path, dicom_dir: Path, caplog, capsys) -> None:

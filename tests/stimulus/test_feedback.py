@@ -22,11 +22,13 @@ def test_single_trial_feedback(win, grab, make_image, tmp_path: Path):
     (tmp_path / "gallery").mkdir()
     green = make_image(tmp_path / "green.png", (0, 255, 0))
     make_image(tmp_path / "gallery" / "17.png", (255, 255, 0))
+    make_image(tmp_path / "gallery" / "nsd_17.png", (255, 255, 0))  # "nsd:17" cannot name a file on NTFS
     trials = [Trial(index=0, line=2, trial_type="image", stim_file=green, stim_id="5")]
     settings = FeedbackSection(top_k=3, gallery_dir=tmp_path / "gallery", score_range=(0.0, 1.0))
     panel = FeedbackPanel(win, settings, trials)
     assert panel.gallery_file("17") == tmp_path / "gallery" / "17.png"
     assert panel.gallery_file("5") == green and panel.gallery_file("404") is None
+    assert panel.gallery_file("nsd:17") == tmp_path / "gallery" / "nsd_17.png" and panel.gallery_file("..") is None
 
     results: dict[int, ReceivedResult] = {}
     assert panel.draw((0,), results) == []  # nothing before the result: never the target alone

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from rtrecon.console.records import ControlRecords
+from rtrecon.layout import SessionLayout
 from stimulus.operator import OperatorControls
 
 pytestmark = pytest.mark.timeout(240)
@@ -82,7 +83,7 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         page.locator("#end-run").click()
         expect(page.locator("#state")).to_have_text("run 1: ended by the operator, waiting for the scanner to stop",
                                                    timeout=WAIT_MS)
-        records = ControlRecords(tmp_path / "out", "01", "01").read()
+        records = ControlRecords(SessionLayout(tmp_path / "out", "01", "01", "perception")).read()
         assert [(r["action"], r.get("run"), r.get("trial")) for r in records] == [
             ("mark_bad", 1, 1), ("pause_feedback", None, None), ("end_run", 1, None)]
         deadline = time.monotonic() + WAIT_MS / 1000
@@ -144,7 +145,7 @@ def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, ch
     gallery = tmp_path / "gallery"
     gallery.mkdir()
     for k in range(8):
-        Image.fromarray(np.full((40, 40, 3), 30 * k, np.uint8)).save(gallery / f"nsd:{k}.png")
+        Image.fromarray(np.full((40, 40, 3), 30 * k, np.uint8)).save(gallery / f"nsd_{k}.png")  # nsd:k on NTFS
     config = harness.write_config(tmp_path, f'[stimulus.feedback]\ngallery_dir = "{gallery}"\n')
     console, url = harness.start_console(config)
     reconstruction = np.zeros((96, 96, 3), np.uint8)

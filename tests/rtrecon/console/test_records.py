@@ -7,10 +7,11 @@ import json
 import pytest
 
 from rtrecon.console.records import ControlError, ControlRecords
+from rtrecon.layout import SessionLayout
 
 
 def test_controls_are_appended_and_read_back(tmp_path):
-    records = ControlRecords(tmp_path, "01", "02")
+    records = ControlRecords(SessionLayout(tmp_path, "01", "02", "perception"))
     assert records.path == tmp_path / "sourcedata/console/sub-01/ses-02/sub-01_ses-02_console-events.jsonl"
     assert records.read() == []
     first = records.record({"action": "mark_bad", "run": 1, "trial": 4, "note": "eyes closed"})
@@ -22,7 +23,7 @@ def test_controls_are_appended_and_read_back(tmp_path):
     # A restarted console reads them back; a line torn by a crash is skipped.
     with open(records.path, "a") as f:
         f.write('{"time": 1.0, "action": "resume_fe')
-    again = ControlRecords(tmp_path, "01", "02").read()
+    again = ControlRecords(SessionLayout(tmp_path, "01", "02", "perception")).read()
     assert [r["action"] for r in again] == ["mark_bad", "pause_feedback", "end_run"]
 
 
@@ -35,7 +36,7 @@ def test_controls_are_appended_and_read_back(tmp_path):
     ({"action": "pause_feedback", "note": 5}, "note must be a string"),
 ])
 def test_malformed_controls_are_refused_and_not_recorded(tmp_path, request_, reason):
-    records = ControlRecords(tmp_path, "01", "01")
+    records = ControlRecords(SessionLayout(tmp_path, "01", "01", "perception"))
     with pytest.raises(ControlError, match=reason):
         records.record(request_)
     assert records.read() == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from rtrecon.demo.cache import cache_key, cache_root, cached_dataset
 
 
@@ -22,3 +24,14 @@ def test_the_demo_dataset_is_reused_and_partial_folders_are_ignored(demo_run):
     assert (folder / "rtrecon_cache.json").is_file()
     decoders = list((demo_run.cache / "decoders").iterdir())
     assert len(decoders) == 1 and (decoders[0] / "finetune" / "last.pth").is_file()
+
+
+def test_a_cache_entry_appears_whole_with_its_manifest(tmp_path):
+    from rtrecon.demo.cache import _publish
+
+    partial = tmp_path / "abc.partial"
+    (partial / "finetune").mkdir(parents=True)
+    (partial / "finetune" / "last.pth").write_bytes(b"weights")
+    _publish(partial, tmp_path / "abc", {"kind": "decoder"})
+    assert not partial.exists() and (tmp_path / "abc" / "finetune" / "last.pth").read_bytes() == b"weights"
+    assert json.loads((tmp_path / "abc" / "rtrecon_cache.json").read_text()) == {"kind": "decoder"}

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 
 from rtrecon.data.nsd import NSDDataset
-from rtrecon.demo.collect import STAGES, SessionLayout, beta_correlation, build_report, decoded_betas, trial_records
+from rtrecon.demo.collect import STAGES, LiveSessionFiles, beta_correlation, build_report, decoded_betas, trial_records
 from rtrecon.demo.stimulus_pc import stimulus_folder
 
 
-def _layout(demo_run) -> SessionLayout:
+def _layout(demo_run) -> LiveSessionFiles:
     folder = demo_run.session_dir
-    return SessionLayout(folder, "01", "02", "perception", stimulus_folder(folder, "01", "02"))
+    return LiveSessionFiles(folder, "01", "02", "perception", stimulus_folder(folder, "01", "02"))
 
 
 def _gallery(demo_run):

@@ -24,8 +24,8 @@ def test_session_config_gallery_and_bids_outputs(demo_run):
     truth = np.load(demo_run.dataset / "synthetic_truth" / "embeddings.npy")
     np.testing.assert_array_equal(embeddings, truth[np.array(shown) - 1])
     func = folder / "sub-01" / "ses-02" / "func"
-    assert (func / "sub-01_ses-02_task-perception_run-1_bold.nii.gz").is_file()
-    events = pd.read_csv(func / "sub-01_ses-02_task-perception_run-1_events.tsv", sep="\t")
+    assert (func / "sub-01_ses-02_task-perception_run-01_bold.nii.gz").is_file()
+    events = pd.read_csv(func / "sub-01_ses-02_task-perception_run-01_events.tsv", sep="\t")
     assert len(events) == 63
     derivatives = folder / "derivatives" / "rtrecon" / "sub-01" / "ses-02" / "func"
     # each trial's live release (8 s after onset) decoded; the run-end releases follow as the engine stops

@@ -53,7 +53,7 @@ def test_every_result_was_shown_on_a_flip_of_the_participants_window(demo_run):
         assert np.median(gaps) < 1e-3 * speed and gaps.max() < 0.5 * frame
     # what the engine received is what the program recorded: the flips' onsets, in scanner seconds
     func = demo_run.session_dir / "sub-01" / "ses-02" / "func"
-    engine = pd.read_csv(func / "sub-01_ses-02_task-perception_run-1_events.tsv", sep="\t")
+    engine = pd.read_csv(func / "sub-01_ses-02_task-perception_run-01_events.tsv", sep="\t")
     program = pd.read_csv(_journal(demo_run).with_name("sub-01_ses-02_task-perception_run-01_events.tsv"), sep="\t")
     program = program[program["trial_type"] != "feedback"]  # the program's own feedback periods
     np.testing.assert_allclose(engine.sort_values("trial")["onset"], program.sort_values("trial")["onset"], atol=1e-5)
