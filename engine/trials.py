@@ -4,8 +4,9 @@
   once the volume sampled at or after ``onset + d`` has arrived, for each delay ``d`` of
   ``EngineSettings.releases_s`` (:func:`ready_frame`), and once more at run end (the final
   release, index ``len(releases_s)``). A trial whose event arrives late, after several of its
-  delays have passed, gets only the newest release then due (the skipped ones would use the same
-  volumes); a trial still pending at run end gets only its final release. The default delays,
+  delays have passed (a stimulus link that reconnects, a replay faster than the events), catches
+  up one release per volume, oldest first, so that every trial gets its first release (what the
+  participant is shown first); a trial still pending at run end gets only its final release. The default delays,
   8 s and 16 s, are chosen from the HRF: nilearn's Glover response to a 3 s image (NSD, MindEye)
   peaks ~6 s after onset, so 8 s gives the fit the rise, the peak and a sample of the fall, which
   is what separates a trial's beta from its neighbours' in a 4 s ISI design; by 16 s the
@@ -55,10 +56,10 @@ class ReleaseSchedule:
         return [ready_frame(onset, d, self.tr, self.slice_time_ref) for d in self.delays_s]
 
     def due(self, onset: float, last_frame: int, done: int) -> int | None:
-        """The newest release due once volume ``last_frame`` has arrived, after release ``done``
+        """The oldest release due once volume ``last_frame`` has arrived, after release ``done``
         (-1: none yet); None when no new one is due."""
         due = [r for r, frame in enumerate(self.frames(onset)) if r > done and frame <= last_frame]
-        return due[-1] if due else None
+        return due[0] if due else None
 
 
 class Welford:

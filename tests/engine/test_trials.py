@@ -23,7 +23,9 @@ def test_release_schedule():
     assert schedule.due(10.0, last_frame=12, done=0) is None
     assert schedule.due(10.0, last_frame=13, done=0) == 1
     assert schedule.due(10.0, last_frame=13, done=1) is None
-    assert schedule.due(10.0, last_frame=20, done=-1) == 1  # an event that came late: only the newest is due
+    # an event that came late catches up oldest first, one release per volume: the first is never skipped
+    assert schedule.due(10.0, last_frame=20, done=-1) == 0
+    assert schedule.due(10.0, last_frame=21, done=0) == 1
     assert ReleaseSchedule([], tr=2.0).due(0.0, 100, -1) is None and ReleaseSchedule([], tr=2.0).final == 0
 
 
