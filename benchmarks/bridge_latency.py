@@ -4,7 +4,7 @@ The scanner simulator writes a real series (default: the 64×64×36 Siemens mosa
 ``siemens_mosaic_ep2d_vd13``) into an export folder, one volume per ``--interval`` seconds,
 repeated ``--reps`` times as new series (fresh UIDs, so each repetition is a new run). The bridge
 runs as operators run it, ``rtrecon bridge watch DIR --to ADDR`` in its own process (inotify,
-spool on disk); this process receives with :class:`rtrecon.transport.ReliableReceiver`. A volume's
+spool on disk); this process receives with :class:`rtrecon.contract.transport.ReliableReceiver`. A volume's
 latency is its reception time minus the moment the simulator closed the volume's last file
 (both ``time.time()`` on this machine; the close is stamped just before the close call, so a
 thread switch cannot shorten it), and the bridge learns of the close from inotify, not from a
@@ -54,8 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _report import emit  # noqa: E402
-from rtrecon.transport import ReliableReceiver  # noqa: E402
-from rtrecon.wire import VolumeMessage  # noqa: E402
+from rtrecon.contract.transport import ReliableReceiver  # noqa: E402
+from rtrecon.contract.wire import VolumeMessage  # noqa: E402
 from scanner_bridge.simulator import ScannerSimulator, series_volumes  # noqa: E402
 
 SESSION = "benchmark"

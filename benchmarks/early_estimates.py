@@ -104,7 +104,7 @@ def engine_first_release_r(root: Path, n_runs: int, early: dict, work: Path) -> 
     per-voxel r of the last run's first releases with the true single-trial betas."""
     from engine.server import Engine, EngineSettings
     from engine.store import SessionStore
-    from rtrecon.wire import EventMessage, RunEndMessage, VolumeMessage
+    from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage
 
     truth = synthetic.load_truth(root, 1)
     base = root / "nsddata_timeseries" / "ppdata" / "subj01" / SPACE

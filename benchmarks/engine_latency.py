@@ -61,7 +61,7 @@ from engine.design import RunDesign  # noqa: E402
 from engine.motion import rigid_matrix  # noqa: E402
 from engine.server import Engine, EngineSettings  # noqa: E402
 from engine.store import SessionStore  # noqa: E402
-from rtrecon.wire import EventMessage, RunEndMessage, VolumeMessage  # noqa: E402
+from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage  # noqa: E402
 
 SHAPE = (81, 104, 83)
 VOXEL_MM = 1.8

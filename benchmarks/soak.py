@@ -57,7 +57,7 @@ from _report import emit  # noqa: E402
 from engine.design import RunDesign  # noqa: E402
 from engine.server import Engine, EngineSettings  # noqa: E402
 from engine.store import SessionStore  # noqa: E402
-from rtrecon.wire import EventMessage, RunEndMessage  # noqa: E402
+from rtrecon.contract.wire import EventMessage, RunEndMessage  # noqa: E402
 from scanner_bridge.assembly import VolumeReady  # noqa: E402
 from scanner_bridge.replay import NiftiReplaySource  # noqa: E402
 from scanner_bridge.sender import volume_message  # noqa: E402

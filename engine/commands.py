@@ -17,8 +17,8 @@ import logging
 import signal
 import sys
 
-from rtrecon.config import ConfigError
-from rtrecon.logs import configure_logging
+from rtrecon.contract.config import ConfigError
+from rtrecon.contract.logs import configure_logging
 
 __all__ = ["configure", "main"]
 

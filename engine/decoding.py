@@ -68,12 +68,12 @@ import numpy as np
 import torch
 
 from engine.trials import TrialBeta
-from rtrecon.config import ConfigError, SessionConfig
+from rtrecon.contract.config import ConfigError, SessionConfig
 from rtrecon.models.linear_head import LinearHead
-from rtrecon.layout import session_id as session_id_of
+from rtrecon.contract.layout import session_id as session_id_of
 from rtrecon.runtime.device import DoesNotFitError, Placement, check_fits, memory_held_mb, parameter_bytes
 from rtrecon.runtime.retrieval import RetrievalDecoder
-from rtrecon.wire import TrialResultMessage
+from rtrecon.contract.wire import TrialResultMessage
 
 __all__ = ["DecodingStage", "BackgroundDecoder", "load_gallery"]
 

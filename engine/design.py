@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 from nilearn.glm.first_level import compute_regressor, make_first_level_design_matrix
 
-from rtrecon.config import HRF_MODELS, GLMSection
+from rtrecon.contract.config import HRF_MODELS, GLMSection
 
 __all__ = ["DesignSettings", "RunDesign", "HRF_MODELS", "DEFAULT_CAPACITY"]
 

@@ -5,9 +5,9 @@ The run comes as a DICOM folder (assembled by the bridge's own
 (:class:`~scanner_bridge.replay.NiftiReplaySource`, TR from its sidecar or header), and its task
 events as a BIDS ``events.tsv`` (``onset`` and ``duration`` in seconds from the start of the first
 volume; ``trial_type``, ``trial`` and ``stimulus`` or ``stim_file`` when present). Each volume
-becomes the :class:`~rtrecon.wire.VolumeMessage` the bridge would send
+becomes the :class:`~rtrecon.contract.wire.VolumeMessage` the bridge would send
 (:func:`scanner_bridge.sender.volume_message`) and each event the
-:class:`~rtrecon.wire.EventMessage` the stimulus PC would send when its onset has passed (before
+:class:`~rtrecon.contract.wire.EventMessage` the stimulus PC would send when its onset has passed (before
 the first volume starting at or after it), and they go through :meth:`engine.server.Engine.handle`
 in that order, then the run's end: the live code path, with the session config's ``[engine]``
 settings (defaults without ``--config``) and its ``[decoder]`` when one is configured. The session
@@ -31,9 +31,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rtrecon.config import ConfigError, SessionConfig, load_config
-from rtrecon.layout import session_id
-from rtrecon.wire import EventMessage, Message, RunEndMessage, VolumeMessage, VolumeMissingMessage
+from rtrecon.contract.config import ConfigError, SessionConfig, load_config
+from rtrecon.contract.layout import session_id
+from rtrecon.contract.wire import EventMessage, Message, RunEndMessage, VolumeMessage, VolumeMissingMessage
 
 if TYPE_CHECKING:  # the engine (nilearn, scipy) is imported when a replay runs, not for --help
     from engine.server import Engine

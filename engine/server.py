@@ -1,7 +1,7 @@
 """The engine: receive → persist → acknowledge → realign → GLM → trial ready → publish.
 
 :class:`Engine` is the per-message logic, with no sockets, so that tests and benchmarks feed it
-messages directly; :func:`serve` connects it to the session's links (:mod:`rtrecon.transport`):
+messages directly; :func:`serve` connects it to the session's links (:mod:`rtrecon.contract.transport`):
 
 * volumes (``VolumeMessage``, ``VolumeMissingMessage``, ``RunEndMessage``) from the bridge and
   events (``EventMessage``) from the stimulus PC arrive on reliable links whose receivers bind;
@@ -94,9 +94,9 @@ from engine.motion import PARAMETER_NAMES, MotionEstimate, RigidRealigner, brain
 from engine.store import RealignmentLog, SessionStore
 from engine.timing import TRIAL_STAGES, VOLUME_STAGES, StageRecorder
 from engine.trials import ReleaseSchedule, TrialBeta, TrialNormaliser
-from rtrecon.config import EngineSection, SessionConfig, load_config
-from rtrecon.layout import session_id as session_id_of
-from rtrecon.wire import (
+from rtrecon.contract.config import EngineSection, SessionConfig, load_config
+from rtrecon.contract.layout import session_id as session_id_of
+from rtrecon.contract.wire import (
     EventMessage,
     Message,
     RunEndMessage,
@@ -826,8 +826,8 @@ def _roi_on_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.n
 
 def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) -> int:
     """Run the engine of the session config at ``config_path`` until ``stop()`` is true."""
-    from rtrecon.keys import load_curve
-    from rtrecon.transport import ReliableReceiver, ReliableSender, StatusPublisher, result_key, trial_key, volume_key
+    from rtrecon.contract.keys import load_curve
+    from rtrecon.contract.transport import ReliableReceiver, ReliableSender, StatusPublisher, result_key, trial_key, volume_key
 
     config, settings = load_engine_config(config_path)
     s = config.session

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rtrecon.config import ConfigError, load_config
+from rtrecon.contract.config import ConfigError, load_config
 from rtrecon.session import startup_problems as _session_problems
 
 __all__ = ["startup_problems"]

@@ -1,6 +1,6 @@
 """The session store: a BIDS folder written as volumes and events arrive, readable after a crash.
 
-Layout under ``root`` (BIDS names; ``RR`` is the run number of the wire messages, two digits, as :class:`rtrecon.layout.SessionLayout` spells it)::
+Layout under ``root`` (BIDS names; ``RR`` is the run number of the wire messages, two digits, as :class:`rtrecon.contract.layout.SessionLayout` spells it)::
 
     sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-RR_bold.nii      while the run is live
     sub-XX/ses-YY/func/sub-XX_ses-YY_task-T_run-RR_bold.nii.gz   once it has ended (compressed in the background)
@@ -16,7 +16,7 @@ Crash safety. A live run's NIfTI is uncompressed: a volume's bytes are appended 
 volume that is not whole on disk; reopening truncates any bytes past the counted volumes (a
 write the crash interrupted). Table rows end with a newline and are fsynced one by one; a
 partial last line is dropped on reopening. Whole files (sidecars, ``.npz``, the compressed run)
-are written with :func:`rtrecon.layout.atomic_write` (temporary name, fsync, rename, folder fsync). Hence :meth:`SessionStore.n_volumes` is
+are written with :func:`rtrecon.contract.layout.atomic_write` (temporary name, fsync, rename, folder fsync). Hence :meth:`SessionStore.n_volumes` is
 exactly what was persisted, the number the engine acknowledges to the bridge.
 
 A run's checkpoint (:class:`RealignmentLog`) holds, per realigned volume, what realignment gave
@@ -43,8 +43,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from rtrecon.layout import SessionLayout, atomic_file, atomic_write, fsync_dir
-from rtrecon.wire import EventMessage, WireError, validate
+from rtrecon.contract.layout import SessionLayout, atomic_file, atomic_write, fsync_dir
+from rtrecon.contract.wire import EventMessage, WireError, validate
 
 __all__ = ["SessionStore", "AppendTable", "RealignmentLog"]
 

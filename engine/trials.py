@@ -88,7 +88,7 @@ class TrialBeta:
     """A release of a trial: its raw beta over the ROI, the z-scored (and repeat-averaged) one.
 
     ``release``, ``release_s``, ``final`` and ``sequence`` are those of its
-    :class:`~rtrecon.wire.TrialResultMessage`.
+    :class:`~rtrecon.contract.wire.TrialResultMessage`.
     """
 
     run: int

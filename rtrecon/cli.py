@@ -28,7 +28,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "dicom2nii": Command("scanner_bridge.commands.dicom2nii", "convert a DICOM series folder to NIfTI + JSON sidecar (the live assembly path, offline)"),
     "bridge": Command("scanner_bridge.commands.bridge", "scanner bridge: watch an export folder, receive DICOM, replay NIfTI, or listen"),
-    "keys": Command("rtrecon.keys", "make ZeroMQ CURVE key pairs for encrypted, authenticated links"),
+    "keys": Command("rtrecon.contract.keys", "make ZeroMQ CURVE key pairs for encrypted, authenticated links"),
     "train": Command("rtrecon.train.command", "MindEye2 shared-subject pretraining / new-subject fine-tuning (accelerate; resumable)"),
     "train-compare": Command("rtrecon.train.compare", "shared-subject (pretrained + fine-tuned) vs subject-only model: held-out retrieval among 300"),
     "synth": Command("rtrecon.data.synthetic", "write synthetic subjects (with ground truth) in the NSD layout"),

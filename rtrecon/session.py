@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtrecon.config import ConfigError, SessionConfig, config_template, load_config
+from rtrecon.contract.config import ConfigError, SessionConfig, config_template, load_config
 
 __all__ = ["Problem", "ROLES", "check_config", "plan_trial_lists", "startup_problems", "write_template", "configure"]
 
@@ -389,7 +389,7 @@ def check_config(config: SessionConfig, role: str = "all") -> tuple[list[Problem
 def startup_problems(config: SessionConfig, role: str) -> list[Problem]:
     """What must stop ``role``'s program before it accepts data: :func:`check_config`'s problems
     for the role, and the role's own CURVE key pair when the links are encrypted."""
-    from rtrecon.keys import KeysError, load_curve
+    from rtrecon.contract.keys import KeysError, load_curve
 
     problems, _ = check_config(config, role)
     keys = config.security.keys_dir

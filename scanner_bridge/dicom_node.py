@@ -43,7 +43,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from rtrecon.layout import atomic_file
+from rtrecon.contract.layout import atomic_file
 from scanner_bridge.assembly import VolumeAssembler
 from scanner_bridge.sources import SourceEvent, VolumeSource, log_problem
 

@@ -9,7 +9,7 @@ has no design row) is not replayed, so the run has as many volumes as design row
 
 The run's events are what a virtual participant saw: :attr:`NsdReplaySource.events` lists one
 :class:`NsdTrial` per design onset (trial slot, onset = row × TR, 3-s duration, 1-based 73k id),
-and :meth:`NsdReplaySource.event_messages` turns them into :class:`rtrecon.wire.EventMessage` s
+and :meth:`NsdReplaySource.event_messages` turns them into :class:`rtrecon.contract.wire.EventMessage` s
 (``trial_type="image"``, ``stimulus="nsd:<73k id>"``) for the stimulus link::
 
     source = NsdReplaySource(root, subject=1, session=1, run=1, speed=2.0)
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtrecon.wire import EventMessage
+from rtrecon.contract.wire import EventMessage
 from scanner_bridge.replay import NiftiReplaySource, ReplayError
 from scanner_bridge.sources import SourceEvent, VolumeSource
 

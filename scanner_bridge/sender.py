@@ -2,7 +2,7 @@
 
 ::
 
-    from rtrecon.transport import ReliableSender, volume_key
+    from rtrecon.contract.transport import ReliableSender, volume_key
     from scanner_bridge.sender import BridgeSender
     from scanner_bridge.watcher import FolderWatcher
 
@@ -13,7 +13,7 @@
 explicit list of fields: voxels, affine, the run and index, the TR, slice times and acquisition
 time. Nothing else of the DICOM headers (names, IDs, dates, institutions, UIDs, descriptions)
 nor the local ``series`` key or file names of an :class:`~scanner_bridge.volume.AcquiredVolume`
-exists in a :class:`~rtrecon.wire.VolumeMessage`, so none of it can cross the wire or reach the
+exists in a :class:`~rtrecon.contract.wire.VolumeMessage`, so none of it can cross the wire or reach the
 sender's spool.
 
 :meth:`BridgeSender.run` iterates the source in a background thread (a watcher blocks between
@@ -21,8 +21,8 @@ files) while the calling thread owns the ZeroMQ link, polling it between events 
 acknowledgements flow. Each volume carries ``stamps`` (``time.time()`` seconds): ``written`` (the
 newest modification time of its source files, when they are files), ``read`` (the source
 handed it over) and ``sent``. A :class:`~scanner_bridge.assembly.VolumeMissing` becomes a
-:class:`~rtrecon.wire.VolumeMissingMessage`; when the source ends, each run gets a
-:class:`~rtrecon.wire.RunEndMessage` and the sender waits (up to ``drain_timeout_s``) for the
+:class:`~rtrecon.contract.wire.VolumeMissingMessage`; when the source ends, each run gets a
+:class:`~rtrecon.contract.wire.RunEndMessage` and the sender waits (up to ``drain_timeout_s``) for the
 receiver to acknowledge everything. While items wait, it warns (once per silence) when nothing
 has been acknowledged for ``ack_warn_trs`` TRs: "sent" alone does not mean an engine got it.
 Items already in the spool from before a restart (the
@@ -40,8 +40,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rtrecon.transport import ReliableSender, volume_key
-from rtrecon.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage, WireError, validate
+from rtrecon.contract.transport import ReliableSender, volume_key
+from rtrecon.contract.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage, WireError, validate
 from scanner_bridge.assembly import FileRejected, RunStarted, VolumeMissing, VolumeReady
 from scanner_bridge.sources import SourceEvent, VolumeSource
 from scanner_bridge.volume import AcquiredVolume
@@ -95,7 +95,7 @@ class SendReport:
 
 
 class BridgeSender:
-    """Forwards a :class:`~scanner_bridge.sources.VolumeSource` over a :class:`~rtrecon.transport.ReliableSender`.
+    """Forwards a :class:`~scanner_bridge.sources.VolumeSource` over a :class:`~rtrecon.contract.transport.ReliableSender`.
 
     ``on_event(event, message)`` is called in the link's thread after each event was handled
     (``message`` is what was sent, ``None`` for events that send nothing or were already spooled),

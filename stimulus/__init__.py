@@ -1,6 +1,6 @@
 """The stimulus program: PsychoPy perception, mental-imagery and feedback tasks locked to the scanner.
 
-Its settings are the session config's ``[stimulus]`` table (:class:`rtrecon.config.StimulusSection`).
+Its settings are the session config's ``[stimulus]`` table (:class:`rtrecon.contract.config.StimulusSection`).
 One module per concern:
 
 - :mod:`stimulus.trials`: trial lists (TSV), checked before the run with file and line in errors;

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from rtrecon.config import load_config
+    from rtrecon.contract.config import load_config
     from stimulus.app import StimulusProgram, prepare_run
     from stimulus.link import EngineLink
     from stimulus.records import RunJournal
@@ -35,7 +35,7 @@ runs one frame loop until the timeline ends (or the quit key). Each frame it
 2. polls the engine link (non-blocking) and keeps each result with the time it arrived;
 3. finds the segment the coming flip falls in; when that is a new segment, schedules with
    ``win.callOnFlip`` the stamping of its onset (right after the flip that first shows it),
-   the sending of the trial's :class:`~rtrecon.wire.EventMessage` (for its main event) and
+   the sending of the trial's :class:`~rtrecon.contract.wire.EventMessage` (for its main event) and
    the virtual participant's view;
 4. makes the textures of results received, only on a frame without a stimulus (a feedback
    period, the end screen, or a fixation, gap or rest frame at least three frames before the
@@ -101,8 +101,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rtrecon.config import SessionConfig, StimulusSection
-from rtrecon.wire import EventMessage
+from rtrecon.contract.config import SessionConfig, StimulusSection
+from rtrecon.contract.wire import EventMessage
 
 from .eventlog import EventLog
 from .feedback import FeedbackPanel

@@ -47,9 +47,9 @@ import os
 import sys
 from pathlib import Path
 
-from rtrecon.config import ConfigError, SessionConfig, load_config
-from rtrecon.keys import KeysError, load_curve
-from rtrecon.logs import configure_logging
+from rtrecon.contract.config import ConfigError, SessionConfig, load_config
+from rtrecon.contract.keys import KeysError, load_curve
+from rtrecon.contract.logs import configure_logging
 
 from .trials import TrialListError
 

@@ -6,7 +6,7 @@ session config asks for (``[stimulus.feedback]``):
 - the reconstruction (``TrialResultMessage.image``), with the seen or cued image beside it
   (``show_target``);
 - the top-k retrieved images (``retrieved`` ids looked up as ``<id>.png``/``.jpg`` in
-  ``gallery_dir``, the id written as :func:`rtrecon.layout.safe_filename` makes it, valid on
+  ``gallery_dir``, the id written as :func:`rtrecon.contract.layout.safe_filename` makes it, valid on
   NTFS: ``nsd:123`` is ``nsd_123.png``, else among the trial list's ``stim_id``/file names; an id without an image
   is written as text);
 - a bar for the score (``scores[0]``, the engine's score of its best answer) or, with
@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from rtrecon.config import FeedbackSection
-from rtrecon.layout import safe_filename
-from rtrecon.wire import TrialResultMessage
+from rtrecon.contract.config import FeedbackSection
+from rtrecon.contract.layout import safe_filename
+from rtrecon.contract.wire import TrialResultMessage
 
 from .trials import Trial
 

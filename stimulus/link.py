@@ -1,17 +1,17 @@
 """The stimulus program's link to the engine: task events out, trial results in, never blocking a frame.
 
-Both directions are :mod:`rtrecon.transport` reliable links: events keyed by trial
-(:func:`~rtrecon.transport.trial_key`), results by their sequence (:func:`~rtrecon.transport.result_key`:
+Both directions are :mod:`rtrecon.contract.transport` reliable links: events keyed by trial
+(:func:`~rtrecon.contract.transport.trial_key`), results by their sequence (:func:`~rtrecon.contract.transport.result_key`:
 the engine releases a trial several times, each release a result of its own). Events go out through a
-:class:`~rtrecon.transport.ReliableSender` connected to ``network.events`` (spooled to disk
+:class:`~rtrecon.contract.transport.ReliableSender` connected to ``network.events`` (spooled to disk
 before sending, resent after a restart or a dropped link); results come in through a
-:class:`~rtrecon.transport.ReliableReceiver` bound at ``network.results``.
+:class:`~rtrecon.contract.transport.ReliableReceiver` bound at ``network.results``.
 
 A spool write is an fsync and a link may stall, so neither may happen in the frame loop.
 :class:`EngineLink` therefore runs both transport objects in one background thread (ZeroMQ
 sockets belong to one thread) and talks to the frame loop through two in-memory queues:
 
-- :meth:`EngineLink.send_event` puts an :class:`~rtrecon.wire.EventMessage` on the out-queue
+- :meth:`EngineLink.send_event` puts an :class:`~rtrecon.contract.wire.EventMessage` on the out-queue
   and returns at once;
 - :meth:`EngineLink.poll_results` takes the results that have arrived, each with the clock time
   the link thread received it, without waiting.
@@ -37,9 +37,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from rtrecon.layout import atomic_write
-from rtrecon.transport import ReliableReceiver, ReliableSender, result_key, trial_key
-from rtrecon.wire import EventMessage, TrialResultMessage
+from rtrecon.contract.layout import atomic_write
+from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key
+from rtrecon.contract.wire import EventMessage, TrialResultMessage
 
 __all__ = ["Link", "EngineLink", "OfflineLink"]
 
@@ -60,7 +60,7 @@ class EngineLink:
     """Reliable links to the engine, driven by a background thread (see the module docstring).
 
     ``spool_dir`` holds the events spool; ``clock`` stamps when results arrive (PsychoPy's
-    clock in the program); ``curve`` comes from :func:`rtrecon.keys.load_curve` for the
+    clock in the program); ``curve`` comes from :func:`rtrecon.contract.keys.load_curve` for the
     ``stimulus`` role; ``on_result(message, received)`` is called in the link's thread with
     each result before it is acknowledged (an exception there leaves it unacknowledged: the
     engine sends it again). Raises OSError when a link cannot be set up (endpoint in use, spool

@@ -1,6 +1,6 @@
 """The operator's controls from the console (``rtrecon console``), read without blocking a frame.
 
-The console publishes the operator's standing controls (:class:`~rtrecon.wire.OperatorMessage`:
+The console publishes the operator's standing controls (:class:`~rtrecon.contract.wire.OperatorMessage`:
 feedback paused, runs ended by the operator, trials marked bad) on ``[network] operator`` at
 each change and once a heartbeat. :class:`OperatorControls` subscribes to it and keeps the
 latest state of this session; :meth:`OperatorControls.poll` takes what has arrived without
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rtrecon.keys import CurveKeys
-from rtrecon.transport import StatusSubscriber
-from rtrecon.wire import OperatorMessage
+from rtrecon.contract.keys import CurveKeys
+from rtrecon.contract.transport import StatusSubscriber
+from rtrecon.contract.wire import OperatorMessage
 
 __all__ = ["OperatorControls", "console_role"]
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rtrecon.config import FeedbackSection
+from rtrecon.contract.config import FeedbackSection
 
 from .feedback import ReceivedResult
 from .timeline import Segment, Timeline

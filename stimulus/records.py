@@ -78,8 +78,8 @@ from typing import Any
 
 import numpy as np
 
-from rtrecon.layout import SessionLayout, atomic_file
-from rtrecon.wire import TrialResultMessage
+from rtrecon.contract.layout import SessionLayout, atomic_file
+from rtrecon.contract.wire import TrialResultMessage
 
 from .feedback import ReceivedResult
 from .timeline import Segment

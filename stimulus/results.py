@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from rtrecon.wire import TrialResultMessage
+from rtrecon.contract.wire import TrialResultMessage
 
 from .feedback import FeedbackPanel, ReceivedResult
 from .link import Link

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rtrecon.config import StimulusSection, WindowSection
+from rtrecon.contract.config import StimulusSection, WindowSection
 
 from .sound import SoundCues
 from .timeline import Segment

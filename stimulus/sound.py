@@ -5,7 +5,7 @@ FLAC, Ogg/Opus, MP3, AIFF); :mod:`stimulus.soundfiles` decodes and checks such f
 functions are also importable from here).
 
 :class:`SoundCues` serves one run. Before the first trigger it opens the output that the session
-config's ``[stimulus.sound]`` names (:class:`~rtrecon.config.SoundSection`), raising
+config's ``[stimulus.sound]`` names (:class:`~rtrecon.contract.config.SoundSection`), raising
 :class:`SoundError` when there is none (a run with sound cues never goes on silently), and turns
 every cue into a PsychoPy ``Sound`` already converted to the output's rate and to stereo, so
 that starting one costs nothing. :meth:`SoundCues.schedule` asks the window to start a cue's
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from rtrecon.config import SoundSection
+from rtrecon.contract.config import SoundSection
 
 from .soundfiles import SOUND_SUFFIXES, check_sound_file, decode_sound
 from .timeline import Segment

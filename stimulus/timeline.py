@@ -40,7 +40,7 @@ from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
-from rtrecon.config import StimulusSection
+from rtrecon.contract.config import StimulusSection
 
 from .trials import Task, Trial, TrialListError
 

@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from rtrecon.config import TriggerSection
+from rtrecon.contract.config import TriggerSection
 
 __all__ = [
     "KeyPress",

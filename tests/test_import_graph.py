@@ -24,8 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("rtrecon", "engine", "scanner_bridge", "stimulus")
-CONTRACT = frozenset({"rtrecon", "rtrecon.wire", "rtrecon.config", "rtrecon.transport", "rtrecon.keys",
-                      "rtrecon.layout", "rtrecon.session"})
+CONTRACT = frozenset({"rtrecon", "rtrecon.contract", "rtrecon.contract.wire", "rtrecon.contract.config", "rtrecon.contract.transport", "rtrecon.contract.keys",
+                      "rtrecon.contract.layout", "rtrecon.contract.logs", "rtrecon.session"})
 LIGHT_PACKAGES = ("scanner_bridge", "stimulus")
 RTRECON_MAY_START = frozenset({"rtrecon.cli"})
 
@@ -114,7 +114,7 @@ def test_graph_sees_every_package_and_function_level_imports(graph: Graph) -> No
     assert {m.split(".")[0] for m in graph} == set(PACKAGES)
     # A function-level import in the stimulus command (SoundError is imported where it is caught).
     assert "stimulus.sound" in graph["stimulus.commands"]
-    assert "rtrecon.wire" in graph["stimulus.link"]
+    assert "rtrecon.contract.wire" in graph["stimulus.link"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -156,18 +156,18 @@ def test_control_a_function_level_and_type_only_cycle_is_found(tmp_path: Path) -
 def test_control_layer_breaks_are_found(tmp_path: Path) -> None:
     _write(tmp_path, {
         "rtrecon/__init__.py": "",
-        "rtrecon/wire.py": "",
-        "rtrecon/config.py": "from rtrecon.models import mindeye\n",
+        "rtrecon/contract/wire.py": "",
+        "rtrecon/contract/config.py": "from rtrecon.models import mindeye\n",
         "rtrecon/models/__init__.py": "",
         "rtrecon/models/mindeye.py": "",
         "rtrecon/cli.py": "import stimulus.app\n",
         "rtrecon/report.py": "def f():\n    from engine import store\n",
         "engine/__init__.py": "", "engine/store.py": "",
-        "scanner_bridge/__init__.py": "", "scanner_bridge/sender.py": "from rtrecon import wire\n",
-        "stimulus/__init__.py": "", "stimulus/app.py": "from rtrecon.config import X\n",
+        "scanner_bridge/__init__.py": "", "scanner_bridge/sender.py": "from rtrecon.contract import wire\n",
+        "stimulus/__init__.py": "", "stimulus/app.py": "from rtrecon.contract.config import X\n",
     })
     graph = import_graph(tmp_path, PACKAGES)
     assert layer_violations(graph) == [
         "rtrecon.report -> engine.store",
-        "stimulus.app -> rtrecon.config -> rtrecon.models.mindeye",
+        "stimulus.app -> rtrecon.contract.config -> rtrecon.models.mindeye",
     ]

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # What must import on that machine, and what must not be installed there.
-CONTRACT = ["rtrecon.wire", "rtrecon.config", "rtrecon.transport", "rtrecon.keys", "rtrecon.layout", "rtrecon.session"]
+CONTRACT = ["rtrecon.contract.wire", "rtrecon.contract.config", "rtrecon.contract.transport", "rtrecon.contract.keys", "rtrecon.contract.layout", "rtrecon.session"]
 HEAVY = ["torch", "nilearn", "diffusers", "open_clip", "transformers", "onnxruntime"]
 
 CASES = {

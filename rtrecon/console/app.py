@@ -53,14 +53,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketClose, WebSocketDisconnect
 
-from rtrecon.config import SessionConfig
+from rtrecon.contract.config import SessionConfig
 from rtrecon.console.feeds import EngineFeed, console_curve, open_operator_feed
 from rtrecon.console.folder import SessionFolder
 from rtrecon.console.records import ControlError, ControlRecords
 from rtrecon.console.state import SessionState
-from rtrecon.layout import safe_filename
-from rtrecon.transport import StatusPublisher
-from rtrecon.wire import StatusMessage, TrialResultMessage
+from rtrecon.contract.layout import safe_filename
+from rtrecon.contract.transport import StatusPublisher
+from rtrecon.contract.wire import StatusMessage, TrialResultMessage
 
 __all__ = ["LOCAL_HOSTS", "COOKIE", "ConsoleService", "TokenGate", "create_app"]
 

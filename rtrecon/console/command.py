@@ -21,7 +21,7 @@ import socket
 import sys
 from pathlib import Path
 
-from rtrecon.logs import configure_logging
+from rtrecon.contract.logs import configure_logging
 
 __all__ = ["configure", "run_console", "console_token"]
 
@@ -77,7 +77,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def run_console(ns: argparse.Namespace) -> int:
     import uvicorn
 
-    from rtrecon.config import ConfigError, load_config
+    from rtrecon.contract.config import ConfigError, load_config
     from rtrecon.console.app import LOCAL_HOSTS, ConsoleService, create_app
 
     configure_logging("console", ns.log_level)

@@ -1,6 +1,6 @@
 """The console's ZeroMQ links: the engine's status feed in, the operator's controls out.
 
-:class:`EngineFeed` connects a :class:`~rtrecon.transport.StatusSubscriber` to the session's
+:class:`EngineFeed` connects a :class:`~rtrecon.contract.transport.StatusSubscriber` to the session's
 ``[network] status`` endpoint (the engine binds it; with ``[security] keys_dir`` the link is
 CURVE-encrypted and the console uses the ``console`` role's key pair if the keys folder has one,
 else the ``engine`` role's, as it usually runs on the engine's machine) and hands every
@@ -13,7 +13,7 @@ flow again with nothing to do here; what was published while nobody listened is 
 the store (:mod:`rtrecon.console.folder`).
 
 :func:`open_operator_feed` binds ``[network] operator``, where the console publishes the
-operator's controls (:class:`~rtrecon.wire.OperatorMessage`) for the stimulus program
+operator's controls (:class:`~rtrecon.contract.wire.OperatorMessage`) for the stimulus program
 (:mod:`stimulus.operator` subscribes), with the same keys as the status feed.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import zmq
 
-from rtrecon.keys import CurveKeys, load_curve
-from rtrecon.transport import StatusPublisher, StatusSubscriber
-from rtrecon.wire import StatusMessage, TrialResultMessage
+from rtrecon.contract.keys import CurveKeys, load_curve
+from rtrecon.contract.transport import StatusPublisher, StatusSubscriber
+from rtrecon.contract.wire import StatusMessage, TrialResultMessage
 
 __all__ = ["EngineFeed", "console_curve", "open_operator_feed"]
 

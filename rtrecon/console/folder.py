@@ -13,7 +13,7 @@ the store's files by their BIDS names, without importing the engine (``rtrecon``
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-trial<N>release<R>decoded.npz   top-k, image
     OUT/derivatives/rtrecon/sub-XX/ses-YY/func/<prefix>_desc-runend.json                run ended
 
-with ``<prefix>`` the run's BIDS stem (:class:`rtrecon.layout.SessionLayout`: ``run-RR``, as the
+with ``<prefix>`` the run's BIDS stem (:class:`rtrecon.contract.layout.SessionLayout`: ``run-RR``, as the
 engine's store writes it). Files being appended may end in a torn
 line, which is skipped. Only what the console shows is read: never a volume's voxels.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtrecon.layout import SessionLayout
+from rtrecon.contract.layout import SessionLayout
 
 __all__ = ["MOTION_NAMES", "VolumeRow", "StoredRelease", "DecodedTrial", "SessionFolder"]
 

@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any
 
-from rtrecon.layout import SessionLayout, fsync_dir
+from rtrecon.contract.layout import SessionLayout, fsync_dir
 
 __all__ = ["ACTIONS", "ControlError", "ControlRecords"]
 

@@ -1,9 +1,9 @@
 """The live session as the operator sees it, aggregated from the engine's feed and the store.
 
-:class:`SessionState` takes the engine's status feed (:class:`~rtrecon.wire.StatusMessage`: one
+:class:`SessionState` takes the engine's status feed (:class:`~rtrecon.contract.wire.StatusMessage`: one
 per volume with its motion, FD and latency, a ``links`` one per heartbeat with the health of the
 bridge and stimulus links and the decoder's queue, a ``warning`` per missing volume), the copies
-of the trial results the engine publishes on the same feed (:class:`~rtrecon.wire.TrialResultMessage`,
+of the trial results the engine publishes on the same feed (:class:`~rtrecon.contract.wire.TrialResultMessage`,
 one per release), rows read back from the session folder (:mod:`rtrecon.console.folder`) and
 the operator's controls. It keeps, per run, every volume and every trial with its releases, and
 answers with JSON-ready dicts: :meth:`snapshot` (everything, for a page that connects) and
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from rtrecon.console.folder import MOTION_NAMES, DecodedTrial, StoredRelease, VolumeRow
-from rtrecon.wire import OperatorMessage, StatusMessage, TrialResultMessage
+from rtrecon.contract.wire import OperatorMessage, StatusMessage, TrialResultMessage
 
 __all__ = ["SessionState", "thumbnail"]
 

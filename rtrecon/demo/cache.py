@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rtrecon.demo.training import DecoderRecipe
-from rtrecon.layout import atomic_write, fsync_dir
+from rtrecon.contract.layout import atomic_write, fsync_dir
 
 __all__ = ["cache_root", "cache_key", "cached_dataset", "cached_decoder"]
 

@@ -41,7 +41,7 @@ import pandas as pd
 from PIL import Image
 
 from rtrecon.demo.stimulus_pc import journal_path, read_results
-from rtrecon.layout import SessionLayout
+from rtrecon.contract.layout import SessionLayout
 from rtrecon.report import MotionTrace, ReportSummary, SessionReportData, TrialRecord, load_confounds, stage_durations, write_report
 from rtrecon.report.figures import as_uint8
 from rtrecon.report.metrics import external_metrics, two_way_identification
@@ -59,7 +59,7 @@ STAGES = ("acquired", "received", "realigned", "glm_updated", "betas", "decoded"
 @dataclass(frozen=True)
 class LiveSessionFiles:
     """Where a live session's files are: the engine's ``output_dir`` and the stimulus program's run
-    folder, named by :class:`rtrecon.layout.SessionLayout`."""
+    folder, named by :class:`rtrecon.contract.layout.SessionLayout`."""
 
     root: Path
     subject: str

@@ -41,7 +41,7 @@ from pathlib import Path
 from rich.console import Console
 
 from rtrecon.data.synthetic import WORLDS
-from rtrecon.layout import session_id
+from rtrecon.contract.layout import session_id
 
 __all__ = ["configure", "run_demo"]
 

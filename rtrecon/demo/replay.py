@@ -29,7 +29,7 @@ from pathlib import Path
 from rich.console import Console
 
 from rtrecon.demo.command import metric_weights
-from rtrecon.layout import session_id
+from rtrecon.contract.layout import session_id
 
 __all__ = ["configure", "replay_nsd"]
 

@@ -40,7 +40,7 @@ from PIL import Image
 
 from rtrecon.data.nsd import NSDDataset
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup
-from rtrecon.layout import SessionLayout, safe_filename
+from rtrecon.contract.layout import SessionLayout, safe_filename
 
 __all__ = ["WINDOW_SIZE", "write_trial_lists", "stimulus_settings", "stimulus_command", "stimulus_folder",
            "journal_path", "start_display", "read_results"]

@@ -1,6 +1,6 @@
 """Where the decoder runs and in what precision: device choice, autocast, memory checks.
 
-``[decoder] device`` and ``precision`` (:class:`rtrecon.config.DecoderSection`) become a
+``[decoder] device`` and ``precision`` (:class:`rtrecon.contract.config.DecoderSection`) become a
 :class:`Placement`:
 
 >>> placement = Placement.from_names("auto", "fp16-autocast")   # logs the device it picked

@@ -41,14 +41,14 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
-from rtrecon.config import ConfigError, SessionConfig, load_config
-from rtrecon.layout import atomic_write, session_id
-from rtrecon.logs import configure_logging
-from rtrecon.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage
+from rtrecon.contract.config import ConfigError, SessionConfig, load_config
+from rtrecon.contract.layout import atomic_write, session_id
+from rtrecon.contract.logs import configure_logging
+from rtrecon.contract.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage
 from scanner_bridge.sources import FileRejected, RunStarted, SourceEvent, VolumeMissing, VolumeReady, VolumeSource
 
 if TYPE_CHECKING:
-    from rtrecon.keys import CurveKeys
+    from rtrecon.contract.keys import CurveKeys
 
 __all__ = ["VolumeStore", "configure", "session_name"]
 
@@ -183,7 +183,7 @@ def _load(ns: argparse.Namespace) -> SessionConfig:
 def _curve(keys_dir: Path | None, role: str) -> CurveKeys | None:
     if keys_dir is None:
         return None
-    from rtrecon.keys import load_curve
+    from rtrecon.contract.keys import load_curve
 
     return load_curve(keys_dir, role)
 
@@ -218,7 +218,7 @@ def _print_event(event: SourceEvent, message: Message | None) -> None:
 
 
 def _send(ns: argparse.Namespace, config: SessionConfig, make_source: Callable[[SessionConfig], VolumeSource]) -> int:
-    from rtrecon.transport import ReliableSender
+    from rtrecon.contract.transport import ReliableSender
     from scanner_bridge.sender import BridgeSender
 
     from rtrecon.session import startup_problems
@@ -321,7 +321,7 @@ def _replay_nsd(ns: argparse.Namespace, config: SessionConfig) -> int:
 
 
 def _listen(ns: argparse.Namespace, config: SessionConfig) -> int:
-    from rtrecon.transport import ReliableReceiver
+    from rtrecon.contract.transport import ReliableReceiver
 
     endpoint = ns.addr or config.network.volumes
     session = ns.session or session_name(config)
@@ -435,7 +435,7 @@ def _sender(parser: argparse.ArgumentParser, session_flag: str = "--session") ->
 
 def _runner(func: Callable[[argparse.Namespace, SessionConfig], int]) -> Callable[[argparse.Namespace], int]:
     def run(ns: argparse.Namespace) -> int:
-        from rtrecon.keys import KeysError
+        from rtrecon.contract.keys import KeysError
         from scanner_bridge.replay import ReplayError
 
         configure_logging("bridge", ns.log_level)

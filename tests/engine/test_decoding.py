@@ -10,9 +10,9 @@ import torch
 from engine.decoding import BackgroundDecoder, DecodingStage, load_gallery
 from engine.store import SessionStore
 from engine.trials import TrialBeta
-from rtrecon.config import ConfigError, load_config
+from rtrecon.contract.config import ConfigError, load_config
 from rtrecon.models import MindEye2, MindEye2Config, save_checkpoint
-from rtrecon.wire import TrialResultMessage, decode, encode
+from rtrecon.contract.wire import TrialResultMessage, decode, encode
 
 N_VOX = 40
 

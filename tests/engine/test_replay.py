@@ -16,7 +16,7 @@ from engine.motion import PARAMETER_NAMES, RigidRealigner
 from engine.replay import ReplayError, read_events, replay_messages
 from engine.server import TRIAL_COLUMNS, Engine, EngineSettings
 from engine.store import SessionStore
-from rtrecon.wire import EventMessage, RunEndMessage, VolumeMessage
+from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage
 
 SESSION = "sub-01_ses-01"
 ROOT = Path(__file__).resolve().parents[2]

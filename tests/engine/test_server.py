@@ -21,8 +21,8 @@ from engine.design import RunDesign
 from engine.motion import rigid_matrix
 from engine.server import CONFOUND_COLUMNS, TRIAL_COLUMNS, Engine, EngineSettings, load_engine_config
 from engine.store import SessionStore
-from rtrecon.config import ConfigError
-from rtrecon.wire import EventMessage, RunEndMessage, TrialResultMessage, VolumeMessage, VolumeMissingMessage
+from rtrecon.contract.config import ConfigError
+from rtrecon.contract.wire import EventMessage, RunEndMessage, TrialResultMessage, VolumeMessage, VolumeMissingMessage
 
 # A TR and an oblique affine that float32 (the NIfTI header's precision) cannot hold exactly, as a
 # scanner's are: the recovery tests then show whether the live engine uses the stored geometry.
@@ -399,7 +399,7 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
     """SIGKILL the engine process at a few random points while volumes stream in; after each restart
     it goes on, and in the end its final betas equal a clean run's and the stimulus PC has received
     every release of the clean run, once each."""
-    from rtrecon.transport import ReliableReceiver, ReliableSender, result_key, trial_key, volume_key
+    from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key, volume_key
 
     config = tmp_path / "session.toml"
     ipc = f"ipc://{tmp_path}"
@@ -468,7 +468,7 @@ def test_real_run_streamed_through_the_bridge(tmp_path, shared_dir):
     from nilearn.glm.first_level import FirstLevelModel, make_first_level_design_matrix
 
     from engine.motion import PARAMETER_NAMES, framewise_displacement
-    from rtrecon.transport import ReliableReceiver, volume_key
+    from rtrecon.contract.transport import ReliableReceiver, volume_key
 
     base = shared_dir / "data/bold/siemens_prisma_e11_pydecnef_run1"
     events = pd.read_csv(base / "design_local/events.tsv", sep="\t")

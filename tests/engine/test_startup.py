@@ -9,7 +9,7 @@ import numpy as np
 
 from engine.startup import startup_problems
 from rtrecon.cli import main
-from rtrecon.keys import init_keys
+from rtrecon.contract.keys import init_keys
 
 
 def _config(tmp_path: Path, body: str) -> Path:

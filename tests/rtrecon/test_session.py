@@ -12,8 +12,8 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from rtrecon.cli import main
-from rtrecon.config import SessionConfig, load_config
-from rtrecon.keys import init_keys
+from rtrecon.contract.config import SessionConfig, load_config
+from rtrecon.contract.keys import init_keys
 from rtrecon.session import check_config, write_template
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])

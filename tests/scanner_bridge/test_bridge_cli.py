@@ -146,8 +146,8 @@ def test_bad_input_is_named_with_exit_status_2(tmp_path: Path, capsys: pytest.Ca
 def test_listen_out_refuses_what_crashed_it_and_restarts(tmp_path: Path, capsys) -> None:
     # Issue 20, failure 4: a NaN affine, a shape change before run end and a run end claiming
     # 300 000 volumes crashed `listen --out` (and again after each restart, never acknowledged).
-    from rtrecon.transport import ReliableSender
-    from rtrecon.wire import RunEndMessage, VolumeMessage
+    from rtrecon.contract.transport import ReliableSender
+    from rtrecon.contract.wire import RunEndMessage, VolumeMessage
 
     session = "sub-01_ses-01"
 

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtrecon.wire import EventMessage, decode, encode
+from rtrecon.contract.wire import EventMessage, decode, encode
 from scanner_bridge.assembly import RunStarted, VolumeReady
 from scanner_bridge.nsd_replay import NsdReplaySource
 from scanner_bridge.replay import ReplayError

@@ -12,8 +12,8 @@ import numpy as np
 import pydicom
 import zmq
 
-from rtrecon.transport import ReliableReceiver, ReliableSender
-from rtrecon.wire import RunEndMessage, VolumeMessage
+from rtrecon.contract.transport import ReliableReceiver, ReliableSender
+from rtrecon.contract.wire import RunEndMessage, VolumeMessage
 from scanner_bridge.commands.bridge import VolumeStore
 from scanner_bridge.sender import BridgeSender
 from scanner_bridge.watcher import FolderWatcher

@@ -50,7 +50,7 @@ WINDOW_SIZE = (160, 120)
 def win(xvfb: str) -> Iterator[Any]:
     """One small PsychoPy window shared by the tests (opening one costs most of a second)."""
     from stimulus.screen import open_window
-    from rtrecon.config import WindowSection
+    from rtrecon.contract.config import WindowSection
 
     window = open_window(WindowSection(size=WINDOW_SIZE))
     yield window

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rtrecon.config import NetworkSection, SessionConfig, SessionSection, StimulusSection
-from rtrecon.transport import ReliableReceiver, ReliableSender, result_key, trial_key
-from rtrecon.wire import EventMessage, TrialResultMessage
+from rtrecon.contract.config import NetworkSection, SessionConfig, SessionSection, StimulusSection
+from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key
+from rtrecon.contract.wire import EventMessage, TrialResultMessage
 from stimulus.app import Frame, StimulusProgram, prepare_run
 from stimulus.participant import VirtualParticipant
 from stimulus.trials import TrialListError
@@ -544,7 +544,7 @@ class Console:
     frame, with whether the program's feedback was paused when it drew it."""
 
     def __init__(self, endpoint: str, plan) -> None:
-        from rtrecon.transport import StatusPublisher
+        from rtrecon.contract.transport import StatusPublisher
 
         self.publisher = StatusPublisher(endpoint, name="console")
         self.plan = plan
@@ -580,7 +580,7 @@ def _feedback_run(win, make_image, tmp_path: Path):
 
 @pytest.mark.parametrize("with_controls", [True, False])
 def test_the_operator_pauses_and_resumes_feedback(win, make_image, tmp_path: Path, with_controls: bool):
-    from rtrecon.wire import OperatorMessage
+    from rtrecon.contract.wire import OperatorMessage
     from stimulus.operator import OperatorControls
 
     setup, periods, link = _feedback_run(win, make_image, tmp_path)
@@ -641,7 +641,7 @@ def test_the_operator_pauses_and_resumes_feedback(win, make_image, tmp_path: Pat
 
 
 def test_the_operator_ends_the_run(win, make_image, tmp_path: Path):
-    from rtrecon.wire import OperatorMessage
+    from rtrecon.contract.wire import OperatorMessage
     from stimulus.operator import OperatorControls
 
     setup, periods, link = _feedback_run(win, make_image, tmp_path)

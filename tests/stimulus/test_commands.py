@@ -206,8 +206,8 @@ def test_run_follows_the_consoles_end_run(files: Path, xvfb: str, capsys):
     import json
     import threading
 
-    from rtrecon.transport import StatusPublisher
-    from rtrecon.wire import OperatorMessage
+    from rtrecon.contract.transport import StatusPublisher
+    from rtrecon.contract.wire import OperatorMessage
 
     (files / "run-01.tsv").write_text("stim_file\n" + "red.png\n" * 10)  # 3 s: the operator ends it first
     config = files / "session.toml"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rtrecon.config import StimulusSection
+from rtrecon.contract.config import StimulusSection
 from stimulus.eventlog import EventLog
 from stimulus.records import RunPaths, RunRecord
 from stimulus.timeline import build_timeline

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtrecon.config import FeedbackSection
-from rtrecon.wire import TrialResultMessage
+from rtrecon.contract.config import FeedbackSection
+from rtrecon.contract.wire import TrialResultMessage
 from stimulus.feedback import FeedbackPanel, ReceivedResult
 from stimulus.trials import Trial
 

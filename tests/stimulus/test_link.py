@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtrecon.transport import ReliableReceiver, ReliableSender, result_key, trial_key
-from rtrecon.wire import EventMessage, TrialResultMessage
+from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key
+from rtrecon.contract.wire import EventMessage, TrialResultMessage
 from stimulus.link import EngineLink, OfflineLink
 
 SESSION = "sub-01_ses-01"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from rtrecon.keys import init_keys, load_curve
-from rtrecon.transport import StatusPublisher
-from rtrecon.wire import OperatorMessage
+from rtrecon.contract.keys import init_keys, load_curve
+from rtrecon.contract.transport import StatusPublisher
+from rtrecon.contract.wire import OperatorMessage
 from stimulus.operator import OperatorControls, console_role
 
 SESSION = "sub-01_ses-01"

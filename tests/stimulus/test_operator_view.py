@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtrecon.config import FeedbackSection
-from rtrecon.wire import TrialResultMessage
+from rtrecon.contract.config import FeedbackSection
+from rtrecon.contract.wire import TrialResultMessage
 from stimulus.feedback import FeedbackPanel, ReceivedResult
 from stimulus.operator_view import OperatorView
 from stimulus.trials import Trial

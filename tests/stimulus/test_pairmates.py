@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtrecon.config import SessionConfig, SessionSection, StimulusSection
-from rtrecon.wire import TrialResultMessage
+from rtrecon.contract.config import SessionConfig, SessionSection, StimulusSection
+from rtrecon.contract.wire import TrialResultMessage
 from stimulus.feedback import FeedbackPanel, ReceivedResult
 from stimulus.pairmates import PairmateScorer, distinctiveness
 from stimulus.trials import Trial, TrialListError

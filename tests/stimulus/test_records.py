@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtrecon.config import StimulusSection
-from rtrecon.wire import TrialResultMessage
+from rtrecon.contract.config import StimulusSection
+from rtrecon.contract.wire import TrialResultMessage
 from stimulus.feedback import ReceivedResult
 from stimulus.records import EventRecord, RunPaths, RunRecord, frame_stats
 from stimulus.timeline import build_timeline

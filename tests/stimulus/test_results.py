@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtrecon.config import StimulusSection
-from rtrecon.wire import TrialResultMessage
+from rtrecon.contract.config import StimulusSection
+from rtrecon.contract.wire import TrialResultMessage
 from stimulus.feedback import FeedbackPanel
 from stimulus.operator_view import OperatorView
 from stimulus.policy import FeedbackPolicy

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtrecon.config import StimulusSection
+from rtrecon.contract.config import StimulusSection
 from stimulus.timeline import Segment
 from stimulus.trials import Trial
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rtrecon.config import SessionConfig, SessionSection, SoundSection, StimulusSection
+from rtrecon.contract.config import SessionConfig, SessionSection, SoundSection, StimulusSection
 from stimulus.sound import SoundError, check_sound_file, decode_sound
 
 ALSA_CONF = "/usr/share/alsa/alsa.conf"

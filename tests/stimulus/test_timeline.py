@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rtrecon.config import StimulusSection
+from rtrecon.contract.config import StimulusSection
 from stimulus.timeline import build_timeline
 from stimulus.trials import Trial, TrialListError
 

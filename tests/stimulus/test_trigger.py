@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rtrecon.config import TriggerSection
+from rtrecon.contract.config import TriggerSection
 from stimulus.trigger import ButtonBoxKeys, KeyPress, MergedKeys, ParallelPortKeys, ScannerTrigger, ScheduledKeys, SerialKeys, hardware_keys
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from rtrecon.wire import EventMessage, RunEndMessage, VolumeMessage
+from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -119,7 +119,7 @@ class LiveSession:
                                  "--log-level", "WARNING"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
     def _links(self) -> None:
-        from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
+        from rtrecon.contract.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
 
         ipc = f"ipc://{self.folder}"
         with (

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from rtrecon.console.records import ControlRecords
-from rtrecon.layout import SessionLayout
+from rtrecon.contract.layout import SessionLayout
 from stimulus.operator import OperatorControls
 
 pytestmark = pytest.mark.timeout(240)
@@ -146,8 +146,8 @@ def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, ch
     from PIL import Image
     from playwright.sync_api import expect
 
-    from rtrecon.transport import StatusPublisher
-    from rtrecon.wire import StatusMessage, TrialResultMessage
+    from rtrecon.contract.transport import StatusPublisher
+    from rtrecon.contract.wire import StatusMessage, TrialResultMessage
 
     gallery = tmp_path / "gallery"
     gallery.mkdir()

@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from rtrecon.keys import init_keys
+from rtrecon.contract.keys import init_keys
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

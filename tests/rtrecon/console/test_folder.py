@@ -17,7 +17,7 @@ def store(harness, tmp_path_factory):
     default releases: trial 0 at 8 s, then both at run end), with two releases of trial 0 decoded."""
     from engine.server import Engine, EngineSettings
     from engine.store import SessionStore
-    from rtrecon.wire import RunEndMessage
+    from rtrecon.contract.wire import RunEndMessage
 
     root = tmp_path_factory.mktemp("store")
     store = SessionStore(root, "01", "01", "perception")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rtrecon.console.records import ControlError, ControlRecords
-from rtrecon.layout import SessionLayout
+from rtrecon.contract.layout import SessionLayout
 
 
 def test_controls_are_appended_and_read_back(tmp_path):

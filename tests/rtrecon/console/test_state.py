@@ -14,7 +14,7 @@ from PIL import Image
 
 from rtrecon.console.folder import MOTION_NAMES, DecodedTrial, StoredRelease, VolumeRow
 from rtrecon.console.state import SessionState, thumbnail
-from rtrecon.wire import StatusMessage, TrialResultMessage
+from rtrecon.contract.wire import StatusMessage, TrialResultMessage
 
 SESSION = "sub-01_ses-01"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from rtrecon.config import load_config
+from rtrecon.contract.config import load_config
 from rtrecon.data.nsd import NSDDataset
 
 

@@ -134,7 +134,7 @@ class NetworkSection(_Section):
 
     @property
     def max_message_bytes(self) -> int:
-        """``max_message_mb`` in bytes, as :mod:`rtrecon.transport` takes it."""
+        """``max_message_mb`` in bytes, as :mod:`rtrecon.contract.transport` takes it."""
         return int(self.max_message_mb * (1 << 20))
 
     @field_validator("volumes", "events", "results", "status", "operator")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rtrecon.config import ConfigError, SessionConfig, config_template, load_config
+from rtrecon.contract.config import ConfigError, SessionConfig, config_template, load_config
 
 VALID = """
 [session]

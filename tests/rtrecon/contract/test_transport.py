@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from rtrecon.transport import (
+from rtrecon.contract.transport import (
     ReliableReceiver,
     ReliableSender,
     StatusPublisher,
@@ -24,7 +24,7 @@ from rtrecon.transport import (
     trial_key,
     volume_key,
 )
-from rtrecon.wire import (
+from rtrecon.contract.wire import (
     AckMessage,
     EventMessage,
     HeartbeatMessage,
@@ -45,7 +45,7 @@ HB = 0.1  # heartbeat period in these tests: a dead peer is noticed after 0.3 s
 # A volume's voxels all equal its index, so a mixed-up or corrupted volume shows.
 VOLUME_CODE = """
 import numpy as np
-from rtrecon.wire import VolumeMessage
+from rtrecon.contract.wire import VolumeMessage
 def volume(session, index):
     return VolumeMessage(session=session, run=1, index=index, tr=2.0,
                          voxels=np.full((6, 5, 4), index, dtype=np.int16), affine=np.eye(4))
@@ -58,8 +58,8 @@ RECEIVER_PROGRAM = """
 import logging, os, sys
 from pathlib import Path
 import numpy as np
-from rtrecon.transport import ReliableReceiver
-from rtrecon.wire import RunEndMessage
+from rtrecon.contract.transport import ReliableReceiver
+from rtrecon.contract.wire import RunEndMessage
 logging.basicConfig(level=logging.INFO)
 endpoint, session, store = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 store.mkdir(exist_ok=True)
@@ -97,8 +97,8 @@ with ReliableReceiver(endpoint, session, persisted, heartbeat_s=float(sys.argv[4
 # The bridge's side in miniature: a restarted sender resumes its source after what it spooled.
 SENDER_PROGRAM = VOLUME_CODE + """
 import logging, sys, time
-from rtrecon.transport import ReliableSender
-from rtrecon.wire import RunEndMessage
+from rtrecon.contract.transport import ReliableSender
+from rtrecon.contract.wire import RunEndMessage
 logging.basicConfig(level=logging.INFO)
 endpoint, session, spool, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 with ReliableSender(endpoint, session, spool, heartbeat_s=float(sys.argv[5])) as tx:
@@ -255,7 +255,7 @@ def _store_count(store: Path) -> int:
 
 
 def test_receiver_killed_mid_run_loses_and_duplicates_nothing(endpoint: str, tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="rtrecon.transport")
+    caplog.set_level(logging.INFO, logger="rtrecon.contract.transport")
     n, store, log_file = 60, tmp_path / "store", tmp_path / "receiver.log"
     args = [endpoint, SESSION, str(store), str(HB)]
     receiver = _start(RECEIVER_PROGRAM, args, log_file)
@@ -298,7 +298,7 @@ def test_receiver_killed_mid_run_loses_and_duplicates_nothing(endpoint: str, tmp
 
 
 def test_sender_killed_mid_run_loses_and_duplicates_nothing(endpoint: str, tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="rtrecon.transport")
+    caplog.set_level(logging.INFO, logger="rtrecon.contract.transport")
     n, log_file = 60, tmp_path / "sender.log"
     args = [endpoint, SESSION, str(tmp_path / "spool"), str(n), str(HB)]
     got: list = []
@@ -336,7 +336,7 @@ def test_sender_killed_mid_run_loses_and_duplicates_nothing(endpoint: str, tmp_p
 
 
 def test_bad_frames_are_logged_dropped_and_survived(endpoint: str, tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    caplog.set_level(logging.WARNING, logger="rtrecon.contract.transport")
     good = encode(_volume(0))
     header = json.loads(good[0])
 
@@ -379,7 +379,7 @@ def test_bad_frames_are_logged_dropped_and_survived(endpoint: str, tmp_path: Pat
 
 
 def test_sender_survives_a_bad_receiver(endpoint: str, tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    caplog.set_level(logging.WARNING, logger="rtrecon.contract.transport")
     context = zmq.Context.instance()
     raw = context.socket(zmq.ROUTER)
     raw.linger = 0
@@ -422,7 +422,7 @@ def _raw_item(frames_of_item: list[bytes], key: int, prev: int, seq: int) -> lis
 
 @pytest.mark.parametrize("shape", [[2**32, 2**32], [2**70], [True, 2]])
 def test_shapes_that_killed_receivers_are_refused_and_the_link_goes_on(endpoint: str, shape, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    caplog.set_level(logging.WARNING, logger="rtrecon.contract.transport")
     good = encode(_volume(0))
     header = json.loads(good[0])
     header["arrays"][0]["shape"] = shape
@@ -456,7 +456,7 @@ def test_shapes_that_killed_receivers_are_refused_and_the_link_goes_on(endpoint:
 
 
 def test_impossible_items_from_a_sender_are_refused_acknowledged_and_reported(endpoint: str, tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    caplog.set_level(logging.WARNING, logger="rtrecon.contract.transport")
     nan_tr = VolumeMessage(session=SESSION, run=1, index=1, tr=float("nan"),
                            voxels=np.ones((6, 5, 4), np.int16), affine=np.eye(4))
     with (
@@ -515,7 +515,7 @@ def test_key_jumps_beyond_the_bound_are_refused(endpoint: str, tmp_path: Path) -
     [("default", 200, False), (None, 2, True)],  # control: without a limit the frame is read (and dropped as garbage)
 )
 def test_a_200_mb_frame_is_refused_before_it_is_read(endpoint: str, tmp_path: Path, limit, size_mb, read, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    caplog.set_level(logging.WARNING, logger="rtrecon.contract.transport")
     kwargs = {} if limit == "default" else {"max_message_bytes": limit}
     with ReliableReceiver(endpoint, SESSION, heartbeat_s=HB, **kwargs) as rx:
         raw = zmq.Context.instance().socket(zmq.DEALER)
@@ -566,7 +566,7 @@ def test_sender_lead_is_bounded_and_reported(endpoint: str, tmp_path: Path) -> N
 
 def test_the_link_starts_without_fcntl_as_on_windows(endpoint: str, tmp_path: Path, monkeypatch) -> None:
     # The stimulus program's modules import where fcntl does not exist (a Windows stimulus PC).
-    code = "import sys; sys.modules['fcntl'] = None; import rtrecon.transport, stimulus.link; print('imported')"
+    code = "import sys; sys.modules['fcntl'] = None; import rtrecon.contract.transport, stimulus.link; print('imported')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "imported" in done.stdout, done.stderr
     control = subprocess.run([sys.executable, "-c", "import sys; sys.modules['fcntl'] = None; import fcntl"],

@@ -6,7 +6,7 @@ The **receiver binds**, the **sender connects**. Both are plain objects driven b
 loop (no threads; use each object from one thread), and no call blocks longer than the timeout it
 is given (``send`` takes the time of a file write and fsync)::
 
-    from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
+    from rtrecon.contract.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
 
     # engine: ``persisted`` is what its session store already holds (run -> last key, -1: none)
     with ReliableReceiver("tcp://*:5555", "sub-01_ses-01", store.persisted()) as rx:
@@ -61,7 +61,7 @@ API (all keyword arguments after ``*`` are optional)::
 
 Every item has a **key** within its run (``key=`` picks it from the message: the volume index,
 the trial number); keys must increase within a run in sending order, but need not be
-consecutive. Each item goes on the wire as a :class:`~rtrecon.wire.SequenceMessage` frame
+consecutive. Each item goes on the wire as a :class:`~rtrecon.contract.wire.SequenceMessage` frame
 (session, run, key, the key of the run's previous item ``prev``, and a session-wide ``seq``)
 followed by the item's own frames.
 
@@ -71,7 +71,7 @@ it for the session (never delete a spool mid-session; one sender per spool, enfo
 A restarted sender reloads everything it ever sent (``spooled`` tells its owner where to resume
 its source; a last file torn by a machine crash is dropped with a warning, so the owner resends
 it). The sender transmits nothing until the receiver has answered its
-:class:`~rtrecon.wire.HelloMessage` with its own, which lists for every run the last key the
+:class:`~rtrecon.contract.wire.HelloMessage` with its own, which lists for every run the last key the
 receiver has persisted; the sender then (re)sends, in order, every spooled item after those
 (the receiver's word is final: a receiver that lost its store gets everything again). Hellos
 are numbered, so a late answer to an old Hello does not trigger a second resend. The receiver
@@ -89,7 +89,7 @@ The receiving application's store must report, per run, the key of the last item
 (on the volume link a run end's key is ``n_volumes``, so a run whose end is persisted reports
 ``n_volumes``), and must cover every run of the session it holds (a run left out is resent).
 
-Heartbeats. Each end sends a :class:`~rtrecon.wire.HeartbeatMessage` every ``heartbeat_s`` while
+Heartbeats. Each end sends a :class:`~rtrecon.contract.wire.HeartbeatMessage` every ``heartbeat_s`` while
 it is polled; an end that has heard nothing for ``liveness × heartbeat_s`` reports the peer dead
 (``peer_alive`` False, a warning logged); a sender then stops sending and says Hello until the
 receiver answers. ZeroMQ's own ZMTP heartbeats are set too, so a dead TCP connection is dropped
@@ -99,8 +99,8 @@ Bad traffic. A frame that does not decode (not JSON, unknown kind or version, wr
 an item of another session, or one whose key disagrees with its sequence frame is logged as a
 warning naming the peer (its address and name) and the reason, dropped, and the link goes on.
 An item of the current sender whose sequence frame is sound but whose payload is not (it does
-not decode, :func:`~rtrecon.wire.validate` refuses it, its key jumps more than ``max_key_jump``)
-is refused: acknowledged with the reason (:class:`~rtrecon.wire.AckMessage` ``refused``,
+not decode, :func:`~rtrecon.contract.wire.validate` refuses it, its key jumps more than ``max_key_jump``)
+is refused: acknowledged with the reason (:class:`~rtrecon.contract.wire.AckMessage` ``refused``,
 ``reason``), so that it is not resent forever and the sender can tell its operator. Frames
 larger than ``max_message_bytes`` are refused by libzmq before they are read.
 
@@ -111,14 +111,14 @@ heartbeat until the right peer answers.
 One sender per link: two senders would interleave their sequences and each be resent to forever.
 
 Status feed: :class:`StatusPublisher` (binds) and :class:`StatusSubscriber` (connects) carry
-:class:`~rtrecon.wire.StatusMessage` with PUB/SUB: no acknowledgement, no spool; a slow or absent
+:class:`~rtrecon.contract.wire.StatusMessage` with PUB/SUB: no acknowledgement, no spool; a slow or absent
 subscriber misses messages, and the publisher never waits. The engine also publishes a copy of
-each :class:`~rtrecon.wire.TrialResultMessage` it sends (without its embedding) on this feed, for
+each :class:`~rtrecon.contract.wire.TrialResultMessage` it sends (without its embedding) on this feed, for
 the operator console: the results link itself is point-to-point to the stimulus PC. The console
-publishes its :class:`~rtrecon.wire.OperatorMessage` to the stimulus program the same way
+publishes its :class:`~rtrecon.contract.wire.OperatorMessage` to the stimulus program the same way
 (``kinds=(OperatorMessage,)`` on the subscriber).
 
-Encryption: pass ``curve=load_curve(keys_dir, role)`` (:mod:`rtrecon.keys`) to every end; the
+Encryption: pass ``curve=load_curve(keys_dir, role)`` (:mod:`rtrecon.contract.keys`) to every end; the
 binding end admits only known public keys, the connecting end names the ``server_role`` whose
 key it pins.
 """
@@ -139,9 +139,9 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
-from rtrecon.keys import CurveKeys
-from rtrecon.layout import atomic_file, fsync_dir
-from rtrecon.wire import (
+from rtrecon.contract.keys import CurveKeys
+from rtrecon.contract.layout import atomic_file, fsync_dir
+from rtrecon.contract.wire import (
     AckMessage,
     EventMessage,
     HeartbeatMessage,
@@ -725,7 +725,7 @@ class ReliableReceiver(_Link):
     not copies); call ``ack`` for each after persisting it, or ``refuse`` for one that cannot be.
 
     An item whose sequence frame is sound but whose payload is not (it does not decode, or
-    :func:`~rtrecon.wire.validate` refuses it), or whose key is more than ``max_key_jump`` above
+    :func:`~rtrecon.contract.wire.validate` refuses it), or whose key is more than ``max_key_jump`` above
     the run's last item (None: no bound), is refused here: logged, never returned, and
     acknowledged to the sender with the reason, so the link goes on. Frames larger than
     ``max_message_bytes`` are refused by ZeroMQ itself (the sender's connection is dropped).
@@ -937,7 +937,7 @@ class ReliableReceiver(_Link):
 
 
 class StatusPublisher(_Link):
-    """Publishes :class:`~rtrecon.wire.StatusMessage` on a PUB socket bound to ``endpoint``."""
+    """Publishes :class:`~rtrecon.contract.wire.StatusMessage` on a PUB socket bound to ``endpoint``."""
 
     def __init__(self, endpoint: str, *, curve: CurveKeys | None = None, name: str = "engine") -> None:
         super().__init__(zmq.PUB, endpoint, bind=True, curve=curve, server_role=None, heartbeat_s=1.0, liveness=3, name=name)

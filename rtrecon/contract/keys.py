@@ -8,7 +8,7 @@
                                     (copy each only to the machine that plays the role)
 
 :func:`load_curve` reads the secret key of one role and the public keys of all roles into a
-:class:`CurveKeys`, which :mod:`rtrecon.transport` takes as ``curve=``. The socket that binds is
+:class:`CurveKeys`, which :mod:`rtrecon.contract.transport` takes as ``curve=``. The socket that binds is
 the CURVE server and admits only clients whose public key is in ``DIR/public`` *and* whose role
 may use that link (``client_roles``: the volume link admits the bridge, the event link the
 stimulus program, the result link the engine; checked by a
@@ -16,7 +16,7 @@ stimulus program, the result link the engine; checked by a
 that connects is the CURVE client and must name the role of the server it connects to, whose
 public key it pins. Usage::
 
-    from rtrecon.keys import load_curve
+    from rtrecon.contract.keys import load_curve
     curve = load_curve("keys", "bridge")
     sender = ReliableSender("tcp://engine:5555", "sub-01_ses-01", spool, curve=curve, server_role="engine")
 """
@@ -38,7 +38,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from rtrecon.layout import atomic_write
+from rtrecon.contract.layout import atomic_write
 
 __all__ = ["DEFAULT_ROLES", "CurveKeys", "KeysError", "init_keys", "load_curve", "configure"]
 

@@ -144,7 +144,7 @@ class TrialResultMessage(Message):
     schedule (the end-of-run release is the last one, ``final`` true: no newer one follows), and
     ``release_s`` the seconds from the trial's onset to the start of the last volume its beta used.
     ``sequence`` numbers the results of a run 0, 1, 2, ... in the order the engine released them:
-    it is their key on the results link (:func:`rtrecon.transport.result_key`).
+    it is their key on the results link (:func:`rtrecon.contract.transport.result_key`).
     """
 
     KIND: ClassVar[str] = "trial_result"
@@ -179,7 +179,7 @@ class StatusMessage(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class HelloMessage(Message):
-    """Opens (or re-opens) a reliable link (:mod:`rtrecon.transport`).
+    """Opens (or re-opens) a reliable link (:mod:`rtrecon.contract.transport`).
 
     A sender sends it (with ``persisted`` empty) until the receiver answers; the receiver answers
     with, for each run, the key of the last item it has persisted (-1: none). Keys are the

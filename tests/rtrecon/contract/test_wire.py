@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from rtrecon.wire import (
+from rtrecon.contract.wire import (
     MESSAGE_TYPES,
     AckMessage,
     EventMessage,

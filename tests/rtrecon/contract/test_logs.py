@@ -13,7 +13,7 @@ import pytest
 def test_each_process_logs_time_process_level_and_logger(process: str) -> None:
     code = (
         "import logging, sys\n"
-        "from rtrecon.logs import configure_logging\n"
+        "from rtrecon.contract.logs import configure_logging\n"
         f"configure_logging({process!r}, 'INFO', stream=sys.stdout)\n"
         "logging.getLogger('engine.server').warning('volume %d refused', 4)\n"
         "logging.getLogger('x').debug('not shown at INFO')\n"

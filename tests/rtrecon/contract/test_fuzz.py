@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from rtrecon.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
-from rtrecon.wire import (
+from rtrecon.contract.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
+from rtrecon.contract.wire import (
     MAX_HEADER_BYTES,
     MESSAGE_TYPES,
     EventMessage,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from rtrecon.cli import main
-from rtrecon.keys import CurveKeys, KeysError, init_keys, load_curve
-from rtrecon.transport import ReliableReceiver, ReliableSender, StatusPublisher, StatusSubscriber, trial_key, volume_key
-from rtrecon.wire import EventMessage, StatusMessage, VolumeMessage
+from rtrecon.contract.keys import CurveKeys, KeysError, init_keys, load_curve
+from rtrecon.contract.transport import ReliableReceiver, ReliableSender, StatusPublisher, StatusSubscriber, trial_key, volume_key
+from rtrecon.contract.wire import EventMessage, StatusMessage, VolumeMessage
 
 SESSION = "sub-01_ses-01"
 HB = 0.1
@@ -128,7 +128,7 @@ def test_encrypted_status_feed(keys_dir: Path, endpoint: str) -> None:
 def test_unknown_key_and_plaintext_peers_get_nothing_through(
     keys_dir: Path, endpoint: str, tmp_path: Path, caplog
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="rtrecon.keys")
+    caplog.set_level(logging.WARNING, logger="rtrecon.contract.keys")
     engine = load_curve(keys_dir, "engine")
     # A key pair made elsewhere, by someone who knows the engine's public key (it is public).
     stranger = load_curve(init_keys(tmp_path / "elsewhere"), "bridge")
@@ -169,7 +169,7 @@ def test_unknown_key_and_plaintext_peers_get_nothing_through(
 def test_a_key_is_accepted_only_on_its_roles_links(
     keys_dir: Path, endpoint: str, tmp_path: Path, caplog, key, server, admitted, refused
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="rtrecon.keys")
+    caplog.set_level(logging.WARNING, logger="rtrecon.contract.keys")
     make = _volume if key is volume_key else (
         lambda i: EventMessage(session=SESSION, run=1, trial=i, onset=1.0, duration=1.0, trial_type="image"))
     with ReliableReceiver(endpoint, SESSION, key=key, curve=load_curve(keys_dir, server), heartbeat_s=HB) as rx:
@@ -193,7 +193,7 @@ def test_link_recovers_after_a_peer_without_the_same_encryption_held_the_port(
     keys_dir: Path, endpoint: str, tmp_path: Path, caplog, keyed: str
 ) -> None:
     # Failure 5: after one handshake with a plaintext peer, libzmq stopped re-dialling for good.
-    caplog.set_level(logging.WARNING, logger="rtrecon.transport")
+    caplog.set_level(logging.WARNING, logger="rtrecon.contract.transport")
     sender_curve = load_curve(keys_dir, "bridge") if keyed == "sender" else None
     receiver_curve = load_curve(keys_dir, "engine") if keyed == "receiver" else None
     # The wrong peer: a receiver with the other encryption setting holds the port first.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rtrecon.layout import SessionLayout, atomic_file, atomic_write, safe_filename, session_id
+from rtrecon.contract.layout import SessionLayout, atomic_file, atomic_write, safe_filename, session_id
 
 
 def test_names_follow_bids_with_two_digit_runs(tmp_path: Path) -> None:
@@ -56,12 +56,12 @@ def test_a_write_killed_midway_leaves_the_old_file(tmp_path: Path) -> None:
     # A child dies (SIGKILL) while writing 200 MB through atomic_write: the target is still whole.
     code = (
         "import os, signal, threading, sys\n"
-        "from rtrecon.layout import atomic_write\n"
+        "from rtrecon.contract.layout import atomic_write\n"
         "threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()\n"
         f"atomic_write({str(target)!r}, b'x' * (200 * 2**20))\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=os.environ.copy())
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3], env=os.environ.copy())
     assert proc.returncode == -9
     assert target.read_bytes() in (b"old", b"x" * (200 * 2**20))
 
