@@ -34,17 +34,23 @@ def _journal(demo_run) -> Path:
 
 def test_every_result_was_shown_on_a_flip_of_the_participants_window(demo_run):
     results = read_results(_journal(demo_run))
-    assert len(results) == 63 and sorted(r["trial"] for r in results) == list(range(63))
+    # every trial's results (one per release the engine sent), each release recorded once
+    releases = [(r["trial"], r["release"]) for r in results]
+    assert len(releases) == len(set(releases)) and sorted({t for t, _ in releases}) == list(range(63))
     for row in results:
         stamps = row["stamps"]
         assert row["copies"] == 1 and len(row["retrieved"]) == 5 and row["stimulus"].startswith("nsd:")
-        assert stamps["decoded"] <= stamps["sent"] <= stamps["result_received"] <= stamps["shown"]
+        assert stamps["decoded"] <= stamps["sent"] <= stamps["result_received"]
+        if "shown" in stamps:  # a trial's first shown feedback, on its first release's row
+            # received is the wall clock at receipt, shown the window's clock mapped to wall time at
+            # the start: the mapping is good to a few ms (2.1 ms seen), not to the microsecond
+            assert stamps["result_received"] <= stamps["shown"] + 0.01
     lines = [json.loads(line) for line in _journal(demo_run).read_text().splitlines()]
     flips = np.array([t for e in lines if e["t"] == "flips" for t in e["times"]])
     speed = next(e for e in lines if e["t"] == "start")["speed"]
     shown = np.array([e["shown"] for e in lines if e["t"] == "shown"])
     onsets = np.array([e["onset"] for e in lines if e["t"] == "onset"])
-    assert len(shown) == 63
+    assert {e["trial"] for e in lines if e["t"] == "shown"} == set(range(63))  # every trial's result was shown
     # "shown" and every onset are flips of the window, stamped right after the flip: typically within a
     # ms, and never half a frame away even when the busy machine deschedules the program in between
     frame = np.median(np.diff(flips))
