@@ -851,6 +851,7 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
             from engine.decoding import BackgroundDecoder, DecodingStage
 
             decoder = BackgroundDecoder(DecodingStage.from_config(config, publish_trial, store), warm_up=config.decoder.warmup)
+
         def publish_result(message: TrialResultMessage) -> None:
             publish_trial(message)
             # The operator console's copy: the results link is point-to-point to the stimulus PC.
