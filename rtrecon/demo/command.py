@@ -40,6 +40,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from rtrecon.contract.config import EngineSection
 from rtrecon.data.synthetic import WORLDS
 from rtrecon.contract.layout import session_id
 
@@ -68,12 +69,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "synthetic world's decoder shipped with rtrecon); the decoder gets a diffusion prior and every trial "
                         "is also reconstructed from the prior's tokens")
     parser.add_argument("--no-unclip", action="store_true", help="retrieval only: no diffusion prior, no reconstructions")
-    parser.add_argument("--metric-weights", type=metric_weights, nargs="+", default=[], metavar="NAME=FILE",
-                        help="local torchvision weights for MindEye2's metrics of external networks "
-                             "(alexnet2, alexnet5, inception, effnet, swav); without them those are reported as not computed")
-    parser.add_argument("--releases", type=float, nargs="+", default=[8.0, 16.0], metavar="S",
-                        help="seconds after onset at which each trial is released and decoded, besides run end "
-                             "(default: %(default)s; an engine that releases once uses the first)")
+    add_live_arguments(parser)
     parser.set_defaults(func=run_demo)
 
 
@@ -147,6 +143,16 @@ WORLD_NOTES = {
     "high-snr": "median ncsnr 0.63-0.71, the top of NSD's SNR range",
     "typical": "median ncsnr 0.33-0.39, typical of NSD's nsdgeneral voxels",
 }
+
+
+def add_live_arguments(parser: argparse.ArgumentParser) -> None:
+    """The live session's options that ``rtrecon demo`` and ``rtrecon replay nsd`` share."""
+    parser.add_argument("--metric-weights", type=metric_weights, nargs="+", default=[], metavar="NAME=FILE",
+                        help="local torchvision weights for MindEye2's metrics of external networks "
+                             "(alexnet2, alexnet5, inception, effnet, swav); without them those are reported as not computed")
+    parser.add_argument("--releases", type=float, nargs="+", default=list(EngineSection().releases_s), metavar="S",
+                        help="seconds after onset at which each trial is released and decoded, besides run end "
+                             "(default: %(default)s, the engine's [engine] releases_s)")
 
 
 def metric_weights(text: str) -> tuple[str, Path]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rtrecon.demo.command import metric_weights
+from rtrecon.demo.command import add_live_arguments
 from rtrecon.contract.layout import session_id
 
 __all__ = ["configure", "replay_nsd"]
@@ -47,12 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     nsd.add_argument("--unclip", type=Path, help="unCLIP decoder folder (`rtrecon convert-unclip` output); the checkpoint "
                      "needs its diffusion prior (default: retrieval only)")
     nsd.add_argument("--speed", type=float, default=1.0, help="replay speed, × the scanner's TR pace (default %(default)s)")
-    nsd.add_argument("--metric-weights", type=metric_weights, nargs="+", default=[], metavar="NAME=FILE",
-                        help="local torchvision weights for MindEye2's metrics of external networks "
-                             "(alexnet2, alexnet5, inception, effnet, swav); without them those are reported as not computed")
-    nsd.add_argument("--releases", type=float, nargs="+", default=[8.0, 16.0], metavar="S",
-                     help="seconds after onset at which each trial is released and decoded, besides run end "
-                          "(default: %(default)s; an engine that releases once uses the first)")
+    add_live_arguments(nsd)
     nsd.add_argument("--out", type=Path, default=Path("rtrecon_out") / "replay", help="where the session is written (default: %(default)s)")
     nsd.add_argument("--cache", type=Path, help="cache for a decoder trained on a synthetic root")
     nsd.set_defaults(func=replay_nsd)
