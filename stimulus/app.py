@@ -492,7 +492,7 @@ class StimulusProgram:
             self.participant.start()
         period = self.pacer.wait_for_trigger(win, screen, self.trigger, self._poll_keys, self.setup.settings.trigger.timeout_s)
         self.record.zero = self.trigger.zero
-        self.record.wall_offset = time.time() - psychopy_time()
+        self.record.wall_offset = self.journal.wall_offset
         self._triggers_logged = 1
         self.journal.begin({"t": "start", "zero_monotonic": self.trigger.zero + self.journal.clock_offset, "speed": self.speed,
                              "wall_offset": self.record.wall_offset, "run": self.setup.run, "session": self.setup.session_label})

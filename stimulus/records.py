@@ -303,8 +303,13 @@ class RunJournal:
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._file: Any = None
+        # both offsets from one reading of the program's clock, so every wall stamp of the run (received,
+        # shown) is mapped the same way and their order is the order of the program's clock
+        now = clock()
         #: ``time.monotonic()`` minus the program's clock (PsychoPy's counts from its import)
-        self.clock_offset = time.monotonic() - clock()
+        self.clock_offset = time.monotonic() - now
+        #: ``time.time()`` minus the program's clock
+        self.wall_offset = time.time() - now
 
     @property
     def started(self) -> dict[str, Any] | None:
@@ -368,7 +373,8 @@ class RunJournal:
                 Image.fromarray(np.asarray(message.image, np.uint8)).save(f, format="PNG")
             fields["image"] = path.name
         # on the system's monotonic clock, which a restarted program shares (its own clock may not)
-        self.append({"t": "result", **fields, "received_monotonic": received + self.clock_offset, "received_wall": time.time()})
+        self.append({"t": "result", **fields, "received_monotonic": received + self.clock_offset,
+                     "received_wall": received + self.wall_offset})
 
     def close(self) -> None:
         """Write every posted line, then close the file."""

@@ -21,7 +21,6 @@ is that frame: later than planned).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from .eventlog import EventLog
@@ -54,7 +53,7 @@ def resume_run(start: dict[str, Any], journal: RunJournal, *, run: int, timeline
     zero = float(start["zero_monotonic"]) - offset
     trigger.times.append(zero)
     record.zero = zero
-    record.wall_offset = time.time() - psychopy_time()
+    record.wall_offset = journal.wall_offset
     folder = record.paths.folder
     segments = timeline.segments
     for entry in journal.previous:

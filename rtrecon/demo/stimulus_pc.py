@@ -145,8 +145,8 @@ def read_results(journal: Path) -> list[dict[str, Any]]:
     ``scores``, ``embedding`` (list or None), ``stamps`` (the engine's, with ``result_received``
     and, once shown, ``shown``), ``shown_run_s`` (None until shown), ``image`` (the
     reconstruction's PNG path or None), ``copies`` (how many times it was received: 1 unless the
-    engine sent it again). ``shown`` goes to a trial's first result: the program shows a trial's
-    feedback once. A run restarted after a kill has one journal, so the results of every life of
+    engine sent it again). ``shown`` goes to the release that the flip showed (the journal's
+    ``shown`` line names it). A run restarted after a kill has one journal, so the results of every life of
     the program are there.
     """
     try:
@@ -154,7 +154,7 @@ def read_results(journal: Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     results: dict[tuple[int, int], dict[str, Any]] = {}
-    shown: dict[int, tuple[float, float | None]] = {}
+    shown: dict[tuple[int, int], tuple[float, float | None]] = {}
     run = None
     for line in lines:
         try:
@@ -176,10 +176,9 @@ def read_results(journal: Path) -> list[dict[str, Any]]:
                 "copies": 1,
             }
         elif kind == "shown":
-            shown.setdefault(entry["trial"], (entry["shown_wall"], entry.get("shown")))
-    for trial, (wall, run_s) in shown.items():
-        first = min((key for key in results if key[0] == trial), default=None, key=lambda key: key[1])
-        if first is not None:
-            results[first]["stamps"]["shown"] = wall
-            results[first]["shown_run_s"] = run_s
+            shown.setdefault((entry["trial"], entry.get("release", 0)), (entry["shown_wall"], entry.get("shown")))
+    for key, (wall, run_s) in shown.items():
+        if key in results:
+            results[key]["stamps"]["shown"] = wall
+            results[key]["shown_run_s"] = run_s
     return list(results.values())

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,9 @@ def test_journal_lines_survive_a_torn_write_and_results_round_trip(tmp_path: Pat
     assert entries[0]["t"] == "start" and sorted(e["t"] for e in entries[1:]) == ["onset", "result"]
     result = next(e for e in entries if e["t"] == "result")
     assert result["received_monotonic"] == pytest.approx(11.0 + journal.clock_offset)
+    # the wall time of receipt, not of the write (which follows the PNG's encoding and may follow the flip)
+    assert result["received_wall"] == 11.0 + journal.wall_offset
+    assert journal.wall_offset == pytest.approx(time.time() - 10.0, abs=5.0)
     back = result_from_entry(result, paths.folder)
     np.testing.assert_array_equal(back.image, image)  # the reconstruction, kept as a PNG
     np.testing.assert_array_equal(back.embedding, msg.embedding)
