@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -156,6 +157,38 @@ def _count_lines(path: Path, prefix: str) -> int:
         return sum(line.startswith(prefix.encode()) for line in f)
 
 
+def _final_releases(layout: LiveSessionFiles, run: int) -> int:
+    """How many of ``run``'s trials have their end-of-run release in the engine's trials table."""
+    path = layout.derivative(run, "trials")
+    if not path.is_file():
+        return 0
+    try:
+        table = pd.read_csv(path, sep="\t", usecols=["trial", "final"])
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):  # caught mid-write
+        return 0
+    return table.loc[table["final"].astype(str).str.lower() == "true", "trial"].nunique()
+
+
+def _wait_for_final_releases(group: ProcessGroup, layout: LiveSessionFiles, trials: dict[int, int], bar: Progress,
+                             idle_s: float = 120.0) -> None:
+    """Wait until the engine has decoded every trial's end-of-run release (it decodes them after the
+    stimulus program has shown the first ones, and a slow machine may still be at it), for as long as
+    it keeps delivering them; stopping it earlier would leave them to a next start the demo never makes."""
+    task = bar.add_task("end-of-run releases (engine)", total=sum(trials.values()))
+    done, deadline = -1, time.monotonic() + idle_s
+    while time.monotonic() < deadline:
+        group.check("engine")
+        now = sum(min(_final_releases(layout, run), n) for run, n in trials.items())
+        bar.update(task, completed=now)
+        if now == sum(trials.values()):
+            return
+        if now > done:
+            done, deadline = now, time.monotonic() + idle_s
+        time.sleep(0.2)
+    bar.console.print(f"warning: the engine delivered no end-of-run release for {idle_s:.0f} s: stopping it with "
+                      f"{sum(trials.values()) - max(done, 0)} of {sum(trials.values())} left (see its log)")
+
+
 def _wait_for_line(group: ProcessGroup, name: str, log: Path, text: str, timeout_s: float, poll_s: float = 0.2) -> None:
     """Wait until ``name``'s log holds ``text`` (e.g. the engine is listening before volumes flow)."""
     deadline = time.monotonic() + timeout_s
@@ -225,6 +258,8 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
                 group.wait(name, max(1.0, deadline - time.monotonic()), poll=update, also_check=("engine",))
                 group.check(name)
             update()
+        _wait_for_final_releases(group, layout, {run: len(nsd.events(spec.subject, spec.session, run)) for run in spec.runs},
+                                 bar)
         group.stop("engine")
     per_release = _released_beta_metrics(spec, nsd, layout) if spec.released_betas else {}
     metrics: dict[str, float] = {}
