@@ -15,7 +15,9 @@ messages directly; :func:`serve` connects it to the session's links (:mod:`rtrec
   ``release``, ``release_s``, ``final``; ``sequence``, its key on the results link) over a
   reliable link, and to any ``on_trial`` callback. Each release refines the last; at run end
   every trial gets a final release from the whole run;
-* a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed.
+* a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed, with a
+  copy of each result sent and the stimulus PC's ``ShownMessage`` (the flip that first showed it,
+  sent back on the results link).
 
 With ``[engine.early]`` options on, each run starts by learning a noise pool and/or per-voxel HRFs
 (:mod:`engine.early`) from the runs the engine has then (a training session folder, and the
@@ -368,7 +370,7 @@ class Engine:
             return
         row = {
             "onset": msg.onset, "duration": msg.duration, "trial_type": msg.trial_type, "trial": msg.trial,
-            "stimulus": msg.stimulus, "pairmate": msg.pairmate, "response": msg.response, "response_time": msg.response_time,
+            "stimulus": msg.stimulus, "pairmate": msg.pairmate or None, "response": msg.response, "response_time": msg.response_time,
             "feedback": msg.feedback, "engine_volumes": self.store.n_volumes(msg.run),
         }
         self.store.append_event(msg.run, row)
@@ -617,7 +619,7 @@ class Engine:
         state.undelivered[sequence] = {
             "trial": trial, "release": release, "release_s": release_s, "final": final, "stimulus": released.stimulus,
             "volumes": state.n_volumes, "method": self.settings.beta_method, "repeats": released.repeats,
-            "pairmate": pairmate,
+            "pairmate": pairmate or None,
         }
         if self.decoder is None:
             self._deliver(state, sequence, result)
@@ -897,6 +899,8 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
                         engine.handle(message, events.ack)
                 engine.poll()
                 results.poll()
+                for shown in results.notices():  # the stimulus PC showed a result: the console's last stage
+                    status.publish(shown)
             engine.drain(timeout_s=_DRAIN_S)
             results.poll()
         if decoder is not None:
