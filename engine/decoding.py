@@ -122,13 +122,14 @@ def check_pairmates(trial_lists: Sequence[Path], ids: Sequence[str], gallery: st
         problems = []
         for line, row in enumerate(rows, start=2):
             pairmate = (row.get("pairmate") or "").strip()
-            stimulus = (row.get("stim_id") or "").strip()
+            # what the stimulus program tells the engine was shown: the stim_id, else the image's file name
+            stimulus = (row.get("stim_id") or "").strip() or Path((row.get("stim_file") or "").strip()).name
             if not pairmate:
                 continue
             if pairmate not in known:
                 problems.append(f"line {line}: pairmate {pairmate!r} is not in the gallery {gallery}")
             elif stimulus not in known:
-                problems.append(f"line {line}: stim_id {stimulus!r} (which has a pairmate) is not in the gallery {gallery}")
+                problems.append(f"line {line}: image {stimulus!r} (which has a pairmate) is not in the gallery {gallery}")
             elif stimulus == pairmate:
                 problems.append(f"line {line}: pairmate {pairmate!r} is the trial's own image")
         if problems:
