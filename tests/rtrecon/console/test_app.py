@@ -53,6 +53,8 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         expect(page.locator('[data-link="bridge_alive"]')).to_have_class("pill ok", timeout=WAIT_MS)
         expect(page.locator("#gpu")).to_have_text("— (not on a GPU)")
         expect(page.locator("#latency-strip")).to_contain_text("→ realigned", timeout=WAIT_MS)
+        # the stimulus PC's flip that showed it, back through the engine's results link and status feed
+        expect(page.locator("#latency-strip")).to_contain_text("shown: 16 ms after it arrived", timeout=WAIT_MS)
         assert page.locator("#fd-alarm").is_hidden()  # the control: slow drift stays under the threshold
         assert not any("FD" in text for text in _banner_texts(page))
         page.screenshot(path=shots / "1-first-volumes.png", full_page=True)
