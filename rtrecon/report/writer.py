@@ -147,6 +147,8 @@ def _trial_html(trial: TrialRecord, gallery_size: int | None, later: Sequence[Tr
         if r.correct_rank is not None:
             when = f"{r.release_s:.1f} s" if r.release_s is not None else f"release {r.release}"
             meta.append(f"rank {r.correct_rank} at {when}{' (end of run)' if r.final else ''}")
+    if trial.cpd is not None:
+        meta.append(f'<span class="cpd">CPD {trial.cpd:+.2f} vs pairmate {html.escape(trial.pairmate)}</span>')
     if trial.onset_s is not None:
         meta.append(f"onset {trial.onset_s:.1f} s")
     if trial.release_s is not None:

@@ -227,10 +227,13 @@ def test_pairmate_figures_per_run_agree_with_direct_two_way_and_a_shuffled_contr
         assert summary.pairmates["per_run"][2]["two_way"] == pytest.approx(direct[150:].mean())
         assert summary.pairmates["per_run"][1]["mean_cpd"] == pytest.approx(scores[:150].mean())
         assert summary.pairmates["trials"] == 300 and summary.headline()["pairmate_two_way"] == summary.pairmates["two_way"]
-        assert 'id="pairmates"' in (tmp_path / name / "report.html").read_text()
+        page = (tmp_path / name / "report.html").read_text()
+        assert 'id="pairmates"' in page and f"CPD {scores[0]:+.2f} vs pairmate nsd:{foil[rows[0]]}" in page
     true, control = figures["true"], figures["shuffled"]
     assert binomtest(round(true["two_way"] * 300), 300, 0.5, alternative="greater").pvalue < 1e-3 and true["mean_cpd"] > 0.1
     assert binomtest(round(control["two_way"] * 300), 300, 0.5).pvalue > 0.01 and abs(control["mean_cpd"]) < 0.1
+    print(f"pairmates: CPD {true['mean_cpd']:.3f}, two-way {true['two_way']:.3f}; shuffled CPD {control['mean_cpd']:.3f}, "
+          f"two-way {control['two_way']:.3f}")
     # no pairmates: no figures, and the headline is unchanged
     plain = summarise(_data([1, 2]), "r.html")
     assert plain.pairmates == {} and not any(k.startswith("pairmate") for k in plain.headline())
