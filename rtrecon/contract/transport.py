@@ -206,9 +206,9 @@ def volume_key(message: Message) -> Key:
 
 def trial_key(message: Message) -> Key:
     """(run, key) of an item on the event link: its trial number (so one event per trial)."""
-    if isinstance(message, (EventMessage, TrialResultMessage)):
+    if isinstance(message, EventMessage):
         return message.run, message.trial
-    raise TypeError(f"a {message.KIND} message does not travel on an event or result link")
+    raise TypeError(f"a {message.KIND} message does not travel on an event link")
 
 
 def result_key(message: Message) -> Key:
@@ -229,13 +229,16 @@ _HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILURES)
 def link_clients(server_role: str, key: KeyFunc) -> tuple[str, ...] | None:
     """The roles whose keys a reliable receiver of ``server_role`` admits on the link of ``key``.
 
-    The volume link admits the bridge; an event or result link the other end of the engine ⇄
-    stimulus pair. None (every known role) for a pairing the session does not define.
+    The volume link admits the bridge, the event link (served by the engine) the stimulus program,
+    the result link (served by the stimulus program) the engine. None (every known role) for a
+    pairing the session does not define.
     """
     if key is volume_key:
         return ("bridge",)
-    if key is trial_key or key is result_key:
-        return {"engine": ("stimulus",), "stimulus": ("engine",)}.get(server_role)
+    if key is trial_key:
+        return ("stimulus",) if server_role == "engine" else None
+    if key is result_key:
+        return ("engine",) if server_role == "stimulus" else None
     return None
 
 

@@ -31,8 +31,9 @@ def _endpoint() -> str:
 class _Receiver:
     """A ReliableReceiver in its own thread that keeps what it gets until ``runs`` runs ended."""
 
-    def __init__(self, endpoint: str, runs: int = 1) -> None:
+    def __init__(self, endpoint: str, runs: int = 1, delay_s: float = 0.0) -> None:
         self.messages: list[Message] = []
+        self._delay_s = delay_s  # before each acknowledgement: an engine slower than the source
         self._stop = threading.Event()
         self._runs = runs
         self._rx = ReliableReceiver(endpoint.replace("127.0.0.1", "*"), SESSION, heartbeat_s=0.2)
@@ -45,6 +46,7 @@ class _Receiver:
                 message = rx.recv(timeout_s=0.05)
                 if message is not None:
                     self.messages.append(message)
+                    self._stop.wait(self._delay_s)
                     rx.ack(message)
             rx.recv(timeout_s=0.2)  # let the last acks leave
 
@@ -197,3 +199,15 @@ def test_the_bridge_warns_when_nothing_acknowledges_within_a_few_trs(tmp_path: P
     assert (report.ack_warnings, len(warnings)) == ((0, 0) if listening else (1, 1))
     if not listening:
         assert endpoint in warnings[0] and "4 item(s) waiting" in warnings[0]
+
+
+def test_the_bridge_waits_for_a_slow_receiver_as_long_as_it_acknowledges(tmp_path: Path) -> None:
+    # A replay faster than the engine: the last acknowledgement comes long after the drain timeout
+    # would have passed, but none is more than the timeout after the one before it.
+    events: list[SourceEvent] = [VolumeReady(1, _volume(i)) for i in range(8)]
+    endpoint = _endpoint()
+    receiver = _Receiver(endpoint, delay_s=0.4)
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+        report = BridgeSender(link, drain_timeout_s=1.5).run(_Scripted(events))
+    messages = receiver.stop()
+    assert report.all_acknowledged and [m.index for m in messages if isinstance(m, VolumeMessage)] == list(range(8))

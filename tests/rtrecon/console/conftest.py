@@ -119,14 +119,14 @@ class LiveSession:
                                  "--log-level", "WARNING"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
     def _links(self) -> None:
-        from rtrecon.contract.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
+        from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key, volume_key
 
         ipc = f"ipc://{self.folder}"
         with (
             ReliableSender(f"{ipc}/v", SESSION, self.folder / "spool_v", key=volume_key, heartbeat_s=0.5) as volumes,
             ReliableSender(f"{ipc}/e", SESSION, self.folder / "spool_e", key=trial_key, heartbeat_s=0.5,
                            name="stimulus") as events,
-            ReliableReceiver(f"{ipc}/r", SESSION, key=trial_key, heartbeat_s=0.5, name="stimulus") as results,
+            ReliableReceiver(f"{ipc}/r", SESSION, key=result_key, heartbeat_s=0.5, name="stimulus") as results,
         ):
             self._ready.set()
             while not self._stop.is_set():

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from rtrecon.contract.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
+from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key, volume_key
 from rtrecon.contract.wire import (
     MAX_HEADER_BYTES,
     MESSAGE_TYPES,
@@ -254,10 +254,10 @@ def _event(trial: int, run: int) -> EventMessage:
 
 
 def _result(trial: int, run: int) -> TrialResultMessage:
-    return TrialResultMessage(session=SESSION, run=run, trial=trial, embedding=np.ones(8, np.float32))
+    return TrialResultMessage(session=SESSION, run=run, trial=trial, sequence=trial, embedding=np.ones(8, np.float32))
 
 
-LINKS = {"volumes": (volume_key, _volume), "events": (trial_key, _event), "results": (trial_key, _result)}
+LINKS = {"volumes": (volume_key, _volume), "events": (trial_key, _event), "results": (result_key, _result)}
 VALID_RUN = 123_457  # hostile traffic uses other runs (0..400 mostly), so its acks cannot stand for these
 
 
@@ -273,7 +273,8 @@ def _serves_valid_traffic(rx: ReliableReceiver, tx: ReliableSender, make) -> Non
             rx.ack(message)
             if message.run == VALID_RUN:
                 got.append(message)
-    assert [volume_key(m) if isinstance(m, VolumeMessage) else trial_key(m) for m in got] == [(VALID_RUN, k) for k in range(3)]
+    key = next(key for key, maker in LINKS.values() if maker is make)
+    assert [key(m) for m in got] == [(VALID_RUN, k) for k in range(3)]
     assert tx.pending == 0
 
 

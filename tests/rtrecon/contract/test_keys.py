@@ -13,8 +13,8 @@ import pytest
 
 from rtrecon.cli import main
 from rtrecon.contract.keys import CurveKeys, KeysError, init_keys, load_curve
-from rtrecon.contract.transport import ReliableReceiver, ReliableSender, StatusPublisher, StatusSubscriber, trial_key, volume_key
-from rtrecon.contract.wire import EventMessage, StatusMessage, VolumeMessage
+from rtrecon.contract.transport import ReliableReceiver, ReliableSender, StatusPublisher, StatusSubscriber, result_key, trial_key, volume_key
+from rtrecon.contract.wire import EventMessage, StatusMessage, TrialResultMessage, VolumeMessage
 
 SESSION = "sub-01_ses-01"
 HB = 0.1
@@ -163,15 +163,18 @@ def test_unknown_key_and_plaintext_peers_get_nothing_through(
     [
         (volume_key, "engine", "bridge", "stimulus"),  # failure 6: the stimulus key was accepted on the volume link
         (trial_key, "engine", "stimulus", "bridge"),
-        (trial_key, "stimulus", "engine", "console"),
+        (result_key, "stimulus", "engine", "console"),
     ],
 )
 def test_a_key_is_accepted_only_on_its_roles_links(
     keys_dir: Path, endpoint: str, tmp_path: Path, caplog, key, server, admitted, refused
 ) -> None:
     caplog.set_level(logging.WARNING, logger="rtrecon.contract.keys")
-    make = _volume if key is volume_key else (
-        lambda i: EventMessage(session=SESSION, run=1, trial=i, onset=1.0, duration=1.0, trial_type="image"))
+    make = {
+        volume_key: _volume,
+        trial_key: lambda i: EventMessage(session=SESSION, run=1, trial=i, onset=1.0, duration=1.0, trial_type="image"),
+        result_key: lambda i: TrialResultMessage(session=SESSION, run=1, trial=i, sequence=i),
+    }[key]
     with ReliableReceiver(endpoint, SESSION, key=key, curve=load_curve(keys_dir, server), heartbeat_s=HB) as rx:
         with ReliableSender(endpoint, SESSION, tmp_path / "wrong", key=key, curve=load_curve(keys_dir, refused),
                             server_role=server, heartbeat_s=HB) as tx:
