@@ -12,6 +12,11 @@ wall times it passed them (``stamps``: ``decode_start``, ``decoded``, ``generate
 With a ``store`` the decoded embedding, the top-k ids and scores and the image are saved as the
 run's ``desc-trial<N>release<R>decoded.npz`` derivative (one per release of a trial).
 
+Pairmates: a trial whose event names a ``pairmate`` gets the pairmate distinctiveness (CPD, real-time
+MindEye's feedback score) of its decoded embedding against the gallery rows of its image and its
+pairmate (``cpd`` in the result, and in the decoded ``.npz``). At start-up the session's trial
+lists are checked against the gallery (:func:`check_pairmates`): a pairmate it lacks is refused.
+
 Built from the session config's ``[decoder]`` section by :meth:`DecodingStage.from_config`:
 
 * ``checkpoint``: a MindEye2 checkpoint :func:`rtrecon.models.load_official` reads; ``subject``
@@ -56,6 +61,7 @@ trial beta goes out in its place so that the stimulus program is not left waitin
 
 from __future__ import annotations
 
+import csv
 import logging
 import queue
 import threading
@@ -72,10 +78,10 @@ from rtrecon.contract.config import ConfigError, SessionConfig
 from rtrecon.models.linear_head import LinearHead
 from rtrecon.contract.layout import session_id as session_id_of
 from rtrecon.runtime.device import DoesNotFitError, Placement, check_fits, memory_held_mb, parameter_bytes
-from rtrecon.runtime.retrieval import RetrievalDecoder
+from rtrecon.runtime.retrieval import RetrievalDecoder, pairmate_distinctiveness
 from rtrecon.contract.wire import TrialResultMessage
 
-__all__ = ["DecodingStage", "BackgroundDecoder", "load_gallery"]
+__all__ = ["DecodingStage", "BackgroundDecoder", "load_gallery", "check_pairmates"]
 
 log = logging.getLogger("engine.decoding")
 
@@ -95,6 +101,40 @@ def load_gallery(path: str | Path) -> tuple[np.ndarray, list[str]]:
     if embeddings.ndim < 2 or len(ids) != embeddings.shape[0] or not ids:
         raise ConfigError(f"{path}: {embeddings.shape[0] if embeddings.ndim else 0} embeddings for {len(ids)} ids")
     return embeddings, ids
+
+
+def check_pairmates(trial_lists: Sequence[Path], ids: Sequence[str], gallery: str | Path) -> None:
+    """Refuse (:class:`ConfigError`, one line) a trial list whose ``pairmate`` column names an id the
+    gallery lacks, or pairs a trial with its own image: its CPD could never be scored.
+
+    Only the lists this machine has are read (the stimulus PC may keep them elsewhere; the engine
+    then meets each pairmate in its trial's event, and one the gallery lacks gets no CPD).
+    """
+    known = set(ids)
+    for path in map(Path, trial_lists):
+        if not path.is_file():
+            continue
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f, delimiter="\t"))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(f"{path}: cannot be read as a trial list: {exc}") from None
+        problems = []
+        for line, row in enumerate(rows, start=2):
+            pairmate = (row.get("pairmate") or "").strip()
+            # what the stimulus program tells the engine was shown: the stim_id, else the image's file name
+            stimulus = (row.get("stim_id") or "").strip() or Path((row.get("stim_file") or "").strip()).name
+            if not pairmate:
+                continue
+            if pairmate not in known:
+                problems.append(f"line {line}: pairmate {pairmate!r} is not in the gallery {gallery}")
+            elif stimulus not in known:
+                problems.append(f"line {line}: image {stimulus!r} (which has a pairmate) is not in the gallery {gallery}")
+            elif stimulus == pairmate:
+                problems.append(f"line {line}: pairmate {pairmate!r} is the trial's own image")
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ConfigError(f"{path}, {problems[0]}{more}: no CPD can be scored ([stimulus] trial_lists, [decoder] gallery)")
 
 
 class DecodingStage:
@@ -124,6 +164,7 @@ class DecodingStage:
         self.linear = isinstance(model, LinearHead)
         self.model = model if self.linear else model.eval().requires_grad_(False)
         self.retrieval = RetrievalDecoder(gallery, ids)
+        self._rows = {stim_id: i for i, stim_id in enumerate(self.retrieval.ids)}
         self.publish = publish
         self.session_id = session_id
         self.subject = subject
@@ -173,6 +214,7 @@ class DecodingStage:
         if d.recon == "official" and not model.config.blurry:
             raise ConfigError(f"{d.checkpoint}: [decoder] recon 'official' needs the blurry branch, this model has none")
         gallery, ids = load_gallery(d.gallery)
+        check_pairmates(config.stimulus.trial_lists, ids, d.gallery)
         unclip = blurry_vae = None
         if d.unclip is not None:
             from rtrecon.decoders.unclip import UnclipDecoder
@@ -228,6 +270,7 @@ class DecodingStage:
         except ValueError as exc:
             raise ConfigError(f"[decoder] linear_head: {exc}") from None
         gallery, ids = load_gallery(d.gallery)
+        check_pairmates(config.stimulus.trial_lists, ids, d.gallery)
         if int(np.prod(gallery.shape[1:])) != int(np.prod(head.target_shape)):
             raise ConfigError(f"{d.linear_head}: the head predicts {head.target_shape} targets, the gallery {d.gallery} "
                               f"holds {gallery.shape[1:]}")
@@ -314,6 +357,20 @@ class DecodingStage:
         return {"decoder_ready": float(self.ready), "decoder_warmup_s": self.warmup_s,
                 "decoder_gpu_mb": memory_held_mb(self.placement.device)}
 
+    def cpd(self, trial: TrialBeta, embedding: torch.Tensor) -> float | None:
+        """The pairmate distinctiveness of ``embedding`` for ``trial``, in the gallery's normalised space
+        (:func:`~rtrecon.runtime.retrieval.pairmate_distinctiveness`); None without a pairmate, or when
+        the gallery lacks the trial's image or its pairmate (logged)."""
+        if not trial.pairmate:
+            return None
+        correct, foil = self._rows.get(trial.stimulus), self._rows.get(trial.pairmate)
+        if correct is None or foil is None or correct == foil:
+            log.warning("trial %d of run %d: no CPD (image %r, pairmate %r: %s)", trial.trial, trial.run, trial.stimulus,
+                        trial.pairmate, "the same image" if correct == foil and correct is not None else "not both in the gallery")
+            return None
+        gallery = self.retrieval.gallery
+        return float(pairmate_distinctiveness(embedding, gallery[correct], gallery[foil])[0])
+
     def decode(self, trial: TrialBeta) -> TrialResultMessage:
         """The decoded result of one released trial (not yet sent)."""
         z = np.asarray(trial.z, np.float32)
@@ -324,15 +381,19 @@ class DecodingStage:
         embedding, image, latencies, stamps = self._infer(z, seed=trial.trial)
         t = time.perf_counter()
         ids, scores = self.retrieval.topk(embedding, self.top_k)
+        cpd = self.cpd(trial, embedding)
         latencies["retrieval_s"] = time.perf_counter() - t
         self.ready = True
         result = TrialResultMessage(
             session=self.session_id, run=trial.run, trial=trial.trial, stimulus=trial.stimulus,
+            pairmate=trial.pairmate, cpd=cpd,
             retrieved=list(ids[0]), scores=[float(s) for s in scores[0]], image=image,
             embedding=embedding[0].numpy().astype(np.float32), decoder=self.name, latencies=latencies, stamps=stamps,
         )
         if self.store is not None:
             arrays = {"embedding": result.embedding, "retrieved": np.array(result.retrieved), "scores": np.array(result.scores)}
+            if cpd is not None:
+                arrays["cpd"] = np.array(cpd)
             if image is not None:
                 arrays["image"] = image
             self.store.save_arrays(trial.run, f"trial{trial.trial}release{trial.release}decoded", **arrays)

@@ -15,7 +15,9 @@ messages directly; :func:`serve` connects it to the session's links (:mod:`rtrec
   ``release``, ``release_s``, ``final``; ``sequence``, its key on the results link) over a
   reliable link, and to any ``on_trial`` callback. Each release refines the last; at run end
   every trial gets a final release from the whole run;
-* a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed.
+* a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed, with a
+  copy of each result sent and the stimulus PC's ``ShownMessage`` (the flip that first showed it,
+  sent back on the results link).
 
 With ``[engine.early]`` options on, each run starts by learning a noise pool and/or per-voxel HRFs
 (:mod:`engine.early`) from the runs the engine has then (a training session folder, and the
@@ -28,7 +30,8 @@ Outputs per run (BIDS derivatives, :class:`~engine.store.SessionStore`): the con
 0-2 of the 4x4 world (RAS mm) transform mapping a point of the reference to where the same
 anatomy lies in the volume), the stage timings (``desc-volumetimings.tsv``,
 ``desc-trialtimings.tsv``: one row per release), the trials table (``desc-trials.tsv``: one row
-per release sent, :data:`TRIAL_COLUMNS`), each release's raw and z-scored beta
+per release sent, :data:`TRIAL_COLUMNS`, with the pairmate its event named and the decoded result's
+CPD), each release's raw and z-scored beta
 (``desc-trial<N>release<R>beta.npz``: ``beta``, ``z``) and the final LSA and LSS betas
 (``desc-trialbetas.npz``: ``trials``, ``lsa``, ``lss``, their t maps ``lsa_t``, ``lss_t``, the
 ``noise_model`` and ``frames``, over the session's ``desc-roi_mask``).
@@ -121,7 +124,7 @@ _DRAIN_S = 10.0
 XFM_COLUMNS = [f"xfm_{row}{col}" for row in range(3) for col in range(4)]
 CONFOUND_COLUMNS = ["volume", *PARAMETER_NAMES, "framewise_displacement", "iterations", "missing", *XFM_COLUMNS]
 #: The run's trials table: one row per release sent, in the order they were released.
-TRIAL_COLUMNS = ["trial", "release", "release_s", "final", "stimulus", "volumes", "method", "repeats"]
+TRIAL_COLUMNS = ["trial", "release", "release_s", "final", "stimulus", "volumes", "method", "repeats", "pairmate", "cpd"]
 
 
 #: The engine's settings are the session config's ``[engine]`` table.
@@ -143,6 +146,7 @@ class _Run:
     glm: IncrementalGLM | None  # None once the run has ended (unless [engine.early] learns from it)
     schedule: ReleaseSchedule
     stimuli: dict[int, str] = field(default_factory=dict)
+    pairmates: dict[int, str] = field(default_factory=dict)  # trial -> its pairmate's stimulus id (events that name one)
     onsets: dict[int, float] = field(default_factory=dict)
     released: dict[int, int] = field(default_factory=dict)  # trial -> its newest release so far
     recorded: set[tuple[int, int]] = field(default_factory=set)  # (trial, release) in the trials table (sent before)
@@ -366,7 +370,7 @@ class Engine:
             return
         row = {
             "onset": msg.onset, "duration": msg.duration, "trial_type": msg.trial_type, "trial": msg.trial,
-            "stimulus": msg.stimulus, "response": msg.response, "response_time": msg.response_time,
+            "stimulus": msg.stimulus, "pairmate": msg.pairmate or None, "response": msg.response, "response_time": msg.response_time,
             "feedback": msg.feedback, "engine_volumes": self.store.n_volumes(msg.run),
         }
         self.store.append_event(msg.run, row)
@@ -492,6 +496,8 @@ class Engine:
         state.glm.add_trial(msg.trial, msg.onset, msg.duration)
         state.onsets[msg.trial] = msg.onset
         state.stimuli[msg.trial] = msg.stimulus
+        if msg.pairmate:
+            state.pairmates[msg.trial] = msg.pairmate
         self._release_ready(state)
 
     def _process_volume(
@@ -596,14 +602,15 @@ class Engine:
         rec.mark(sequence, "betas")
         state.released[trial] = release
         release_s = float(state.glm.frames[-1]) * state.tr - state.onsets[trial]
-        released = replace(released, release_s=release_s, final=final, sequence=sequence)
+        pairmate = state.pairmates.get(trial, "")
+        released = replace(released, release_s=release_s, final=final, sequence=sequence, pairmate=pairmate)
         if (trial, release) in state.recorded:  # released, decoded and sent before a restart: not again
             rec.forget(sequence)
             return
         self.store.save_arrays(state.number, f"trial{trial}release{release}beta", beta=released.beta, z=released.z)
         result = TrialResultMessage(
             session=self.session_id, run=state.number, trial=trial, stimulus=released.stimulus,
-            embedding=released.z.astype(np.float32), decoder="trial-beta",
+            pairmate=pairmate, embedding=released.z.astype(np.float32), decoder="trial-beta",
             release=release, release_s=release_s, final=final, sequence=sequence,
             latencies={"betas_s": rec.elapsed_ms(sequence, "betas") / 1000.0}, stamps={"trial_ready": time.time()},
         )
@@ -612,6 +619,7 @@ class Engine:
         state.undelivered[sequence] = {
             "trial": trial, "release": release, "release_s": release_s, "final": final, "stimulus": released.stimulus,
             "volumes": state.n_volumes, "method": self.settings.beta_method, "repeats": released.repeats,
+            "pairmate": pairmate or None,
         }
         if self.decoder is None:
             self._deliver(state, sequence, result)
@@ -624,6 +632,7 @@ class Engine:
         rec = state.trial_recorder
         rec.mark(sequence, "published")
         row = state.undelivered.pop(sequence)
+        row["cpd"] = result.cpd
         state.recorded.add((row["trial"], row["release"]))
         state.trial_table.append(row)
         state.trial_timings.append({**rec.row(sequence, "trial"), "trial": row["trial"], "release": row["release"]})
@@ -800,6 +809,7 @@ def _event_from_row(session: str, run: int, row: dict[str, str]) -> EventMessage
         session=session, run=run, trial=int(row["trial"]), onset=float(row["onset"]),
         duration=float(row["duration"]), trial_type=row["trial_type"],
         stimulus="" if row["stimulus"] == "n/a" else row["stimulus"],
+        pairmate="" if row.get("pairmate", "n/a") == "n/a" else row["pairmate"],
         response="" if row["response"] == "n/a" else row["response"],
         response_time=num(row["response_time"]), feedback=row["feedback"] == "1",
     )
@@ -889,6 +899,8 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
                         engine.handle(message, events.ack)
                 engine.poll()
                 results.poll()
+                for shown in results.notices():  # the stimulus PC showed a result: the console's last stage
+                    status.publish(shown)
             engine.drain(timeout_s=_DRAIN_S)
             results.poll()
         if decoder is not None:

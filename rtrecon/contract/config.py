@@ -468,7 +468,7 @@ class FeedbackSection(_Section):
     score_bar: bool = Field(True, description="show the bar (see bar_value)")
     bar_value: Literal["score", "cpd"] = Field(
         "score", description='the bar: "score" (the engine\'s best retrieval score) or "cpd" (pairmate '
-        'distinctiveness: +1 at the seen image, -1 at its pairmate; needs a pairmate column and embeddings)'
+        'distinctiveness: +1 at the seen image, -1 at its pairmate, as the engine scores it; needs a pairmate column)'
     )
     score_range: tuple[float, float] = Field((0.0, 1.0), description="bar value mapped to an empty and a full bar")
     show_target: bool = Field(True, description="show the seen (or cued) image beside the reconstruction")
@@ -477,8 +477,8 @@ class FeedbackSection(_Section):
         json_schema_extra=_example("gallery/images"),
     )
     embeddings: Path | None = Field(
-        None, description="gallery .npz (embeddings, ids: the decoder's gallery) to score each result's pairmate "
-        "distinctiveness from its decoded embedding (trial lists with a pairmate column)",
+        None, description="gallery .npz (embeddings, ids: the decoder's gallery) to score on this PC the pairmate "
+        "distinctiveness of a result the engine sent without one (trial lists with a pairmate column)",
         json_schema_extra=_example("gallery.npz"),
     )
 
@@ -489,8 +489,6 @@ class FeedbackSection(_Section):
         if self.when == "live" and self.screen != "operator":
             raise ValueError('when = "live" draws each result over the task: it needs screen = "operator" '
                              '(for the participant use "slot": feedback in the design\'s free stretches)')
-        if self.bar_value == "cpd" and self.embeddings is None:
-            raise ValueError('bar_value = "cpd" needs embeddings (the gallery .npz the pairmate distinctiveness is scored in)')
         return self
 
 

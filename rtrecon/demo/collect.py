@@ -17,6 +17,8 @@ session folder. For each run:
   ranks the whole gallery, so the correct image's rank and score are known beyond the top-k that
   went over the wire -- and the betas it decoded (``desc-trial<N>release<R>beta.npz`` or
   ``desc-trial<N>beta.npz``);
+* the trials table's ``pairmate`` and ``cpd`` give each release's pairmate distinctiveness (the
+  report's per-run mean CPD and pairmate two-way accuracy);
 * the engine's ``_events.tsv`` gives each trial's onset and the participant's response, the
   stimulus program's journal when its feedback was shown (onset → feedback, in run seconds);
 * ``desc-confounds_timeseries.tsv`` gives the motion trace and each trial's largest FD over the
@@ -194,6 +196,8 @@ def trial_records(
                 if result["image"] is not None:
                     reconstruction = np.asarray(Image.open(result["image"]).convert("RGB"))
         rank, score = _rank_score(embedding, stimulus, gallery, ids)
+        cpd = _number(getattr(row, "cpd", None))
+        pairmate = getattr(row, "pairmate", "")
         shown_run_s = result.get("shown_run_s") if result is not None else None
         seen = images([stimulus])[0] if stimulus else None
         thumbs = images(retrieved[:top_k_images]) if retrieved else []
@@ -207,8 +211,18 @@ def trial_records(
             response="" if pd.isna(response) else str(response),
             presentation=(presentations or {}).get((run, trial), 1),
             feedback_delay_s=shown_run_s - onset if shown_run_s is not None and onset is not None else None,
+            pairmate="" if pd.isna(pairmate) else str(pairmate), cpd=cpd,
         ))
     return records
+
+
+def _number(value: object) -> float | None:
+    """A table cell as a finite float (None: empty, n/a or not a number)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def decoded_betas(layout: LiveSessionFiles, run: int) -> dict[int, tuple[list[int], np.ndarray]]:

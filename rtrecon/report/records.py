@@ -9,7 +9,9 @@ chance level on each trial's first release (what the participant saw first) and 
 (:attr:`ReportSummary.by_release`: top-1/top-5, hubness, PixCorr and SSIM of the reconstructions,
 with the producer's per-release metrics such as CLIP two-way identification), for mental imagery
 the retrieval of each trial's target among its target set, overall, per set and per vividness
-rating (:func:`imagery_figures`, :attr:`ReportSummary.imagery`), latency median
+rating (:func:`imagery_figures`, :attr:`ReportSummary.imagery`), with pairmates the per-run mean
+pairmate distinctiveness and pairmate two-way accuracy (:func:`pairmate_figures`,
+:attr:`ReportSummary.pairmates`), latency median
 and 95th percentile (overall and per stage), the closed-loop delay from stimulus onset to
 feedback shown, framewise displacement.
 
@@ -39,6 +41,7 @@ __all__ = [
     "load_confounds",
     "release_figures",
     "imagery_figures",
+    "pairmate_figures",
     "summarise",
 ]
 
@@ -68,6 +71,10 @@ class TrialRecord:
     target belongs to (empty for perception), ``set_rank`` the 1-based rank of the target among
     the set's ``set_size`` targets by the decoded embedding (:func:`rtrecon.report.metrics.rank_among`),
     and ``response`` holds the vividness rating.
+
+    Pairmates (real-time MindEye's design): ``pairmate`` is the stimulus id of the seen image's
+    pairmate (empty: none) and ``cpd`` the decoded embedding's pairmate distinctiveness (+1 at the
+    seen image, -1 at the pairmate; None: no pairmate, or not decoded).
     """
 
     run: int
@@ -91,6 +98,8 @@ class TrialRecord:
     target_set: str = ""
     set_rank: int | None = None
     set_size: int | None = None
+    pairmate: str = ""
+    cpd: float | None = None
 
     def __post_init__(self) -> None:
         if self.set_rank is not None and not (self.set_size and 1 <= self.set_rank <= self.set_size):
@@ -232,6 +241,7 @@ class ReportSummary:
     p95_feedback_delay_s: float | None = None
     external_metrics: dict[str, float | str] = field(default_factory=dict)
     imagery: dict[str, Any] = field(default_factory=dict)
+    pairmates: dict[str, Any] = field(default_factory=dict)
 
     @property
     def top1_by_release(self) -> dict[str, float | None]:
@@ -243,6 +253,8 @@ class ReportSummary:
         out = {"report": str(self.report), **{k: getattr(self, k) for k in keys}, "top1_by_release": self.top1_by_release}
         if self.imagery:  # an imagery session: retrieval among each trial's target set (first releases)
             out.update({f"imagery_{k}": self.imagery[k] for k in ("top1", "chance", "per_set", "per_vividness")})
+        if self.pairmates:  # trials with pairmates: CPD and two-way (first releases)
+            out.update({f"pairmate_{k}": self.pairmates[k] for k in ("mean_cpd", "two_way")})
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -367,6 +379,27 @@ def imagery_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
     }
 
 
+def pairmate_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
+    """Pairmate distinctiveness of the records that have one (empty: none has).
+
+    ``mean_cpd`` and ``two_way`` (the share whose decoded embedding is nearer the seen image than
+    its pairmate: CPD > 0, as the denominator of CPD is positive; chance 0.5) over all of them, and
+    ``per_run``: run -> ``{"trials", "mean_cpd", "two_way"}``.
+    """
+    scored = [t for t in records if t.cpd is not None and math.isfinite(t.cpd)]
+    if not scored:
+        return {}
+
+    def figures(group: Sequence[TrialRecord]) -> dict[str, Any]:
+        cpd = np.array([t.cpd for t in group], dtype=float)
+        return {"trials": len(group), "mean_cpd": float(cpd.mean()), "two_way": float(np.mean(cpd > 0))}
+
+    runs: dict[int, list[TrialRecord]] = {}
+    for t in scored:
+        runs.setdefault(t.run, []).append(t)
+    return {**figures(scored), "per_run": {run: figures(runs[run]) for run in sorted(runs)}}
+
+
 def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
     """The headline figures of ``data`` (``report``: where its HTML is written).
 
@@ -423,4 +456,5 @@ def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
         p95_feedback_delay_s=float(np.percentile(delays, 95)) if delays.size else None,
         external_metrics=dict(data.external_metrics),
         imagery=imagery_figures(first),
+        pairmates=pairmate_figures(first),
     )

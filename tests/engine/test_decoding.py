@@ -319,3 +319,71 @@ def test_a_linear_head_config_is_refused_with_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"none.npz: no such linear head file \(\[decoder\] linear_head\)"):
         DecodingStage.from_config(load_config(tmp_path / "c.toml"), lambda m: None)
     assert not load_config(tmp_path / "c.toml").decoder.head == "mindeye" and load_config(tmp_path / "c.toml").decoder.decodes
+
+
+def _pairmate_case(n: int = 240, noise: float = 1.0):
+    """A tiny MindEye2, a gallery of what it predicts for ``n`` clean betas, and noisy betas of them:
+    image 2k's pairmate is 2k+1 and back (RT-MindEye's pairs of similar images)."""
+    model, betas = _model(), _betas(n, seed=3)
+    noisy = betas + noise * np.random.default_rng(4).normal(size=betas.shape).astype(np.float32)
+    ids = [f"nsd:{i}" for i in range(n)]
+    pairmate = [ids[i + 1 if i % 2 == 0 else i - 1] for i in range(n)]
+    return model, _gallery_of(model, betas), ids, pairmate, noisy
+
+
+def test_cpd_of_each_decoded_trial_is_the_pairmate_distinctiveness_and_a_shuffled_control_is_at_chance():
+    from scipy.stats import binomtest
+
+    from rtrecon.runtime.retrieval import pairmate_distinctiveness
+    from stimulus.pairmates import distinctiveness
+
+    model, gallery, ids, pairmate, noisy = _pairmate_case()
+    sent: list[TrialResultMessage] = []
+    stage = DecodingStage(model, gallery, ids, sent.append, "s", subject=1)
+    for k in range(len(ids)):
+        stage(TrialBeta(1, k, ids[k], noisy[k], noisy[k], 1, pairmate=pairmate[k]))
+    cpd = np.array([m.cpd for m in sent])
+    assert [m.pairmate for m in sent] == pairmate
+    row = {i: k for k, i in enumerate(ids)}
+    for m in sent[:8]:  # the library's torch formula, and the stimulus PC's numpy one, on the raw gallery rows
+        c, f = gallery[row[m.stimulus]][None], gallery[row[m.pairmate]][None]
+        assert m.cpd == pytest.approx(float(pairmate_distinctiveness(m.embedding, c, f)[0]), abs=1e-5)
+        assert m.cpd == pytest.approx(distinctiveness(m.embedding, c, f), abs=1e-4)
+    assert decode(encode(sent[0])).cpd == sent[0].cpd  # it travels as is
+    # two-way: decoded closer to the seen image than to its pairmate, i.e. CPD > 0
+    correct = int((cpd > 0).sum())
+    assert binomtest(correct, len(cpd), 0.5, alternative="greater").pvalue < 1e-3 and cpd.mean() > 0.1
+    # control: the same decodings scored against another trial's pair (labels shuffled)
+    perm = np.random.default_rng(5).permutation(len(ids))
+    shuffled = np.array([stage.cpd(TrialBeta(1, k, ids[p], noisy[k], noisy[k], 1, pairmate=pairmate[p]),
+                                   torch.from_numpy(sent[k].embedding)[None]) for k, p in enumerate(perm)])
+    assert binomtest(int((shuffled > 0).sum()), len(shuffled), 0.5).pvalue > 0.01
+    assert abs(shuffled.mean()) < 3 * shuffled.std() / np.sqrt(len(shuffled))
+    print(f"CPD {cpd.mean():.3f}, two-way {correct / len(cpd):.3f}; shuffled CPD {shuffled.mean():.3f}, "
+          f"two-way {(shuffled > 0).mean():.3f}")
+
+
+def test_no_cpd_without_a_pairmate_or_for_ids_the_gallery_lacks(caplog):
+    model, gallery, ids, pairmate, noisy = _pairmate_case(n=4)
+    stage = DecodingStage(model, gallery, ids, lambda m: None, "s", subject=1)
+    assert stage.decode(TrialBeta(1, 0, ids[0], noisy[0], noisy[0], 1)).cpd is None
+    assert stage.decode(TrialBeta(1, 1, ids[1], noisy[1], noisy[1], 1, pairmate="nsd:999")).cpd is None
+    assert "trial 1 of run 1: no CPD (image 'nsd:1', pairmate 'nsd:999': not both in the gallery)" in caplog.text
+
+
+def test_a_trial_list_whose_pairmate_the_gallery_lacks_is_refused_at_start_with_one_line(tmp_path):
+    model, gallery, ids, pairmate, _ = _pairmate_case(n=6)
+    save_checkpoint(model, tmp_path / "ck.pth")
+    np.savez(tmp_path / "gallery.npz", embeddings=gallery, ids=np.array(ids))
+    good = "stim_file\tstim_id\tpairmate\n" + "".join(f"a.png\t{ids[k]}\t{pairmate[k]}\n" for k in range(6))
+    (tmp_path / "run-01.tsv").write_text(good)
+    (tmp_path / "run-02.tsv").write_text(good.replace("\tnsd:3\n", "\tnsd:77\n").replace("\tnsd:4\n", "\tnsd:4x\n"))
+    (tmp_path / "session.toml").write_text('[decoder]\ncheckpoint = "ck.pth"\ngallery = "gallery.npz"\nsubject = 1\n'
+                                           '[stimulus]\ntrial_lists = ["run-01.tsv", "run-02.tsv"]\n')
+    with pytest.raises(ConfigError) as refused:
+        DecodingStage.from_config(load_config(tmp_path / "session.toml"), lambda m: None)
+    message = str(refused.value)
+    assert "\n" not in message and "run-02.tsv, line 4: pairmate 'nsd:77' is not in the gallery" in message
+    assert "(and 1 more)" in message and "[decoder] gallery" in message
+    (tmp_path / "run-02.tsv").write_text(good)
+    assert DecodingStage.from_config(load_config(tmp_path / "session.toml"), lambda m: None).n_voxels == N_VOX

@@ -169,6 +169,9 @@ def test_events_reach_the_engine_once_their_onset_has_passed(tmp_path):
     # onset 0.5 s: before volume 1 (starts at 2 s); 4 s: before volume 2 (starts at 4 s); 9 s: after the last
     assert order == [("volume", 0), ("event", 1), ("volume", 1), ("event", 0), ("volume", 2), ("volume", 3),
                      ("event", 2), ("run_end", None)]
+    # a pairmate column (an engine's own events.tsv has one) reaches the events
+    events_tsv.write_text("onset\tduration\tstimulus\tpairmate\n1\t1\ta\tb\n2\t1\tc\tn/a\n")
+    assert [e.pairmate for e in read_events(events_tsv, SESSION, 1)] == ["b", ""]
     events_tsv.write_text("onset\tduration\ttrial\n1\t1\t3\n2\t1\t3\n")
     with pytest.raises(ReplayError, match=r"events.tsv, line 3: trial 3 appears twice"):
         read_events(events_tsv, SESSION, 1)

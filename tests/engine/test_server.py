@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -342,6 +343,37 @@ def test_volumes_go_on_while_trials_decode(tmp_path):
     engine.join_background()
 
 
+class _PairmateStage:
+    """Decodes every trial to a CPD of 0.25 (the decoding stage's own CPD is tested in test_decoding)."""
+
+    def decode(self, trial) -> TrialResultMessage:
+        return TrialResultMessage(session=SESSION, run=trial.run, trial=trial.trial, stimulus=trial.stimulus,
+                                  pairmate=trial.pairmate, cpd=0.25 if trial.pairmate else None, decoder="pairs")
+
+
+def test_an_events_pairmate_reaches_its_decoding_and_the_trials_table_keeps_the_cpd(tmp_path):
+    published = []
+    engine = _engine(tmp_path, published, decoder=BackgroundDecoder(_PairmateStage()))
+    for i in range(N_VOLS):
+        for trial, onset in enumerate(ONSETS):
+            if (i - 1) * TR < onset <= i * TR:  # even trials name a pairmate
+                engine.handle(replace(_event(trial), pairmate=f"img{(trial + 1) % 4}.png" if trial % 2 == 0 else ""))
+        engine.handle(_volume(i))
+    engine.handle(RunEndMessage(session=SESSION, run=1, n_volumes=N_VOLS))
+    engine.drain(timeout_s=30)
+    engine.decoder.close()
+    engine.join_background()
+    assert {m.trial for m in published if m.cpd is not None} == set(range(0, len(ONSETS), 2))
+    rows = _trials_rows(engine.store)
+    assert len(rows) == len(published)
+    for row, message in zip(rows, published):
+        assert row["pairmate"] == (message.pairmate or "n/a") and row["cpd"] == ("0.25" if message.cpd else "n/a")
+    assert engine.store.events(1)[0]["pairmate"] == "img1.png" and engine.store.events(1)[1]["pairmate"] == "n/a"
+    # a restart reads the pairmates back from the events: the bare betas it would send carry them
+    resumed = _engine(tmp_path)
+    assert resumed.runs[1].pairmates == {t: f"img{(t + 1) % 4}.png" for t in range(0, len(ONSETS), 2)}
+
+
 def test_trials_still_decoding_at_a_crash_are_decoded_after_the_restart(tmp_path):
     crashed = _engine(tmp_path, decoder=BackgroundDecoder(_GatedStage(threading.Event())))
     _stream(crashed, 0, 37, end=False)
@@ -550,10 +582,10 @@ def test_a_store_with_bad_event_rows_from_an_older_version_still_restarts(tmp_pa
     good = len(engine.store.events(1))
     assert good > 0
     with open(table.path, "a") as fh:
-        fh.write("n/a\t3.0\timage\t90\tx\tn/a\tn/a\t0\t12\n")
-        fh.write("nan\t3.0\timage\t91\tx\tn/a\tn/a\t0\t12\n")
-        fh.write("20.0\tinf\timage\t92\tx\tn/a\tn/a\t0\t12\n")
-        fh.write("20.0\t-3.0\timage\t93\tx\tn/a\tn/a\t0\t12\n")
+        fh.write("n/a\t3.0\timage\t90\tx\\tn/a\tn/a\tn/a\t0\t12\n")
+        fh.write("nan\t3.0\timage\t91\tx\\tn/a\tn/a\tn/a\t0\t12\n")
+        fh.write("20.0\tinf\timage\t92\tx\\tn/a\tn/a\tn/a\t0\t12\n")
+        fh.write("20.0\t-3.0\timage\t93\tx\\tn/a\tn/a\tn/a\t0\t12\n")
     caplog.set_level(logging.WARNING, logger="engine.store")
     restarted = _engine(tmp_path)  # must not raise
     assert len(restarted.store.events(1)) == good

@@ -33,6 +33,7 @@ class Engine(threading.Thread):
         super().__init__(daemon=True)
         self.config, self.spool, self.delays = config, spool, delays
         self.events: list[EventMessage] = []
+        self.shown: list = []  # the stimulus program's ShownMessages
         self.stop = threading.Event()
         self.ready = threading.Event()
 
@@ -54,6 +55,7 @@ class Engine(threading.Thread):
                     tx.send(TrialResultMessage(session=SESSION, run=1, trial=item[1], image=image, retrieved=["decoded"], scores=[0.5],
                                                sequence=tx.spooled.get(1, -1) + 1))
                 tx.poll(0.0)
+                self.shown += tx.notices()
             tx.wait_acked(1.0)
 
 
@@ -169,6 +171,10 @@ def test_perception_run(win, make_image, tmp_path: Path):
     fb = [s for s in plan.segments if s.phase == "feedback"]
     assert fb[0].start < received < shown < fb[0].stop
     assert recorder.first(flips, "recon", RECON) == pytest.approx(shown, abs=1e-3)
+    # and the engine heard when (a ShownMessage back on the results link)
+    assert [(m.trial, m.release, m.sequence) for m in engine.shown] == [(1, 0, 0)]
+    assert engine.shown[0].shown == pytest.approx(shown, abs=1e-6)
+    assert engine.shown[0].received_to_shown_s == pytest.approx(shown - received, abs=1e-6)
     # at most the frame under way when it arrived, and one more while the link thread hands it over
     assert sum(received < t < shown for t in flips) <= 2
     # waiting for it and never getting trial 3's did not hold up frames: the loop kept flipping
@@ -258,9 +264,13 @@ class ScriptedLink:
     def __init__(self) -> None:
         self.polls = 0
         self.sent: list[EventMessage] = []
+        self.shown: list = []
 
     def send_event(self, message: EventMessage) -> None:
         self.sent.append(message)
+
+    def send_shown(self, message) -> None:
+        self.shown.append(message)
 
     def poll_results(self):
         self.polls += 1
@@ -528,6 +538,10 @@ def test_a_newer_release_of_a_trial_replaces_the_older_on_screen(win, make_image
     assert in_period[0] == first and in_period[-1] == final and late not in in_period
     assert first not in in_period[in_period.index(final):]
     assert link.due == [] and record.results[0].message.release == 2 and record.results[0].shown is not None
+    # each release's first flip goes back to the engine, with the run time the journal has
+    assert [(m.trial, m.release, m.sequence) for m in link.shown] == [(0, 0, 0), (0, 2, 1)]
+    assert all(period.start < m.shown < period.stop and 0 <= m.received_to_shown_s < 1 for m in link.shown)
+    assert link.shown[-1].shown == pytest.approx(record.run_time(record.results[0].shown))
 
 
 def test_speed_needs_a_virtual_participant(make_image, tmp_path: Path):

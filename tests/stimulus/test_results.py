@@ -82,6 +82,20 @@ def test_only_this_runs_newer_results_are_kept(plan: Plan, win):
     assert kept.message.release == 1 and kept.received == 3.0 and kept.cpd is None
 
 
+def test_the_engines_cpd_is_kept_and_a_local_score_only_fills_in_where_it_sent_none(plan: Plan, win):
+    class Scorer:  # stands for stimulus.pairmates.PairmateScorer (tested in test_pairmates)
+        def score(self, trial, embedding):
+            return -0.5
+
+    handler = handler_of(plan, win)
+    handler.pairmates = Scorer()
+    from dataclasses import replace
+
+    assert handler.receive(replace(message(0), pairmate="b", cpd=0.25), 1.0)
+    assert handler.receive(message(1), 1.0)
+    assert handler.record.results[0].cpd == 0.25 and handler.record.results[1].cpd == -0.5
+
+
 def test_textures_are_made_only_where_no_stimulus_waits(plan: Plan, win):
     handler = handler_of(plan, win)
     segments = plan.timeline.segments

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage
+from rtrecon.contract.wire import EventMessage, RunEndMessage, ShownMessage, VolumeMessage
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -136,8 +136,12 @@ class LiveSession:
                 volumes.poll(0.01)
                 events.poll(0.0)
                 result = results.recv(timeout_s=0.0)
-                if result is not None:  # the stimulus PC takes and acknowledges each result
+                if result is not None:  # the stimulus PC takes and acknowledges each result, then shows it
                     results.ack(result)
+                    results.notify(ShownMessage(session=SESSION, run=result.run, trial=result.trial,
+                                                release=result.release, sequence=result.sequence,
+                                                shown=ONSETS[result.trial] + result.release_s + 0.5,
+                                                shown_wall=time.time(), received_to_shown_s=0.016))
                 self.pending = volumes.pending + events.pending + self._outbox.qsize()
 
     def send(self, stop_at: int, pace_s: float = 0.05) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -167,6 +168,29 @@ def test_delivers_in_order_once_across_runs(endpoint: str, tmp_path: Path) -> No
         for _ in range(10):  # nothing more comes: no duplicates after the fact
             tx.poll(0.005)
             assert rx.recv(0.005) is None
+
+
+def test_a_receivers_notices_reach_its_sender(endpoint: str, tmp_path: Path, caplog) -> None:
+    from rtrecon.contract.wire import ShownMessage
+
+    def shown(trial: int, session: str = SESSION) -> ShownMessage:
+        return ShownMessage(session=session, run=1, trial=trial, release=0, sequence=trial, shown=2.0 + trial,
+                            shown_wall=1.5e9, received_to_shown_s=0.01)
+
+    with ReliableReceiver(endpoint, SESSION, heartbeat_s=HB) as rx, \
+            ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx:
+        tx.send(_volume(0))
+        _exchange(tx, rx, 1)  # the link is up: the receiver knows its sender
+        for trial in (0, 1):
+            rx.notify(shown(trial))
+        rx.notify(shown(2, session="sub-99_ses-01"))  # another session's: dropped by the sender
+        got: list = []
+        _until(lambda: len(got) >= 2, lambda: (tx.poll(0.01), got.extend(tx.notices())), 5.0, "2 notices")
+        assert got == [shown(0), shown(1)] and tx.notices() == []
+        with pytest.raises(ValueError, match="not a notice"):
+            rx.notify(_volume(1))
+        with pytest.raises(WireError, match="shown.received_to_shown_s"):
+            rx.notify(dataclasses.replace(shown(3), received_to_shown_s=-1.0))
 
 
 def test_send_refuses_what_would_break_the_sequence(endpoint: str, tmp_path: Path) -> None:
