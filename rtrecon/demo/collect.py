@@ -118,6 +118,17 @@ def _rank_score(embedding: Sequence[float] | None, stimulus: str, gallery: np.nd
     return int(np.sum(scores > own)) + 1, float(own)
 
 
+def _vividness(layout: LiveSessionFiles, run: int) -> dict[int, str]:
+    """Trial -> the vividness rating in the stimulus program's events file (the rating comes after the
+    imagery event the engine received, so the engine's events do not hold it); empty for perception."""
+    path = layout.stimulus_dir / f"{layout.prefix(run)}_events.tsv"
+    if not path.is_file():
+        return {}
+    events = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"response": str})
+    rows = events[(events["trial_type"] == "vividness") & events["response"].notna() & events["trial"].notna()]
+    return {int(t): str(r) for t, r in zip(rows["trial"], rows["response"])}
+
+
 def release_rows(trials: pd.DataFrame) -> pd.DataFrame:
     """An engine table with ``release`` and ``final`` (an engine without releases: one per trial, release 0)."""
     trials = trials.copy()
@@ -146,6 +157,7 @@ def trial_records(
     been seen (1 when absent); ``target_sets`` maps a run to its target set's name and target ids
     (imagery: each trial is also ranked among them)."""
     set_name, targets = (target_sets or {}).get(run, ("", []))
+    ratings = _vividness(layout, run)
     table = layout.table(run, "trials")
     has_releases = "release" in table
     trials = release_rows(table)
@@ -165,6 +177,8 @@ def trial_records(
         last = int(row.volumes) - 1
         onset = float(events.loc[trial, "onset"]) if trial in events.index else None
         response = events.loc[trial, "response"] if trial in events.index and "response" in events else ""
+        if (pd.isna(response) or response == "") and trial in ratings:
+            response = ratings[trial]
         release_s = float(row.release_s) if has_releases else (
             last * tr - onset if tr is not None and onset is not None else None)
         fd_max = None
