@@ -32,12 +32,14 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rtrecon.data.imagery import CUE_S
 from rtrecon.data.nsd import NSDDataset
 from rtrecon.demo.collect import LiveSessionFiles, beta_correlation, build_report, decoded_betas
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
@@ -81,7 +83,7 @@ class LiveSpec:
     clip_seed: int | None = None
     notes: tuple[str, ...] = ()
     metric_weights: tuple[tuple[str, Path], ...] = ()
-    head: str = "mindeye"
+    head: Literal["mindeye", "linear"] = "mindeye"
     imagery: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
@@ -118,6 +120,8 @@ def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoin
         trial_lists = write_trial_lists(nsd, spec.subject, spec.session, stimulus_dir)
     else:
         trial_lists = write_imagery_trial_lists(nsd, spec.subject, spec.session, spec.imagery, stimulus_dir)
+    decoder = ({"head": "linear", "linear_head": spec.checkpoint} if spec.head == "linear"
+               else {"checkpoint": spec.checkpoint, "subject": spec.decoder_subject})
     engine: dict[str, object] = {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes,
                                  "releases_s": list(spec.releases_s)}
     sections = {
@@ -125,17 +129,13 @@ def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoin
         "network": dict(zip(("volumes", "events", "results", "status", "operator"), endpoints), heartbeat_s=0.5),
         "bridge": {"spool_dir": spec.out / "bridge_spool"},
         "engine": engine,
-        "decoder": {"checkpoint": spec.checkpoint, "subject": spec.decoder_subject, "gallery": gallery, "top_k": spec.top_k},
+        "decoder": {**decoder, "gallery": gallery, "top_k": spec.top_k},
     }
-    if spec.head == "linear":
-        sections["decoder"] = {"head": "linear", "linear_head": spec.checkpoint, "gallery": gallery, "top_k": spec.top_k}
     if spec.unclip is not None:
         sections["decoder"]["unclip"] = spec.unclip
     if spec.imagery is None:
         sections.update(stimulus_settings(trial_lists, nsd.tr, stimulus_dir / "images"))
     else:
-        from rtrecon.data.imagery import CUE_S
-
         sections.update(imagery_settings(trial_lists, nsd.tr, stimulus_dir / "images", CUE_S))
     lines = ["# written by rtrecon demo / rtrecon replay nsd"]
     for name, keys in sections.items():

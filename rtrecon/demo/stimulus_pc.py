@@ -49,8 +49,8 @@ from rtrecon.data.nsd import NSDDataset
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup
 from rtrecon.contract.layout import SessionLayout, safe_filename
 
-__all__ = ["WINDOW_SIZE", "write_trial_lists", "write_imagery_trial_lists", "stimulus_settings", "imagery_settings", "stimulus_command", "stimulus_folder",
-           "journal_path", "start_display", "read_results"]
+__all__ = ["WINDOW_SIZE", "write_trial_lists", "write_imagery_trial_lists", "stimulus_settings", "imagery_settings",
+           "stimulus_command", "stimulus_folder", "journal_path", "start_display", "read_results"]
 
 #: The participant's window: small, because under Xvfb every pixel is drawn by the CPU the engine needs.
 WINDOW_SIZE = (480, 360)

@@ -18,7 +18,7 @@ def imagery_run(demo_run, tmp_path_factory):
     """The imagery demo on the perception demo's cache (its dataset is reused; no MindEye2 is trained)."""
     out = tmp_path_factory.mktemp("imagery_demo")
     cmd = [sys.executable, "-m", "rtrecon.cli", "demo", "--task", "imagery", "--out", str(out), "--cache", str(demo_run.cache),
-           *demo_run.args, "--live-runs", "1"]
+           *demo_run.args, "--live-runs", "1", "--speed", "20"]  # 20x: 48 cued trials drawn in 20 s, not 5, on busy cores
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         pytest.fail(f"the imagery demo failed ({done.returncode}):\n{done.stderr[-3000:]}")
