@@ -47,9 +47,9 @@ included). Timing: one trial every 6 volumes (8.0 s at NSD's TR; NSD-Imagery's i
 48 trials in 240 volumes of 1.6 s, 8 s a trial), a cue of :data:`CUE_S` then an imagery period
 of 3 s, when the response is evoked; 6 volumes of fixation open a run and 12 close it. The
 evoked amplitudes are the trials' imagery betas (:func:`simulate`), carried by each voxel's own
-HRF; the world's scanner noise, drift and head motion are then added as for a perception run, so
-the betas a GLM estimates from these runs are noisier than :func:`simulate`'s by that
-measurement noise. The session is numbered after the subject's perception sessions (NSD-Imagery
+HRF, their own noise the model's less the measurement noise (``simulate(..., scanner_noise=True)``);
+the world's scanner noise, drift and head motion are then added as for a perception run, so that
+the betas a GLM estimates from these runs scatter as the model says. The session is numbered after the subject's perception sessions (NSD-Imagery
 was scanned after NSD).
 """
 
@@ -169,11 +169,20 @@ def _blur(values: np.ndarray, roi_index: np.ndarray, grid: tuple[int, int, int],
 
 
 def simulate(root: str | Path, subject: int, *, protocol: ImageryProtocol = ImageryProtocol(),
-             model: ImageryModel = ImageryModel(), seed: int = 0, target_ids: np.ndarray | None = None) -> ImageryRuns:
+             model: ImageryModel = ImageryModel(), seed: int = 0, target_ids: np.ndarray | None = None,
+             scanner_noise: bool = False) -> ImageryRuns:
     """Imagery runs for ``subject`` of the synthetic dataset at ``root`` (see the module docstring).
 
     ``target_ids`` (1-based image ids, one row of ``targets_per_set`` per set) default to the
     shared test images, drawn with ``seed``. The order of trials in each run is random.
+
+    ``scanner_noise``: the betas are the evoked amplitudes of trials whose scanner runs will add the
+    world's measurement noise (:func:`write_live_session`): their own noise is then the part of
+    the model's that is not measurement noise, so that the betas a GLM estimates from the runs scatter
+    as the model says. The perception betas' variance around the mean response is the trials'
+    variability (``trial_sd`` × each voxel's amplitude, the world's) plus the measurement noise, so
+    the trial noise's variance is ``noise_ratio² · perception_noise² - measurement²`` =
+    ``(noise_ratio² - 1) · perception_noise² + variability²``.
     """
     rng = np.random.default_rng(seed)
     nsd = NSDDataset(root)
@@ -193,6 +202,9 @@ def simulate(root: str | Path, subject: int, *, protocol: ImageryProtocol = Imag
     patterns = _blur(responses[target_ids.ravel() - 1], voxels["roi_index"], grid, sigma_vox).reshape(n_sets, per_set, -1)
     vision_noise = perception_noise(nsd, subject, responses)
     noise = model.noise_ratio * vision_noise
+    if scanner_noise:
+        variability = truth["world"]["preset"]["noise"]["trial_sd"] * truth["voxels"]["amplitude"]
+        noise = np.sqrt(np.clip((model.noise_ratio**2 - 1) * vision_noise**2 + variability**2, 0.0, None))
     lo, hi = model.vividness_gain
     rows, betas = [], []
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -279,7 +291,7 @@ def write_live_session(dataset: str | Path, subject: int, out: str | Path, *, pr
     if len(pool) < need:
         raise ValueError(f"{dataset}: subject {subject} saw {len(pool)} images, the protocol needs {need} targets")
     targets = np.random.default_rng([seed, subject]).choice(pool, size=need, replace=False)
-    runs = simulate(dataset, subject, protocol=protocol, model=model, seed=seed, target_ids=targets)
+    runs = simulate(dataset, subject, protocol=protocol, model=model, seed=seed, target_ids=targets, scanner_noise=True)
     truth = load_truth(dataset, subject)
     world = truth["world"]
     noise, n_hrfs = world["preset"]["noise"], int(world["preset"]["n_hrfs"])

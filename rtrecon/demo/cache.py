@@ -106,6 +106,7 @@ def cached_imagery(dataset: Path, subject: int, seed: int = 0, *, root: Path | N
     from rtrecon.data.imagery import CUE_S, TRIAL_ROWS, ImageryModel, ImageryProtocol, write_live_session
 
     params = dict(kind="imagery", dataset=dataset.name, subject=subject, seed=seed, trial_rows=TRIAL_ROWS, cue_s=CUE_S,
+                  trial_noise="model less measurement",
                   protocol=asdict(ImageryProtocol(runs_per_set=1)), model=asdict(ImageryModel()))
     folder = (root or cache_root()) / "imagery" / cache_key(**params)
     if (folder / "rtrecon_cache.json").is_file():
