@@ -48,6 +48,7 @@ def train_linear_head(nsd: NSDDataset, subject: int, sessions: Sequence[int], ta
 def imagery_spec(ns: argparse.Namespace, console: Console, dataset: Path, started: float, notes: tuple[str, ...]):
     """The :class:`~rtrecon.demo.live.LiveSpec` of the imagery demo (steps 2 and 3 of the module docstring)."""
     from rtrecon.contract.layout import session_id
+    from rtrecon.data.imagery import read_imagery
     from rtrecon.data.synthetic import load_truth
     from rtrecon.demo.cache import cached_imagery
     from rtrecon.demo.live import LiveSpec
@@ -58,8 +59,6 @@ def imagery_spec(ns: argparse.Namespace, console: Console, dataset: Path, starte
     root, hit = cached_imagery(dataset, ns.subject, ns.seed, root=ns.cache)
     imagery = NSDDataset(root)
     (session,) = imagery.sessions(ns.subject)
-    from rtrecon.data.imagery import read_imagery
-
     trials = read_imagery(root, ns.subject).trials
     stamp = time.strftime("%Y%m%dT%H%M%S")
     out = ns.out / f"{session_id(f'{ns.subject:02d}', f'{session:02d}')}_{stamp}"
