@@ -44,3 +44,14 @@ def test_the_imagery_demo_ends_with_the_perception_headline_keys_scored_among_th
     assert "head = \"linear\"" in (session / "session.toml").read_text()
     events = (session / "sourcedata" / "stimulus" / "sub-01" / "ses-03" / "func" / "sub-01_ses-03_task-imagery_run-01_events.tsv")
     assert {"cue", "imagery", "vividness", "feedback"} <= {line.split("\t")[2] for line in events.read_text().splitlines()[1:]}
+
+
+def test_the_imagery_demos_own_config_passes_the_stimulus_and_session_checks(imagery_run):
+    from rtrecon.cli import main
+
+    _, out = imagery_run
+    (session,) = [p for p in out.iterdir() if p.is_dir()]
+    config = str(session / "session.toml")
+    # run 2 (not replayed with --live-runs 1): cues, imagery periods and feedback slots never overlap
+    assert main(["stimulus", "check", "--config", config, "--run", "2"]) == 0
+    assert main(["session", "check", config]) == 0
