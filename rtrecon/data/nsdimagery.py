@@ -14,16 +14,21 @@ attC imgC_1 imgA_2 imgB_2 imgC_2 (vision, attention, imagery × target sets A, B
 twice). Vision and imagery runs give one beta per trial (48); attention runs two (cue and detection
 epochs, 96): 720 betas in all.
 
-Sources (public; reference only): the NSD preprocessing script of the cvnlab (the list of
-``nsddata/experiments/nsdimagery/<run>_dm.mat`` files in run order); Ashsr/NaselarisLab
+Sources (public; reference only): cvnlab/nsddatapaper ``main/glm_nsdimagery2.m`` (the official
+GLMsingle fit: 12 runs, 3-s events for vision, imagery and attention, attention with two adjacent
+3-s events a trial) and the NSD preprocessing script's list of
+``nsddata/experiments/nsdimagery/<run>_dm.mat`` in run order; Ashsr/NaselarisLab
 ``NSD_Imagery_Access/NSDI_Access.py`` (``betas_nsdimagery`` under ``nsdimagerybetas_fithrf``, an
-HDF5 ``betas`` dataset or NIfTI); an NSD-Imagery dataset loader (``nsdimagery_subjAA_<run>.tsv`` in
-``nsddata/bdata/nsdimagery``, its ``CONDITION`` column, the run order and 48 / 2 × 48 betas per
-run); mynanshan/NHprojectNSDimagery's download guide (the ``fithrf_GLMdenoise_RR`` version, the 720
-betas, attention's two betas per trial). None of them states the betas' data type or scale: this
-reader takes NSD's convention (int16 = beta × 300, :func:`rtrecon.data.nsd.read_betas`) and refuses
-any other type with an error naming the file. Which of an attention trial's two betas is which is
-not stated either, so :meth:`NSDImageryDataset.imagery_trials` lists vision and imagery trials only.
+HDF5 ``betas`` dataset or NIfTI); the NSD-Imagery benchmark's preprocessing code (the 720 betas of
+``betas_nsdimagery.nii.gz``, X × Y × Z × 720, masked by nsdgeneral); an NSD-Imagery dataset loader
+(``nsdimagery_subjAA_<run>.tsv`` in ``nsddata/bdata/nsdimagery``, its ``CONDITION`` column, 48 or
+2 × 48 betas per run); mynanshan/NHprojectNSDimagery's download guide (the
+``fithrf_GLMdenoise_RR`` version, 720 betas, attention's two betas a trial). None of them states
+the betas' data type or scale (third-party code reads the HDF5 as int16 / 300, NSD's convention):
+this reader takes NSD's convention (int16 = beta × 300, :func:`rtrecon.data.nsd.read_betas`) and
+refuses any other type with an error naming the file. Which of an attention trial's two betas is
+the cue's is not stated, so :meth:`NSDImageryDataset.imagery_trials` lists vision and imagery
+trials only.
 """
 
 from __future__ import annotations
