@@ -137,9 +137,10 @@ def _check_mask(path: Path) -> tuple[str | None, int | None]:
     err, data = _nifti_3d(path)
     if err:
         return err, None
-    count = int(np.count_nonzero(np.nan_to_num(data)))
+    # > 0, as the engine reads it: NSD's ROI files mark the voxels outside the brain -1
+    count = int(np.count_nonzero(np.nan_to_num(data) > 0))
     if count == 0:
-        return "is an empty mask (no non-zero voxel)", None
+        return "is an empty mask (no voxel above 0)", None
     return None, count
 
 

@@ -245,14 +245,21 @@ class ReportSummary:
 
     @property
     def top1_by_release(self) -> dict[str, float | None]:
-        return {str(r): m["top1"] for r, m in self.by_release.items()}
+        """Top-1 per release: among the gallery, or for an imagery session among each trial's target set."""
+        key = "imagery_top1" if self.imagery else "top1"
+        return {str(r): m.get(key) for r, m in self.by_release.items()}
 
     def headline(self) -> dict[str, Any]:
-        """The keys the demo prints as its last JSON line (``top1``/``top5``: first releases)."""
+        """The keys the demo prints as its last JSON line (``top1``/``top5``: first releases).
+
+        An imagery session has the same keys, its retrieval scored as NSD-Imagery scores it: ``top1``,
+        ``top5`` and ``chance_top1`` among each trial's target set (:func:`imagery_figures`).
+        """
         keys = ("trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s", "two_way_clip", "pixcorr")
         out = {"report": str(self.report), **{k: getattr(self, k) for k in keys}, "top1_by_release": self.top1_by_release}
         if self.imagery:  # an imagery session: retrieval among each trial's target set (first releases)
-            out.update({f"imagery_{k}": self.imagery[k] for k in ("top1", "chance", "per_set", "per_vividness")})
+            out.update(top1=self.imagery["top1"], top5=self.imagery["top5"], chance_top1=self.imagery["chance"])
+            out.update({f"imagery_{k}": self.imagery[k] for k in ("per_set", "per_vividness")})
         if self.pairmates:  # trials with pairmates: CPD and two-way (first releases)
             out.update({f"pairmate_{k}": self.pairmates[k] for k in ("mean_cpd", "two_way")})
         return out
@@ -353,8 +360,8 @@ def release_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
 def imagery_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
     """Imagery retrieval among each trial's target set, as NSD-Imagery scores it (empty: no imagery trial).
 
-    ``top1``: the share of trials whose target ranks first among its set's targets; ``chance``:
-    the mean of ``1 / set_size``; ``per_set`` and ``per_vividness`` (by the rating in ``response``;
+    ``top1``: the share of trials whose target ranks first among its set's targets (``top5``: in
+    the first five); ``chance``: the mean of ``1 / set_size``; ``per_set`` and ``per_vividness`` (by the rating in ``response``;
     ``"n/a"`` where none was given) the same share per group; ``trials``: the trials ranked.
     """
     ranked = [t for t in records if t.target_set and t.set_rank is not None]
@@ -372,6 +379,7 @@ def imagery_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
     return {
         "trials": len(ranked),
         "top1": share(ranked),
+        "top5": float(np.mean([t.set_rank <= 5 for t in ranked])),
         "chance": float(np.mean([1.0 / t.set_size for t in ranked])),
         "per_set": {name: share(group) for name, group in by_set.items()},
         "per_vividness": {rating: share(by_rating[rating]) for rating in sorted(by_rating)},
@@ -424,6 +432,9 @@ def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
     for release in sorted({t.release for t in data.trials}):
         figures = release_figures([t for t in data.trials if t.release == release])
         figures.update({k: float(v) for k, v in data.release_metrics.get(release, {}).items() if v is not None})
+        imagery = imagery_figures([t for t in data.trials if t.release == release])
+        if imagery:
+            figures["imagery_top1"] = imagery["top1"]
         by_release[release] = figures
     head = release_figures(first) if first else {}
     first_release = min(by_release) if by_release else None

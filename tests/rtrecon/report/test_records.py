@@ -183,8 +183,12 @@ def test_imagery_figures_agree_with_nsd_imagery_scoring_of_the_same_trials(tmp_p
     assert summary.imagery["top1"] == pytest.approx(reference["accuracy"]) and 0.3 < reference["accuracy"] < 0.95
     assert summary.imagery["per_set"] == pytest.approx(reference["per_set"])
     assert summary.imagery["per_vividness"] == pytest.approx({str(k): v for k, v in reference["per_vividness"].items()})
+    # the headline keeps the perception keys, its retrieval scored among each trial's target set
     headline = summary.headline()
-    assert headline["imagery_top1"] == summary.imagery["top1"] and set(headline["imagery_per_set"]) == set(sets)
+    assert set(headline) == set(summarise(_data([1, 2]), "r.html").headline())
+    assert headline["top1"] == summary.imagery["top1"] and headline["chance_top1"] == pytest.approx(1 / 6)
+    assert headline["top5"] == pytest.approx(np.mean([r.set_rank <= 5 for r in records]))
+    assert headline["top1_by_release"] == {"0": summary.imagery["top1"]}
     assert 'id="imagery"' in (tmp_path / "report.html").read_text()
     # perception trials (no target set) give no imagery figures and the perception headline is unchanged
     perception = summarise(_data([1, 2]), "r.html")
