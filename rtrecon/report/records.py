@@ -259,7 +259,6 @@ class ReportSummary:
         out = {"report": str(self.report), **{k: getattr(self, k) for k in keys}, "top1_by_release": self.top1_by_release}
         if self.imagery:  # an imagery session: retrieval among each trial's target set (first releases)
             out.update(top1=self.imagery["top1"], top5=self.imagery["top5"], chance_top1=self.imagery["chance"])
-            out.update({f"imagery_{k}": self.imagery[k] for k in ("per_set", "per_vividness")})
         if self.pairmates:  # trials with pairmates: CPD and two-way (first releases)
             out.update({f"pairmate_{k}": self.pairmates[k] for k in ("mean_cpd", "two_way")})
         return out
