@@ -46,6 +46,11 @@ The ``[engine]`` table has the keys of the engine's settings and ``[stimulus]`` 
 stimulus program's settings (same names, same defaults), so that one file configures every
 process; ``[stimulus]`` adds the session's trial lists (``trial_lists``, one TSV per run).
 
+``[decoder]`` is the MindEye2 model (or the linear head) and where both stages run (``device``,
+``precision``, ``warmup``, ``compile``, ``cuda_graphs``); ``[reconstruction]`` is the unCLIP image
+model. A key an older file still has in ``[decoder]`` (``unclip``, ``steps``, ``recon``, ``blurry_vae``,
+``channels_last``) is refused with its new place in ``[reconstruction]`` (``recon`` is ``mode`` there).
+
 Relative paths are resolved against the folder of the config file. Unknown keys are errors
 (a misspelt key must not be silently ignored at the scanner). :func:`load_config` raises
 :class:`ConfigError` naming the file, the key and the reason.
