@@ -245,7 +245,7 @@ def _check_unclip(path: Path) -> str | None:
         return err
     missing = [name for name in ("unclip.json", "unet", "vae") if not (path / name).exists()]
     if missing:
-        return f"is not an unCLIP model folder (missing {', '.join(missing)}; make one with rtrecon convert-unclip)"
+        return f"is not an unCLIP folder (missing {', '.join(missing)}; make one with rtrecon convert-unclip)"
     try:
         json.loads((path / "unclip.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

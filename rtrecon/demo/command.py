@@ -65,7 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, nargs=2, default=(10, 20), metavar=("PRETRAIN", "FINETUNE"),
                         help="training epochs (default: %(default)s)")
     parser.add_argument("--hidden-dim", type=int, default=256, help="decoder width (default %(default)s)")
-    parser.add_argument("--unclip", type=Path, help="an unCLIP model folder for the synthetic world's tokens (default: the "
+    parser.add_argument("--unclip", type=Path, help="an unCLIP folder for the synthetic world's tokens (default: the "
                         "synthetic world's unCLIP model shipped with rtrecon); the decoder gets a diffusion prior and every trial "
                         "is also reconstructed from the prior's tokens")
     parser.add_argument("--no-unclip", action="store_true", help="retrieval only: no diffusion prior, no reconstructions")
@@ -98,7 +98,7 @@ def run_demo(ns: argparse.Namespace) -> int:
     live_session, own_sessions = sessions[-1], sessions[:-1]
     unclip = None if ns.no_unclip else ns.unclip or synthetic_reconstructor_path()
     if unclip is not None and not (unclip / "unclip.json").is_file():
-        console.print(f"[red]error:[/] {unclip}: not an unCLIP model folder (no unclip.json)")
+        console.print(f"[red]error:[/] {unclip}: not an unCLIP folder (no unclip.json)")
         return 2
     recipe = DecoderRecipe(hidden_dim=ns.hidden_dim, pretrain_epochs=ns.epochs[0], finetune_epochs=ns.epochs[1],
                            use_prior=unclip is not None, seed=ns.seed)
