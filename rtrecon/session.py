@@ -26,7 +26,7 @@ key                                   checked
 ``decoder.linear_head``               a ridge head ``.npz`` that ``LinearHead.load`` reads whose
                                       voxel count is the ROI's (when ``roi_mask`` is set)
 ``decoder.gallery``                   ``.npz``/``.npy``/``.h5`` that opens, or a folder of images
-``decoder.unclip``                    a folder with ``unclip.json``, ``unet/`` and ``vae/``
+``reconstruction.unclip``             a folder with ``unclip.json``, ``unet/`` and ``vae/``
                                       (the layout ``rtrecon convert-unclip`` writes)
 ``stimulus.trial_lists``              each TSV parses (header, same field count on every row,
                                       at least one trial) and its ``stim_file``/``cue_file``
@@ -246,7 +246,7 @@ def _check_unclip(path: Path) -> str | None:
         return err
     missing = [name for name in ("unclip.json", "unet", "vae") if not (path / name).exists()]
     if missing:
-        return f"is not an unCLIP decoder folder (missing {', '.join(missing)}; make one with rtrecon convert-unclip)"
+        return f"is not an unCLIP folder (missing {', '.join(missing)}; make one with rtrecon convert-unclip)"
     try:
         json.loads((path / "unclip.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -337,8 +337,8 @@ def _checks(config: SessionConfig, role: str) -> Iterator[tuple[str, Path, Calla
             yield "decoder.linear_head", head, lambda: one(_check_linear_head(head, n_voxels[0] if n_voxels else None))
         if (gallery := decoder.gallery) is not None:
             yield "decoder.gallery", gallery, lambda: one(_check_gallery(gallery))
-        if (unclip := decoder.unclip) is not None:
-            yield "decoder.unclip", unclip, lambda: one(_check_unclip(unclip))
+        if (unclip := config.reconstruction.unclip) is not None:
+            yield "reconstruction.unclip", unclip, lambda: one(_check_unclip(unclip))
     if wanted("stimulus"):
         for i, trial_list in enumerate(config.stimulus.trial_lists):
             yield f"stimulus.trial_lists[{i}]", trial_list, lambda t=trial_list: _check_trial_list(t)

@@ -25,10 +25,10 @@
    ``two_way_clip`` and ``pixcorr`` (of the first releases' reconstructions; ``None`` with ``--no-unclip``).
 
 Reconstructions: the decoder is trained with its diffusion prior, and the engine reconstructs every
-trial from the prior's image tokens through the synthetic world's own unCLIP decoder, which ships
-with rtrecon (:mod:`rtrecon.decoders.weights`; the official SDXL unCLIP reads bigG tokens, not the
-synthetic world's). ``--unclip DIR`` names another decoder folder for the synthetic world's tokens
-(e.g. one trained by ``python -m rtrecon.decoders.train_synthetic``); ``--no-unclip`` decodes by
+trial from the prior's image tokens through the synthetic world's own unCLIP model, which ships
+with rtrecon (:mod:`rtrecon.reconstruction.weights`; the official SDXL unCLIP reads bigG tokens, not the
+synthetic world's). ``--unclip DIR`` names another unCLIP folder for the synthetic world's tokens
+(e.g. one trained by ``python -m rtrecon.reconstruction.train_synthetic``); ``--no-unclip`` decodes by
 retrieval only and trains no prior. The report says which.
 
 ``--task imagery`` runs the closed loop on a synthetic mental imagery session instead (cue →
@@ -78,8 +78,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, nargs=2, default=(10, 20), metavar=("PRETRAIN", "FINETUNE"),
                         help="training epochs (default: %(default)s)")
     parser.add_argument("--hidden-dim", type=int, default=256, help="decoder width (default %(default)s)")
-    parser.add_argument("--unclip", type=Path, help="an unCLIP decoder folder for the synthetic world's tokens (default: the "
-                        "synthetic world's decoder shipped with rtrecon); the decoder gets a diffusion prior and every trial "
+    parser.add_argument("--unclip", type=Path, help="an unCLIP folder for the synthetic world's tokens (default: the "
+                        "synthetic world's unCLIP model shipped with rtrecon); the decoder gets a diffusion prior and every trial "
                         "is also reconstructed from the prior's tokens")
     parser.add_argument("--no-unclip", action="store_true", help="retrieval only: no diffusion prior, no reconstructions")
     add_live_arguments(parser)
@@ -126,7 +126,7 @@ def _perception_spec(ns: argparse.Namespace, console: Console, dataset: Path, st
     """The perception demo's decoder (steps 2) and live session (step 3); None after an error printed."""
     from rtrecon.data.nsd import NSDDataset
     from rtrecon.data.synthetic import load_truth
-    from rtrecon.decoders.weights import synthetic_decoder_path
+    from rtrecon.reconstruction.weights import synthetic_reconstructor_path
     from rtrecon.demo.cache import cached_decoder
     from rtrecon.demo.live import LiveSpec
     from rtrecon.demo.training import DecoderRecipe
@@ -134,9 +134,9 @@ def _perception_spec(ns: argparse.Namespace, console: Console, dataset: Path, st
     others = [s for s in range(1, ns.subjects + 1) if s != ns.subject]
     sessions = list(range(1, ns.sessions + 1))
     live_session, own_sessions = sessions[-1], sessions[:-1]
-    unclip = None if ns.no_unclip else ns.unclip or synthetic_decoder_path()
+    unclip = None if ns.no_unclip else ns.unclip or synthetic_reconstructor_path()
     if unclip is not None and not (unclip / "unclip.json").is_file():
-        console.print(f"[red]error:[/] {unclip}: not an unCLIP decoder folder (no unclip.json)")
+        console.print(f"[red]error:[/] {unclip}: not an unCLIP folder (no unclip.json)")
         return None
     recipe = DecoderRecipe(hidden_dim=ns.hidden_dim, pretrain_epochs=ns.epochs[0], finetune_epochs=ns.epochs[1],
                            use_prior=unclip is not None, seed=ns.seed)
@@ -156,7 +156,7 @@ def _perception_spec(ns: argparse.Namespace, console: Console, dataset: Path, st
         f"world {ns.world} ({WORLD_NOTES[ns.world]}). "
         + ("Retrieval only (--no-unclip): no images are reconstructed." if unclip is None else
            f"Reconstructions: its diffusion prior's tokens decoded by the synthetic world's "
-           f"{'own unCLIP decoder shipped with rtrecon' if ns.unclip is None else 'unCLIP decoder'} {unclip} "
+           f"{'own unCLIP model shipped with rtrecon' if ns.unclip is None else 'unCLIP model'} {unclip} "
            "(trained on the synthetic images; not the official SDXL unCLIP weights).")
     )
     return LiveSpec(root=dataset, subject=ns.subject, session=live_session, runs=runs, checkpoint=checkpoint,

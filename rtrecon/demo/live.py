@@ -4,8 +4,8 @@
 checkpoint, output folder, replay speed) and
 
 1. writes the session config (``session.toml``: the engine's ROI is the subject's nsdgeneral
-   ROI, its ``[decoder]`` the checkpoint and a gallery of the session's images, the links on free
-   localhost ports, its ``[stimulus]`` the trial lists written from the design), the trial lists
+   ROI, its ``[decoder]`` the checkpoint and a gallery of the session's images, its ``[reconstruction]``
+   the unCLIP folder when one is given, the links on free localhost ports, its ``[stimulus]`` the trial lists written from the design), the trial lists
    and images (:mod:`rtrecon.demo.stimulus_pc`) and the gallery (``gallery.npz``: the targets'
    tokens of every image shown in the session's runs, ids ``nsd:<73k id>``);
 2. finds the participant's screen (``DISPLAY``, else a private Xvfb) and starts the engine
@@ -132,7 +132,7 @@ def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoin
         "decoder": {**decoder, "gallery": gallery, "top_k": spec.top_k},
     }
     if spec.unclip is not None:
-        sections["decoder"]["unclip"] = spec.unclip
+        sections["reconstruction"] = {"unclip": spec.unclip}
     if spec.imagery is None:
         sections.update(stimulus_settings(trial_lists, nsd.tr, stimulus_dir / "images"))
     else:

@@ -32,7 +32,7 @@ class DecoderRecipe:
     """Architecture and schedule of the demo's small decoder (a MindEye2 of the real-time shape).
 
     ``use_prior`` (the default) adds a small diffusion prior (trained with the recipe's prior loss),
-    whose image tokens an unCLIP decoder turns into reconstructions; retrieval alone needs none
+    whose image tokens an unCLIP model turns into reconstructions; retrieval alone needs none
     (``rtrecon demo --no-unclip`` leaves it out). ``prior_timesteps``
     is the prior's noise schedule length (MindEye2's is 100): the engine samples ``min(20, T)``
     steps per trial, and 10 keeps a trial's prior + unCLIP cost within the demo's 10x TR pace.

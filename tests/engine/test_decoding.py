@@ -117,13 +117,13 @@ def test_from_config_errors_name_the_problem(tmp_path):
         DecodingStage.from_config(load_config(tmp_path / "s.toml"), lambda m: None)
 
 
-def test_unclip_decoder_turns_the_prior_tokens_into_an_image():
-    from rtrecon.decoders.unclip import UnclipDecoder
+def test_unclip_reconstruction_turns_the_prior_tokens_into_an_image():
+    from rtrecon.reconstruction.unclip import UnclipReconstructor
 
     model, betas = _model(use_prior=True, tokens=64, dim=64), _betas(3)
     sent: list[TrialResultMessage] = []
     stage = DecodingStage(model, _gallery_of(model, betas), ["a", "b", "c"], sent.append, "s", subject=1,
-                          unclip=UnclipDecoder.tiny(), steps=1)
+                          unclip=UnclipReconstructor.tiny(), steps=1)
     stage(TrialBeta(1, 0, "b", betas[1], betas[1], 1))
     image = sent[0].image
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
@@ -143,13 +143,13 @@ def _tiny_blurry_vae(folder):
 
 
 def test_warm_up_decodes_once_sends_nothing_and_status_reports_readiness(tmp_path):
-    from rtrecon.decoders.unclip import UnclipDecoder
+    from rtrecon.reconstruction.unclip import UnclipReconstructor
 
     model, betas = _model(use_prior=True, tokens=64, dim=64), _betas(3)
     sent: list[TrialResultMessage] = []
     store = SessionStore(tmp_path / "out", "01", "01", "perception")
     stage = DecodingStage(model, _gallery_of(model, betas), ["a", "b", "c"], sent.append, "s", subject=1,
-                          unclip=UnclipDecoder.tiny(), steps=1, store=store)
+                          unclip=UnclipReconstructor.tiny(), steps=1, store=store)
     assert stage.status()["decoder_ready"] == 0.0
     seconds = stage.warm_up()
     status = stage.status()
@@ -183,10 +183,10 @@ def test_bf16_autocast_stage_from_config_decodes_as_float32_does(tmp_path):
         assert float(a.embedding @ b.embedding) > 0.99
 
 
-def test_official_recon_blends_a_quarter_of_the_blurry_image(tmp_path):
-    """recon "official": 0.75 x the unCLIP image + 0.25 x the blurry latent decoded by the VAE
-    (recomputed here with diffusers directly); recon "fast" is the unCLIP image alone."""
-    from rtrecon.decoders.unclip import UnclipDecoder
+def test_official_mode_blends_a_quarter_of_the_blurry_image(tmp_path):
+    """[reconstruction] mode "official": 0.75 x the unCLIP image + 0.25 x the blurry latent decoded by
+    the VAE (recomputed here with diffusers directly); mode "fast" is the unCLIP image alone."""
+    from rtrecon.reconstruction.unclip import UnclipReconstructor
 
     torch.manual_seed(0)
     config = MindEye2Config.tiny((30, N_VOX), blurry=True).replace(clip_tokens=64, clip_dim=64)
@@ -195,13 +195,13 @@ def test_official_recon_blends_a_quarter_of_the_blurry_image(tmp_path):
     from rtrecon.models.blurry import load_blurry_vae
 
     images = {}
-    for recon in ("fast", "official"):
+    for mode in ("fast", "official"):
         sent: list[TrialResultMessage] = []
         stage = DecodingStage(model, _gallery_of(model, betas), ["a", "b"], sent.append, "s", subject=1,
-                              unclip=UnclipDecoder.tiny(), steps=1, recon=recon,
-                              blurry_vae=load_blurry_vae(tmp_path / "blurry_vae") if recon == "official" else None)
+                              unclip=UnclipReconstructor.tiny(), steps=1, reconstruction_mode=mode,
+                              blurry_vae=load_blurry_vae(tmp_path / "blurry_vae") if mode == "official" else None)
         stage(TrialBeta(1, 4, "a", betas[0], betas[0], 1))
-        images[recon] = sent[0].image.astype(np.float64) / 255
+        images[mode] = sent[0].image.astype(np.float64) / 255
     with torch.no_grad():
         latent = model.encode(torch.from_numpy(betas[:1]), 1).blurry_latent
         blurry = (vae.decode(latent / 0.18215).sample / 2 + 0.5).clamp(0, 1)
@@ -210,8 +210,8 @@ def test_official_recon_blends_a_quarter_of_the_blurry_image(tmp_path):
     expected = 0.75 * images["fast"] + 0.25 * blurry[0].permute(1, 2, 0).numpy()
     assert np.abs(images["official"] - expected).max() <= 1.5 / 255  # two roundings to 8 bits
     assert np.abs(images["official"] - images["fast"]).max() > 10 / 255  # the control: the blend shows
-    with pytest.raises(ConfigError, match="recon 'official' needs a model with the blurry branch"):
-        DecodingStage(_model(), np.ones((1, 64)), ["a"], lambda m: None, "s", recon="official", blurry_vae=vae)
+    with pytest.raises(ConfigError, match="reconstruction mode 'official' needs a model with the blurry branch"):
+        DecodingStage(_model(), np.ones((1, 64)), ["a"], lambda m: None, "s", reconstruction_mode="official", blurry_vae=vae)
 
 
 def test_official_blurry_autoencoder_file_loads_strictly(tmp_path):
@@ -319,6 +319,10 @@ def test_a_linear_head_config_is_refused_with_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"none.npz: no such linear head file \(\[decoder\] linear_head\)"):
         DecodingStage.from_config(load_config(tmp_path / "c.toml"), lambda m: None)
     assert not load_config(tmp_path / "c.toml").decoder.head == "mindeye" and load_config(tmp_path / "c.toml").decoder.decodes
+    (tmp_path / "d.toml").write_text('[decoder]\nhead = "linear"\nlinear_head = "h.npz"\ngallery = "g.npz"\n'
+                                     '[reconstruction]\nunclip = "unclip"\n')
+    with pytest.raises(ConfigError, match=r'\[reconstruction\] unclip: \[decoder\] head "linear" retrieves only'):
+        DecodingStage.from_config(load_config(tmp_path / "d.toml"), lambda m: None)
 
 
 def _pairmate_case(n: int = 240, noise: float = 1.0):
