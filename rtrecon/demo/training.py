@@ -108,8 +108,16 @@ def train_decoder(
     torch.manual_seed(recipe.seed)
     model = MindEye2(config)
     settings = dict(batch_size=recipe.batch_size, lr=recipe.lr, use_prior=recipe.use_prior, seed=recipe.seed, progress=progress)
-    train(model, shared, TrainConfig(epochs=recipe.pretrain_epochs, **settings), out / "pretrain")
-    own = TrainingData([subject_data(nsd, subject, finetune_sessions)], targets)
-    model = load_official(out / "pretrain" / "last.pth", new_subject_voxels=own.n_voxels[0])
-    train(model, own, TrainConfig(epochs=recipe.finetune_epochs, **settings), out / "finetune")
+    # One torch thread: batches of 8 through a small model gain little from a second one, and on a
+    # busy 2-core machine two threads spin against other processes (the demo's pretraining ran
+    # about 10x slower per epoch with two threads than with one, at a load average of 6-8).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(model, shared, TrainConfig(epochs=recipe.pretrain_epochs, **settings), out / "pretrain")
+        own = TrainingData([subject_data(nsd, subject, finetune_sessions)], targets)
+        model = load_official(out / "pretrain" / "last.pth", new_subject_voxels=own.n_voxels[0])
+        train(model, own, TrainConfig(epochs=recipe.finetune_epochs, **settings), out / "finetune")
+    finally:
+        torch.set_num_threads(threads)
     return out / "finetune" / "last.pth"
