@@ -9,16 +9,18 @@ engine's extra is what ``.ci/bootstrap`` installs for the rest of the suite.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from rtrecon.contract import children
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # What must import on that machine, and what must not be installed there.
-CONTRACT = ["rtrecon.contract.wire", "rtrecon.contract.config", "rtrecon.contract.transport", "rtrecon.contract.keys", "rtrecon.contract.layout", "rtrecon.session"]
+CONTRACT = ["rtrecon.contract.wire", "rtrecon.contract.config", "rtrecon.contract.transport", "rtrecon.contract.keys", "rtrecon.contract.layout",
+            "rtrecon.contract.children", "rtrecon.session"]
 HEAVY = ["torch", "nilearn", "diffusers", "open_clip", "transformers", "onnxruntime"]
 
 CASES = {
@@ -61,25 +63,25 @@ def test_extra_installs_and_runs_alone(tmp_path: Path, extra: str) -> None:
     (tmp_path / "project").mkdir()
     project = _copy_project(tmp_path / "project")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    children.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+    install = children.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                               f"{project}[{extra}]"], capture_output=True, text=True)
     assert install.returncode == 0, f"pip install rtrecon[{extra}] failed:\n{install.stderr[-3000:]}"
     for args in case["extra_pip"]:
-        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args], check=True)
+        children.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args], check=True)
 
-    heavy = subprocess.run([python, "-c", "import importlib.util, sys; "
+    heavy = children.run([python, "-c", "import importlib.util, sys; "
                             f"print(','.join(m for m in {HEAVY!r} if importlib.util.find_spec(m)))"],
                            capture_output=True, text=True, check=True)
     assert heavy.stdout.strip() == "", f"rtrecon[{extra}] installed {heavy.stdout.strip()}"
 
     imports = "; ".join(f"import {m}" for m in case["modules"])
-    done = subprocess.run([python, "-c", imports], capture_output=True, text=True, cwd=tmp_path)
+    done = children.run([python, "-c", imports], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
     for args in case["commands"]:
-        done = subprocess.run([str(venv / "bin" / "rtrecon"), *args], capture_output=True, text=True, cwd=tmp_path)
+        done = children.run([str(venv / "bin" / "rtrecon"), *args], capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0, f"rtrecon {' '.join(args)} in rtrecon[{extra}]:\n{done.stderr[-3000:]}"
         assert "usage: rtrecon" in done.stdout
 
@@ -87,5 +89,5 @@ def test_extra_installs_and_runs_alone(tmp_path: Path, extra: str) -> None:
 def test_the_contract_imports_neither_torch_nor_nilearn() -> None:
     code = ("import sys; " + "; ".join(f"import {m}" for m in CONTRACT) +
             f"; print(','.join(m for m in {HEAVY!r} + ['scipy', 'pandas'] if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    done = children.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == ""

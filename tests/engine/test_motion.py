@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from rtrecon.contract import children
+from rtrecon.testing import scaled
 from engine.motion import (
     RigidRealigner,
     displacement_error,
@@ -197,7 +200,7 @@ class _Elastix:
             )
         )
         with open(work / "stderr.txt", "wb") as err:
-            self.process = subprocess.Popen(
+            self.process = children.start(
                 ["elastix", "-f", fixed, "-m", moving, "-fMask", mask, "-p", params, "-out", work, "-threads", "1"],
                 stdout=subprocess.DEVNULL, stderr=err,
             )
@@ -209,8 +212,8 @@ class _Elastix:
         # ITK works in LPS: flip x and y on the way in and out.
         lps = points_ras * [-1, -1, 1]
         (self.work / "points.txt").write_text("point\n%d\n" % len(lps) + "\n".join(" ".join(map(str, p)) for p in lps))
-        subprocess.run(["transformix", "-def", self.work / "points.txt", "-tp", self.work / "TransformParameters.0.txt",
-                        "-out", self.work], check=True, capture_output=True)
+        children.run(["transformix", "-def", self.work / "points.txt", "-tp", self.work / "TransformParameters.0.txt",
+                      "-out", self.work], check=True, capture_output=True, timeout=scaled(60))
         text = (self.work / "outputpoints.txt").read_text()
         rows = [line.split("OutputPoint = [")[1].split("]")[0] for line in text.splitlines()]
         return np.array([[float(v) for v in row.split()] for row in rows]) * [-1, -1, 1]
@@ -299,9 +302,7 @@ def elastix_cases(real_run, realigner, dicom_dir, tmp_path_factory) -> dict[str,
         cases[name] = _Case(data, affine, case_realigner, volume, points, registration)
     yield cases
     for case in cases.values():
-        if case.elastix.process.poll() is None:
-            case.elastix.process.kill()
-            case.elastix.process.wait()
+        children.stop(case.elastix.process, grace_s=0.0, signum=signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -324,9 +325,7 @@ def elastix_run(real_run, realigner, tmp_path_factory) -> tuple[np.ndarray, dict
         registrations[volume] = _Elastix(work / "fixed.nii.gz", moving, work / "mask.nii.gz", work / f"out_{volume}")
     yield points, registrations
     for registration in registrations.values():
-        if registration.process.poll() is None:
-            registration.process.kill()
-            registration.process.wait()
+        children.stop(registration.process, grace_s=0.0, signum=signal.SIGKILL)
 
 
 def _gap_to_elastix(case: _Case) -> tuple[np.ndarray, float, float, bool, np.ndarray]:

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rtrecon.contract import children
+from rtrecon.testing import scaled
 from engine.motion import PARAMETER_NAMES, RigidRealigner
 from engine.replay import ReplayError, read_events, replay_messages
 from engine.server import TRIAL_COLUMNS, Engine, EngineSettings
@@ -28,8 +30,8 @@ def run_dir(shared_dir: Path) -> Path:
 
 
 def _replay(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rtrecon.cli", "engine", "replay", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return children.run([sys.executable, "-m", "rtrecon.cli", "engine", "replay", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=scaled(600))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from rtrecon.contract import children
+from rtrecon.testing import scaled
 from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -66,7 +68,7 @@ def write_config(folder: Path, extra: str = "") -> Path:
     config.write_text(
         f'[session]\nsubject = "01"\nsession = "01"\ntask = "perception"\noutput_dir = "out"\n'
         f'[network]\nvolumes = "{ipc}/v"\nevents = "{ipc}/e"\nresults = "{ipc}/r"\nstatus = "{ipc}/s"\noperator = "{ipc}/o"\n'
-        f"heartbeat_s = 0.5\n"
+        f"heartbeat_s = {scaled(0.5)}\n"
         f"[engine]\nplanned_volumes = {N_VOLS}\nrealign_samples = 2000\n" + extra
     )
     return config
@@ -74,7 +76,7 @@ def write_config(folder: Path, extra: str = "") -> Path:
 
 def start_console(config: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """``rtrecon console`` as its own process; returns it and the address it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "rtrecon.cli", "console", "--config", str(config), "--port", "0",
+    proc = children.start([sys.executable, "-m", "rtrecon.cli", "console", "--config", str(config), "--port", "0",
                              "--log-level", "WARNING", *args],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -90,7 +92,7 @@ def stop(proc: subprocess.Popen) -> str:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=scaled(20))
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
@@ -112,10 +114,10 @@ class LiveSession:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._links, daemon=True)
         self._thread.start()
-        self._ready.wait(10)
+        self._ready.wait(scaled(10))
 
     def start_engine(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "rtrecon.cli", "engine", "--config", str(self.config),
+        return children.start([sys.executable, "-m", "rtrecon.cli", "engine", "--config", str(self.config),
                                  "--log-level", "WARNING"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
     def _links(self) -> None:
@@ -123,10 +125,10 @@ class LiveSession:
 
         ipc = f"ipc://{self.folder}"
         with (
-            ReliableSender(f"{ipc}/v", SESSION, self.folder / "spool_v", key=volume_key, heartbeat_s=0.5) as volumes,
-            ReliableSender(f"{ipc}/e", SESSION, self.folder / "spool_e", key=trial_key, heartbeat_s=0.5,
+            ReliableSender(f"{ipc}/v", SESSION, self.folder / "spool_v", key=volume_key, heartbeat_s=scaled(0.5)) as volumes,
+            ReliableSender(f"{ipc}/e", SESSION, self.folder / "spool_e", key=trial_key, heartbeat_s=scaled(0.5),
                            name="stimulus") as events,
-            ReliableReceiver(f"{ipc}/r", SESSION, key=trial_key, heartbeat_s=0.5, name="stimulus") as results,
+            ReliableReceiver(f"{ipc}/r", SESSION, key=trial_key, heartbeat_s=scaled(0.5), name="stimulus") as results,
         ):
             self._ready.set()
             while not self._stop.is_set():
@@ -153,7 +155,7 @@ class LiveSession:
 
     def wait_acked(self, timeout_s: float = 90.0) -> None:
         """Wait until the engine has acknowledged everything sent."""
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + scaled(timeout_s)
         while (self.pending or not self._outbox.empty()) and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.pending:
@@ -166,7 +168,7 @@ class LiveSession:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(scaled(10))
         stop(self.engine)
 
 
