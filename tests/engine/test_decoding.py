@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from rtrecon.testing import scaled
 from engine.decoding import BackgroundDecoder, DecodingStage, load_gallery
 from engine.store import SessionStore
 from engine.trials import TrialBeta
 from rtrecon.contract.config import ConfigError, load_config
 from rtrecon.models import MindEye2, MindEye2Config, save_checkpoint
 from rtrecon.contract.wire import TrialResultMessage, decode, encode
+from rtrecon.testing import scaled
 
 N_VOX = 40
 

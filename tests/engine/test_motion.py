@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from rtrecon.contract import children
-from rtrecon.testing import scaled
 from engine.motion import (
     RigidRealigner,
     displacement_error,
@@ -22,6 +20,8 @@ from engine.motion import (
     matrix_to_parameters,
     rigid_matrix,
 )
+from rtrecon.contract import children
+from rtrecon.testing import scaled
 
 RUN = "data/bold/siemens_prisma_e11_pydecnef_run1/ref_local/5_PERCEPTION.nii.gz"
 

@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rtrecon.contract import children
-from rtrecon.testing import scaled
 from engine.motion import PARAMETER_NAMES, RigidRealigner
 from engine.replay import ReplayError, read_events, replay_messages
 from engine.server import TRIAL_COLUMNS, Engine, EngineSettings
 from engine.store import SessionStore
+from rtrecon.contract import children
 from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage
+from rtrecon.testing import scaled
 
 SESSION = "sub-01_ses-01"
 ROOT = Path(__file__).resolve().parents[2]

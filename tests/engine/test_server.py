@@ -16,15 +16,15 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from rtrecon.contract import children
-from rtrecon.testing import scaled
 from engine.decoding import BackgroundDecoder
 from engine.design import RunDesign
 from engine.motion import rigid_matrix
 from engine.server import CONFOUND_COLUMNS, TRIAL_COLUMNS, Engine, EngineSettings, load_engine_config
 from engine.store import SessionStore
+from rtrecon.contract import children
 from rtrecon.contract.config import ConfigError
 from rtrecon.contract.wire import EventMessage, RunEndMessage, TrialResultMessage, VolumeMessage, VolumeMissingMessage
+from rtrecon.testing import scaled
 
 # A TR and an oblique affine that float32 (the NIfTI header's precision) cannot hold exactly, as a
 # scanner's are: the recovery tests then show whether the live engine uses the stored geometry.

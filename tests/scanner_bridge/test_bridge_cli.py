@@ -15,8 +15,8 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from rtrecon.testing import scaled
 from rtrecon.cli import main
+from rtrecon.testing import scaled
 from scanner_bridge.commands.bridge import VolumeStore
 
 EP2D = "siemens_mosaic_ep2d_vd13"

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtrecon.testing import scaled
 from rtrecon.contract.wire import EventMessage, decode, encode
+from rtrecon.testing import scaled
 from scanner_bridge.assembly import RunStarted, VolumeReady
 from scanner_bridge.nsd_replay import NsdReplaySource
 from scanner_bridge.replay import ReplayError

@@ -12,9 +12,9 @@ import numpy as np
 import pydicom
 import zmq
 
-from rtrecon.testing import scaled
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender
 from rtrecon.contract.wire import RunEndMessage, VolumeMessage
+from rtrecon.testing import scaled
 from scanner_bridge.commands.bridge import VolumeStore
 from scanner_bridge.sender import BridgeSender
 from scanner_bridge.watcher import FolderWatcher

@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtrecon.testing import scaled
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender
 from rtrecon.contract.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage, encode
+from rtrecon.testing import scaled
 from scanner_bridge.assembly import FileRejected, RunStarted, VolumeMissing, VolumeReady
 from scanner_bridge.replay import NiftiReplaySource
 from scanner_bridge.sender import BridgeSender, volume_message, written_time

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from rtrecon.contract import children
-from rtrecon.testing import scaled
 from rtrecon.contract.config import NetworkSection, SessionConfig, SessionSection, StimulusSection
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key
 from rtrecon.contract.wire import EventMessage, TrialResultMessage
+from rtrecon.testing import scaled
 from stimulus.app import Frame, StimulusProgram, prepare_run
 from stimulus.participant import VirtualParticipant
 from stimulus.trials import TrialListError

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtrecon.cli import main
 from rtrecon.contract import children
 from rtrecon.testing import scaled
-from rtrecon.cli import main
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtrecon.testing import scaled
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key
 from rtrecon.contract.wire import EventMessage, TrialResultMessage
+from rtrecon.testing import scaled
 from stimulus.link import EngineLink, OfflineLink
 
 SESSION = "sub-01_ses-01"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from rtrecon.testing import scaled
 from rtrecon.contract.keys import init_keys, load_curve
 from rtrecon.contract.transport import StatusPublisher
 from rtrecon.contract.wire import OperatorMessage
+from rtrecon.testing import scaled
 from stimulus.operator import OperatorControls, console_role
 
 SESSION = "sub-01_ses-01"

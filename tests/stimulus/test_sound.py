@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rtrecon.testing import scaled
 from rtrecon.contract.config import SessionConfig, SessionSection, SoundSection, StimulusSection
+from rtrecon.testing import scaled
 from stimulus.sound import SoundError, check_sound_file, decode_sound
 
 ALSA_CONF = "/usr/share/alsa/alsa.conf"

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from rtrecon.contract import children
-from rtrecon.testing import scaled
 from rtrecon.contract.config import TriggerSection
+from rtrecon.testing import scaled
 from stimulus.trigger import ButtonBoxKeys, KeyPress, MergedKeys, ParallelPortKeys, ScannerTrigger, ScheduledKeys, SerialKeys, hardware_keys
 
 

@@ -18,8 +18,8 @@ import pytest
 from scipy import ndimage
 
 from rtrecon.contract import children
-from rtrecon.testing import scaled
 from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage
+from rtrecon.testing import scaled
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")

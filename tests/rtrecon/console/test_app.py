@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from rtrecon.testing import scaled
 from rtrecon.console.records import ControlRecords
 from rtrecon.contract.layout import SessionLayout
+from rtrecon.testing import scaled
 from stimulus.operator import OperatorControls
 
 pytestmark = pytest.mark.timeout(240)

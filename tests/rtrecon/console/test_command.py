@@ -13,8 +13,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from rtrecon.contract import children
-from rtrecon.testing import scaled
 from rtrecon.contract.keys import init_keys
+from rtrecon.testing import scaled
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

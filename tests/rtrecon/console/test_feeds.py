@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 
-from rtrecon.testing import scaled
 from rtrecon.console.feeds import EngineFeed, console_curve
 from rtrecon.contract.keys import init_keys, load_curve
 from rtrecon.contract.transport import StatusPublisher
 from rtrecon.contract.wire import StatusMessage, TrialResultMessage
+from rtrecon.testing import scaled
 
 
 def _collect(endpoint: str, publisher: StatusPublisher, messages: list, curve=None, wait_s: float = 15.0) -> list:

@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from rtrecon.testing import scaled
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
 from rtrecon.contract.wire import (
     MAX_HEADER_BYTES,
@@ -43,6 +42,7 @@ from rtrecon.contract.wire import (
     encode,
     validate,
 )
+from rtrecon.testing import scaled
 
 SCALE = max(1, int(os.environ.get("RTRECON_FUZZ", "1")))
 SESSION = "sub-01_ses-01"

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtrecon.testing import scaled
 from rtrecon.cli import main
 from rtrecon.contract.keys import CurveKeys, KeysError, init_keys, load_curve
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender, StatusPublisher, StatusSubscriber, trial_key, volume_key
 from rtrecon.contract.wire import EventMessage, StatusMessage, VolumeMessage
+from rtrecon.testing import scaled
 
 SESSION = "sub-01_ses-01"
 HB = scaled(0.2)  # the links' heartbeat period in these tests

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rtrecon.contract import children
-from rtrecon.testing import scaled
 from rtrecon.contract.layout import SessionLayout, atomic_file, atomic_write, safe_filename, session_id
+from rtrecon.testing import scaled
 
 
 def test_names_follow_bids_with_two_digit_runs(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ import pytest
 import zmq
 
 from rtrecon.contract import children
-from rtrecon.testing import scaled
 from rtrecon.contract.transport import (
     ReliableReceiver,
     ReliableSender,
@@ -40,9 +39,10 @@ from rtrecon.contract.wire import (
     decode,
     encode,
 )
+from rtrecon.testing import scaled
 
 SESSION = "sub-01_ses-01"
-HB = scaled(0.2)  # heartbeat period in these tests: a dead peer is noticed after three
+HB = scaled(0.2)  # heartbeat period in these tests: a dead peer is noticed after three missed beats
 
 # A volume's voxels all equal its index, so a mixed-up or corrupted volume shows.
 VOLUME_CODE = """

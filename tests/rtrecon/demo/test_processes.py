@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rtrecon.testing import scaled
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
+from rtrecon.testing import scaled
 
 
 def test_free_endpoints_are_distinct_localhost_ports():

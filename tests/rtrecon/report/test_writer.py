@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from rtrecon.contract import children
-from rtrecon.testing import scaled
 from rtrecon.report import MotionTrace, SessionReportData, TrialRecord, stage_durations, write_report
+from rtrecon.testing import scaled
 
 STAGES = ["written", "read", "received", "realigned", "decoded", "generated", "shown"]
 RANKS = [1, 2, 1, 7, None, 3, 1, 12]  # 7 ranked: top-1 3/7, top-5 5/7

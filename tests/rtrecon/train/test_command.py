@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from rtrecon.contract import children
-from rtrecon.testing import scaled
 from rtrecon.cli import main
+from rtrecon.contract import children
 from rtrecon.models import load_official
+from rtrecon.testing import scaled
 
 
 def test_new_subject_needs_a_single_subject(tmp_path, small_data):
