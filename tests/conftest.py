@@ -54,18 +54,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_threads():
+def no_leaked_threads(request: pytest.FixtureRequest):
     """Fail a test that leaves a non-daemon thread of its own running (after a short grace to end).
 
     Autouse and function-scoped, this fixture is set up after the session- and module-scoped
     fixtures (whose threads live on legitimately) and before the test's other fixtures, so it sees
     the threads the test and its own fixtures started, after those fixtures were torn down.
     """
+    # Playwright's session-wide event loop (the chromium fixture) grows its default executor
+    # (threads asyncio_N) lazily, during whichever test first needs a worker: they are the
+    # session's, and end with it.
+    session_owned = ("asyncio_",) if "chromium" in request.fixturenames else ()
     before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + scaled(2.0)
     while True:
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
+                  and not t.name.startswith(session_owned)]
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.01)

@@ -345,10 +345,11 @@ def test_volumes_go_on_while_trials_decode(tmp_path):
 
 
 def test_trials_still_decoding_at_a_crash_are_decoded_after_the_restart(tmp_path):
-    crashed = _engine(tmp_path, decoder=BackgroundDecoder(_GatedStage(threading.Event())))
+    never = threading.Event()
+    crashed = _engine(tmp_path, decoder=BackgroundDecoder(_GatedStage(never)))
     _stream(crashed, 0, 37, end=False)
     assert crashed.decoder.pending > 0
-    del crashed  # killed with trials in the decoder: none sent, none in the trials table
+    stuck, crashed = crashed.decoder, None  # killed with trials in the decoder: none sent, none in the trials table
     gate = threading.Event()
     gate.set()
     published = []
@@ -358,6 +359,10 @@ def test_trials_still_decoding_at_a_crash_are_decoded_after_the_restart(tmp_path
     assert [m.trial for m in published if m.final] == list(range(len(ONSETS)))
     assert [m.sequence for m in published] == list(range(len(published)))
     assert _trials_table(resumed.store) == [(m.trial, m.release) for m in published]
+    resumed.decoder.close()
+    resumed.join_background()
+    never.set()  # the crashed engine's decoder thread (a process gone, in real life) must not outlive the test
+    stuck.close()
     resumed.decoder.close()
     resumed.join_background()
 

@@ -33,13 +33,12 @@ def xvfb() -> Iterator[str]:
     with os.fdopen(read) as f:
         number = f.readline().strip()
     if not number:
-        proc.kill()
+        children.stop(proc, grace_s=0.0)
         pytest.fail("Xvfb did not start")
     previous = os.environ.get("DISPLAY")
     os.environ["DISPLAY"] = f":{number}"
     yield os.environ["DISPLAY"]
-    proc.terminate()
-    proc.wait(timeout=scaled(10))
+    children.stop(proc, grace_s=scaled(10))
     if previous is None:
         os.environ.pop("DISPLAY", None)
     else:

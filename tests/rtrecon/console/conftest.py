@@ -82,19 +82,19 @@ def start_console(config: Path, *args: str) -> tuple[subprocess.Popen, str]:
     line = proc.stdout.readline()
     match = re.search(r"console up: (\S+)", line)
     if match is None:
-        proc.kill()
+        children.stop(proc, grace_s=0.0, signum=signal.SIGKILL)
         raise AssertionError(f"the console did not start: {line}{proc.stderr.read()[-2000:]}")
     return proc, match[1]
 
 
 def stop(proc: subprocess.Popen) -> str:
-    """Stop a process (SIGTERM, its clean stop) and return its stderr."""
+    """Stop a process (SIGTERM, its clean stop; SIGKILL to its group after a grace) and return its stderr."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
         _, err = proc.communicate(timeout=scaled(20))
     except subprocess.TimeoutExpired:
-        proc.kill()
+        children.stop(proc, grace_s=0.0, signum=signal.SIGKILL)
         _, err = proc.communicate()
     return err or ""
 
