@@ -201,7 +201,7 @@ def run(series: str, reps: int, interval: float, shared: Path) -> dict:
                     if message is not None:
                         rx.ack(message)
         finally:
-            children.stop(bridge, grace_s=0.0, signum=signal.SIGKILL)
+            children.kill(bridge)
         scanner.join()
 
         keys = [k for k in sorted(received) if k[0] > 1]  # run 1 is the warm-up

@@ -30,7 +30,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["die_with_parent", "run", "running", "start", "stop"]
+__all__ = ["die_with_parent", "kill", "run", "running", "start", "stop"]
+
+_POSIX = os.name == "posix"
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -56,7 +58,7 @@ def die_with_parent(parent_pid: int | None = None, signum: int = signal.SIGTERM)
 
     Runs in the child, between fork and exec. ``parent_pid`` (the parent's pid, taken before the
     fork) closes the race where the parent dies before the request is made: the child then stops
-    itself at once. A no-op where ``prctl`` does not exist (macOS, Windows).
+    itself at once. A no-op where ``prctl`` does not exist (macOS).
     """
     if _prctl is None:
         return
@@ -66,11 +68,16 @@ def die_with_parent(parent_pid: int | None = None, signum: int = signal.SIGTERM)
 
 
 def start(argv: Sequence[str | os.PathLike[str]], **popen_kwargs: Any) -> subprocess.Popen:
-    """``subprocess.Popen(argv, **popen_kwargs)`` in its own session, guarded by :func:`die_with_parent`."""
+    """``subprocess.Popen(argv, **popen_kwargs)`` in its own session, guarded by :func:`die_with_parent`.
+
+    On Windows (no sessions, no ``preexec_fn``: a stimulus PC) it is a plain ``Popen``, still
+    listed by :func:`running` and stopped at exit.
+    """
     if "preexec_fn" in popen_kwargs or "start_new_session" in popen_kwargs:
         raise TypeError("start() sets preexec_fn and start_new_session itself")
-    popen = subprocess.Popen(list(argv), start_new_session=True,
-                             preexec_fn=functools.partial(die_with_parent, os.getpid()), **popen_kwargs)
+    if _POSIX:
+        popen_kwargs.update(start_new_session=True, preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    popen = subprocess.Popen(list(argv), **popen_kwargs)
     with _lock:
         _started.append(popen)
     return popen
@@ -89,17 +96,22 @@ def _stop_all() -> None:
         stop(popen, grace_s=1.0)
 
 
-def _signal_group(popen: subprocess.Popen, signum: int) -> None:
+def _signal_group(popen: subprocess.Popen, signum: int | None) -> None:
+    """Send ``signum`` (None: kill) to ``popen``'s process group."""
+    if not _POSIX:  # no process groups here: the child alone
+        if popen.poll() is None:
+            popen.kill() if signum is None else popen.send_signal(signum)
+        return
     try:
-        os.killpg(popen.pid, signum)  # start() made the child its group's leader
+        os.killpg(popen.pid, signal.SIGKILL if signum is None else signum)  # start() made the child its group's leader
     except (ProcessLookupError, PermissionError):
         pass  # the group is gone (a zombie leader alone answers EPERM on some systems)
 
 
 def stop(popen: subprocess.Popen, grace_s: float = 5.0, signum: int = signal.SIGTERM) -> int:
-    """Send ``signum`` to ``popen``'s process group, SIGKILL the group after ``grace_s``; its exit status.
+    """Send ``signum`` to ``popen``'s process group, kill the group after ``grace_s``; its exit status.
 
-    Whatever the child started in its group is signalled too, even when the child itself has
+    Whatever the child started in its group is killed too, even when the child itself has
     already exited.
     """
     if popen.poll() is None:
@@ -108,8 +120,14 @@ def stop(popen: subprocess.Popen, grace_s: float = 5.0, signum: int = signal.SIG
             popen.wait(grace_s)
         except subprocess.TimeoutExpired:
             pass
-    _signal_group(popen, signal.SIGKILL)
+    _signal_group(popen, None)
     return popen.wait()
+
+
+def kill(popen: subprocess.Popen) -> int:
+    """Kill ``popen``'s process group at once (SIGKILL); its exit status."""
+    _signal_group(popen, None)
+    return stop(popen, grace_s=0.0)
 
 
 def run(argv: Sequence[str | os.PathLike[str]], *, timeout: float | None = None, input: str | bytes | None = None,
@@ -128,11 +146,11 @@ def run(argv: Sequence[str | os.PathLike[str]], *, timeout: float | None = None,
     try:
         stdout, stderr = popen.communicate(input, timeout=timeout)
     except BaseException:
-        stop(popen, grace_s=0.0, signum=signal.SIGKILL)
+        kill(popen)
         popen.communicate()
         raise
     finally:
-        _signal_group(popen, signal.SIGKILL)  # what the child left behind in its group
+        _signal_group(popen, None)  # what the child left behind in its group
     done = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     if check:
         done.check_returncode()

@@ -91,7 +91,7 @@ class _Child:
             pass
         finally:
             self._err.close()
-        return children.stop(self.proc, grace_s=0.0, signum=signal.SIGKILL)
+        return children.kill(self.proc)
 
 
 def _dicom_folder(series: Path) -> Path:
@@ -172,7 +172,7 @@ def _run(ns: argparse.Namespace) -> int:
                     progress.update(scan_task, completed=len(written), info=f"{len(written)} written")
         except (TimeoutError, RuntimeError) as exc:
             for child in (bridge, listener):
-                children.stop(child.proc, grace_s=0.0, signum=signal.SIGKILL)
+                children.kill(child.proc)
             print(f"rtrecon bridge demo: {exc}\n" + bridge.log.read_text()[-2000:], file=sys.stderr)
             return 1
         finally:

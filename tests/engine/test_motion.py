@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,7 +301,7 @@ def elastix_cases(real_run, realigner, dicom_dir, tmp_path_factory) -> dict[str,
         cases[name] = _Case(data, affine, case_realigner, volume, points, registration)
     yield cases
     for case in cases.values():
-        children.stop(case.elastix.process, grace_s=0.0, signum=signal.SIGKILL)
+        children.kill(case.elastix.process)
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +324,7 @@ def elastix_run(real_run, realigner, tmp_path_factory) -> tuple[np.ndarray, dict
         registrations[volume] = _Elastix(work / "fixed.nii.gz", moving, work / "mask.nii.gz", work / f"out_{volume}")
     yield points, registrations
     for registration in registrations.values():
-        children.stop(registration.process, grace_s=0.0, signum=signal.SIGKILL)
+        children.kill(registration.process)
 
 
 def _gap_to_elastix(case: _Case) -> tuple[np.ndarray, float, float, bool, np.ndarray]:

@@ -82,7 +82,7 @@ def start_console(config: Path, *args: str) -> tuple[subprocess.Popen, str]:
     line = proc.stdout.readline()
     match = re.search(r"console up: (\S+)", line)
     if match is None:
-        children.stop(proc, grace_s=0.0, signum=signal.SIGKILL)
+        children.kill(proc)
         raise AssertionError(f"the console did not start: {line}{proc.stderr.read()[-2000:]}")
     return proc, match[1]
 
@@ -94,7 +94,7 @@ def stop(proc: subprocess.Popen) -> str:
     try:
         _, err = proc.communicate(timeout=scaled(20))
     except subprocess.TimeoutExpired:
-        children.stop(proc, grace_s=0.0, signum=signal.SIGKILL)
+        children.kill(proc)
         _, err = proc.communicate()
     return err or ""
 

@@ -69,7 +69,7 @@ def test_a_child_dies_with_its_sigkilled_parent_and_an_unguarded_one_does_not(tm
         assert _gone_within(guarded, 10)
         assert _alive(plain)  # control: without the guard, a child outlives its killed parent
     finally:
-        children.stop(parent, grace_s=0.0, signum=signal.SIGKILL)
+        children.kill(parent)
         if pids.exists():
             os.kill(int(pids.read_text().split()[1]), signal.SIGKILL)
 

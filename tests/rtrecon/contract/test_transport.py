@@ -292,7 +292,7 @@ def test_receiver_killed_mid_run_loses_and_duplicates_nothing(endpoint: str, tmp
             assert tx.wait_acked(scaled(20)), log_file.read_text()
             assert receiver.wait(scaled(10)) == 0
     finally:
-        children.stop(receiver, grace_s=0.0, signum=signal.SIGKILL)
+        children.kill(receiver)
     assert not (store / "errors.txt").exists(), (store / "errors.txt").read_text()
     assert sorted(int(p.stem) for p in store.glob("*.npy")) == list(range(n))
     for index in (0, 14, 15, n - 1):
@@ -332,7 +332,7 @@ def test_sender_killed_mid_run_loses_and_duplicates_nothing(endpoint: str, tmp_p
             _until(lambda: sender.poll() is not None, step, 30, "the sender to finish")
             assert sender.returncode == 0, log_file.read_text()
         finally:
-            children.stop(sender, grace_s=0.0, signum=signal.SIGKILL)
+            children.kill(sender)
     assert [volume_key(m) for m in got] == [(1, i) for i in range(n + 1)]
     assert isinstance(got[-1], RunEndMessage) and got[-1].n_volumes == n
     assert all(np.all(m.voxels == m.index) for m in got[:-1])
