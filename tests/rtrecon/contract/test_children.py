@@ -92,7 +92,6 @@ def test_a_timeout_kills_the_child_and_its_grandchild(tmp_path: Path) -> None:
     assert time.monotonic() - started < scaled(60)  # the grandchild holding the output pipes did not keep run() waiting
     (grandchild,) = _read_pids(pid_file, 1, 5)
     assert _gone_within(grandchild, 10)
-    assert children.running() == []
 
 
 def test_stop_ends_the_whole_group_even_after_the_child_exited(tmp_path: Path) -> None:
