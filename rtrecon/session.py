@@ -357,7 +357,7 @@ def plan_trial_lists(config_file: Path, skip: Collection[int] = ()) -> list[Prob
     if importlib.util.find_spec("stimulus") is None:
         return None
     proc = children.run([sys.executable, "-m", "rtrecon.cli", "stimulus", "check", "--config", str(config_file), "--json"],
-                          capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return [Problem("stimulus.trial_lists", config_file, f"rtrecon stimulus check failed: {proc.stderr.strip()[-500:]}")]

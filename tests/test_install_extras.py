@@ -66,14 +66,14 @@ def test_extra_installs_and_runs_alone(tmp_path: Path, extra: str) -> None:
     children.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     install = children.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                              f"{project}[{extra}]"], capture_output=True, text=True)
+                            f"{project}[{extra}]"], capture_output=True, text=True)
     assert install.returncode == 0, f"pip install rtrecon[{extra}] failed:\n{install.stderr[-3000:]}"
     for args in case["extra_pip"]:
         children.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args], check=True)
 
     heavy = children.run([python, "-c", "import importlib.util, sys; "
-                            f"print(','.join(m for m in {HEAVY!r} if importlib.util.find_spec(m)))"],
-                           capture_output=True, text=True, check=True)
+                          f"print(','.join(m for m in {HEAVY!r} if importlib.util.find_spec(m)))"],
+                         capture_output=True, text=True, check=True)
     assert heavy.stdout.strip() == "", f"rtrecon[{extra}] installed {heavy.stdout.strip()}"
 
     imports = "; ".join(f"import {m}" for m in case["modules"])

@@ -4,7 +4,8 @@
 another program such as ``Xvfb``) through :mod:`rtrecon.contract.children` (its own process group,
 and a parent-death guard: a killed demo leaves nothing running) with its output in
 ``logs/<name>.log``, tells which have exited and with what status, and stops the rest with SIGTERM
-to each group (the processes' own clean stop), then SIGKILL after a grace period. :func:`free_endpoints` picks unused localhost TCP ports for the session's links.
+to each group (the processes' own clean stop), then SIGKILL after a grace period.
+:func:`free_endpoints` picks unused localhost TCP ports for the session's links.
 """
 
 from __future__ import annotations

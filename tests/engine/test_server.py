@@ -399,7 +399,7 @@ def _start_engine(config: Path, standby: bool = False) -> subprocess.Popen:
     args = ["engine", "--config", str(config), "--log-level", "WARNING"]
     command = [sys.executable, "-c", _STANDBY, *args] if standby else [sys.executable, "-m", "rtrecon.cli", *args]
     return children.start(command, cwd=Path(__file__).resolve().parents[2], stderr=subprocess.PIPE,
-                            stdin=subprocess.PIPE if standby else None)
+                          stdin=subprocess.PIPE if standby else None)
 
 
 def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):

@@ -77,8 +77,8 @@ def write_config(folder: Path, extra: str = "") -> Path:
 def start_console(config: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """``rtrecon console`` as its own process; returns it and the address it printed."""
     proc = children.start([sys.executable, "-m", "rtrecon.cli", "console", "--config", str(config), "--port", "0",
-                             "--log-level", "WARNING", *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           "--log-level", "WARNING", *args],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     match = re.search(r"console up: (\S+)", line)
     if match is None:
@@ -118,7 +118,7 @@ class LiveSession:
 
     def start_engine(self) -> subprocess.Popen:
         return children.start([sys.executable, "-m", "rtrecon.cli", "engine", "--config", str(self.config),
-                                 "--log-level", "WARNING"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                               "--log-level", "WARNING"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
     def _links(self) -> None:
         from rtrecon.contract.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
