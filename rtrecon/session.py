@@ -352,12 +352,13 @@ def plan_trial_lists(config_file: Path, skip: Collection[int] = ()) -> list[Prob
     """The problems ``rtrecon stimulus check`` finds planning each run of ``config_file`` (the runs
     in ``skip``, 1-based, left out); None when the stimulus package is not installed here."""
     import importlib.util
-    import subprocess
+
+    from rtrecon.contract import children
 
     if importlib.util.find_spec("stimulus") is None:
         return None
-    proc = subprocess.run([sys.executable, "-m", "rtrecon.cli", "stimulus", "check", "--config", str(config_file), "--json"],
-                          capture_output=True, text=True, timeout=600)
+    proc = children.run([sys.executable, "-m", "rtrecon.cli", "stimulus", "check", "--config", str(config_file), "--json"],
+                        capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return [Problem("stimulus.trial_lists", config_file, f"rtrecon stimulus check failed: {proc.stderr.strip()[-500:]}")]

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from rtrecon.contract import children
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # What must import on that machine, and what must not be installed there.
-CONTRACT = ["rtrecon.contract.wire", "rtrecon.contract.config", "rtrecon.contract.transport", "rtrecon.contract.keys", "rtrecon.contract.layout", "rtrecon.session"]
+CONTRACT = ["rtrecon.contract.wire", "rtrecon.contract.config", "rtrecon.contract.transport", "rtrecon.contract.keys", "rtrecon.contract.layout",
+            "rtrecon.contract.children", "rtrecon.session"]
 HEAVY = ["torch", "nilearn", "diffusers", "open_clip", "transformers", "onnxruntime"]
 
 CASES = {
@@ -74,12 +77,10 @@ def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
         steps = [f"{shlex.quote(sys.executable)} -m venv {shlex.quote(str(venv))}", _pip(python, f"{project}[{extra}]"),
                  *(_pip(python, *args) for args in case["extra_pip"])]
         log = (root.parent / f"install-{extra}.log").open("w")
-        started[extra] = venv, subprocess.Popen(" && ".join(steps), shell=True, stdout=log, stderr=subprocess.STDOUT)
+        started[extra] = venv, children.start(["sh", "-c", " && ".join(steps)], stdout=log, stderr=subprocess.STDOUT)
     yield started
     for _, process in started.values():
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        children.kill(process)
 
 
 @pytest.mark.timeout(600)
@@ -92,17 +93,17 @@ def test_extra_installs_and_runs_alone(installs, tmp_path: Path, extra: str) -> 
     assert returncode == 0, f"pip install rtrecon[{extra}] failed:\n{log.read_text()[-3000:]}"
     python = str(venv / "bin" / "python")
 
-    heavy = subprocess.run([python, "-c", "import importlib.util, sys; "
-                            f"print(','.join(m for m in {HEAVY!r} if importlib.util.find_spec(m)))"],
-                           capture_output=True, text=True, check=True)
+    heavy = children.run([python, "-c", "import importlib.util, sys; "
+                          f"print(','.join(m for m in {HEAVY!r} if importlib.util.find_spec(m)))"],
+                         capture_output=True, text=True, check=True)
     assert heavy.stdout.strip() == "", f"rtrecon[{extra}] installed {heavy.stdout.strip()}"
 
     imports = "; ".join(f"import {m}" for m in case["modules"])
-    done = subprocess.run([python, "-c", imports], capture_output=True, text=True, cwd=tmp_path)
+    done = children.run([python, "-c", imports], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
     for args in case["commands"]:
-        done = subprocess.run([str(venv / "bin" / "rtrecon"), *args], capture_output=True, text=True, cwd=tmp_path)
+        done = children.run([str(venv / "bin" / "rtrecon"), *args], capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0, f"rtrecon {' '.join(args)} in rtrecon[{extra}]:\n{done.stderr[-3000:]}"
         assert "usage: rtrecon" in done.stdout
 
@@ -110,5 +111,5 @@ def test_extra_installs_and_runs_alone(installs, tmp_path: Path, extra: str) -> 
 def test_the_contract_imports_neither_torch_nor_nilearn() -> None:
     code = ("import sys; " + "; ".join(f"import {m}" for m in CONTRACT) +
             f"; print(','.join(m for m in {HEAVY!r} + ['scipy', 'pandas'] if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    done = children.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == ""

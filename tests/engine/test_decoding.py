@@ -13,6 +13,7 @@ from engine.trials import TrialBeta
 from rtrecon.contract.config import ConfigError, load_config
 from rtrecon.models import MindEye2, MindEye2Config, save_checkpoint
 from rtrecon.contract.wire import TrialResultMessage, decode, encode
+from rtrecon.testing import scaled
 
 N_VOX = 40
 
@@ -73,7 +74,7 @@ def test_background_decoder_keeps_release_order_and_sends_the_bare_beta_of_a_fai
     assert decoder.pending == 4
     done = []
     while len(done) < 4:
-        done += decoder.collect(timeout_s=10)
+        done += decoder.collect(timeout_s=scaled(10))
     decoder.close()
     assert [t.trial for t, _ in done] == [0, 1, 2, 3] and decoder.pending == 0
     results = [r for _, r in done]
@@ -158,7 +159,7 @@ def test_warm_up_decodes_once_sends_nothing_and_status_reports_readiness(tmp_pat
     decoder = BackgroundDecoder(stage, warm_up=True)  # warms up on its thread, then decodes the queue
     trial = TrialBeta(1, 0, "c", betas[2], betas[2], 1)
     decoder.submit(trial, TrialResultMessage(session="s", run=1, trial=0, decoder="trial-beta"))
-    done = decoder.collect(timeout_s=60)
+    done = decoder.collect(timeout_s=scaled(60))
     decoder.close()
     assert done[0][1].decoder == "mindeye2" and done[0][1].image is not None
     assert decoder.status()["decoder_ready"] == 1.0

@@ -19,6 +19,8 @@ from engine.motion import (
     matrix_to_parameters,
     rigid_matrix,
 )
+from rtrecon.contract import children
+from rtrecon.testing import scaled
 
 RUN = "data/bold/siemens_prisma_e11_pydecnef_run1/ref_local/5_PERCEPTION.nii.gz"
 
@@ -197,7 +199,7 @@ class _Elastix:
             )
         )
         with open(work / "stderr.txt", "wb") as err:
-            self.process = subprocess.Popen(
+            self.process = children.start(
                 ["elastix", "-f", fixed, "-m", moving, "-fMask", mask, "-p", params, "-out", work, "-threads", "1"],
                 stdout=subprocess.DEVNULL, stderr=err,
             )
@@ -209,8 +211,8 @@ class _Elastix:
         # ITK works in LPS: flip x and y on the way in and out.
         lps = points_ras * [-1, -1, 1]
         (self.work / "points.txt").write_text("point\n%d\n" % len(lps) + "\n".join(" ".join(map(str, p)) for p in lps))
-        subprocess.run(["transformix", "-def", self.work / "points.txt", "-tp", self.work / "TransformParameters.0.txt",
-                        "-out", self.work], check=True, capture_output=True)
+        children.run(["transformix", "-def", self.work / "points.txt", "-tp", self.work / "TransformParameters.0.txt",
+                      "-out", self.work], check=True, capture_output=True, timeout=scaled(60))
         text = (self.work / "outputpoints.txt").read_text()
         rows = [line.split("OutputPoint = [")[1].split("]")[0] for line in text.splitlines()]
         return np.array([[float(v) for v in row.split()] for row in rows]) * [-1, -1, 1]
@@ -299,9 +301,7 @@ def elastix_cases(real_run, realigner, dicom_dir, tmp_path_factory) -> dict[str,
         cases[name] = _Case(data, affine, case_realigner, volume, points, registration)
     yield cases
     for case in cases.values():
-        if case.elastix.process.poll() is None:
-            case.elastix.process.kill()
-            case.elastix.process.wait()
+        children.kill(case.elastix.process)
 
 
 @pytest.fixture(scope="module")
@@ -324,9 +324,7 @@ def elastix_run(real_run, realigner, tmp_path_factory) -> tuple[np.ndarray, dict
         registrations[volume] = _Elastix(work / "fixed.nii.gz", moving, work / "mask.nii.gz", work / f"out_{volume}")
     yield points, registrations
     for registration in registrations.values():
-        if registration.process.poll() is None:
-            registration.process.kill()
-            registration.process.wait()
+        children.kill(registration.process)
 
 
 def _gap_to_elastix(case: _Case) -> tuple[np.ndarray, float, float, bool, np.ndarray]:

@@ -16,7 +16,9 @@ from engine.motion import PARAMETER_NAMES, RigidRealigner
 from engine.replay import ReplayError, read_events, replay_messages
 from engine.server import TRIAL_COLUMNS, Engine, EngineSettings
 from engine.store import SessionStore
+from rtrecon.contract import children
 from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage
+from rtrecon.testing import scaled
 
 SESSION = "sub-01_ses-01"
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +30,8 @@ def run_dir(shared_dir: Path) -> Path:
 
 
 def _replay(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rtrecon.cli", "engine", "replay", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return children.run([sys.executable, "-m", "rtrecon.cli", "engine", "replay", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=scaled(600))
 
 
 @pytest.fixture(scope="module")

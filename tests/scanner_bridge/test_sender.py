@@ -13,6 +13,7 @@ import pytest
 
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender
 from rtrecon.contract.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage, encode
+from rtrecon.testing import scaled
 from scanner_bridge.assembly import FileRejected, RunStarted, VolumeMissing, VolumeReady
 from scanner_bridge.replay import NiftiReplaySource
 from scanner_bridge.sender import BridgeSender, volume_message, written_time
@@ -36,7 +37,7 @@ class _Receiver:
         self._delay_s = delay_s  # before each acknowledgement: an engine slower than the source
         self._stop = threading.Event()
         self._runs = runs
-        self._rx = ReliableReceiver(endpoint.replace("127.0.0.1", "*"), SESSION, heartbeat_s=0.2)
+        self._rx = ReliableReceiver(endpoint.replace("127.0.0.1", "*"), SESSION, heartbeat_s=scaled(0.2))
         self._thread = threading.Thread(target=self._loop)
         self._thread.start()
 
@@ -99,8 +100,8 @@ def test_replayed_run_arrives_whole_in_order_and_acknowledged(tmp_path: Path, di
     ref = dicom_dir / "siemens_mosaic_ep2d_vd13" / "ref" / "2_ep2d_Asc.nii"
     endpoint = _endpoint()
     receiver = _Receiver(endpoint)
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
-        report = BridgeSender(link, drain_timeout_s=20).run(NiftiReplaySource(ref, fast=True))
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
+        report = BridgeSender(link, drain_timeout_s=scaled(20)).run(NiftiReplaySource(ref, fast=True))
     messages = receiver.stop()
 
     assert report.volumes == 6 and report.run_ends == 1 and report.all_acknowledged
@@ -128,14 +129,14 @@ def test_missing_and_rejected_and_a_restart_that_duplicates_nothing(tmp_path: Pa
     receiver = _Receiver(endpoint)
     source = _Scripted(events)
     seen: list[tuple[SourceEvent, Message | None]] = []
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
         report = BridgeSender(link, on_event=lambda e, m: seen.append((e, m))).run(source)
     assert source.closed and len(seen) == len(events)
     assert (report.volumes, report.missing, report.rejected, report.run_ends) == (3, 1, 1, 2)
     assert report.runs == {1: 3, 2: 1} and report.all_acknowledged
 
     # A restarted bridge reads the same export again: everything is already spooled and acked.
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
         again = BridgeSender(link).run(_Scripted(events))
     messages = receiver.stop()
     assert (again.volumes, again.already_spooled, again.run_ends) == (0, 6, 0) and again.all_acknowledged
@@ -155,7 +156,7 @@ def test_a_failing_source_is_reported_in_the_callers_thread(tmp_path: Path) -> N
             yield RunStarted(1, "s", "bold")
             raise OSError("export share went away")
 
-    with ReliableSender(_endpoint(), SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+    with ReliableSender(_endpoint(), SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
         with pytest.raises(OSError, match="export share went away"):
             BridgeSender(link).run(Broken([]))
 
@@ -171,7 +172,7 @@ def test_impossible_volumes_go_out_as_missing_with_the_reason(tmp_path: Path) ->
     ]
     endpoint = _endpoint()
     receiver = _Receiver(endpoint)
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
         report = BridgeSender(link).run(_Scripted(events))
     messages = receiver.stop()
     assert (report.volumes, report.missing) == (1, 2) and report.all_acknowledged
@@ -190,8 +191,8 @@ def test_the_bridge_warns_when_nothing_acknowledges_within_a_few_trs(tmp_path: P
     events: list[SourceEvent] = [VolumeReady(1, dataclasses.replace(_volume(i), tr=0.1)) for i in range(3)]
     endpoint = _endpoint()
     receiver = _Receiver(endpoint) if listening else None  # control: a receiver acknowledges in time
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
-        report = BridgeSender(link, drain_timeout_s=3.0 if listening else 2.0, ack_warn_trs=10).run(_Scripted(events))
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
+        report = BridgeSender(link, drain_timeout_s=scaled(3.0) if listening else 2.0, ack_warn_trs=10).run(_Scripted(events))
     if receiver is not None:
         receiver.stop()
     warnings = [r.getMessage() for r in caplog.records if "nothing acknowledged" in r.getMessage()]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,9 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rtrecon.contract import children
 from rtrecon.contract.config import NetworkSection, SessionConfig, SessionSection, StimulusSection
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key
 from rtrecon.contract.wire import EventMessage, TrialResultMessage
+from rtrecon.testing import scaled
 from stimulus.app import Frame, StimulusProgram, prepare_run
 from stimulus.participant import VirtualParticipant
 from stimulus.trials import TrialListError
@@ -39,7 +40,7 @@ class Engine(threading.Thread):
 
     def run(self) -> None:
         net = self.config.network
-        with ReliableReceiver(net.events, SESSION, key=trial_key, heartbeat_s=0.2) as rx, ReliableSender(net.results, SESSION, self.spool, key=result_key, heartbeat_s=0.2, name="engine") as tx:
+        with ReliableReceiver(net.events, SESSION, key=trial_key, heartbeat_s=scaled(0.2)) as rx, ReliableSender(net.results, SESSION, self.spool, key=result_key, heartbeat_s=scaled(0.2), name="engine") as tx:
             self.ready.set()
             due: list[tuple[float, int]] = []
             while not self.stop.is_set():
@@ -56,14 +57,14 @@ class Engine(threading.Thread):
                                                sequence=tx.spooled.get(1, -1) + 1))
                 tx.poll(0.0)
                 self.shown += tx.notices()
-            tx.wait_acked(1.0)
+            tx.wait_acked(scaled(1.0))
 
 
 def session(tmp_path: Path, task: str, stimulus: dict[str, Any] | None = None) -> SessionConfig:
     """A session whose run 1 is ``tmp_path/run.tsv``, with the given ``[stimulus]`` settings."""
     return SessionConfig(
         session=SessionSection(task=task, output_dir=tmp_path / "out"),
-        network=NetworkSection(events=f"ipc://{tmp_path}/ev", results=f"ipc://{tmp_path}/res", heartbeat_s=0.2),
+        network=NetworkSection(events=f"ipc://{tmp_path}/ev", results=f"ipc://{tmp_path}/res", heartbeat_s=scaled(0.2)),
         stimulus=StimulusSection.model_validate({**(stimulus or {}), "trial_lists": [tmp_path / "run.tsv"]}),
     )
 
@@ -91,7 +92,7 @@ def link_for(config: SessionConfig, setup):
     from stimulus.trigger import psychopy_time
 
     folder = setup.paths.link_dir
-    return EngineLink(config.network.events, config.network.results, SESSION, folder / "spool", folder / "results.json", clock=psychopy_time, heartbeat_s=0.2)
+    return EngineLink(config.network.events, config.network.results, SESSION, folder / "spool", folder / "results.json", clock=psychopy_time, heartbeat_s=scaled(0.2))
 
 
 def test_perception_run(win, make_image, tmp_path: Path):
@@ -113,7 +114,7 @@ def test_perception_run(win, make_image, tmp_path: Path):
     # trial 1's result comes 0.75 s after its event (0.35 s into its feedback period); trial 3's never does
     engine = Engine(config, tmp_path / "engine_spool", {1: 0.75})
     engine.start()
-    assert engine.ready.wait(10)
+    assert engine.ready.wait(scaled(10))
     w, h = win.size
     # without the target beside it, the reconstruction is centred, 0.14 h above the middle
     recorder = Recorder({"image": (h // 2 - 20, w // 2 + 20), "recon": (int(h / 2 - 0.14 * h), w // 2 + 10)})
@@ -123,7 +124,7 @@ def test_perception_run(win, make_image, tmp_path: Path):
 
     def scanner() -> None:  # the trigger as a key press into the window, every 0.5 s
         while not stop.wait(0.5):
-            subprocess.run(["xdotool", "key", "--window", str(win.winHandle._window), "5"], check=False, timeout=10)
+            children.run(["xdotool", "key", "--window", str(win.winHandle._window), "5"], check=False, timeout=scaled(10))
 
     pulses = threading.Thread(target=scanner, daemon=True)
     pulses.start()
@@ -135,8 +136,8 @@ def test_perception_run(win, make_image, tmp_path: Path):
         stop.set()
         link.close()
         engine.stop.set()
-        engine.join(10)
-        pulses.join(10)
+        engine.join(scaled(10))
+        pulses.join(scaled(10))
     flips = record.flips
 
     # the right image at the right time: every frame well inside a planned segment shows its image
@@ -219,7 +220,7 @@ def test_imagery_run(win, make_image, tmp_path: Path):
     setup = prepare_run(config, 1)
     engine = Engine(config, tmp_path / "engine_spool", {0: 0.0})  # a fast engine: the result is there before feedback
     engine.start()
-    assert engine.ready.wait(10)
+    assert engine.ready.wait(scaled(10))
     w, h = win.size
     half = (0.38 * h + 0.03 * h) / 2
     y = int(h / 2 - 0.14 * h)
@@ -230,7 +231,7 @@ def test_imagery_run(win, make_image, tmp_path: Path):
     finally:
         link.close()
         engine.stop.set()
-        engine.join(10)
+        engine.join(scaled(10))
     flips, plan = record.flips, setup.timeline
 
     assert [(m.trial, m.trial_type) for m in engine.events] == [(0, "imagery"), (1, "imagery")]

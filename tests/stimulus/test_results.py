@@ -57,13 +57,25 @@ def plan(make_image, tmp_path: Path) -> Plan:
     return Plan(settings, trials, build_timeline("perception", trials, settings), RunPaths(tmp_path / "out", "01", "01", "task", 1))
 
 
+_journals: list[RunJournal] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_journals():
+    """Close the journals the test's handlers opened (joining their writer threads) when it ends."""
+    yield
+    while _journals:
+        _journals.pop().close()
+
+
 def handler_of(plan: Plan, win, *, operator: bool = False, live: bool = False) -> ResultHandler:
     record = RunRecord(plan.paths, speed=1.0)
     record.zero = psychopy_time()
     feedback = plan.settings.feedback
     panel = FeedbackPanel(win, feedback, plan.trials)
     view = OperatorView(win, panel, feedback.window_s) if operator else None
-    return ResultHandler(SESSION, 1, plan.trials, record=record, journal=RunJournal(plan.paths, clock=psychopy_time),
+    _journals.append(journal := RunJournal(plan.paths, clock=psychopy_time))
+    return ResultHandler(SESSION, 1, plan.trials, record=record, journal=journal,
                          policy=FeedbackPolicy(feedback, plan.trials, plan.timeline), panel=panel, operator=view, live=live)
 
 

@@ -11,11 +11,12 @@ import pytest
 
 from rtrecon.console.records import ControlRecords
 from rtrecon.contract.layout import SessionLayout
+from rtrecon.testing import scaled
 from stimulus.operator import OperatorControls
 
 pytestmark = pytest.mark.timeout(240)
 
-WAIT_MS = 60_000  # generous: two engine starts share 2 busy cores with other work
+WAIT_MS = int(scaled(60_000))  # generous: two engine starts share 2 busy cores with other work
 
 
 def _due(name: str) -> re.Pattern[str]:

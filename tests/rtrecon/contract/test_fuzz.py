@@ -42,6 +42,7 @@ from rtrecon.contract.wire import (
     encode,
     validate,
 )
+from rtrecon.testing import scaled
 
 SCALE = max(1, int(os.environ.get("RTRECON_FUZZ", "1")))
 SESSION = "sub-01_ses-01"
@@ -265,7 +266,7 @@ def _serves_valid_traffic(rx: ReliableReceiver, tx: ReliableSender, make) -> Non
     for key in range(3):
         tx.send(make(key, VALID_RUN))
     got: list[Message] = []
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + scaled(15)
     while (len(got) < 3 or tx.pending) and time.monotonic() < deadline:
         tx.poll(0.002)
         message = rx.recv(0.01)
@@ -282,7 +283,7 @@ def _serves_valid_traffic(rx: ReliableReceiver, tx: ReliableSender, make) -> Non
 def test_hostile_sender_then_the_receiver_still_serves(link: str, tmp_path: Path) -> None:
     key, make = LINKS[link]
     endpoint = _endpoint()
-    with ReliableReceiver(endpoint, SESSION, key=key, heartbeat_s=0.2, max_key_jump=100) as rx:
+    with ReliableReceiver(endpoint, SESSION, key=key, heartbeat_s=scaled(0.2), max_key_jump=100) as rx:
         context = zmq.Context()  # its own, so that term() releases the port before the real peer binds
         raw = context.socket(zmq.DEALER)
         raw.linger = 0
@@ -310,7 +311,7 @@ def test_hostile_sender_then_the_receiver_still_serves(link: str, tmp_path: Path
             raw.close()
             context.term()
         assert sent[0] >= 20
-        with ReliableSender(endpoint, SESSION, tmp_path / "spool", key=key, heartbeat_s=0.2) as tx:
+        with ReliableSender(endpoint, SESSION, tmp_path / "spool", key=key, heartbeat_s=scaled(0.2)) as tx:
             _serves_valid_traffic(rx, tx, make)
 
 
@@ -318,13 +319,13 @@ def test_hostile_sender_then_the_receiver_still_serves(link: str, tmp_path: Path
 def test_hostile_receiver_then_the_sender_still_serves(link: str, tmp_path: Path) -> None:
     key, make = LINKS[link]
     endpoint = _endpoint()
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", key=key, heartbeat_s=0.2) as tx:
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", key=key, heartbeat_s=scaled(0.2)) as tx:
         context = zmq.Context()  # its own, so that term() releases the port before the real peer binds
         raw = context.socket(zmq.ROUTER)
         raw.linger = 0
         raw.bind(endpoint)
         identity: list[bytes] = []
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while not identity and time.monotonic() < deadline:
             tx.poll(0.01)
             if raw.poll(10):
@@ -354,5 +355,5 @@ def test_hostile_receiver_then_the_sender_still_serves(link: str, tmp_path: Path
             context.term()
         assert sent[0] >= 20
         # The real receiver comes up on the same port; the sender finds it and delivers.
-        with ReliableReceiver(endpoint, SESSION, key=key, heartbeat_s=0.2) as rx:
+        with ReliableReceiver(endpoint, SESSION, key=key, heartbeat_s=scaled(0.2)) as rx:
             _serves_valid_traffic(rx, tx, make)
