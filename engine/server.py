@@ -588,10 +588,13 @@ class Engine:
         state.sequence += 1
         rec = state.trial_recorder  # keyed by sequence: a trial may have several releases in flight
         rec.mark(sequence, "ready")
+        glm = self.settings.glm
+        # A scheduled release sees a trial's rising edge only, which smooth motion traces fit too.
+        without = () if final or glm.release_motion_confounds else PARAMETER_NAMES
         if self.settings.beta_method == "lss":
-            beta = state.hrf.lss(state.glm, trial) if state.hrf is not None else state.glm.lss(trial)
+            beta = state.hrf.lss(state.glm, trial, without) if state.hrf is not None else state.glm.lss(trial, without)
         else:
-            beta = state.glm.lsa([trial])[trial]
+            beta = state.glm.lsa([trial], without)[trial]
         released = self.normaliser.release(state.number, trial, state.stimuli.get(trial, ""), beta, release=release)
         rec.mark(sequence, "betas")
         state.released[trial] = release
