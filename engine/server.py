@@ -441,7 +441,7 @@ class Engine:
         self.realigner = RigidRealigner(
             reference, ref_affine, roi_mask=roi,
             fwhm_mm=self.settings.realign_fwhm_mm, n_samples=self.settings.realign_samples,
-            refine_above_mm=self.settings.realign_refine_above_mm,
+            refine_above_mm=self.settings.realign_refine_above_mm, order=self.settings.resample_order,
         )
         if saved_roi is None:
             self.store.save_image("desc-roi_mask", self.realigner.roi_mask.astype(np.uint8), ref_affine)
