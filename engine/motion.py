@@ -97,6 +97,27 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     return mz @ my @ mx
 
 
+#: Voxels kept around the sampled points when a spline's prefilter runs on a crop of the volume: its
+#: coefficients there differ from the whole volume's by 0.27**8 (2.6e-5) of the step at the crop's edge.
+_SPLINE_PAD = 8
+
+
+def _sample(volume: np.ndarray, coords: np.ndarray, order: int) -> np.ndarray:
+    """``volume`` at voxel coordinates ``coords`` (3, n), float64 (n,), by splines of ``order``.
+
+    Above order 1 the spline prefilter runs on the points' bounding box (plus :data:`_SPLINE_PAD`),
+    not the whole volume: an ROI is a fraction of the grid, and the prefilter costs per voxel.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if order > 1 and coords.size:
+        lo = np.maximum(np.floor(coords.min(axis=1)).astype(int) - _SPLINE_PAD, 0)
+        hi = np.minimum(np.ceil(coords.max(axis=1)).astype(int) + _SPLINE_PAD + 1, volume.shape)
+        if np.all(hi > lo):
+            volume = volume[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            coords = coords - lo[:, None]
+    return ndimage.map_coordinates(volume, coords, order=order, mode="nearest").astype(np.float64)
+
+
 def rigid_matrix(params: np.ndarray, center: np.ndarray) -> np.ndarray:
     """The 4x4 world-to-world matrix of ``params`` (trans mm, rot rad) rotating about ``center``."""
     params = np.asarray(params, dtype=np.float64)
@@ -429,9 +450,7 @@ class RigidRealigner:
         """The ROI voxels of ``volume`` realigned to the reference grid, float64 (V,)."""
         affine = self.affine if affine is None else np.asarray(affine, dtype=np.float64)
         coords = (self._voxel_map(params, affine) @ self.roi_voxels)[:3]
-        return ndimage.map_coordinates(
-            np.asarray(volume, dtype=np.float32), coords, order=self.order, mode="nearest"
-        ).astype(np.float64)
+        return _sample(volume, coords, self.order)
 
     def resample_voxels(
         self, volume: np.ndarray, params: np.ndarray, voxels: np.ndarray, affine: np.ndarray | None = None
@@ -439,9 +458,7 @@ class RigidRealigner:
         """The reference-grid ``voxels`` (4, n homogeneous indices) of ``volume`` realigned, float64 (n,)."""
         affine = self.affine if affine is None else np.asarray(affine, dtype=np.float64)
         coords = (self._voxel_map(params, affine) @ voxels)[:3]
-        return ndimage.map_coordinates(
-            np.asarray(volume, dtype=np.float32), coords, order=self.order, mode="nearest"
-        ).astype(np.float64)
+        return _sample(volume, coords, self.order)
 
     def resample_volume(
         self, volume: np.ndarray, params: np.ndarray, affine: np.ndarray | None = None
