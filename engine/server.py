@@ -445,7 +445,7 @@ class Engine:
         self.realigner = RigidRealigner(
             reference, ref_affine, roi_mask=roi,
             fwhm_mm=self.settings.realign_fwhm_mm, n_samples=self.settings.realign_samples,
-            refine_above_mm=self.settings.realign_refine_above_mm,
+            refine_above_mm=self.settings.realign_refine_above_mm, order=self.settings.resample_order,
         )
         if saved_roi is None:
             self.store.save_image("desc-roi_mask", self.realigner.roi_mask.astype(np.uint8), ref_affine)
@@ -594,10 +594,13 @@ class Engine:
         state.sequence += 1
         rec = state.trial_recorder  # keyed by sequence: a trial may have several releases in flight
         rec.mark(sequence, "ready")
+        glm = self.settings.glm
+        # A scheduled release sees a trial's rising edge only, which smooth motion traces fit too.
+        without = () if final or glm.release_motion_confounds else PARAMETER_NAMES
         if self.settings.beta_method == "lss":
-            beta = state.hrf.lss(state.glm, trial) if state.hrf is not None else state.glm.lss(trial)
+            beta = state.hrf.lss(state.glm, trial, without) if state.hrf is not None else state.glm.lss(trial, without)
         else:
-            beta = state.glm.lsa([trial])[trial]
+            beta = state.glm.lsa([trial], without)[trial]
         released = self.normaliser.release(state.number, trial, state.stimuli.get(trial, ""), beta, release=release)
         rec.mark(sequence, "betas")
         state.released[trial] = release

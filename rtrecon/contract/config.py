@@ -209,6 +209,10 @@ class GLMSection(_Section):
     min_onset: float = Field(-24.0, description="events earlier than this (s) are ignored, as in nilearn")
     slice_time_ref: float = Field(0.0, ge=0, le=1, description="where in the TR each volume is sampled (0: start, 0.5: middle)")
     motion_confounds: bool = Field(True, description="add the 6 realignment parameters as confounds")
+    release_motion_confounds: bool = Field(
+        False, description="also in the scheduled releases' design (false: only the final release and the end-of-run "
+        "betas have them; fitted to the rising edge of a trial they cost first-release r 0.05: docs/early_estimates.md)",
+    )
     noise_model: Literal["ols", "ar1"] = Field(
         "ols", description='noise model of the end-of-run betas and t maps: "ols" (as the live releases, '
         '~2 s for 150 trials x 15000 voxels) or "ar1" (nilearn\'s AR(1), as RT-MindEye fits offline; '
@@ -272,6 +276,10 @@ class EngineSection(_Section):
         "unsmoothed volume (0: every volume)",
     )
     realign_samples: int = Field(12000, ge=100, description="brain voxels sampled to estimate motion")
+    resample_order: int = Field(
+        3, ge=1, le=5, description="spline order resampling the realigned ROI (1: trilinear, which blurs each volume "
+        "by its own sub-voxel shift; 3: cubic B-spline, first-release r +0.07 on the demo world: docs/early_estimates.md)",
+    )
 
     @model_validator(mode="before")
     @classmethod
