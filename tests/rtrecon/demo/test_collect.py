@@ -35,8 +35,11 @@ def test_trial_records_rank_the_whole_gallery_and_time_every_stage(demo_run):
     for r in first:
         assert r.onset_s == pytest.approx(onsets[r.trial])
         assert 0 < r.release_s < 30 and r.fd_mm is not None and r.fd_mm >= 0
-        assert r.feedback_delay_s > r.release_s  # feedback comes after the volumes the beta needs
         assert -1 <= r.score <= 1
+    # each trial's feedback shows the newest release there is at its slot (the first, or a later one)
+    shown = [r for r in records if r.feedback_delay_s is not None]
+    assert sorted({r.trial for r in shown}) == list(range(63))
+    assert all(r.feedback_delay_s > r.release_s for r in shown)  # feedback comes after the volumes the beta needs
     for r in records:
         assert 1 <= r.correct_rank <= len(ids)
         if r.correct_rank == 1:
