@@ -264,6 +264,10 @@ class EngineSection(_Section):
         "unsmoothed volume (0: every volume)",
     )
     realign_samples: int = Field(12000, ge=100, description="brain voxels sampled to estimate motion")
+    checkpoint_volumes: int = Field(
+        20, ge=1, description="the engine checkpoints its state every this many volumes (and at each run's end): "
+        "a restart replays at most these, not the whole session",
+    )
 
     @model_validator(mode="before")
     @classmethod
