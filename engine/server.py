@@ -978,6 +978,8 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
                     links = {"bridge_alive": float(volumes.peer_alive), "stimulus_events_alive": float(events.peer_alive),
                              "stimulus_results_alive": float(results.peer_alive), "results_pending": float(results.pending),
                              "trials_decoding": float(decoder.pending if decoder is not None else 0)}
+                    if volumes.peer_lead is not None:  # the bridge's backlog: volumes sent, not yet acknowledged
+                        links["bridge_lead"], links["bridge_lead_bound"] = map(float, volumes.peer_lead)
                     torch = sys.modules.get("torch")  # only if decoding put something on a GPU: never start CUDA here
                     if torch is not None and torch.cuda.is_initialized():
                         links["gpu_memory_mb"] = torch.cuda.memory_allocated() / 2**20
