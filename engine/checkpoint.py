@@ -11,7 +11,10 @@ run's end, holds what those releases left behind:
   not yet sent (``undelivered``: their trials-table rows; the betas are in each release's
   ``desc-trial<N>release<R>beta.npz``, so they are sent again after a restart);
 * the :class:`~engine.trials.TrialNormaliser`'s running statistics and repeats (the only state
-  that depends on every release of the session).
+  that depends on every release of the session);
+* a live run's GLM trial columns as computed so far (:meth:`~engine.glm.IncrementalGLM.column_cache`:
+  a column kept and extended differs from one recomputed later by ~1e-12 of a beta, and the
+  restart must continue bit for bit).
 
 The per-volume state is not in it: the ROI signal and motion of each volume are in the run's
 realignment checkpoint (:class:`~engine.store.RealignmentLog`) and the events in the store, so a
@@ -59,6 +62,7 @@ class RunCheckpoint:
     released: dict[int, int] = field(default_factory=dict)  # trial -> its newest release
     sequence: int = 0  # the next release's sequence number
     undelivered: dict[int, dict[str, Any]] = field(default_factory=dict)  # sequence -> trials-table row
+    columns: list[list[float]] = field(default_factory=list)  # the GLM's cached trial columns: [trial, rows, *grid]
 
 
 @dataclass
@@ -74,7 +78,8 @@ class EngineCheckpoint:
         meta = {
             "version": _VERSION, "fingerprint": self.fingerprint, "normaliser": self.normaliser,
             "runs": {str(r): {"volumes": c.volumes, "ended": c.ended, "released": {str(t): n for t, n in c.released.items()},
-                              "sequence": c.sequence, "undelivered": {str(s): row for s, row in c.undelivered.items()}}
+                              "sequence": c.sequence, "undelivered": {str(s): row for s, row in c.undelivered.items()},
+                              "columns": c.columns}
                      for r, c in self.runs.items()},
         }
         with atomic_file(Path(path)) as f:
@@ -99,7 +104,7 @@ class EngineCheckpoint:
             runs = {
                 int(r): RunCheckpoint(
                     int(c["volumes"]), bool(c["ended"]), {int(t): int(n) for t, n in c["released"].items()},
-                    int(c["sequence"]), {int(s): row for s, row in c["undelivered"].items()},
+                    int(c["sequence"]), {int(s): row for s, row in c["undelivered"].items()}, c["columns"],
                 )
                 for r, c in meta["runs"].items()
             }

@@ -37,7 +37,10 @@ Recovery. Everything the engine computes follows from what the store holds, proc
 order it arrived (each event row records how many volumes of its run had been stored before it),
 so :meth:`Engine.recover` replays the store and reaches the state it had when it was killed
 (a volume's realignment comes from its run's checkpoint, :class:`~engine.store.RealignmentLog`,
-written as it was realigned, so a restart neither reads nor realigns the volumes again):
+written as it was realigned, so a restart neither reads nor realigns the volumes again; and what
+the engine's state checkpoint, :mod:`engine.checkpoint`, written every ``checkpoint_volumes``
+volumes and at each run's end, holds is not released again: ended runs are skipped and only the
+volumes after it are replayed with their releases):
 the same releases in the same order, hence the same ``sequence`` numbers; a release already in
 the trials table is not sent again, and ``serve`` drops those the results link had spooled (sent
 but not yet recorded when the engine died). The receivers are then opened with the store's
@@ -202,6 +205,7 @@ class Engine:
         self._training: list[EarlyRun] | None = None  # [engine.early] training_session, realigned once
         self._fast_forward = False  # recovering what the state checkpoint already holds: no releases
         self._since_checkpoint = 0  # volumes processed since the last state checkpoint
+        self._saved_arrays: dict[str, np.ndarray] = {}  # the state checkpoint's arrays, while recovering
 
     # -- recovery ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -214,6 +218,7 @@ class Engine:
         only the volumes after it are replayed with their releases.
         """
         saved = EngineCheckpoint.load(self._checkpoint_path(), settings_fingerprint(self.settings))
+        self._saved_arrays = saved.arrays if saved is not None else {}
         if saved is not None and any(self.store.n_volumes(r) < c.volumes for r, c in saved.runs.items()):
             log.warning("%s: names volumes the store does not hold: the session is replayed in full", self._checkpoint_path())
             saved = None
@@ -275,6 +280,7 @@ class Engine:
         finally:
             self._replaying = False
             self._fast_forward = False
+            self._saved_arrays = {}
         if replayed and self.realigner is not None:
             self._save_state()
         for run in self.store.uncompressed_ended_runs():
@@ -286,7 +292,7 @@ class Engine:
 
     def _save_state(self) -> None:
         """Write the state checkpoint (after the trials tables it vouches for are on disk)."""
-        runs = {}
+        runs, column_arrays = {}, {}
         for number, state in self.runs.items():
             if state.trial_table is not None:  # flushed row by row; the checkpoint says they were sent
                 fd = os.open(state.trial_table.path, os.O_RDONLY)
@@ -294,9 +300,15 @@ class Engine:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            columns = []
+            if state.glm is not None and not state.ended:
+                for i, (trial, (rows, grid, cols)) in enumerate(state.glm.column_cache().items()):
+                    columns.append([trial, rows, *grid])
+                    column_arrays[f"run{number}_columns{i}"] = cols
             runs[number] = RunCheckpoint(state.n_volumes, state.ended, dict(state.released), state.sequence,
-                                         {seq: dict(row) for seq, row in state.undelivered.items()})
+                                         {seq: dict(row) for seq, row in state.undelivered.items()}, columns)
         meta, arrays = self.normaliser.state() if self.normaliser is not None else ({}, {})
+        arrays = {**arrays, **column_arrays}
         EngineCheckpoint(settings_fingerprint(self.settings), runs, meta, arrays).save(self._checkpoint_path())
         self._since_checkpoint = 0
 
@@ -324,6 +336,11 @@ class Engine:
         if state is None:
             return
         state.released, state.sequence = dict(done.released), done.sequence
+        if state.glm is not None and done.columns:
+            state.glm.restore_column_cache({
+                int(trial): (int(rows), (float(t0), float(step), int(start), int(stop)),
+                             self._saved_arrays[f"run{run}_columns{i}"])
+                for i, (trial, rows, t0, step, start, stop) in enumerate(done.columns)})
         for sequence, row in sorted(done.undelivered.items()):
             trial, release = int(row["trial"]), int(row["release"])
             if (trial, release) in state.recorded:
