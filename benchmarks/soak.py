@@ -16,7 +16,7 @@ brain mask, first allocations); ``time_growth`` / ``memory_growth`` are last / s
 Restart: once 1 000 volumes are stored (mid-run), the store is copied and a new engine process
 recovers each copy (the time of ``Engine.recover``, imports excluded): with the engine's state
 checkpoint (:mod:`engine.checkpoint`, written every ``checkpoint_volumes`` volumes and at run ends,
-here just written: ``restart_s_at_1000``), and ``checkpoint_volumes - 1`` volumes later, the most a
+here just written: ``restart_s_at_1000``; writing it costs ``checkpoint_median_ms``, within a volume's time), and ``checkpoint_volumes - 1`` volumes later, the most a
 restart replays (``restart_worst_s``); without the state checkpoint, which replays every stored
 volume through the GLM and every release, as the engine did before it (``restart_replay_s_at_1000``);
 and without the realignment checkpoints either, which also realigns every stored volume
@@ -171,6 +171,15 @@ def main() -> int:
         onsets = synthetic_run(nifti, args.run_volumes)
         root = tmp / "store"
         engine = _engine(root, SETTINGS)
+        # The state checkpoint's cost, inside the volumes' times (every checkpoint_volumes and at run ends).
+        checkpoint_ms, save_state = [], engine._save_state
+
+        def timed_save() -> None:
+            t0 = time.perf_counter()
+            save_state()
+            checkpoint_ms.append((time.perf_counter() - t0) * 1000)
+
+        engine._save_state = timed_save
         volume_ms, rss, run_of = [], [], []
         restart = None
         done, run = 0, 0
@@ -243,6 +252,9 @@ def main() -> int:
         "memory_flat": bool(max(ends[1:]) <= 1.1 * ends[1]),
         "restart_at": args.restart_at,
         "checkpoint_volumes": SETTINGS.checkpoint_volumes,
+        "checkpoint_writes": len(checkpoint_ms),
+        "checkpoint_median_ms": float(np.median(checkpoint_ms)),
+        "checkpoint_max_ms": float(np.max(checkpoint_ms)),
         "restart_s_at_1000": restart[0] if restart else None,
         "restart_worst_s": restart[1] if restart else None,
         "restart_replay_s_at_1000": restart[2] if restart else None,

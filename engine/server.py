@@ -206,6 +206,7 @@ class Engine:
         self._fast_forward = False  # recovering what the state checkpoint already holds: no releases
         self._since_checkpoint = 0  # volumes processed since the last state checkpoint
         self._saved_arrays: dict[str, np.ndarray] = {}  # the state checkpoint's arrays, while recovering
+        self._synced_rows: dict[int, int] = {}  # run -> rows of its trials table fsynced for a checkpoint
 
     # -- recovery ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -218,10 +219,10 @@ class Engine:
         only the volumes after it are replayed with their releases.
         """
         saved = EngineCheckpoint.load(self._checkpoint_path(), settings_fingerprint(self.settings))
-        self._saved_arrays = saved.arrays if saved is not None else {}
         if saved is not None and any(self.store.n_volumes(r) < c.volumes for r, c in saved.runs.items()):
             log.warning("%s: names volumes the store does not hold: the session is replayed in full", self._checkpoint_path())
             saved = None
+        self._saved_arrays = saved.arrays if saved is not None else {}
         early = self.settings.early
         keeps_ended = early.session_runs and (early.noise_pool or early.hrf_library)  # _forget_signal keeps their GLM
         replayed = False
@@ -294,12 +295,14 @@ class Engine:
         """Write the state checkpoint (after the trials tables it vouches for are on disk)."""
         runs, column_arrays = {}, {}
         for number, state in self.runs.items():
-            if state.trial_table is not None:  # flushed row by row; the checkpoint says they were sent
+            # Its rows are flushed one by one, not fsynced; the checkpoint says they were sent.
+            if state.trial_table is not None and self._synced_rows.get(number) != len(state.trial_table):
                 fd = os.open(state.trial_table.path, os.O_RDONLY)
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+                self._synced_rows[number] = len(state.trial_table)
             columns = []
             if state.glm is not None and not state.ended:
                 for i, (trial, (rows, grid, cols)) in enumerate(state.glm.column_cache().items()):
