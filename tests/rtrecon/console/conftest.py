@@ -123,7 +123,8 @@ class LiveSession:
 
         ipc = f"ipc://{self.folder}"
         with (
-            ReliableSender(f"{ipc}/v", SESSION, self.folder / "spool_v", key=volume_key, heartbeat_s=0.5) as volumes,
+            ReliableSender(f"{ipc}/v", SESSION, self.folder / "spool_v", key=volume_key, heartbeat_s=0.5,
+                           max_in_flight=8) as volumes,  # a bridge's [bridge] max_lead
             ReliableSender(f"{ipc}/e", SESSION, self.folder / "spool_e", key=trial_key, heartbeat_s=0.5,
                            name="stimulus") as events,
             ReliableReceiver(f"{ipc}/r", SESSION, key=trial_key, heartbeat_s=0.5, name="stimulus") as results,
