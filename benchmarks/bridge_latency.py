@@ -54,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _report import emit  # noqa: E402
+from rtrecon.contract import children  # noqa: E402
 from rtrecon.contract.transport import ReliableReceiver  # noqa: E402
 from rtrecon.contract.wire import VolumeMessage  # noqa: E402
 from scanner_bridge.simulator import ScannerSimulator, series_volumes  # noqa: E402
@@ -152,7 +153,7 @@ def run(series: str, reps: int, interval: float, shared: Path) -> dict:
         _dcm2niix_ms(exe, volumes[0], tmp / "d2n")
         baseline = [_dcm2niix_ms(exe, files, tmp / "d2n") for files in baseline_volumes[:half]]
         endpoint = f"tcp://127.0.0.1:{_free_port()}"
-        bridge = subprocess.Popen(
+        bridge = children.start(
             [sys.executable, "-m", "rtrecon.cli", "bridge", "watch", str(export), "--to", endpoint,
              "--spool", str(tmp / "spool"), "--session", SESSION, "--mode", "inotify", "--missing-timeout", "30", "--log-level", "WARNING"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -200,9 +201,7 @@ def run(series: str, reps: int, interval: float, shared: Path) -> dict:
                     if message is not None:
                         rx.ack(message)
         finally:
-            if bridge.poll() is None:
-                bridge.kill()
-            bridge.wait()
+            children.kill(bridge)
         scanner.join()
 
         keys = [k for k in sorted(received) if k[0] > 1]  # run 1 is the warm-up

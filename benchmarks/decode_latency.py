@@ -71,7 +71,7 @@ if str(ROOT) not in sys.path:
 
 from _report import emit  # noqa: E402
 from rtrecon.models import MindEye2, MindEye2Config  # noqa: E402
-from rtrecon.runtime.retrieval import RetrievalDecoder  # noqa: E402
+from rtrecon.runtime.retrieval import Retriever  # noqa: E402
 
 VOXELS = (8627, 15724)
 QUICK_VOXELS = (8627,)
@@ -227,19 +227,19 @@ def cpu_benchmark(args: argparse.Namespace) -> dict:
             # A graded gallery around the prediction (noise growing item by item), so that top-k
             # agreement between backends is a meaningful check, not a tie among random vectors.
             noise = rng.standard_normal((args.gallery, config.out_dim), dtype=np.float32) / np.sqrt(config.out_dim)
-            decoder = RetrievalDecoder(truth + np.linspace(0.3, 3.0, args.gallery, dtype=np.float32)[:, None] * noise)
+            retriever = Retriever(truth + np.linspace(0.3, 3.0, args.gallery, dtype=np.float32)[:, None] * noise)
 
             def eager():
                 with torch.inference_mode():
                     out = model.encode(x, subject)
-                    return out, decoder.topk(out.clip_voxels_norm, k=5)
+                    return out, retriever.topk(out.clip_voxels_norm, k=5)
 
             adapter_path = export_adapter(model, tmp / f"adapter{subject}.onnx", subject)
             ort_enc = OrtEncoder.from_parts(adapter_path, backbone, threads=threads)
 
             def onnx_run(enc=ort_enc):
                 out = enc(x.numpy())
-                return out, decoder.topk(out["clip_voxels_norm"], k=5)
+                return out, retriever.topk(out["clip_voxels_norm"], k=5)
 
             backends = {"eager": eager, "onnx": onnx_run}
             if backbone_int8 is not None:

@@ -17,7 +17,16 @@ With ``--engine`` the demo's own world (``rtrecon demo``'s default: the ``small`
 at each run's start from the runs before it, releases at 8 and 16 s), once per option, and
 ``engine_*_r`` scores the first releases of the last run as above.
 
-    .venv/bin/python benchmarks/early_estimates.py [--quick] [--delay S] [--engine]
+With ``--demo`` the runs are the ones ``rtrecon demo`` decodes live: its default dataset (4 subjects
+× 4 sessions × 1 run, ``small``, ``high-snr``, seed 0, from the demo's cache or made there), subject
+1's sessions 1-4, each streamed through the engine as a session of its own (a live session has no
+earlier run). ``demo_r`` is the mean over the four of the first releases' median per-voxel r with the
+true betas, for the engine's defaults and for each default knob turned back
+(``release_motion_confounds = true``, ``resample_order = 1``, both); with ``--checkpoint`` (the demo's
+fine-tuned decoder, ``finetune/last.pth`` in its cache) also the retrieval top-1 of session 4's
+decoded first releases (the live session: the decoder never saw it) over the session's images.
+
+    .venv/bin/python benchmarks/early_estimates.py [--quick] [--delay S] [--engine] [--demo [--checkpoint PTH]]
 
 The last line printed is one JSON object: {"benchmark": "early_estimates", "machine": ...,
 "results": {"ols_r", "noise_pool_r", "hrf_r", "both_r", ...}} (``--engine``: {"engine_ols_r",
@@ -138,6 +147,87 @@ def engine_first_release_r(root: Path, n_runs: int, early: dict, work: Path) -> 
     return median_r(betas, truth["true_betas"][1][n_before : n_before + len(onsets)])
 
 
+DEMO_OPTIONS = [("demo", {}), ("demo_motion_confounds", {"glm": {"release_motion_confounds": True}}),
+                ("demo_trilinear", {"resample_order": 1}),
+                ("demo_before", {"glm": {"release_motion_confounds": True}, "resample_order": 1})]
+
+
+def demo_live_release(root: Path, session: int, settings: dict, work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Subject 1's ``session`` (its one run) streamed through the engine as a session of its own: the
+    first releases' betas and z (trials × ROI, NaN where none), and the images shown."""
+    from engine.server import Engine, EngineSettings
+    from engine.store import SessionStore
+    from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage
+
+    base = root / "nsddata_timeseries" / "ppdata" / "subj01" / SPACE
+    img = nib.load(base / "timeseries" / f"timeseries_session{session:02d}_run01.nii.gz")
+    design = np.loadtxt(base / "design" / f"design_session{session:02d}_run01.tsv")
+    onsets, images = np.flatnonzero(design) * synthetic.TR, design[design > 0].astype(int)
+    roi = synthetic.load_truth(root, 1)["voxels"]["roi_index"]
+    mask = np.zeros(img.shape[:3], np.uint8).ravel()
+    mask[roi] = 1
+    work.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(mask.reshape(img.shape[:3]), img.affine), work / "roi.nii.gz")
+    engine = Engine(EngineSettings(roi_mask=work / "roi.nii.gz", **settings), SessionStore(work / "s", "01", "01", "bench"))
+    data = np.asarray(img.dataobj)
+    for i in range(data.shape[3]):
+        for t, onset in enumerate(onsets):
+            if (i - 1) * synthetic.TR < onset <= i * synthetic.TR:
+                engine.handle(EventMessage(session="sub-01_ses-01", run=1, trial=t, onset=float(onset), duration=3.0,
+                                           trial_type="image", stimulus=f"nsd:{images[t]}"))
+        engine.handle(VolumeMessage(session="sub-01_ses-01", run=1, index=i, tr=synthetic.TR,
+                                    voxels=np.ascontiguousarray(data[..., i]), affine=img.affine))
+    engine.handle(RunEndMessage(session="sub-01_ses-01", run=1, n_volumes=data.shape[3]))
+    engine.join_background()
+    betas, z = np.full((2, len(onsets), len(roi)), np.nan)
+    for t in range(len(onsets)):
+        path = engine.store.derivative_path(1, f"trial{t}release0beta", ".npz")
+        if path.exists():
+            with np.load(path) as f:
+                betas[t], z[t] = f["beta"], f["z"]
+    return betas, z, images
+
+
+def retrieval_top1(checkpoint: Path, z: np.ndarray, images: np.ndarray, embeddings: np.ndarray) -> float:
+    """Top-1 of decoded ``z`` over the session's images, as the demo's report scores a trial."""
+    import torch
+
+    from rtrecon.models import load_official
+
+    model = load_official(checkpoint).eval()
+    gallery_ids = np.unique(images)
+    gallery = torch.nn.functional.normalize(torch.from_numpy(embeddings[gallery_ids - 1]).float().flatten(1), dim=-1)
+    done = ~np.isnan(z[:, 0])
+    with torch.no_grad():
+        pred = model.encode(torch.from_numpy(z[done].astype(np.float32)), 0).clip_voxels_norm.float().flatten(1)
+    best = (torch.nn.functional.normalize(pred, dim=-1) @ gallery.T).argmax(1).numpy()
+    return float(np.mean(gallery_ids[best] == images[done]))
+
+
+def main_demo(checkpoint: Path | None) -> int:
+    from rtrecon.demo.cache import cached_dataset
+
+    root, _ = cached_dataset(4, 4, 1, "small", 0, "high-snr", progress=False)
+    truth = synthetic.load_truth(root, 1)
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, settings in DEMO_OPTIONS:
+            t0 = time.perf_counter()
+            rs = []
+            for session in (1, 2, 3, 4):
+                betas, z, images = demo_live_release(root, session, settings, Path(tmp) / key / str(session))
+                rs.append(median_r(betas, truth["true_betas"][session]))
+            results[key + "_r"] = float(np.mean(rs))
+            if checkpoint is not None:
+                results[key + "_top1"] = retrieval_top1(checkpoint, z, images, truth["embeddings"])
+            print(f"{key}: first-release r {results[key + '_r']:.3f} (sessions {', '.join(f'{r:.3f}' for r in rs)})"
+                  + (f", session 4 top-1 {results[key + '_top1']:.1%}" if checkpoint is not None else "")
+                  + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    results.update(gain=results["demo_r"] - results["demo_before_r"], sessions=4)
+    emit("early_estimates", results, machine_extra="1 core")
+    return 0
+
+
 def main_engine(n_runs: int, motion: bool) -> int:
     preset = synthetic.PRESETS["small"]
     preset = replace(preset, noise=replace(preset.noise, motion=motion))
@@ -162,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=8.0, help="release delay after onset (s)")
     parser.add_argument("--engine", action="store_true", help="through the live engine, on the demo's world (see above)")
     parser.add_argument("--no-motion", action="store_true", help="with --engine: the demo's world without head motion")
+    parser.add_argument("--demo", action="store_true", help="the demo's live runs through the engine, per default knob (see above)")
+    parser.add_argument("--checkpoint", type=Path, help="with --demo: the demo's decoder, for session 4's top-1")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
+    if args.demo:
+        return main_demo(args.checkpoint)
     n_runs = 3 if args.quick else 4
     if args.engine:
         return main_engine(n_runs, not args.no_motion)

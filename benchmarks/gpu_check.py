@@ -1,4 +1,4 @@
-"""The decoder at full size on one GPU: MindEye2 and the SDXL unCLIP UNet with random weights.
+"""The decoder and the reconstruction at full size on one GPU: MindEye2 and the SDXL unCLIP UNet with random weights.
 
 Run it through ``bash benchmarks/gpu_check.sh`` (which brings diffusers from the wheel folder
 ``--prepare`` built); it needs only torch with CUDA, numpy and what rtrecon's model code imports.
@@ -207,10 +207,10 @@ def mindeye_stages(args, device: torch.device, clock: Clock, results: dict) -> N
 
 def unclip_stages(args, device: torch.device, clock: Clock, results: dict) -> None:
     """The SDXL-unCLIP UNet at 768², 4 and 38 steps with CFG, fp16-autocast (VAE float32)."""
-    from rtrecon.decoders.config import OFFICIAL, TINY
-    from rtrecon.decoders.unclip import SamplingOptions, UnclipDecoder
-    from rtrecon.decoders.unet import build_unet
-    from rtrecon.decoders.vae import build_vae
+    from rtrecon.reconstruction.config import OFFICIAL, TINY
+    from rtrecon.reconstruction.unclip import SamplingOptions, UnclipReconstructor
+    from rtrecon.reconstruction.unet import build_unet
+    from rtrecon.reconstruction.vae import build_vae
 
     half = torch.bfloat16 if device.type == "cpu" else torch.float16
     config = TINY if args.tiny else OFFICIAL
@@ -219,7 +219,7 @@ def unclip_stages(args, device: torch.device, clock: Clock, results: dict) -> No
     _reset_peak(device)
     t0 = time.perf_counter()
     unet, vae = build_unet(config, device=device), build_vae(config, device=device)
-    decoder = UnclipDecoder(unet, vae, config, device=device, autocast=half)
+    reconstructor = UnclipReconstructor(unet, vae, config, device=device, autocast=half)
     init_s = time.perf_counter() - t0
     tokens = torch.randn(1, 8 if args.tiny else 256, config.context_dim, device=device,
                          generator=torch.Generator(device).manual_seed(3)).to(half)
@@ -227,9 +227,9 @@ def unclip_stages(args, device: torch.device, clock: Clock, results: dict) -> No
     official = SamplingOptions.official(image_size=size, guidance_scale=5.0)
     out = {"unet_params": sum(p.numel() for p in unet.parameters()), "image_size": size, "guidance_scale": 5.0,
            "init_s": round(init_s, 2)}
-    out["latents_4_steps_ms"], _ = clock.median_ms(lambda: decoder.sample_latents(tokens, fast))
-    out["image_4_steps_ms"], image = clock.median_ms(lambda: decoder(tokens, fast))
-    out["image_38_steps_ms"], _ = clock.median_ms(lambda: decoder(tokens, official), repeats=min(2, args.repeats))
+    out["latents_4_steps_ms"], _ = clock.median_ms(lambda: reconstructor.sample_latents(tokens, fast))
+    out["image_4_steps_ms"], image = clock.median_ms(lambda: reconstructor(tokens, fast))
+    out["image_38_steps_ms"], _ = clock.median_ms(lambda: reconstructor(tokens, official), repeats=min(2, args.repeats))
     out["vae_decode_ms"] = out["image_4_steps_ms"] - out["latents_4_steps_ms"]
     out["image_shape"] = list(image.shape)
     out["finite"] = bool(torch.isfinite(image).all())
@@ -237,7 +237,7 @@ def unclip_stages(args, device: torch.device, clock: Clock, results: dict) -> No
     results["unclip"] = out
 
     def channels_last() -> dict:
-        laid_out = UnclipDecoder(unet, vae, config, device=device, autocast=half, channels_last=True)
+        laid_out = UnclipReconstructor(unet, vae, config, device=device, autocast=half, channels_last=True)
         ms, image_cl = clock.median_ms(lambda: laid_out(tokens, fast))
         return {"image_4_steps_ms": ms, "speedup_vs_default": out["image_4_steps_ms"] / ms,
                 "max_abs_diff_vs_default": float((image_cl - image).abs().max())}
@@ -248,7 +248,7 @@ def unclip_stages(args, device: torch.device, clock: Clock, results: dict) -> No
         def compiled() -> dict:
             for model in (unet, vae):  # undo the channels-last stage's layout: compile alone is measured
                 model.to(memory_format=torch.contiguous_format)
-            plain = UnclipDecoder(unet, vae, config, device=device, autocast=half).compile()
+            plain = UnclipReconstructor(unet, vae, config, device=device, autocast=half).compile()
             first_ms, _ = clock.once_ms(lambda: plain(tokens, fast))
             ms, image_c = clock.median_ms(lambda: plain(tokens, fast), repeats=min(3, args.repeats))
             return {"compile_s": first_ms / 1e3, "image_4_steps_ms": ms, "speedup_vs_eager": out["image_4_steps_ms"] / ms,

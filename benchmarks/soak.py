@@ -46,7 +46,6 @@ import hashlib  # noqa: E402
 import logging  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -62,6 +61,7 @@ from _report import emit  # noqa: E402
 from engine.design import RunDesign  # noqa: E402
 from engine.server import Engine, EngineSettings  # noqa: E402
 from engine.store import SessionStore  # noqa: E402
+from rtrecon.contract import children  # noqa: E402
 from rtrecon.contract.wire import EventMessage, RunEndMessage  # noqa: E402
 from scanner_bridge.assembly import VolumeReady  # noqa: E402
 from scanner_bridge.replay import NiftiReplaySource  # noqa: E402
@@ -135,7 +135,7 @@ def _restart(store_root: Path, into: Path, keep: str) -> tuple[float, str]:
     if keep == "none":
         for path in into.rglob("*_desc-realigned.bin"):
             path.unlink()
-    out = subprocess.run([sys.executable, __file__, "--recover", str(into)], check=True, capture_output=True, text=True)
+    out = children.run([sys.executable, __file__, "--recover", str(into)], check=True, capture_output=True, text=True)
     seconds, digest = out.stdout.split()[-2:]
     shutil.rmtree(into)
     return float(seconds), digest

@@ -3,16 +3,22 @@
 :class:`DecodingStage` is an ``on_trial`` callback of :class:`engine.server.Engine`. For each
 released trial (:class:`engine.trials.TrialBeta`) it takes the z-scored ROI beta through the
 MindEye2 model (per-subject adapter → shared backbone → retrieval tokens), ranks the gallery by
-cosine similarity in the L2-normalised token space (:class:`rtrecon.runtime.retrieval.RetrievalDecoder`),
-and, when an unCLIP decoder is configured, samples the prior's image tokens and decodes them to
-an image (:class:`rtrecon.decoders.unclip.UnclipDecoder`). The result goes out through
+cosine similarity in the L2-normalised token space (:class:`rtrecon.runtime.retrieval.Retriever`),
+and, when an unCLIP model is configured, samples the prior's image tokens and decodes them to
+an image (:class:`rtrecon.reconstruction.unclip.UnclipReconstructor`). The result goes out through
 ``publish`` (the engine's results link, which then skips the bare beta of the same trial) with
 the seconds each stage took (``latencies``: ``decode_s``, ``retrieval_s``, ``image_s``) and the
 wall times it passed them (``stamps``: ``decode_start``, ``decoded``, ``generated``, ``sent``).
 With a ``store`` the decoded embedding, the top-k ids and scores and the image are saved as the
 run's ``desc-trial<N>release<R>decoded.npz`` derivative (one per release of a trial).
 
-Built from the session config's ``[decoder]`` section by :meth:`DecodingStage.from_config`:
+Pairmates: a trial whose event names a ``pairmate`` gets the pairmate distinctiveness (CPD, real-time
+MindEye's feedback score) of its decoded embedding against the gallery rows of its image and its
+pairmate (``cpd`` in the result, and in the decoded ``.npz``). At start-up the session's trial
+lists are checked against the gallery (:func:`check_pairmates`): a pairmate it lacks is refused.
+
+Built from the session config's ``[decoder]`` and ``[reconstruction]`` sections by
+:meth:`DecodingStage.from_config`. ``[decoder]``:
 
 * ``checkpoint``: a MindEye2 checkpoint :func:`rtrecon.models.load_official` reads; ``subject``
   picks its adapter, whose input size must be the engine's ROI size;
@@ -23,16 +29,21 @@ Built from the session config's ``[decoder]`` section by :meth:`DecodingStage.fr
   must be the engine's ROI size;
 * ``gallery``: a ``.npz`` with ``embeddings`` (N, tokens, dim) (any (N, ...) array) and ``ids``
   (N,) strings -- the stimulus ids retrieval answers with (``nsd:<73k id>`` for NSD);
-* ``top_k``; ``unclip`` (a decoder folder, ``UnclipDecoder.from_pretrained``) and ``steps``;
-* ``device`` and ``precision`` (:class:`rtrecon.runtime.device.Placement`): ``auto`` takes the GPU
-  when there is one; ``fp16-autocast`` is the official mixed precision (float32 weights and
+* ``top_k``;
+* ``device`` and ``precision``, for both stages (:class:`rtrecon.runtime.device.Placement`): ``auto``
+  takes the GPU when there is one; ``fp16-autocast`` is the official mixed precision (float32 weights and
   chains, half matrix products), applied to the MindEye2 model, the prior chain, the unCLIP UNet
   and the blurry-branch VAE (the unCLIP KL VAE decodes in float32 outside autocast, as sgm's);
-* ``recon``: ``fast`` sends the unCLIP image; ``official`` sends ``0.75 · unCLIP + 0.25 · blurry``
+* ``warmup``, ``compile`` (``torch.compile`` of the backbone, the prior network and the UNet),
+  ``cuda_graphs`` (the 20-step prior chain replayed as one CUDA graph).
+
+``[reconstruction]``:
+
+* ``unclip`` (an unCLIP folder, ``UnclipReconstructor.from_pretrained``) and ``steps``;
+* ``mode``: ``fast`` sends the unCLIP image; ``official`` sends ``0.75 · unCLIP + 0.25 · blurry``
   (the blurry branch's latent decoded by ``blurry_vae``, resized to the unCLIP image), the blend
   ``final_evaluations.ipynb`` scores (there over the refined image, a stage too slow to run live);
-* ``warmup``, ``compile`` (``torch.compile`` of the backbone, the prior network and the UNet),
-  ``cuda_graphs`` (the 20-step prior chain replayed as one CUDA graph), ``channels_last``.
+* ``channels_last`` (the UNet and VAE in channels-last memory layout).
 
 Start-up: :meth:`DecodingStage.from_config` loads every model on the CPU, refuses with one line
 when their weights (at the chosen precision) do not fit the GPU's free memory, and only then moves
@@ -56,6 +67,7 @@ trial beta goes out in its place so that the stimulus program is not left waitin
 
 from __future__ import annotations
 
+import csv
 import logging
 import queue
 import threading
@@ -72,10 +84,10 @@ from rtrecon.contract.config import ConfigError, SessionConfig
 from rtrecon.models.linear_head import LinearHead
 from rtrecon.contract.layout import session_id as session_id_of
 from rtrecon.runtime.device import DoesNotFitError, Placement, check_fits, memory_held_mb, parameter_bytes
-from rtrecon.runtime.retrieval import RetrievalDecoder
+from rtrecon.runtime.retrieval import Retriever, pairmate_distinctiveness
 from rtrecon.contract.wire import TrialResultMessage
 
-__all__ = ["DecodingStage", "BackgroundDecoder", "load_gallery"]
+__all__ = ["DecodingStage", "BackgroundDecoder", "load_gallery", "check_pairmates"]
 
 log = logging.getLogger("engine.decoding")
 
@@ -97,6 +109,40 @@ def load_gallery(path: str | Path) -> tuple[np.ndarray, list[str]]:
     return embeddings, ids
 
 
+def check_pairmates(trial_lists: Sequence[Path], ids: Sequence[str], gallery: str | Path) -> None:
+    """Refuse (:class:`ConfigError`, one line) a trial list whose ``pairmate`` column names an id the
+    gallery lacks, or pairs a trial with its own image: its CPD could never be scored.
+
+    Only the lists this machine has are read (the stimulus PC may keep them elsewhere; the engine
+    then meets each pairmate in its trial's event, and one the gallery lacks gets no CPD).
+    """
+    known = set(ids)
+    for path in map(Path, trial_lists):
+        if not path.is_file():
+            continue
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f, delimiter="\t"))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(f"{path}: cannot be read as a trial list: {exc}") from None
+        problems = []
+        for line, row in enumerate(rows, start=2):
+            pairmate = (row.get("pairmate") or "").strip()
+            # what the stimulus program tells the engine was shown: the stim_id, else the image's file name
+            stimulus = (row.get("stim_id") or "").strip() or Path((row.get("stim_file") or "").strip()).name
+            if not pairmate:
+                continue
+            if pairmate not in known:
+                problems.append(f"line {line}: pairmate {pairmate!r} is not in the gallery {gallery}")
+            elif stimulus not in known:
+                problems.append(f"line {line}: image {stimulus!r} (which has a pairmate) is not in the gallery {gallery}")
+            elif stimulus == pairmate:
+                problems.append(f"line {line}: pairmate {pairmate!r} is the trial's own image")
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ConfigError(f"{path}, {problems[0]}{more}: no CPD can be scored ([stimulus] trial_lists, [decoder] gallery)")
+
+
 class DecodingStage:
     """Decode each released trial and publish the result (see the module docstring)."""
 
@@ -115,7 +161,7 @@ class DecodingStage:
         store: Any | None = None,
         name: str = "mindeye2",
         placement: Placement | None = None,
-        recon: str = "fast",
+        reconstruction_mode: str = "fast",
         blurry_vae: Any | None = None,
         cuda_graphs: bool = False,
     ) -> None:
@@ -123,7 +169,8 @@ class DecodingStage:
         #: A ridge head decodes on the CPU in numpy; a MindEye2 model through torch on ``placement``.
         self.linear = isinstance(model, LinearHead)
         self.model = model if self.linear else model.eval().requires_grad_(False)
-        self.retrieval = RetrievalDecoder(gallery, ids)
+        self.retrieval = Retriever(gallery, ids)
+        self._rows = {stim_id: i for i, stim_id in enumerate(self.retrieval.ids)}
         self.publish = publish
         self.session_id = session_id
         self.subject = subject
@@ -133,13 +180,13 @@ class DecodingStage:
         self.store = store
         self.name = name
         self.n_voxels = model.n_voxels if self.linear else int(model.config.n_voxels[subject])
-        if recon not in ("fast", "official"):
-            raise ValueError(f"recon {recon!r}: choose 'fast' or 'official'")
-        if self.linear and (unclip is not None or recon == "official"):
+        if reconstruction_mode not in ("fast", "official"):
+            raise ValueError(f"reconstruction mode {reconstruction_mode!r}: choose 'fast' or 'official'")
+        if self.linear and (unclip is not None or reconstruction_mode == "official"):
             raise ConfigError(f"{name}: a linear head retrieves only (no prior tokens for unCLIP, no blurry branch)")
-        if recon == "official" and (blurry_vae is None or not model.config.blurry):
-            raise ConfigError(f"{name}: recon 'official' needs a model with the blurry branch and a blurry_vae")
-        self.recon = recon
+        if reconstruction_mode == "official" and (blurry_vae is None or not model.config.blurry):
+            raise ConfigError(f"{name}: reconstruction mode 'official' needs a model with the blurry branch and a blurry_vae")
+        self.reconstruction_mode = reconstruction_mode
         self.blurry_vae = blurry_vae
         self.cuda_graphs = cuda_graphs
         self._graphed_prior = None
@@ -151,10 +198,10 @@ class DecodingStage:
     def from_config(
         cls, config: SessionConfig, publish: Callable[[TrialResultMessage], None], store: Any | None = None
     ) -> DecodingStage:
-        """The stage the ``[decoder]`` section describes (``checkpoint`` and ``gallery`` are required)."""
+        """The stage ``[decoder]`` and ``[reconstruction]`` describe (``checkpoint`` and ``gallery`` are required)."""
         from rtrecon.models import load_official
 
-        d = config.decoder
+        d, r = config.decoder, config.reconstruction
         if d.head == "linear":
             return cls._linear_from_config(config, publish, store)
         if d.checkpoint is None or d.gallery is None:
@@ -170,28 +217,29 @@ class DecodingStage:
         model = load_official(d.checkpoint)
         if not 0 <= d.subject < model.config.n_subjects:
             raise ConfigError(f"{d.checkpoint}: no adapter {d.subject} ([decoder] subject); it has {model.config.n_subjects}")
-        if d.recon == "official" and not model.config.blurry:
-            raise ConfigError(f"{d.checkpoint}: [decoder] recon 'official' needs the blurry branch, this model has none")
+        if r.mode == "official" and not model.config.blurry:
+            raise ConfigError(f"{d.checkpoint}: [reconstruction] mode 'official' needs the blurry branch, this model has none")
         gallery, ids = load_gallery(d.gallery)
+        check_pairmates(config.stimulus.trial_lists, ids, d.gallery)
         unclip = blurry_vae = None
-        if d.unclip is not None:
-            from rtrecon.decoders.unclip import UnclipDecoder
+        if r.unclip is not None:
+            from rtrecon.reconstruction.unclip import UnclipReconstructor
 
-            unclip = UnclipDecoder.from_pretrained(d.unclip, autocast=placement.autocast_dtype, channels_last=d.channels_last)
-        if d.recon == "official":
+            unclip = UnclipReconstructor.from_pretrained(r.unclip, autocast=placement.autocast_dtype, channels_last=r.channels_last)
+        if r.mode == "official":
             from rtrecon.models.blurry import load_blurry_vae
 
             try:
-                blurry_vae = load_blurry_vae(d.blurry_vae)
+                blurry_vae = load_blurry_vae(r.blurry_vae)
             except (FileNotFoundError, ValueError) as exc:
-                raise ConfigError(f"[decoder] blurry_vae: {exc}") from None
+                raise ConfigError(f"[reconstruction] blurry_vae: {exc}") from None
         # Everything is on the CPU so far: refuse before the first byte goes to the GPU.
         half = placement.autocast_dtype
         needed = parameter_bytes([model], half) + (parameter_bytes([blurry_vae], half) if blurry_vae is not None else 0)
         needed += unclip.nbytes if unclip is not None else 0
         try:
             check_fits(placement.device, needed, f"the decoder's models ({Path(d.checkpoint).name}"
-                       + (f", {Path(d.unclip).name}" if d.unclip is not None else "") + ")")
+                       + (f", {Path(r.unclip).name}" if r.unclip is not None else "") + ")")
         except DoesNotFitError as exc:
             raise ConfigError(f"[decoder]: {exc}") from None
         model = placement.place(model)
@@ -207,10 +255,10 @@ class DecodingStage:
                 unclip.compile()
         session_id = session_id_of(config.session.subject, config.session.session)
         log.info("decoder on %s in %s: %s%s, %.0f MiB of weights", placement.device, placement.precision,
-                 Path(d.checkpoint).name, f" + {Path(d.unclip).name}" if d.unclip is not None else "", needed / 2**20)
+                 Path(d.checkpoint).name, f" + {Path(r.unclip).name}" if r.unclip is not None else "", needed / 2**20)
         return cls(model, gallery, ids, publish, session_id, subject=d.subject, top_k=d.top_k, unclip=unclip,
-                   steps=d.steps, store=store, name=Path(d.checkpoint).name, placement=placement, recon=d.recon,
-                   blurry_vae=blurry_vae, cuda_graphs=d.cuda_graphs)
+                   steps=r.steps, store=store, name=Path(d.checkpoint).name, placement=placement,
+                   reconstruction_mode=r.mode, blurry_vae=blurry_vae, cuda_graphs=d.cuda_graphs)
 
     @classmethod
     def _linear_from_config(
@@ -221,13 +269,15 @@ class DecodingStage:
             raise ConfigError('[decoder] head "linear" needs \'linear_head\' and \'gallery\' for the engine to decode trials')
         if not Path(d.linear_head).is_file():
             raise ConfigError(f"{d.linear_head}: no such linear head file ([decoder] linear_head)")
-        if d.unclip is not None:
-            raise ConfigError('[decoder] unclip: head "linear" retrieves only (it makes no prior tokens); unset unclip')
+        if config.reconstruction.unclip is not None:
+            raise ConfigError('[reconstruction] unclip: [decoder] head "linear" retrieves only (it makes no prior tokens); '
+                              "unset unclip")
         try:
             head = LinearHead.load(d.linear_head)
         except ValueError as exc:
             raise ConfigError(f"[decoder] linear_head: {exc}") from None
         gallery, ids = load_gallery(d.gallery)
+        check_pairmates(config.stimulus.trial_lists, ids, d.gallery)
         if int(np.prod(gallery.shape[1:])) != int(np.prod(head.target_shape)):
             raise ConfigError(f"{d.linear_head}: the head predicts {head.target_shape} targets, the gallery {d.gallery} "
                               f"holds {gallery.shape[1:]}")
@@ -282,11 +332,11 @@ class DecodingStage:
         latencies = {"decode_s": t1 - t0}
         image = None
         if self.makes_images:
-            from rtrecon.decoders.unclip import SamplingOptions
+            from rtrecon.reconstruction.unclip import SamplingOptions
 
             tokens = self._prior_tokens(out.backbone, seed)
             pixels = self.unclip(tokens, SamplingOptions.fast(steps=self.steps, seed=seed))
-            if self.recon == "official":
+            if self.reconstruction_mode == "official":
                 pixels = self._blend_blurry(pixels, out.blurry_latent)
             image = (pixels[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
             latencies["image_s"] = time.perf_counter() - t1
@@ -314,6 +364,20 @@ class DecodingStage:
         return {"decoder_ready": float(self.ready), "decoder_warmup_s": self.warmup_s,
                 "decoder_gpu_mb": memory_held_mb(self.placement.device)}
 
+    def cpd(self, trial: TrialBeta, embedding: torch.Tensor) -> float | None:
+        """The pairmate distinctiveness of ``embedding`` for ``trial``, in the gallery's normalised space
+        (:func:`~rtrecon.runtime.retrieval.pairmate_distinctiveness`); None without a pairmate, or when
+        the gallery lacks the trial's image or its pairmate (logged)."""
+        if not trial.pairmate:
+            return None
+        correct, foil = self._rows.get(trial.stimulus), self._rows.get(trial.pairmate)
+        if correct is None or foil is None or correct == foil:
+            log.warning("trial %d of run %d: no CPD (image %r, pairmate %r: %s)", trial.trial, trial.run, trial.stimulus,
+                        trial.pairmate, "the same image" if correct == foil and correct is not None else "not both in the gallery")
+            return None
+        gallery = self.retrieval.gallery
+        return float(pairmate_distinctiveness(embedding, gallery[correct], gallery[foil])[0])
+
     def decode(self, trial: TrialBeta) -> TrialResultMessage:
         """The decoded result of one released trial (not yet sent)."""
         z = np.asarray(trial.z, np.float32)
@@ -324,15 +388,19 @@ class DecodingStage:
         embedding, image, latencies, stamps = self._infer(z, seed=trial.trial)
         t = time.perf_counter()
         ids, scores = self.retrieval.topk(embedding, self.top_k)
+        cpd = self.cpd(trial, embedding)
         latencies["retrieval_s"] = time.perf_counter() - t
         self.ready = True
         result = TrialResultMessage(
             session=self.session_id, run=trial.run, trial=trial.trial, stimulus=trial.stimulus,
+            pairmate=trial.pairmate, cpd=cpd,
             retrieved=list(ids[0]), scores=[float(s) for s in scores[0]], image=image,
             embedding=embedding[0].numpy().astype(np.float32), decoder=self.name, latencies=latencies, stamps=stamps,
         )
         if self.store is not None:
             arrays = {"embedding": result.embedding, "retrieved": np.array(result.retrieved), "scores": np.array(result.scores)}
+            if cpd is not None:
+                arrays["cpd"] = np.array(cpd)
             if image is not None:
                 arrays["image"] = image
             self.store.save_arrays(trial.run, f"trial{trial.trial}release{trial.release}decoded", **arrays)

@@ -21,7 +21,7 @@ fractional ridge on the release was measured too and did not help (docs/early_es
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,8 +162,9 @@ class HRFChoice:
         self.choice = np.argmax(scores, axis=0)
         return self
 
-    def lss(self, glm: IncrementalGLM, trial_id: Hashable) -> np.ndarray:
-        """LSS beta (V,) of ``trial_id`` with each voxel's chosen HRF, on the volumes so far."""
+    def lss(self, glm: IncrementalGLM, trial_id: Hashable, without: Collection[str] = ()) -> np.ndarray:
+        """LSS beta (V,) of ``trial_id`` with each voxel's chosen HRF, on the volumes so far (the
+        confounds ``without`` left out)."""
         if self.choice is None:
             raise RuntimeError("HRFChoice.fit must run before lss")
         active = glm.active_trials()
@@ -172,7 +173,7 @@ class HRFChoice:
         frames = glm.frames
         onset, duration = glm.trial_timing(trial_id)
         others = [glm.trial_timing(t) for t in active if t != trial_id]
-        nuisance = glm.nuisance()[0]
+        nuisance = glm.nuisance(without)[0]
         beta = np.zeros(glm.n_voxels)
         for k in np.unique(self.choice):
             voxels = self.choice == k

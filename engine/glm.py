@@ -34,7 +34,7 @@ the same rows (tests/engine/test_glm.py).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -153,12 +153,16 @@ class IncrementalGLM:
         start, stop = np.searchsorted(times, [onset, onset + duration])
         return float(times[0]), float(times[1] - times[0]), int(start), int(stop)
 
-    def nuisance(self) -> tuple[np.ndarray, list[str]]:
-        """The (n_rows, c) confounds and drift columns of the volumes so far, and their names."""
+    def nuisance(self, without: Collection[str] = ()) -> tuple[np.ndarray, list[str]]:
+        """The (n_rows, c) confounds and drift columns of the volumes so far, and their names;
+        ``without``: confounds left out."""
         if self._nuisance is None:
             drift, names = self.design.drift(self._frames[: self.n_rows])
             self._nuisance = np.hstack([self._confounds[: self.n_rows], drift]), self.confound_names + names
-        return self._nuisance
+        if not without:
+            return self._nuisance
+        keep = [i for i, name in enumerate(self._nuisance[1]) if name not in without]
+        return self._nuisance[0][:, keep], [self._nuisance[1][i] for i in keep]
 
     def column_names(self) -> list[str]:
         """Design column names: ``trial-<id><basis suffix>``, the confounds, then the drift."""
@@ -244,12 +248,13 @@ class IncrementalGLM:
         if missing:
             raise KeyError(f"trial(s) {missing} have no non-zero regressor yet")
 
-    def lsa_design(self, active: Sequence[Hashable]) -> np.ndarray:
-        """The (n_rows, q) LSA design of trials ``active``: their columns, confounds, drift."""
-        return np.hstack([self.trial_columns(t) for t in active] + [self.nuisance()[0]])
+    def lsa_design(self, active: Sequence[Hashable], without: Collection[str] = ()) -> np.ndarray:
+        """The (n_rows, q) LSA design of trials ``active``: their columns, confounds (but ``without``), drift."""
+        return np.hstack([self.trial_columns(t) for t in active] + [self.nuisance(without)[0]])
 
-    def lss_design(self, trial_id: Hashable, active: Sequence[Hashable]) -> np.ndarray:
-        """The LSS design of ``trial_id``: its columns, the other active trials as one condition, nuisance."""
+    def lss_design(self, trial_id: Hashable, active: Sequence[Hashable], without: Collection[str] = ()) -> np.ndarray:
+        """The LSS design of ``trial_id``: its columns, the other active trials as one condition, nuisance
+        (but the confounds ``without``)."""
         others = [self._trials[t] for t in active if t != trial_id]
         parts = [self.trial_columns(trial_id)]
         if others and self.design.n_basis == 1:
@@ -259,22 +264,24 @@ class IncrementalGLM:
             # Derivative columns are orthogonalised per condition: nilearn's regressor of the set.
             onsets, durations = zip(*others)
             parts.append(self.design.condition_columns(onsets, durations, self._frames[: self.n_rows]))
-        return np.hstack(parts + [self.nuisance()[0]])
+        return np.hstack(parts + [self.nuisance(without)[0]])
 
-    def lsa(self, trial_ids: Sequence[Hashable] | None = None) -> dict[Hashable, np.ndarray]:
-        """LSA betas (V,) of the main basis column of each trial (default: every active trial)."""
+    def lsa(self, trial_ids: Sequence[Hashable] | None = None, without: Collection[str] = ()) -> dict[Hashable, np.ndarray]:
+        """LSA betas (V,) of the main basis column of each trial (default: every active trial);
+        ``without``: confounds left out of the design."""
         active = self.active_trials()
         wanted_ids = active if trial_ids is None else list(trial_ids)
         self._check_active(wanted_ids, active)
         k = self.design.n_basis
-        rows = pinv_rows(self.lsa_design(active), [active.index(t) * k for t in wanted_ids])
+        rows = pinv_rows(self.lsa_design(active, without), [active.index(t) * k for t in wanted_ids])
         return dict(zip(wanted_ids, rows @ self.signal))
 
-    def lss(self, trial_id: Hashable) -> np.ndarray:
-        """LSS beta (V,) of ``trial_id``: that trial against all other trials plus nuisance."""
+    def lss(self, trial_id: Hashable, without: Collection[str] = ()) -> np.ndarray:
+        """LSS beta (V,) of ``trial_id``: that trial against all other trials plus nuisance (but the
+        confounds ``without``)."""
         active = self.active_trials()
         self._check_active([trial_id], active)
-        return (pinv_rows(self.lss_design(trial_id, active), [0]) @ self.signal)[0]
+        return (pinv_rows(self.lss_design(trial_id, active, without), [0]) @ self.signal)[0]
 
     def final(
         self, noise_model: Literal["ols", "ar1"] = "ols", trial_ids: Sequence[Hashable] | None = None

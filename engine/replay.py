@@ -4,7 +4,7 @@ The run comes as a DICOM folder (assembled by the bridge's own
 :class:`~scanner_bridge.assembly.VolumeAssembler`, as ``rtrecon dicom2nii`` does) or a 4-D NIfTI
 (:class:`~scanner_bridge.replay.NiftiReplaySource`, TR from its sidecar or header), and its task
 events as a BIDS ``events.tsv`` (``onset`` and ``duration`` in seconds from the start of the first
-volume; ``trial_type``, ``trial`` and ``stimulus`` or ``stim_file`` when present). Each volume
+volume; ``trial_type``, ``trial``, ``stimulus`` or ``stim_file``, and ``pairmate`` when present). Each volume
 becomes the :class:`~rtrecon.contract.wire.VolumeMessage` the bridge would send
 (:func:`scanner_bridge.sender.volume_message`) and each event the
 :class:`~rtrecon.contract.wire.EventMessage` the stimulus PC would send when its onset has passed (before
@@ -100,6 +100,7 @@ def read_events(path: str | Path, session: str, run: int) -> list[EventMessage]:
         events.append(EventMessage(
             session=session, run=run, trial=trial, onset=onset, duration=duration,
             trial_type=text("trial_type") or "event", stimulus=text(stimulus_column),
+            pairmate=text("pairmate"),
         ))
     if not events:
         raise ReplayError(f"{path}: no events")

@@ -15,7 +15,9 @@ messages directly; :func:`serve` connects it to the session's links (:mod:`rtrec
   ``release``, ``release_s``, ``final``; ``sequence``, its key on the results link) over a
   reliable link, and to any ``on_trial`` callback. Each release refines the last; at run end
   every trial gets a final release from the whole run;
-* a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed.
+* a ``StatusMessage`` per volume (motion, FD, stage latencies) goes to the dashboard feed, with a
+  copy of each result sent and the stimulus PC's ``ShownMessage`` (the flip that first showed it,
+  sent back on the results link).
 
 With ``[engine.early]`` options on, each run starts by learning a noise pool and/or per-voxel HRFs
 (:mod:`engine.early`) from the runs the engine has then (a training session folder, and the
@@ -28,7 +30,8 @@ Outputs per run (BIDS derivatives, :class:`~engine.store.SessionStore`): the con
 0-2 of the 4x4 world (RAS mm) transform mapping a point of the reference to where the same
 anatomy lies in the volume), the stage timings (``desc-volumetimings.tsv``,
 ``desc-trialtimings.tsv``: one row per release), the trials table (``desc-trials.tsv``: one row
-per release sent, :data:`TRIAL_COLUMNS`), each release's raw and z-scored beta
+per release sent, :data:`TRIAL_COLUMNS`, with the pairmate its event named and the decoded result's
+CPD), each release's raw and z-scored beta
 (``desc-trial<N>release<R>beta.npz``: ``beta``, ``z``) and the final LSA and LSS betas
 (``desc-trialbetas.npz``: ``trials``, ``lsa``, ``lss``, their t maps ``lsa_t``, ``lss_t``, the
 ``noise_model`` and ``frames``, over the session's ``desc-roi_mask``).
@@ -126,7 +129,7 @@ _DRAIN_S = 10.0
 XFM_COLUMNS = [f"xfm_{row}{col}" for row in range(3) for col in range(4)]
 CONFOUND_COLUMNS = ["volume", *PARAMETER_NAMES, "framewise_displacement", "iterations", "missing", *XFM_COLUMNS]
 #: The run's trials table: one row per release sent, in the order they were released.
-TRIAL_COLUMNS = ["trial", "release", "release_s", "final", "stimulus", "volumes", "method", "repeats"]
+TRIAL_COLUMNS = ["trial", "release", "release_s", "final", "stimulus", "volumes", "method", "repeats", "pairmate", "cpd"]
 
 
 #: The engine's settings are the session config's ``[engine]`` table.
@@ -148,6 +151,7 @@ class _Run:
     glm: IncrementalGLM | None  # None once the run has ended (unless [engine.early] learns from it)
     schedule: ReleaseSchedule
     stimuli: dict[int, str] = field(default_factory=dict)
+    pairmates: dict[int, str] = field(default_factory=dict)  # trial -> its pairmate's stimulus id (events that name one)
     onsets: dict[int, float] = field(default_factory=dict)
     released: dict[int, int] = field(default_factory=dict)  # trial -> its newest release so far
     recorded: set[tuple[int, int]] = field(default_factory=set)  # (trial, release) in the trials table (sent before)
@@ -351,7 +355,8 @@ class Engine:
             with np.load(self.store.derivative_path(run, f"trial{trial}release{release}beta", ".npz")) as saved:
                 beta, z = saved["beta"], saved["z"]
             released = TrialBeta(run, trial, row["stimulus"], beta, z, int(row["repeats"]), release=release,
-                                 release_s=float(row["release_s"]), final=bool(row["final"]), sequence=sequence)
+                                 release_s=float(row["release_s"]), final=bool(row["final"]), sequence=sequence,
+                                 pairmate=row.get("pairmate") or "")
             state.trial_recorder.mark(sequence, "ready")
             state.trial_recorder.mark(sequence, "betas")
             self._send_release(state, released, row)
@@ -478,7 +483,7 @@ class Engine:
             return
         row = {
             "onset": msg.onset, "duration": msg.duration, "trial_type": msg.trial_type, "trial": msg.trial,
-            "stimulus": msg.stimulus, "response": msg.response, "response_time": msg.response_time,
+            "stimulus": msg.stimulus, "pairmate": msg.pairmate or None, "response": msg.response, "response_time": msg.response_time,
             "feedback": msg.feedback, "engine_volumes": self.store.n_volumes(msg.run),
         }
         self.store.append_event(msg.run, row)
@@ -554,7 +559,7 @@ class Engine:
         self.realigner = RigidRealigner(
             reference, ref_affine, roi_mask=roi,
             fwhm_mm=self.settings.realign_fwhm_mm, n_samples=self.settings.realign_samples,
-            refine_above_mm=self.settings.realign_refine_above_mm,
+            refine_above_mm=self.settings.realign_refine_above_mm, order=self.settings.resample_order,
         )
         if saved_roi is None:
             self.store.save_image("desc-roi_mask", self.realigner.roi_mask.astype(np.uint8), ref_affine)
@@ -605,6 +610,8 @@ class Engine:
         state.glm.add_trial(msg.trial, msg.onset, msg.duration)
         state.onsets[msg.trial] = msg.onset
         state.stimuli[msg.trial] = msg.stimulus
+        if msg.pairmate:
+            state.pairmates[msg.trial] = msg.pairmate
         self._release_ready(state)
 
     def _process_volume(
@@ -705,15 +712,19 @@ class Engine:
         state.sequence += 1
         rec = state.trial_recorder  # keyed by sequence: a trial may have several releases in flight
         rec.mark(sequence, "ready")
+        glm = self.settings.glm
+        # A scheduled release sees a trial's rising edge only, which smooth motion traces fit too.
+        without = () if final or glm.release_motion_confounds else PARAMETER_NAMES
         if self.settings.beta_method == "lss":
-            beta = state.hrf.lss(state.glm, trial) if state.hrf is not None else state.glm.lss(trial)
+            beta = state.hrf.lss(state.glm, trial, without) if state.hrf is not None else state.glm.lss(trial, without)
         else:
-            beta = state.glm.lsa([trial])[trial]
+            beta = state.glm.lsa([trial], without)[trial]
         released = self.normaliser.release(state.number, trial, state.stimuli.get(trial, ""), beta, release=release)
         rec.mark(sequence, "betas")
         state.released[trial] = release
         release_s = float(state.glm.frames[-1]) * state.tr - state.onsets[trial]
-        released = replace(released, release_s=release_s, final=final, sequence=sequence)
+        pairmate = state.pairmates.get(trial, "")
+        released = replace(released, release_s=release_s, final=final, sequence=sequence, pairmate=pairmate)
         if (trial, release) in state.recorded:  # released, decoded and sent before a restart: not again
             rec.forget(sequence)
             return
@@ -721,6 +732,7 @@ class Engine:
         self._send_release(state, released, {
             "trial": trial, "release": release, "release_s": release_s, "final": final, "stimulus": released.stimulus,
             "volumes": state.n_volumes, "method": self.settings.beta_method, "repeats": released.repeats,
+            "pairmate": pairmate or None,
         })
 
     def _send_release(self, state: _Run, released: TrialBeta, row: dict[str, Any]) -> None:
@@ -728,7 +740,7 @@ class Engine:
         sequence = released.sequence
         result = TrialResultMessage(
             session=self.session_id, run=state.number, trial=released.trial, stimulus=released.stimulus,
-            embedding=released.z.astype(np.float32), decoder="trial-beta",
+            pairmate=released.pairmate, embedding=released.z.astype(np.float32), decoder="trial-beta",
             release=released.release, release_s=released.release_s, final=released.final, sequence=sequence,
             latencies={"betas_s": state.trial_recorder.elapsed_ms(sequence, "betas") / 1000.0},
             stamps={"trial_ready": time.time()},
@@ -747,6 +759,7 @@ class Engine:
         rec = state.trial_recorder
         rec.mark(sequence, "published")
         row = state.undelivered.pop(sequence)
+        row["cpd"] = result.cpd
         state.recorded.add((row["trial"], row["release"]))
         state.trial_table.append(row)
         state.trial_timings.append({**rec.row(sequence, "trial"), "trial": row["trial"], "release": row["release"]})
@@ -923,6 +936,7 @@ def _event_from_row(session: str, run: int, row: dict[str, str]) -> EventMessage
         session=session, run=run, trial=int(row["trial"]), onset=float(row["onset"]),
         duration=float(row["duration"]), trial_type=row["trial_type"],
         stimulus="" if row["stimulus"] == "n/a" else row["stimulus"],
+        pairmate="" if row.get("pairmate", "n/a") == "n/a" else row["pairmate"],
         response="" if row["response"] == "n/a" else row["response"],
         response_time=num(row["response_time"]), feedback=row["feedback"] == "1",
     )
@@ -1014,6 +1028,8 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
                         engine.handle(message, events.ack)
                 engine.poll()
                 results.poll()
+                for shown in results.notices():  # the stimulus PC showed a result: the console's last stage
+                    status.publish(shown)
             engine.drain(timeout_s=_DRAIN_S)
             results.poll()
         if decoder is not None:

@@ -254,7 +254,7 @@ class SessionStore:
     # BIDS columns, then how many volumes of the run were stored when the event was: the
     # engine replays events and volumes in their arrival order from it.
     EVENT_COLUMNS = (
-        "onset", "duration", "trial_type", "trial", "stimulus", "response", "response_time", "feedback",
+        "onset", "duration", "trial_type", "trial", "stimulus", "pairmate", "response", "response_time", "feedback",
         "engine_volumes",
     )
 

@@ -88,7 +88,8 @@ class TrialBeta:
     """A release of a trial: its raw beta over the ROI, the z-scored (and repeat-averaged) one.
 
     ``release``, ``release_s``, ``final`` and ``sequence`` are those of its
-    :class:`~rtrecon.contract.wire.TrialResultMessage`.
+    :class:`~rtrecon.contract.wire.TrialResultMessage`; ``pairmate`` the stimulus id of the trial's
+    pairmate (empty: none), which its decoding scores the CPD against.
     """
 
     run: int
@@ -102,6 +103,7 @@ class TrialBeta:
     release_s: float = 0.0
     final: bool = False
     sequence: int = 0
+    pairmate: str = ""
 
 
 class TrialNormaliser:

@@ -38,7 +38,7 @@ COMMANDS: dict[str, Command] = {
     "replay": Command("rtrecon.demo.replay", "replay an NSD session (real or synthetic) through the live processes, with its report"),
     "console": Command("rtrecon.console.command", "operator console: the live session in a web page (rtrecon console --config session.toml)"),
     "engine": Command("engine.commands", "real-time engine: realign, incremental GLM, trial betas (rtrecon engine --config session.toml)"),
-    "convert-unclip": Command("rtrecon.decoders.convert_cli", "convert MindEye2's SDXL unCLIP checkpoint (sgm .ckpt) to a diffusers folder"),
+    "convert-unclip": Command("rtrecon.reconstruction.convert_cli", "convert MindEye2's SDXL unCLIP checkpoint (sgm .ckpt) to a diffusers folder"),
 }
 
 

@@ -26,7 +26,7 @@ key                                   checked
 ``decoder.linear_head``               a ridge head ``.npz`` that ``LinearHead.load`` reads whose
                                       voxel count is the ROI's (when ``roi_mask`` is set)
 ``decoder.gallery``                   ``.npz``/``.npy``/``.h5`` that opens, or a folder of images
-``decoder.unclip``                    a folder with ``unclip.json``, ``unet/`` and ``vae/``
+``reconstruction.unclip``             a folder with ``unclip.json``, ``unet/`` and ``vae/``
                                       (the layout ``rtrecon convert-unclip`` writes)
 ``stimulus.trial_lists``              each TSV parses (header, same field count on every row,
                                       at least one trial) and its ``stim_file``/``cue_file``
@@ -137,9 +137,10 @@ def _check_mask(path: Path) -> tuple[str | None, int | None]:
     err, data = _nifti_3d(path)
     if err:
         return err, None
-    count = int(np.count_nonzero(np.nan_to_num(data)))
+    # > 0, as the engine reads it: NSD's ROI files mark the voxels outside the brain -1
+    count = int(np.count_nonzero(np.nan_to_num(data) > 0))
     if count == 0:
-        return "is an empty mask (no non-zero voxel)", None
+        return "is an empty mask (no voxel above 0)", None
     return None, count
 
 
@@ -245,7 +246,7 @@ def _check_unclip(path: Path) -> str | None:
         return err
     missing = [name for name in ("unclip.json", "unet", "vae") if not (path / name).exists()]
     if missing:
-        return f"is not an unCLIP decoder folder (missing {', '.join(missing)}; make one with rtrecon convert-unclip)"
+        return f"is not an unCLIP folder (missing {', '.join(missing)}; make one with rtrecon convert-unclip)"
     try:
         json.loads((path / "unclip.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -336,8 +337,8 @@ def _checks(config: SessionConfig, role: str) -> Iterator[tuple[str, Path, Calla
             yield "decoder.linear_head", head, lambda: one(_check_linear_head(head, n_voxels[0] if n_voxels else None))
         if (gallery := decoder.gallery) is not None:
             yield "decoder.gallery", gallery, lambda: one(_check_gallery(gallery))
-        if (unclip := decoder.unclip) is not None:
-            yield "decoder.unclip", unclip, lambda: one(_check_unclip(unclip))
+        if (unclip := config.reconstruction.unclip) is not None:
+            yield "reconstruction.unclip", unclip, lambda: one(_check_unclip(unclip))
     if wanted("stimulus"):
         for i, trial_list in enumerate(config.stimulus.trial_lists):
             yield f"stimulus.trial_lists[{i}]", trial_list, lambda t=trial_list: _check_trial_list(t)
@@ -351,12 +352,13 @@ def plan_trial_lists(config_file: Path, skip: Collection[int] = ()) -> list[Prob
     """The problems ``rtrecon stimulus check`` finds planning each run of ``config_file`` (the runs
     in ``skip``, 1-based, left out); None when the stimulus package is not installed here."""
     import importlib.util
-    import subprocess
+
+    from rtrecon.contract import children
 
     if importlib.util.find_spec("stimulus") is None:
         return None
-    proc = subprocess.run([sys.executable, "-m", "rtrecon.cli", "stimulus", "check", "--config", str(config_file), "--json"],
-                          capture_output=True, text=True, timeout=600)
+    proc = children.run([sys.executable, "-m", "rtrecon.cli", "stimulus", "check", "--config", str(config_file), "--json"],
+                        capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return [Problem("stimulus.trial_lists", config_file, f"rtrecon stimulus check failed: {proc.stderr.strip()[-500:]}")]

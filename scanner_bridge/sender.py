@@ -22,8 +22,9 @@ acknowledgements flow. Each volume carries ``stamps`` (``time.time()`` seconds):
 newest modification time of its source files, when they are files), ``read`` (the source
 handed it over) and ``sent``. A :class:`~scanner_bridge.assembly.VolumeMissing` becomes a
 :class:`~rtrecon.contract.wire.VolumeMissingMessage`; when the source ends, each run gets a
-:class:`~rtrecon.contract.wire.RunEndMessage` and the sender waits (up to ``drain_timeout_s``) for the
-receiver to acknowledge everything. While items wait, it warns (once per silence) when nothing
+:class:`~rtrecon.contract.wire.RunEndMessage` and the sender waits for the
+receiver to acknowledge everything, for as long as acknowledgements keep coming (it gives up
+after ``drain_timeout_s`` without one). While items wait, it warns (once per silence) when nothing
 has been acknowledged for ``ack_warn_trs`` TRs: "sent" alone does not mean an engine got it.
 Items already in the spool from before a restart (the
 restarted watcher reads the export folder again) are recognised by their key and skipped: the
@@ -161,14 +162,20 @@ class BridgeSender:
         for run, n_volumes in sorted(self.report.runs.items()):
             if self._send(RunEndMessage(session=self.session, run=run, n_volumes=n_volumes)) is not None:
                 self.report.run_ends += 1
+        # the wait ends when the receiver stops making progress, not at a fixed time after the last
+        # volume: an engine that is still catching up (a replay faster than it decodes) is no failure
         deadline = time.monotonic() + self.drain_timeout_s
+        pending = self.link.pending
         while self.link.pending and time.monotonic() < deadline:
             self.link.poll(min(0.05, max(0.0, deadline - time.monotonic())))
             self._watch_acks()
+            if self.link.pending < pending:
+                pending = self.link.pending
+                deadline = time.monotonic() + self.drain_timeout_s
         self.report.all_acknowledged = self.link.pending == 0
         self.report.max_lead = self.link.max_lead
         if not self.report.all_acknowledged:
-            logger.warning("%d item(s) not acknowledged by the receiver after %.0f s; they stay in the spool",
+            logger.warning("%d item(s) not acknowledged (none for the last %.0f s); they stay in the spool",
                            self.link.pending, self.drain_timeout_s)
         return self.report
 

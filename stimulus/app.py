@@ -200,7 +200,7 @@ def prepare_run(
     pairmates = None
     if any(t.pairmate for t in trials) and fb.embeddings is not None:
         pairmates = PairmateScorer(fb.embeddings, trials, trials_file)
-    elif fb.bar_value == "cpd":
+    if fb.bar_value == "cpd" and not any(t.pairmate for t in trials):
         raise ValueError(f'{trials_file}: bar_value = "cpd" needs a pairmate column (the stim_id of each trial\'s pairmate)')
     paths = RunPaths(sess.output_dir, sess.subject, sess.session, sess.task, run)
     if not overwrite:
@@ -311,7 +311,8 @@ class StimulusProgram:
                 self.operator = OperatorView(operator_win, panel, settings.feedback.window_s)
             results = ResultHandler(self.setup.session_label, self.setup.run, self.setup.trials, record=self.record,
                                     journal=self.journal, policy=self.policy, panel=panel, operator=self.operator,
-                                    pairmates=self.setup.pairmates, live=self.live_feedback)
+                                    pairmates=self.setup.pairmates, live=self.live_feedback,
+                                    report_shown=self.link.send_shown)
             self.results = results
             try:
                 if start is not None:
@@ -472,6 +473,7 @@ class StimulusProgram:
                     duration=segment.duration,
                     trial_type=segment.event_type,
                     stimulus=trial.stimulus,
+                    pairmate=trial.pairmate,
                     feedback=trial.feedback,
                     stamps={"shown": time.time()},
                 )

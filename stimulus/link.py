@@ -15,6 +15,9 @@ sockets belong to one thread) and talks to the frame loop through two in-memory 
   and returns at once;
 - :meth:`EngineLink.poll_results` takes the results that have arrived, each with the clock time
   the link thread received it, without waiting.
+- :meth:`EngineLink.send_shown` queues a :class:`~rtrecon.contract.wire.ShownMessage` (the flip that
+  first showed a result), which the link thread sends back to the engine on the results link
+  (best effort: the run's journal and records keep every shown time).
 
 Results are acknowledged as soon as they are received -- after ``on_result`` has kept them
 (the program's :meth:`~stimulus.records.RunJournal.record_result` writes them to disk, so an
@@ -39,7 +42,7 @@ from typing import Any, Protocol
 
 from rtrecon.contract.layout import atomic_write
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key
-from rtrecon.contract.wire import EventMessage, TrialResultMessage
+from rtrecon.contract.wire import EventMessage, ShownMessage, TrialResultMessage
 
 __all__ = ["Link", "EngineLink", "OfflineLink"]
 
@@ -52,6 +55,8 @@ class Link(Protocol):
     def send_event(self, message: EventMessage) -> None: ...
 
     def poll_results(self) -> list[tuple[TrialResultMessage, float]]: ...
+
+    def send_shown(self, message: ShownMessage) -> None: ...
 
     def close(self) -> None: ...
 
@@ -87,6 +92,7 @@ class EngineLink:
         self._state_file = Path(state_file)
         self._close_timeout_s = close_timeout_s
         self._out: queue.SimpleQueue[EventMessage] = queue.SimpleQueue()
+        self._shown: queue.SimpleQueue[ShownMessage] = queue.SimpleQueue()
         self._in: queue.SimpleQueue[tuple[TrialResultMessage, float]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -147,6 +153,13 @@ class EngineLink:
                 except ValueError as exc:
                     log.error("event not sent: %s", exc)
             sender.poll(0.0)
+            while True:
+                try:
+                    receiver.notify(self._shown.get_nowait())
+                except queue.Empty:
+                    break
+                except ValueError as exc:
+                    log.error("shown time not sent: %s", exc)
             result = receiver.recv(timeout_s=0.005)
             if isinstance(result, TrialResultMessage):
                 received = self._clock()
@@ -179,6 +192,10 @@ class EngineLink:
         """Queue ``message`` for the engine; returns at once."""
         self._out.put(message)
 
+    def send_shown(self, message: ShownMessage) -> None:
+        """Tell the engine when a result was first shown (best effort, on the results link); returns at once."""
+        self._shown.put(message)
+
     def poll_results(self) -> list[tuple[TrialResultMessage, float]]:
         """The results received since the last call, with their arrival times; never waits."""
         out = []
@@ -202,6 +219,9 @@ class OfflineLink:
 
     def poll_results(self) -> list[tuple[TrialResultMessage, float]]:
         return []
+
+    def send_shown(self, message: ShownMessage) -> None:
+        return None
 
     def close(self) -> None:
         return None

@@ -3,7 +3,7 @@
 :class:`ResultHandler` is the stimulus program's feedback handling. Results from the engine link
 (:meth:`ResultHandler.poll`) or read back from a killed run's journal (:meth:`ResultHandler.receive`)
 are accepted when they belong to this run and are newer than the release of their trial in hand,
-scored against their pairmates, and kept in the :class:`~stimulus.records.RunRecord`. Their
+scored against their pairmates (the engine's CPD when it sent one, else scored here), and kept in the :class:`~stimulus.records.RunRecord`. Their
 textures are made only where no stimulus is drawn (:meth:`ResultHandler.hand_over`). On each
 frame :meth:`ResultHandler.draw` draws what the feedback :mod:`~stimulus.policy` chooses
 (:class:`~stimulus.feedback.FeedbackPanel` draws it) on the participant's window, or hands it to
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from rtrecon.contract.wire import TrialResultMessage
+from rtrecon.contract.wire import ShownMessage, TrialResultMessage
 
 from .feedback import FeedbackPanel, ReceivedResult
 from .link import Link
@@ -44,12 +44,14 @@ class ResultHandler:
     ``panel`` draws them on the participant's window, or on ``operator``'s when there is one;
     ``policy`` chooses a feedback period's trials; ``live`` (live feedback) hands each feedback
     trial's result to the operator's window as it arrives. Feedback rows and ``shown`` times are
-    journaled to ``journal``.
+    journaled to ``journal``, and each ``shown`` goes back to the engine as a
+    :class:`~rtrecon.contract.wire.ShownMessage` through ``report_shown`` (the link's ``send_shown``).
     """
 
     def __init__(self, session: str, run: int, trials: Sequence[Trial], *, record: RunRecord, journal: RunJournal,
                  policy: FeedbackPolicy, panel: FeedbackPanel, operator: OperatorView | None = None,
-                 pairmates: PairmateScorer | None = None, live: bool = False):
+                 pairmates: PairmateScorer | None = None, live: bool = False,
+                 report_shown: Callable[[ShownMessage], None] | None = None):
         self.session = session
         self.run = run
         self.trials = trials
@@ -60,6 +62,7 @@ class ResultHandler:
         self.operator = operator
         self.pairmates = pairmates
         self.live = live
+        self.report_shown = report_shown
         self.paused = False
         self._handover: deque[int] = deque()  # results received, their textures not yet made
 
@@ -95,7 +98,9 @@ class ResultHandler:
     def _keep(self, message: TrialResultMessage, received: float) -> None:
         """A result accepted: scored, kept (replacing an older release), its textures to be made."""
         pairs = self.pairmates
-        cpd = pairs.score(message.trial, message.embedding) if pairs is not None else None
+        cpd = message.cpd
+        if cpd is None and pairs is not None:
+            cpd = pairs.score(message.trial, message.embedding)
         self.record.results[message.trial] = ReceivedResult(message, received, cpd=cpd)
         self._handover.append(message.trial)
 
@@ -169,8 +174,14 @@ class ResultHandler:
         result = self.record.results[trial_index]
         if result.shown is None:
             result.shown = psychopy_time()
+            shown, wall = self.record.run_time(result.shown), result.shown + self.record.wall_offset
             self.journal.post({"t": "shown", "trial": trial_index, "release": result.message.release,
-                               "shown": self.record.run_time(result.shown), "shown_wall": result.shown + self.record.wall_offset})
+                               "shown": shown, "shown_wall": wall})
+            if self.report_shown is not None:
+                m = result.message
+                self.report_shown(ShownMessage(session=m.session, run=m.run, trial=m.trial, release=m.release,
+                                               sequence=m.sequence, shown=shown, shown_wall=wall,
+                                               received_to_shown_s=max(result.shown - result.received, 0.0)))
 
     def _on_feedback_drawn(self, period: int, trials: tuple[int, ...]) -> None:
         onset = self.record.run_time(psychopy_time())

@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("rtrecon", "engine", "scanner_bridge", "stimulus")
 CONTRACT = frozenset({"rtrecon", "rtrecon.contract", "rtrecon.contract.wire", "rtrecon.contract.config", "rtrecon.contract.transport", "rtrecon.contract.keys",
-                      "rtrecon.contract.layout", "rtrecon.contract.logs", "rtrecon.session"})
+                      "rtrecon.contract.layout", "rtrecon.contract.logs", "rtrecon.contract.children", "rtrecon.session"})
 LIGHT_PACKAGES = ("scanner_bridge", "stimulus")
 RTRECON_MAY_START = frozenset({"rtrecon.cli"})
 

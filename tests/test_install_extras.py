@@ -1,13 +1,14 @@
 """Each process installs alone: ``rtrecon[bridge]``, ``rtrecon[stimulus]`` and ``rtrecon[console]`` in fresh venvs.
 
 The scanner console and the stimulus PC must not need torch, nilearn or the model stack. Each
-extra is installed from a copy of the project into an empty venv (pip's cache makes the second
-run quick), then its commands' ``--help`` and the contract's imports are checked there. The
+extra is installed from a copy of the project into an empty venv, the three side by side
+(pip's cache makes the second run quick), then its commands' ``--help`` and the contract's imports are checked there. The
 engine's extra is what ``.ci/bootstrap`` installs for the rest of the suite.
 """
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from rtrecon.contract import children
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # What must import on that machine, and what must not be installed there.
-CONTRACT = ["rtrecon.contract.wire", "rtrecon.contract.config", "rtrecon.contract.transport", "rtrecon.contract.keys", "rtrecon.contract.layout", "rtrecon.session"]
+CONTRACT = ["rtrecon.contract.wire", "rtrecon.contract.config", "rtrecon.contract.transport", "rtrecon.contract.keys", "rtrecon.contract.layout",
+            "rtrecon.contract.children", "rtrecon.session"]
 HEAVY = ["torch", "nilearn", "diffusers", "open_clip", "transformers", "onnxruntime"]
 
 CASES = {
@@ -54,32 +58,52 @@ def _copy_project(dest: Path) -> Path:
     return dest
 
 
+def _pip(python: Path, *args: str) -> str:
+    # no byte-compiling: it is most of an install's time (PsychoPy's thousands of modules) and the
+    # check below imports only a few of them
+    return " ".join(shlex.quote(a) for a in (str(python), "-m", "pip", "install", "--quiet", "--no-compile",
+                                              "--disable-pip-version-check", *args))
+
+
+@pytest.fixture(scope="module")
+def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.Popen]]:
+    """The three extras installing side by side (each in its own venv), started once for the module."""
+    root = tmp_path_factory.mktemp("extras")
+    project = _copy_project(root)
+    started = {}
+    for extra, case in CASES.items():
+        venv = root.parent / f"venv-{extra}"
+        python = venv / "bin" / "python"
+        steps = [f"{shlex.quote(sys.executable)} -m venv {shlex.quote(str(venv))}", _pip(python, f"{project}[{extra}]"),
+                 *(_pip(python, *args) for args in case["extra_pip"])]
+        log = (root.parent / f"install-{extra}.log").open("w")
+        started[extra] = venv, children.start(["sh", "-c", " && ".join(steps)], stdout=log, stderr=subprocess.STDOUT)
+    yield started
+    for _, process in started.values():
+        children.kill(process)
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("extra", sorted(CASES))
-def test_extra_installs_and_runs_alone(tmp_path: Path, extra: str) -> None:
+def test_extra_installs_and_runs_alone(installs, tmp_path: Path, extra: str) -> None:
     case = CASES[extra]
-    (tmp_path / "project").mkdir()
-    project = _copy_project(tmp_path / "project")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    venv, process = installs[extra]
+    returncode = process.wait()
+    log = venv.parent / f"install-{extra}.log"
+    assert returncode == 0, f"pip install rtrecon[{extra}] failed:\n{log.read_text()[-3000:]}"
     python = str(venv / "bin" / "python")
-    install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                              f"{project}[{extra}]"], capture_output=True, text=True)
-    assert install.returncode == 0, f"pip install rtrecon[{extra}] failed:\n{install.stderr[-3000:]}"
-    for args in case["extra_pip"]:
-        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args], check=True)
 
-    heavy = subprocess.run([python, "-c", "import importlib.util, sys; "
-                            f"print(','.join(m for m in {HEAVY!r} if importlib.util.find_spec(m)))"],
-                           capture_output=True, text=True, check=True)
+    heavy = children.run([python, "-c", "import importlib.util, sys; "
+                          f"print(','.join(m for m in {HEAVY!r} if importlib.util.find_spec(m)))"],
+                         capture_output=True, text=True, check=True)
     assert heavy.stdout.strip() == "", f"rtrecon[{extra}] installed {heavy.stdout.strip()}"
 
     imports = "; ".join(f"import {m}" for m in case["modules"])
-    done = subprocess.run([python, "-c", imports], capture_output=True, text=True, cwd=tmp_path)
+    done = children.run([python, "-c", imports], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
     for args in case["commands"]:
-        done = subprocess.run([str(venv / "bin" / "rtrecon"), *args], capture_output=True, text=True, cwd=tmp_path)
+        done = children.run([str(venv / "bin" / "rtrecon"), *args], capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0, f"rtrecon {' '.join(args)} in rtrecon[{extra}]:\n{done.stderr[-3000:]}"
         assert "usage: rtrecon" in done.stdout
 
@@ -87,5 +111,5 @@ def test_extra_installs_and_runs_alone(tmp_path: Path, extra: str) -> None:
 def test_the_contract_imports_neither_torch_nor_nilearn() -> None:
     code = ("import sys; " + "; ".join(f"import {m}" for m in CONTRACT) +
             f"; print(','.join(m for m in {HEAVY!r} + ['scipy', 'pandas'] if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    done = children.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == ""

@@ -60,7 +60,7 @@ from rtrecon.console.records import ControlError, ControlRecords
 from rtrecon.console.state import SessionState
 from rtrecon.contract.layout import safe_filename
 from rtrecon.contract.transport import StatusPublisher
-from rtrecon.contract.wire import StatusMessage, TrialResultMessage
+from rtrecon.contract.wire import ShownMessage, StatusMessage, TrialResultMessage
 
 __all__ = ["LOCAL_HOSTS", "COOKIE", "ConsoleService", "TokenGate", "create_app"]
 
@@ -112,15 +112,17 @@ class ConsoleService:
             self._operator.close()
 
     # -- input -----------------------------------------------------------------------------------
-    def _from_feed(self, message: StatusMessage | TrialResultMessage) -> None:
+    def _from_feed(self, message: StatusMessage | TrialResultMessage | ShownMessage) -> None:
         """Called on the feed's thread: hand the message to the event loop."""
         assert self._loop is not None
         received = time.monotonic()
         self._loop.call_soon_threadsafe(self._apply, message, received)
 
-    def _apply(self, message: StatusMessage | TrialResultMessage, received: float) -> None:
+    def _apply(self, message: StatusMessage | TrialResultMessage | ShownMessage, received: float) -> None:
         if isinstance(message, TrialResultMessage):
             self.state.on_result(message)
+        elif isinstance(message, ShownMessage):
+            self.state.on_shown(message)
         else:
             was_alive = self.state.engine_heard is None or self.state.engine_alive(received)
             gap = self.state.on_status(message, received)

@@ -5,7 +5,8 @@
 CURVE-encrypted and the console uses the ``console`` role's key pair if the keys folder has one,
 else the ``engine`` role's, as it usually runs on the engine's machine) and hands every
 message it receives -- the engine's per-volume status, its link health once a heartbeat, the
-copies of its trial results -- to ``deliver``, from the feed's thread. The console's ASGI app
+copies of its trial results, the stimulus PC's word of when each was shown -- to ``deliver``,
+from the feed's thread. The console's ASGI app
 passes a ``deliver`` that moves the message onto its event loop.
 
 ZeroMQ re-dials by itself: when the engine restarts and binds the endpoint again, messages
@@ -28,7 +29,7 @@ import zmq
 
 from rtrecon.contract.keys import CurveKeys, load_curve
 from rtrecon.contract.transport import StatusPublisher, StatusSubscriber
-from rtrecon.contract.wire import StatusMessage, TrialResultMessage
+from rtrecon.contract.wire import ShownMessage, StatusMessage, TrialResultMessage
 
 __all__ = ["EngineFeed", "console_curve", "open_operator_feed"]
 
@@ -49,7 +50,7 @@ class EngineFeed:
     def __init__(
         self,
         endpoint: str,
-        deliver: Callable[[StatusMessage | TrialResultMessage], None],
+        deliver: Callable[[StatusMessage | TrialResultMessage | ShownMessage], None],
         *,
         curve: CurveKeys | None = None,
     ) -> None:
@@ -67,7 +68,8 @@ class EngineFeed:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        with StatusSubscriber(self.endpoint, curve=self.curve, server_role="engine", name="console") as feed:
+        with StatusSubscriber(self.endpoint, curve=self.curve, server_role="engine", name="console",
+                              kinds=(StatusMessage, TrialResultMessage, ShownMessage)) as feed:
             log.info("console: subscribed to the engine's status feed at %s", self.endpoint)
             while not self._stop.is_set():
                 message = feed.recv(timeout_s=0.2)

@@ -68,6 +68,8 @@ class StoredRelease:
     release_s: float
     final: bool
     stimulus: str
+    pairmate: str = ""
+    cpd: float | None = None  # its result's pairmate distinctiveness (None: no pairmate, or not decoded)
 
 
 @dataclass(frozen=True)
@@ -187,9 +189,11 @@ class SessionFolder:
             if not (r.get("trial", "").isdigit() and r.get("release", "").isdigit()):
                 continue
             stimulus = "" if r.get("stimulus") in (None, "n/a") else r["stimulus"]
+            pairmate = "" if r.get("pairmate") in (None, "n/a") else r["pairmate"]
+            cpd = _number(r.get("cpd"))
             out.setdefault(int(r["trial"]), []).append(StoredRelease(
                 run, int(r["trial"]), int(r["release"]), _number(r.get("release_s")),
-                r.get("final") == "1", stimulus))
+                r.get("final") == "1", stimulus, pairmate, cpd if math.isfinite(cpd) else None))
         return out
 
     def decoded(self, run: int, trial: int, release: int | None = None) -> DecodedTrial | None:

@@ -5,7 +5,8 @@ per volume with its motion, FD and latency, a ``links`` one per heartbeat with t
 bridge and stimulus links and the decoder's queue, a ``warning`` per missing volume), the copies
 of the trial results the engine publishes on the same feed (:class:`~rtrecon.contract.wire.TrialResultMessage`,
 one per release), rows read back from the session folder (:mod:`rtrecon.console.folder`) and
-the operator's controls. It keeps, per run, every volume and every trial with its releases, and
+the operator's controls, and the stimulus PC's word of when each result was first shown
+(:class:`~rtrecon.contract.wire.ShownMessage`, which the engine republishes). It keeps, per run, every volume and every trial with its releases, and
 answers with JSON-ready dicts: :meth:`snapshot` (everything, for a page that connects) and
 :meth:`changes` (what changed since the last call, pushed to every open page).
 
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from rtrecon.console.folder import MOTION_NAMES, DecodedTrial, StoredRelease, VolumeRow
-from rtrecon.contract.wire import OperatorMessage, StatusMessage, TrialResultMessage
+from rtrecon.contract.wire import OperatorMessage, ShownMessage, StatusMessage, TrialResultMessage
 
 __all__ = ["SessionState", "thumbnail"]
 
@@ -97,12 +98,19 @@ class _Release:
     latencies: dict[str, float]
     stamps: dict[str, float]
     from_store: bool = False  # read back from the store: the feed's copy of it replaces it
+    pairmate: str = ""
+    cpd: float | None = None
+    shown: ShownMessage | None = None  # when the stimulus PC first showed it
 
     def as_json(self) -> dict[str, Any]:
+        shown = self.shown
         return {"release": self.release, "release_s": _finite(self.release_s), "final": self.final,
                 "decoder": self.decoder, "retrieved": self.retrieved[:5], "n_retrieved": len(self.retrieved),
                 "scores": [_finite(round(s, 4)) for s in self.scores[:5]], "rank": self.rank,
-                "thumbnail": self.thumbnail, "latencies": self.latencies, "stamps": self.stamps}
+                "thumbnail": self.thumbnail, "latencies": self.latencies, "stamps": self.stamps,
+                "pairmate": self.pairmate, "cpd": None if self.cpd is None else round(self.cpd, 4),
+                "shown": None if shown is None else {"run_s": round(shown.shown, 4), "wall": shown.shown_wall,
+                                                     "received_to_shown_s": round(shown.received_to_shown_s, 4)}}
 
 
 @dataclass
@@ -191,6 +199,7 @@ class SessionState:
         self.controls: list[dict[str, Any]] = []
         self._changed_volumes: list[tuple[int, int]] = []
         self._changed_trials: list[tuple[int, int]] = []
+        self._shown_early: dict[tuple[int, int, int], ShownMessage] = {}  # shown before the result's copy came
 
     # -- input -----------------------------------------------------------------------------------
     def _run(self, number: int) -> _Run:
@@ -253,7 +262,23 @@ class SessionState:
             message.release, message.release_s, message.final, message.decoder, list(message.retrieved),
             list(message.scores), self._rank(message.stimulus, message.retrieved), thumbnail(message.image),
             {k: round(v, 4) for k, v in message.latencies.items() if math.isfinite(v)},
-            {k: v for k, v in message.stamps.items() if math.isfinite(v)}))
+            {k: v for k, v in message.stamps.items() if math.isfinite(v)}, pairmate=message.pairmate, cpd=message.cpd,
+            shown=self._shown_early.pop((message.run, message.trial, message.release), None)))
+
+    def on_shown(self, message: ShownMessage) -> None:
+        """The stimulus PC first showed a release (kept until the release itself arrives, if it has not)."""
+        if message.session != self.session_id:
+            return
+        trial = self.runs[message.run].trials.get(message.trial) if message.run in self.runs else None
+        held = trial.releases.get(message.release) if trial is not None else None
+        if held is None:
+            self._shown_early[(message.run, message.trial, message.release)] = message
+            while len(self._shown_early) > 1000:  # bounded: releases that never come
+                self._shown_early.pop(next(iter(self._shown_early)))
+            return
+        if held.shown is None:
+            held.shown = message
+            self._changed_trials.append((message.run, message.trial))
 
     @staticmethod
     def _rank(stimulus: str, retrieved: list[str]) -> int | None:
@@ -311,7 +336,7 @@ class SessionState:
         self._set_release(stored.run, stored.trial, stored.stimulus, _Release(
             stored.release, stored.release_s, stored.final, "from the store", retrieved, scores,
             self._rank(stimulus, retrieved), thumbnail(decoded.image if decoded is not None else None), {}, {},
-            from_store=True))
+            from_store=True, pairmate=stored.pairmate, cpd=stored.cpd))
 
     def set_run_info(self, run_number: int, *, tr: float | None = None, ended: int | None = None) -> None:
         """The run's TR (its sidecar) and, once over, its volume count."""
@@ -362,17 +387,23 @@ class SessionState:
 
     def accuracy(self) -> dict[str, Any]:
         """Top-1 and top-5 retrieval over decoded trials with a known stimulus, each scored once on
-        its first release (trials marked bad left out)."""
+        its first release (trials marked bad left out); with pairmates, the mean CPD of those first
+        releases and the pairmate two-way accuracy (decoded nearer the seen image than its pairmate: CPD > 0)."""
         hits1 = hits5 = n = 0
+        cpds: list[float] = []
         for run in self.runs.values():
             for trial in run.trials.values():
                 first = trial.first()
+                if not trial.bad and first is not None and first.cpd is not None:
+                    cpds.append(first.cpd)
                 if trial.bad or first is None or not first.retrieved or not trial.stimulus:
                     continue
                 n += 1
                 hits1 += first.retrieved[0] == trial.stimulus
                 hits5 += trial.stimulus in first.retrieved[:5]
-        return {"task": self.task, "trials": n, "top1": hits1 / n if n else None, "top5": hits5 / n if n else None}
+        return {"task": self.task, "trials": n, "top1": hits1 / n if n else None, "top5": hits5 / n if n else None,
+                "cpd_trials": len(cpds), "cpd_mean": float(np.mean(cpds)) if cpds else None,
+                "pairmate_two_way": float(np.mean(np.array(cpds) > 0)) if cpds else None}
 
     def fd_alarm(self) -> dict[str, Any] | None:
         """The latest volume of the current run whose FD crosses the threshold, if any."""

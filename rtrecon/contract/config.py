@@ -26,7 +26,9 @@ Example::
 
     [decoder]
     checkpoint = "checkpoints/subj01_finetuned.pth"
-    unclip = "weights/unclip6"   # omit for the synthetic world's own decoder
+
+    [reconstruction]
+    unclip = "weights/unclip6"   # omit for the synthetic world's own unCLIP
 
     [stimulus]
     trial_lists = ["trials/run-01.tsv", "trials/run-02.tsv"]
@@ -43,6 +45,11 @@ path it names (:mod:`rtrecon.session`).
 The ``[engine]`` table has the keys of the engine's settings and ``[stimulus]`` those of the
 stimulus program's settings (same names, same defaults), so that one file configures every
 process; ``[stimulus]`` adds the session's trial lists (``trial_lists``, one TSV per run).
+
+``[decoder]`` is the MindEye2 model (or the linear head) and where both stages run (``device``,
+``precision``, ``warmup``, ``compile``, ``cuda_graphs``); ``[reconstruction]`` is the unCLIP image
+model. A key an older file still has in ``[decoder]`` (``unclip``, ``steps``, ``recon``, ``blurry_vae``,
+``channels_last``) is refused with its new place in ``[reconstruction]`` (``recon`` is ``mode`` there).
 
 Relative paths are resolved against the folder of the config file. Unknown keys are errors
 (a misspelt key must not be silently ignored at the scanner). :func:`load_config` raises
@@ -69,6 +76,7 @@ __all__ = [
     "EarlySection",
     "EngineSection",
     "DecoderSection",
+    "ReconstructionSection",
     "WindowSection",
     "TriggerSection",
     "PerceptionSection",
@@ -201,6 +209,10 @@ class GLMSection(_Section):
     min_onset: float = Field(-24.0, description="events earlier than this (s) are ignored, as in nilearn")
     slice_time_ref: float = Field(0.0, ge=0, le=1, description="where in the TR each volume is sampled (0: start, 0.5: middle)")
     motion_confounds: bool = Field(True, description="add the 6 realignment parameters as confounds")
+    release_motion_confounds: bool = Field(
+        False, description="also in the scheduled releases' design (false: only the final release and the end-of-run "
+        "betas have them; fitted to the rising edge of a trial they cost first-release r 0.05: docs/early_estimates.md)",
+    )
     noise_model: Literal["ols", "ar1"] = Field(
         "ols", description='noise model of the end-of-run betas and t maps: "ols" (as the live releases, '
         '~2 s for 150 trials x 15000 voxels) or "ar1" (nilearn\'s AR(1), as RT-MindEye fits offline; '
@@ -268,6 +280,10 @@ class EngineSection(_Section):
         20, ge=1, description="the engine checkpoints its state every this many volumes (and at each run's end): "
         "a restart replays at most these, not the whole session",
     )
+    resample_order: int = Field(
+        3, ge=1, le=5, description="spline order resampling the realigned ROI (1: trilinear, which blurs each volume "
+        "by its own sub-voxel shift; 3: cubic B-spline, first-release r +0.07 on the demo world: docs/early_estimates.md)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -297,8 +313,18 @@ class EngineSection(_Section):
         return value
 
 
+#: The keys ``[decoder]`` held before ``[reconstruction]`` existed, and their names there.
+_MOVED_TO_RECONSTRUCTION = {
+    "unclip": "unclip", "steps": "steps", "recon": "mode", "blurry_vae": "blurry_vae", "channels_last": "channels_last",
+}
+
+
 class DecoderSection(_Section):
-    """The decoder: MindEye2 checkpoint, retrieval gallery and unCLIP image decoder."""
+    """The decoder: MindEye2 checkpoint (or linear head) and retrieval gallery; where both stages run.
+
+    ``device``, ``precision``, ``warmup``, ``compile`` and ``cuda_graphs`` apply to the decoder and to
+    the reconstruction (``[reconstruction]``) alike: both run on one device in one precision.
+    """
 
     checkpoint: Path | None = Field(
         None, description="MindEye2 checkpoint, .pth or .safetensors (unset: the synthetic world's trained decoder)",
@@ -318,44 +344,63 @@ class DecoderSection(_Section):
         json_schema_extra=_example("gallery/shared1000.npz"),
     )
     top_k: int = Field(5, ge=1, description="retrieved images reported per trial")
-    unclip: Path | None = Field(
-        None, description="unCLIP decoder folder from `rtrecon convert-unclip` (unset: the synthetic world's decoder)",
-        json_schema_extra=_example("weights/unclip6"),
-    )
-    steps: int = Field(4, ge=1, description="unCLIP sampling steps (the official sampler uses 38)")
     device: str = Field(
         "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-        description='"auto" (the GPU when there is one), "cuda", "cuda:N" or "cpu"',
+        description='decoder and reconstruction: "auto" (the GPU when there is one), "cuda", "cuda:N" or "cpu"',
     )
     precision: Literal["fp32", "fp16-autocast", "bf16-autocast"] = Field(
-        "fp16-autocast", description='"fp16-autocast" (the official mixed precision), "bf16-autocast" or "fp32" '
-        "(a CPU runs fp16-autocast as fp32)",
-    )
-    recon: Literal["fast", "official"] = Field(
-        "fast", description='"fast": the unCLIP image; "official": 0.75 unCLIP + 0.25 blurry-branch image (needs blurry_vae)'
-    )
-    blurry_vae: Path | None = Field(
-        None, description="the SD image-variation VAE that decodes the blurry branch (sd_image_var_autoenc.pth or a diffusers folder)",
-        json_schema_extra=_example("weights/sd_image_var_autoenc.pth"),
+        "fp16-autocast", description='decoder and reconstruction: "fp16-autocast" (the official mixed precision), '
+        '"bf16-autocast" or "fp32" (a CPU runs fp16-autocast as fp32)',
     )
     warmup: bool = Field(True, description="load the models and decode once at start, so the first trial is as fast as the rest")
     compile: bool = Field(False, description="torch.compile the backbone, prior and unCLIP UNet (slow first call; GPU)")
     cuda_graphs: bool = Field(False, description="replay the fixed-shape prior chain as a CUDA graph (CUDA only)")
-    channels_last: bool = Field(False, description="run the unCLIP UNet and VAE in channels-last memory layout")
 
     @property
     def decodes(self) -> bool:
         """Whether the engine decodes trials: a MindEye2 checkpoint, or the linear head."""
         return self.checkpoint is not None if self.head == "mindeye" else self.linear_head is not None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key in _MOVED_TO_RECONSTRUCTION:
+                    raise ValueError(f"[decoder] {key} moved to [reconstruction] {_MOVED_TO_RECONSTRUCTION[key]}")
+        return data
+
     @model_validator(mode="after")
-    def _choices_agree(self) -> "DecoderSection":
-        if self.recon == "official" and self.blurry_vae is None:
-            raise ValueError('recon "official" blends in the blurry-branch image: set blurry_vae')
+    def _head_file(self) -> "DecoderSection":
         if self.head == "linear" and self.linear_head is None:
             raise ValueError('head "linear" decodes with a ridge head file: set linear_head')
-        if self.head == "linear" and self.recon == "official":
-            raise ValueError('head "linear" has no blurry branch: recon "official" needs head "mindeye"')
+        return self
+
+
+class ReconstructionSection(_Section):
+    """The reconstruction: the unCLIP image model that turns the decoder's CLIP tokens into an image.
+
+    It runs where ``[decoder] device`` and ``precision`` say.
+    """
+
+    unclip: Path | None = Field(
+        None, description="unCLIP folder from `rtrecon convert-unclip` (unset: the synthetic world's reconstruction model)",
+        json_schema_extra=_example("weights/unclip6"),
+    )
+    steps: int = Field(4, ge=1, description="unCLIP sampling steps (the official sampler uses 38)")
+    mode: Literal["fast", "official"] = Field(
+        "fast", description='"fast": the unCLIP image; "official": 0.75 unCLIP + 0.25 blurry-branch image (needs blurry_vae)'
+    )
+    blurry_vae: Path | None = Field(
+        None, description="the SD image-variation VAE that decodes the blurry branch (sd_image_var_autoenc.pth or a diffusers folder)",
+        json_schema_extra=_example("weights/sd_image_var_autoenc.pth"),
+    )
+    channels_last: bool = Field(False, description="run the unCLIP UNet and VAE in channels-last memory layout")
+
+    @model_validator(mode="after")
+    def _official_needs_blurry_vae(self) -> "ReconstructionSection":
+        if self.mode == "official" and self.blurry_vae is None:
+            raise ValueError('mode "official" blends in the blurry-branch image: set blurry_vae')
         return self
 
 
@@ -472,7 +517,7 @@ class FeedbackSection(_Section):
     score_bar: bool = Field(True, description="show the bar (see bar_value)")
     bar_value: Literal["score", "cpd"] = Field(
         "score", description='the bar: "score" (the engine\'s best retrieval score) or "cpd" (pairmate '
-        'distinctiveness: +1 at the seen image, -1 at its pairmate; needs a pairmate column and embeddings)'
+        'distinctiveness: +1 at the seen image, -1 at its pairmate, as the engine scores it; needs a pairmate column)'
     )
     score_range: tuple[float, float] = Field((0.0, 1.0), description="bar value mapped to an empty and a full bar")
     show_target: bool = Field(True, description="show the seen (or cued) image beside the reconstruction")
@@ -481,8 +526,8 @@ class FeedbackSection(_Section):
         json_schema_extra=_example("gallery/images"),
     )
     embeddings: Path | None = Field(
-        None, description="gallery .npz (embeddings, ids: the decoder's gallery) to score each result's pairmate "
-        "distinctiveness from its decoded embedding (trial lists with a pairmate column)",
+        None, description="gallery .npz (embeddings, ids: the decoder's gallery) to score on this PC the pairmate "
+        "distinctiveness of a result the engine sent without one (trial lists with a pairmate column)",
         json_schema_extra=_example("gallery.npz"),
     )
 
@@ -493,8 +538,6 @@ class FeedbackSection(_Section):
         if self.when == "live" and self.screen != "operator":
             raise ValueError('when = "live" draws each result over the task: it needs screen = "operator" '
                              '(for the participant use "slot": feedback in the design\'s free stretches)')
-        if self.bar_value == "cpd" and self.embeddings is None:
-            raise ValueError('bar_value = "cpd" needs embeddings (the gallery .npz the pairmate distinctiveness is scored in)')
         return self
 
 
@@ -533,8 +576,15 @@ class SessionConfig(_Section):
     security: SecuritySection = SecuritySection()
     engine: EngineSection = EngineSection()
     decoder: DecoderSection = DecoderSection()
+    reconstruction: ReconstructionSection = ReconstructionSection()
     stimulus: StimulusSection = StimulusSection()
     console: ConsoleSection = ConsoleSection()
+
+    @model_validator(mode="after")
+    def _stages_agree(self) -> "SessionConfig":
+        if self.decoder.head == "linear" and self.reconstruction.mode == "official":
+            raise ValueError('[decoder] head "linear" has no blurry branch: [reconstruction] mode "official" needs head "mindeye"')
+        return self
 
 
 def _resolve(value: Any, base: Path) -> Any:
@@ -566,8 +616,9 @@ def load_config(path: str | Path) -> SessionConfig:
     try:
         config = SessionConfig.model_validate(raw)
     except ValidationError as exc:
+        # A check across sections has no location: its message names the sections itself.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            ": ".join(filter(None, [".".join(str(p) for p in err["loc"]), err["msg"]])) for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from exc
     return _resolve_paths(config, path.resolve().parent)  # type: ignore[return-value]

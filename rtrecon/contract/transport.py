@@ -34,6 +34,7 @@ API (all keyword arguments after ``*`` are optional)::
         .spooled -> dict[int, int]        run -> last key spooled (a restarted owner resumes after it)
         .acked -> dict[int, int]          run -> last acknowledged key (-1: none)
         .refused -> dict[(run, key), str] items the receiver refused, and why (they count as acked)
+        .notices() -> list[Message]       the receiver's notices since the last call (ShownMessage)
         .lead -> int, .max_lead -> int    items sent and not yet acknowledged (now, at most so far)
         .connected -> bool                the receiver has answered and is alive
         .peer_alive -> bool               heard from the receiver within liveness × heartbeat_s
@@ -45,6 +46,7 @@ API (all keyword arguments after ``*`` are optional)::
         .recv(timeout_s=0.0) -> Message | None   next item in order; control traffic handled inside
         .ack(message) -> None             the application has persisted ``message``
         .refuse(message, reason) -> None  the application cannot use ``message``: acknowledged with the reason
+        .notify(message) -> None          a notice to the sender (a ShownMessage), best effort as a heartbeat
         .persisted -> dict[int, int]      run -> last key acknowledged (constructor's + acks)
         .peer_alive -> bool               heard from the sender within liveness × heartbeat_s
         .peer_lead -> (int, int) | None   the sender's lead and its bound, from its heartbeats
@@ -151,6 +153,7 @@ from rtrecon.contract.wire import (
     Message,
     RunEndMessage,
     SequenceMessage,
+    ShownMessage,
     StatusMessage,
     TrialResultMessage,
     VolumeMessage,
@@ -158,6 +161,7 @@ from rtrecon.contract.wire import (
     WireError,
     decode,
     encode,
+    validate,
 )
 
 __all__ = [
@@ -188,6 +192,11 @@ _SPOOL_MAGIC = b"RTRSPL1\n"
 _SPOOL_SUFFIX = ".frames"
 
 
+#: What a reliable receiver may send back to its sender besides acks and heartbeats.
+_NOTICES = (ShownMessage,)
+_MAX_NOTICES = 1000
+
+
 def volume_key(message: Message) -> Key:
     """(run, key) of an item on the volume link: a volume's index; a run end sits at ``n_volumes``."""
     if isinstance(message, (VolumeMessage, VolumeMissingMessage)):
@@ -199,9 +208,9 @@ def volume_key(message: Message) -> Key:
 
 def trial_key(message: Message) -> Key:
     """(run, key) of an item on the event link: its trial number (so one event per trial)."""
-    if isinstance(message, (EventMessage, TrialResultMessage)):
+    if isinstance(message, EventMessage):
         return message.run, message.trial
-    raise TypeError(f"a {message.KIND} message does not travel on an event or result link")
+    raise TypeError(f"a {message.KIND} message does not travel on an event link")
 
 
 def result_key(message: Message) -> Key:
@@ -222,13 +231,16 @@ _HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILURES)
 def link_clients(server_role: str, key: KeyFunc) -> tuple[str, ...] | None:
     """The roles whose keys a reliable receiver of ``server_role`` admits on the link of ``key``.
 
-    The volume link admits the bridge; an event or result link the other end of the engine ⇄
-    stimulus pair. None (every known role) for a pairing the session does not define.
+    The volume link admits the bridge, the event link (served by the engine) the stimulus program,
+    the result link (served by the stimulus program) the engine. None (every known role) for a
+    pairing the session does not define.
     """
     if key is volume_key:
         return ("bridge",)
-    if key is trial_key or key is result_key:
-        return {"engine": ("stimulus",), "stimulus": ("engine",)}.get(server_role)
+    if key is trial_key:
+        return ("stimulus",) if server_role == "engine" else None
+    if key is result_key:
+        return ("engine",) if server_role == "stimulus" else None
     return None
 
 
@@ -494,6 +506,7 @@ class ReliableSender(_Link):
         self._refused: dict[tuple[int, int], str] = {}
         self._queue: deque[_Item] = deque()
         self._cache: dict[int, list[bytes]] = {}
+        self._notices: list[Message] = []
         self._connected = False
         self._attempt = 0  # Hellos sent so far
         self._answered = 0  # answers to Hellos up to this attempt are stale once connected
@@ -612,6 +625,11 @@ class ReliableSender(_Link):
                 self._pump()
                 return
 
+    def notices(self) -> list[Message]:
+        """The notices the receiver sent since the last call (:meth:`ReliableReceiver.notify`), oldest first."""
+        out, self._notices = self._notices, []
+        return out
+
     def wait_acked(self, timeout_s: float) -> bool:
         """Poll until every spooled item is acknowledged (True) or ``timeout_s`` passed (False)."""
         deadline = time.monotonic() + timeout_s
@@ -650,6 +668,9 @@ class ReliableSender(_Link):
                     self._acked[message.run] = message.index
             elif isinstance(message, HeartbeatMessage):
                 self._heard()
+            elif isinstance(message, _NOTICES) and getattr(message, "session", None) == self.session:
+                self._heard()
+                self._notices = [*self._notices[-(_MAX_NOTICES - 1):], message]  # bounded if never read
             else:
                 log.warning("%s: dropped an unexpected %s message from receiver %s", self.name, message.KIND, peer)
 
@@ -813,6 +834,15 @@ class ReliableReceiver(_Link):
         run, key = self._key(message)
         log.warning("%s: refused item %d of run %d from %s: %s", self.name, key, run, self._peer_name, reason)
         self._done(run, key, reason or "refused")
+
+    def notify(self, message: Message) -> None:
+        """Send a notice (a :class:`~rtrecon.contract.wire.ShownMessage`) to the sender, best effort: like a
+        heartbeat, it is lost if no sender is connected (``ValueError`` for another kind, or one that
+        :func:`~rtrecon.contract.wire.validate` refuses)."""
+        if not isinstance(message, _NOTICES):
+            raise ValueError(f"{self.name}: a {message.KIND} message is not a notice")
+        validate(message)
+        self._send_to_peer(message)
 
     def _done(self, run: int, key: int, refused: str) -> None:
         for entry in self._unacked.get(run, ()):

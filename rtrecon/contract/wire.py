@@ -51,6 +51,7 @@ __all__ = [
     "RunEndMessage",
     "VolumeMissingMessage",
     "OperatorMessage",
+    "ShownMessage",
     "MESSAGE_TYPES",
     "MAX_HEADER_BYTES",
     "MAX_NDIM",
@@ -115,7 +116,11 @@ class VolumeMessage(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class EventMessage(Message):
-    """A task event from the stimulus PC, timed in seconds since the run's first trigger."""
+    """A task event from the stimulus PC, timed in seconds since the run's first trigger.
+
+    ``pairmate`` is the stimulus id of the trial's pairmate (a similar image: the trial list's
+    ``pairmate`` column; empty: none), against which the engine scores each result's CPD.
+    """
 
     KIND: ClassVar[str] = "event"
     session: str
@@ -125,6 +130,7 @@ class EventMessage(Message):
     duration: float
     trial_type: str
     stimulus: str = ""
+    pairmate: str = ""
     response: str = ""
     response_time: float | None = None
     feedback: bool = False
@@ -145,6 +151,10 @@ class TrialResultMessage(Message):
     ``release_s`` the seconds from the trial's onset to the start of the last volume its beta used.
     ``sequence`` numbers the results of a run 0, 1, 2, ... in the order the engine released them:
     it is their key on the results link (:func:`rtrecon.contract.transport.result_key`).
+
+    ``cpd`` is the pairmate distinctiveness of the decoded embedding (real-time MindEye's feedback
+    score: +1 at the seen image, -1 at its ``pairmate``, 0 halfway; None: the trial has no
+    pairmate, or nothing was decoded).
     """
 
     KIND: ClassVar[str] = "trial_result"
@@ -152,6 +162,8 @@ class TrialResultMessage(Message):
     run: int
     trial: int
     stimulus: str = ""
+    pairmate: str = ""
+    cpd: float | None = None
     retrieved: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     image: np.ndarray | None = None
@@ -288,6 +300,29 @@ class OperatorMessage(Message):
     sent_time: float = 0.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class ShownMessage(Message):
+    """The stimulus program first showed release ``release`` (key ``sequence`` on the results link)
+    of ``trial``: on the flip at ``shown`` (seconds since the run's first trigger), ``shown_wall``
+    (``time.time()`` of the stimulus PC), ``received_to_shown_s`` after the result arrived there
+    (one clock, so this latency holds whatever the two machines' clocks say).
+
+    It goes back to the engine on the results link (:meth:`~rtrecon.contract.transport.ReliableReceiver.notify`,
+    best effort: the stimulus program's own records keep every shown time), and the engine
+    republishes it on its status feed for the operator console.
+    """
+
+    KIND: ClassVar[str] = "shown"
+    session: str
+    run: int
+    trial: int
+    release: int
+    sequence: int
+    shown: float
+    shown_wall: float
+    received_to_shown_s: float
+
+
 MESSAGE_TYPES: Mapping[str, type[Message]] = types.MappingProxyType(
     {
         cls.KIND: cls
@@ -303,6 +338,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = types.MappingProxyType(
             RunEndMessage,
             VolumeMissingMessage,
             OperatorMessage,
+            ShownMessage,
         )
     }
 )
@@ -569,8 +605,20 @@ def _check_result(m: TrialResultMessage) -> None:
             raise WireError(f"{k}.embedding: shape {embedding.shape}, expected one vector")
         if embedding.dtype.kind == "f" and not np.all(np.isfinite(embedding)):
             raise WireError(f"{k}.embedding: NaN or infinite values")
+    if m.cpd is not None and not m.pairmate:
+        raise WireError(f"{k}.cpd: a pairmate distinctiveness without a pairmate")
     _all_finite(k, "latencies", m.latencies)
     _all_finite(k, "stamps", m.stamps)
+
+
+def _check_shown(m: ShownMessage) -> None:
+    k = m.KIND
+    for name in ("run", "trial", "release", "sequence"):
+        _at_least(k, name, getattr(m, name), 0)
+    if not -MAX_RUN_S <= m.shown <= MAX_RUN_S:
+        raise WireError(f"{k}.shown: {m.shown} s is not within ±{MAX_RUN_S:g} s of the run's start")
+    if not 0 <= m.received_to_shown_s <= MAX_RUN_S:
+        raise WireError(f"{k}.received_to_shown_s: {m.received_to_shown_s} s is not in 0..{MAX_RUN_S:g} s")
 
 
 def _check_hello(m: HelloMessage) -> None:
@@ -619,6 +667,7 @@ _CHECKS: Mapping[type[Message], Callable[[Any], None]] = types.MappingProxyType(
     AckMessage: _check_ack,
     RunEndMessage: _check_run_end,
     VolumeMissingMessage: _check_missing,
+    ShownMessage: _check_shown,
     StatusMessage: lambda m: _finite(m.KIND, "sent_time", m.sent_time),
     HeartbeatMessage: _check_heartbeat,
 })

@@ -37,6 +37,20 @@ trial table, beside the NSD layout; not the real NSD-Imagery release's file name
 
 :func:`imagery_retrieval` scores decoded embeddings as NSD-Imagery does per set: retrieval among
 the set's 6 targets (chance 1/6), per set and per vividness rating.
+
+:func:`write_live_session` writes an imagery session of a synthetic subject as scanner runs, for the
+closed loop (``rtrecon demo --task imagery``): a folder in the NSD layout (so that the NSD reader,
+the bridge's replay and the engine read it as they read a perception session) holding one run per
+target set, the subject's anatomy, ROI, stimuli and ground truth linked from the perception
+dataset, and the session's trial table (:meth:`ImageryRuns.write`, the vividness of each trial
+included). Timing: one trial every 6 volumes (8.0 s at NSD's TR; NSD-Imagery's imagery runs hold
+48 trials in 240 volumes of 1.6 s, 8 s a trial), a cue of :data:`CUE_S` then an imagery period
+of 3 s, when the response is evoked; 6 volumes of fixation open a run and 12 close it. The
+evoked amplitudes are the trials' imagery betas (:func:`simulate`), carried by each voxel's own
+HRF, their own noise the model's less the measurement noise (``simulate(..., scanner_noise=True)``);
+the world's scanner noise, drift and head motion are then added as for a perception run, so that
+the betas a GLM estimates from these runs scatter as the model says. The session is numbered after the subject's perception sessions (NSD-Imagery
+was scanned after NSD).
 """
 
 from __future__ import annotations
@@ -53,7 +67,7 @@ from rtrecon.data.nsd import NSDDataset
 from rtrecon.data.synthetic import load_truth
 
 __all__ = ["ImageryProtocol", "ImageryModel", "ImageryRuns", "simulate", "read_imagery", "imagery_retrieval", "perception_noise",
-           "session_betas"]
+           "session_betas", "write_live_session", "TRIAL_ROWS", "CUE_S"]
 
 FOLDER = "nsdimagery_synthetic"
 
@@ -155,11 +169,20 @@ def _blur(values: np.ndarray, roi_index: np.ndarray, grid: tuple[int, int, int],
 
 
 def simulate(root: str | Path, subject: int, *, protocol: ImageryProtocol = ImageryProtocol(),
-             model: ImageryModel = ImageryModel(), seed: int = 0, target_ids: np.ndarray | None = None) -> ImageryRuns:
+             model: ImageryModel = ImageryModel(), seed: int = 0, target_ids: np.ndarray | None = None,
+             scanner_noise: bool = False) -> ImageryRuns:
     """Imagery runs for ``subject`` of the synthetic dataset at ``root`` (see the module docstring).
 
     ``target_ids`` (1-based image ids, one row of ``targets_per_set`` per set) default to the
     shared test images, drawn with ``seed``. The order of trials in each run is random.
+
+    ``scanner_noise``: the betas are the evoked amplitudes of trials whose scanner runs will add the
+    world's measurement noise (:func:`write_live_session`): their own noise is then the part of
+    the model's that is not measurement noise, so that the betas a GLM estimates from the runs scatter
+    as the model says. The perception betas' variance around the mean response is the trials'
+    variability (``trial_sd`` × each voxel's amplitude, the world's) plus the measurement noise, so
+    the trial noise's variance is ``noise_ratio² · perception_noise² - measurement²`` =
+    ``(noise_ratio² - 1) · perception_noise² + variability²``.
     """
     rng = np.random.default_rng(seed)
     nsd = NSDDataset(root)
@@ -179,6 +202,9 @@ def simulate(root: str | Path, subject: int, *, protocol: ImageryProtocol = Imag
     patterns = _blur(responses[target_ids.ravel() - 1], voxels["roi_index"], grid, sigma_vox).reshape(n_sets, per_set, -1)
     vision_noise = perception_noise(nsd, subject, responses)
     noise = model.noise_ratio * vision_noise
+    if scanner_noise:
+        variability = truth["world"]["preset"]["noise"]["trial_sd"] * truth["voxels"]["amplitude"]
+        noise = np.sqrt(np.clip((model.noise_ratio**2 - 1) * vision_noise**2 + variability**2, 0.0, None))
     lo, hi = model.vividness_gain
     rows, betas = [], []
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -229,3 +255,96 @@ def imagery_retrieval(predicted: np.ndarray, trials: pd.DataFrame, embeddings: n
         "per_set": {str(k): float(v) for k, v in table.groupby("target_set", sort=False)["correct"].mean().items()},
         "per_vividness": {int(k): float(v) for k, v in table.groupby("vividness")["correct"].mean().items()},
     }
+
+
+#: Design rows (volumes) per imagery trial, before the first trial and after the last.
+TRIAL_ROWS, LEAD_ROWS, TAIL_ROWS = 6, 6, 12
+#: The cue's duration (s): the imagery period, and the response it evokes, start this long after the trial's onset.
+CUE_S = 1.0
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target.resolve(), target_is_directory=target.is_dir())
+
+
+def write_live_session(dataset: str | Path, subject: int, out: str | Path, *, protocol: ImageryProtocol | None = None,
+                       model: ImageryModel = ImageryModel(), seed: int = 0) -> tuple[Path, int, ImageryRuns]:
+    """An imagery session of ``subject`` of the synthetic ``dataset`` as scanner runs under ``out``
+    (see the module docstring); returns ``(out, session, trials)``.
+
+    ``protocol`` defaults to one run per target set (the live session of the demo). The targets are
+    the world's shared test images when there are enough, else images the subject saw.
+    """
+    from rtrecon.data import timeseries
+    from rtrecon.data.synthetic import SPACE, TR, TRUTH_DIR, _save_nifti, _write_column
+
+    dataset, out = Path(dataset), Path(out)
+    protocol = protocol or ImageryProtocol(runs_per_set=1)
+    nsd = NSDDataset(dataset)
+    session = max(nsd.sessions(subject)) + 1
+    # the shared test images when there are enough (as simulate's default), else any the subject saw
+    need = len(protocol.target_sets) * protocol.targets_per_set
+    pool = np.asarray(nsd.shared_ids, int)
+    if len(pool) < need:
+        pool = np.unique([t.image_id for t in nsd.trials(subject)])
+    if len(pool) < need:
+        raise ValueError(f"{dataset}: subject {subject} saw {len(pool)} images, the protocol needs {need} targets")
+    targets = np.random.default_rng([seed, subject]).choice(pool, size=need, replace=False)
+    runs = simulate(dataset, subject, protocol=protocol, model=model, seed=seed, target_ids=targets, scanner_noise=True)
+    truth = load_truth(dataset, subject)
+    world = truth["world"]
+    noise, n_hrfs = world["preset"]["noise"], int(world["preset"]["n_hrfs"])
+    voxels = truth["voxels"]
+    brain = nsd.brainmask(subject)
+    baseline = np.asarray(_volume(dataset / "nsddata" / "ppdata" / f"subj{subject:02d}" / SPACE / "mean.nii.gz"))
+    roi_in_brain = np.searchsorted(np.flatnonzero(brain.ravel()), voxels["roi_index"])
+    affine = voxels["affine"]
+    for name in ("nsddata/ppdata", "nsddata/experiments", "nsddata_stimuli", TRUTH_DIR):
+        _link(dataset / name, out / name)
+    hrf_dt = 0.1
+    hrfs = timeseries.hrf_library(n_hrfs, hrf_dt)
+    rng = np.random.default_rng([seed, subject, session])
+    ts = out / "nsddata_timeseries" / "ppdata" / f"subj{subject:02d}" / SPACE
+    pose = np.zeros(6)
+    for run, table in runs.trials.groupby("run", sort=True):
+        n_rows = LEAD_ROWS + TRIAL_ROWS * len(table) + TAIL_ROWS
+        n_vols = n_rows + 1  # the design has no row for the last volume
+        rows = LEAD_ROWS + TRIAL_ROWS * np.arange(len(table))
+        regs = timeseries.trial_regressors(rows * TR + CUE_S, n_vols, TR, hrfs, hrf_dt)
+        regs /= regs.max(axis=1, keepdims=True)  # unit peak: beta = peak % signal change
+        psc = noise["noise_sd"] * timeseries.correlated_noise(brain, n_vols, rng, noise["ar"], noise["spatial_sigma"],
+                                                              noise["global_fraction"])
+        psc += timeseries.drift(psc.shape[1], n_vols, TR, rng, noise["drift"])
+        b = runs.betas[table.index.to_numpy()]
+        for h in np.unique(voxels["hrf_index"]):
+            sel = voxels["hrf_index"] == h
+            psc[:, roi_in_brain[sel]] += regs[h] @ b[:, sel]
+        frames = np.zeros((n_vols, *brain.shape), np.float32)
+        frames[:, brain] = baseline[brain] * (1.0 + psc / 100.0)
+        motion = np.zeros((n_vols, 6))
+        if noise["motion"]:
+            motion = timeseries.make_motion(n_vols, rng, start=pose)
+            motion -= motion[0] if run == 1 else 0.0  # the session's first volume is the reference pose
+            pose = motion[-1]
+            frames = timeseries.move_volumes(frames, affine, motion)
+        inside = frames > 1.0
+        frames[inside] += rng.normal(0, noise["thermal"], int(inside.sum())).astype(np.float32)
+        vols = np.clip(np.rint(frames), 0, np.iinfo(np.int16).max).astype(np.int16).transpose(1, 2, 3, 0)
+        design = np.zeros(n_rows, np.int64)
+        design[rows] = table["image_id"].to_numpy()
+        stem = f"session{session:02d}_run{int(run):02d}"
+        _save_nifti(vols, affine, ts / "timeseries" / f"timeseries_{stem}.nii.gz", tr=TR)
+        _write_column(ts / "design" / f"design_{stem}.tsv", design, "%d")
+        _write_column(ts / "motion" / f"motion_{stem}.tsv", motion, "%.6f")
+    runs.info.update({"session": session, "trial_rows": TRIAL_ROWS, "lead_rows": LEAD_ROWS, "tail_rows": TAIL_ROWS,
+                      "cue_s": CUE_S, "perception_dataset": str(dataset)})
+    runs.write(out, subject)
+    return out, session, runs
+
+
+def _volume(path: Path) -> np.ndarray:
+    """A NIfTI volume's voxels as stored."""
+    import nibabel as nib
+
+    return np.asanyarray(nib.load(path).dataobj)

@@ -56,6 +56,7 @@ __all__ = [
     "NSDLayoutError",
     "NSDRun",
     "Trial",
+    "read_betas",
 ]
 
 #: TR (s) and volumes per NSD run of each space; a 4-s trial spans 3 (func1pt8mm) or 4 rows.
@@ -426,23 +427,7 @@ class NSDDataset:
         path = self.betas_path(subject, session, version)
         if not path.is_file():
             raise _fail(path, f"missing (expected betas of session {session} as .hdf5 or .nii.gz)")
-        if path.suffix == ".hdf5":
-            with h5py.File(path, "r") as f:
-                if "betas" not in f:
-                    raise _fail(path, "no 'betas' dataset (expected n_trials × Z × Y × X int16)")
-                raw = f["betas"][()]
-            if raw.ndim != 4:
-                raise _fail(path, f"expected n_trials × Z × Y × X, got shape {raw.shape}")
-            data = raw.transpose(0, 3, 2, 1)  # MATLAB order on disk: h5py reads (n, Z, Y, X)
-        else:
-            data = np.moveaxis(np.asarray(_load_nifti(path, 4).dataobj), 3, 0)
-        if data.dtype != np.int16:
-            raise _fail(path, f"expected int16 (beta × 300), got {data.dtype}")
-        if mask is not None:
-            if mask.shape != data.shape[1:]:
-                raise ValueError(f"mask shape {mask.shape} does not match the betas grid {data.shape[1:]} of {path}")
-            return data[:, mask].astype(np.float32) / BETA_SCALE
-        return data.astype(np.float32) / BETA_SCALE
+        return read_betas(path, mask)
 
     # ---- checks ------------------------------------------------------------------------
     def check(self, subject: int | None = None, read_volumes: bool = False) -> list[str]:
@@ -541,3 +526,25 @@ class NSDDataset:
             return
         if motion is not None and motion.shape[0] != img.shape[3]:
             problems.append(f"{m_path}: {motion.shape[0]} rows, expected one per volume ({img.shape[3]})")
+
+
+def read_betas(path: Path, mask: np.ndarray | None = None) -> np.ndarray:
+    """An NSD beta file (``.hdf5`` or ``.nii.gz``, int16 = beta × 300) in % signal change: (n, X, Y, Z)
+    float32, or (n, n_voxels) for a boolean ``mask`` of shape (X, Y, Z) (C order, as ``np.flatnonzero``)."""
+    if path.suffix == ".hdf5":
+        with h5py.File(path, "r") as f:
+            if "betas" not in f:
+                raise _fail(path, "no 'betas' dataset (expected n_trials × Z × Y × X int16)")
+            raw = f["betas"][()]
+        if raw.ndim != 4:
+            raise _fail(path, f"expected n_trials × Z × Y × X, got shape {raw.shape}")
+        data = raw.transpose(0, 3, 2, 1)  # MATLAB order on disk: h5py reads (n, Z, Y, X)
+    else:
+        data = np.moveaxis(np.asarray(_load_nifti(path, 4).dataobj), 3, 0)
+    if data.dtype != np.int16:
+        raise _fail(path, f"expected int16 (beta × 300), got {data.dtype}")
+    if mask is not None:
+        if mask.shape != data.shape[1:]:
+            raise ValueError(f"mask shape {mask.shape} does not match the betas grid {data.shape[1:]} of {path}")
+        return data[:, mask].astype(np.float32) / BETA_SCALE
+    return data.astype(np.float32) / BETA_SCALE

@@ -16,6 +16,8 @@ Modules, one concern each:
 - :mod:`~rtrecon.demo.golden`: the golden replay (a reproducible session, optionally with its
   processes killed and restarted, compared with stored values; ``python -m rtrecon.demo.golden
   --regenerate FILE`` rewrites them).
+- :mod:`~rtrecon.demo.imagery`: ``rtrecon demo --task imagery`` (a synthetic mental imagery session,
+  decoded by a linear head trained on perception) on the same machinery.
 - :mod:`~rtrecon.demo.command` (``rtrecon demo``) and :mod:`~rtrecon.demo.replay`
   (``rtrecon replay nsd``): the commands.
 

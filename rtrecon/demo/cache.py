@@ -6,7 +6,8 @@ so an interrupted generation is never mistaken for a dataset) when it is not the
 hash of the generation parameters (counts, size and world presets with their contents, seed). :func:`cached_decoder` does the same for the decoder trained
 on a dataset (``<cache>/decoders/<key>/finetune/last.pth``), keyed by the dataset's key, the
 subjects and sessions, and the :class:`~rtrecon.demo.training.DecoderRecipe` (architecture, prior or
-not, epochs, batch, learning rate, seed): everything that changes the weights.
+not, epochs, batch, learning rate, seed): everything that changes the weights. :func:`cached_imagery`
+does it for a subject's imagery session written from a dataset (``<cache>/imagery/<key>/``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from rtrecon.demo.training import DecoderRecipe
 from rtrecon.contract.layout import atomic_write, fsync_dir
 
-__all__ = ["cache_root", "cache_key", "cached_dataset", "cached_decoder"]
+__all__ = ["cache_root", "cache_key", "cached_dataset", "cached_decoder", "cached_imagery"]
 
 
 def cache_root() -> Path:
@@ -97,3 +98,20 @@ def cached_decoder(dataset: Path, pretrain: dict[int, Sequence[int]], subject: i
     train_decoder(NSDDataset(dataset), targets, pretrain, subject, finetune_sessions, tmp, recipe, progress=progress)
     _publish(tmp, folder, params)
     return checkpoint, False
+
+
+def cached_imagery(dataset: Path, subject: int, seed: int = 0, *, root: Path | None = None) -> tuple[Path, bool]:
+    """The imagery session of ``subject`` written from ``dataset`` (:func:`rtrecon.data.imagery.write_live_session`,
+    its default protocol and model), and whether it was already cached."""
+    from rtrecon.data.imagery import CUE_S, TRIAL_ROWS, ImageryModel, ImageryProtocol, write_live_session
+
+    params = dict(kind="imagery", dataset=dataset.name, subject=subject, seed=seed, trial_rows=TRIAL_ROWS, cue_s=CUE_S,
+                  trial_noise="model less measurement",
+                  protocol=asdict(ImageryProtocol(runs_per_set=1)), model=asdict(ImageryModel()))
+    folder = (root or cache_root()) / "imagery" / cache_key(**params)
+    if (folder / "rtrecon_cache.json").is_file():
+        return folder, True
+    tmp = _fresh(folder)
+    write_live_session(dataset, subject, tmp, seed=seed)
+    _publish(tmp, folder, params)
+    return folder, False

@@ -17,6 +17,8 @@ session folder. For each run:
   ranks the whole gallery, so the correct image's rank and score are known beyond the top-k that
   went over the wire -- and the betas it decoded (``desc-trial<N>release<R>beta.npz`` or
   ``desc-trial<N>beta.npz``);
+* the trials table's ``pairmate`` and ``cpd`` give each release's pairmate distinctiveness (the
+  report's per-run mean CPD and pairmate two-way accuracy);
 * the engine's ``_events.tsv`` gives each trial's onset and the participant's response, the
   stimulus program's journal when its feedback was shown (onset → feedback, in run seconds);
 * ``desc-confounds_timeseries.tsv`` gives the motion trace and each trial's largest FD over the
@@ -24,7 +26,10 @@ session folder. For each run:
 * :func:`beta_correlation` correlates a release's decoded betas (or the end-of-run LSS betas,
   ``desc-trialbetas.npz``) with other betas of the same trials per voxel across trials;
 * ``clip_features`` (the session's CLIP embedder) gives each release's two-way identification of
-  the reconstructions against the seen images.
+  the reconstructions against the seen images;
+* ``target_sets`` (mental imagery, NSD-Imagery's protocol): per run its target set's name and
+  target ids; each trial's target is then also ranked among the run's targets by its decoded
+  embedding (the report's imagery retrieval, its vividness rating the participant's response).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from rtrecon.demo.stimulus_pc import journal_path, read_results
 from rtrecon.contract.layout import SessionLayout
 from rtrecon.report import MotionTrace, ReportSummary, SessionReportData, TrialRecord, load_confounds, stage_durations, write_report
 from rtrecon.report.figures import as_uint8
-from rtrecon.report.metrics import external_metrics, two_way_identification
+from rtrecon.report.metrics import external_metrics, rank_among, two_way_identification
 from rtrecon.runtime.retrieval import normalize
 
 __all__ = ["STAGES", "LiveSessionFiles", "release_rows", "release_arrays", "trial_records", "decoded_betas", "beta_correlation",
@@ -115,6 +120,17 @@ def _rank_score(embedding: Sequence[float] | None, stimulus: str, gallery: np.nd
     return int(np.sum(scores > own)) + 1, float(own)
 
 
+def _vividness(layout: LiveSessionFiles, run: int) -> dict[int, str]:
+    """Trial -> the vividness rating in the stimulus program's events file (the rating comes after the
+    imagery event the engine received, so the engine's events do not hold it); empty for perception."""
+    path = layout.stimulus_dir / f"{layout.prefix(run)}_events.tsv"
+    if not path.is_file():
+        return {}
+    events = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"response": str})
+    rows = events[(events["trial_type"] == "vividness") & events["response"].notna() & events["trial"].notna()]
+    return {int(t): str(r) for t, r in zip(rows["trial"], rows["response"])}
+
+
 def release_rows(trials: pd.DataFrame) -> pd.DataFrame:
     """An engine table with ``release`` and ``final`` (an engine without releases: one per trial, release 0)."""
     trials = trials.copy()
@@ -135,12 +151,15 @@ def release_arrays(layout: LiveSessionFiles, run: int, trial: int, release: int,
 def trial_records(
     layout: LiveSessionFiles, run: int, gallery: np.ndarray, ids: list[str],
     images: Callable[[list[str]], list[np.ndarray | None]], top_k_images: int = 5, tr: float | None = None,
-    presentations: dict[tuple[int, int], int] | None = None,
+    presentations: dict[tuple[int, int], int] | None = None, target_sets: dict[int, tuple[str, list[str]]] | None = None,
 ) -> list[TrialRecord]:
     """One :class:`TrialRecord` per release the engine sent in ``run``; ``images(ids)`` gives the
     pictures of stimulus ids (None where there is none). ``tr`` (seconds) dates the volumes (release
     delays, FD during a trial); ``presentations`` maps (run, trial) to how many times its image has
-    been seen (1 when absent)."""
+    been seen (1 when absent); ``target_sets`` maps a run to its target set's name and target ids
+    (imagery: each trial is also ranked among them)."""
+    set_name, targets = (target_sets or {}).get(run, ("", []))
+    ratings = _vividness(layout, run)
     table = layout.table(run, "trials")
     has_releases = "release" in table
     trials = release_rows(table)
@@ -160,6 +179,8 @@ def trial_records(
         last = int(row.volumes) - 1
         onset = float(events.loc[trial, "onset"]) if trial in events.index else None
         response = events.loc[trial, "response"] if trial in events.index and "response" in events else ""
+        if (pd.isna(response) or response == "") and trial in ratings:
+            response = ratings[trial]
         release_s = float(row.release_s) if has_releases else (
             last * tr - onset if tr is not None and onset is not None else None)
         fd_max = None
@@ -194,6 +215,12 @@ def trial_records(
                 if result["image"] is not None:
                     reconstruction = np.asarray(Image.open(result["image"]).convert("RGB"))
         rank, score = _rank_score(embedding, stimulus, gallery, ids)
+        cpd = _number(getattr(row, "cpd", None))
+        pairmate = getattr(row, "pairmate", "")
+        set_rank = None
+        if embedding is not None and stimulus in targets:
+            candidates = gallery[[ids.index(t) for t in targets]]
+            set_rank = rank_among(np.asarray(embedding, np.float32).reshape(-1), candidates, targets.index(stimulus))
         shown_run_s = result.get("shown_run_s") if result is not None else None
         seen = images([stimulus])[0] if stimulus else None
         thumbs = images(retrieved[:top_k_images]) if retrieved else []
@@ -207,8 +234,20 @@ def trial_records(
             response="" if pd.isna(response) else str(response),
             presentation=(presentations or {}).get((run, trial), 1),
             feedback_delay_s=shown_run_s - onset if shown_run_s is not None and onset is not None else None,
+            pairmate="" if pd.isna(pairmate) else str(pairmate), cpd=cpd,
+            target_set=set_name if set_rank is not None else "", set_rank=set_rank,
+            set_size=len(targets) if set_rank is not None else None,
         ))
     return records
+
+
+def _number(value: object) -> float | None:
+    """A table cell as a finite float (None: empty, n/a or not a number)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def decoded_betas(layout: LiveSessionFiles, run: int) -> dict[int, tuple[list[int], np.ndarray]]:
@@ -285,7 +324,7 @@ def build_report(
     metrics: dict[str, float] | None = None, *, release_metrics: dict[int, dict[str, float]] | None = None,
     clip_features: Callable[[np.ndarray], np.ndarray] | None = None,
     presentations: dict[tuple[int, int], int] | None = None, notes: Sequence[str] = (),
-    external_weights: dict[str, Path] | None = None,
+    external_weights: dict[str, Path] | None = None, target_sets: dict[int, tuple[str, list[str]]] | None = None,
 ) -> ReportSummary:
     """Write ``out_dir/report.html`` and ``summary.json`` for the session's ``runs``.
 
@@ -293,12 +332,14 @@ def build_report(
     (``beta_r_end``), and with ``clip_features`` (images (n, H, W, 3) uint8 → features (n, ...))
     the CLIP two-way identification of the reconstructions (``two_way_clip``); ``release_metrics``
     adds the producer's own. MindEye2's metrics of external networks are computed from
-    ``external_weights`` where given and otherwise reported as not computed.
+    ``external_weights`` where given and otherwise reported as not computed. ``target_sets``: an
+    imagery session's target set per run (:func:`trial_records`).
     """
     records: list[TrialRecord] = []
     motion: list[MotionTrace] = []
     for run in runs:
-        records += trial_records(layout, run, gallery, ids, images, tr=tr, presentations=presentations)
+        records += trial_records(layout, run, gallery, ids, images, tr=tr, presentations=presentations,
+                                 target_sets=target_sets)
         try:
             motion.append(load_confounds(layout.derivative(run, "confounds_timeseries"), tr=tr, run=run))
         except ValueError as exc:  # a missing volume leaves a gap in the trace: report without it

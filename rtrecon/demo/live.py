@@ -4,8 +4,8 @@
 checkpoint, output folder, replay speed) and
 
 1. writes the session config (``session.toml``: the engine's ROI is the subject's nsdgeneral
-   ROI, its ``[decoder]`` the checkpoint and a gallery of the session's images, the links on free
-   localhost ports, its ``[stimulus]`` the trial lists written from the design), the trial lists
+   ROI, its ``[decoder]`` the checkpoint and a gallery of the session's images, its ``[reconstruction]``
+   the unCLIP folder when one is given, the links on free localhost ports, its ``[stimulus]`` the trial lists written from the design), the trial lists
    and images (:mod:`rtrecon.demo.stimulus_pc`) and the gallery (``gallery.npz``: the targets'
    tokens of every image shown in the session's runs, ids ``nsd:<73k id>``);
 2. finds the participant's screen (``DISPLAY``, else a private Xvfb) and starts the engine
@@ -32,16 +32,19 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rtrecon.data.imagery import CUE_S
 from rtrecon.data.nsd import NSDDataset
 from rtrecon.demo.collect import LiveSessionFiles, beta_correlation, build_report, decoded_betas
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
-from rtrecon.demo.stimulus_pc import (journal_path, read_results, start_display, stimulus_command, stimulus_folder,
-                                      stimulus_settings, write_trial_lists)
+from rtrecon.demo.stimulus_pc import (imagery_settings, journal_path, read_results, start_display, stimulus_command,
+                                      stimulus_folder, stimulus_settings, write_imagery_trial_lists, write_trial_lists)
 from rtrecon.report import ReportSummary
 
 __all__ = ["LiveSpec", "write_session_config", "write_gallery", "run_session"]
@@ -56,6 +59,11 @@ class LiveSpec:
     identification; None (a real NSD root) leaves it out. ``notes``: lines for the report.
     ``metric_weights``: (metric, local weights file) pairs for MindEye2's metrics of external
     networks (:data:`rtrecon.report.metrics.EXTERNAL_METRICS`); the others are reported not computed.
+
+    ``head``: ``"mindeye"`` (``checkpoint`` a MindEye2 checkpoint) or ``"linear"`` (``checkpoint`` a
+    :class:`~rtrecon.models.linear_head.LinearHead` file; retrieval only). ``imagery``: for a mental
+    imagery session (task ``imagery``), its trial table (:func:`rtrecon.data.imagery.write_live_session`):
+    the stimulus program runs the imagery task and the report scores each trial among its run's targets.
     """
 
     root: Path
@@ -75,6 +83,12 @@ class LiveSpec:
     clip_seed: int | None = None
     notes: tuple[str, ...] = ()
     metric_weights: tuple[tuple[str, Path], ...] = ()
+    head: Literal["mindeye", "linear"] = "mindeye"
+    imagery: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def task(self) -> str:
+        return "perception" if self.imagery is None else "imagery"
 
     @property
     def bids_subject(self) -> str:
@@ -102,19 +116,27 @@ def write_session_config(spec: LiveSpec, nsd: NSDDataset, gallery: Path, endpoin
     """``OUT/session.toml`` for the engine, the bridge and the stimulus program (whose trial lists and
     images it writes in ``OUT/stimulus``: :func:`rtrecon.demo.stimulus_pc.write_trial_lists`)."""
     stimulus_dir = spec.out / "stimulus"
-    trial_lists = write_trial_lists(nsd, spec.subject, spec.session, stimulus_dir)
+    if spec.imagery is None:
+        trial_lists = write_trial_lists(nsd, spec.subject, spec.session, stimulus_dir)
+    else:
+        trial_lists = write_imagery_trial_lists(nsd, spec.subject, spec.session, spec.imagery, stimulus_dir)
+    decoder = ({"head": "linear", "linear_head": spec.checkpoint} if spec.head == "linear"
+               else {"checkpoint": spec.checkpoint, "subject": spec.decoder_subject})
     engine: dict[str, object] = {"roi_mask": nsd.roi_path(spec.subject), "planned_volumes": n_volumes,
                                  "releases_s": list(spec.releases_s)}
     sections = {
-        "session": {"subject": spec.bids_subject, "session": spec.bids_session, "task": "perception", "output_dir": spec.out},
+        "session": {"subject": spec.bids_subject, "session": spec.bids_session, "task": spec.task, "output_dir": spec.out},
         "network": dict(zip(("volumes", "events", "results", "status", "operator"), endpoints), heartbeat_s=0.5),
         "bridge": {"spool_dir": spec.out / "bridge_spool"},
         "engine": engine,
-        "decoder": {"checkpoint": spec.checkpoint, "subject": spec.decoder_subject, "gallery": gallery, "top_k": spec.top_k},
+        "decoder": {**decoder, "gallery": gallery, "top_k": spec.top_k},
     }
     if spec.unclip is not None:
-        sections["decoder"]["unclip"] = spec.unclip
-    sections.update(stimulus_settings(trial_lists, nsd.tr, stimulus_dir / "images"))
+        sections["reconstruction"] = {"unclip": spec.unclip}
+    if spec.imagery is None:
+        sections.update(stimulus_settings(trial_lists, nsd.tr, stimulus_dir / "images"))
+    else:
+        sections.update(imagery_settings(trial_lists, nsd.tr, stimulus_dir / "images", CUE_S))
     lines = ["# written by rtrecon demo / rtrecon replay nsd"]
     for name, keys in sections.items():
         lines += ["", f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in keys.items()]
@@ -156,6 +178,38 @@ def _count_lines(path: Path, prefix: str) -> int:
         return sum(line.startswith(prefix.encode()) for line in f)
 
 
+def _final_releases(layout: LiveSessionFiles, run: int) -> int:
+    """How many of ``run``'s trials have their end-of-run release in the engine's trials table."""
+    path = layout.derivative(run, "trials")
+    if not path.is_file():
+        return 0
+    try:
+        table = pd.read_csv(path, sep="\t", usecols=["trial", "final"])
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):  # caught mid-write
+        return 0
+    return table.loc[table["final"].astype(str).str.lower() == "true", "trial"].nunique()
+
+
+def _wait_for_final_releases(group: ProcessGroup, layout: LiveSessionFiles, trials: dict[int, int], bar: Progress,
+                             idle_s: float = 120.0) -> None:
+    """Wait until the engine has decoded every trial's end-of-run release (it decodes them after the
+    stimulus program has shown the first ones, and a slow machine may still be at it), for as long as
+    it keeps delivering them; stopping it earlier would leave them to a next start the demo never makes."""
+    task = bar.add_task("end-of-run releases (engine)", total=sum(trials.values()))
+    done, deadline = -1, time.monotonic() + idle_s
+    while time.monotonic() < deadline:
+        group.check("engine")
+        now = sum(min(_final_releases(layout, run), n) for run, n in trials.items())
+        bar.update(task, completed=now)
+        if now == sum(trials.values()):
+            return
+        if now > done:
+            done, deadline = now, time.monotonic() + idle_s
+        time.sleep(0.2)
+    bar.console.print(f"warning: the engine delivered no end-of-run release for {idle_s:.0f} s: stopping it with "
+                      f"{sum(trials.values()) - max(done, 0)} of {sum(trials.values())} left (see its log)")
+
+
 def _wait_for_line(group: ProcessGroup, name: str, log: Path, text: str, timeout_s: float, poll_s: float = 0.2) -> None:
     """Wait until ``name``'s log holds ``text`` (e.g. the engine is listening before volumes flow)."""
     deadline = time.monotonic() + timeout_s
@@ -180,8 +234,8 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
     gallery_path, gallery, ids = write_gallery(spec, nsd)
     n_volumes = nsd.read_design(spec.subject, spec.session, spec.runs[0]).size
     config = write_session_config(spec, nsd, gallery_path, free_endpoints(5), n_volumes)
-    layout = LiveSessionFiles(spec.out, spec.bids_subject, spec.bids_session, "perception",
-                           stimulus_folder(spec.out, spec.bids_subject, spec.bids_session))
+    layout = LiveSessionFiles(spec.out, spec.bids_subject, spec.bids_session, spec.task,
+                              stimulus_folder(spec.out, spec.bids_subject, spec.bids_session, spec.task))
     speed = ["--speed", repr(spec.speed)]
     with ProcessGroup(spec.out / "logs") as group, Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
@@ -201,7 +255,7 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
             results = bar.add_task(f"run {run}: trials decoded (engine → stimulus program)", total=n_trials)
             bridge, stimulus = f"bridge_run-{run:02d}", f"stimulus_run-{run:02d}"
             bridge_log = spec.out / "logs" / f"{bridge}.log"
-            journal = journal_path(layout.stimulus_dir, spec.bids_subject, spec.bids_session, "perception", run)
+            journal = journal_path(layout.stimulus_dir, spec.bids_subject, spec.bids_session, spec.task, run)
 
             def update(run: int = run, volumes: int = volumes, results: int = results, log: Path = bridge_log,
                        journal: Path = journal) -> None:
@@ -225,6 +279,8 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
                 group.wait(name, max(1.0, deadline - time.monotonic()), poll=update, also_check=("engine",))
                 group.check(name)
             update()
+        _wait_for_final_releases(group, layout, {run: len(nsd.events(spec.subject, spec.session, run)) for run in spec.runs},
+                                 bar)
         group.stop("engine")
     per_release = _released_beta_metrics(spec, nsd, layout) if spec.released_betas else {}
     metrics: dict[str, float] = {}
@@ -234,7 +290,15 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
     return build_report(layout, spec.runs, nsd.tr, gallery, ids, _image_lookup(nsd), spec.decoder_description,
                         report_dir, metrics, release_metrics=per_release, clip_features=_clip_features(spec.clip_seed),
                         presentations=presentations(nsd, spec.subject, spec.session, spec.runs), notes=spec.notes,
-                        external_weights=dict(spec.metric_weights))
+                        external_weights=dict(spec.metric_weights), target_sets=_target_sets(spec))
+
+
+def _target_sets(spec: LiveSpec) -> dict[int, tuple[str, list[str]]] | None:
+    """An imagery session's target set per run: its name and its targets' gallery ids."""
+    if spec.imagery is None:
+        return None
+    return {int(run): (str(table["target_set"].iloc[0]), [f"nsd:{i}" for i in sorted(table["image_id"].unique())])
+            for run, table in spec.imagery.groupby("run")}
 
 
 def _clip_features(seed: int | None) -> Callable[[np.ndarray], np.ndarray] | None:

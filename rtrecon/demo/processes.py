@@ -1,15 +1,16 @@
 """Start a session's processes, watch them, and stop them: the demo's small supervisor.
 
 :class:`ProcessGroup` starts each process (``python -m rtrecon.cli ...``, ``python -m MODULE``, or
-another program such as ``Xvfb``) in its own process group with its output in ``logs/<name>.log``,
-tells which have exited and with what status, and stops the rest with SIGTERM (the processes' own
-clean stop), then SIGKILL after a grace period. :func:`free_endpoints` picks unused localhost TCP ports for the session's links.
+another program such as ``Xvfb``) through :mod:`rtrecon.contract.children` (its own process group,
+and a parent-death guard: a killed demo leaves nothing running) with its output in
+``logs/<name>.log``, tells which have exited and with what status, and stops the rest with SIGTERM
+to each group (the processes' own clean stop), then SIGKILL after a grace period.
+:func:`free_endpoints` picks unused localhost TCP ports for the session's links.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from rtrecon.contract import children
 
 __all__ = ["ProcessGroup", "ProcessFailed", "free_endpoints"]
 
@@ -69,8 +72,7 @@ class ProcessGroup:
             raise ValueError(f"a process named {name!r} was already started")
         log = self.log_dir / f"{name}.log"
         handle = open(log, "ab")
-        popen = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        popen = children.start(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         self.children[name] = _Child(name, popen, log, handle)
         return log
 
@@ -103,17 +105,12 @@ class ProcessGroup:
         raise ProcessFailed(f"{name} did not finish within {timeout_s:g} s (log {self.children[name].log}):\n{self.tail(name)}")
 
     def stop(self, name: str, grace_s: float = 20.0) -> int:
-        """SIGTERM ``name`` (its clean stop), SIGKILL after ``grace_s``; its exit status."""
+        """SIGTERM ``name``'s process group (its clean stop), SIGKILL after ``grace_s``; its exit status."""
         child = self.children[name]
-        if child.popen.poll() is None:
-            child.popen.send_signal(signal.SIGTERM)
-            try:
-                child.popen.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                child.popen.kill()
-                child.popen.wait()
-        child.handle.close()
-        return child.popen.returncode
+        try:
+            return children.stop(child.popen, grace_s)
+        finally:
+            child.handle.close()
 
     def close(self) -> None:
         """Stop every process, the last started first (a display outlives the program drawing on it)."""

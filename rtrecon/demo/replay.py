@@ -44,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     nsd.add_argument("--checkpoint", type=Path, help="MindEye2 checkpoint (.pth / .safetensors); a synthetic root may omit it")
     nsd.add_argument("--decoder-subject", type=int, default=0, help="this participant's adapter in the checkpoint (default %(default)s)")
     nsd.add_argument("--targets", type=Path, help="CLIP tokens of the images, .npy in 73k-id order (a synthetic root has its own)")
-    nsd.add_argument("--unclip", type=Path, help="unCLIP decoder folder (`rtrecon convert-unclip` output); the checkpoint "
+    nsd.add_argument("--unclip", type=Path, help="unCLIP folder (`rtrecon convert-unclip` output); the checkpoint "
                      "needs its diffusion prior (default: retrieval only)")
     nsd.add_argument("--speed", type=float, default=1.0, help="replay speed, × the scanner's TR pace (default %(default)s)")
     add_live_arguments(nsd)
@@ -98,11 +98,11 @@ def replay_nsd(ns: argparse.Namespace) -> int:
         elif not checkpoint.is_file():
             raise ValueError(f"{checkpoint}: no such checkpoint")
         if ns.unclip is None:
-            description += ". Retrieval only: no unCLIP decoder is configured, so no images are reconstructed."
+            description += ". Retrieval only: no unCLIP model is configured, so no images are reconstructed."
         elif not (ns.unclip / "unclip.json").is_file():
-            raise ValueError(f"{ns.unclip}: not an unCLIP decoder folder (no unclip.json)")
+            raise ValueError(f"{ns.unclip}: not an unCLIP folder (no unclip.json)")
         else:
-            description += f". Reconstructions by the unCLIP decoder {ns.unclip} from the prior's image tokens."
+            description += f". Reconstructions by the unCLIP model {ns.unclip} from the prior's image tokens."
         out = ns.out / f"{session_id(f'{ns.subject:02d}', f'{ns.session:02d}')}_{time.strftime('%Y%m%dT%H%M%S')}"
         console.print(f"replaying subject {ns.subject} session {ns.session} run(s) {', '.join(map(str, runs))} "
                       f"of {ns.root} at {ns.speed:g}× → {out}")

@@ -9,6 +9,12 @@ prepares and reads what that program uses and leaves:
   gallery's ids --, ``onset`` the design's onset, ``feedback`` 1), in ``OUT/stimulus/``, and
   every image of the session as ``OUT/stimulus/images/nsd:<id>.png`` (trial images and the
   feedback's gallery of retrieved images);
+- :func:`write_imagery_trial_lists`: the same for an imagery session (NSD-Imagery's protocol, see
+  :func:`rtrecon.data.imagery.write_live_session`): per trial the letter ``cue``, the target's
+  image as ``stim_file`` (shown beside the feedback), the design's onset and, as ``response``,
+  the trial's vividness rating, which the virtual participant gives;
+  :func:`imagery_settings`: its ``[stimulus]`` tables (cue, 3-s imagery period, rating, and a
+  feedback slot in the rest of each 8-s trial);
 - :func:`stimulus_settings`: the session config's ``[stimulus]`` tables (a small window, the
   trigger's TR, feedback of the retrieved images and the reconstruction);
 - :func:`stimulus_command`: the program's command line for one run (``--virtual --speed S
@@ -36,14 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from rtrecon.data.nsd import NSDDataset
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup
 from rtrecon.contract.layout import SessionLayout, safe_filename
 
-__all__ = ["WINDOW_SIZE", "write_trial_lists", "stimulus_settings", "stimulus_command", "stimulus_folder",
-           "journal_path", "start_display", "read_results"]
+__all__ = ["WINDOW_SIZE", "write_trial_lists", "write_imagery_trial_lists", "stimulus_settings", "imagery_settings",
+           "stimulus_command", "stimulus_folder", "journal_path", "start_display", "read_results"]
 
 #: The participant's window: small, because under Xvfb every pixel is drawn by the CPU the engine needs.
 WINDOW_SIZE = (480, 360)
@@ -51,15 +58,9 @@ WINDOW_SIZE = (480, 360)
 
 def write_trial_lists(nsd: NSDDataset, subject: int, session: int, folder: Path) -> list[Path]:
     """One trial list per run of the session (run order), and the session's images; returns the lists."""
-    images = folder / "images"
-    images.mkdir(parents=True, exist_ok=True)
     runs = nsd.runs(subject, session)
     events = {run: nsd.events(subject, session, run) for run in runs}
-    ids = sorted({int(i) for table in events.values() for i in table["image_id"]})
-    for image_id, pixels in zip(ids, nsd.images(ids)):
-        path = images / f"{safe_filename(f'nsd:{image_id}')}.png"
-        if not path.is_file():
-            Image.fromarray(np.asarray(pixels, np.uint8)).save(path)
+    _write_images(nsd, sorted({int(i) for table in events.values() for i in table["image_id"]}), folder / "images")
     lists = []
     for run in runs:
         rows = ["stim_file\tstim_id\tonset\tfeedback"]
@@ -69,6 +70,43 @@ def write_trial_lists(nsd: NSDDataset, subject: int, session: int, folder: Path)
         path.write_text("\n".join(rows) + "\n")
         lists.append(path)
     return lists
+
+
+def _write_images(nsd: NSDDataset, ids: list[int], images: Path) -> None:
+    images.mkdir(parents=True, exist_ok=True)
+    for image_id, pixels in zip(ids, nsd.images(ids)):
+        path = images / f"{safe_filename(f'nsd:{image_id}')}.png"
+        if not path.is_file():
+            Image.fromarray(np.asarray(pixels, np.uint8)).save(path)
+
+
+def write_imagery_trial_lists(nsd: NSDDataset, subject: int, session: int, trials: pd.DataFrame, folder: Path) -> list[Path]:
+    """One imagery trial list per run of the session (``trials``: its trial table, with ``run``,
+    ``image_id``, ``cue``, ``vividness`` in each run's trial order), and the targets' images."""
+    _write_images(nsd, sorted({int(i) for i in trials["image_id"]}), folder / "images")
+    lists = []
+    for run in nsd.runs(subject, session):
+        table = trials[trials["run"] == run]
+        onsets = nsd.events(subject, session, run)["onset"].to_numpy()
+        if len(onsets) != len(table):
+            raise ValueError(f"{nsd.design_path(subject, session, run)}: {len(onsets)} onsets for {len(table)} imagery trials")
+        rows = ["stim_file\tstim_id\tonset\tcue\tfeedback\tresponse"]
+        rows += [f"images/{safe_filename(f'nsd:{int(r.image_id)}')}.png\tnsd:{int(r.image_id)}\t{float(onset)!r}\t{r.cue}\t1\t{int(r.vividness)}"
+                 for r, onset in zip(table.itertuples(), onsets)]
+        path = folder / f"run-{run:02d}_trials.tsv"
+        path.write_text("\n".join(rows) + "\n")
+        lists.append(path)
+    return lists
+
+
+def imagery_settings(trial_lists: list[Path], tr: float, images: Path, cue_s: float) -> dict[str, dict[str, Any]]:
+    """The ``[stimulus]`` tables of an imagery session (:func:`write_imagery_trial_lists`; 8-s trials)."""
+    settings = stimulus_settings(trial_lists, tr, images)
+    # cue, 3 s of imagery (the evoked period), a 1.5-s vividness rating: 5.5 s of each 8-s trial; the
+    # 2.5 s left are fixation, where the slot policy shows the results waiting (2 s), never over a cue
+    settings["stimulus.imagery"] = {"cue_s": cue_s, "imagery_s": 3.0, "rest_s": 0.0, "vividness": True, "vividness_s": 1.5}
+    settings["stimulus.feedback"].update(window_s=2.0, show_target=True)
+    return settings
 
 
 def stimulus_settings(trial_lists: list[Path], tr: float, images: Path) -> dict[str, dict[str, Any]]:

@@ -32,7 +32,7 @@ class DecoderRecipe:
     """Architecture and schedule of the demo's small decoder (a MindEye2 of the real-time shape).
 
     ``use_prior`` (the default) adds a small diffusion prior (trained with the recipe's prior loss),
-    whose image tokens an unCLIP decoder turns into reconstructions; retrieval alone needs none
+    whose image tokens an unCLIP model turns into reconstructions; retrieval alone needs none
     (``rtrecon demo --no-unclip`` leaves it out). ``prior_timesteps``
     is the prior's noise schedule length (MindEye2's is 100): the engine samples ``min(20, T)``
     steps per trial, and 10 keeps a trial's prior + unCLIP cost within the demo's 10x TR pace.
@@ -108,8 +108,16 @@ def train_decoder(
     torch.manual_seed(recipe.seed)
     model = MindEye2(config)
     settings = dict(batch_size=recipe.batch_size, lr=recipe.lr, use_prior=recipe.use_prior, seed=recipe.seed, progress=progress)
-    train(model, shared, TrainConfig(epochs=recipe.pretrain_epochs, **settings), out / "pretrain")
-    own = TrainingData([subject_data(nsd, subject, finetune_sessions)], targets)
-    model = load_official(out / "pretrain" / "last.pth", new_subject_voxels=own.n_voxels[0])
-    train(model, own, TrainConfig(epochs=recipe.finetune_epochs, **settings), out / "finetune")
+    # One torch thread: batches of 8 through a small model gain little from a second one, and on a
+    # busy 2-core machine two threads spin against other processes (the demo's pretraining ran
+    # about 10x slower per epoch with two threads than with one, at a load average of 6-8).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(model, shared, TrainConfig(epochs=recipe.pretrain_epochs, **settings), out / "pretrain")
+        own = TrainingData([subject_data(nsd, subject, finetune_sessions)], targets)
+        model = load_official(out / "pretrain" / "last.pth", new_subject_voxels=own.n_voxels[0])
+        train(model, own, TrainConfig(epochs=recipe.finetune_epochs, **settings), out / "finetune")
+    finally:
+        torch.set_num_threads(threads)
     return out / "finetune" / "last.pth"

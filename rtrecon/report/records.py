@@ -9,7 +9,9 @@ chance level on each trial's first release (what the participant saw first) and 
 (:attr:`ReportSummary.by_release`: top-1/top-5, hubness, PixCorr and SSIM of the reconstructions,
 with the producer's per-release metrics such as CLIP two-way identification), for mental imagery
 the retrieval of each trial's target among its target set, overall, per set and per vividness
-rating (:func:`imagery_figures`, :attr:`ReportSummary.imagery`), latency median
+rating (:func:`imagery_figures`, :attr:`ReportSummary.imagery`), with pairmates the per-run mean
+pairmate distinctiveness and pairmate two-way accuracy (:func:`pairmate_figures`,
+:attr:`ReportSummary.pairmates`), latency median
 and 95th percentile (overall and per stage), the closed-loop delay from stimulus onset to
 feedback shown, framewise displacement.
 
@@ -39,6 +41,7 @@ __all__ = [
     "load_confounds",
     "release_figures",
     "imagery_figures",
+    "pairmate_figures",
     "summarise",
 ]
 
@@ -68,6 +71,10 @@ class TrialRecord:
     target belongs to (empty for perception), ``set_rank`` the 1-based rank of the target among
     the set's ``set_size`` targets by the decoded embedding (:func:`rtrecon.report.metrics.rank_among`),
     and ``response`` holds the vividness rating.
+
+    Pairmates (real-time MindEye's design): ``pairmate`` is the stimulus id of the seen image's
+    pairmate (empty: none) and ``cpd`` the decoded embedding's pairmate distinctiveness (+1 at the
+    seen image, -1 at the pairmate; None: no pairmate, or not decoded).
     """
 
     run: int
@@ -91,6 +98,8 @@ class TrialRecord:
     target_set: str = ""
     set_rank: int | None = None
     set_size: int | None = None
+    pairmate: str = ""
+    cpd: float | None = None
 
     def __post_init__(self) -> None:
         if self.set_rank is not None and not (self.set_size and 1 <= self.set_rank <= self.set_size):
@@ -232,17 +241,26 @@ class ReportSummary:
     p95_feedback_delay_s: float | None = None
     external_metrics: dict[str, float | str] = field(default_factory=dict)
     imagery: dict[str, Any] = field(default_factory=dict)
+    pairmates: dict[str, Any] = field(default_factory=dict)
 
     @property
     def top1_by_release(self) -> dict[str, float | None]:
-        return {str(r): m["top1"] for r, m in self.by_release.items()}
+        """Top-1 per release: among the gallery, or for an imagery session among each trial's target set."""
+        key = "imagery_top1" if self.imagery else "top1"
+        return {str(r): m.get(key) for r, m in self.by_release.items()}
 
     def headline(self) -> dict[str, Any]:
-        """The keys the demo prints as its last JSON line (``top1``/``top5``: first releases)."""
+        """The keys the demo prints as its last JSON line (``top1``/``top5``: first releases).
+
+        An imagery session has the same keys, its retrieval scored as NSD-Imagery scores it: ``top1``,
+        ``top5`` and ``chance_top1`` among each trial's target set (:func:`imagery_figures`).
+        """
         keys = ("trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s", "two_way_clip", "pixcorr")
         out = {"report": str(self.report), **{k: getattr(self, k) for k in keys}, "top1_by_release": self.top1_by_release}
         if self.imagery:  # an imagery session: retrieval among each trial's target set (first releases)
-            out.update({f"imagery_{k}": self.imagery[k] for k in ("top1", "chance", "per_set", "per_vividness")})
+            out.update(top1=self.imagery["top1"], top5=self.imagery["top5"], chance_top1=self.imagery["chance"])
+        if self.pairmates:  # trials with pairmates: CPD and two-way (first releases)
+            out.update({f"pairmate_{k}": self.pairmates[k] for k in ("mean_cpd", "two_way")})
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -341,8 +359,8 @@ def release_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
 def imagery_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
     """Imagery retrieval among each trial's target set, as NSD-Imagery scores it (empty: no imagery trial).
 
-    ``top1``: the share of trials whose target ranks first among its set's targets; ``chance``:
-    the mean of ``1 / set_size``; ``per_set`` and ``per_vividness`` (by the rating in ``response``;
+    ``top1``: the share of trials whose target ranks first among its set's targets (``top5``: in
+    the first five); ``chance``: the mean of ``1 / set_size``; ``per_set`` and ``per_vividness`` (by the rating in ``response``;
     ``"n/a"`` where none was given) the same share per group; ``trials``: the trials ranked.
     """
     ranked = [t for t in records if t.target_set and t.set_rank is not None]
@@ -360,11 +378,33 @@ def imagery_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
     return {
         "trials": len(ranked),
         "top1": share(ranked),
+        "top5": float(np.mean([t.set_rank <= 5 for t in ranked])),
         "chance": float(np.mean([1.0 / t.set_size for t in ranked])),
         "per_set": {name: share(group) for name, group in by_set.items()},
         "per_vividness": {rating: share(by_rating[rating]) for rating in sorted(by_rating)},
         "trials_per_vividness": {rating: len(by_rating[rating]) for rating in sorted(by_rating)},
     }
+
+
+def pairmate_figures(records: Sequence[TrialRecord]) -> dict[str, Any]:
+    """Pairmate distinctiveness of the records that have one (empty: none has).
+
+    ``mean_cpd`` and ``two_way`` (the share whose decoded embedding is nearer the seen image than
+    its pairmate: CPD > 0, as the denominator of CPD is positive; chance 0.5) over all of them, and
+    ``per_run``: run -> ``{"trials", "mean_cpd", "two_way"}``.
+    """
+    scored = [t for t in records if t.cpd is not None and math.isfinite(t.cpd)]
+    if not scored:
+        return {}
+
+    def figures(group: Sequence[TrialRecord]) -> dict[str, Any]:
+        cpd = np.array([t.cpd for t in group], dtype=float)
+        return {"trials": len(group), "mean_cpd": float(cpd.mean()), "two_way": float(np.mean(cpd > 0))}
+
+    runs: dict[int, list[TrialRecord]] = {}
+    for t in scored:
+        runs.setdefault(t.run, []).append(t)
+    return {**figures(scored), "per_run": {run: figures(runs[run]) for run in sorted(runs)}}
 
 
 def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
@@ -391,6 +431,9 @@ def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
     for release in sorted({t.release for t in data.trials}):
         figures = release_figures([t for t in data.trials if t.release == release])
         figures.update({k: float(v) for k, v in data.release_metrics.get(release, {}).items() if v is not None})
+        imagery = imagery_figures([t for t in data.trials if t.release == release])
+        if imagery:
+            figures["imagery_top1"] = imagery["top1"]
         by_release[release] = figures
     head = release_figures(first) if first else {}
     first_release = min(by_release) if by_release else None
@@ -423,4 +466,5 @@ def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
         p95_feedback_delay_s=float(np.percentile(delays, 95)) if delays.size else None,
         external_metrics=dict(data.external_metrics),
         imagery=imagery_figures(first),
+        pairmates=pairmate_figures(first),
     )

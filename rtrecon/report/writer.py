@@ -147,6 +147,8 @@ def _trial_html(trial: TrialRecord, gallery_size: int | None, later: Sequence[Tr
         if r.correct_rank is not None:
             when = f"{r.release_s:.1f} s" if r.release_s is not None else f"release {r.release}"
             meta.append(f"rank {r.correct_rank} at {when}{' (end of run)' if r.final else ''}")
+    if trial.cpd is not None:
+        meta.append(f'<span class="cpd">CPD {trial.cpd:+.2f} vs pairmate {html.escape(trial.pairmate)}</span>')
     if trial.onset_s is not None:
         meta.append(f"onset {trial.onset_s:.1f} s")
     if trial.release_s is not None:
@@ -271,6 +273,20 @@ def _imagery_section(summary: ReportSummary) -> str:
             f'<table class="summary"><tr><th></th><th>top-1</th><th>trials</th></tr>{body}</table>')
 
 
+def _pairmate_section(summary: ReportSummary) -> str:
+    """Per-run mean pairmate distinctiveness and pairmate two-way accuracy (trials with a pairmate)."""
+    m = summary.pairmates
+    if not m:
+        return ""
+    rows = [(f"Run {run}", f) for run, f in m["per_run"].items()] + [("All runs", m)]
+    body = "".join(f'<tr><th>{name}</th><td class="num">{f["mean_cpd"]:+.3f}</td><td class="num">{_pct(f["two_way"])}</td>'
+                   f'<td class="num">{f["trials"]}</td></tr>' for name, f in rows)
+    return ('<h2 id="pairmates">Pairmate distinctiveness</h2><p>Each trial\'s first release: CPD (+1 at the seen '
+            "image, -1 at its pairmate, 0 halfway) and two-way accuracy (decoded nearer the seen image than its "
+            'pairmate; chance 50%).</p><table class="summary"><tr><th></th><th>mean CPD</th><th>two-way</th>'
+            f"<th>trials</th></tr>{body}</table>")
+
+
 def _latency_section(data: SessionReportData, summary: ReportSummary, stages: Sequence[str]) -> str:
     if not any(t.latencies for t in data.trials):
         return "<h2>Latency</h2><p>No stage timings were recorded.</p>"
@@ -337,6 +353,7 @@ def render_html(data: SessionReportData, summary: ReportSummary) -> str:
         f'<p class="decoder" id="decoder">Reconstructions by: {html.escape(data.decoder_description)}</p>{notes}'
         f"<h2>Summary</h2>{_summary_table(summary)}{_external_section(summary)}"
         f"<h2>Retrieval</h2>{accuracy}{_release_section(summary)}{_imagery_section(summary)}"
+        f"{_pairmate_section(summary)}"
         f"{_latency_section(data, summary, stages)}"
         f"{_motion_section(data)}"
         f"{_worst_section(first, data.gallery_size)}"

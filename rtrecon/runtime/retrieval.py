@@ -1,9 +1,9 @@
-"""Retrieval decoding and the pairmate-distinctiveness feedback score.
+"""Retrieval and the pairmate-distinctiveness feedback score.
 
 Everything is compared in L2-normalised embedding space (for MindEye2: the 256x1664 tokens
 flattened to 425,984 values; any ``(N, ...)`` array is flattened after the first axis).
 
-- ``RetrievalDecoder(gallery, ids)``: ``decoder.topk(pred, k)`` -> ``(ids (B,k), scores (B,k))``,
+- ``Retriever(gallery, ids)``: ``retriever.topk(pred, k)`` -> ``(ids (B,k), scores (B,k))``,
   the cosine similarities of the ``k`` nearest gallery images, best first.
 - ``pairmate_distinctiveness(pred, correct, foil)`` = ``2 <pred - mid, correct - foil> /
   ||correct - foil||^2`` with ``mid = (correct + foil) / 2``: +1 at the shown image, -1 at its
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RetrievalDecoder", "pairmate_distinctiveness", "normalize"]
+__all__ = ["Retriever", "pairmate_distinctiveness", "normalize"]
 
 
 def normalize(x: Any) -> torch.Tensor:
@@ -31,7 +31,7 @@ def normalize(x: Any) -> torch.Tensor:
     return F.normalize(t.flatten(1), dim=-1)
 
 
-class RetrievalDecoder:
+class Retriever:
     """Nearest neighbours of brain embeddings among gallery image embeddings."""
 
     def __init__(self, gallery: Any, ids: Sequence[Any] | None = None) -> None:

@@ -430,7 +430,7 @@ def _sender(parser: argparse.ArgumentParser, session_flag: str = "--session") ->
     parser.add_argument("--server-role", default="engine", help="CURVE role of the receiver (default: %(default)s)")
     parser.add_argument("--missing-timeout", type=float, help="seconds before a volume that never came is reported missing")
     parser.add_argument("--exit-after-idle", type=float, metavar="S", help="stop after S seconds without input")
-    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to wait for the last acknowledgements")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, help="once the source ends, give up after this many seconds without an acknowledgement (default 30)")
 
 
 def _runner(func: Callable[[argparse.Namespace, SessionConfig], int]) -> Callable[[argparse.Namespace], int]:

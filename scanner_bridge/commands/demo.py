@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from rtrecon.contract import children
 from scanner_bridge.assembly import VolumeAssembler, VolumeReady
 from scanner_bridge.simulator import ScannerSimulator, WrittenFile, series_volumes
 
@@ -63,12 +64,12 @@ def _free_port() -> int:
 
 
 class _Child:
-    """An ``rtrecon`` subprocess whose stdout lines land in a queue."""
+    """An ``rtrecon`` subprocess whose stdout lines land in a queue (its own group, dying with this process)."""
 
     def __init__(self, args: list[str], log: Path) -> None:
         self.log = log
         self._err = open(log, "wb")
-        self.proc = subprocess.Popen(
+        self.proc = children.start(
             [sys.executable, "-m", "rtrecon.cli", *args], cwd=_REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.PIPE, stderr=self._err, text=True,
@@ -82,13 +83,15 @@ class _Child:
             self.lines.put(line.rstrip("\n"))
 
     def stop(self, timeout: float = 30.0) -> int:
+        """Wait up to ``timeout`` for the child to end, then kill its group (the child if still running, and
+        whatever it left behind); its exit status."""
         try:
-            return self.proc.wait(timeout)
+            self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+            pass
         finally:
             self._err.close()
+        return children.kill(self.proc)
 
 
 def _dicom_folder(series: Path) -> Path:
@@ -169,8 +172,7 @@ def _run(ns: argparse.Namespace) -> int:
                     progress.update(scan_task, completed=len(written), info=f"{len(written)} written")
         except (TimeoutError, RuntimeError) as exc:
             for child in (bridge, listener):
-                if child.proc.poll() is None:
-                    child.proc.kill()
+                children.kill(child.proc)
             print(f"rtrecon bridge demo: {exc}\n" + bridge.log.read_text()[-2000:], file=sys.stderr)
             return 1
         finally:

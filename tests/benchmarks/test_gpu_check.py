@@ -16,13 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from rtrecon.contract import children
+from rtrecon.testing import scaled
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return children.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=scaled(timeout), env=env, cwd=REPO)
 
 
 def test_tiny_run_measures_every_stage_and_ends_with_the_json_line():

@@ -13,6 +13,7 @@ from engine.trials import TrialBeta
 from rtrecon.contract.config import ConfigError, load_config
 from rtrecon.models import MindEye2, MindEye2Config, save_checkpoint
 from rtrecon.contract.wire import TrialResultMessage, decode, encode
+from rtrecon.testing import scaled
 
 N_VOX = 40
 
@@ -73,7 +74,7 @@ def test_background_decoder_keeps_release_order_and_sends_the_bare_beta_of_a_fai
     assert decoder.pending == 4
     done = []
     while len(done) < 4:
-        done += decoder.collect(timeout_s=10)
+        done += decoder.collect(timeout_s=scaled(10))
     decoder.close()
     assert [t.trial for t, _ in done] == [0, 1, 2, 3] and decoder.pending == 0
     results = [r for _, r in done]
@@ -117,13 +118,13 @@ def test_from_config_errors_name_the_problem(tmp_path):
         DecodingStage.from_config(load_config(tmp_path / "s.toml"), lambda m: None)
 
 
-def test_unclip_decoder_turns_the_prior_tokens_into_an_image():
-    from rtrecon.decoders.unclip import UnclipDecoder
+def test_unclip_reconstruction_turns_the_prior_tokens_into_an_image():
+    from rtrecon.reconstruction.unclip import UnclipReconstructor
 
     model, betas = _model(use_prior=True, tokens=64, dim=64), _betas(3)
     sent: list[TrialResultMessage] = []
     stage = DecodingStage(model, _gallery_of(model, betas), ["a", "b", "c"], sent.append, "s", subject=1,
-                          unclip=UnclipDecoder.tiny(), steps=1)
+                          unclip=UnclipReconstructor.tiny(), steps=1)
     stage(TrialBeta(1, 0, "b", betas[1], betas[1], 1))
     image = sent[0].image
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
@@ -143,13 +144,13 @@ def _tiny_blurry_vae(folder):
 
 
 def test_warm_up_decodes_once_sends_nothing_and_status_reports_readiness(tmp_path):
-    from rtrecon.decoders.unclip import UnclipDecoder
+    from rtrecon.reconstruction.unclip import UnclipReconstructor
 
     model, betas = _model(use_prior=True, tokens=64, dim=64), _betas(3)
     sent: list[TrialResultMessage] = []
     store = SessionStore(tmp_path / "out", "01", "01", "perception")
     stage = DecodingStage(model, _gallery_of(model, betas), ["a", "b", "c"], sent.append, "s", subject=1,
-                          unclip=UnclipDecoder.tiny(), steps=1, store=store)
+                          unclip=UnclipReconstructor.tiny(), steps=1, store=store)
     assert stage.status()["decoder_ready"] == 0.0
     seconds = stage.warm_up()
     status = stage.status()
@@ -158,7 +159,7 @@ def test_warm_up_decodes_once_sends_nothing_and_status_reports_readiness(tmp_pat
     decoder = BackgroundDecoder(stage, warm_up=True)  # warms up on its thread, then decodes the queue
     trial = TrialBeta(1, 0, "c", betas[2], betas[2], 1)
     decoder.submit(trial, TrialResultMessage(session="s", run=1, trial=0, decoder="trial-beta"))
-    done = decoder.collect(timeout_s=60)
+    done = decoder.collect(timeout_s=scaled(60))
     decoder.close()
     assert done[0][1].decoder == "mindeye2" and done[0][1].image is not None
     assert decoder.status()["decoder_ready"] == 1.0
@@ -183,10 +184,10 @@ def test_bf16_autocast_stage_from_config_decodes_as_float32_does(tmp_path):
         assert float(a.embedding @ b.embedding) > 0.99
 
 
-def test_official_recon_blends_a_quarter_of_the_blurry_image(tmp_path):
-    """recon "official": 0.75 x the unCLIP image + 0.25 x the blurry latent decoded by the VAE
-    (recomputed here with diffusers directly); recon "fast" is the unCLIP image alone."""
-    from rtrecon.decoders.unclip import UnclipDecoder
+def test_official_mode_blends_a_quarter_of_the_blurry_image(tmp_path):
+    """[reconstruction] mode "official": 0.75 x the unCLIP image + 0.25 x the blurry latent decoded by
+    the VAE (recomputed here with diffusers directly); mode "fast" is the unCLIP image alone."""
+    from rtrecon.reconstruction.unclip import UnclipReconstructor
 
     torch.manual_seed(0)
     config = MindEye2Config.tiny((30, N_VOX), blurry=True).replace(clip_tokens=64, clip_dim=64)
@@ -195,13 +196,13 @@ def test_official_recon_blends_a_quarter_of_the_blurry_image(tmp_path):
     from rtrecon.models.blurry import load_blurry_vae
 
     images = {}
-    for recon in ("fast", "official"):
+    for mode in ("fast", "official"):
         sent: list[TrialResultMessage] = []
         stage = DecodingStage(model, _gallery_of(model, betas), ["a", "b"], sent.append, "s", subject=1,
-                              unclip=UnclipDecoder.tiny(), steps=1, recon=recon,
-                              blurry_vae=load_blurry_vae(tmp_path / "blurry_vae") if recon == "official" else None)
+                              unclip=UnclipReconstructor.tiny(), steps=1, reconstruction_mode=mode,
+                              blurry_vae=load_blurry_vae(tmp_path / "blurry_vae") if mode == "official" else None)
         stage(TrialBeta(1, 4, "a", betas[0], betas[0], 1))
-        images[recon] = sent[0].image.astype(np.float64) / 255
+        images[mode] = sent[0].image.astype(np.float64) / 255
     with torch.no_grad():
         latent = model.encode(torch.from_numpy(betas[:1]), 1).blurry_latent
         blurry = (vae.decode(latent / 0.18215).sample / 2 + 0.5).clamp(0, 1)
@@ -210,8 +211,8 @@ def test_official_recon_blends_a_quarter_of_the_blurry_image(tmp_path):
     expected = 0.75 * images["fast"] + 0.25 * blurry[0].permute(1, 2, 0).numpy()
     assert np.abs(images["official"] - expected).max() <= 1.5 / 255  # two roundings to 8 bits
     assert np.abs(images["official"] - images["fast"]).max() > 10 / 255  # the control: the blend shows
-    with pytest.raises(ConfigError, match="recon 'official' needs a model with the blurry branch"):
-        DecodingStage(_model(), np.ones((1, 64)), ["a"], lambda m: None, "s", recon="official", blurry_vae=vae)
+    with pytest.raises(ConfigError, match="reconstruction mode 'official' needs a model with the blurry branch"):
+        DecodingStage(_model(), np.ones((1, 64)), ["a"], lambda m: None, "s", reconstruction_mode="official", blurry_vae=vae)
 
 
 def test_official_blurry_autoencoder_file_loads_strictly(tmp_path):
@@ -319,3 +320,75 @@ def test_a_linear_head_config_is_refused_with_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"none.npz: no such linear head file \(\[decoder\] linear_head\)"):
         DecodingStage.from_config(load_config(tmp_path / "c.toml"), lambda m: None)
     assert not load_config(tmp_path / "c.toml").decoder.head == "mindeye" and load_config(tmp_path / "c.toml").decoder.decodes
+    (tmp_path / "d.toml").write_text('[decoder]\nhead = "linear"\nlinear_head = "h.npz"\ngallery = "g.npz"\n'
+                                     '[reconstruction]\nunclip = "unclip"\n')
+    with pytest.raises(ConfigError, match=r'\[reconstruction\] unclip: \[decoder\] head "linear" retrieves only'):
+        DecodingStage.from_config(load_config(tmp_path / "d.toml"), lambda m: None)
+
+
+def _pairmate_case(n: int = 240, noise: float = 1.0):
+    """A tiny MindEye2, a gallery of what it predicts for ``n`` clean betas, and noisy betas of them:
+    image 2k's pairmate is 2k+1 and back (RT-MindEye's pairs of similar images)."""
+    model, betas = _model(), _betas(n, seed=3)
+    noisy = betas + noise * np.random.default_rng(4).normal(size=betas.shape).astype(np.float32)
+    ids = [f"nsd:{i}" for i in range(n)]
+    pairmate = [ids[i + 1 if i % 2 == 0 else i - 1] for i in range(n)]
+    return model, _gallery_of(model, betas), ids, pairmate, noisy
+
+
+def test_cpd_of_each_decoded_trial_is_the_pairmate_distinctiveness_and_a_shuffled_control_is_at_chance():
+    from scipy.stats import binomtest
+
+    from rtrecon.runtime.retrieval import pairmate_distinctiveness
+    from stimulus.pairmates import distinctiveness
+
+    model, gallery, ids, pairmate, noisy = _pairmate_case()
+    sent: list[TrialResultMessage] = []
+    stage = DecodingStage(model, gallery, ids, sent.append, "s", subject=1)
+    for k in range(len(ids)):
+        stage(TrialBeta(1, k, ids[k], noisy[k], noisy[k], 1, pairmate=pairmate[k]))
+    cpd = np.array([m.cpd for m in sent])
+    assert [m.pairmate for m in sent] == pairmate
+    row = {i: k for k, i in enumerate(ids)}
+    for m in sent[:8]:  # the library's torch formula, and the stimulus PC's numpy one, on the raw gallery rows
+        c, f = gallery[row[m.stimulus]][None], gallery[row[m.pairmate]][None]
+        assert m.cpd == pytest.approx(float(pairmate_distinctiveness(m.embedding, c, f)[0]), abs=1e-5)
+        assert m.cpd == pytest.approx(distinctiveness(m.embedding, c, f), abs=1e-4)
+    assert decode(encode(sent[0])).cpd == sent[0].cpd  # it travels as is
+    # two-way: decoded closer to the seen image than to its pairmate, i.e. CPD > 0
+    correct = int((cpd > 0).sum())
+    assert binomtest(correct, len(cpd), 0.5, alternative="greater").pvalue < 1e-3 and cpd.mean() > 0.1
+    # control: the same decodings scored against another trial's pair (labels shuffled)
+    perm = np.random.default_rng(5).permutation(len(ids))
+    shuffled = np.array([stage.cpd(TrialBeta(1, k, ids[p], noisy[k], noisy[k], 1, pairmate=pairmate[p]),
+                                   torch.from_numpy(sent[k].embedding)[None]) for k, p in enumerate(perm)])
+    assert binomtest(int((shuffled > 0).sum()), len(shuffled), 0.5).pvalue > 0.01
+    assert abs(shuffled.mean()) < 3 * shuffled.std() / np.sqrt(len(shuffled))
+    print(f"CPD {cpd.mean():.3f}, two-way {correct / len(cpd):.3f}; shuffled CPD {shuffled.mean():.3f}, "
+          f"two-way {(shuffled > 0).mean():.3f}")
+
+
+def test_no_cpd_without_a_pairmate_or_for_ids_the_gallery_lacks(caplog):
+    model, gallery, ids, pairmate, noisy = _pairmate_case(n=4)
+    stage = DecodingStage(model, gallery, ids, lambda m: None, "s", subject=1)
+    assert stage.decode(TrialBeta(1, 0, ids[0], noisy[0], noisy[0], 1)).cpd is None
+    assert stage.decode(TrialBeta(1, 1, ids[1], noisy[1], noisy[1], 1, pairmate="nsd:999")).cpd is None
+    assert "trial 1 of run 1: no CPD (image 'nsd:1', pairmate 'nsd:999': not both in the gallery)" in caplog.text
+
+
+def test_a_trial_list_whose_pairmate_the_gallery_lacks_is_refused_at_start_with_one_line(tmp_path):
+    model, gallery, ids, pairmate, _ = _pairmate_case(n=6)
+    save_checkpoint(model, tmp_path / "ck.pth")
+    np.savez(tmp_path / "gallery.npz", embeddings=gallery, ids=np.array(ids))
+    good = "stim_file\tstim_id\tpairmate\n" + "".join(f"a.png\t{ids[k]}\t{pairmate[k]}\n" for k in range(6))
+    (tmp_path / "run-01.tsv").write_text(good)
+    (tmp_path / "run-02.tsv").write_text(good.replace("\tnsd:3\n", "\tnsd:77\n").replace("\tnsd:4\n", "\tnsd:4x\n"))
+    (tmp_path / "session.toml").write_text('[decoder]\ncheckpoint = "ck.pth"\ngallery = "gallery.npz"\nsubject = 1\n'
+                                           '[stimulus]\ntrial_lists = ["run-01.tsv", "run-02.tsv"]\n')
+    with pytest.raises(ConfigError) as refused:
+        DecodingStage.from_config(load_config(tmp_path / "session.toml"), lambda m: None)
+    message = str(refused.value)
+    assert "\n" not in message and "run-02.tsv, line 4: pairmate 'nsd:77' is not in the gallery" in message
+    assert "(and 1 more)" in message and "[decoder] gallery" in message
+    (tmp_path / "run-02.tsv").write_text(good)
+    assert DecodingStage.from_config(load_config(tmp_path / "session.toml"), lambda m: None).n_voxels == N_VOX

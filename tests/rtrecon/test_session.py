@@ -62,6 +62,7 @@ zscore_stats = "zscore.npz"
 [decoder]
 checkpoint = "ckpt/model.safetensors"
 gallery = "gallery.npz"
+[reconstruction]
 unclip = "unclip"
 [stimulus]
 trial_lists = ["trials/run-01.tsv"]
@@ -134,7 +135,7 @@ def test_bad_config_reports_every_problem_with_key_and_path(session_dir: Path, c
         "engine.reference": (root / "ref" / "nothing.nii.gz", "does not exist"),
         "decoder.checkpoint": (root / "ckpt" / "model.pth", "neither a safetensors file nor a torch.save"),
         "decoder.gallery": (root / "gallery.csv", "unknown gallery format '.csv'"),
-        "decoder.unclip": (root / "unclip", "missing vae"),
+        "reconstruction.unclip": (root / "unclip", "missing vae"),
         "stimulus.trial_lists[1]": (root / "trials" / "run-02.tsv", "line 3: stim_file images/missing.png does not exist"),
     }
     for key, (where, reason) in expected.items():

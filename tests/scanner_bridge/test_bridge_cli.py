@@ -16,6 +16,7 @@ import pytest
 from pynetdicom import AE
 
 from rtrecon.cli import main
+from rtrecon.testing import scaled
 from scanner_bridge.commands.bridge import VolumeStore
 
 EP2D = "siemens_mosaic_ep2d_vd13"
@@ -47,7 +48,7 @@ def test_replay_to_listen(tmp_path: Path, ref: Path, capsys: pytest.CaptureFixtu
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     listener, listen_code = _in_thread(["bridge", "listen", endpoint, "--out", str(tmp_path / "out"), "--json", "--runs", "1"])
     code = main(["bridge", "replay", str(ref), "--to", endpoint, "--fast", "--run", "2", "--spool", str(tmp_path / "spool")])
-    listener.join(timeout=60)
+    listener.join(timeout=scaled(60))
     assert (code, listen_code) == (0, [0])
 
     records = _json_lines(capsys.readouterr().out)
@@ -73,12 +74,12 @@ def test_watch_and_listen_from_a_session_config(tmp_path: Path, dicom_dir: Path,
     config = tmp_path / "session.toml"
     config.write_text(
         '[session]\nsubject = "07"\n'
-        f'[network]\nvolumes = "tcp://127.0.0.1:{_free_port()}"\nheartbeat_s = 0.2\n'
+        f'[network]\nvolumes = "tcp://127.0.0.1:{_free_port()}"\nheartbeat_s = {scaled(0.2)}\n'
         '[bridge]\nwatch_dir = "export"\nspool_dir = "spool"\nwatch_mode = "poll"\n'
     )
     listener, listen_code = _in_thread(["bridge", "listen", "--config", str(config), "--out", str(tmp_path / "out"), "--runs", "1"])
-    code = main(["bridge", "watch", "--config", str(config), "--exit-after-idle", "0.3"])
-    listener.join(timeout=60)
+    code = main(["bridge", "watch", "--config", str(config), "--exit-after-idle", str(scaled(0.3))])
+    listener.join(timeout=scaled(60))
     assert (code, listen_code) == (0, [0])
 
     out = capsys.readouterr().out
@@ -94,18 +95,18 @@ def test_receive_as_a_dicom_node(tmp_path: Path, dicom_dir: Path, ref: Path, cap
     listener, listen_code = _in_thread(["bridge", "listen", endpoint, "--json", "--runs", "1"])
     node, node_code = _in_thread(["bridge", "receive", "--ae-title", "RTNODE", "--host", "127.0.0.1", "--port", str(dicom_port),
                                   "--allowed-caller", "CONSOLE", "--to", endpoint, "--spool", str(tmp_path / "spool"),
-                                  "--exit-after-idle", "2.0"])
+                                  "--exit-after-idle", str(scaled(2.0))])
     datasets = [pydicom.dcmread(p) for p in sorted((dicom_dir / EP2D / "dicom").iterdir())]
     ae = AE(ae_title="CONSOLE")
     ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     while not (assoc := ae.associate("127.0.0.1", dicom_port, ae_title="RTNODE")).is_established:
         assert time.monotonic() < deadline, "the DICOM node never came up"
         time.sleep(0.1)
     assert [assoc.send_c_store(ds).Status for ds in datasets] == [0] * 6
     assoc.release()
-    node.join(timeout=60)
-    listener.join(timeout=60)
+    node.join(timeout=scaled(60))
+    listener.join(timeout=scaled(60))
     assert (node_code, listen_code) == ([0], [0])
     records = _json_lines(capsys.readouterr().out)
     assert [r["index"] for r in records if r.get("kind") == "volume"] == list(range(6))
@@ -118,7 +119,7 @@ def test_encrypted_link_with_curve_keys(tmp_path: Path, ref: Path, capsys) -> No
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     listener, listen_code = _in_thread(["bridge", "listen", endpoint, "--keys", str(keys), "--json", "--runs", "1"])
     code = main(["bridge", "replay", str(ref), "--to", endpoint, "--fast", "--keys", str(keys), "--spool", str(tmp_path / "spool")])
-    listener.join(timeout=60)
+    listener.join(timeout=scaled(60))
     assert (code, listen_code) == (0, [0])
     out = capsys.readouterr().out
     assert "CURVE" in out
@@ -166,14 +167,14 @@ def test_listen_out_refuses_what_crashed_it_and_restarts(tmp_path: Path, capsys)
     out = tmp_path / "out"
     refused: dict = {}
     for attempt in range(2):  # the second listener restarts on the same folder
-        listener, code = _in_thread(["bridge", "listen", endpoint, "--out", str(out), "--json", "--exit-after-idle", "1.5"])
-        with ReliableSender(endpoint, session, tmp_path / "spool", heartbeat_s=0.2) as tx:
+        listener, code = _in_thread(["bridge", "listen", endpoint, "--out", str(out), "--json", "--exit-after-idle", str(scaled(1.5))])
+        with ReliableSender(endpoint, session, tmp_path / "spool", heartbeat_s=scaled(0.2)) as tx:
             if attempt == 0:
                 for item in items:
                     tx.send(item)
-            assert tx.wait_acked(30)
+            assert tx.wait_acked(scaled(30))
             refused.update(tx.refused)
-        listener.join(timeout=60)
+        listener.join(timeout=scaled(60))
         assert code == [0]
     assert set(refused) == {(1, 1), (1, 2), (2, 300_000), (3, 5_000), (4, 1)}
     assert "volume.affine" in refused[(1, 1)] and "(5, 4, 3)" in refused[(1, 2)]
@@ -200,7 +201,7 @@ def test_dicom_node_listens_where_the_config_says_and_refuses_other_callers(tmp_
     config.write_text(f'[network]\nvolumes = "{endpoint}"\n[bridge]\ndicom_port = {dicom_port}\n'
                       f'dicom_ae_title = "RTNODE"\ndicom_allowed_callers = ["CONSOLE"]\nspool_dir = "spool"\n')
     listener, listen_code = _in_thread(["bridge", "listen", "--config", str(config), "--json", "--runs", "1"])
-    node, node_code = _in_thread(["bridge", "receive", "--config", str(config), "--exit-after-idle", "2.0"])
+    node, node_code = _in_thread(["bridge", "receive", "--config", str(config), "--exit-after-idle", str(scaled(2.0))])
     datasets = [pydicom.dcmread(p) for p in sorted((dicom_dir / EP2D / "dicom").iterdir())][:2]
 
     def associate(calling: str):
@@ -208,7 +209,7 @@ def test_dicom_node_listens_where_the_config_says_and_refuses_other_callers(tmp_
         ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
         return ae.associate("127.0.0.1", dicom_port, ae_title="RTNODE")
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     while not (assoc := associate("CONSOLE")).is_established:
         assert time.monotonic() < deadline, "the DICOM node never came up"
         time.sleep(0.1)
@@ -216,8 +217,8 @@ def test_dicom_node_listens_where_the_config_says_and_refuses_other_callers(tmp_
     assert not intruder.is_established and intruder.is_rejected
     assert [assoc.send_c_store(ds).Status for ds in datasets] == [0, 0]
     assoc.release()
-    node.join(timeout=60)
-    listener.join(timeout=60)
+    node.join(timeout=scaled(60))
+    listener.join(timeout=scaled(60))
     assert (node_code, listen_code) == ([0], [0])
     out = capsys.readouterr().out
     assert f"listening on 127.0.0.1:{dicom_port} for CONSOLE" in out

@@ -13,6 +13,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from rtrecon.testing import scaled
 from scanner_bridge.assembly import FileRejected, RunStarted, VolumeReady
 from scanner_bridge.dicom_node import DicomNode
 
@@ -52,7 +53,7 @@ def test_a_series_sent_by_c_store_becomes_the_reference_volumes(series: str, dic
     events, thread = _consume(node)
     statuses = _send(node.port, files)
     node.close()
-    thread.join(timeout=30)
+    thread.join(timeout=scaled(30))
 
     assert statuses == [0x0000] * len(files)
     assert node.received == len(files)
@@ -80,7 +81,7 @@ def test_resent_images_are_ignored_and_non_images_rejected(dicom_dir: Path, tmp_
     with caplog.at_level(logging.WARNING, logger="scanner_bridge.dicom_node"):
         assert _send(node.port, [broken]) == [0]
         node.close()
-        thread.join(timeout=30)
+        thread.join(timeout=scaled(30))
     assert [e.volume.index for e in events if isinstance(e, VolumeReady)] == [0, 1]
     (rejected,) = [e for e in events if isinstance(e, FileRejected)]
     assert "SCANNER" in rejected.origin and ds.SOPInstanceUID in rejected.origin
@@ -95,7 +96,7 @@ def test_only_the_configured_ae_titles_may_store(dicom_dir: Path) -> None:
     refused_called = _send(node.port, files, calling="CONSOLE", called="OTHERNODE")
     accepted = _send(node.port, files, calling="CONSOLE")
     node.close()
-    thread.join(timeout=30)
+    thread.join(timeout=scaled(30))
     assert (refused_caller, refused_called, accepted) == ([], [], [0])
     assert [e.volume.index for e in events if isinstance(e, VolumeReady)] == [0]
 
@@ -109,14 +110,14 @@ def test_a_stored_object_is_on_disk_before_the_ack_and_read_again_after_a_restar
     stored_at_ack = sorted(p.name for p in store.glob("*.dcm"))
     # The bridge dies before its consumer saw anything more: a fresh node on the same store.
     node.close()
-    thread.join(timeout=30)
+    thread.join(timeout=scaled(30))
     assert statuses == [0x0000] * 3
     assert len(stored_at_ack) == 3
     # A store cut short by the crash (never acknowledged) is dropped on restart; the scanner resends it.
     torn = store / f".{stored_at_ack[0]}.4242.tmp"
     torn.write_bytes((store / stored_at_ack[0]).read_bytes()[:200])
 
-    restarted = DicomNode("RTRECON", "127.0.0.1", 0, store_dir=store, idle_exit_s=0.5)
+    restarted = DicomNode("RTRECON", "127.0.0.1", 0, store_dir=store, idle_exit_s=scaled(0.5))
     again = [e for e in restarted if isinstance(e, VolumeReady)]
     assert [e.volume.index for e in again] == [0, 1, 2] and not torn.exists()
     ref = np.asanyarray(nib.load(next((dicom_dir / EP2D / "ref").glob("*.nii"))).dataobj)

@@ -20,6 +20,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from rtrecon.contract import children
+from rtrecon.testing import scaled
 from scanner_bridge.simulator import Faults, ScannerSimulator, series_volumes
 
 EP2D = "siemens_mosaic_ep2d_vd13"
@@ -40,7 +42,7 @@ class _Process:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.log = log
         self._stderr = open(log, "ab")
-        self.proc = subprocess.Popen(
+        self.proc = children.start(
             [sys.executable, "-m", "rtrecon.cli", *args], cwd=REPO, env=env,
             stdout=subprocess.PIPE, stderr=self._stderr, text=True,
         )
@@ -59,7 +61,7 @@ class _Process:
         return [json.loads(line) for line in self.lines if line.startswith("{")]
 
     def wait_for(self, predicate: Callable[[list[dict]], bool], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while not predicate(self.records()):
             if self.proc.poll() is not None and self._new.empty():
                 raise AssertionError(f"process ended ({self.proc.returncode}):\n" + self.log.read_text())
@@ -69,8 +71,8 @@ class _Process:
                 raise AssertionError("timed out; output so far:\n" + "\n".join(self.lines)) from None
 
     def finish(self, timeout: float = 60.0) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(timeout)
+        code = self.proc.wait(scaled(timeout))
+        self._reader.join(scaled(timeout))
         self._stderr.close()
         return code
 

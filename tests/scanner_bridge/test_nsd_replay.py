@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rtrecon.contract.wire import EventMessage, decode, encode
+from rtrecon.testing import scaled
 from scanner_bridge.assembly import RunStarted, VolumeReady
 from scanner_bridge.nsd_replay import NsdReplaySource
 from scanner_bridge.replay import ReplayError
@@ -96,7 +97,7 @@ def test_the_replay_nsd_command_streams_the_run_to_a_listener(tmp_path: Path, ca
     listener.start()
     status = main(["bridge", "replay-nsd", "--root", str(tmp_path / "nsd"), "--subject", "2", "--session", "3",
                    "--run", "4", "--fast", "--to", endpoint, "--spool", str(tmp_path / "spool")])
-    listener.join(timeout=60)
+    listener.join(timeout=scaled(60))
     assert (status, code) == (0, [0])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["index"] for r in records if r.get("kind") == "volume"] == list(range(29))

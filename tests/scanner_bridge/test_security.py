@@ -14,6 +14,7 @@ import zmq
 
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender
 from rtrecon.contract.wire import RunEndMessage, VolumeMessage
+from rtrecon.testing import scaled
 from scanner_bridge.commands.bridge import VolumeStore
 from scanner_bridge.sender import BridgeSender
 from scanner_bridge.watcher import FolderWatcher
@@ -119,7 +120,7 @@ def test_no_patient_or_institution_data_is_sent_spooled_or_stored(tmp_path: Path
     done = threading.Event()
 
     def receive() -> None:
-        with ReliableReceiver(back, SESSION, store.persisted(), heartbeat_s=0.2) as rx:
+        with ReliableReceiver(back, SESSION, store.persisted(), heartbeat_s=scaled(0.2)) as rx:
             while not done.is_set():
                 message = rx.recv(timeout_s=0.05)
                 if message is not None:
@@ -132,8 +133,8 @@ def test_no_patient_or_institution_data_is_sent_spooled_or_stored(tmp_path: Path
     receiver.start()
     tap = _Tap(front, back)
     try:
-        with ReliableSender(front, SESSION, spool, heartbeat_s=0.2) as link:
-            report = BridgeSender(link, drain_timeout_s=20).run(FolderWatcher(export, idle_exit_s=0.3))
+        with ReliableSender(front, SESSION, spool, heartbeat_s=scaled(0.2)) as link:
+            report = BridgeSender(link, drain_timeout_s=scaled(20)).run(FolderWatcher(export, idle_exit_s=scaled(0.3)))
     finally:
         done.set()
         receiver.join()

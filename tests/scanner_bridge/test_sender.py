@@ -13,6 +13,7 @@ import pytest
 
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender
 from rtrecon.contract.wire import Message, RunEndMessage, VolumeMessage, VolumeMissingMessage, encode
+from rtrecon.testing import scaled
 from scanner_bridge.assembly import FileRejected, RunStarted, VolumeMissing, VolumeReady
 from scanner_bridge.replay import NiftiReplaySource
 from scanner_bridge.sender import BridgeSender, volume_message, written_time
@@ -31,11 +32,12 @@ def _endpoint() -> str:
 class _Receiver:
     """A ReliableReceiver in its own thread that keeps what it gets until ``runs`` runs ended."""
 
-    def __init__(self, endpoint: str, runs: int = 1) -> None:
+    def __init__(self, endpoint: str, runs: int = 1, delay_s: float = 0.0) -> None:
         self.messages: list[Message] = []
+        self._delay_s = delay_s  # before each acknowledgement: an engine slower than the source
         self._stop = threading.Event()
         self._runs = runs
-        self._rx = ReliableReceiver(endpoint.replace("127.0.0.1", "*"), SESSION, heartbeat_s=0.2)
+        self._rx = ReliableReceiver(endpoint.replace("127.0.0.1", "*"), SESSION, heartbeat_s=scaled(0.2))
         self._thread = threading.Thread(target=self._loop)
         self._thread.start()
 
@@ -45,6 +47,7 @@ class _Receiver:
                 message = rx.recv(timeout_s=0.05)
                 if message is not None:
                     self.messages.append(message)
+                    self._stop.wait(self._delay_s)
                     rx.ack(message)
             rx.recv(timeout_s=0.2)  # let the last acks leave
 
@@ -97,8 +100,8 @@ def test_replayed_run_arrives_whole_in_order_and_acknowledged(tmp_path: Path, di
     ref = dicom_dir / "siemens_mosaic_ep2d_vd13" / "ref" / "2_ep2d_Asc.nii"
     endpoint = _endpoint()
     receiver = _Receiver(endpoint)
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
-        report = BridgeSender(link, drain_timeout_s=20).run(NiftiReplaySource(ref, fast=True))
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
+        report = BridgeSender(link, drain_timeout_s=scaled(20)).run(NiftiReplaySource(ref, fast=True))
     messages = receiver.stop()
 
     assert report.volumes == 6 and report.run_ends == 1 and report.all_acknowledged
@@ -126,14 +129,14 @@ def test_missing_and_rejected_and_a_restart_that_duplicates_nothing(tmp_path: Pa
     receiver = _Receiver(endpoint)
     source = _Scripted(events)
     seen: list[tuple[SourceEvent, Message | None]] = []
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
         report = BridgeSender(link, on_event=lambda e, m: seen.append((e, m))).run(source)
     assert source.closed and len(seen) == len(events)
     assert (report.volumes, report.missing, report.rejected, report.run_ends) == (3, 1, 1, 2)
     assert report.runs == {1: 3, 2: 1} and report.all_acknowledged
 
     # A restarted bridge reads the same export again: everything is already spooled and acked.
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
         again = BridgeSender(link).run(_Scripted(events))
     messages = receiver.stop()
     assert (again.volumes, again.already_spooled, again.run_ends) == (0, 6, 0) and again.all_acknowledged
@@ -153,7 +156,7 @@ def test_a_failing_source_is_reported_in_the_callers_thread(tmp_path: Path) -> N
             yield RunStarted(1, "s", "bold")
             raise OSError("export share went away")
 
-    with ReliableSender(_endpoint(), SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+    with ReliableSender(_endpoint(), SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
         with pytest.raises(OSError, match="export share went away"):
             BridgeSender(link).run(Broken([]))
 
@@ -169,7 +172,7 @@ def test_impossible_volumes_go_out_as_missing_with_the_reason(tmp_path: Path) ->
     ]
     endpoint = _endpoint()
     receiver = _Receiver(endpoint)
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
         report = BridgeSender(link).run(_Scripted(events))
     messages = receiver.stop()
     assert (report.volumes, report.missing) == (1, 2) and report.all_acknowledged
@@ -188,8 +191,8 @@ def test_the_bridge_warns_when_nothing_acknowledges_within_a_few_trs(tmp_path: P
     events: list[SourceEvent] = [VolumeReady(1, dataclasses.replace(_volume(i), tr=0.1)) for i in range(3)]
     endpoint = _endpoint()
     receiver = _Receiver(endpoint) if listening else None  # control: a receiver acknowledges in time
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
-        report = BridgeSender(link, drain_timeout_s=3.0 if listening else 2.0, ack_warn_trs=10).run(_Scripted(events))
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=scaled(0.2)) as link:
+        report = BridgeSender(link, drain_timeout_s=scaled(3.0) if listening else 2.0, ack_warn_trs=10).run(_Scripted(events))
     if receiver is not None:
         receiver.stop()
     warnings = [r.getMessage() for r in caplog.records if "nothing acknowledged" in r.getMessage()]
@@ -197,3 +200,15 @@ def test_the_bridge_warns_when_nothing_acknowledges_within_a_few_trs(tmp_path: P
     assert (report.ack_warnings, len(warnings)) == ((0, 0) if listening else (1, 1))
     if not listening:
         assert endpoint in warnings[0] and "4 item(s) waiting" in warnings[0]
+
+
+def test_the_bridge_waits_for_a_slow_receiver_as_long_as_it_acknowledges(tmp_path: Path) -> None:
+    # A replay faster than the engine: the last acknowledgement comes long after the drain timeout
+    # would have passed, but none is more than the timeout after the one before it.
+    events: list[SourceEvent] = [VolumeReady(1, _volume(i)) for i in range(8)]
+    endpoint = _endpoint()
+    receiver = _Receiver(endpoint, delay_s=0.4)
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=0.2) as link:
+        report = BridgeSender(link, drain_timeout_s=1.5).run(_Scripted(events))
+    messages = receiver.stop()
+    assert report.all_acknowledged and [m.index for m in messages if isinstance(m, VolumeMessage)] == list(range(8))

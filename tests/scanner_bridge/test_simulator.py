@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from rtrecon.testing import scaled
 from scanner_bridge.simulator import CORRUPT_BYTES, Faults, ScannerSimulator, WrittenFile, series_volumes
 
 
@@ -81,7 +82,7 @@ def test_paces_volumes_by_tr_and_stops(tmp_path: Path, ep2d: list[list[Path]]) -
     sim = ScannerSimulator(ep2d, tmp_path / "export", tr=0.3,
                            on_written=lambda w: two_written.set() if w.volume == 1 else None)
     sim.start()
-    assert two_written.wait(timeout=30)
+    assert two_written.wait(timeout=scaled(30))
     sim.stop()
     written = sim.join()
     # Volume i starts i TRs after volume 0 (sleeping never ends early; the slack is volume 0's own

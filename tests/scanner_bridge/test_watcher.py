@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from rtrecon.testing import scaled
 from scanner_bridge.assembly import FileRejected, RunStarted, VolumeMissing, VolumeReady
 from scanner_bridge.simulator import Faults, ScannerSimulator, series_volumes
 from scanner_bridge import watcher as watcher_module
@@ -50,9 +51,9 @@ def _collect(watcher: FolderWatcher, sim: ScannerSimulator, until: Callable[[lis
     done, closing = threading.Event(), threading.Event()
 
     def scanner() -> None:
-        if watcher.ready.wait(10):
+        if watcher.ready.wait(scaled(10)):
             sim.run()
-        done.wait(10)
+        done.wait(scaled(10))
         closing.set()
         watcher.close()
 
@@ -86,7 +87,7 @@ def test_a_faulty_export_gives_exactly_the_right_volumes_in_order(
     faults = Faults(partial={1}, duplicate={2}, swap={3}, corrupt_after=0, foreign_after=2, partial_pause_s=0.15)
     # Each volume in its own subfolder, as an XA interoperability export: the watch is recursive.
     sim = ScannerSimulator(ep2d, export, tr=3.2, speed=32, faults=faults, foreign=cmrr[0], subfolders=True)
-    watcher = FolderWatcher(export, mode=mode, missing_timeout_s=5.0, retry_delay_s=0.02)
+    watcher = FolderWatcher(export, mode=mode, missing_timeout_s=scaled(5.0), retry_delay_s=0.02)
     assert watcher.mode == mode
     with caplog.at_level(logging.WARNING):
         events = _collect(watcher, sim, lambda ev: _count(ev, VolumeReady) == 7 and _count(ev, FileRejected) == 1)
@@ -116,7 +117,7 @@ def test_an_interoperability_export_one_subfolder_per_volume(tmp_path: Path, dic
     export = tmp_path / "export"
     export.mkdir()
     sim = ScannerSimulator(volumes, export, tr=1.0, speed=20, subfolders=True)
-    watcher = FolderWatcher(export, missing_timeout_s=5.0)
+    watcher = FolderWatcher(export, missing_timeout_s=scaled(5.0))
     events = _collect(watcher, sim, lambda ev: _count(ev, VolumeReady) == len(volumes))
     assert _count(events, RunStarted) == 1  # one run, although every volume has its own series
     ready = _ready(events, 1)
@@ -129,7 +130,7 @@ def test_a_volume_that_never_comes_is_reported_and_the_stream_goes_on(tmp_path: 
     export = tmp_path / "export"
     export.mkdir()
     sim = ScannerSimulator(ep2d, export, tr=3.2, speed=64, faults=Faults(missing={2}))
-    watcher = FolderWatcher(export, missing_timeout_s=0.3)
+    watcher = FolderWatcher(export, missing_timeout_s=scaled(0.3))
     events = _collect(watcher, sim, lambda ev: _count(ev, VolumeReady) == 5)
 
     stream = [(type(e).__name__, getattr(e, "index", None) if not isinstance(e, VolumeReady) else e.volume.index)
@@ -147,7 +148,7 @@ def test_a_file_that_never_completes_is_rejected_after_bounded_retries(
     export.mkdir()
     data = ep2d[0][0].read_bytes()
     (export / "truncated.dcm").write_bytes(data[: len(data) // 2])
-    watcher = FolderWatcher(export, max_retries=3, retry_delay_s=0.02, idle_exit_s=0.2)
+    watcher = FolderWatcher(export, max_retries=3, retry_delay_s=0.02, idle_exit_s=scaled(0.2))
     with caplog.at_level(logging.WARNING, logger="scanner_bridge.watcher"):
         events = list(watcher)
     (rejected,) = events
@@ -199,7 +200,7 @@ def test_files_written_before_close_are_still_taken(tmp_path: Path, ep2d) -> Non
     events: list = []
     thread = threading.Thread(target=lambda: events.extend(watcher))
     thread.start()
-    assert watcher.ready.wait(10)
+    assert watcher.ready.wait(scaled(10))
     for files in ep2d[:2]:
         shutil.copy(files[0], export / files[0].name)
     watcher.close()
@@ -214,7 +215,7 @@ def test_files_renamed_or_moved_in_are_taken_while_watching(tmp_path: Path, ep2d
     export.mkdir()
     (staging / "vol2").mkdir(parents=True)
     shutil.copy(ep2d[1][0], staging / "vol2" / ep2d[1][0].name)
-    watcher = FolderWatcher(export, mode="inotify", missing_timeout_s=30)
+    watcher = FolderWatcher(export, mode="inotify", missing_timeout_s=scaled(30))
     events: list = []
     arrived = threading.Event()
 
@@ -226,12 +227,12 @@ def test_files_renamed_or_moved_in_are_taken_while_watching(tmp_path: Path, ep2d
 
     thread = threading.Thread(target=watch)
     thread.start()
-    assert watcher.ready.wait(10)
+    assert watcher.ready.wait(scaled(10))
     shutil.copy(ep2d[0][0], export / f".{ep2d[0][0].name}.tmp")
     (export / f".{ep2d[0][0].name}.tmp").rename(export / ep2d[0][0].name)
     (staging / "vol2").rename(export / "vol2")
     shutil.copy(ep2d[2][0], export / ep2d[2][0].name)
-    got_them = arrived.wait(10)
+    got_them = arrived.wait(scaled(10))
     watcher.close()
     thread.join()
     assert got_them, events
@@ -268,7 +269,7 @@ def test_without_inotify_events_the_folder_is_rescanned(
     export = tmp_path / "export"
     export.mkdir()
     sim = ScannerSimulator(ep2d[:3], export, tr=3.2, speed=32, subfolders=True)
-    watcher = FolderWatcher(export, mode="inotify", missing_timeout_s=5.0)
+    watcher = FolderWatcher(export, mode="inotify", missing_timeout_s=scaled(5.0))
     with caplog.at_level(logging.WARNING, logger="scanner_bridge.watcher"):
         events = _collect(watcher, sim, lambda ev: _count(ev, VolumeReady) == 3)
     assert [v.index for v in _ready(events, 1)] == [0, 1, 2]

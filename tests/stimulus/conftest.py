@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rtrecon.contract import children
+from rtrecon.testing import scaled
+
 
 @pytest.fixture(scope="session")
 def xvfb() -> Iterator[str]:
@@ -20,7 +23,7 @@ def xvfb() -> Iterator[str]:
     if shutil.which("Xvfb") is None:
         pytest.skip("Xvfb is not installed (apt-get install xvfb xauth libgl1-mesa-dri libglu1-mesa xdotool)")
     read, write = os.pipe()
-    proc = subprocess.Popen(
+    proc = children.start(
         ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
         pass_fds=(write,),
         stdout=subprocess.DEVNULL,
@@ -30,13 +33,12 @@ def xvfb() -> Iterator[str]:
     with os.fdopen(read) as f:
         number = f.readline().strip()
     if not number:
-        proc.kill()
+        children.stop(proc, grace_s=0.0)
         pytest.fail("Xvfb did not start")
     previous = os.environ.get("DISPLAY")
     os.environ["DISPLAY"] = f":{number}"
     yield os.environ["DISPLAY"]
-    proc.terminate()
-    proc.wait(timeout=10)
+    children.stop(proc, grace_s=scaled(10))
     if previous is None:
         os.environ.pop("DISPLAY", None)
     else:

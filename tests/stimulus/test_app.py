@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,9 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rtrecon.contract import children
 from rtrecon.contract.config import NetworkSection, SessionConfig, SessionSection, StimulusSection
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key
 from rtrecon.contract.wire import EventMessage, TrialResultMessage
+from rtrecon.testing import scaled
 from stimulus.app import Frame, StimulusProgram, prepare_run
 from stimulus.participant import VirtualParticipant
 from stimulus.trials import TrialListError
@@ -33,12 +34,13 @@ class Engine(threading.Thread):
         super().__init__(daemon=True)
         self.config, self.spool, self.delays = config, spool, delays
         self.events: list[EventMessage] = []
+        self.shown: list = []  # the stimulus program's ShownMessages
         self.stop = threading.Event()
         self.ready = threading.Event()
 
     def run(self) -> None:
         net = self.config.network
-        with ReliableReceiver(net.events, SESSION, key=trial_key, heartbeat_s=0.2) as rx, ReliableSender(net.results, SESSION, self.spool, key=result_key, heartbeat_s=0.2, name="engine") as tx:
+        with ReliableReceiver(net.events, SESSION, key=trial_key, heartbeat_s=scaled(0.2)) as rx, ReliableSender(net.results, SESSION, self.spool, key=result_key, heartbeat_s=scaled(0.2), name="engine") as tx:
             self.ready.set()
             due: list[tuple[float, int]] = []
             while not self.stop.is_set():
@@ -54,14 +56,15 @@ class Engine(threading.Thread):
                     tx.send(TrialResultMessage(session=SESSION, run=1, trial=item[1], image=image, retrieved=["decoded"], scores=[0.5],
                                                sequence=tx.spooled.get(1, -1) + 1))
                 tx.poll(0.0)
-            tx.wait_acked(1.0)
+                self.shown += tx.notices()
+            tx.wait_acked(scaled(1.0))
 
 
 def session(tmp_path: Path, task: str, stimulus: dict[str, Any] | None = None) -> SessionConfig:
     """A session whose run 1 is ``tmp_path/run.tsv``, with the given ``[stimulus]`` settings."""
     return SessionConfig(
         session=SessionSection(task=task, output_dir=tmp_path / "out"),
-        network=NetworkSection(events=f"ipc://{tmp_path}/ev", results=f"ipc://{tmp_path}/res", heartbeat_s=0.2),
+        network=NetworkSection(events=f"ipc://{tmp_path}/ev", results=f"ipc://{tmp_path}/res", heartbeat_s=scaled(0.2)),
         stimulus=StimulusSection.model_validate({**(stimulus or {}), "trial_lists": [tmp_path / "run.tsv"]}),
     )
 
@@ -89,7 +92,7 @@ def link_for(config: SessionConfig, setup):
     from stimulus.trigger import psychopy_time
 
     folder = setup.paths.link_dir
-    return EngineLink(config.network.events, config.network.results, SESSION, folder / "spool", folder / "results.json", clock=psychopy_time, heartbeat_s=0.2)
+    return EngineLink(config.network.events, config.network.results, SESSION, folder / "spool", folder / "results.json", clock=psychopy_time, heartbeat_s=scaled(0.2))
 
 
 def test_perception_run(win, make_image, tmp_path: Path):
@@ -111,7 +114,7 @@ def test_perception_run(win, make_image, tmp_path: Path):
     # trial 1's result comes 0.75 s after its event (0.35 s into its feedback period); trial 3's never does
     engine = Engine(config, tmp_path / "engine_spool", {1: 0.75})
     engine.start()
-    assert engine.ready.wait(10)
+    assert engine.ready.wait(scaled(10))
     w, h = win.size
     # without the target beside it, the reconstruction is centred, 0.14 h above the middle
     recorder = Recorder({"image": (h // 2 - 20, w // 2 + 20), "recon": (int(h / 2 - 0.14 * h), w // 2 + 10)})
@@ -121,7 +124,7 @@ def test_perception_run(win, make_image, tmp_path: Path):
 
     def scanner() -> None:  # the trigger as a key press into the window, every 0.5 s
         while not stop.wait(0.5):
-            subprocess.run(["xdotool", "key", "--window", str(win.winHandle._window), "5"], check=False, timeout=10)
+            children.run(["xdotool", "key", "--window", str(win.winHandle._window), "5"], check=False, timeout=scaled(10))
 
     pulses = threading.Thread(target=scanner, daemon=True)
     pulses.start()
@@ -133,8 +136,8 @@ def test_perception_run(win, make_image, tmp_path: Path):
         stop.set()
         link.close()
         engine.stop.set()
-        engine.join(10)
-        pulses.join(10)
+        engine.join(scaled(10))
+        pulses.join(scaled(10))
     flips = record.flips
 
     # the right image at the right time: every frame well inside a planned segment shows its image
@@ -169,6 +172,10 @@ def test_perception_run(win, make_image, tmp_path: Path):
     fb = [s for s in plan.segments if s.phase == "feedback"]
     assert fb[0].start < received < shown < fb[0].stop
     assert recorder.first(flips, "recon", RECON) == pytest.approx(shown, abs=1e-3)
+    # and the engine heard when (a ShownMessage back on the results link)
+    assert [(m.trial, m.release, m.sequence) for m in engine.shown] == [(1, 0, 0)]
+    assert engine.shown[0].shown == pytest.approx(shown, abs=1e-6)
+    assert engine.shown[0].received_to_shown_s == pytest.approx(shown - received, abs=1e-6)
     # at most the frame under way when it arrived, and one more while the link thread hands it over
     assert sum(received < t < shown for t in flips) <= 2
     # waiting for it and never getting trial 3's did not hold up frames: the loop kept flipping
@@ -213,7 +220,7 @@ def test_imagery_run(win, make_image, tmp_path: Path):
     setup = prepare_run(config, 1)
     engine = Engine(config, tmp_path / "engine_spool", {0: 0.0})  # a fast engine: the result is there before feedback
     engine.start()
-    assert engine.ready.wait(10)
+    assert engine.ready.wait(scaled(10))
     w, h = win.size
     half = (0.38 * h + 0.03 * h) / 2
     y = int(h / 2 - 0.14 * h)
@@ -224,7 +231,7 @@ def test_imagery_run(win, make_image, tmp_path: Path):
     finally:
         link.close()
         engine.stop.set()
-        engine.join(10)
+        engine.join(scaled(10))
     flips, plan = record.flips, setup.timeline
 
     assert [(m.trial, m.trial_type) for m in engine.events] == [(0, "imagery"), (1, "imagery")]
@@ -258,9 +265,13 @@ class ScriptedLink:
     def __init__(self) -> None:
         self.polls = 0
         self.sent: list[EventMessage] = []
+        self.shown: list = []
 
     def send_event(self, message: EventMessage) -> None:
         self.sent.append(message)
+
+    def send_shown(self, message) -> None:
+        self.shown.append(message)
 
     def poll_results(self):
         self.polls += 1
@@ -528,6 +539,10 @@ def test_a_newer_release_of_a_trial_replaces_the_older_on_screen(win, make_image
     assert in_period[0] == first and in_period[-1] == final and late not in in_period
     assert first not in in_period[in_period.index(final):]
     assert link.due == [] and record.results[0].message.release == 2 and record.results[0].shown is not None
+    # each release's first flip goes back to the engine, with the run time the journal has
+    assert [(m.trial, m.release, m.sequence) for m in link.shown] == [(0, 0, 0), (0, 2, 1)]
+    assert all(period.start < m.shown < period.stop and 0 <= m.received_to_shown_s < 1 for m in link.shown)
+    assert link.shown[-1].shown == pytest.approx(record.run_time(record.results[0].shown))
 
 
 def test_speed_needs_a_virtual_participant(make_image, tmp_path: Path):

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from rtrecon.cli import main
+from rtrecon.contract import children
+from rtrecon.testing import scaled
 
 
 @pytest.fixture
@@ -72,8 +74,8 @@ def test_a_killed_run_resumes_where_the_scanner_is(tmp_path: Path, make_image, x
     journal = folder / "sub-07_ses-01_task-perception_run-01_journal.jsonl"
     cmd = [sys.executable, "-m", "rtrecon.cli", "stimulus", "run", "--config", str(tmp_path / "session.toml"), "--run", "1",
            "--virtual", "--tr", "1", "--speed", "2", "--offline"]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
+    first = children.start(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + scaled(60)
     # segments: fixation, then per trial image, gap, fixation (images: 1, 4, 7, ...)
     while sum(e["t"] == "onset" and e["segment"] >= 4 for e in read_journal(journal)) == 0:  # trial 1 is on screen
         assert first.poll() is None and time.monotonic() < deadline
@@ -83,7 +85,7 @@ def test_a_killed_run_resumes_where_the_scanner_is(tmp_path: Path, make_image, x
     before = read_journal(journal)
     assert not (folder / "sub-07_ses-01_task-perception_run-01_events.tsv").exists()
 
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    again = children.run(cmd, capture_output=True, text=True, timeout=scaled(120))
     assert again.returncode == 0, again.stderr
     assert "resumed at" in again.stdout
     with (folder / "sub-07_ses-01_task-perception_run-01_events.tsv").open() as f:
@@ -229,7 +231,7 @@ def test_run_follows_the_consoles_end_run(files: Path, xvfb: str, capsys):
         status = main(["stimulus", "run", "--config", str(config), "--run", "1", "--virtual", "--tr", "0.3"])
     finally:
         stop.set()
-        thread.join(10)
+        thread.join(scaled(10))
     assert status == 2
     assert "ended by the operator: " in capsys.readouterr().out
     with (folder / "sub-07_ses-01_task-perception_run-01_events.tsv").open() as f:

@@ -11,6 +11,7 @@ import pytest
 
 from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key
 from rtrecon.contract.wire import EventMessage, TrialResultMessage
+from rtrecon.testing import scaled
 from stimulus.link import EngineLink, OfflineLink
 
 SESSION = "sub-01_ses-01"
@@ -22,7 +23,7 @@ def event(trial: int, onset: float) -> EventMessage:
 
 def pump(until: Callable[[], bool], *peers, timeout_s: float = 10.0) -> None:
     """Drive the engine-side peers until ``until()`` holds."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while not until():
         assert time.monotonic() < deadline, "timed out waiting for the link"
         for peer in peers:
@@ -38,8 +39,8 @@ def test_events_out_results_in(tmp_path: Path, endpoints):
     events, results = endpoints
     got: list[EventMessage] = []
     clock_value = [42.0]
-    link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", clock=lambda: clock_value[0], heartbeat_s=0.2)
-    with ReliableReceiver(events, SESSION, key=trial_key, heartbeat_s=0.2) as rx, ReliableSender(results, SESSION, tmp_path / "engine_spool", key=result_key, heartbeat_s=0.2, name="engine") as tx:
+    link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", clock=lambda: clock_value[0], heartbeat_s=scaled(0.2))
+    with ReliableReceiver(events, SESSION, key=trial_key, heartbeat_s=scaled(0.2)) as rx, ReliableSender(results, SESSION, tmp_path / "engine_spool", key=result_key, heartbeat_s=scaled(0.2), name="engine") as tx:
 
         def engine() -> None:
             msg = rx.recv(0.01)
@@ -68,17 +69,17 @@ def test_events_out_results_in(tmp_path: Path, endpoints):
 
 def test_events_wait_for_a_late_engine_and_runs_are_not_sent_twice(tmp_path: Path, endpoints):
     events, results = endpoints
-    link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", heartbeat_s=0.2, close_timeout_s=0.2)
+    link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", heartbeat_s=scaled(0.2), close_timeout_s=0.2)
     link.send_event(event(0, 1.0))  # no engine yet: spooled, never blocks
     assert link.poll_results() == []
     link.close()  # gives up after close_timeout_s; the event stays spooled
 
-    link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", heartbeat_s=0.2)
+    link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", heartbeat_s=scaled(0.2))
     with pytest.raises(ValueError, match="run 1 of sub-01_ses-01 was already sent"):
         link.check_run(1)
     link.check_run(2)
     got: list[EventMessage] = []
-    with ReliableReceiver(events, SESSION, key=trial_key, heartbeat_s=0.2) as rx:
+    with ReliableReceiver(events, SESSION, key=trial_key, heartbeat_s=scaled(0.2)) as rx:
 
         def engine() -> None:
             msg = rx.recv(0.01)
@@ -113,10 +114,10 @@ def test_a_result_is_kept_before_it_is_acknowledged(tmp_path: Path, endpoints):
         kept.append((message.trial, received))
 
     link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", clock=lambda: 7.0,
-                      heartbeat_s=0.2, on_result=keep)
-    with ReliableSender(results, SESSION, tmp_path / "engine_spool", key=result_key, heartbeat_s=0.2, name="engine") as tx:
+                      heartbeat_s=scaled(0.2), on_result=keep)
+    with ReliableSender(results, SESSION, tmp_path / "engine_spool", key=result_key, heartbeat_s=scaled(0.2), name="engine") as tx:
         tx.send(TrialResultMessage(session=SESSION, run=1, trial=0))
-        deadline = time.monotonic() + 1.5
+        deadline = time.monotonic() + scaled(1.5)
         while time.monotonic() < deadline:
             tx.poll(0.01)
         # shown at once, but not kept: not acknowledged, so the engine still holds it
@@ -126,8 +127,8 @@ def test_a_result_is_kept_before_it_is_acknowledged(tmp_path: Path, endpoints):
 
     failing[0] = False  # the program restarted: the engine's sender resends what was never acknowledged
     link = EngineLink(events, results, SESSION, tmp_path / "spool", tmp_path / "state.json", clock=lambda: 8.0,
-                      heartbeat_s=0.2, on_result=keep)
-    with ReliableSender(results, SESSION, tmp_path / "engine_spool", key=result_key, heartbeat_s=0.2, name="engine") as tx:
+                      heartbeat_s=scaled(0.2), on_result=keep)
+    with ReliableSender(results, SESSION, tmp_path / "engine_spool", key=result_key, heartbeat_s=scaled(0.2), name="engine") as tx:
         received: list = []
         pump(lambda: bool(received.extend(link.poll_results()) or received) and tx.pending == 0, lambda: tx.poll(0.01))
     link.close()

@@ -7,6 +7,7 @@ import time
 from rtrecon.contract.keys import init_keys, load_curve
 from rtrecon.contract.transport import StatusPublisher
 from rtrecon.contract.wire import OperatorMessage
+from rtrecon.testing import scaled
 from stimulus.operator import OperatorControls, console_role
 
 SESSION = "sub-01_ses-01"
@@ -14,7 +15,7 @@ SESSION = "sub-01_ses-01"
 
 def _until(controls: OperatorControls, publisher: StatusPublisher, message: OperatorMessage, wait_s: float = 15.0):
     """Publish ``message`` once a tenth of a second, as the console does each heartbeat, until it is the state."""
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + scaled(wait_s)
     while time.monotonic() < deadline:
         publisher.publish(message)
         time.sleep(0.1)
@@ -33,7 +34,9 @@ def test_the_latest_state_of_this_session(tmp_path):
         publisher.publish(OperatorMessage(session="sub-02_ses-01", ended_runs=[1]))
         ended = OperatorMessage(session=SESSION, ended_runs=[1], sent_time=2.0)
         publisher.publish(ended)
-        time.sleep(0.3)
+        deadline = time.monotonic() + scaled(5.0)
+        while controls.poll() != ended and time.monotonic() < deadline:  # PUB/SUB keeps order: the other session's came first
+            time.sleep(0.01)
         assert controls.poll() == ended and 1 in controls.state.ended_runs and not controls.state.feedback_paused
 
 

@@ -77,3 +77,8 @@ def test_each_result_carries_its_cpd_and_the_bar_shows_it(win, grab, make_image,
     (tmp_path / "run.tsv").write_text("stim_file\tstim_id\tfeedback\nred.png\ta\t1\n")
     with pytest.raises(ValueError, match="needs a pairmate column"):
         prepare_run(config, 1)
+    # the engine scores the CPD itself (TrialResultMessage.cpd): the bar needs no gallery on this PC
+    (tmp_path / "run.tsv").write_text("stim_file\tstim_id\tpairmate\tfeedback\nred.png\ta\tb\t1\n")
+    engine_only = config.model_copy(update={"stimulus": config.stimulus.model_copy(
+        update={"feedback": config.stimulus.feedback.model_copy(update={"embeddings": None})})})
+    assert prepare_run(engine_only, 1, overwrite=True).pairmates is None

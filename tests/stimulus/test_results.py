@@ -57,13 +57,25 @@ def plan(make_image, tmp_path: Path) -> Plan:
     return Plan(settings, trials, build_timeline("perception", trials, settings), RunPaths(tmp_path / "out", "01", "01", "task", 1))
 
 
+_journals: list[RunJournal] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_journals():
+    """Close the journals the test's handlers opened (joining their writer threads) when it ends."""
+    yield
+    while _journals:
+        _journals.pop().close()
+
+
 def handler_of(plan: Plan, win, *, operator: bool = False, live: bool = False) -> ResultHandler:
     record = RunRecord(plan.paths, speed=1.0)
     record.zero = psychopy_time()
     feedback = plan.settings.feedback
     panel = FeedbackPanel(win, feedback, plan.trials)
     view = OperatorView(win, panel, feedback.window_s) if operator else None
-    return ResultHandler(SESSION, 1, plan.trials, record=record, journal=RunJournal(plan.paths, clock=psychopy_time),
+    _journals.append(journal := RunJournal(plan.paths, clock=psychopy_time))
+    return ResultHandler(SESSION, 1, plan.trials, record=record, journal=journal,
                          policy=FeedbackPolicy(feedback, plan.trials, plan.timeline), panel=panel, operator=view, live=live)
 
 
@@ -80,6 +92,20 @@ def test_only_this_runs_newer_results_are_kept(plan: Plan, win):
     assert handler.receive(message(0, release=1), 3.0)
     kept = handler.record.results[0]
     assert kept.message.release == 1 and kept.received == 3.0 and kept.cpd is None
+
+
+def test_the_engines_cpd_is_kept_and_a_local_score_only_fills_in_where_it_sent_none(plan: Plan, win):
+    class Scorer:  # stands for stimulus.pairmates.PairmateScorer (tested in test_pairmates)
+        def score(self, trial, embedding):
+            return -0.5
+
+    handler = handler_of(plan, win)
+    handler.pairmates = Scorer()
+    from dataclasses import replace
+
+    assert handler.receive(replace(message(0), pairmate="b", cpd=0.25), 1.0)
+    assert handler.receive(message(1), 1.0)
+    assert handler.record.results[0].cpd == 0.25 and handler.record.results[1].cpd == -0.5
 
 
 def test_textures_are_made_only_where_no_stimulus_waits(plan: Plan, win):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from rtrecon.contract.config import SessionConfig, SessionSection, SoundSection, StimulusSection
+from rtrecon.testing import scaled
 from stimulus.sound import SoundError, check_sound_file, decode_sound
 
 ALSA_CONF = "/usr/share/alsa/alsa.conf"
@@ -157,7 +158,7 @@ def test_sound_cues_start_at_the_cue_flip_and_reach_the_speaker(alsa_output: Pat
     assert [int(np.argmin(np.abs(flips - onset))) for onset in cues] == [first_frames[0], first_frames[1]]
 
     # Wait for PortAudio's thread to have sent both, then read what the "speaker" got.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while len(_runs(np.fromfile(alsa_output, np.float32)[0::2])) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     speaker = np.fromfile(alsa_output, np.float32).reshape(-1, 2)

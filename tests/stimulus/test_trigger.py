@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
 
+from rtrecon.contract import children
 from rtrecon.contract.config import TriggerSection
+from rtrecon.testing import scaled
 from stimulus.trigger import ButtonBoxKeys, KeyPress, MergedKeys, ParallelPortKeys, ScannerTrigger, ScheduledKeys, SerialKeys, hardware_keys
 
 
@@ -78,7 +79,7 @@ def test_keyboard_keys_from_the_window(win):
     win.flip()
     keys.poll()
     before = core.getTime()
-    subprocess.run(["xdotool", "key", "--window", str(win.winHandle._window), "5", "2"], check=True, timeout=10)
+    children.run(["xdotool", "key", "--window", str(win.winHandle._window), "5", "2"], check=True, timeout=scaled(10))
     presses: list[KeyPress] = []
     for _ in range(200):
         win.flip()
@@ -126,7 +127,7 @@ class Counter:
 
 def drain(keys, port: ScriptedPins) -> list[KeyPress]:
     presses: list[KeyPress] = []
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while not port.done() and time.monotonic() < deadline:
         presses += keys.poll()
         time.sleep(0.001)
@@ -169,7 +170,7 @@ def test_a_failing_parallel_port_is_reported():
 
     keys = ParallelPortKeys("/dev/parport7", {"5": 10}, port=Dies({10: [0]}), interval=0.0001)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         with pytest.raises(OSError, match=r"parallel port /dev/parport7: reading failed: device disconnected"):
             while time.monotonic() < deadline:
                 keys.poll()

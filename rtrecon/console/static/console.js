@@ -74,6 +74,9 @@ function renderSummary() {
   $("scored").textContent = s.accuracy.trials;
   $("top1").textContent = pct(s.accuracy.top1);
   $("top5").textContent = pct(s.accuracy.top5);
+  $("cpd-row").classList.toggle("hidden", !s.accuracy.cpd_trials);
+  $("cpd-mean").textContent = s.accuracy.cpd_trials ? `${fmt(s.accuracy.cpd_mean, 3)} (${s.accuracy.cpd_trials} trials)` : "—";
+  $("two-way").textContent = pct(s.accuracy.pairmate_two_way);
   $("banners").replaceChildren(...s.banners.map((b) => el("div", { class: "banner " + b.level, text: b.text })));
   const alarm = $("fd-alarm");
   alarm.classList.toggle("hidden", !s.alarm);
@@ -166,6 +169,13 @@ function renderLatency() {
     if (L.retrieval_s !== undefined) stages.push(["retrieval", fmt(L.retrieval_s * 1000, 0) + " ms"]);
     if (L.image_s !== undefined) stages.push(["image", fmt(L.image_s, 2) + " s"]);
     if (S.sent !== undefined && S.trial_ready !== undefined) stages.push(["ready → sent", fmt(S.sent - S.trial_ready, 2) + " s"]);
+    if (r.shown) {
+      // sent -> shown crosses two machines' clocks; arrived -> shown is the stimulus PC's own
+      if (S.sent !== undefined) stages.push(["sent → shown", fmt(r.shown.wall - S.sent, 2) + " s"]);
+      stages.push(["shown", fmt(r.shown.received_to_shown_s * 1000, 0) + " ms after it arrived", "@" + fmt(r.shown.run_s, 2) + " s"]);
+    } else {
+      stages.push(["shown", "not yet"]);
+    }
     stages.push(["trial", String(latest.trial)]);
   }
   $("latency-strip").replaceChildren(...stages.map(([name, value, note]) =>
@@ -181,6 +191,15 @@ function picture(src, label) {
 
 function control(body) {
   return fetch("/api/control", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+}
+
+// Pairmate distinctiveness as neurofeedback studies draw it: -1 (the pairmate) .. 0 .. +1 (the seen image).
+function cpdBar(cpd, pairmate) {
+  const share = Math.max(0, Math.min(1, (cpd + 1) / 2));
+  const bar = el("div", { class: "cpd-bar" }, el("span", { class: cpd > 0 ? "fill good" : "fill poor" }));
+  bar.firstChild.style.width = (100 * share).toFixed(1) + "%";
+  return el("div", { class: "cpd", title: "pairmate distinctiveness: +1 at the seen image, -1 at its pairmate " + pairmate },
+    el("span", { class: "cpd-value", text: "CPD " + (cpd >= 0 ? "+" : "") + fmt(cpd, 2) }), bar);
 }
 
 function renderTrials() {
@@ -200,6 +219,7 @@ function renderTrials() {
     const rank = !latest || !latest.retrieved.length ? "—" : latest.rank ? "rank " + latest.rank : `not in top-${latest.n_retrieved}`;
     const bad = el("button", { text: t.bad ? "unmark bad" : "mark bad" });
     bad.onclick = () => control({ action: t.bad ? "unmark_bad" : "mark_bad", run: t.run, trial: t.trial });
+    const cpd = latest && latest.cpd !== null && latest.cpd !== undefined ? cpdBar(latest.cpd, latest.pairmate) : null;
     return el("div", { class: "trial" + (t.bad ? " bad" : ""), "data-run": t.run, "data-trial": t.trial },
       el("div", {}, el("strong", { text: "trial " + t.trial }), el("br"),
          el("span", { class: "hint", text: t.onset !== null ? "onset " + fmt(t.onset, 1) + " s" : "" })),
@@ -207,7 +227,7 @@ function renderTrials() {
       el("div", {}, el("div", { class: "hint", text: t.stimulus }), releases, el("div", { class: "hint", text: latest ? latest.decoder : "" })),
       picture(latest ? latest.thumbnail : null, "no reconstruction"),
       top,
-      el("div", {}, el("div", { class: "rank", text: rank }), bad));
+      el("div", {}, el("div", { class: "rank", text: rank }), cpd, bad));
   }));
 }
 

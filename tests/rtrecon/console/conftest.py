@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from rtrecon.contract.wire import EventMessage, RunEndMessage, VolumeMessage
+from rtrecon.contract import children
+from rtrecon.contract.wire import EventMessage, RunEndMessage, ShownMessage, VolumeMessage
+from rtrecon.testing import scaled
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -66,7 +68,7 @@ def write_config(folder: Path, extra: str = "") -> Path:
     config.write_text(
         f'[session]\nsubject = "01"\nsession = "01"\ntask = "perception"\noutput_dir = "out"\n'
         f'[network]\nvolumes = "{ipc}/v"\nevents = "{ipc}/e"\nresults = "{ipc}/r"\nstatus = "{ipc}/s"\noperator = "{ipc}/o"\n'
-        f"heartbeat_s = 0.5\n"
+        f"heartbeat_s = {scaled(0.5)}\n"
         f"[engine]\nplanned_volumes = {N_VOLS}\nrealign_samples = 2000\n" + extra
     )
     return config
@@ -74,25 +76,25 @@ def write_config(folder: Path, extra: str = "") -> Path:
 
 def start_console(config: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """``rtrecon console`` as its own process; returns it and the address it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "rtrecon.cli", "console", "--config", str(config), "--port", "0",
-                             "--log-level", "WARNING", *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = children.start([sys.executable, "-m", "rtrecon.cli", "console", "--config", str(config), "--port", "0",
+                           "--log-level", "WARNING", *args],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     match = re.search(r"console up: (\S+)", line)
     if match is None:
-        proc.kill()
+        children.kill(proc)
         raise AssertionError(f"the console did not start: {line}{proc.stderr.read()[-2000:]}")
     return proc, match[1]
 
 
 def stop(proc: subprocess.Popen) -> str:
-    """Stop a process (SIGTERM, its clean stop) and return its stderr."""
+    """Stop a process (SIGTERM, its clean stop; SIGKILL to its group after a grace) and return its stderr."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=scaled(20))
     except subprocess.TimeoutExpired:
-        proc.kill()
+        children.kill(proc)
         _, err = proc.communicate()
     return err or ""
 
@@ -112,22 +114,22 @@ class LiveSession:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._links, daemon=True)
         self._thread.start()
-        self._ready.wait(10)
+        self._ready.wait(scaled(10))
 
     def start_engine(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "rtrecon.cli", "engine", "--config", str(self.config),
-                                 "--log-level", "WARNING"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        return children.start([sys.executable, "-m", "rtrecon.cli", "engine", "--config", str(self.config),
+                               "--log-level", "WARNING"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
     def _links(self) -> None:
-        from rtrecon.contract.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
+        from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key, volume_key
 
         ipc = f"ipc://{self.folder}"
         with (
-            ReliableSender(f"{ipc}/v", SESSION, self.folder / "spool_v", key=volume_key, heartbeat_s=0.5,
+            ReliableSender(f"{ipc}/v", SESSION, self.folder / "spool_v", key=volume_key, heartbeat_s=scaled(0.5),
                            max_in_flight=8) as volumes,  # a bridge's [bridge] max_lead
-            ReliableSender(f"{ipc}/e", SESSION, self.folder / "spool_e", key=trial_key, heartbeat_s=0.5,
+            ReliableSender(f"{ipc}/e", SESSION, self.folder / "spool_e", key=trial_key, heartbeat_s=scaled(0.5),
                            name="stimulus") as events,
-            ReliableReceiver(f"{ipc}/r", SESSION, key=trial_key, heartbeat_s=0.5, name="stimulus") as results,
+            ReliableReceiver(f"{ipc}/r", SESSION, key=result_key, heartbeat_s=scaled(0.5), name="stimulus") as results,
         ):
             self._ready.set()
             while not self._stop.is_set():
@@ -137,8 +139,12 @@ class LiveSession:
                 volumes.poll(0.01)
                 events.poll(0.0)
                 result = results.recv(timeout_s=0.0)
-                if result is not None:  # the stimulus PC takes and acknowledges each result
+                if result is not None:  # the stimulus PC takes and acknowledges each result, then shows it
                     results.ack(result)
+                    results.notify(ShownMessage(session=SESSION, run=result.run, trial=result.trial,
+                                                release=result.release, sequence=result.sequence,
+                                                shown=ONSETS[result.trial] + result.release_s + 0.5,
+                                                shown_wall=time.time(), received_to_shown_s=0.016))
                 self.pending = volumes.pending + events.pending + self._outbox.qsize()
 
     def send(self, stop_at: int, pace_s: float = 0.05) -> None:
@@ -154,7 +160,7 @@ class LiveSession:
 
     def wait_acked(self, timeout_s: float = 90.0) -> None:
         """Wait until the engine has acknowledged everything sent."""
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + scaled(timeout_s)
         while (self.pending or not self._outbox.empty()) and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.pending:
@@ -167,7 +173,7 @@ class LiveSession:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(scaled(10))
         stop(self.engine)
 
 

@@ -11,11 +11,12 @@ import pytest
 
 from rtrecon.console.records import ControlRecords
 from rtrecon.contract.layout import SessionLayout
+from rtrecon.testing import scaled
 from stimulus.operator import OperatorControls
 
 pytestmark = pytest.mark.timeout(240)
 
-WAIT_MS = 60_000  # generous: two engine starts share 2 busy cores with other work
+WAIT_MS = int(scaled(60_000))  # generous: two engine starts share 2 busy cores with other work
 
 
 def _due(name: str) -> re.Pattern[str]:
@@ -55,6 +56,8 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         expect(page.locator("#bridge-lead")).to_have_text(re.compile(r"^\d volume\(s\) \(bound 8\)$"), timeout=WAIT_MS)
         expect(page.locator("#gpu")).to_have_text("— (not on a GPU)")
         expect(page.locator("#latency-strip")).to_contain_text("→ realigned", timeout=WAIT_MS)
+        # the stimulus PC's flip that showed it, back through the engine's results link and status feed
+        expect(page.locator("#latency-strip")).to_contain_text("shown: 16 ms after it arrived", timeout=WAIT_MS)
         assert page.locator("#fd-alarm").is_hidden()  # the control: slow drift stays under the threshold
         assert not any("FD" in text for text in _banner_texts(page))
         page.screenshot(path=shots / "1-first-volumes.png", full_page=True)
@@ -149,7 +152,7 @@ def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, ch
     from playwright.sync_api import expect
 
     from rtrecon.contract.transport import StatusPublisher
-    from rtrecon.contract.wire import StatusMessage, TrialResultMessage
+    from rtrecon.contract.wire import ShownMessage, StatusMessage, TrialResultMessage
 
     gallery = tmp_path / "gallery"
     gallery.mkdir()
@@ -162,8 +165,10 @@ def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, ch
     links = StatusMessage(process="engine", state="links", metrics={"bridge_alive": 1.0, "stimulus_events_alive": 1.0,
                                                                      "stimulus_results_alive": 1.0, "trials_decoding": 1.0})
 
-    def result(trial: int, stimulus: str, retrieved: list[str], release: int, final: bool) -> TrialResultMessage:
+    def result(trial: int, stimulus: str, retrieved: list[str], release: int, final: bool,
+               cpd: float | None = None) -> TrialResultMessage:
         return TrialResultMessage(session=harness.SESSION, run=1, trial=trial, stimulus=stimulus, retrieved=retrieved,
+                                  pairmate="nsd:0" if cpd is not None else "", cpd=cpd,
                                   scores=[0.9 - 0.1 * k for k in range(len(retrieved))], image=reconstruction,
                                   decoder="mindeye2+unclip", release=release, release_s=8.0 * (release + 1), final=final,
                                   latencies={"betas_s": 0.003, "decode_s": 0.02, "retrieval_s": 0.001, "image_s": 0.9},
@@ -179,9 +184,9 @@ def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, ch
                 if page.locator('[data-link="engine"]').get_attribute("class") == "pill ok":
                     break
                 page.wait_for_timeout(100)
-            publisher.publish(result(0, "nsd:3", ["nsd:1", "nsd:3", "nsd:2", "nsd:4", "nsd:5", "nsd:6"], 0, False))
-            publisher.publish(result(0, "nsd:3", ["nsd:3", "nsd:1", "nsd:2", "nsd:4", "nsd:5"], 1, True))
-            publisher.publish(result(1, "nsd:7", ["nsd:1", "nsd:2", "nsd:3", "nsd:4", "nsd:5", "nsd:6"], 0, False))
+            publisher.publish(result(0, "nsd:3", ["nsd:1", "nsd:3", "nsd:2", "nsd:4", "nsd:5", "nsd:6"], 0, False, 0.42))
+            publisher.publish(result(0, "nsd:3", ["nsd:3", "nsd:1", "nsd:2", "nsd:4", "nsd:5"], 1, True, 0.61))
+            publisher.publish(result(1, "nsd:7", ["nsd:1", "nsd:2", "nsd:3", "nsd:4", "nsd:5", "nsd:6"], 0, False, -0.2))
             card = page.locator('.trial[data-trial="0"]')
             expect(card.locator(".releases span")).to_have_text([_due("r0"), "final @16.0 s"], timeout=WAIT_MS)
             expect(card.locator(".rank")).to_have_text("rank 1")
@@ -192,6 +197,17 @@ def test_decoded_results_show_reconstruction_top5_rank_and_accuracy(tmp_path, ch
             expect(page.locator("#scored")).to_have_text("2")
             expect(page.locator("#top1")).to_have_text("0.0 %")
             expect(page.locator("#top5")).to_have_text("50.0 %")
+            # pairmates: each trial's CPD (its newest release) as a bar, the first releases' mean and two-way
+            expect(card.locator(".cpd-value")).to_have_text("CPD +0.61")
+            expect(page.locator('.trial[data-trial="1"] .cpd-value')).to_have_text("CPD -0.20")
+            expect(page.locator("#cpd-mean")).to_have_text("0.110 (2 trials)")
+            expect(page.locator("#two-way")).to_have_text("50.0 %")
+            expect(page.locator("#latency-strip")).to_contain_text("shown: not yet")
+            # the stimulus PC showed trial 1's release 0 (the engine republishes its ShownMessage)
+            publisher.publish(ShownMessage(session=harness.SESSION, run=1, trial=1, release=0, sequence=2, shown=18.25,
+                                           shown_wall=101.5, received_to_shown_s=0.035))
+            expect(page.locator("#latency-strip")).to_contain_text("sent → shown: 0.50 s", timeout=WAIT_MS)
+            expect(page.locator("#latency-strip")).to_contain_text("shown: 35 ms after it arrived (@18.25 s)")
             # a release published again (as a restarted engine does) is not shown twice nor taken
             publisher.publish(result(0, "nsd:3", ["nsd:9"], 1, True))
             publisher.publish(result(2, "nsd:2", ["nsd:2"], 0, False))

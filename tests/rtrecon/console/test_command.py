@@ -12,11 +12,13 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from rtrecon.contract import children
 from rtrecon.contract.keys import init_keys
+from rtrecon.testing import scaled
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rtrecon.cli", *args], capture_output=True, text=True, timeout=60)
+    return children.run([sys.executable, "-m", "rtrecon.cli", *args], capture_output=True, text=True, timeout=scaled(60))
 
 
 def test_help_explains_the_page_and_its_access():
@@ -53,18 +55,18 @@ def test_a_non_local_bind_refuses_requests_without_the_token(tmp_path, harness, 
         control = httpx.post(base + "api/control", json={"action": "pause_feedback"})
         assert control.status_code == 401
         with pytest.raises(InvalidStatus) as refused:
-            connect(ws, open_timeout=10)
+            connect(ws, open_timeout=scaled(10))
         assert refused.value.response.status_code == 403
         # with the token: the state, and the WebSocket's snapshot
         state = httpx.get(base + "api/state", headers={"Authorization": f"Bearer {token}"})
         assert state.status_code == 200 and state.json()["summary"]["session"] == "sub-01_ses-01"
-        with connect(ws, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10) as socket:
-            assert json.loads(socket.recv(timeout=10))["type"] == "snapshot"
+        with connect(ws, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=scaled(10)) as socket:
+            assert json.loads(socket.recv(timeout=scaled(10)))["type"] == "snapshot"
         # in the browser: refused without the token; with it once, the cookie carries the rest
         page = chromium.new_page()
         assert page.goto(base).status == 401
         assert page.goto(base + f"?token={token}").status == 200
-        expect(page.locator("#connection")).to_have_text("live", timeout=30_000)
+        expect(page.locator("#connection")).to_have_text("live", timeout=scaled(30_000))
         expect(page.locator("#session")).to_have_text("sub-01_ses-01")
         page.close()
     finally:

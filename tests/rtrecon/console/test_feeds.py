@@ -11,6 +11,7 @@ from rtrecon.console.feeds import EngineFeed, console_curve
 from rtrecon.contract.keys import init_keys, load_curve
 from rtrecon.contract.transport import StatusPublisher
 from rtrecon.contract.wire import StatusMessage, TrialResultMessage
+from rtrecon.testing import scaled
 
 
 def _collect(endpoint: str, publisher: StatusPublisher, messages: list, curve=None, wait_s: float = 15.0) -> list:
@@ -19,7 +20,7 @@ def _collect(endpoint: str, publisher: StatusPublisher, messages: list, curve=No
     feed = EngineFeed(endpoint, got.put, curve=curve)
     feed.start()
     received: list = []
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + scaled(wait_s)
     try:
         while time.monotonic() < deadline and len(received) < len(messages):
             received.clear()

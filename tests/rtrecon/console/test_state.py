@@ -211,3 +211,31 @@ def test_backfill_of_events_and_decoded_releases(state):
     assert state.accuracy()["trials"] == 2 and state.accuracy()["top5"] == 1.0
     state.on_result(dataclasses.replace(_result(2, "nsd:9", []), latencies={"decode_s": math.nan}, stamps={"sent": math.inf}))
     json.dumps(state.snapshot(now=0.0), allow_nan=False)
+
+
+def test_cpd_per_trial_its_mean_and_two_way_and_the_shown_stage(state):
+    from rtrecon.contract.wire import ShownMessage
+
+    def shown(trial: int, release: int = 0, session: str = SESSION) -> ShownMessage:
+        return ShownMessage(session=session, run=1, trial=trial, release=release, sequence=trial, shown=10.0 + trial,
+                            shown_wall=2.0, received_to_shown_s=0.02)
+
+    state.on_shown(shown(1))  # it may come before the result's own copy (two paths through the engine)
+    for trial, cpd in enumerate((0.5, -0.25, 0.75)):
+        state.on_result(dataclasses.replace(_result(trial, f"nsd:{trial}", [f"nsd:{trial}"]), pairmate="nsd:9", cpd=cpd))
+    state.on_result(_result(3, "nsd:3", ["nsd:3"]))  # no pairmate: no CPD, left out of its figures
+    state.on_result(dataclasses.replace(_result(0, "nsd:0", ["nsd:0"], release=1), pairmate="nsd:9", cpd=-0.9))
+    state.on_shown(shown(0))
+    state.on_shown(shown(2, session="sub-02_ses-01"))  # another session's: ignored
+    trials = {t["trial"]: t for t in state.snapshot(now=0.0)["trials"]}
+    assert [r["cpd"] for r in trials[0]["releases"]] == [0.5, -0.9] and trials[3]["releases"][0]["cpd"] is None
+    assert trials[1]["releases"][0]["shown"] == {"run_s": 11.0, "wall": 2.0, "received_to_shown_s": 0.02}
+    assert trials[0]["releases"][0]["shown"]["run_s"] == 10.0 and trials[0]["releases"][1]["shown"] is None
+    assert trials[2]["releases"][0]["shown"] is None
+    figures = state.accuracy()  # first releases: 0.5, -0.25, 0.75
+    assert figures["cpd_trials"] == 3 and figures["cpd_mean"] == pytest.approx(1 / 3)
+    assert figures["pairmate_two_way"] == pytest.approx(2 / 3)
+    json.dumps(state.snapshot(now=0.0), allow_nan=False)
+    # from the store: the trials table's pairmate and CPD
+    state.add_stored_release(StoredRelease(1, 5, 0, 8.0, False, "nsd:5", "nsd:6", 0.3), None)
+    assert {t["trial"]: t for t in state.snapshot(now=0.0)["trials"]}[5]["releases"][0]["cpd"] == 0.3

@@ -117,8 +117,10 @@ motion_confounds = false
 [decoder]
 checkpoint = "ckpt/last.pth"
 gallery = "gallery"
-unclip = "weights/unclip6"
 top_k = 3
+
+[reconstruction]
+unclip = "weights/unclip6"
 steps = 8
 
 [stimulus]
@@ -142,7 +144,7 @@ def test_live_sections_load_and_resolve_every_path(tmp_path: Path) -> None:
     path = _write(tmp_path, LIVE)
     base = path.parent.resolve()
     config = load_config(path)
-    engine, decoder, stimulus = config.engine, config.decoder, config.stimulus
+    engine, decoder, reconstruction, stimulus = config.engine, config.decoder, config.reconstruction, config.stimulus
     assert engine.roi_mask == base / "masks" / "roi.nii.gz"
     assert engine.reference == Path("/data/ref.nii.gz")
     assert engine.zscore_stats == base / "train" / "stats.npz"
@@ -150,7 +152,7 @@ def test_live_sections_load_and_resolve_every_path(tmp_path: Path) -> None:
     assert engine.glm.hrf_model == "spm + derivative" and engine.glm.high_pass == 0.008
     assert engine.glm.motion_confounds is False and engine.glm.drift_model == "cosine"
     assert decoder.checkpoint == base / "ckpt" / "last.pth" and decoder.gallery == base / "gallery"
-    assert decoder.unclip == base / "weights" / "unclip6" and (decoder.top_k, decoder.steps) == (3, 8)
+    assert reconstruction.unclip == base / "weights" / "unclip6" and (decoder.top_k, reconstruction.steps) == (3, 8)
     assert stimulus.trial_lists == (base / "trials" / "run-01.tsv", base / "trials" / "run-02.tsv")
     assert stimulus.trigger.keys == ("5", "t") and stimulus.perception.image_s == 2.5
     assert stimulus.perception.gap_s == 1.0  # default kept
@@ -162,7 +164,7 @@ def test_empty_file_leaves_the_live_sections_unset(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, ""))
     assert config.engine.roi_mask is None and config.engine.reference is None
     assert config.engine.zscore_stats is None and config.decoder.checkpoint is None
-    assert config.decoder.unclip is None and config.stimulus.trial_lists == ()
+    assert config.reconstruction.unclip is None and config.stimulus.trial_lists == ()
 
 
 @pytest.mark.parametrize(
@@ -174,6 +176,7 @@ def test_empty_file_leaves_the_live_sections_unset(tmp_path: Path) -> None:
         ("releases_s = [6.5, 13.0]", "releases_s = [13.0, 6.5]", "engine.releases_s: Value error, [13.0, 6.5]: delays must increase"),
         ("releases_s = [6.5, 13.0]", "ready_delay_s = 6.5", "engine: Value error, ready_delay_s was replaced by releases_s: write releases_s = [6.5]"),
         ("top_k = 3", "top_k = 0", "decoder.top_k"),
+        ("steps = 8", "steps = 0", "reconstruction.steps"),
         ('when = "block"', 'when = "always"', "stimulus.feedback.when"),
         ('keys = ["5", "t"]', "keys = []", "stimulus.trigger"),
         ('show_target = false', 'score_range = [1.0, 0.0]', "stimulus.feedback"),
@@ -194,20 +197,43 @@ def test_template_is_commented_and_loads_back_to_the_defaults(tmp_path: Path) ->
     assert '# unclip = "weights/unclip6"' in text
     uncommented = text.replace('# unclip = "weights/unclip6"', 'unclip = "weights/unclip6"')
     config = load_config(_write(tmp_path, uncommented, "edited.toml"))
-    assert config.decoder.unclip == (tmp_path / "configs" / "weights" / "unclip6").resolve()
+    assert config.reconstruction.unclip == (tmp_path / "configs" / "weights" / "unclip6").resolve()
+    assert "\n[reconstruction]\n" in text and "# The reconstruction: the unCLIP image model" in text
 
 
-def test_decoder_device_precision_and_recon_keys(tmp_path: Path) -> None:
-    config = load_config(_write(tmp_path, '[decoder]\ndevice = "cuda:1"\nprecision = "bf16-autocast"\nrecon = "official"\n'
-                                          'blurry_vae = "w/sd_image_var_autoenc.pth"\ncuda_graphs = true\n'))
-    d = config.decoder
-    assert (d.device, d.precision, d.recon, d.cuda_graphs) == ("cuda:1", "bf16-autocast", "official", True)
-    assert d.blurry_vae.parts[-2:] == ("w", "sd_image_var_autoenc.pth") and d.blurry_vae.is_absolute()
-    defaults = load_config(_write(tmp_path, "")).decoder
-    assert (defaults.device, defaults.precision, defaults.recon, defaults.warmup) == ("auto", "fp16-autocast", "fast", True)
-    for text, key in [('device = "gpu0"', "decoder.device"), ('precision = "fp16"', "decoder.precision"),
-                      ('recon = "official"', "blurry_vae")]:
-        path = _write(tmp_path, f"[decoder]\n{text}\n", name="bad.toml")
+def test_decoder_device_precision_and_reconstruction_mode_keys(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, '[decoder]\ndevice = "cuda:1"\nprecision = "bf16-autocast"\ncuda_graphs = true\n'
+                                          '[reconstruction]\nmode = "official"\nblurry_vae = "w/sd_image_var_autoenc.pth"\n'))
+    d, r = config.decoder, config.reconstruction
+    assert (d.device, d.precision, r.mode, d.cuda_graphs) == ("cuda:1", "bf16-autocast", "official", True)
+    assert r.blurry_vae.parts[-2:] == ("w", "sd_image_var_autoenc.pth") and r.blurry_vae.is_absolute()
+    defaults = load_config(_write(tmp_path, ""))
+    assert (defaults.decoder.device, defaults.decoder.precision, defaults.decoder.warmup) == ("auto", "fp16-autocast", True)
+    assert (defaults.reconstruction.mode, defaults.reconstruction.steps, defaults.reconstruction.unclip) == ("fast", 4, None)
+    for text, key in [('[decoder]\ndevice = "gpu0"', "decoder.device"), ('[decoder]\nprecision = "fp16"', "decoder.precision"),
+                      ('[reconstruction]\nmode = "official"', 'reconstruction: Value error, mode "official" blends in '
+                       "the blurry-branch image: set blurry_vae"),
+                      ('[decoder]\nhead = "linear"\nlinear_head = "h.npz"\n[reconstruction]\nmode = "official"\nblurry_vae = "b.pth"',
+                       '[decoder] head "linear" has no blurry branch: [reconstruction] mode "official" needs head "mindeye"')]:
+        path = _write(tmp_path, f"{text}\n", name="bad.toml")
         with pytest.raises(ConfigError) as info:
             load_config(path)
         assert str(path) in str(info.value) and key in str(info.value)
+        assert ": : " not in str(info.value)  # a check across sections has no key path to print
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("unclip", "unclip"), ("steps", "steps"), ("recon", "mode"), ("blurry_vae", "blurry_vae"), ("channels_last", "channels_last")],
+)
+def test_a_key_moved_to_reconstruction_is_refused_with_its_new_place(tmp_path: Path, old: str, new: str) -> None:
+    value = {"unclip": '"weights/unclip6"', "steps": "8", "recon": '"fast"', "blurry_vae": '"b.pth"', "channels_last": "true"}[old]
+    path = _write(tmp_path, f'[decoder]\ncheckpoint = "ck.pth"\n{old} = {value}\n', name="old.toml")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.count("\n") == 0 and str(path) in message
+    assert f"[decoder] {old} moved to [reconstruction] {new}" in message
+    # the control: the same key under [reconstruction] loads
+    moved = load_config(_write(tmp_path, f'[decoder]\ncheckpoint = "ck.pth"\n[reconstruction]\n{new} = {value}\n', name="new.toml"))
+    assert moved.decoder.checkpoint is not None and getattr(moved.reconstruction, new) is not None

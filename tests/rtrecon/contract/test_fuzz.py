@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from rtrecon.contract.transport import ReliableReceiver, ReliableSender, trial_key, volume_key
+from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key, volume_key
 from rtrecon.contract.wire import (
     MAX_HEADER_BYTES,
     MESSAGE_TYPES,
@@ -42,6 +42,7 @@ from rtrecon.contract.wire import (
     encode,
     validate,
 )
+from rtrecon.testing import scaled
 
 SCALE = max(1, int(os.environ.get("RTRECON_FUZZ", "1")))
 SESSION = "sub-01_ses-01"
@@ -254,10 +255,10 @@ def _event(trial: int, run: int) -> EventMessage:
 
 
 def _result(trial: int, run: int) -> TrialResultMessage:
-    return TrialResultMessage(session=SESSION, run=run, trial=trial, embedding=np.ones(8, np.float32))
+    return TrialResultMessage(session=SESSION, run=run, trial=trial, sequence=trial, embedding=np.ones(8, np.float32))
 
 
-LINKS = {"volumes": (volume_key, _volume), "events": (trial_key, _event), "results": (trial_key, _result)}
+LINKS = {"volumes": (volume_key, _volume), "events": (trial_key, _event), "results": (result_key, _result)}
 VALID_RUN = 123_457  # hostile traffic uses other runs (0..400 mostly), so its acks cannot stand for these
 
 
@@ -265,7 +266,7 @@ def _serves_valid_traffic(rx: ReliableReceiver, tx: ReliableSender, make) -> Non
     for key in range(3):
         tx.send(make(key, VALID_RUN))
     got: list[Message] = []
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + scaled(15)
     while (len(got) < 3 or tx.pending) and time.monotonic() < deadline:
         tx.poll(0.002)
         message = rx.recv(0.01)
@@ -273,7 +274,8 @@ def _serves_valid_traffic(rx: ReliableReceiver, tx: ReliableSender, make) -> Non
             rx.ack(message)
             if message.run == VALID_RUN:
                 got.append(message)
-    assert [volume_key(m) if isinstance(m, VolumeMessage) else trial_key(m) for m in got] == [(VALID_RUN, k) for k in range(3)]
+    key = next(key for key, maker in LINKS.values() if maker is make)
+    assert [key(m) for m in got] == [(VALID_RUN, k) for k in range(3)]
     assert tx.pending == 0
 
 
@@ -281,7 +283,7 @@ def _serves_valid_traffic(rx: ReliableReceiver, tx: ReliableSender, make) -> Non
 def test_hostile_sender_then_the_receiver_still_serves(link: str, tmp_path: Path) -> None:
     key, make = LINKS[link]
     endpoint = _endpoint()
-    with ReliableReceiver(endpoint, SESSION, key=key, heartbeat_s=0.2, max_key_jump=100) as rx:
+    with ReliableReceiver(endpoint, SESSION, key=key, heartbeat_s=scaled(0.2), max_key_jump=100) as rx:
         context = zmq.Context()  # its own, so that term() releases the port before the real peer binds
         raw = context.socket(zmq.DEALER)
         raw.linger = 0
@@ -309,7 +311,7 @@ def test_hostile_sender_then_the_receiver_still_serves(link: str, tmp_path: Path
             raw.close()
             context.term()
         assert sent[0] >= 20
-        with ReliableSender(endpoint, SESSION, tmp_path / "spool", key=key, heartbeat_s=0.2) as tx:
+        with ReliableSender(endpoint, SESSION, tmp_path / "spool", key=key, heartbeat_s=scaled(0.2)) as tx:
             _serves_valid_traffic(rx, tx, make)
 
 
@@ -317,13 +319,13 @@ def test_hostile_sender_then_the_receiver_still_serves(link: str, tmp_path: Path
 def test_hostile_receiver_then_the_sender_still_serves(link: str, tmp_path: Path) -> None:
     key, make = LINKS[link]
     endpoint = _endpoint()
-    with ReliableSender(endpoint, SESSION, tmp_path / "spool", key=key, heartbeat_s=0.2) as tx:
+    with ReliableSender(endpoint, SESSION, tmp_path / "spool", key=key, heartbeat_s=scaled(0.2)) as tx:
         context = zmq.Context()  # its own, so that term() releases the port before the real peer binds
         raw = context.socket(zmq.ROUTER)
         raw.linger = 0
         raw.bind(endpoint)
         identity: list[bytes] = []
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while not identity and time.monotonic() < deadline:
             tx.poll(0.01)
             if raw.poll(10):
@@ -353,5 +355,5 @@ def test_hostile_receiver_then_the_sender_still_serves(link: str, tmp_path: Path
             context.term()
         assert sent[0] >= 20
         # The real receiver comes up on the same port; the sender finds it and delivers.
-        with ReliableReceiver(endpoint, SESSION, key=key, heartbeat_s=0.2) as rx:
+        with ReliableReceiver(endpoint, SESSION, key=key, heartbeat_s=scaled(0.2)) as rx:
             _serves_valid_traffic(rx, tx, make)

@@ -13,11 +13,12 @@ import pytest
 
 from rtrecon.cli import main
 from rtrecon.contract.keys import CurveKeys, KeysError, init_keys, load_curve
-from rtrecon.contract.transport import ReliableReceiver, ReliableSender, StatusPublisher, StatusSubscriber, trial_key, volume_key
-from rtrecon.contract.wire import EventMessage, StatusMessage, VolumeMessage
+from rtrecon.contract.transport import ReliableReceiver, ReliableSender, StatusPublisher, StatusSubscriber, result_key, trial_key, volume_key
+from rtrecon.contract.wire import EventMessage, StatusMessage, TrialResultMessage, VolumeMessage
+from rtrecon.testing import scaled
 
 SESSION = "sub-01_ses-01"
-HB = 0.1
+HB = scaled(0.2)  # the links' heartbeat period in these tests
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def test_load_refuses_missing_and_unsafe_keys(tmp_path: Path) -> None:
 
 def _exchange(tx: ReliableSender, rx: ReliableReceiver, n: int, timeout_s: float) -> list:
     got: list = []
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while (len(got) < n or tx.pending) and time.monotonic() < deadline:
         tx.poll(0.005)
         message = rx.recv(0.01)
@@ -118,7 +119,7 @@ def test_encrypted_status_feed(keys_dir: Path, endpoint: str) -> None:
     with StatusPublisher(endpoint, curve=load_curve(keys_dir, "engine")) as pub, \
             StatusSubscriber(endpoint, curve=load_curve(keys_dir, "stimulus"), server_role="engine") as sub:
         got = None
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while got is None and time.monotonic() < deadline:
             pub.publish(message)
             got = sub.recv(0.05)
@@ -139,7 +140,7 @@ def test_unknown_key_and_plaintext_peers_get_nothing_through(
                 ReliableSender(endpoint, SESSION, tmp_path / "b", heartbeat_s=HB) as plain:
             for sender in (tx, plain):
                 sender.send(_volume(0))
-            deadline = time.monotonic() + 1.5
+            deadline = time.monotonic() + scaled(1.5)
             while time.monotonic() < deadline:
                 tx.poll(0.01)
                 plain.poll(0.01)
@@ -163,20 +164,23 @@ def test_unknown_key_and_plaintext_peers_get_nothing_through(
     [
         (volume_key, "engine", "bridge", "stimulus"),  # failure 6: the stimulus key was accepted on the volume link
         (trial_key, "engine", "stimulus", "bridge"),
-        (trial_key, "stimulus", "engine", "console"),
+        (result_key, "stimulus", "engine", "console"),
     ],
 )
 def test_a_key_is_accepted_only_on_its_roles_links(
     keys_dir: Path, endpoint: str, tmp_path: Path, caplog, key, server, admitted, refused
 ) -> None:
     caplog.set_level(logging.WARNING, logger="rtrecon.contract.keys")
-    make = _volume if key is volume_key else (
-        lambda i: EventMessage(session=SESSION, run=1, trial=i, onset=1.0, duration=1.0, trial_type="image"))
+    make = {
+        volume_key: _volume,
+        trial_key: lambda i: EventMessage(session=SESSION, run=1, trial=i, onset=1.0, duration=1.0, trial_type="image"),
+        result_key: lambda i: TrialResultMessage(session=SESSION, run=1, trial=i, sequence=i),
+    }[key]
     with ReliableReceiver(endpoint, SESSION, key=key, curve=load_curve(keys_dir, server), heartbeat_s=HB) as rx:
         with ReliableSender(endpoint, SESSION, tmp_path / "wrong", key=key, curve=load_curve(keys_dir, refused),
                             server_role=server, heartbeat_s=HB) as tx:
             tx.send(make(0))
-            deadline = time.monotonic() + 1.5
+            deadline = time.monotonic() + scaled(1.5)
             while time.monotonic() < deadline:
                 tx.poll(0.01)
                 assert rx.recv(0.01) is None
@@ -200,7 +204,7 @@ def test_link_recovers_after_a_peer_without_the_same_encryption_held_the_port(
     with ReliableReceiver(endpoint, SESSION, curve=receiver_curve, heartbeat_s=HB) as wrong, \
             ReliableSender(endpoint, SESSION, tmp_path, curve=sender_curve, heartbeat_s=HB) as tx:
         tx.send(_volume(0))
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + scaled(1.0)
         while time.monotonic() < deadline:
             tx.poll(0.01)
             assert wrong.recv(0.01) is None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from rtrecon.contract import children
 from rtrecon.contract.layout import SessionLayout, atomic_file, atomic_write, safe_filename, session_id
+from rtrecon.testing import scaled
 
 
 def test_names_follow_bids_with_two_digit_runs(tmp_path: Path) -> None:
@@ -61,7 +62,7 @@ def test_a_write_killed_midway_leaves_the_old_file(tmp_path: Path) -> None:
         f"atomic_write({str(target)!r}, b'x' * (200 * 2**20))\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3], env=os.environ.copy())
+    proc = children.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3], env=os.environ.copy(), timeout=scaled(60))
     assert proc.returncode == -9
     assert target.read_bytes() in (b"old", b"x" * (200 * 2**20))
 

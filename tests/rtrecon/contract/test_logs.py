@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
 import pytest
+
+from rtrecon.contract import children
+from rtrecon.testing import scaled
 
 
 @pytest.mark.parametrize("process", ["engine", "bridge", "stimulus", "console", "100%"])
@@ -18,6 +20,6 @@ def test_each_process_logs_time_process_level_and_logger(process: str) -> None:
         "logging.getLogger('engine.server').warning('volume %d refused', 4)\n"
         "logging.getLogger('x').debug('not shown at INFO')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    out = children.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(120), check=True).stdout
     pattern = rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{3}} {re.escape(process)} WARNING engine\.server: volume 4 refused"
     assert re.fullmatch(pattern, out.strip()), out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
+from rtrecon.contract import children
 from rtrecon.contract.transport import (
     ReliableReceiver,
     ReliableSender,
@@ -38,9 +40,10 @@ from rtrecon.contract.wire import (
     decode,
     encode,
 )
+from rtrecon.testing import scaled
 
 SESSION = "sub-01_ses-01"
-HB = 0.1  # heartbeat period in these tests: a dead peer is noticed after 0.3 s
+HB = scaled(0.2)  # heartbeat period in these tests: a dead peer is noticed after three missed beats
 
 # A volume's voxels all equal its index, so a mixed-up or corrupted volume shows.
 VOLUME_CODE = """
@@ -98,6 +101,7 @@ with ReliableReceiver(endpoint, session, persisted, heartbeat_s=float(sys.argv[4
 SENDER_PROGRAM = VOLUME_CODE + """
 import logging, sys, time
 from rtrecon.contract.transport import ReliableSender
+from rtrecon.testing import scaled
 from rtrecon.contract.wire import RunEndMessage
 logging.basicConfig(level=logging.INFO)
 endpoint, session, spool, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -107,7 +111,7 @@ with ReliableSender(endpoint, session, spool, heartbeat_s=float(sys.argv[5])) as
         tx.poll(0.01)
     if tx.spooled.get(1, -1) < n:
         tx.send(RunEndMessage(session=session, run=1, n_volumes=n))
-    sys.exit(0 if tx.wait_acked(20) else 3)
+    sys.exit(0 if tx.wait_acked(scaled(20)) else 3)
 """
 
 
@@ -126,11 +130,11 @@ def endpoint() -> str:
 
 def _start(program: str, args: list[str], log_file: Path) -> subprocess.Popen:
     with open(log_file, "ab") as log:
-        return subprocess.Popen([sys.executable, "-c", program, *args], stdout=log, stderr=subprocess.STDOUT)
+        return children.start([sys.executable, "-c", program, *args], stdout=log, stderr=subprocess.STDOUT)
 
 
 def _until(condition: Callable[[], bool], step: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
@@ -167,6 +171,29 @@ def test_delivers_in_order_once_across_runs(endpoint: str, tmp_path: Path) -> No
         for _ in range(10):  # nothing more comes: no duplicates after the fact
             tx.poll(0.005)
             assert rx.recv(0.005) is None
+
+
+def test_a_receivers_notices_reach_its_sender(endpoint: str, tmp_path: Path, caplog) -> None:
+    from rtrecon.contract.wire import ShownMessage
+
+    def shown(trial: int, session: str = SESSION) -> ShownMessage:
+        return ShownMessage(session=session, run=1, trial=trial, release=0, sequence=trial, shown=2.0 + trial,
+                            shown_wall=1.5e9, received_to_shown_s=0.01)
+
+    with ReliableReceiver(endpoint, SESSION, heartbeat_s=HB) as rx, \
+            ReliableSender(endpoint, SESSION, tmp_path / "spool", heartbeat_s=HB) as tx:
+        tx.send(_volume(0))
+        _exchange(tx, rx, 1)  # the link is up: the receiver knows its sender
+        for trial in (0, 1):
+            rx.notify(shown(trial))
+        rx.notify(shown(2, session="sub-99_ses-01"))  # another session's: dropped by the sender
+        got: list = []
+        _until(lambda: len(got) >= 2, lambda: (tx.poll(0.01), got.extend(tx.notices())), 5.0, "2 notices")
+        assert got == [shown(0), shown(1)] and tx.notices() == []
+        with pytest.raises(ValueError, match="not a notice"):
+            rx.notify(_volume(1))
+        with pytest.raises(WireError, match="shown.received_to_shown_s"):
+            rx.notify(dataclasses.replace(shown(3), received_to_shown_s=-1.0))
 
 
 def test_send_refuses_what_would_break_the_sequence(endpoint: str, tmp_path: Path) -> None:
@@ -286,10 +313,10 @@ def test_receiver_killed_mid_run_loses_and_duplicates_nothing(endpoint: str, tmp
             receiver = _start(RECEIVER_PROGRAM, args, log_file)
             _until(lambda: sent == n, step, 20, "all volumes sent")
             tx.send(RunEndMessage(session=SESSION, run=1, n_volumes=n))
-            assert tx.wait_acked(20), log_file.read_text()
-            assert receiver.wait(10) == 0
+            assert tx.wait_acked(scaled(20)), log_file.read_text()
+            assert receiver.wait(scaled(10)) == 0
     finally:
-        receiver.kill()
+        children.kill(receiver)
     assert not (store / "errors.txt").exists(), (store / "errors.txt").read_text()
     assert sorted(int(p.stem) for p in store.glob("*.npy")) == list(range(n))
     for index in (0, 14, 15, n - 1):
@@ -329,7 +356,7 @@ def test_sender_killed_mid_run_loses_and_duplicates_nothing(endpoint: str, tmp_p
             _until(lambda: sender.poll() is not None, step, 30, "the sender to finish")
             assert sender.returncode == 0, log_file.read_text()
         finally:
-            sender.kill()
+            children.kill(sender)
     assert [volume_key(m) for m in got] == [(1, i) for i in range(n + 1)]
     assert isinstance(got[-1], RunEndMessage) and got[-1].n_volumes == n
     assert all(np.all(m.voxels == m.index) for m in got[:-1])
@@ -363,7 +390,7 @@ def test_bad_frames_are_logged_dropped_and_survived(endpoint: str, tmp_path: Pat
         try:
             for frames, _ in bad_messages:
                 raw.send_multipart(frames)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + scaled(5)
             while len(caplog.records) < len(bad_messages) and time.monotonic() < deadline:
                 assert rx.recv(0.02) is None
         finally:
@@ -406,7 +433,7 @@ def test_status_feed(endpoint: str) -> None:
     with StatusPublisher(endpoint) as pub, StatusSubscriber(endpoint) as sub:
         message = StatusMessage(process="engine", state="running", metrics={"volumes": 12.0}, sent_time=time.time())
         got = None
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while got is None and time.monotonic() < deadline:  # a subscriber misses what came before it joined
             assert pub.publish(message)
             got = sub.recv(0.05)
@@ -436,7 +463,7 @@ def test_shapes_that_killed_receivers_are_refused_and_the_link_goes_on(endpoint:
             raw.send_multipart(_raw_item(bad, key=0, prev=-1, seq=0))
             raw.send_multipart(_raw_item(encode(_volume(1)), key=1, prev=0, seq=1))
             got = None
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + scaled(5)
             while got is None and time.monotonic() < deadline:
                 got = rx.recv(0.05)
             assert got is not None and got.index == 1  # the next item of the same sender still comes
@@ -525,7 +552,7 @@ def test_a_200_mb_frame_is_refused_before_it_is_read(endpoint: str, tmp_path: Pa
             huge = np.zeros(size_mb * 1024 * 1024, np.uint8)
             raw.send_multipart([_raw_item([b"{}"], 0, -1, 0)[0], b"{}", memoryview(huge)], copy=False)
             del huge
-            deadline = time.monotonic() + 3
+            deadline = time.monotonic() + scaled(3)
             while time.monotonic() < deadline and not caplog.records:
                 assert rx.recv(0.05) is None
         finally:
@@ -570,10 +597,10 @@ def test_sender_lead_is_bounded_and_reported(endpoint: str, tmp_path: Path) -> N
 def test_the_link_starts_without_fcntl_as_on_windows(endpoint: str, tmp_path: Path, monkeypatch) -> None:
     # The stimulus program's modules import where fcntl does not exist (a Windows stimulus PC).
     code = "import sys; sys.modules['fcntl'] = None; import rtrecon.contract.transport, stimulus.link; print('imported')"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = children.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(120))
     assert done.returncode == 0 and "imported" in done.stdout, done.stderr
-    control = subprocess.run([sys.executable, "-c", "import sys; sys.modules['fcntl'] = None; import fcntl"],
-                             capture_output=True, text=True, timeout=120)
+    control = children.run([sys.executable, "-c", "import sys; sys.modules['fcntl'] = None; import fcntl"],
+                           capture_output=True, text=True, timeout=scaled(120))
     assert control.returncode != 0  # the patch does hide fcntl
 
     # Without fcntl a sender locks its spool with msvcrt (here backed by this machine's flock).

@@ -18,6 +18,7 @@ from rtrecon.contract.wire import (
     OperatorMessage,
     RunEndMessage,
     SequenceMessage,
+    ShownMessage,
     StatusMessage,
     TrialResultMessage,
     VolumeMessage,
@@ -25,6 +26,7 @@ from rtrecon.contract.wire import (
     WireError,
     decode,
     encode,
+    validate,
 )
 
 RNG = np.random.default_rng(0)
@@ -66,6 +68,7 @@ EXAMPLES: list[Message] = [
     RunEndMessage(session="s", run=1, n_volumes=300),
     VolumeMissingMessage(session="s", run=1, index=12, reason="file never completed"),
     OperatorMessage(session="s", feedback_paused=True, ended_runs=[1], bad_trials={1: [3, 7]}, sent_time=1.5e9),
+    ShownMessage(session="s", run=1, trial=3, release=1, sequence=7, shown=21.25, shown_wall=1.5e9, received_to_shown_s=0.03),
 ]
 
 
@@ -310,6 +313,13 @@ def test_nan_voxels_still_travel() -> None:
         TrialResultMessage(session="s", run=1, trial=1, embedding=np.full(4, np.nan, np.float32)),
         TrialResultMessage(session="s", run=1, trial=1, retrieved=["a"], scores=[0.5, 0.2]),
         TrialResultMessage(session="s", run=1, trial=1, latencies={"decode_s": float("inf")}),
+        TrialResultMessage(session="s", run=1, trial=1, pairmate="b", cpd=float("nan")),
+        TrialResultMessage(session="s", run=1, trial=1, pairmate="b", cpd=float("-inf")),
+        TrialResultMessage(session="s", run=1, trial=1, cpd=0.5),  # a CPD without a pairmate
+        ShownMessage(session="s", run=1, trial=1, release=0, sequence=-1, shown=2.0, shown_wall=1.0, received_to_shown_s=0.0),
+        ShownMessage(session="s", run=1, trial=1, release=0, sequence=0, shown=1e9, shown_wall=1.0, received_to_shown_s=0.0),
+        ShownMessage(session="s", run=1, trial=1, release=0, sequence=0, shown=2.0, shown_wall=float("nan"), received_to_shown_s=0.0),
+        ShownMessage(session="s", run=1, trial=1, release=0, sequence=0, shown=2.0, shown_wall=1.0, received_to_shown_s=-0.5),
     ],
     ids=lambda m: m.KIND,
 )
@@ -321,6 +331,20 @@ def test_status_metrics_may_be_unknown() -> None:
     # Control: the first volume's displacement is NaN ("not known yet") and is for display only.
     decoded = decode(encode(StatusMessage(process="engine", state="running", metrics={"fd_mm": float("nan")})))
     assert np.isnan(decoded.metrics["fd_mm"])
+
+
+def test_pairmate_and_cpd_travel_and_are_checked() -> None:
+    event = EventMessage(session="s", run=1, trial=2, onset=4.0, duration=3.0, trial_type="image", stimulus="a", pairmate="b")
+    assert decode(encode(event)).pairmate == "b"
+    result = TrialResultMessage(session="s", run=1, trial=2, stimulus="a", pairmate="b", cpd=-0.37)
+    assert decode(encode(result)) == result
+    assert decode(encode(TrialResultMessage(session="s", run=1, trial=2))).cpd is None  # none: no pairmate
+    _rejects(encode(TrialResultMessage(session="s", run=1, trial=2, pairmate="b", cpd=float("nan"))), "trial_result.cpd")
+    header, data = _header(result)
+    header["fields"]["cpd"] = "0.5"  # a string is not a number
+    _rejects(_with(header, data), "trial_result.cpd")
+    with pytest.raises(WireError, match="trial_result.cpd: a pairmate distinctiveness without a pairmate"):
+        validate(TrialResultMessage(session="s", run=1, trial=2, cpd=0.1))
 
 
 def test_result_release_fields_travel_and_are_checked() -> None:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from rtrecon.data.imagery import ImageryModel, imagery_retrieval, read_imagery, session_betas, simulate
+from rtrecon.data.imagery import (CUE_S, TRIAL_ROWS, ImageryModel, imagery_retrieval, read_imagery, session_betas, simulate,
+                                  write_live_session)
 from rtrecon.data.nsd import NSDDataset
 from rtrecon.data.synthetic import load_truth
 from rtrecon.models.linear_head import LinearHead
@@ -77,3 +78,29 @@ def test_a_linear_head_trained_on_perception_decodes_imagery_above_chance(imager
     control = imagery_retrieval(shuffled.predict(imagery.betas), imagery.trials, embeddings)
     assert binomtest(int(control["correct"].sum()), control["n"], 1 / 6).pvalue > 0.01
     assert control["accuracy"] < result["accuracy"]
+
+
+def test_a_live_imagery_session_is_an_nsd_layout_session_whose_betas_carry_the_imagined_pattern(synthetic_root: Path, tmp_path: Path):
+    from rtrecon.data.synthetic import _glm_betas
+
+    root, session, runs = write_live_session(synthetic_root, 1, tmp_path / "imagery", seed=3)
+    nsd = NSDDataset(root)
+    assert session == max(NSDDataset(synthetic_root).sessions(1)) + 1 and nsd.sessions(1) == [session]
+    assert nsd.runs(1, session) == [1, 2, 3]  # one run per target set
+    assert read_imagery(root, 1).trials.equals(runs.trials) and set(runs.trials["vividness"]) <= {1, 2, 3, 4}
+    np.testing.assert_array_equal(nsd.roi_mask(1), NSDDataset(synthetic_root).roi_mask(1))  # the subject's own brain
+    run = nsd.load_run(1, session, 2)
+    events = nsd.events(1, session, 2)
+    table = runs.trials[runs.trials["run"] == 2]
+    assert run.n_volumes == len(run.design) + 1 and len(events) == 48
+    np.testing.assert_allclose(np.diff(events["onset"]), TRIAL_ROWS * nsd.tr)  # a trial every 8 s
+    assert (events["image_id"].to_numpy() == table["image_id"].to_numpy()).all()
+    # an NSD-style GLM on the run, its events at the imagery periods, recovers each trial's imagery beta
+    mask = nsd.roi_mask(1)
+    series = np.asarray(run.image.dataobj, np.float32)[mask].T
+    estimated = _glm_betas(series, events["onset"].to_numpy() + CUE_S)
+    centred = lambda b: (b - b.mean(0)).ravel()  # noqa: E731 -- each trial's own part, not the pattern all share
+    r = np.corrcoef(centred(estimated), centred(runs.betas[table.index.to_numpy()]))[0, 1]
+    # ... and the control: the betas of another run's trials do not match
+    other = np.corrcoef(centred(estimated), centred(runs.betas[runs.trials.index[runs.trials["run"] == 3].to_numpy()]))[0, 1]
+    assert r > 0.2 and abs(other) < 0.05, (r, other)

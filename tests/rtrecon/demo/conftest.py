@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from rtrecon.contract import children
+from rtrecon.testing import scaled
 
 #: The shortened demo: 2 subjects × 2 sessions × 1 run, a few epochs, the replay at 80× the TR pace, in the
 #: typical world (the golden session's, whose cache it shares; test_decoding.py measures the decoder in the
@@ -50,7 +52,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     base = tmp_path_factory.mktemp("demo")
     cache, out = base / "cache", base / "out"
     cmd = [sys.executable, "-m", "rtrecon.cli", "demo", "--out", str(out), "--cache", str(cache), *DEMO_ARGS]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # a guard: 2 busy cores can triple it
+    done = children.run(cmd, capture_output=True, text=True, timeout=scaled(600))  # a guard: 2 busy cores can triple it
     run = DemoRun(done.returncode, done.stdout, done.stderr, cache, out, os.environ.get("DISPLAY", ""), tuple(DEMO_ARGS))
     if done.returncode != 0:
         pytest.fail(f"the demo failed ({done.returncode}):\n{done.stderr[-3000:]}")

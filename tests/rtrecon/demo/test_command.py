@@ -24,7 +24,7 @@ def test_demo_ends_with_the_headline_json_and_writes_the_report(demo_run):
     assert headline["report"] == str(report)
     html = report.read_text()
     # every trial is reconstructed by default, by the decoder shipped for the synthetic world
-    assert "own unCLIP decoder shipped with rtrecon" in html and "sub-01" in html
+    assert "own unCLIP model shipped with rtrecon" in html and "sub-01" in html
     summary = json.loads((report.parent / "summary.json").read_text())
     assert summary["top1"] == headline["top1"] and summary["metrics"]["live_vs_released_beta_r"] > 0
     # per release (one or several, as the engine releases): retrieval of the betas decoded, their

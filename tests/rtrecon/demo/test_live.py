@@ -28,8 +28,10 @@ def test_session_config_gallery_and_bids_outputs(demo_run):
     events = pd.read_csv(func / "sub-01_ses-02_task-perception_run-01_events.tsv", sep="\t")
     assert len(events) == 63
     derivatives = folder / "derivatives" / "rtrecon" / "sub-01" / "ses-02" / "func"
-    # each trial's live release (8 s after onset) decoded; the run-end releases follow as the engine stops
+    # each trial's live release (8 s after onset) decoded, and its end-of-run release before the engine stopped
     assert len(list(derivatives.glob("*_desc-trial*release0decoded.npz"))) == 63
+    trials = pd.read_csv(derivatives / "sub-01_ses-02_task-perception_run-01_desc-trials.tsv", sep="\t")
+    assert sorted(trials.loc[trials["final"].astype(str) == "True", "trial"]) == list(range(63))
     logs = {p.name for p in (folder / "logs").iterdir()}
     assert logs - {"xvfb.log"} == {"engine.log", "console.log", "bridge_run-01.log", "stimulus_run-01.log"}
     assert ("xvfb.log" in logs) == (not demo_run.display)  # a private Xvfb only when there is no display
@@ -53,3 +55,40 @@ def test_a_relative_output_folder_gives_a_config_whose_paths_resolve(demo_run, t
     assert config.session.output_dir == out
     assert config.decoder.gallery == out / "gallery.npz" and config.decoder.gallery.is_file()
     assert config.engine.roi_mask.is_file()
+
+
+def test_the_demo_waits_for_the_end_of_run_releases_while_they_come(tmp_path):
+    import threading
+    import time
+
+    from rich.progress import Progress
+
+    from rtrecon.demo.collect import LiveSessionFiles
+    from rtrecon.demo.live import _wait_for_final_releases
+    from rtrecon.demo.processes import ProcessGroup
+
+    layout = LiveSessionFiles(tmp_path, "01", "02", "perception", tmp_path / "stimulus")
+    table = layout.derivative(1, "trials")
+    table.parent.mkdir(parents=True)
+    rows = ["trial\trelease\tfinal"] + [f"{t}\t0\tFalse" for t in range(3)]
+    table.write_text("\n".join(rows) + "\n")
+
+    def engine() -> None:  # one end-of-run release every 0.8 s: the last comes after more than idle_s
+        for t in range(3):
+            time.sleep(0.8)
+            rows.append(f"{t}\t2\tTrue")
+            table.write_text("\n".join(rows) + "\n")
+
+    with ProcessGroup(tmp_path / "logs") as group, Progress(disable=True) as bar:
+        group.start("engine", ["-c", "import time; time.sleep(30)"])
+        writer = threading.Thread(target=engine)
+        writer.start()
+        started = time.monotonic()
+        _wait_for_final_releases(group, layout, {1: 3}, bar, idle_s=2.0)
+        waited = time.monotonic() - started
+        writer.join()
+        assert waited >= 2.4  # all three came, not given up after idle_s
+        # control: an engine that delivers nothing more is given up on after idle_s
+        started = time.monotonic()
+        _wait_for_final_releases(group, layout, {1: 4}, bar, idle_s=0.5)
+        assert 0.5 <= time.monotonic() - started < 5.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtrecon.demo.processes import ProcessFailed, ProcessGroup, free_endpoints
+from rtrecon.testing import scaled
 
 
 def test_free_endpoints_are_distinct_localhost_ports():
@@ -15,7 +16,7 @@ def test_free_endpoints_are_distinct_localhost_ports():
 def test_a_failed_process_is_reported_with_its_log(tmp_path):
     with ProcessGroup(tmp_path) as group:
         group.start("bad", ["-c", "import sys; print('something broke'); sys.exit(3)"])
-        assert group.wait("bad", 30) == 3
+        assert group.wait("bad", scaled(30)) == 3
         with pytest.raises(ProcessFailed, match=r"(?s)bad exited with status 3.*something broke"):
             group.check()
         with pytest.raises(ValueError, match="already started"):

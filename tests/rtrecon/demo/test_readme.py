@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from rtrecon.contract import children
+from rtrecon.testing import scaled
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -26,7 +28,7 @@ def test_the_readme_main_command_runs_a_shortened_demo(demo_run, tmp_path):
         pytest.skip("the README's commands run in the project's .venv; these tests run in another environment")
     # The demo fixture's cache: the dataset and the decoder are found there, the live part runs.
     extra = ["--out", str(tmp_path / "out"), "--cache", str(demo_run.cache), *demo_run.args]
-    done = subprocess.run([*command, *extra], cwd=REPO, capture_output=True, text=True, timeout=280)
+    done = children.run([*command, *extra], cwd=REPO, capture_output=True, text=True, timeout=scaled(280))
     assert done.returncode == 0, done.stderr[-3000:]
     headline = json.loads(done.stdout.strip().splitlines()[-1])
     assert headline["trials"] == headline["decoded"] == 63

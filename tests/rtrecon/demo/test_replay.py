@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 from rtrecon.cli import main
-from rtrecon.decoders.weights import synthetic_decoder_path
+from rtrecon.reconstruction.weights import synthetic_reconstructor_path
 
 
 def test_replay_a_session_with_a_given_checkpoint(demo_run, tmp_path, capsys):
     """The demo subject's live session again, decoded with the demo's trained checkpoint given as
     ``--checkpoint`` (the path an NSD user takes with an official one), reconstructed by ``--unclip``."""
     (checkpoint,) = (demo_run.cache / "decoders").glob("*/finetune/last.pth")
-    unclip = synthetic_decoder_path()
+    unclip = synthetic_reconstructor_path()
     args = ["replay", "nsd", "--root", str(demo_run.dataset), "--subject", "1", "--session", "2", "--speed", "80",
             "--checkpoint", str(checkpoint), "--unclip", str(unclip), "--out", str(tmp_path / "replay")]
     assert main(args) == 0
@@ -28,7 +28,7 @@ def test_replay_a_session_with_a_given_checkpoint(demo_run, tmp_path, capsys):
     # what an NSD user compares: the betas decoded live against the released ones of the same trials
     assert summary["metrics"]["live_vs_released_beta_r"] > 0
     assert all("live_vs_released_beta_r" in release for release in summary["by_release"].values())
-    assert str(checkpoint) in summary["decoder"] and f"unCLIP decoder {unclip}" in summary["decoder"]
+    assert str(checkpoint) in summary["decoder"] and f"unCLIP model {unclip}" in summary["decoder"]
     html = (report / "report.html").read_text()
     assert str(checkpoint) in html and "live_vs_released_beta_r" in html
     trials = json.loads((report / "trials.json").read_text())

@@ -33,9 +33,9 @@ def test_subject_data_rejects_a_session_without_betas(demo_run):
 
 
 def test_the_demo_decoder_has_the_prior_the_engine_reconstructs_from(demo_run):
-    """By default the demo trains the prior and the engine decodes its tokens with the shipped unCLIP decoder."""
-    from rtrecon.decoders.unclip import load_config
-    from rtrecon.decoders.weights import synthetic_decoder_path
+    """By default the demo trains the prior and the engine decodes its tokens with the shipped unCLIP model."""
+    from rtrecon.reconstruction.unclip import load_config
+    from rtrecon.reconstruction.weights import synthetic_reconstructor_path
     from rtrecon.demo.training import DecoderRecipe
     from rtrecon.models import load_official
 
@@ -43,10 +43,10 @@ def test_the_demo_decoder_has_the_prior_the_engine_reconstructs_from(demo_run):
     config = load_official(checkpoint).config
     assert config.use_prior and config.prior_timesteps == DecoderRecipe().prior_timesteps
     session_config = (demo_run.session_dir / "session.toml").read_text()
-    assert str(synthetic_decoder_path()) in session_config
+    assert str(synthetic_reconstructor_path()) in session_config
     decoded = sorted(demo_run.session_dir.glob("derivatives/rtrecon/**/*decoded.npz"))
     assert decoded
-    size = load_config(synthetic_decoder_path()).image_size
+    size = load_config(synthetic_reconstructor_path()).image_size
     for path in decoded:
         image = np.load(path)["image"]
         assert image.dtype == np.uint8 and image.shape == (size, size, 3)

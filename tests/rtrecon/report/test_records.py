@@ -183,11 +183,61 @@ def test_imagery_figures_agree_with_nsd_imagery_scoring_of_the_same_trials(tmp_p
     assert summary.imagery["top1"] == pytest.approx(reference["accuracy"]) and 0.3 < reference["accuracy"] < 0.95
     assert summary.imagery["per_set"] == pytest.approx(reference["per_set"])
     assert summary.imagery["per_vividness"] == pytest.approx({str(k): v for k, v in reference["per_vividness"].items()})
+    # the headline keeps the perception keys, its retrieval scored among each trial's target set
     headline = summary.headline()
-    assert headline["imagery_top1"] == summary.imagery["top1"] and set(headline["imagery_per_set"]) == set(sets)
+    assert set(headline) == set(summarise(_data([1, 2]), "r.html").headline())
+    assert headline["top1"] == summary.imagery["top1"] and headline["chance_top1"] == pytest.approx(1 / 6)
+    assert headline["top5"] == pytest.approx(np.mean([r.set_rank <= 5 for r in records]))
+    assert headline["top1_by_release"] == {"0": summary.imagery["top1"]}
     assert 'id="imagery"' in (tmp_path / "report.html").read_text()
     # perception trials (no target set) give no imagery figures and the perception headline is unchanged
     perception = summarise(_data([1, 2]), "r.html")
     assert perception.imagery == {} and not any(k.startswith("imagery") for k in perception.headline())
     with pytest.raises(ValueError, match="set_rank 7 is not a rank among 6 targets"):
         TrialRecord(run=1, trial=0, stimulus_id="x", target_set="simple", set_rank=7, set_size=6)
+
+
+def test_pairmate_figures_per_run_agree_with_direct_two_way_and_a_shuffled_control_is_at_chance(tmp_path) -> None:
+    from scipy.stats import binomtest
+
+    from rtrecon.runtime.retrieval import pairmate_distinctiveness
+    from rtrecon.report.writer import write_report
+
+    rng = np.random.default_rng(2)
+    images = rng.standard_normal((200, 4, 8))  # image 2k's pairmate is 2k+1 and back
+    seen = rng.integers(0, 200, 300)
+    foil = seen ^ 1
+    decoded = images[seen] + 2.5 * rng.standard_normal((300, 4, 8))
+    shuffled = rng.permutation(300)
+
+    def cpd(rows: np.ndarray) -> np.ndarray:
+        return pairmate_distinctiveness(decoded, images[seen[rows]], images[foil[rows]]).numpy()
+
+    def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    figures = {}
+    for name, rows in (("true", np.arange(300)), ("shuffled", shuffled)):
+        scores = cpd(rows)
+        records = [TrialRecord(run=1 + k // 150, trial=k, stimulus_id=f"nsd:{seen[r]}", pairmate=f"nsd:{foil[r]}",
+                               cpd=float(scores[k])) for k, r in enumerate(rows)]
+        records.append(TrialRecord(run=1, trial=999, stimulus_id="nsd:0"))  # no pairmate: left out
+        summary = write_report(SessionReportData("01", "01", "perception", "d", records, 200), tmp_path / name)
+        figures[name] = summary.pairmates
+        # two-way computed directly: the decoded embedding nearer the seen image than its pairmate
+        direct = cosine(decoded, images[seen[rows]]) > cosine(decoded, images[foil[rows]])
+        assert summary.pairmates["two_way"] == pytest.approx(direct.mean())
+        assert summary.pairmates["per_run"][2]["two_way"] == pytest.approx(direct[150:].mean())
+        assert summary.pairmates["per_run"][1]["mean_cpd"] == pytest.approx(scores[:150].mean())
+        assert summary.pairmates["trials"] == 300 and summary.headline()["pairmate_two_way"] == summary.pairmates["two_way"]
+        page = (tmp_path / name / "report.html").read_text()
+        assert 'id="pairmates"' in page and f"CPD {scores[0]:+.2f} vs pairmate nsd:{foil[rows[0]]}" in page
+    true, control = figures["true"], figures["shuffled"]
+    assert binomtest(round(true["two_way"] * 300), 300, 0.5, alternative="greater").pvalue < 1e-3 and true["mean_cpd"] > 0.1
+    assert binomtest(round(control["two_way"] * 300), 300, 0.5).pvalue > 0.01 and abs(control["mean_cpd"]) < 0.1
+    print(f"pairmates: CPD {true['mean_cpd']:.3f}, two-way {true['two_way']:.3f}; shuffled CPD {control['mean_cpd']:.3f}, "
+          f"two-way {control['two_way']:.3f}")
+    # no pairmates: no figures, and the headline is unchanged
+    plain = summarise(_data([1, 2]), "r.html")
+    assert plain.pairmates == {} and not any(k.startswith("pairmate") for k in plain.headline())

@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rtrecon.contract import children
 from rtrecon.report import MotionTrace, SessionReportData, TrialRecord, stage_durations, write_report
+from rtrecon.testing import scaled
 
 STAGES = ["written", "read", "received", "realigned", "decoded", "generated", "shown"]
 RANKS = [1, 2, 1, 7, None, 3, 1, 12]  # 7 ranked: top-1 3/7, top-5 5/7
@@ -182,11 +183,11 @@ def test_renders_in_headless_chromium(written, tmp_path: Path) -> None:
         pytest.skip("no Chromium installed")
     out, _, _ = written
     shot = tmp_path / "report.png"
-    subprocess.run(
+    children.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
          "--window-size=1200,1600", f"--screenshot={shot}", (out / "report.html").as_uri()],
-        check=True, capture_output=True, timeout=60,
+        check=True, capture_output=True, timeout=scaled(60),
     )
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (1600, 1200) and pixels.std() > 10  # a drawn page, not a blank one

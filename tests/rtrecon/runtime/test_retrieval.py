@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from rtrecon.runtime.retrieval import RetrievalDecoder, pairmate_distinctiveness
+from rtrecon.runtime.retrieval import Retriever, pairmate_distinctiveness
 
 
 def test_topk_finds_the_noisy_copies_in_order():
     rng = np.random.default_rng(0)
     gallery = rng.normal(size=(20, 4, 8)).astype(np.float32)
     ids = [f"img{i}" for i in range(20)]
-    dec = RetrievalDecoder(gallery, ids)
+    retriever = Retriever(gallery, ids)
     pred = gallery[[3, 11]] * 5 + 0.1 * rng.normal(size=(2, 4, 8))  # scale must not matter
-    top, scores = dec.topk(pred, k=3)
+    top, scores = retriever.topk(pred, k=3)
     assert [row[0] for row in top] == ["img3", "img11"]
     assert scores.shape == (2, 3) and torch.all(scores[:, :-1] >= scores[:, 1:])
     assert scores[0, 0] == pytest.approx(1.0, abs=0.01)
@@ -36,8 +36,8 @@ def test_pairmate_distinctiveness_landmarks():
 
 def test_errors_are_explicit():
     with pytest.raises(ValueError, match="3 embeddings but 2 ids"):
-        RetrievalDecoder(np.ones((3, 4)), ["a", "b"])
+        Retriever(np.ones((3, 4)), ["a", "b"])
     with pytest.raises(ValueError, match="features"):
-        RetrievalDecoder(np.ones((3, 4))).topk(np.ones((1, 5)))
+        Retriever(np.ones((3, 4))).topk(np.ones((1, 5)))
     with pytest.raises(ValueError, match="identical"):
         pairmate_distinctiveness(np.ones(4), np.ones(4), np.ones(4))

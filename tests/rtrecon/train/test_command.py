@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -10,7 +9,9 @@ import pytest
 import torch
 
 from rtrecon.cli import main
+from rtrecon.contract import children
 from rtrecon.models import load_official
+from rtrecon.testing import scaled
 
 
 def test_new_subject_needs_a_single_subject(tmp_path, small_data):
@@ -28,7 +29,7 @@ def test_two_cpu_processes_with_accelerate(tmp_path, small_data):
            "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", "-m", "rtrecon.cli", "train",
            "--data", str(tmp_path / "d.npz"), "--output", str(tmp_path / "ddp"), "--preset", "tiny",
            "--epochs", "2", "--batch-size", "8", "--no-progress", "--test-data", str(tmp_path / "d.npz")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    proc = children.run(cmd, capture_output=True, text=True, timeout=scaled(240), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["world_size"] == 2 and summary["epochs"] == 2

@@ -1,12 +1,12 @@
-"""rtrecon.decoders.vae: the SDXL KL autoencoder and the tiny autoencoder option."""
+"""rtrecon.reconstruction.vae: the SDXL KL autoencoder and the tiny autoencoder option."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rtrecon.decoders.config import TINY
-from rtrecon.decoders.vae import build_tiny_autoencoder, build_vae, load_tiny_autoencoder, load_vae
+from rtrecon.reconstruction.config import TINY
+from rtrecon.reconstruction.vae import build_tiny_autoencoder, build_vae, load_tiny_autoencoder, load_vae
 
 
 def test_official_vae_has_the_manifest_parameter_count(manifest, official_meta_models):

@@ -1,4 +1,4 @@
-"""rtrecon.decoders.distill_lcm: the LCM distillation entry point, a few steps on the tiny decoder."""
+"""rtrecon.reconstruction.distill_lcm: the LCM distillation entry point, a few steps on the tiny reconstructor."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from rtrecon.decoders.conditioning import guidance_embedding
-from rtrecon.decoders.distill_lcm import DistillSettings, distill_lcm, make_student
-from rtrecon.decoders.unclip import SamplingOptions, UnclipDecoder
+from rtrecon.reconstruction.conditioning import guidance_embedding
+from rtrecon.reconstruction.distill_lcm import DistillSettings, distill_lcm, make_student
+from rtrecon.reconstruction.unclip import SamplingOptions, UnclipReconstructor
 
 
 @pytest.fixture(scope="module")
-def teacher() -> UnclipDecoder:
-    return UnclipDecoder.tiny(seed=0)
+def teacher() -> UnclipReconstructor:
+    return UnclipReconstructor.tiny(seed=0)
 
 
 def test_student_starts_as_the_teacher(teacher):

@@ -1,34 +1,34 @@
-"""``UnclipDecoder``: CLIP image tokens in, images out (MindEye2's SDXL unCLIP, in diffusers).
+"""``UnclipReconstructor``: CLIP image tokens in, images out (MindEye2's SDXL unCLIP, in diffusers).
 
->>> decoder = UnclipDecoder.from_pretrained("weights/unclip6", device="cuda", dtype=torch.float16)
->>> images = decoder(tokens)                                  # official: 38 Euler steps, CFG 5, 768²
->>> images = decoder(tokens, SamplingOptions.fast(steps=4))   # DPM-Solver++ Karras, 4 steps, the decoder's CFG
+>>> reconstructor = UnclipReconstructor.from_pretrained("weights/unclip6", device="cuda", dtype=torch.float16)
+>>> images = reconstructor(tokens)                                  # official: 38 Euler steps, CFG 5, 768²
+>>> images = reconstructor(tokens, SamplingOptions.fast(steps=4))   # DPM-Solver++ Karras, 4 steps, the reconstructor's CFG
 
 ``tokens`` are (B, 256, 1664) OpenCLIP ViT-bigG/14 patch tokens (or (256, 1664) for one image);
-the result is a float tensor (B, 3, H, W) in [0, 1] on the decoder's device.
+the result is a float tensor (B, 3, H, W) in [0, 1] on the reconstructor's device.
 
 :class:`SamplingOptions` holds every choice: scheduler (``euler_edm`` official, ``euler_karras``,
-``dpmpp_karras``; ``lcm`` for a UNet distilled by :mod:`~rtrecon.decoders.distill_lcm`), steps, CFG scale (<= 1 turns CFG off: one UNet pass per step;
-None, the default, takes the decoder config's: 5 for the official model), the
+``dpmpp_karras``; ``lcm`` for a UNet distilled by :mod:`~rtrecon.reconstruction.distill_lcm`), steps, CFG scale (<= 1 turns CFG off: one UNet pass per step;
+None, the default, takes the reconstructor config's: 5 for the official model), the
 unconditional input (``random`` official, ``zero``), image size (512, 768, ...), output mapping
-(``official`` x*0.8+0.2, ``standard`` (x+1)/2; by default the decoder config's), initial noise (``official``: z + sigma0 * (n + 0.04 *
+(``official`` x*0.8+0.2, ``standard`` (x+1)/2; by default the reconstructor config's), initial noise (``official``: z + sigma0 * (n + 0.04 *
 offset), as ``utils.unclip_recon`` does; ``standard``: plain Gaussian), the tiny autoencoder
 for the latents, and the seed. ``SamplingOptions()`` is the official setting.
 
-Precision is set on the decoder: ``autocast`` (float16 or bfloat16) is the official mixed
+Precision is set on the reconstructor: ``autocast`` (float16 or bfloat16) is the official mixed
 precision of MindEye2's ``unclip_recon``: float32 weights, the UNet under ``torch.autocast`` (its
 ``Linear``/``Conv`` weights stored in half once, which autocast would produce at every call
 anyway), the Euler chain in float32 and the KL VAE outside autocast in float32 (sgm's
 ``disable_first_stage_autocast``). ``dtype`` (float16/bfloat16) instead makes every tensor half
 (a KL VAE whose config says ``force_upcast``, as SDXL's does, still decodes in float32 under
 float16, since SDXL's VAE overflows in half precision). ``channels_last`` stores the UNet's and
-VAE's convolution activations channels-last. :meth:`UnclipDecoder.compile` (``torch.compile``) and
-:meth:`UnclipDecoder.compile` with ``backend="tensorrt"`` (needs ``torch_tensorrt``; imported
+VAE's convolution activations channels-last. :meth:`UnclipReconstructor.compile` (``torch.compile``) and
+:meth:`UnclipReconstructor.compile` with ``backend="tensorrt"`` (needs ``torch_tensorrt``; imported
 only then), and a ``tiny_autoencoder`` (diffusers ``AutoencoderTiny``) for fast latent decoding.
 
 Weights come from local folders only: ``from_pretrained(folder)`` reads the layout that
-``rtrecon convert-unclip`` writes (``unet/``, ``vae/``, ``unclip.json``). ``UnclipDecoder.tiny()``
-builds the whole decoder at :data:`~rtrecon.decoders.config.TINY` size with random weights; it
+``rtrecon convert-unclip`` writes (``unet/``, ``vae/``, ``unclip.json``). ``UnclipReconstructor.tiny()``
+builds the whole reconstructor at :data:`~rtrecon.reconstruction.config.TINY` size with random weights; it
 runs on a CPU in well under a second per step and goes through exactly the same code.
 """
 
@@ -45,16 +45,16 @@ from typing import Literal
 import numpy as np
 import torch
 
-from rtrecon.decoders.conditioning import guidance_embedding, map_output, size_crop_vector, unconditional_tokens
-from rtrecon.decoders.config import OFFICIAL_SAMPLING, TINY, DiscretizationConfig, UnclipConfig
-from rtrecon.decoders.schedulers import first_sigma, is_variance_exploding, make_scheduler, set_schedule
-from rtrecon.decoders.unet import build_unet, load_unet
-from rtrecon.decoders.vae import build_tiny_autoencoder, build_vae, load_tiny_autoencoder, load_vae
+from rtrecon.reconstruction.conditioning import guidance_embedding, map_output, size_crop_vector, unconditional_tokens
+from rtrecon.reconstruction.config import OFFICIAL_SAMPLING, TINY, DiscretizationConfig, UnclipConfig
+from rtrecon.reconstruction.schedulers import first_sigma, is_variance_exploding, make_scheduler, set_schedule
+from rtrecon.reconstruction.unet import build_unet, load_unet
+from rtrecon.reconstruction.vae import build_tiny_autoencoder, build_vae, load_tiny_autoencoder, load_vae
 from rtrecon.runtime.device import parameter_bytes, precast_for_autocast
 
-__all__ = ["CONFIG_NAME", "SamplingOptions", "UnclipDecoder", "load_config", "save_config"]
+__all__ = ["CONFIG_NAME", "SamplingOptions", "UnclipReconstructor", "load_config", "save_config"]
 
-#: rtrecon's description of a decoder folder (the :class:`UnclipConfig` fields).
+#: rtrecon's description of an unCLIP folder (the :class:`UnclipConfig` fields).
 CONFIG_NAME = "unclip.json"
 
 
@@ -64,19 +64,19 @@ class SamplingOptions:
 
     scheduler: Literal["euler_edm", "euler_karras", "dpmpp_karras", "lcm"] = "euler_edm"
     steps: int = OFFICIAL_SAMPLING.num_steps
-    #: CFG scale (<= 1: no CFG). None: the decoder's own, ``UnclipConfig.guidance_scale`` (5, the
-    #: official CFG, for the official model; what a small trained decoder does best at for others).
+    #: CFG scale (<= 1: no CFG). None: the reconstructor's own, ``UnclipConfig.guidance_scale`` (5, the
+    #: official CFG, for the official model; what a small trained reconstructor does best at for others).
     guidance_scale: float | None = None
     uncond: Literal["random", "zero"] = "random"
-    #: Output size in pixels; None uses the decoder's configured size.
+    #: Output size in pixels; None uses the reconstructor's configured size.
     image_size: int | None = None
-    #: None: the decoder's configured mapping (official for the official model).
+    #: None: the reconstructor's configured mapping (official for the official model).
     output: Literal["official", "standard"] | None = None
     init_noise: Literal["official", "standard"] = "official"
     tiny_autoencoder: bool = False
     seed: int | None = 0
     #: The original-size entry of the conditioning vector (768 officially, whatever the output size);
-    #: None uses the decoder's configured image size.
+    #: None uses the reconstructor's configured image size.
     original_size: int | None = None
 
     @classmethod
@@ -101,11 +101,11 @@ class SamplingOptions:
         Only known once the guidance scale is (see :meth:`resolve`).
         """
         if self.guidance_scale is None:
-            raise ValueError("guidance_scale is None (the decoder's own): resolve() the options against a decoder config first")
+            raise ValueError("guidance_scale is None (the reconstructor's own): resolve() the options against a reconstructor config first")
         return self.guidance_scale > 1.0 and self.scheduler != "lcm"
 
     def resolve(self, config: UnclipConfig) -> SamplingOptions:
-        """These options with what they leave to the decoder (``guidance_scale=None``) taken from ``config``."""
+        """These options with what they leave to the reconstructor (``guidance_scale=None``) taken from ``config``."""
         return self if self.guidance_scale is not None else self.replace(guidance_scale=config.guidance_scale)
 
     def replace(self, **changes) -> SamplingOptions:
@@ -132,7 +132,7 @@ def load_config(folder: str | Path) -> UnclipConfig:
             raw[key] = tuple(raw[key])
         return UnclipConfig(**raw)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: not a valid unCLIP decoder config ({err})") from err
+        raise ValueError(f"{path}: not a valid unCLIP model config ({err})") from err
 
 
 def _place(model, device: torch.device, dtype: torch.dtype):
@@ -141,8 +141,8 @@ def _place(model, device: torch.device, dtype: torch.dtype):
     return torch.nn.Module.to(model, device, dtype).eval().requires_grad_(False)
 
 
-class UnclipDecoder:
-    """The unCLIP decoder: a UNet, a KL autoencoder, optionally a tiny autoencoder."""
+class UnclipReconstructor:
+    """The unCLIP model: a UNet, a KL autoencoder, optionally a tiny autoencoder."""
 
     def __init__(
         self,
@@ -183,8 +183,8 @@ class UnclipDecoder:
     # ----------------------------------------------------------------------------- construction
     @classmethod
     def tiny(cls, *, seed: int = 0, config: UnclipConfig = TINY, device="cpu", dtype=torch.float32, tiny_autoencoder: bool = True,
-             autocast: torch.dtype | None = None, channels_last: bool = False) -> UnclipDecoder:
-        """The whole decoder at a small size with seeded random weights (for tests and CPU demos)."""
+             autocast: torch.dtype | None = None, channels_last: bool = False) -> UnclipReconstructor:
+        """The whole reconstructor at a small size with seeded random weights (for tests and CPU demos)."""
         with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
             torch.manual_seed(seed)
             # Built on the target device: the official-size UNet initialises in seconds on a GPU.
@@ -203,14 +203,14 @@ class UnclipDecoder:
         tiny_autoencoder: str | Path | None = None,
         autocast: torch.dtype | None = None,
         channels_last: bool = False,
-    ) -> UnclipDecoder:
-        """Load a decoder folder (``unet/``, ``vae/``, ``unclip.json``) from local files only.
+    ) -> UnclipReconstructor:
+        """Load an unCLIP folder (``unet/``, ``vae/``, ``unclip.json``) from local files only.
 
         ``tiny_autoencoder`` is a local ``AutoencoderTiny`` folder (e.g. ``taesdxl``), or None.
         """
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such decoder folder")
+            raise FileNotFoundError(f"{folder}: no such unCLIP folder")
         config = load_config(folder)
         # Read in the target precision: the official UNet is 10 GB in float32.
         unet = load_unet(folder / "unet", dtype=dtype)
@@ -219,7 +219,7 @@ class UnclipDecoder:
         return cls(unet, vae, config, tiny_autoencoder=taesd, device=device, dtype=dtype, autocast=autocast,
                    channels_last=channels_last)
 
-    def to(self, device: str | torch.device) -> UnclipDecoder:
+    def to(self, device: str | torch.device) -> UnclipReconstructor:
         """Move the models to ``device`` (dtypes unchanged); call :meth:`compile` after, not before."""
         self.device = torch.device(device)
         for model in (self.unet, self.vae, self.tiny_autoencoder):
@@ -229,7 +229,7 @@ class UnclipDecoder:
 
     @property
     def nbytes(self) -> int:
-        """Bytes the decoder's weights take where they are (for the start-up memory check)."""
+        """Bytes the reconstructor's weights take where they are (for the start-up memory check)."""
         return parameter_bytes([m for m in (self.unet, self.vae, self.tiny_autoencoder) if m is not None])
 
     def _autocast(self, enabled: bool = True):
@@ -247,7 +247,7 @@ class UnclipDecoder:
         save_config(self.config, folder)
         return folder
 
-    def compile(self, backend: str = "inductor", mode: str | None = None) -> UnclipDecoder:
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> UnclipReconstructor:
         """``torch.compile`` the UNet and the latent decoders (``backend="tensorrt"`` for TensorRT).
 
         TensorRT goes through ``torch_tensorrt``'s ``torch.compile`` backend, imported only here.
@@ -259,7 +259,7 @@ class UnclipDecoder:
             except ImportError as err:
                 raise ImportError("backend='tensorrt' needs the torch_tensorrt package (NVIDIA's index), not installed") from err
             if self.device.type != "cuda":
-                raise RuntimeError("TensorRT needs a CUDA device; this decoder is on " + str(self.device))
+                raise RuntimeError("TensorRT needs a CUDA device; this reconstructor is on " + str(self.device))
             options = {"options": {"enabled_precisions": {self.dtype}}}
             mode = None
         self._unet_forward = torch.compile(self.unet, backend=backend, mode=mode, **options)
@@ -307,7 +307,7 @@ class UnclipDecoder:
     def sample_latents(self, tokens, options: SamplingOptions | None = None) -> torch.Tensor:
         """Run the sampler; returns the UNet-space latents (B, 4, H/8, W/8), float32.
 
-        The chain itself stays in float32; only the UNet runs in the decoder's dtype.
+        The chain itself stays in float32; only the UNet runs in the reconstructor's dtype.
         """
         options = (options or SamplingOptions()).resolve(self.config)
         tokens = self._as_tokens(tokens)
@@ -367,7 +367,7 @@ class UnclipDecoder:
         """UNet-space latents to the autoencoder's output (about [-1, 1])."""
         if tiny:
             if self.tiny_autoencoder is None:
-                raise ValueError("tiny_autoencoder=True but this decoder has no tiny autoencoder loaded")
+                raise ValueError("tiny_autoencoder=True but this reconstructor has no tiny autoencoder loaded")
             # AutoencoderTiny reads the scaled latents as they are (its scaling_factor is 1).
             with self._autocast():
                 return self._tiny_decode(latents.to(self.dtype)).sample.float()

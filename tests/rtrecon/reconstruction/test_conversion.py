@@ -1,17 +1,17 @@
-"""rtrecon.decoders.conversion: the official sgm checkpoint to diffusers, every key and shape."""
+"""rtrecon.reconstruction.conversion: the official sgm checkpoint to diffusers, every key and shape."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rtrecon.decoders.conversion import (
+from rtrecon.reconstruction.conversion import (
     ConversionError,
     convert_unclip_checkpoint,
     convert_unclip_state_dict,
     load_sgm_state_dict,
 )
-from rtrecon.decoders.unclip import SamplingOptions, UnclipDecoder
+from rtrecon.reconstruction.unclip import SamplingOptions, UnclipReconstructor
 
 
 def test_every_official_unet_and_vae_key_maps_with_its_shape(meta_checkpoint, manifest, official_meta_models):
@@ -59,12 +59,12 @@ def test_converted_folder_loads_and_decodes(tmp_path, reduced_checkpoint, reduce
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(out / "image_encoder" / "open_clip_visual.safetensors")["visual.proj"], clip["conditioner.embedders.0.model.visual.proj"].half())
-    decoder = UnclipDecoder.from_pretrained(out)
-    assert decoder.config == reduced_config
+    reconstructor = UnclipReconstructor.from_pretrained(out)
+    assert reconstructor.config == reduced_config
     assert torch.equal(
-        decoder.unet.state_dict()["conv_in.weight"], reduced_checkpoint["model.diffusion_model.input_blocks.0.0.weight"].half().float()
+        reconstructor.unet.state_dict()["conv_in.weight"], reduced_checkpoint["model.diffusion_model.input_blocks.0.0.weight"].half().float()
     )
-    image = decoder(torch.randn(1, 8, 52), SamplingOptions.fast(steps=2, image_size=32))
+    image = reconstructor(torch.randn(1, 8, 52), SamplingOptions.fast(steps=2, image_size=32))
     assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
 
 

@@ -1,10 +1,10 @@
-"""rtrecon.decoders.config: the unclip6.yaml values and the diffusers configs derived from them."""
+"""rtrecon.reconstruction.config: the unclip6.yaml values and the diffusers configs derived from them."""
 
 from __future__ import annotations
 
 import pytest
 
-from rtrecon.decoders.config import OFFICIAL, OFFICIAL_SAMPLING, SYNTHETIC, TINY
+from rtrecon.reconstruction.config import OFFICIAL, OFFICIAL_SAMPLING, SYNTHETIC, TINY
 
 
 def test_official_values_are_the_unclip6_yaml():

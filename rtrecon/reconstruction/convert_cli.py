@@ -1,7 +1,7 @@
 """``rtrecon convert-unclip CKPT OUT_DIR``: the official unCLIP checkpoint to a diffusers folder.
 
 Reads MindEye2's ``unclip6_epoch0_step110000.ckpt`` (sgm/Lightning) or a ``.safetensors`` copy
-and writes the folder :meth:`rtrecon.decoders.unclip.UnclipDecoder.from_pretrained` loads.
+and writes the folder :meth:`rtrecon.reconstruction.unclip.UnclipReconstructor.from_pretrained` loads.
 Every UNet and VAE tensor must map onto the diffusers models, with its shape, or nothing is
 written past the check and the command exits with status 1 naming the file and the keys.
 """
@@ -41,9 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rtrecon.decoders.config import OFFICIAL
-    from rtrecon.decoders.conversion import ConversionError, convert_unclip_checkpoint
-    from rtrecon.decoders.unclip import CONFIG_NAME, load_config
+    from rtrecon.reconstruction.config import OFFICIAL
+    from rtrecon.reconstruction.conversion import ConversionError, convert_unclip_checkpoint
+    from rtrecon.reconstruction.unclip import CONFIG_NAME, load_config
 
     try:
         config = OFFICIAL

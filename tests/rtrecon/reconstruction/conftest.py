@@ -1,4 +1,4 @@
-"""Fixtures for the unCLIP decoder tests: the reference manifest and schedules, checkpoints built
+"""Fixtures for the unCLIP reconstructor tests: the reference manifest and schedules, checkpoints built
 from the manifest (full size on the meta device, and at 1/32 width with real random values)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtrecon.decoders.config import OFFICIAL, UnclipConfig
+from rtrecon.reconstruction.config import OFFICIAL, UnclipConfig
 
 #: The official architecture at 1/32 of every width >= 128 (320 -> 10 channels, 1664 -> 52 token
 #: width, 64 -> 2 channels per head, the same head counts and depths); GroupNorm groups shrink
@@ -77,15 +77,15 @@ def reduced_config() -> UnclipConfig:
 @pytest.fixture(scope="session")
 def official_meta_models():
     """The official (unet, vae) in diffusers, on the meta device (built once: ~2 s)."""
-    from rtrecon.decoders.unet import build_unet
-    from rtrecon.decoders.vae import build_vae
+    from rtrecon.reconstruction.unet import build_unet
+    from rtrecon.reconstruction.vae import build_vae
 
     return build_unet(OFFICIAL, device="meta"), build_vae(OFFICIAL, device="meta")
 
 
 @pytest.fixture(scope="session")
 def reduced_meta_models():
-    from rtrecon.decoders.unet import build_unet
-    from rtrecon.decoders.vae import build_vae
+    from rtrecon.reconstruction.unet import build_unet
+    from rtrecon.reconstruction.vae import build_vae
 
     return build_unet(REDUCED, device="meta"), build_vae(REDUCED, device="meta")

@@ -1,4 +1,4 @@
-"""rtrecon.decoders.schedulers: the official 38-step Euler EDM schedule in diffusers, and the few-step ones."""
+"""rtrecon.reconstruction.schedulers: the official 38-step Euler EDM schedule in diffusers, and the few-step ones."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtrecon.decoders.schedulers import is_variance_exploding, make_scheduler, official_timesteps, set_schedule
+from rtrecon.reconstruction.schedulers import is_variance_exploding, make_scheduler, official_timesteps, set_schedule
 
 
 def test_official_timesteps_are_sgms(schedules):

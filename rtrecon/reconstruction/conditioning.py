@@ -6,8 +6,8 @@
   ``ConcatTimestepEmbedderND``). MindEye2 uses (768, 768) and (0, 0) for any output size; the
   result equals ``schedules.json``'s ``unclip_vector_suffix_768_crop0``.
 - :func:`guidance_embedding`: an LCM-distilled UNet's guidance-scale input (``time_cond_proj_dim``),
-  shared by the sampler (:mod:`~rtrecon.decoders.unclip`) and the distillation that trains it
-  (:mod:`~rtrecon.decoders.distill_lcm`).
+  shared by the sampler (:mod:`~rtrecon.reconstruction.unclip`) and the distillation that trains it
+  (:mod:`~rtrecon.reconstruction.distill_lcm`).
 - :func:`unconditional_tokens`: the classifier-free-guidance unconditional input. Officially
   ``torch.randn_like(tokens)`` (random tokens, ``"random"``); ``"zero"`` gives zero tokens.
 - :func:`map_output`: the official ``clamp(x * 0.8 + 0.2, 0, 1)`` on the VAE output, or the usual
@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from rtrecon.decoders.config import OFFICIAL_SAMPLING
+from rtrecon.reconstruction.config import OFFICIAL_SAMPLING
 
 __all__ = ["guidance_embedding", "map_output", "size_crop_vector", "unconditional_tokens"]
 

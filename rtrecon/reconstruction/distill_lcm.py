@@ -3,7 +3,7 @@
 The path beyond few-step solvers: distil the (official or synthetic) unCLIP UNet into a latent
 consistency model (Luo et al. 2023, "Latent Consistency Models"; the recipe of diffusers'
 ``train_lcm_distill_sd_wds.py``), then sample it with diffusers' ``LCMScheduler`` through
-``UnclipDecoder(tokens, SamplingOptions.lcm(steps=4))``.
+``UnclipReconstructor(tokens, SamplingOptions.lcm(steps=4))``.
 
 - **Student**: the teacher's UNet plus a guidance-scale embedding (``time_cond_proj_dim``; its
   projection starts at zero, so the student starts as the teacher). CFG is folded into it: one
@@ -15,12 +15,12 @@ consistency model (Luo et al. 2023, "Latent Consistency Models"; the recipe of d
   pseudo-Huber distance between the consistency-parameterised outputs (``c_skip``, ``c_out`` with
   sigma_data 0.5 and timestep scaling 10, as ``LCMScheduler`` uses at sampling time).
 
-Training data are images and their tokens (as for :mod:`~rtrecon.decoders.train_synthetic`):
+Training data are images and their tokens (as for :mod:`~rtrecon.reconstruction.train_synthetic`):
 the teacher's VAE encodes the images to the latents the noise is added to.
 
 Command line (GPU)::
 
-    python -m rtrecon.decoders.distill_lcm --decoder weights/unclip6 --images coco.hdf5 \\
+    python -m rtrecon.reconstruction.distill_lcm --unclip weights/unclip6 --images coco.hdf5 \\
         --tokens coco_bigG_tokens.npy --out weights/unclip6_lcm --device cuda --steps 4000
 """
 
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rtrecon.decoders.conditioning import guidance_embedding, size_crop_vector, unconditional_tokens
-from rtrecon.decoders.unclip import UnclipDecoder
+from rtrecon.reconstruction.conditioning import guidance_embedding, size_crop_vector, unconditional_tokens
+from rtrecon.reconstruction.unclip import UnclipReconstructor
 
 __all__ = ["DistillSettings", "distill_lcm", "main", "make_student"]
 
@@ -83,18 +83,18 @@ def _boundary(t: torch.Tensor, sigma_data: float = 0.5, scaling: float = 10.0) -
 
 
 def distill_lcm(
-    teacher: UnclipDecoder,
+    teacher: UnclipReconstructor,
     images: np.ndarray,
     tokens: np.ndarray,
     *,
     settings: DistillSettings = DistillSettings(),
     log: Callable[[str], None] = print,
-) -> UnclipDecoder:
-    """Distil ``teacher``'s UNet on (images uint8 (N,H,W,3), tokens (N,T,D)); returns the LCM decoder.
+) -> UnclipReconstructor:
+    """Distil ``teacher``'s UNet on (images uint8 (N,H,W,3), tokens (N,T,D)); returns the LCM reconstructor.
 
     The teacher must be in float32 (mixed precision is the caller's ``torch.autocast``).
     """
-    from rtrecon.decoders.train_synthetic import _check_arrays, _images_to_tensor
+    from rtrecon.reconstruction.train_synthetic import _check_arrays, _images_to_tensor
 
     _check_arrays(images, tokens)
     if teacher.dtype != torch.float32:
@@ -187,18 +187,18 @@ def distill_lcm(
         if step % settings.log_every == 0 or step == settings.steps - 1:
             log(f"lcm step {step}: loss {loss.item():.5f} ({time.perf_counter() - t0:.0f} s)")
     target.eval()
-    return UnclipDecoder(target, teacher.vae, cfg, tiny_autoencoder=teacher.tiny_autoencoder, device=device, dtype=teacher.dtype)
+    return UnclipReconstructor(target, teacher.vae, cfg, tiny_autoencoder=teacher.tiny_autoencoder, device=device, dtype=teacher.dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rtrecon.decoders.train_synthetic import load_arrays
+    from rtrecon.reconstruction.train_synthetic import load_arrays
 
-    parser = argparse.ArgumentParser(prog="python -m rtrecon.decoders.distill_lcm", description=__doc__.split("\n")[0])
-    parser.add_argument("--decoder", required=True, help="the teacher decoder folder (rtrecon convert-unclip output)")
+    parser = argparse.ArgumentParser(prog="python -m rtrecon.reconstruction.distill_lcm", description=__doc__.split("\n")[0])
+    parser.add_argument("--unclip", required=True, help="the teacher unCLIP folder (rtrecon convert-unclip output)")
     parser.add_argument("--images", required=True, help="uint8 (N,H,W,3) images: .npy or .hdf5 (--images-key)")
     parser.add_argument("--images-key", default="imgBrick")
     parser.add_argument("--tokens", required=True, help="(N,T,D) tokens .npy, row-aligned with the images")
-    parser.add_argument("--out", required=True, help="folder for the distilled decoder")
+    parser.add_argument("--out", required=True, help="folder for the distilled reconstructor")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=DistillSettings.steps)
     parser.add_argument("--batch-size", type=int, default=DistillSettings.batch_size)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         images, tokens = load_arrays(ns.images, ns.tokens, ns.images_key)
-        teacher = UnclipDecoder.from_pretrained(ns.decoder, device=ns.device)
+        teacher = UnclipReconstructor.from_pretrained(ns.unclip, device=ns.device)
     except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"distill_lcm: {err}", file=sys.stderr)
         return 1

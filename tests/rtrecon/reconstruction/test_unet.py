@@ -1,12 +1,12 @@
-"""rtrecon.decoders.unet: the unCLIP UNet in diffusers."""
+"""rtrecon.reconstruction.unet: the unCLIP UNet in diffusers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rtrecon.decoders.config import TINY
-from rtrecon.decoders.unet import build_unet, load_unet
+from rtrecon.reconstruction.config import TINY
+from rtrecon.reconstruction.unet import build_unet, load_unet
 
 
 def test_official_unet_has_the_manifest_parameter_count(manifest, official_meta_models):

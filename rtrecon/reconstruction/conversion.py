@@ -1,4 +1,4 @@
-"""The official sgm checkpoint (``unclip6_epoch0_step110000.ckpt``) to a diffusers decoder folder.
+"""The official sgm checkpoint (``unclip6_epoch0_step110000.ckpt``) to a diffusers unCLIP folder.
 
 The key renaming is diffusers' own single-file machinery (``convert_ldm_unet_checkpoint``,
 ``convert_ldm_vae_checkpoint``, the same code ``from_single_file`` runs for SD/SDXL files); this
@@ -6,15 +6,15 @@ module adds what makes the conversion trustworthy for this checkpoint:
 
 - every ``model.diffusion_model.*`` and ``first_stage_model.*`` tensor must be used exactly once
   (diffusers' helpers skip unknown keys silently), and the converted set must equal the keys and
-  shapes of the diffusers models built from :mod:`~rtrecon.decoders.config` (strict);
+  shapes of the diffusers models built from :mod:`~rtrecon.reconstruction.config` (strict);
 - the checkpoint is memory-mapped and the models are built on the ``meta`` device and filled by
   assignment, so converting the 10 GB UNet does not need twice its size in RAM.
 
 ``convert_unclip_checkpoint(ckpt, out_dir)`` writes ``unet/`` and ``vae/`` (safetensors), the
-official ``scheduler/`` config and ``unclip.json`` (see :class:`~rtrecon.decoders.unclip.UnclipDecoder`),
+official ``scheduler/`` config and ``unclip.json`` (see :class:`~rtrecon.reconstruction.unclip.UnclipReconstructor`),
 plus ``image_encoder/open_clip_visual.safetensors``: the OpenCLIP ViT-bigG/14 visual tower the
 checkpoint also carries (``conditioner.embedders.0.model.visual.*``, open_clip key names), which
-computes the tokens this decoder is conditioned on.
+computes the tokens this reconstructor is conditioned on.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rtrecon.decoders.config import OFFICIAL, UnclipConfig
+from rtrecon.reconstruction.config import OFFICIAL, UnclipConfig
 
 __all__ = [
     "CLIP_PREFIX",
@@ -97,8 +97,8 @@ def _check(part: str, source: dict, converted: dict, expected: dict[str, torch.S
 
 
 def _meta_models(config: UnclipConfig):
-    from rtrecon.decoders.unet import build_unet
-    from rtrecon.decoders.vae import build_vae
+    from rtrecon.reconstruction.unet import build_unet
+    from rtrecon.reconstruction.vae import build_vae
 
     return build_unet(config, device="meta"), build_vae(config, device="meta")
 
@@ -132,11 +132,11 @@ def convert_unclip_checkpoint(
     trust_pickle: bool = False,
     image_encoder: bool = True,
 ) -> Path:
-    """Convert the sgm checkpoint file into the decoder folder ``out_dir``; returns ``out_dir``."""
+    """Convert the sgm checkpoint file into the unCLIP folder ``out_dir``; returns ``out_dir``."""
     from safetensors.torch import save_file
 
-    from rtrecon.decoders.schedulers import make_scheduler
-    from rtrecon.decoders.unclip import save_config
+    from rtrecon.reconstruction.schedulers import make_scheduler
+    from rtrecon.reconstruction.unclip import save_config
 
     out_dir = Path(out_dir)
     state = load_sgm_state_dict(checkpoint, trust_pickle=trust_pickle)

@@ -1,4 +1,4 @@
-"""rtrecon.decoders.train_synthetic: a few steps on a few random images (the real run is minutes)."""
+"""rtrecon.reconstruction.train_synthetic: a few steps on a few random images (the real run is minutes)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from rtrecon.decoders.config import TINY
-from rtrecon.decoders.train_synthetic import (
+from rtrecon.reconstruction.config import TINY
+from rtrecon.reconstruction.train_synthetic import (
     TrainSettings,
     _loss_weights,
     evaluate_reconstructions,
@@ -17,9 +17,9 @@ from rtrecon.decoders.train_synthetic import (
     main,
     save_grid,
     synthetic_pairs,
-    train_decoder,
+    train_reconstructor,
 )
-from rtrecon.decoders.unclip import SamplingOptions, UnclipDecoder
+from rtrecon.reconstruction.unclip import SamplingOptions, UnclipReconstructor
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +34,20 @@ def test_training_lowers_the_losses_and_gives_a_working_decoder(pairs):
     checkpoints: list[tuple[int, torch.Tensor]] = []
     settings = TrainSettings(vae_steps=6, unet_steps=6, batch_size=4, vae_lr=3e-3, log_every=5, warmup_steps=2)
     config = TINY.replace(image_size=32, prediction_type="v_prediction")
-    decoder = train_decoder(
+    reconstructor = train_reconstructor(
         images, tokens, config=config, settings=settings, log=logs.append, checkpoint_every=3,
         on_checkpoint=lambda dec, step: checkpoints.append((step, dec.unet.conv_in.weight.detach().clone())),
     )
     vae_losses = [float(line.rsplit(" ", 1)[1]) for line in logs if line.startswith("vae step")]
     assert vae_losses[-1] < vae_losses[0]
     assert [step for step, _ in checkpoints] == [3]  # part-way only: the end result is returned
-    assert not torch.equal(checkpoints[0][1], decoder.unet.conv_in.weight)  # training went on after it
-    assert decoder.config.prediction_type == "v_prediction"
-    assert decoder.config.context_dim == 24 and decoder.config.num_tokens == 8
-    assert decoder.config.output_mapping == "standard"  # trained on (x + 1) / 2 images
-    assert decoder.vae.config.scaling_factor == pytest.approx(decoder.config.scale_factor) and decoder.config.scale_factor != 1.0
+    assert not torch.equal(checkpoints[0][1], reconstructor.unet.conv_in.weight)  # training went on after it
+    assert reconstructor.config.prediction_type == "v_prediction"
+    assert reconstructor.config.context_dim == 24 and reconstructor.config.num_tokens == 8
+    assert reconstructor.config.output_mapping == "standard"  # trained on (x + 1) / 2 images
+    assert reconstructor.vae.config.scaling_factor == pytest.approx(reconstructor.config.scale_factor) and reconstructor.config.scale_factor != 1.0
     metrics = evaluate_reconstructions(
-        decoder, images[:2], tokens[:2], options=SamplingOptions.fast(steps=2), embedder=lambda x: x.mean(1)
+        reconstructor, images[:2], tokens[:2], options=SamplingOptions.fast(steps=2), embedder=lambda x: x.mean(1)
     )
     assert set(metrics) == {"pixel_corr", "pixel_corr_shuffled", "token_cosine", "token_cosine_shuffled",
                             "token_cosine_centered", "token_cosine_centered_shuffled"}
@@ -62,22 +62,22 @@ def test_command_line_writes_a_loadable_decoder_and_metrics(pairs, tmp_path):
     assert main([*argv, "--image-size", "32", "--holdout", "2", "--vae-steps", "1", "--unet-steps", "1", "--batch-size", "2", "--eval-steps", "1"]) == 0
     metrics = json.loads((tmp_path / "dec" / "heldout_metrics.json").read_text())
     assert "pixel_corr_shuffled" in metrics
-    decoder = UnclipDecoder.from_pretrained(tmp_path / "dec")
-    assert decoder(torch.from_numpy(tokens[:1]), SamplingOptions.fast(steps=1)).shape == (1, 3, 32, 32)
+    reconstructor = UnclipReconstructor.from_pretrained(tmp_path / "dec")
+    assert reconstructor(torch.from_numpy(tokens[:1]), SamplingOptions.fast(steps=1)).shape == (1, 3, 32, 32)
     resumed_argv = ["--images", argv[1], "--tokens", argv[3], "--out", str(tmp_path / "dec2"), "--resume", str(tmp_path / "dec")]
     assert main([*resumed_argv, "--holdout", "0", "--vae-steps", "0", "--unet-steps", "1", "--batch-size", "2"]) == 0
-    resumed = UnclipDecoder.from_pretrained(tmp_path / "dec2")
-    assert resumed.config == decoder.config  # same architecture, same VAE scaling
-    assert torch.equal(resumed.vae.state_dict()["decoder.conv_in.weight"], decoder.vae.state_dict()["decoder.conv_in.weight"])
-    assert not torch.equal(resumed.unet.state_dict()["conv_in.weight"], decoder.unet.state_dict()["conv_in.weight"])
+    resumed = UnclipReconstructor.from_pretrained(tmp_path / "dec2")
+    assert resumed.config == reconstructor.config  # same architecture, same VAE scaling
+    assert torch.equal(resumed.vae.state_dict()["decoder.conv_in.weight"], reconstructor.vae.state_dict()["decoder.conv_in.weight"])
+    assert not torch.equal(resumed.unet.state_dict()["conv_in.weight"], reconstructor.unet.state_dict()["conv_in.weight"])
 
 
 def test_bad_arrays_are_refused(pairs, tmp_path):
     images, tokens = pairs
     with pytest.raises(ValueError, match="row for row"):
-        train_decoder(images, tokens[:3])
+        train_reconstructor(images, tokens[:3])
     with pytest.raises(ValueError, match="uint8"):
-        train_decoder(images.astype(np.float32), tokens)
+        train_reconstructor(images.astype(np.float32), tokens)
     np.save(tmp_path / "tokens.npy", tokens)
     with pytest.raises(FileNotFoundError, match="missing.npy"):
         load_arrays(tmp_path / "missing.npy", tmp_path / "tokens.npy")
@@ -85,19 +85,19 @@ def test_bad_arrays_are_refused(pairs, tmp_path):
 
 
 def test_cached_decoder_trains_once_then_loads(pairs, tmp_path):
-    from rtrecon.decoders.train_synthetic import cached_decoder
+    from rtrecon.reconstruction.train_synthetic import cached_reconstructor
 
     images, tokens = pairs
     settings = TrainSettings(vae_steps=1, unet_steps=1, batch_size=2)
     config = TINY.replace(image_size=32)
     logs: list[str] = []
-    first = cached_decoder(tmp_path / "cache", images, tokens, config=config, settings=settings, log=logs.append)
+    first = cached_reconstructor(tmp_path / "cache", images, tokens, config=config, settings=settings, log=logs.append)
     assert any(line.startswith("unet step") for line in logs)
     logs.clear()
-    again = cached_decoder(tmp_path / "cache", images, tokens, config=config, settings=settings, log=logs.append)
+    again = cached_reconstructor(tmp_path / "cache", images, tokens, config=config, settings=settings, log=logs.append)
     assert logs == []
     assert torch.equal(first.unet.state_dict()["conv_in.weight"], again.unet.state_dict()["conv_in.weight"])
-    cached_decoder(tmp_path / "cache", images[::-1].copy(), tokens, config=config, settings=settings, log=logs.append)
+    cached_reconstructor(tmp_path / "cache", images[::-1].copy(), tokens, config=config, settings=settings, log=logs.append)
     assert "retraining" in logs[0]
 
 

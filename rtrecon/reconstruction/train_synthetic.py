@@ -1,12 +1,12 @@
-"""Train a small unCLIP decoder (same UNet + KL VAE, smaller) on images conditioned on tokens.
+"""Train a small unCLIP model (same UNet + KL VAE, smaller) on images conditioned on tokens.
 
-This gives the synthetic world a real image decoder: tokens from its "CLIP"
+This gives the synthetic world a real image reconstructor: tokens from its "CLIP"
 (``OpenClipImageEmbedder.tiny``) in, pictures out, through exactly the code that runs the
-official SDXL unCLIP (:class:`~rtrecon.decoders.unclip.UnclipDecoder`). The same script trains on
+official SDXL unCLIP (:class:`~rtrecon.reconstruction.unclip.UnclipReconstructor`). The same script trains on
 real images and bigG tokens on a GPU (``--device cuda``, more steps); ``--resume DIR`` continues a
-run. :func:`cached_decoder` trains on first use and reloads afterwards (keyed by the data and
-settings). The synthetic world's decoder trained by this script ships with the package
-(:mod:`rtrecon.decoders.weights`).
+run. :func:`cached_reconstructor` trains on first use and reloads afterwards (keyed by the data and
+settings). The synthetic world's reconstructor trained by this script ships with the package
+(:mod:`rtrecon.reconstruction.weights`).
 
 Two stages, as for the original model:
 
@@ -15,7 +15,7 @@ Two stages, as for the original model:
    0.13025 were chosen);
 2. the UNet on the scaled latents over the official DDPM discretisation with offset noise 0.04
    (sgm ``StandardDiffusionLoss``), predicting what ``config.prediction_type`` says (epsilon
-   officially; v for :data:`~rtrecon.decoders.config.SYNTHETIC`), optionally Min-SNR-weighted
+   officially; v for :data:`~rtrecon.reconstruction.config.SYNTHETIC`), optionally Min-SNR-weighted
    (``snr_gamma``), conditioned on the tokens through cross-attention and on the size/crop vector;
    the tokens are replaced by random ones with probability ``cond_drop`` so that CFG with the
    official random-token unconditional works.
@@ -30,12 +30,12 @@ The last ``holdout`` pairs are kept out of training and used by :func:`evaluate_
 (pixel correlation and, with an embedder, CLIP-token cosine, each against a shuffled-pairs
 baseline); ``--grid PNG`` draws them beside their reconstructions.
 
-Command line: the shipped synthetic decoder was trained in stages like these (its
+Command line: the shipped synthetic reconstructor was trained in stages like these (its
 ``training.json`` records the exact run, 6000 UNet steps on one CPU thread, about 86 minutes)::
 
-    python -m rtrecon.decoders.train_synthetic --synthetic 8064 --holdout 64 --out vae \\
+    python -m rtrecon.reconstruction.train_synthetic --synthetic 8064 --holdout 64 --out vae \\
         --vae-steps 300 --unet-steps 0
-    python -m rtrecon.decoders.train_synthetic --synthetic 8064 --holdout 64 --out dec --resume vae \\
+    python -m rtrecon.reconstruction.train_synthetic --synthetic 8064 --holdout 64 --out dec --resume vae \\
         --vae-steps 0 --unet-steps 1000 --grid heldout.png
 """
 
@@ -53,24 +53,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtrecon.decoders.conditioning import size_crop_vector
-from rtrecon.decoders.config import OFFICIAL_SAMPLING, SYNTHETIC, UnclipConfig
-from rtrecon.decoders.unclip import SamplingOptions, UnclipDecoder
-from rtrecon.decoders.unet import build_unet
-from rtrecon.decoders.vae import build_vae
+from rtrecon.reconstruction.conditioning import size_crop_vector
+from rtrecon.reconstruction.config import OFFICIAL_SAMPLING, SYNTHETIC, UnclipConfig
+from rtrecon.reconstruction.unclip import SamplingOptions, UnclipReconstructor
+from rtrecon.reconstruction.unet import build_unet
+from rtrecon.reconstruction.vae import build_vae
 
 __all__ = [
     "TrainSettings",
-    "cached_decoder",
+    "cached_reconstructor",
     "evaluate_reconstructions",
     "load_arrays",
     "main",
     "save_grid",
     "synthetic_pairs",
-    "train_decoder",
+    "train_reconstructor",
 ]
 
-#: Written beside a trained decoder: what it was trained on and how (for :func:`cached_decoder`).
+#: Written beside a trained reconstructor: what it was trained on and how (for :func:`cached_reconstructor`).
 TRAINING_NAME = "training.json"
 
 
@@ -87,7 +87,7 @@ class TrainSettings:
     cond_drop: float = 0.1
     #: Min-SNR loss weighting (Hang et al. 2023): min(SNR, gamma) in x0 terms; 0 (the default)
     #: keeps the plain loss. Off by default: it all but silences the high-noise timesteps, where
-    #: a decoder learns what the tokens say (the few-step sampler's first steps).
+    #: a reconstructor learns what the tokens say (the few-step sampler's first steps).
     snr_gamma: float = 0.0
     seed: int = 0
     log_every: int = 100
@@ -242,7 +242,7 @@ def _train_unet(unet, vae, x: torch.Tensor, tokens: torch.Tensor, config: Unclip
     unet.eval()
 
 
-def train_decoder(
+def train_reconstructor(
     images: np.ndarray,
     tokens: np.ndarray,
     *,
@@ -250,24 +250,24 @@ def train_decoder(
     settings: TrainSettings = TrainSettings(),
     device: str = "cpu",
     log: Callable[[str], None] = print,
-    resume: UnclipDecoder | None = None,
-    on_checkpoint: Callable[[UnclipDecoder, int], None] | None = None,
+    resume: UnclipReconstructor | None = None,
+    on_checkpoint: Callable[[UnclipReconstructor, int], None] | None = None,
     checkpoint_every: int = 0,
-) -> UnclipDecoder:
-    """Train the KL VAE then the UNet of ``config`` on (images, tokens); returns the decoder.
+) -> UnclipReconstructor:
+    """Train the KL VAE then the UNet of ``config`` on (images, tokens); returns the reconstructor.
 
     The token shape (T, D) comes from ``tokens`` and overrides ``config``'s; the output mapping is
     ``(x + 1) / 2``, the inverse of how the images are fed to the autoencoder here. ``resume``
-    continues from a decoder trained earlier (its config wins; with ``vae_steps=0`` its
-    autoencoder and scaling factor are kept as they are). ``on_checkpoint(decoder, step)`` is
-    called every ``checkpoint_every`` UNet steps with the decoder as it stands (to save or
+    continues from a reconstructor trained earlier (its config wins; with ``vae_steps=0`` its
+    autoencoder and scaling factor are kept as they are). ``on_checkpoint(reconstructor, step)`` is
+    called every ``checkpoint_every`` UNet steps with the reconstructor as it stands (to save or
     evaluate a long run part-way).
     """
     _check_arrays(images, tokens)
     if resume is not None:
         config = resume.config
         if (config.num_tokens, config.context_dim) != tuple(tokens.shape[1:]):
-            raise ValueError(f"tokens {tokens.shape[1:]} do not fit the resumed decoder ({config.num_tokens}, {config.context_dim})")
+            raise ValueError(f"tokens {tokens.shape[1:]} do not fit the resumed reconstructor ({config.num_tokens}, {config.context_dim})")
     config = config.replace(
         num_tokens=int(tokens.shape[1]), context_dim=int(tokens.shape[2]), output_mapping="standard"
     )
@@ -291,13 +291,13 @@ def train_decoder(
     config = config.replace(scale_factor=scaling)
 
     def checkpoint(step: int) -> None:
-        # The decoder shares the training modules; UnclipDecoder would freeze them, so unfreeze after.
-        on_checkpoint(UnclipDecoder(unet, vae, config, device=device), step)
+        # The reconstructor shares the training modules; UnclipReconstructor would freeze them, so unfreeze after.
+        on_checkpoint(UnclipReconstructor(unet, vae, config, device=device), step)
         unet.requires_grad_(True)
 
     _train_unet(unet, vae, x, tok, config, settings, gen, log, checkpoint if on_checkpoint else None, checkpoint_every)
     log(f"unet trained in {time.perf_counter() - t0:.0f} s")
-    return UnclipDecoder(unet, vae, config, device=device)
+    return UnclipReconstructor(unet, vae, config, device=device)
 
 
 def _fingerprint(images: np.ndarray, tokens: np.ndarray, config: UnclipConfig, settings: TrainSettings) -> str:
@@ -311,7 +311,7 @@ def _fingerprint(images: np.ndarray, tokens: np.ndarray, config: UnclipConfig, s
     return h.hexdigest()
 
 
-def cached_decoder(
+def cached_reconstructor(
     cache_dir: str | Path,
     images: np.ndarray,
     tokens: np.ndarray,
@@ -320,8 +320,8 @@ def cached_decoder(
     settings: TrainSettings = TrainSettings(),
     device: str = "cpu",
     log: Callable[[str], None] = print,
-) -> UnclipDecoder:
-    """The decoder trained on (images, tokens): loaded from ``cache_dir`` if it was trained there on
+) -> UnclipReconstructor:
+    """The reconstructor trained on (images, tokens): loaded from ``cache_dir`` if it was trained there on
     the same data with the same settings, otherwise trained now and saved there (first use)."""
     cache_dir = Path(cache_dir)
     key = _fingerprint(images, tokens, config, settings)
@@ -329,14 +329,14 @@ def cached_decoder(
     if record.is_file():
         try:
             if json.loads(record.read_text()).get("fingerprint") == key:
-                return UnclipDecoder.from_pretrained(cache_dir, device=device)
+                return UnclipReconstructor.from_pretrained(cache_dir, device=device)
         except json.JSONDecodeError:
             log(f"{record}: unreadable, retraining")
         log(f"{cache_dir}: trained on other data or settings, retraining")
-    decoder = train_decoder(images, tokens, config=config, settings=settings, device=device, log=log)
-    decoder.save_pretrained(cache_dir)
+    reconstructor = train_reconstructor(images, tokens, config=config, settings=settings, device=device, log=log)
+    reconstructor.save_pretrained(cache_dir)
     record.write_text(json.dumps({"fingerprint": key, "settings": asdict(settings), "pairs": len(images)}, indent=2) + "\n")
-    return decoder
+    return reconstructor
 
 
 def _pixel_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -346,7 +346,7 @@ def _pixel_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def evaluate_reconstructions(
-    decoder: UnclipDecoder,
+    reconstructor: UnclipReconstructor,
     images: np.ndarray,
     tokens: np.ndarray,
     *,
@@ -355,15 +355,15 @@ def evaluate_reconstructions(
 ) -> dict[str, float]:
     """Decode ``tokens`` and compare with ``images``: matched pairs vs shuffled pairs.
 
-    Returns ``pixel_corr`` / ``pixel_corr_shuffled`` (Pearson over pixels at the decoder's size)
+    Returns ``pixel_corr`` / ``pixel_corr_shuffled`` (Pearson over pixels at the reconstructor's size)
     and, with an ``embedder`` (images -> tokens), ``token_cosine`` / ``token_cosine_shuffled``
     (cosine of the flattened tokens of the reconstruction and of the original, both embedded at
-    the decoder's size) and ``token_cosine_centered`` / ``..._shuffled`` (the same after taking
+    the reconstructor's size) and ``token_cosine_centered`` / ``..._shuffled`` (the same after taking
     the originals' mean token away). Shuffled pairs: reconstruction i against original i - 1.
     """
     _check_arrays(images, tokens)
     options = options or SamplingOptions.fast(steps=12)
-    recon = torch.cat([decoder(tokens[i : i + 16], options).cpu() for i in range(0, len(tokens), 16)])
+    recon = torch.cat([reconstructor(tokens[i : i + 16], options).cpu() for i in range(0, len(tokens), 16)])
     target = (_images_to_tensor(images, recon.shape[-1]) + 1) / 2
     shuffled = np.roll(np.arange(len(images)), 1)
     out = {
@@ -386,7 +386,7 @@ def evaluate_reconstructions(
 
 def save_grid(path: str | Path, images: np.ndarray, reconstructions: torch.Tensor, *, columns: int = 8, cell: int = 96) -> Path:
     """A PNG of pairs of rows: originals (uint8 (N, H, W, 3)) above their reconstructions ((N, 3, h, w) in [0, 1]), each
-    cell resized to ``cell`` pixels (nearest, so the decoder's own resolution stays visible)."""
+    cell resized to ``cell`` pixels (nearest, so the reconstructor's own resolution stays visible)."""
     from PIL import Image
 
     if len(images) != len(reconstructions):
@@ -410,14 +410,14 @@ def save_grid(path: str | Path, images: np.ndarray, reconstructions: torch.Tenso
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rtrecon.decoders.train_synthetic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rtrecon.reconstruction.train_synthetic", description=__doc__.split("\n")[0])
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--images", help="uint8 (N,H,W,3) images: .npy, or .hdf5 with --images-key (with --tokens)")
     data.add_argument("--synthetic", type=int, metavar="N", help="train on N fresh synthetic-world pairs (synthetic_pairs)")
     parser.add_argument("--images-key", default="imgBrick", help="dataset name inside an HDF5 images file")
     parser.add_argument("--tokens", help="(N,T,D) tokens .npy, row-aligned with the images")
     parser.add_argument("--synthetic-seed", type=int, default=1, help="image seed of --synthetic (default %(default)s)")
-    parser.add_argument("--out", required=True, help="decoder folder to write (loads with UnclipDecoder.from_pretrained)")
+    parser.add_argument("--out", required=True, help="unCLIP folder to write (loads with UnclipReconstructor.from_pretrained)")
     parser.add_argument("--image-size", type=int, default=SYNTHETIC.image_size)
     parser.add_argument("--holdout", type=int, default=32, help="last N pairs kept out of training, for the evaluation")
     parser.add_argument("--vae-steps", type=int, default=TrainSettings.vae_steps)
@@ -425,10 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
     parser.add_argument("--unet-lr", type=float, default=TrainSettings.unet_lr)
     parser.add_argument("--snr-gamma", type=float, default=TrainSettings.snr_gamma, help="Min-SNR weighting (0: off)")
-    parser.add_argument("--resume", help="decoder folder to continue training (use --vae-steps 0 to keep its VAE)")
-    parser.add_argument("--save-every", type=int, default=0, help="also write the decoder to --out every N UNet steps")
+    parser.add_argument("--resume", help="unCLIP folder to continue training (use --vae-steps 0 to keep its VAE)")
+    parser.add_argument("--save-every", type=int, default=0, help="also write the reconstructor to --out every N UNet steps")
     parser.add_argument("--eval-steps", type=int, default=12, help="sampler steps of the held-out evaluation")
-    parser.add_argument("--eval-cfg", type=float, help="CFG scale of the held-out evaluation (default: the decoder's)")
+    parser.add_argument("--eval-cfg", type=float, help="CFG scale of the held-out evaluation (default: the reconstructor's)")
     parser.add_argument("--grid", type=Path, help="PNG of the held-out images above their reconstructions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -454,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     config = SYNTHETIC.replace(image_size=ns.image_size)
     started = time.perf_counter()
     try:
-        resume = UnclipDecoder.from_pretrained(ns.resume) if ns.resume else None
-        decoder = train_decoder(
+        resume = UnclipReconstructor.from_pretrained(ns.resume) if ns.resume else None
+        reconstructor = train_reconstructor(
             images[:n_train], tokens[:n_train], config=config, settings=settings, device=ns.device, resume=resume,
             on_checkpoint=lambda dec, step: print(f"step {step}: saved {dec.save_pretrained(ns.out)}", flush=True),
             checkpoint_every=ns.save_every,
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"train_synthetic: {err}", file=sys.stderr)
         return 1
-    out = decoder.save_pretrained(ns.out)
+    out = reconstructor.save_pretrained(ns.out)
     record = {"settings": asdict(settings), "pairs": n_train, "train_s": round(time.perf_counter() - started, 1),
               "data": f"synthetic_pairs({ns.synthetic}, seed={ns.synthetic_seed})" if ns.synthetic else [ns.images, ns.tokens],
               "torch_threads": torch.get_num_threads()}
@@ -477,11 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         if (embedder.num_tokens, embedder.dim) != tokens.shape[1:]:
             embedder = None
         held_images, held_tokens = images[n_train:], tokens[n_train:]
-        metrics = evaluate_reconstructions(decoder, held_images, held_tokens, options=options, embedder=embedder)
+        metrics = evaluate_reconstructions(reconstructor, held_images, held_tokens, options=options, embedder=embedder)
         (Path(out) / "heldout_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print(json.dumps(metrics))
         if ns.grid is not None:
-            print(f"grid: {save_grid(ns.grid, held_images[:16], decoder(held_tokens[:16], options))}")
+            print(f"grid: {save_grid(ns.grid, held_images[:16], reconstructor(held_tokens[:16], options))}")
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rtrecon.decoders.config import UnclipConfig
+from rtrecon.reconstruction.config import UnclipConfig
 
 __all__ = ["build_tiny_autoencoder", "build_vae", "load_tiny_autoencoder", "load_vae"]
 

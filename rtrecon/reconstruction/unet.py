@@ -2,12 +2,12 @@
 
 ``build_unet(config)`` makes the model with random weights (on the ``meta`` device when asked,
 for shape checks of the 2.5 B-parameter official model without allocating it);
-``load_unet(folder)`` reads a converted folder (see :mod:`~rtrecon.decoders.conversion`) from
+``load_unet(folder)`` reads a converted folder (see :mod:`~rtrecon.reconstruction.conversion`) from
 local files only.
 
 Call it as ``unet(latents, t, encoder_hidden_states=tokens, class_labels=vector)``: the image
 tokens (B, 256, 1664) feed the cross-attention and the size/crop vector (B, 1024) the
-``class_embedding`` (see :func:`rtrecon.decoders.conditioning.size_crop_vector`).
+``class_embedding`` (see :func:`rtrecon.reconstruction.conditioning.size_crop_vector`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rtrecon.decoders.config import UnclipConfig
+from rtrecon.reconstruction.config import UnclipConfig
 
 __all__ = ["build_unet", "load_unet"]
 

@@ -1,11 +1,11 @@
-"""The unCLIP decoder's configurations, as data.
+"""The unCLIP model's configurations, as data.
 
 An :class:`UnclipConfig` holds the values of Stability's ``unclip6.yaml`` (the UNet's
 ``network_config`` and the first stage's ``ddconfig``) plus the few diffusers-only settings the
 yaml does not name (GroupNorm groups, which sgm fixes at 32). The diffusers model configs are
 derived from it by diffusers' own single-file helpers (``create_unet_diffusers_config_from_ldm``,
 ``create_vae_diffusers_config_from_ldm``), so the folder written by
-:mod:`~rtrecon.decoders.conversion` and the models built here come from one description.
+:mod:`~rtrecon.reconstruction.conversion` and the models built here come from one description.
 
 Three configurations are provided:
 
@@ -14,10 +14,10 @@ Three configurations are provided:
   1024-d vector of original size and crop coordinates, the SDXL KL-f8 VAE (scale 0.13025).
 - :data:`TINY`: the same structure at a width that runs on a CPU in well under a second per step
   (random weights; what the tests run).
-- :data:`SYNTHETIC`: the small decoder trained on the synthetic world's images
-  (:mod:`~rtrecon.decoders.train_synthetic`): 32 px images through a KL-f2 autoencoder (16² × 4
+- :data:`SYNTHETIC`: the small reconstructor trained on the synthetic world's images
+  (:mod:`~rtrecon.reconstruction.train_synthetic`): 32 px images through a KL-f2 autoencoder (16² × 4
   latents), a UNet of 32-64-64 channels, v-prediction, no CFG. Its trained weights ship with the package
-  (:func:`~rtrecon.decoders.weights.synthetic_decoder_path`).
+  (:func:`~rtrecon.reconstruction.weights.synthetic_reconstructor_path`).
 
 Sampling constants of the official inference (``recon_inference.ipynb``, ``utils.unclip_recon``)
 live here too: :data:`OFFICIAL_SAMPLING`.
@@ -68,7 +68,7 @@ class OfficialSampling:
 
 @dataclass(frozen=True)
 class UnclipConfig:
-    """One unCLIP decoder (UNet + KL autoencoder), in ``unclip6.yaml`` terms.
+    """One unCLIP model (UNet + KL autoencoder), in ``unclip6.yaml`` terms.
 
     ``size_embed_dim`` is the width of each scalar's sinusoidal embedding in the conditioning
     vector (sgm ``ConcatTimestepEmbedderND(outdim)``); the vector holds four scalars (original
@@ -91,18 +91,18 @@ class UnclipConfig:
     vae_z_channels: int = 4
     vae_norm_num_groups: int = 32
     scale_factor: float = 0.13025
-    #: The pixel size the decoder is run at by default.
+    #: The pixel size the reconstructor is run at by default.
     image_size: int = 768
     #: The token count the cross-attention is fed (256 bigG patch tokens officially).
     num_tokens: int = 256
     #: How VAE outputs become [0, 1] images by default: MindEye2's ``x * 0.8 + 0.2`` ("official",
-    #: what its unCLIP was tuned to) or ``(x + 1) / 2`` ("standard", for decoders trained here).
+    #: what its unCLIP was tuned to) or ``(x + 1) / 2`` ("standard", for reconstructors trained here).
     output_mapping: str = "official"
     #: The CFG scale sampling uses unless told otherwise: MindEye2's 5 for the official model; a
-    #: small decoder trained here may do best with less (<= 1: no CFG, one UNet pass per step).
+    #: small reconstructor trained here may do best with less (<= 1: no CFG, one UNet pass per step).
     guidance_scale: float = OfficialSampling.guidance_scale
     #: What the UNet predicts (diffusers' ``prediction_type``): ``epsilon`` as sgm's unCLIP, or
-    #: ``v_prediction`` / ``sample``, which small decoders trained here converge on faster.
+    #: ``v_prediction`` / ``sample``, which small reconstructors trained here converge on faster.
     prediction_type: str = "epsilon"
     discretization: DiscretizationConfig = DiscretizationConfig()
 
@@ -221,7 +221,7 @@ TINY = UnclipConfig(
     num_tokens=64,
 )
 
-# The synthetic world's trained decoder: TINY with wider heads and size embedding, a narrower
+# The synthetic world's trained reconstructor: TINY with wider heads and size embedding, a narrower
 # deepest level, at 32 px through a two-level (f2) VAE, v-prediction and the standard output
 # mapping, sampled without CFG. Why these: the scenes and their 8x8-patch tokens carry little
 # beyond 32 px; 16x16 latents keep a UNet training step about a second on one CPU thread; (1, 2, 2)

@@ -1,4 +1,4 @@
-"""rtrecon.decoders.conditioning: the official vector, LCM guidance input, unconditional input and output mapping."""
+"""rtrecon.reconstruction.conditioning: the official vector, LCM guidance input, unconditional input and output mapping."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtrecon.decoders.conditioning import guidance_embedding, map_output, size_crop_vector, unconditional_tokens
+from rtrecon.reconstruction.conditioning import guidance_embedding, map_output, size_crop_vector, unconditional_tokens
 
 
 def test_vector_equals_the_official_conditioner_output(schedules):

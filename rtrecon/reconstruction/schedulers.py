@@ -1,4 +1,4 @@
-"""Sampling schedules of the unCLIP decoder, as diffusers schedulers.
+"""Sampling schedules of the unCLIP reconstructor, as diffusers schedulers.
 
 The official sampler is sgm's ``EulerEDMSampler`` over ``LegacyDDPMDiscretization`` (betas
 ``linspace(sqrt(0.00085), sqrt(0.012), 1000)**2``, sigma = sqrt((1 - acp) / acp)) with 38 steps,
@@ -10,7 +10,7 @@ sgm's, step for step (``schedules.json``'s ``unclip_sampler_sigmas_38_steps``).
 
 Few-step kinds, for speed: ``"euler_karras"`` (Euler on Karras sigmas) and ``"dpmpp_karras"``
 (DPM-Solver++ 2M on Karras sigmas, final sigma 0); and ``"lcm"`` (diffusers' ``LCMScheduler``),
-only for a UNet distilled by :mod:`~rtrecon.decoders.distill_lcm` (1-4 steps).
+only for a UNet distilled by :mod:`~rtrecon.reconstruction.distill_lcm` (1-4 steps).
 
 ``"euler_*"`` schedulers work on variance-exploding latents (x = x0 + sigma * eps), the others on
 variance-preserving ones (x / sqrt(1 + sigma^2)); :func:`is_variance_exploding` tells which and
@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from rtrecon.decoders.config import DiscretizationConfig
+from rtrecon.reconstruction.config import DiscretizationConfig
 
 __all__ = ["SCHEDULERS", "first_sigma", "is_variance_exploding", "make_scheduler", "official_timesteps", "set_schedule"]
 

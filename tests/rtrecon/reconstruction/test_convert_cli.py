@@ -5,7 +5,7 @@ from __future__ import annotations
 from safetensors.torch import save_file
 
 from rtrecon.cli import main
-from rtrecon.decoders.unclip import load_config, save_config
+from rtrecon.reconstruction.unclip import load_config, save_config
 
 
 def test_convert_unclip_command_writes_the_folder(tmp_path, reduced_checkpoint, reduced_config, capsys):
