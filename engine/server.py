@@ -334,6 +334,11 @@ class Engine:
         state.trial_timings = self.store.table(run, "trialtimings", ["trial", "release", *state.trial_recorder.columns("trial")[1:]])
         state.trial_table = self.store.table(run, "trials", TRIAL_COLUMNS)
         state.recorded = {(int(row["trial"]), int(row["release"])) for row in state.trial_table.rows()}
+        for row in self.store.events(run):  # what each trial showed, for the releases sent again below
+            event = _event_from_row(self.session_id, run, row)
+            state.stimuli[event.trial] = event.stimulus
+            if event.pairmate:
+                state.pairmates[event.trial] = event.pairmate
         self.runs[run] = state
         self._resume_releases(run, done)
 
