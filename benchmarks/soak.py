@@ -1,5 +1,5 @@
 """Soak: a long session replayed at the fastest speed, with memory and per-volume time over the run,
-and the engine's restart time at 1 000 volumes with and without its realignment checkpoint.
+and the engine's restart time at 1 000 volumes with and without its checkpoints.
 
 A small synthetic run (a 32×32×20 head-like phantom at 3 mm, TR 1 s, drifting head motion, 3 s
 trials every 4 s with responses in a "visual" block) is written as a 4D NIfTI and replayed by the
@@ -13,12 +13,16 @@ and the memory at each run's end should not grow: ``time_flat`` / ``memory_flat`
 later whole run is within 10 % of the second (the first pays one-off costs: the reference, the
 brain mask, first allocations); ``time_growth`` / ``memory_growth`` are last / second.
 
-Restart: once 1 000 volumes are stored (mid-run), the store is copied twice and a new engine
-process recovers each copy (the time of ``Engine.recover``, imports excluded): one with the run's realignment checkpoints (``restart_s_at_1000``), one with them
-deleted, which realigns every stored volume as the engine did before checkpoints
-(``restart_realign_s_at_1000``; ``restart_speedup`` is the ratio). Both recovered engines must hold
-exactly the state of the live one (each run's ROI signal, frames, releases and sequence numbers):
-``restart_state_identical``.
+Restart: once 1 000 volumes are stored (mid-run), the store is copied and a new engine process
+recovers each copy (the time of ``Engine.recover``, imports excluded): with the engine's state
+checkpoint (:mod:`engine.checkpoint`, written every ``checkpoint_volumes`` volumes and at run ends,
+here just written: ``restart_s_at_1000``; writing it costs ``checkpoint_median_ms``, within a volume's time), and ``checkpoint_volumes - 1`` volumes later, the most a
+restart replays (``restart_worst_s``); without the state checkpoint, which replays every stored
+volume through the GLM and every release, as the engine did before it (``restart_replay_s_at_1000``);
+and without the realignment checkpoints either, which also realigns every stored volume
+(``restart_realign_s_at_1000``). ``restart_speedup`` is replay / state checkpoint. Every recovered
+engine must hold exactly the state of the live one (each live run's ROI signal and frames, every
+run's releases and sequence numbers, the z-scoring's running statistics): ``restart_state_identical``.
 
 All work runs on one core (BLAS and OpenMP threads pinned to 1 before numpy loads).
 
@@ -26,7 +30,8 @@ All work runs on one core (BLAS and OpenMP threads pinned to 1 before numpy load
 
 The last line printed is one JSON object: {"benchmark": "soak", "machine": ..., "results":
 {"volumes", "peak_rss_mb", "final_rss_mb", "max_volume_ms", "median_volume_ms",
-"restart_s_at_1000", "restart_realign_s_at_1000", "time_flat", "memory_flat", ...}}.
+"restart_s_at_1000", "restart_worst_s", "restart_replay_s_at_1000", "restart_realign_s_at_1000", "time_flat",
+"memory_flat", ...}}.
 """
 
 from __future__ import annotations
@@ -105,8 +110,12 @@ def _engine(root: Path, settings: EngineSettings) -> Engine:
 
 
 def _state_digest(engine: Engine) -> str:
-    """What a restart must rebuild exactly: each live run's ROI signal and frames, and every run's releases."""
+    """What a restart must rebuild exactly: each live run's ROI signal and frames, every run's releases,
+    and the z-scoring's running statistics (which every release so far has moved)."""
     digest = hashlib.sha256()
+    if engine.normaliser is not None:
+        meta, arrays = engine.normaliser.state()
+        digest.update(repr(meta).encode() + b"".join(arrays[k].tobytes() for k in sorted(arrays)))
     for run, state in sorted(engine.runs.items()):
         if state.glm is None:  # an ended run: what it released is what counts
             digest.update(repr((run, sorted(state.released.items()), state.sequence)).encode())
@@ -116,10 +125,14 @@ def _state_digest(engine: Engine) -> str:
     return digest.hexdigest()
 
 
-def _restart(store_root: Path, into: Path, keep_checkpoint: bool) -> tuple[float, str]:
-    """Recover a copy of the store in a new engine process: (seconds to recover, state digest)."""
+def _restart(store_root: Path, into: Path, keep: str) -> tuple[float, str]:
+    """Recover a copy of the store in a new engine process: (seconds to recover, state digest).
+    ``keep``: "state" (every checkpoint), "realignment" (not the state checkpoint), "none"."""
     shutil.copytree(store_root, into)
-    if not keep_checkpoint:
+    if keep != "state":
+        for path in into.rglob("*_desc-enginestate.npz"):
+            path.unlink()
+    if keep == "none":
         for path in into.rglob("*_desc-realigned.bin"):
             path.unlink()
     out = children.run([sys.executable, __file__, "--recover", str(into)], check=True, capture_output=True, text=True)
@@ -158,6 +171,15 @@ def main() -> int:
         onsets = synthetic_run(nifti, args.run_volumes)
         root = tmp / "store"
         engine = _engine(root, SETTINGS)
+        # The state checkpoint's cost, inside the volumes' times (every checkpoint_volumes and at run ends).
+        checkpoint_ms, save_state = [], engine._save_state
+
+        def timed_save() -> None:
+            t0 = time.perf_counter()
+            save_state()
+            checkpoint_ms.append((time.perf_counter() - t0) * 1000)
+
+        engine._save_state = timed_save
         volume_ms, rss, run_of = [], [], []
         restart = None
         done, run = 0, 0
@@ -185,12 +207,21 @@ def main() -> int:
                 if done == args.restart_at:
                     engine.join_background()
                     live = _state_digest(engine)
-                    with_s, with_digest = _restart(root, tmp / "restart-ckpt", keep_checkpoint=True)
-                    without_s, without_digest = _restart(root, tmp / "restart-realign", keep_checkpoint=False)
-                    identical = live == with_digest == without_digest
-                    restart = (with_s, without_s, identical)
-                    print(f"restart at {done} volumes: {with_s:.2f} s from the checkpoint, {without_s:.2f} s "
-                          f"realigning every volume; state identical: {identical}", flush=True)
+                    times, digests = {}, []
+                    for keep in ("state", "realignment", "none"):
+                        times[keep], digest = _restart(root, tmp / f"restart-{keep}", keep)
+                        digests.append(digest)
+                    identical = all(d == live for d in digests)
+                    print(f"restart at {done} volumes: {times['state']:.2f} s from the state checkpoint, "
+                          f"{times['realignment']:.2f} s replaying every volume and release, {times['none']:.2f} s "
+                          f"also realigning every volume; state identical: {identical}", flush=True)
+                if done == args.restart_at + SETTINGS.checkpoint_volumes - 1:
+                    engine.join_background()
+                    worst, digest = _restart(root, tmp / "restart-worst", "state")
+                    identical = identical and digest == _state_digest(engine)
+                    restart = (times["state"], worst, times["realignment"], times["none"], identical)
+                    print(f"restart {SETTINGS.checkpoint_volumes - 1} volumes after the state checkpoint: {worst:.2f} s; "
+                          f"state identical: {identical}", flush=True)
             engine.handle(RunEndMessage(session=SESSION, run=run, n_volumes=sent))
             per_run = np.array(volume_ms)[np.array(run_of) == run]
             print(f"run {run}: {sent} volumes, median {np.median(per_run):.1f} ms, max {per_run.max():.1f} ms, "
@@ -220,10 +251,16 @@ def main() -> int:
         "time_flat": bool(max(medians[1:]) <= 1.1 * medians[1]),
         "memory_flat": bool(max(ends[1:]) <= 1.1 * ends[1]),
         "restart_at": args.restart_at,
+        "checkpoint_volumes": SETTINGS.checkpoint_volumes,
+        "checkpoint_writes": len(checkpoint_ms),
+        "checkpoint_median_ms": float(np.median(checkpoint_ms)),
+        "checkpoint_max_ms": float(np.max(checkpoint_ms)),
         "restart_s_at_1000": restart[0] if restart else None,
-        "restart_realign_s_at_1000": restart[1] if restart else None,
-        "restart_speedup": restart[1] / restart[0] if restart else None,
-        "restart_state_identical": restart[2] if restart else None,
+        "restart_worst_s": restart[1] if restart else None,
+        "restart_replay_s_at_1000": restart[2] if restart else None,
+        "restart_realign_s_at_1000": restart[3] if restart else None,
+        "restart_speedup": restart[2] / restart[0] if restart else None,
+        "restart_state_identical": restart[4] if restart else None,
         "session_s": total_s,
         "quick": bool(args.quick),
     }

@@ -176,6 +176,17 @@ class IncrementalGLM:
             np.hstack(parts), columns=self.column_names(), index=self.design.frame_times(self.frames)
         )
 
+    def column_cache(self) -> dict[Hashable, tuple[int, tuple[float, float, int, int], np.ndarray]]:
+        """The trial columns computed so far, as :meth:`trial_columns` keeps them: trial -> (rows they
+        were computed for, where the trial fell on nilearn's grid then, the columns). A column kept
+        and extended differs from one recomputed later by rounding (~1e-12 of a beta), so a restarted
+        engine that must continue bit for bit restores them (:meth:`restore_column_cache`)."""
+        return dict(self._columns)
+
+    def restore_column_cache(self, cache: dict[Hashable, tuple[int, tuple[float, float, int, int], np.ndarray]]) -> None:
+        """Continue with the columns of a :meth:`column_cache` taken when this GLM had the same rows."""
+        self._columns = dict(cache)
+
     def refresh(self) -> None:
         """Recompute every design column from the stored rows at the next solve (the same numbers
         whatever order rows and trials arrived in, as for a run's final betas)."""

@@ -40,7 +40,10 @@ Recovery. Everything the engine computes follows from what the store holds, proc
 order it arrived (each event row records how many volumes of its run had been stored before it),
 so :meth:`Engine.recover` replays the store and reaches the state it had when it was killed
 (a volume's realignment comes from its run's checkpoint, :class:`~engine.store.RealignmentLog`,
-written as it was realigned, so a restart neither reads nor realigns the volumes again):
+written as it was realigned, so a restart neither reads nor realigns the volumes again; and what
+the engine's state checkpoint, :mod:`engine.checkpoint`, written every ``checkpoint_volumes``
+volumes and at each run's end, holds is not released again: ended runs are skipped and only the
+volumes after it are replayed with their releases):
 the same releases in the same order, hence the same ``sequence`` numbers; a release already in
 the trials table is not sent again, and ``serve`` drops those the results link had spooled (sent
 but not yet recorded when the engine died). The receivers are then opened with the store's
@@ -79,6 +82,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -90,6 +94,7 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from engine.checkpoint import EngineCheckpoint, RunCheckpoint, settings_fingerprint
 from engine.design import RunDesign
 from engine.early import EarlyRun, HRFChoice, NoisePool
 from engine.glm import IncrementalGLM
@@ -202,6 +207,10 @@ class Engine:
         self._checkpoints: dict[int, RealignmentLog] = {}  # run -> its realignment checkpoint
         self._pool_voxels: np.ndarray | None = None  # (4, n) brain voxels outside the ROI, noise-pool candidates
         self._training: list[EarlyRun] | None = None  # [engine.early] training_session, realigned once
+        self._fast_forward = False  # recovering what the state checkpoint already holds: no releases
+        self._since_checkpoint = 0  # volumes processed since the last state checkpoint
+        self._saved_arrays: dict[str, np.ndarray] = {}  # the state checkpoint's arrays, while recovering
+        self._synced_rows: dict[int, int] = {}  # run -> rows of its trials table fsynced for a checkpoint
 
     # -- recovery ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -209,20 +218,44 @@ class Engine:
 
         A volume with a record in its run's realignment checkpoint is not read or realigned again:
         the record gives exactly what realigning it gave, so the state (and every beta) is the same.
+        With a state checkpoint (:mod:`engine.checkpoint`), what it covers is not released again:
+        an ended run it covers is skipped, the live run's GLM is refilled from its records, and
+        only the volumes after it are replayed with their releases.
         """
+        saved = EngineCheckpoint.load(self._checkpoint_path(), settings_fingerprint(self.settings))
+        if saved is not None and any(self.store.n_volumes(r) < c.volumes for r, c in saved.runs.items()):
+            log.warning("%s: names volumes the store does not hold: the session is replayed in full", self._checkpoint_path())
+            saved = None
+        self._saved_arrays = saved.arrays if saved is not None else {}
+        early = self.settings.early
+        keeps_ended = early.session_runs and (early.noise_pool or early.hrf_library)  # _forget_signal keeps their GLM
+        replayed = False
         self._replaying = True
         try:
             for run in self.store.runs():
+                done = saved.runs.get(run) if saved is not None else None
                 events = self.store.events(run)
                 pending = sorted(events, key=lambda row: int(row["engine_volumes"]))
                 n = self.store.n_volumes(run)
                 affine, tr = self.store.geometry(run) if n else (None, None)
                 if n and self.realigner is None and self.store.load_image("desc-reference_boldref") is not None:
                     self._ensure_realigner(run, None, affine)  # from the saved reference: the volume is not used
+                    if saved is not None and saved.normaliser:
+                        self.normaliser.restore(saved.normaliser, saved.arrays)
+                if done is not None and done.ended and not keeps_ended and self.store.is_ended(run):
+                    self._resume_ended(run, tr, done)
+                    log.info("recovered run %d: %d volumes, ended (from the state checkpoint)", run, n)
+                    continue
                 checkpoint = self._checkpoint(run) if self.realigner is not None else None
                 volumes = _VolumeReader(self.store, run)
                 realigned = 0
                 for index in range(n + 1):
+                    if done is not None and index == done.volumes:
+                        self._fast_forward = False
+                        self._resume_releases(run, done)
+                    else:
+                        self._fast_forward = done is not None and index < done.volumes
+                    replayed |= not self._fast_forward and index < n
                     while pending and int(pending[0]["engine_volumes"]) <= index:
                         self._use_event(run, _event_from_row(self.session_id, run, pending.pop(0)))
                     if index == n:
@@ -236,17 +269,102 @@ class Engine:
                     else:
                         self._process_volume(run, index, volume, affine, tr, {}, record=record)
                         realigned += record is None
+                self._fast_forward = False
                 if checkpoint is not None:
                     checkpoint.forget()
                 if self.store.is_ended(run):
-                    self._finish_run(run)
+                    if done is not None and done.ended:
+                        self.runs[run].ended = True  # its final releases and betas are done
+                    else:
+                        replayed = True
+                        self._finish_run(run)
                     self._forget_signal(run)
                 if n:
-                    log.info("recovered run %d: %d volumes (%d realigned again), %d events", run, n, realigned, len(events))
+                    log.info("recovered run %d: %d volumes (%d realigned again, %d released again), %d events", run, n,
+                             realigned, n - (done.volumes if done is not None else 0), len(events))
         finally:
             self._replaying = False
+            self._fast_forward = False
+            self._saved_arrays = {}
+        if replayed and self.realigner is not None:
+            self._save_state()
         for run in self.store.uncompressed_ended_runs():
             self._compress_later(run)
+
+    # -- state checkpoint (engine.checkpoint) ------------------------------------------------------
+    def _checkpoint_path(self) -> Path:
+        return self.store.layout.session_derivative("desc-enginestate.npz")
+
+    def _save_state(self) -> None:
+        """Write the state checkpoint (after the trials tables it vouches for are on disk)."""
+        runs, column_arrays = {}, {}
+        for number, state in self.runs.items():
+            # Its rows are flushed one by one, not fsynced; the checkpoint says they were sent.
+            if state.trial_table is not None and self._synced_rows.get(number) != len(state.trial_table):
+                fd = os.open(state.trial_table.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self._synced_rows[number] = len(state.trial_table)
+            columns = []
+            if state.glm is not None and not state.ended:
+                for i, (trial, (rows, grid, cols)) in enumerate(state.glm.column_cache().items()):
+                    columns.append([trial, rows, *grid])
+                    column_arrays[f"run{number}_columns{i}"] = cols
+            runs[number] = RunCheckpoint(state.n_volumes, state.ended, dict(state.released), state.sequence,
+                                         {seq: dict(row) for seq, row in state.undelivered.items()}, columns)
+        meta, arrays = self.normaliser.state() if self.normaliser is not None else ({}, {})
+        arrays = {**arrays, **column_arrays}
+        EngineCheckpoint(settings_fingerprint(self.settings), runs, meta, arrays).save(self._checkpoint_path())
+        self._since_checkpoint = 0
+
+    def _count_for_checkpoint(self) -> None:
+        """A volume was processed live: checkpoint every ``checkpoint_volumes``."""
+        if self._replaying:
+            return
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self.settings.checkpoint_volumes:
+            self._save_state()
+
+    def _resume_ended(self, run: int, tr: float, done: RunCheckpoint) -> None:
+        """An ended run the checkpoint covers: its release state, nothing recomputed."""
+        state = _Run(run, tr, None, ReleaseSchedule(self.settings.releases_s, tr, self.settings.glm.slice_time_ref),
+                     ended=True, n_volumes=done.volumes)
+        state.trial_timings = self.store.table(run, "trialtimings", ["trial", "release", *state.trial_recorder.columns("trial")[1:]])
+        state.trial_table = self.store.table(run, "trials", TRIAL_COLUMNS)
+        state.recorded = {(int(row["trial"]), int(row["release"])) for row in state.trial_table.rows()}
+        for row in self.store.events(run):  # what each trial showed, for the releases sent again below
+            event = _event_from_row(self.session_id, run, row)
+            state.stimuli[event.trial] = event.stimulus
+            if event.pairmate:
+                state.pairmates[event.trial] = event.pairmate
+        self.runs[run] = state
+        self._resume_releases(run, done)
+
+    def _resume_releases(self, run: int, done: RunCheckpoint) -> None:
+        """Take the checkpoint's release state for ``run``; send again the releases it had not sent."""
+        state = self.runs.get(run)
+        if state is None:
+            return
+        state.released, state.sequence = dict(done.released), done.sequence
+        if state.glm is not None and done.columns:
+            state.glm.restore_column_cache({
+                int(trial): (int(rows), (float(t0), float(step), int(start), int(stop)),
+                             self._saved_arrays[f"run{run}_columns{i}"])
+                for i, (trial, rows, t0, step, start, stop) in enumerate(done.columns)})
+        for sequence, row in sorted(done.undelivered.items()):
+            trial, release = int(row["trial"]), int(row["release"])
+            if (trial, release) in state.recorded:
+                continue
+            with np.load(self.store.derivative_path(run, f"trial{trial}release{release}beta", ".npz")) as saved:
+                beta, z = saved["beta"], saved["z"]
+            released = TrialBeta(run, trial, row["stimulus"], beta, z, int(row["repeats"]), release=release,
+                                 release_s=float(row["release_s"]), final=bool(row["final"]), sequence=sequence,
+                                 pairmate=row.get("pairmate") or "")
+            state.trial_recorder.mark(sequence, "ready")
+            state.trial_recorder.mark(sequence, "betas")
+            self._send_release(state, released, row)
 
     def _checkpoint(self, run: int) -> RealignmentLog:
         checkpoint = self._checkpoints.get(run)
@@ -391,6 +509,7 @@ class Engine:
             self._process_missing(msg.run, index, "never came")
         self._finish_run(msg.run)
         self.store.end_run(msg.run)
+        self._save_state()
         ack(msg)
         self._forget_signal(msg.run)
         self._compress_later(msg.run)
@@ -546,6 +665,7 @@ class Engine:
             metrics.update(self.decoder.status() if self.decoder is not None else {})  # readiness, GPU memory
             self.publish_status(StatusMessage(process="engine", state="running",
                                               message=f"run {run} volume {index}", metrics=metrics, sent_time=time.time()))
+        self._count_for_checkpoint()
 
     def _process_missing(self, run: int, index: int, reason: str) -> None:
         state = self.runs.get(run)
@@ -557,6 +677,7 @@ class Engine:
         if not self._replaying:
             self.publish_status(StatusMessage(process="engine", state="warning",
                                               message=f"run {run} volume {index} missing: {reason}", sent_time=time.time()))
+        self._count_for_checkpoint()
 
     def _write_volume_rows(
         self, state: _Run, index: int, params: np.ndarray, fd: float, iterations: int, missing: bool, xfm: np.ndarray,
@@ -577,6 +698,8 @@ class Engine:
 
     def _release_ready(self, state: _Run) -> None:
         """Release every trial with a release due now that ``state.n_volumes`` volumes have arrived."""
+        if self._fast_forward:  # the state checkpoint holds what these releases did
+            return
         last_frame = state.n_volumes - 1
         active = None
         for trial in sorted(state.onsets):
@@ -611,19 +734,25 @@ class Engine:
             rec.forget(sequence)
             return
         self.store.save_arrays(state.number, f"trial{trial}release{release}beta", beta=released.beta, z=released.z)
-        result = TrialResultMessage(
-            session=self.session_id, run=state.number, trial=trial, stimulus=released.stimulus,
-            pairmate=pairmate, embedding=released.z.astype(np.float32), decoder="trial-beta",
-            release=release, release_s=release_s, final=final, sequence=sequence,
-            latencies={"betas_s": rec.elapsed_ms(sequence, "betas") / 1000.0}, stamps={"trial_ready": time.time()},
-        )
-        for callback in self.on_trial:
-            callback(released)
-        state.undelivered[sequence] = {
+        self._send_release(state, released, {
             "trial": trial, "release": release, "release_s": release_s, "final": final, "stimulus": released.stimulus,
             "volumes": state.n_volumes, "method": self.settings.beta_method, "repeats": released.repeats,
             "pairmate": pairmate or None,
-        }
+        })
+
+    def _send_release(self, state: _Run, released: TrialBeta, row: dict[str, Any]) -> None:
+        """Hand a release (its beta saved) to the callbacks and send it, decoded if there is a decoder."""
+        sequence = released.sequence
+        result = TrialResultMessage(
+            session=self.session_id, run=state.number, trial=released.trial, stimulus=released.stimulus,
+            pairmate=released.pairmate, embedding=released.z.astype(np.float32), decoder="trial-beta",
+            release=released.release, release_s=released.release_s, final=released.final, sequence=sequence,
+            latencies={"betas_s": state.trial_recorder.elapsed_ms(sequence, "betas") / 1000.0},
+            stamps={"trial_ready": time.time()},
+        )
+        for callback in self.on_trial:
+            callback(released)
+        state.undelivered[sequence] = row
         if self.decoder is None:
             self._deliver(state, sequence, result)
         else:
@@ -888,6 +1017,8 @@ def serve(config_path: str | Path, *, stop: Callable[[], bool] | None = None) ->
                     links = {"bridge_alive": float(volumes.peer_alive), "stimulus_events_alive": float(events.peer_alive),
                              "stimulus_results_alive": float(results.peer_alive), "results_pending": float(results.pending),
                              "trials_decoding": float(decoder.pending if decoder is not None else 0)}
+                    if volumes.peer_lead is not None:  # the bridge's backlog: volumes sent, not yet acknowledged
+                        links["bridge_lead"], links["bridge_lead_bound"] = map(float, volumes.peer_lead)
                     torch = sys.modules.get("torch")  # only if decoding put something on a GPU: never start CUDA here
                     if torch is not None and torch.cuda.is_initialized():
                         links["gpu_memory_mb"] = torch.cuda.memory_allocated() / 2**20

@@ -155,3 +155,26 @@ class TrialNormaliser:
             repeats = len(latest)
             z = np.mean(list(latest.values()), axis=0)
         return TrialBeta(run, trial, stimulus, beta, z, repeats, release=release)
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """What :meth:`restore` needs to continue exactly where this normaliser is: (JSON-able
+        description, arrays): each release's running count, mean and sum of squares, and the
+        repeats' z-scored betas."""
+        meta = {"running": {str(r): w.count for r, w in self.running.items()},
+                "repeats": [[stimulus, run, trial] for stimulus, trials in self._repeats.items() for run, trial in trials]}
+        arrays = {}
+        for r, w in self.running.items():
+            arrays[f"mean_{r}"], arrays[f"m2_{r}"] = w.mean, w._m2
+        for i, (stimulus, run, trial) in enumerate(meta["repeats"]):
+            arrays[f"repeat_{i}"] = self._repeats[stimulus][(run, trial)]
+        return meta, arrays
+
+    def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from a :meth:`state` (bit for bit: the arrays are the ones saved)."""
+        self.running = {}
+        for r, count in meta["running"].items():
+            w = self.running[int(r)] = Welford(self.n_voxels)
+            w.count, w.mean, w._m2 = int(count), np.asarray(arrays[f"mean_{r}"]), np.asarray(arrays[f"m2_{r}"])
+        self._repeats = {}
+        for i, (stimulus, run, trial) in enumerate(meta["repeats"]):
+            self._repeats.setdefault(stimulus, {})[(int(run), int(trial))] = np.asarray(arrays[f"repeat_{i}"])

@@ -23,8 +23,9 @@ motion numbers, stimulus ids and reconstructions only.
 
 The banners (:meth:`banners`) name what an operator must act on: a missing volume, a dead link
 (the engine silent for ``liveness`` heartbeats; the bridge or the stimulus PC gone while a run
-is live), a decoder falling behind (``decoder_backlog`` trials or more waiting), a TR that is
-not the session's, and framewise displacement above ``fd_threshold_mm`` (the alarm).
+is live), a decoder falling behind (``decoder_backlog`` trials or more waiting), a bridge held
+back by its lead bound (``[bridge] max_lead`` volumes sent and not yet acknowledged: the engine is
+behind the scanner), a TR that is not the session's, and framewise displacement above ``fd_threshold_mm`` (the alarm).
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ class SessionState:
         self.trials_decoding = 0
         self.results_pending = 0
         self.gpu_memory_mb: float | None = None  # when the engine decodes on a GPU
+        self.bridge_lead: tuple[int, int] | None = None  # (volumes the bridge is ahead, its bound; 0: none)
         self.engine_heard: float | None = None
         self.engine_restarts = 0
         self.feedback_paused = False
@@ -221,6 +223,8 @@ class SessionState:
             self.trials_decoding = int(metrics.get("trials_decoding", 0))
             self.results_pending = int(metrics.get("results_pending", 0))
             self.gpu_memory_mb = metrics.get("gpu_memory_mb")
+            lead = metrics.get("bridge_lead")
+            self.bridge_lead = None if lead is None else (int(lead), int(metrics.get("bridge_lead_bound", 0)))
             return False
         missing = _MISSING.match(message.message)
         if missing is not None:
@@ -444,6 +448,9 @@ class SessionState:
             if run.tr is not None and expected is not None and abs(run.tr - expected) > 1e-3 * expected:
                 out.append({"level": "error",
                             "text": f"bad TR: run {run.number} has TR {run.tr:g} s, the session's is {expected:g} s"})
+        if self.bridge_lead is not None and 0 < self.bridge_lead[1] <= self.bridge_lead[0]:
+            out.append({"level": "warning", "text": f"engine behind the scanner: the bridge is {self.bridge_lead[0]} "
+                        f"volume(s) ahead, its bound (max_lead {self.bridge_lead[1]}); the rest wait in its spool"})
         if self.trials_decoding >= self.decoder_backlog:
             out.append({"level": "warning", "text": f"decoder falling behind: {self.trials_decoding} trials waiting"})
         for warning in self.warnings[-2:]:
@@ -467,6 +474,7 @@ class SessionState:
             "expected": run.ended if run and run.ended is not None else self.expected_volumes,
             "tr": run.tr if run else None,
             "links": {"engine": self.engine_alive(now), **self.links},
+            "bridge_lead": None if self.bridge_lead is None else {"lead": self.bridge_lead[0], "bound": self.bridge_lead[1]},
             "engine_restarts": self.engine_restarts,
             "decoder": {"trials_decoding": self.trials_decoding, "results_pending": self.results_pending,
                         "ready": self.trials_decoding < self.decoder_backlog, "gpu_memory_mb": self.gpu_memory_mb},

@@ -276,6 +276,10 @@ class EngineSection(_Section):
         "unsmoothed volume (0: every volume)",
     )
     realign_samples: int = Field(12000, ge=100, description="brain voxels sampled to estimate motion")
+    checkpoint_volumes: int = Field(
+        20, ge=1, description="the engine checkpoints its state every this many volumes (and at each run's end): "
+        "a restart replays at most these, not the whole session",
+    )
     resample_order: int = Field(
         3, ge=1, le=5, description="spline order resampling the realigned ROI (1: trilinear, which blurs each volume "
         "by its own sub-voxel shift; 3: cubic B-spline, first-release r +0.07 on the demo world: docs/early_estimates.md)",

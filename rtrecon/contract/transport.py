@@ -49,6 +49,7 @@ API (all keyword arguments after ``*`` are optional)::
         .notify(message) -> None          a notice to the sender (a ShownMessage), best effort as a heartbeat
         .persisted -> dict[int, int]      run -> last key acknowledged (constructor's + acks)
         .peer_alive -> bool               heard from the sender within liveness × heartbeat_s
+        .peer_lead -> (int, int) | None   the sender's lead and its bound, from its heartbeats
         .close(); context manager
 
     StatusPublisher(endpoint, *, curve=None, name="engine")        binds a PUB socket
@@ -92,7 +93,8 @@ The receiving application's store must report, per run, the key of the last item
 ``n_volumes``), and must cover every run of the session it holds (a run left out is resent).
 
 Heartbeats. Each end sends a :class:`~rtrecon.contract.wire.HeartbeatMessage` every ``heartbeat_s`` while
-it is polled; an end that has heard nothing for ``liveness × heartbeat_s`` reports the peer dead
+it is polled (a sender's says its ``lead`` and bound, the receiver's ``peer_lead``, which the engine
+reports in its status); an end that has heard nothing for ``liveness × heartbeat_s`` reports the peer dead
 (``peer_alive`` False, a warning logged); a sender then stops sending and says Hello until the
 receiver answers. ZeroMQ's own ZMTP heartbeats are set too, so a dead TCP connection is dropped
 and re-dialled. The owner must therefore call ``poll``/``recv`` at least once per heartbeat.
@@ -702,7 +704,7 @@ class ReliableSender(_Link):
             self._cache.clear()
         if now >= self._next_heartbeat:
             beat: Message = (
-                HeartbeatMessage(peer=self.name, sent_time=time.time())
+                HeartbeatMessage(peer=self.name, sent_time=time.time(), lead=self.lead, lead_bound=self.max_in_flight or 0)
                 if self._connected
                 else HelloMessage(peer=self.name, session=self.session, attempt=self._attempt + 1)
             )
@@ -786,11 +788,18 @@ class ReliableReceiver(_Link):
         self._unacked: dict[int, deque[_Delivered]] = {}
         self._peer: bytes | None = None
         self._peer_name = "?"
+        self._peer_lead: tuple[int, int] | None = None
 
     @property
     def peer_alive(self) -> bool:
         """The sender was heard within ``liveness × heartbeat_s`` (a warning is logged when it falls silent)."""
         return self._alive()
+
+    @property
+    def peer_lead(self) -> tuple[int, int] | None:
+        """(items the sender has sent and not yet had acknowledged, its bound; 0: unbounded), as its
+        latest heartbeat said; None until a heartbeat said it, or while the sender is silent."""
+        return self._peer_lead if self._alive() else None
 
     @property
     def persisted(self) -> dict[int, int]:
@@ -906,6 +915,7 @@ class ReliableReceiver(_Link):
             return None
         if isinstance(head, HeartbeatMessage):
             self._adopt(identity, head.peer, greet=True)
+            self._peer_lead = (head.lead, head.lead_bound) if head.lead >= 0 else None
             return None
         if not isinstance(head, SequenceMessage):
             log.warning("%s: dropped an unexpected %s message from %s", self.name, head.KIND, peer)

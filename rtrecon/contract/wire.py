@@ -247,11 +247,18 @@ class SequenceMessage(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class HeartbeatMessage(Message):
-    """Liveness from either end of a link."""
+    """Liveness from either end of a link.
+
+    A sender's heartbeat also says how far ahead of the receiver it is: ``lead`` items sent and
+    not yet acknowledged (-1: not said, as from a receiver), at most ``lead_bound`` (0: unbounded),
+    so the receiving process can report the backlog live.
+    """
 
     KIND: ClassVar[str] = "heartbeat"
     peer: str
     sent_time: float
+    lead: int = -1
+    lead_bound: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -635,6 +642,12 @@ def _check_ack(m: AckMessage) -> None:
     _at_least(m.KIND, "refused", m.refused, -1, m.index)
 
 
+def _check_heartbeat(m: HeartbeatMessage) -> None:
+    _finite(m.KIND, "sent_time", m.sent_time)
+    _at_least(m.KIND, "lead", m.lead, -1)
+    _at_least(m.KIND, "lead_bound", m.lead_bound, 0)
+
+
 def _check_run_end(m: RunEndMessage) -> None:
     _at_least(m.KIND, "run", m.run, 0)
     _at_least(m.KIND, "n_volumes", m.n_volumes, 0, MAX_VOLUMES)
@@ -656,7 +669,7 @@ _CHECKS: Mapping[type[Message], Callable[[Any], None]] = types.MappingProxyType(
     VolumeMissingMessage: _check_missing,
     ShownMessage: _check_shown,
     StatusMessage: lambda m: _finite(m.KIND, "sent_time", m.sent_time),
-    HeartbeatMessage: lambda m: _finite(m.KIND, "sent_time", m.sent_time),
+    HeartbeatMessage: _check_heartbeat,
 })
 
 

@@ -289,6 +289,65 @@ def test_restart_uses_the_checkpoint_and_realigns_only_what_it_lacks(tmp_path, c
         np.testing.assert_array_equal(final[key], reference[key])
 
 
+def _release_arrays(store: SessionStore) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """(trial, release) -> the raw and z-scored beta saved for that release."""
+    out = {}
+    for path in store.derivatives.glob("*_desc-trial*release*beta.npz"):
+        trial, release = path.name.split("desc-trial")[1].split("beta")[0].split("release")
+        with np.load(path) as saved:
+            out[int(trial), int(release)] = (saved["beta"], saved["z"])
+    return out
+
+
+def test_restart_resumes_from_the_state_checkpoint(tmp_path, clean_run, monkeypatch):
+    """A restart solves again only the releases after the engine's state checkpoint (written every
+    checkpoint_volumes volumes), not the run so far, and an ended run not at all; every release and
+    the final betas are then bit-identical to the undisturbed run's. Control: without the checkpoint
+    file, the restart releases the whole run again."""
+    import shutil
+
+    from engine.checkpoint import EngineCheckpoint, settings_fingerprint
+    from engine.trials import TrialNormaliser
+
+    settings = SETTINGS.model_copy(update={"checkpoint_volumes": 10})
+    root = tmp_path / "crashed"
+    crashed = _engine(root, settings=settings)
+    _stream(crashed, 0, 37, end=False)
+    del crashed
+    saved = EngineCheckpoint.load(next(root.rglob("*_desc-enginestate.npz")), settings_fingerprint(settings))
+    assert saved is not None and saved.runs[1].volumes == 30 and not saved.runs[1].ended
+    rows = [(int(r["trial"]), int(r["release"])) for r in _trials_rows(SessionStore(root, "01", "01", "test"))]
+    solved = []
+    release = TrialNormaliser.release
+    monkeypatch.setattr(TrialNormaliser, "release",
+                        lambda self, run, trial, *a, **k: solved.append((trial, k["release"])) or release(self, run, trial, *a, **k))
+    shutil.copytree(root, tmp_path / "control")
+    next((tmp_path / "control").rglob("*_desc-enginestate.npz")).unlink()
+    _engine(tmp_path / "control", settings=settings)
+    assert solved == rows  # control: every release of the 37 volumes solved again
+    solved.clear()
+    published = []
+    resumed = _engine(root, published, settings=settings)
+    assert solved == rows[saved.runs[1].sequence:] and len(solved) < len(rows) / 2 and published == []
+    _stream(resumed, 37, N_VOLS)
+    resumed.join_background()
+    assert [m.sequence for m in published] == list(range(len(rows), len(clean_run[1])))
+    reference = _release_arrays(clean_run[0].store)
+    arrays = _release_arrays(resumed.store)
+    assert arrays.keys() == reference.keys()
+    for key, (beta, z) in arrays.items():
+        np.testing.assert_array_equal(beta, reference[key][0])
+        np.testing.assert_array_equal(z, reference[key][1])
+    final, reference_final = _final_betas(resumed.store), _final_betas(clean_run[0].store)
+    for key in ("trials", "lsa", "lss", "frames"):
+        np.testing.assert_array_equal(final[key], reference_final[key])
+    # The ended run is skipped: nothing solved, its releases and sequence as they were.
+    solved.clear()
+    again = _engine(root, settings=settings)
+    assert solved == [] and again.runs[1].ended and again.runs[1].glm is None
+    assert (again.runs[1].released, again.runs[1].sequence) == (resumed.runs[1].released, len(clean_run[1]))
+
+
 def test_an_ended_run_frees_its_signal_and_takes_no_more_volumes(tmp_path):
     """Memory stays flat over a session: an ended run's GLM is freed once its final betas are saved;
     a late missing-volume notice for it changes nothing (control: one for the live run is stored)."""
@@ -436,8 +495,9 @@ def _start_engine(config: Path, standby: bool = False) -> subprocess.Popen:
 
 def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
     """SIGKILL the engine process at a few random points while volumes stream in; after each restart
-    it goes on, and in the end its final betas equal a clean run's and the stimulus PC has received
-    every release of the clean run, once each."""
+    it goes on (from its state checkpoint, every 8 volumes here: a restart replays the volumes after
+    it, not the run), and in the end every release and the final betas equal a clean run's bit for
+    bit, and the stimulus PC has received every release of the clean run, once each."""
     from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key, volume_key
 
     config = tmp_path / "session.toml"
@@ -445,7 +505,7 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
     config.write_text(
         f'[session]\nsubject = "01"\nsession = "01"\ntask = "test"\noutput_dir = "out"\n'
         f'[network]\nvolumes = "{ipc}/v"\nevents = "{ipc}/e"\nresults = "{ipc}/r"\nstatus = "{ipc}/s"\nheartbeat_s = {scaled(0.5)}\n'
-        f"[engine]\nplanned_volumes = {N_VOLS}\nrealign_samples = 4000\n"
+        f"[engine]\nplanned_volumes = {N_VOLS}\nrealign_samples = 4000\ncheckpoint_volumes = 8\n"
     )
     reference = _final_betas(clean_run[0].store)
     engine = _start_engine(config)
@@ -498,6 +558,11 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
     for key in ("trials", "lsa", "lss", "frames"):
         np.testing.assert_array_equal(final[key], reference[key])
     assert (tmp_path / "out/sub-01/ses-01/func/sub-01_ses-01_task-test_run-01_bold.nii.gz").exists()
+    arrays, clean_arrays = _release_arrays(SessionStore(tmp_path / "out", "01", "01", "test")), _release_arrays(clean_run[0].store)
+    assert arrays.keys() == clean_arrays.keys()
+    for key, (beta, z) in arrays.items():
+        np.testing.assert_array_equal(beta, clean_arrays[key][0])
+        np.testing.assert_array_equal(z, clean_arrays[key][1])
     assert [(m.sequence, m.trial, m.release, m.final) for m in received] == \
         [(m.sequence, m.trial, m.release, m.final) for m in clean_run[1]]
 

@@ -63,6 +63,9 @@ function renderSummary() {
     return el("span", { class: "pill " + (v === undefined ? "unknown" : v ? "ok" : "bad"), "data-link": key,
                         text: name + (v === undefined ? " ?" : v ? " ✓" : " ✗") });
   }));
+  const lead = s.bridge_lead;
+  $("bridge-lead").textContent = lead === null ? "—" :
+    lead.lead + " volume(s)" + (lead.bound ? " (bound " + lead.bound + ")" : " (unbounded)");
   $("decoding").textContent = s.decoder.trials_decoding;
   $("pending").textContent = s.decoder.results_pending;
   $("ready").textContent = s.decoder.ready ? "yes" : "falling behind";

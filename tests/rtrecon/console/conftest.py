@@ -125,7 +125,8 @@ class LiveSession:
 
         ipc = f"ipc://{self.folder}"
         with (
-            ReliableSender(f"{ipc}/v", SESSION, self.folder / "spool_v", key=volume_key, heartbeat_s=scaled(0.5)) as volumes,
+            ReliableSender(f"{ipc}/v", SESSION, self.folder / "spool_v", key=volume_key, heartbeat_s=scaled(0.5),
+                           max_in_flight=8) as volumes,  # a bridge's [bridge] max_lead
             ReliableSender(f"{ipc}/e", SESSION, self.folder / "spool_e", key=trial_key, heartbeat_s=scaled(0.5),
                            name="stimulus") as events,
             ReliableReceiver(f"{ipc}/r", SESSION, key=result_key, heartbeat_s=scaled(0.5), name="stimulus") as results,

@@ -52,6 +52,8 @@ def test_live_session_volumes_trials_alarm_restart_and_controls(tmp_path, chromi
         # (trial 0, onset 2 s: its first release once volume 10, 8 s after onset, has arrived)
         expect(page.locator('.trial[data-trial="0"] .releases span')).to_have_text([_due("r0")], timeout=WAIT_MS)
         expect(page.locator('[data-link="bridge_alive"]')).to_have_class("pill ok", timeout=WAIT_MS)
+        # The bridge's lead over the engine, live from its heartbeats through the engine's status.
+        expect(page.locator("#bridge-lead")).to_have_text(re.compile(r"^\d volume\(s\) \(bound 8\)$"), timeout=WAIT_MS)
         expect(page.locator("#gpu")).to_have_text("— (not on a GPU)")
         expect(page.locator("#latency-strip")).to_contain_text("→ realigned", timeout=WAIT_MS)
         # the stimulus PC's flip that showed it, back through the engine's results link and status feed

@@ -165,6 +165,17 @@ def test_decoder_backlog_bad_tr_and_feedback_pause(state):
     gpu = _links()
     state.on_status(StatusMessage(process="engine", state="links", metrics={**gpu.metrics, "gpu_memory_mb": 5120.0}), now=0.2)
     assert state.summary(0.2)["decoder"]["gpu_memory_mb"] == 5120.0
+    # The bridge's lead over the engine, from the links status: shown, and a warning once at its bound.
+    assert state.summary(0.2)["bridge_lead"] is None
+    state.on_status(StatusMessage(process="engine", state="links", metrics={
+        **gpu.metrics, "bridge_lead": 2.0, "bridge_lead_bound": 8.0}), now=0.2)
+    assert state.summary(0.2)["bridge_lead"] == {"lead": 2, "bound": 8} and "warning" not in _levels(state, 0.2)
+    state.on_status(StatusMessage(process="engine", state="links", metrics={
+        **gpu.metrics, "bridge_lead": 8.0, "bridge_lead_bound": 8.0}), now=0.2)
+    assert _levels(state, 0.2)["warning"] == ["engine behind the scanner: the bridge is 8 volume(s) ahead, its bound "
+                                              "(max_lead 8); the rest wait in its spool"]
+    state.on_status(_links(), now=0.2)  # a bridge that says nothing (gone, or an older one): not shown
+    assert state.summary(0.2)["bridge_lead"] is None
     state.apply_control({"time": 0.0, "action": "pause_feedback"})
     assert _levels(state, 0.2)["info"] == ["feedback paused by the operator"]
     state.apply_control({"time": 1.0, "action": "resume_feedback"})

@@ -585,10 +585,13 @@ def test_sender_lead_is_bounded_and_reported(endpoint: str, tmp_path: Path) -> N
         for _ in range(30):
             step()
         assert [m.index for m in held] == [0, 1, 2] and tx.lead == 3 and tx.pending == 20
+        # The sender's heartbeats tell the receiving process its lead and bound, live.
+        _until(lambda: rx.peer_lead == (3, 3), step, 10, "the lead in a heartbeat")
         for message in held:
             rx.ack(message)
         got = _exchange(tx, rx, 17)
         assert [m.index for m in got] == list(range(3, 20)) and tx.max_lead == 3 and tx.lead == 0
+        _until(lambda: rx.peer_lead == (0, 3), step, 10, "the lead back to 0 once all is acknowledged")
 
 
 def test_the_link_starts_without_fcntl_as_on_windows(endpoint: str, tmp_path: Path, monkeypatch) -> None:
