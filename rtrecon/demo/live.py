@@ -187,7 +187,7 @@ def _final_releases(layout: LiveSessionFiles, run: int) -> int:
         table = pd.read_csv(path, sep="\t", usecols=["trial", "final"])
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):  # caught mid-write
         return 0
-    return table.loc[table["final"].astype(str).str.lower() == "true", "trial"].nunique()
+    return table.loc[table["final"].astype(str).str.lower().isin(("1", "true")), "trial"].nunique()  # the store writes 0/1
 
 
 def _wait_for_final_releases(group: ProcessGroup, layout: LiveSessionFiles, trials: dict[int, int], bar: Progress,

@@ -31,7 +31,7 @@ def test_session_config_gallery_and_bids_outputs(demo_run):
     # each trial's live release (8 s after onset) decoded, and its end-of-run release before the engine stopped
     assert len(list(derivatives.glob("*_desc-trial*release0decoded.npz"))) == 63
     trials = pd.read_csv(derivatives / "sub-01_ses-02_task-perception_run-01_desc-trials.tsv", sep="\t")
-    assert sorted(trials.loc[trials["final"].astype(str) == "True", "trial"]) == list(range(63))
+    assert sorted(trials.loc[trials["final"] == 1, "trial"]) == list(range(63))
     logs = {p.name for p in (folder / "logs").iterdir()}
     assert logs - {"xvfb.log"} == {"engine.log", "console.log", "bridge_run-01.log", "stimulus_run-01.log"}
     assert ("xvfb.log" in logs) == (not demo_run.display)  # a private Xvfb only when there is no display
@@ -70,13 +70,13 @@ def test_the_demo_waits_for_the_end_of_run_releases_while_they_come(tmp_path):
     layout = LiveSessionFiles(tmp_path, "01", "02", "perception", tmp_path / "stimulus")
     table = layout.derivative(1, "trials")
     table.parent.mkdir(parents=True)
-    rows = ["trial\trelease\tfinal"] + [f"{t}\t0\tFalse" for t in range(3)]
+    rows = ["trial\trelease\tfinal"] + [f"{t}\t0\t0" for t in range(3)]  # as the engine's store writes them
     table.write_text("\n".join(rows) + "\n")
 
     def engine() -> None:  # one end-of-run release every 0.8 s: the last comes after more than idle_s
         for t in range(3):
             time.sleep(0.8)
-            rows.append(f"{t}\t2\tTrue")
+            rows.append(f"{t}\t2\t1")
             table.write_text("\n".join(rows) + "\n")
 
     with ProcessGroup(tmp_path / "logs") as group, Progress(disable=True) as bar:
