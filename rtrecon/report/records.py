@@ -437,7 +437,13 @@ def summarise(data: SessionReportData, report: str | Path) -> ReportSummary:
         by_release[release] = figures
     head = release_figures(first) if first else {}
     first_release = min(by_release) if by_release else None
-    delays = np.array([t.feedback_delay_s for t in first if t.feedback_delay_s is not None], dtype=float)
+    # a trial's feedback shows the newest release there is at its slot: its delay is that release's
+    shown: dict[tuple[int, int], float] = {}
+    for t in data.trials:
+        if t.feedback_delay_s is not None:
+            key = (t.run, t.trial)
+            shown[key] = min(shown.get(key, np.inf), t.feedback_delay_s)
+    delays = np.array(list(shown.values()), dtype=float)
     return ReportSummary(
         report=Path(report),
         trials=len(first),

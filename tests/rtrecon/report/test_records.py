@@ -72,9 +72,12 @@ def test_releases_headline_is_the_first_release_and_each_release_has_its_figures
     for i in range(4):
         # release 0 ranks the true image 3rd and retrieves image "h" first; release 1 gets it right
         trials.append(TrialRecord(1, i, str(i), seen_image=seen[i], reconstruction=seen[(i + 1) % 4], correct_rank=3,
-                                  retrieved_ids=("h", "x", str(i)), release=0, release_s=8.0, feedback_delay_s=9.0 + i))
+                                  retrieved_ids=("h", "x", str(i)), release=0, release_s=8.0,
+                                  feedback_delay_s=9.0 + i if i < 3 else None))
+        # trial 3's slot came after its release 1: that is the feedback it showed
         trials.append(TrialRecord(1, i, str(i), seen_image=seen[i], reconstruction=seen[i], correct_rank=1,
-                                  retrieved_ids=(str(i),), release=1, release_s=16.0 + i, final=True))
+                                  retrieved_ids=(str(i),), release=1, release_s=16.0 + i, final=True,
+                                  feedback_delay_s=40.0 if i == 3 else None))
     data = SessionReportData("01", "01", "perception", "d", trials, 10,
                              release_metrics={0: {"two_way_clip": 0.6, "beta_r_end": 0.5}, 1: {"two_way_clip": 0.9}})
     summary = summarise(data, "r.html")
@@ -85,6 +88,7 @@ def test_releases_headline_is_the_first_release_and_each_release_has_its_figures
     assert summary.by_release[1]["pixcorr"] == pytest.approx(1.0) and summary.by_release[1]["ssim"] == pytest.approx(1.0)
     assert summary.pixcorr < 0.5 and summary.two_way_clip == 0.6 and summary.by_release[0]["beta_r_end"] == 0.5
     assert summary.median_feedback_delay_s == 10.5
+    assert summary.p95_feedback_delay_s == pytest.approx(np.percentile([9.0, 10.0, 11.0, 40.0], 95))
     headline = summary.headline()
     assert headline["top1_by_release"] == {"0": 0.0, "1": 1.0} and headline["two_way_clip"] == 0.6
     json.dumps(summary.as_dict())
