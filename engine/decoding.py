@@ -31,7 +31,7 @@ Built from the session config's ``[decoder]`` and ``[reconstruction]`` sections 
   ridge shrinks its predictions towards their mean, so uncentred cosine retrieval ranks the gallery
   by each row's angle to that mean alone: in the default imagery demo one of the 18 targets was
   retrieved first in 88 % of the trials and live top-1 among each run's 6 was 18.8 % (chance
-  16.7 %); centred, 24 % and 33.3 % (45.1 % at the second release). Its ``embedding`` (sent and
+  16.7 %); centred, 25 % and 33.3 % (45.8 % at the second release). Its ``embedding`` (sent and
   stored) is the centred prediction;
 * ``gallery``: a ``.npz`` with ``embeddings`` (N, tokens, dim) (any (N, ...) array) and ``ids``
   (N,) strings -- the stimulus ids retrieval answers with (``nsd:<73k id>`` for NSD);
