@@ -287,6 +287,10 @@ def run_session(spec: LiveSpec, console: Console | None = None, timeout_s: float
     if per_release:  # the headline: the betas the participant's first feedback was decoded from
         metrics["live_vs_released_beta_r"] = per_release[min(per_release)]["live_vs_released_beta_r"]
     report_dir = layout.derivatives.parent / "report"
+    if spec.head == "linear":  # ranked where the engine retrieved: the head's centred space (engine.decoding)
+        from rtrecon.models.linear_head import LinearHead
+
+        gallery = gallery.reshape(len(gallery), -1) - LinearHead.load(spec.checkpoint).target_mean
     return build_report(layout, spec.runs, nsd.tr, gallery, ids, _image_lookup(nsd), spec.decoder_description,
                         report_dir, metrics, release_metrics=per_release, clip_features=_clip_features(spec.clip_seed),
                         presentations=presentations(nsd, spec.subject, spec.session, spec.runs), notes=spec.notes,

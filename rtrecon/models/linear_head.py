@@ -91,6 +91,13 @@ class LinearHead:
         return self._shape
 
     @property
+    def target_mean(self) -> np.ndarray:
+        """The training targets' mean, flattened: the intercept every prediction shares."""
+        if self.alpha is None:
+            raise RuntimeError("fit the head first")
+        return self._y_mean
+
+    @property
     def n_voxels(self) -> int:
         if self.alpha is None:
             raise RuntimeError("fit the head first")

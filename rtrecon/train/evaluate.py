@@ -5,7 +5,7 @@ by image and their betas averaged over repeats; ``clip_voxels`` (flattened, L2-n
 compared with the normalised CLIP targets; each loop draws ``n`` random images (all of them if
 fewer) and scores top-1 brain->image ("image retrieval", forward) and image->brain ("brain
 retrieval", backward). Returns the means over loops (chance is 1/n). ``head_retrieval_accuracy``
-scores a :class:`~rtrecon.models.linear_head.LinearHead` the same way.
+scores a :class:`~rtrecon.models.linear_head.LinearHead` the same way, in its centred space (as the engine retrieves).
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ def retrieval_accuracy(model: MindEye2, subject: SubjectData, targets: np.ndarra
 
 def head_retrieval_accuracy(head: LinearHead, subject: SubjectData, targets: np.ndarray, n: int = 300, loops: int = 30,
                             seed: int = 0) -> dict[str, float]:
-    """:func:`retrieval_accuracy` of a linear decoding head (its predictions flattened and L2-normalised)."""
+    """:func:`retrieval_accuracy` of a linear decoding head, in its centred space as the engine retrieves
+    (predictions and targets less the head's training targets' mean: ``engine.decoding``)."""
     betas, ids = average_repeats(subject)
-    preds = F.normalize(torch.from_numpy(head.predict(betas)).flatten(1).float(), dim=-1)
-    return _top1_loops(preds, targets, ids, n, loops, seed)
+    preds = F.normalize(torch.from_numpy(head.predict(betas).reshape(len(betas), -1) - head.target_mean).float(), dim=-1)
+    return _top1_loops(preds, np.asarray(targets).reshape(len(targets), -1) - head.target_mean, ids, n, loops, seed)
 
 
 def _top1_loops(preds: torch.Tensor, targets: np.ndarray, ids: np.ndarray, n: int, loops: int, seed: int) -> dict[str, float]:

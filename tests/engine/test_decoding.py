@@ -295,13 +295,58 @@ def test_the_linear_head_decodes_imagery_through_the_engine_above_chance_and_a_s
         assert sent[0].image is None and set(sent[0].latencies) == {"decode_s", "retrieval_s"}
         # the first trial has no running statistics yet (a zero beta): scored from the second on
         decoded = np.stack([m.embedding for m in sent])[1:]
-        scores[name] = imagery_retrieval(decoded, imagery.trials.iloc[1:], embeddings)
+        # ranked where the stage retrieves: the head's centred space
+        space = embeddings.reshape(len(embeddings), -1) - stage.model.target_mean
+        scores[name] = imagery_retrieval(decoded, imagery.trials.iloc[1:], space)
     head, control = scores["head"], scores["shuffled"]
     assert head["chance"] == pytest.approx(1 / 6) and set(head["per_set"]) == {"simple", "naturalistic", "conceptual"}
     assert binomtest(int(head["correct"].sum()), head["n"], 1 / 6, alternative="greater").pvalue < 1e-3
     assert binomtest(int(control["correct"].sum()), control["n"], 1 / 6).pvalue > 0.01
     print(f"imagery through the engine: linear head {head['accuracy']:.3f}, shuffled {control['accuracy']:.3f}, "
           f"chance {head['chance']:.3f}, per set {head['per_set']}, per vividness {head['per_vividness']}")
+
+
+def test_the_linear_head_retrieves_in_its_centred_space_so_that_no_gallery_row_becomes_a_hub():
+    """The cause of the imagery demo's hub, in seconds: CLIP-like targets with a large common part, a
+    ridge head that shrinks its predictions towards it, weak imagery betas, the engine's stage."""
+    from collections import Counter
+
+    from engine.trials import TrialNormaliser
+    from rtrecon.models.linear_head import LinearHead
+    from rtrecon.runtime.retrieval import Retriever
+
+    rng = np.random.default_rng(0)
+    n_images, n_voxels, dim, n_train = 306, 150, 256, 300
+    # the imagery demo's proportions: the targets' mean 4.5 times as long as a target's distance from it
+    targets = (4.5 * rng.standard_normal(dim) + rng.standard_normal((n_images, dim))).astype(np.float32)
+    responses = (targets - targets.mean(0)) @ (rng.standard_normal((dim, n_voxels)) / np.sqrt(dim))
+    seen = np.repeat(np.arange(n_train), 3)  # each training image seen 3 times, as in NSD
+    head = LinearHead().fit(responses[seen] + 2.0 * rng.standard_normal((len(seen), n_voxels)), targets[seen])
+    imagined = np.repeat(np.arange(n_train, n_images), 8)  # 6 targets x 8 repeats, never trained on
+    imagery = 0.5 * responses[imagined] + rng.standard_normal((len(imagined), n_voxels))
+    ids = [f"nsd:{i + 1}" for i in range(n_train, n_images)]
+    truth = [f"nsd:{i + 1}" for i in imagined[1:]]  # the first trial has no running statistics yet: from the second on
+
+    def figures(top1: list[str]) -> tuple[float, float]:
+        """Top-1 among the 6 targets and the most retrieved target's share."""
+        return float(np.mean([a == b for a, b in zip(top1, truth)])), Counter(top1).most_common(1)[0][1] / len(top1)
+
+    sent: list[TrialResultMessage] = []
+    stage = DecodingStage(head, targets[n_train:], ids, sent.append, "sub-01_ses-01", top_k=1)
+    normaliser = TrialNormaliser(n_voxels)
+    released = [normaliser.release(1, k, f"nsd:{image + 1}", beta) for k, (image, beta) in enumerate(zip(imagined, imagery))]
+    for trial in released:
+        stage(trial)
+    top1, hub = figures([m.retrieved[0] for m in sent[1:]])
+    # the control: the same predictions ranked by cosine among the uncentred targets pick one target in most trials
+    raw = Retriever(targets[n_train:], ids).topk(head.predict(np.stack([t.z for t in released[1:]])), 1)[0]
+    raw_top1, raw_hub = figures([row[0] for row in raw])
+    print(f"centred: top-1 {top1:.3f}, hub {hub:.2f}; uncentred: top-1 {raw_top1:.3f}, hub {raw_hub:.2f}")
+    assert raw_hub > 0.6
+    assert hub < 0.4 and top1 > raw_top1 + 0.2 and top1 > 0.5
+    # what is sent and stored is the centred prediction, normalised
+    deviation = head.predict(released[1].z[None])[0] - head.target_mean
+    assert np.allclose(sent[1].embedding, deviation / np.linalg.norm(deviation), atol=1e-5)
 
 
 def test_a_linear_head_config_is_refused_with_one_line(tmp_path):

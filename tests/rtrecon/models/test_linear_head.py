@@ -45,6 +45,8 @@ def test_a_saved_head_predicts_what_it_predicted_before(tmp_path):
     new = rng.standard_normal((4, 12))
     np.testing.assert_array_equal(back.predict(new), head.predict(new))
     assert back.alpha == head.alpha and back.cv_scores == head.cv_scores and back.n_voxels == 12
+    # the intercept the engine retrieves around: the training targets' mean, flattened
+    np.testing.assert_allclose(back.target_mean, y.reshape(60, -1).mean(0))
     np.savez(tmp_path / "other.npz", embeddings=y)
     with pytest.raises(ValueError, match=r"other.npz: not a linear head file \(no weights"):
         LinearHead.load(tmp_path / "other.npz")
