@@ -69,9 +69,10 @@ def _pip(python: Path, *args: str) -> str:
 def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.Popen]]:
     """The three extras installing side by side (each in its own venv), started once for the module."""
     root = tmp_path_factory.mktemp("extras")
-    project = _copy_project(root)
     started = {}
     for extra, case in CASES.items():
+        # a copy each: a wheel is built in its project's build/ folder, which side-by-side builds share
+        project = _copy_project(Path(tmp_path_factory.mktemp(f"project-{extra}")))
         venv = root.parent / f"venv-{extra}"
         python = venv / "bin" / "python"
         steps = [f"{shlex.quote(sys.executable)} -m venv {shlex.quote(str(venv))}", _pip(python, f"{project}[{extra}]"),
