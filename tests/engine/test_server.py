@@ -496,8 +496,8 @@ def _start_engine(config: Path, standby: bool = False) -> subprocess.Popen:
 def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
     """SIGKILL the engine process at a few random points while volumes stream in; after each restart
     it goes on (from its state checkpoint, every 8 volumes here: a restart replays the volumes after
-    it, not the run), and in the end every release and the final betas equal a clean run's bit for
-    bit, and the stimulus PC has received every release of the clean run, once each."""
+    it, not the run), and in the end every release's beta and the final betas equal a clean run's
+    bit for bit, and the stimulus PC has received every release of the clean run, once each."""
     from rtrecon.contract.transport import ReliableReceiver, ReliableSender, result_key, trial_key, volume_key
 
     config = tmp_path / "session.toml"
@@ -560,9 +560,12 @@ def test_sigkill_and_restart_through_the_transport(tmp_path, clean_run):
     assert (tmp_path / "out/sub-01/ses-01/func/sub-01_ses-01_task-test_run-01_bold.nii.gz").exists()
     arrays, clean_arrays = _release_arrays(SessionStore(tmp_path / "out", "01", "01", "test")), _release_arrays(clean_run[0].store)
     assert arrays.keys() == clean_arrays.keys()
-    for key, (beta, z) in arrays.items():
+    # Each release's beta, bit for bit. Not its z: the running z-score depends on the order releases
+    # happen in, and events and volumes travel on two links, so a release an event triggers can come
+    # before or after one a volume triggers (z differed in half the runs, by up to 1e-3; betas never).
+    # test_restart_resumes_from_the_state_checkpoint checks z bit for bit in one fixed order.
+    for key, (beta, _) in arrays.items():
         np.testing.assert_array_equal(beta, clean_arrays[key][0])
-        np.testing.assert_array_equal(z, clean_arrays[key][1])
     assert [(m.sequence, m.trial, m.release, m.final) for m in received] == \
         [(m.sequence, m.trial, m.release, m.final) for m in clean_run[1]]
 
