@@ -541,8 +541,10 @@ def test_a_newer_release_of_a_trial_replaces_the_older_on_screen(win, make_image
     assert link.due == [] and record.results[0].message.release == 2 and record.results[0].shown is not None
     # each release's first flip goes back to the engine, with the run time the journal has
     assert [(m.trial, m.release, m.sequence) for m in link.shown] == [(0, 0, 0), (0, 2, 1)]
-    assert all(period.start < m.shown < period.stop and 0 <= m.received_to_shown_s < 1 for m in link.shown)
+    # (a busy machine may finish a flip drawn in the period after it: no upper bounds on times here)
+    assert all(period.start < m.shown and m.received_to_shown_s >= 0 for m in link.shown)
     assert link.shown[-1].shown == pytest.approx(record.run_time(record.results[0].shown))
+    assert link.shown[-1].received_to_shown_s == pytest.approx(record.results[0].shown - record.results[0].received)
 
 
 def test_speed_needs_a_virtual_participant(make_image, tmp_path: Path):
