@@ -180,14 +180,11 @@ def _count_lines(path: Path, prefix: str) -> int:
 
 def _final_releases(layout: LiveSessionFiles, run: int) -> int:
     """How many of ``run``'s trials have their end-of-run release in the engine's trials table."""
-    path = layout.derivative(run, "trials")
-    if not path.is_file():
-        return 0
     try:
-        table = pd.read_csv(path, sep="\t", usecols=["trial", "final"])
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):  # caught mid-write
+        table = layout.table(run, "trials")
+    except (FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError):  # not written yet, or caught mid-write
         return 0
-    return table.loc[table["final"].astype(str).str.lower().isin(("1", "true")), "trial"].nunique()  # the store writes 0/1
+    return table.loc[table["final"] == 1, "trial"].nunique()  # the store writes 0/1
 
 
 def _wait_for_final_releases(group: ProcessGroup, layout: LiveSessionFiles, trials: dict[int, int], bar: Progress,
