@@ -11,8 +11,10 @@ waiting)::
 The TR comes from the BIDS sidecar next to the file (``RepetitionTime``) or else from the NIfTI
 header's fourth zoom (converted from ms when ``xyzt_units`` says so), and slice times from the
 sidecar's ``SliceTiming``; ``tr=`` overrides both. Volumes are read one at a time from the
-(memory-mapped) file, with the header's scaling applied as nibabel applies it: the stored dtype
-when there is no scaling, float otherwise, so values equal what nibabel's ``get_fdata`` gives.
+file, with the header's scaling applied as nibabel applies it: the stored dtype when there is no
+scaling, float otherwise, so values equal what nibabel's ``get_fdata`` gives. The file stays open
+between volumes: a ``.nii.gz`` reopened for each volume is decompressed from its start every time
+(130 volumes of 64×64×34: 19 s of decompression instead of 0.24 s).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class NiftiReplaySource(VolumeSource):
         if speed <= 0:
             raise ReplayError(f"{self.path}: speed must be positive (got {speed})")
         try:
-            self._image = nib.load(self.path)
+            self._image = nib.load(self.path, keep_file_open=True)
         except FileNotFoundError as exc:
             raise ReplayError(f"{self.path}: no such file") from exc
         except Exception as exc:  # nibabel raises many types for a non-image file
