@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 import threading
@@ -304,8 +305,6 @@ def test_restart_resumes_from_the_state_checkpoint(tmp_path, clean_run, monkeypa
     checkpoint_volumes volumes), not the run so far, and an ended run not at all; every release and
     the final betas are then bit-identical to the undisturbed run's. Control: without the checkpoint
     file, the restart releases the whole run again."""
-    import shutil
-
     from engine.checkpoint import EngineCheckpoint, settings_fingerprint
     from engine.trials import TrialNormaliser
 
@@ -734,8 +733,11 @@ def _early_world(effect: bool):
 
 
 def _early_session(root: Path, effect: bool, early: dict, published: list | None = None,
-                   stop: tuple[int, int] | None = None) -> Engine:
-    """Every run of the world through ``Engine.handle`` (up to volume ``stop[1]`` of run ``stop[0]``)."""
+                   stop: tuple[int, int] | None = None, snapshot: tuple[tuple[int, int], Path] | None = None) -> Engine:
+    """Every run of the world through ``Engine.handle`` (up to volume ``stop[1]`` of run ``stop[0]``).
+
+    ``snapshot=((run, i), folder)``: ``root`` is copied to ``folder`` just before volume ``i`` of
+    ``run`` (background work joined first): what an engine killed there leaves on disk."""
     runs, roi, _ = _early_world(effect)
     root.mkdir(parents=True, exist_ok=True)
     mask = root / "roi.nii.gz"
@@ -749,6 +751,9 @@ def _early_session(root: Path, effect: bool, early: dict, published: list | None
                 continue  # stored before a restart
             if stop is not None and (number, i) == stop:
                 return engine
+            if snapshot is not None and (number, i) == snapshot[0]:
+                engine.join_background()
+                shutil.copytree(root, snapshot[1])
             for trial, onset in enumerate(EARLY_ONSETS):
                 if (i - 1) * EARLY_TR < onset <= i * EARLY_TR:
                     engine.handle(EventMessage(session=SESSION, run=number, trial=trial, onset=float(onset),
@@ -776,14 +781,21 @@ def _first_release_r(engine: Engine, effect: bool) -> float:
 ON = {"noise_pool": True, "hrf_library": True}
 
 
+@pytest.fixture(scope="module")
+def early_plain(tmp_path_factory) -> Engine:
+    """The world with an effect, without early estimates: the baseline of the noise pool's gain, and
+    the training session of ``test_early_estimates_from_a_training_session_folder`` (read only)."""
+    return _early_session(tmp_path_factory.mktemp("early_plain"), True, {})
+
+
 @pytest.mark.parametrize("effect", [True, False], ids=["effect", "control"])
-def test_early_estimates_from_earlier_runs(tmp_path, effect, caplog):
+def test_early_estimates_from_earlier_runs(tmp_path, effect, caplog, request):
     # The noise pool (+0.046 here with the default motion-free releases): the HRF library alone gains
     # less (+0.006), and with the pool it loses part of the pool's gain (docs/early_estimates.md).
     with caplog.at_level(logging.INFO, logger="engine"):
         on = _early_session(tmp_path / "on", effect, {"noise_pool": True})
     assert sum("no earlier run to learn early estimates from" in r.message for r in caplog.records) == 1
-    off = _early_session(tmp_path / "off", effect, {})
+    off = request.getfixturevalue("early_plain") if effect else _early_session(tmp_path / "off", effect, {})
     r_on, r_off = _first_release_r(on, effect), _first_release_r(off, effect)
     if effect:
         assert r_on > r_off + 0.02, (r_on, r_off)
@@ -797,8 +809,9 @@ def test_early_estimates_from_earlier_runs(tmp_path, effect, caplog):
 
 
 def test_early_estimates_restart_gives_identical_betas(tmp_path):
-    reference = _early_session(tmp_path / "clean", True, ON)
-    _early_session(tmp_path / "crashed", True, ON, stop=(2, 40))  # killed in the middle of run 2
+    # The crashed session is the clean one's folder as it was in the middle of run 2 (rather than a
+    # second engine run up to there, which did the same work again).
+    reference = _early_session(tmp_path / "clean", True, ON, snapshot=((2, 40), tmp_path / "crashed"))
     resumed = _early_session(tmp_path / "crashed", True, ON)
     for run in range(1, EARLY_RUNS + 1):
         ref = np.load(reference.store.derivative_path(run, "trialbetas", ".npz"))
@@ -810,15 +823,18 @@ def test_early_estimates_restart_gives_identical_betas(tmp_path):
         np.testing.assert_array_equal(z, _trial_z(reference.store)[key])
 
 
-def test_early_estimates_from_a_training_session_folder(tmp_path, caplog):
+def test_early_estimates_from_a_training_session_folder(tmp_path, caplog, early_plain):
     # The training folder is a session the engine wrote (here: the same world without the options),
-    # realigned to this session's reference: the first run already learns from its 3 runs.
-    training = _early_session(tmp_path / "training", True, {})
-    early = {"noise_pool": True, "hrf_library": True, "session_runs": False, "training_session": training.store.root}
+    # realigned to this session's reference: the first run already learns from its 3 runs. The live
+    # session stops once run 2 has started (a run learns at its first volume): run 2 learns from the
+    # training's 3 runs only, not from run 1, which had ended.
+    early = {"noise_pool": True, "hrf_library": True, "session_runs": False, "training_session": early_plain.store.root}
     with caplog.at_level(logging.INFO, logger="engine"):
-        engine = _early_session(tmp_path / "live", True, early)
+        engine = _early_session(tmp_path / "live", True, early, stop=(2, 1))
+        engine.join_background()
+    assert engine.store.is_ended(1) and sorted(engine.runs) == [1, 2]
     learned = [r.message for r in caplog.records if "early estimates from" in r.message]
-    assert len(learned) == EARLY_RUNS and all("from 3 earlier runs: noise pool of" in m for m in learned), learned
+    assert len(learned) == 2 and all("from 3 earlier runs: noise pool of" in m for m in learned), learned
     assert not any("no earlier run" in r.message for r in caplog.records)
     assert all(state.pool is not None and state.hrf is not None for state in engine.runs.values())
     assert not engine.store.derivative_path(1, "earlyruns", ".npz").exists()  # the session's own runs: not used
