@@ -1,9 +1,10 @@
 """Each process installs alone: ``rtrecon[bridge]``, ``rtrecon[stimulus]`` and ``rtrecon[console]`` in fresh venvs.
 
-The scanner console and the stimulus PC must not need torch, nilearn or the model stack. Each
-extra is installed from a copy of the project into an empty venv, the three side by side
-(pip's cache makes the second run quick), then its commands' ``--help`` and the contract's imports are checked there. The
-engine's extra is what ``.ci/bootstrap`` installs for the rest of the suite.
+The scanner console and the stimulus PC must not need torch, nilearn or the model stack. The
+project's wheel is built once from a copy of the checkout, and each extra is installed from it
+into an empty venv, the three side by side, then its commands' ``--help`` and the contract's
+imports are checked there. The engine's extra is what ``.ci/bootstrap`` installs for the rest of
+the suite.
 """
 
 from __future__ import annotations
@@ -59,24 +60,30 @@ def _copy_project(dest: Path) -> Path:
 
 
 def _pip(python: Path, *args: str) -> str:
-    # no byte-compiling: it is most of an install's time (PsychoPy's thousands of modules) and the
-    # check below imports only a few of them
-    return " ".join(shlex.quote(a) for a in (str(python), "-m", "pip", "install", "--quiet", "--no-compile",
-                                              "--disable-pip-version-check", *args))
+    # The suite's pip installs into the venv (--python): the venv is made without pip of its own, as
+    # bootstrapping one (ensurepip) took as long as the install itself. No byte-compiling: it is most
+    # of an install's time (PsychoPy's thousands of modules) and the check below imports only a few.
+    return " ".join(shlex.quote(a) for a in (sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                                              "--no-compile", "--disable-pip-version-check", *args))
 
 
 @pytest.fixture(scope="module")
 def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.Popen]]:
     """The three extras installing side by side (each in its own venv), started once for the module."""
     root = tmp_path_factory.mktemp("extras")
+    # One wheel for the three (what pip builds from the project for each install anyway), from a
+    # copy: pip's build must not write into the checkout.
+    project = _copy_project(Path(tmp_path_factory.mktemp("project")))
+    built = children.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--disable-pip-version-check",
+                          "-w", str(root / "wheel"), str(project)], capture_output=True, text=True)
+    assert built.returncode == 0, f"pip wheel of the project failed:\n{built.stderr[-3000:]}"
+    (wheel,) = (root / "wheel").glob("rtrecon-*.whl")
     started = {}
     for extra, case in CASES.items():
-        # a copy each: a wheel is built in its project's build/ folder, which side-by-side builds share
-        project = _copy_project(Path(tmp_path_factory.mktemp(f"project-{extra}")))
         venv = root.parent / f"venv-{extra}"
         python = venv / "bin" / "python"
-        steps = [f"{shlex.quote(sys.executable)} -m venv {shlex.quote(str(venv))}", _pip(python, f"{project}[{extra}]"),
-                 *(_pip(python, *args) for args in case["extra_pip"])]
+        steps = [f"{shlex.quote(sys.executable)} -m venv --without-pip {shlex.quote(str(venv))}",
+                 _pip(python, f"{wheel}[{extra}]"), *(_pip(python, *args) for args in case["extra_pip"])]
         log = (root.parent / f"install-{extra}.log").open("w")
         started[extra] = venv, children.start(["sh", "-c", " && ".join(steps)], stdout=log, stderr=subprocess.STDOUT)
     yield started
