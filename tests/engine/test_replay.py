@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -35,12 +36,28 @@ def _replay(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def replayed(run_dir: Path, tmp_path_factory) -> SessionStore:
+def replay_started(run_dir: Path, tmp_path_factory) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """``rtrecon engine replay`` of the shared run (DICOM) with the default engine settings, started
+    in the background, so that the live path's fixture runs beside it (on another core)."""
+    folder = tmp_path_factory.mktemp("replay")
+    out = folder / "session"
+    with (folder / "stdout").open("w") as stdout, (folder / "stderr").open("w") as stderr:
+        process = children.start(
+            [sys.executable, "-m", "rtrecon.cli", "engine", "replay", str(run_dir / "dicom"),
+             "--events", str(run_dir / "design_local/events.tsv"), "--out", str(out)],
+            cwd=ROOT, stdout=stdout, stderr=stderr)
+    yield out, process
+    children.kill(process)
+
+
+@pytest.fixture(scope="module")
+def replayed(replay_started) -> SessionStore:
     """The shared run (DICOM) through ``rtrecon engine replay`` with the default engine settings."""
-    out = tmp_path_factory.mktemp("replay") / "session"
-    done = _replay([str(run_dir / "dicom"), "--events", str(run_dir / "design_local/events.tsv"), "--out", str(out)])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith(f"run 1: 130 volumes, 11 trials, 33 releases -> {out}")
+    out, process = replay_started
+    returncode = process.wait(timeout=scaled(600))
+    stdout, stderr = ((out.parent / name).read_text() for name in ("stdout", "stderr"))
+    assert returncode == 0, stderr[-3000:]
+    assert stdout.strip().endswith(f"run 1: 130 volumes, 11 trials, 33 releases -> {out}")
     return SessionStore(out, "01", "01", "perception")
 
 
@@ -54,9 +71,10 @@ def nifti(run_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def live(run_dir: Path, nifti: Path, tmp_path_factory) -> SessionStore:
+def live(run_dir: Path, nifti: Path, replay_started, tmp_path_factory) -> SessionStore:
     """The live path: the run converted by ``rtrecon dicom2nii``, its volumes handed to ``Engine.handle``
-    as the bridge sends them, each event once its onset has passed (as the stimulus PC sends it)."""
+    as the bridge sends them, each event once its onset has passed (as the stimulus PC sends it).
+    (``replay_started``: the replay it is compared with runs meanwhile.)"""
     img = nib.load(nifti)
     data, tr = np.asarray(img.dataobj), float(img.header.get_zooms()[3])
     slice_times = json.loads(nifti.with_name("bold.json").read_text())["SliceTiming"]
@@ -106,7 +124,7 @@ def _assert_same(a: object, b: object, name: str) -> None:
         assert a == b, name
 
 
-def test_replay_reproduces_the_live_path_exactly(replayed, live):
+def test_replay_reproduces_the_live_path_exactly(live, replayed):
     mine, theirs = _outputs(replayed), _outputs(live)
     assert mine.keys() == theirs.keys()
     assert sum(name.endswith("beta.npz") for name in mine) == 33  # 11 trials x (8 s, 16 s, run end)
