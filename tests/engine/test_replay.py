@@ -35,30 +35,21 @@ def _replay(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=scaled(600))
 
 
-@pytest.fixture(scope="module")
-def replay_started(run_dir: Path, tmp_path_factory) -> Iterator[tuple[Path, subprocess.Popen]]:
-    """``rtrecon engine replay`` of the shared run (DICOM) with the default engine settings, started
-    in the background, so that the live path's fixture runs beside it (on another core)."""
-    folder = tmp_path_factory.mktemp("replay")
-    out = folder / "session"
-    with (folder / "stdout").open("w") as stdout, (folder / "stderr").open("w") as stderr:
-        process = children.start(
-            [sys.executable, "-m", "rtrecon.cli", "engine", "replay", str(run_dir / "dicom"),
-             "--events", str(run_dir / "design_local/events.tsv"), "--out", str(out)],
-            cwd=ROOT, stdout=stdout, stderr=stderr)
-    yield out, process
-    children.kill(process)
+class _Background:
+    """``rtrecon engine replay ARGS`` started in the background, its output to files (a pipe nobody
+    reads meanwhile could fill and stop it)."""
 
+    def __init__(self, folder: Path, args: list[str]) -> None:
+        self.folder = folder
+        with (folder / "stdout").open("w") as stdout, (folder / "stderr").open("w") as stderr:
+            self.process = children.start([sys.executable, "-m", "rtrecon.cli", "engine", "replay", *args],
+                                          cwd=ROOT, stdout=stdout, stderr=stderr)
 
-@pytest.fixture(scope="module")
-def replayed(replay_started) -> SessionStore:
-    """The shared run (DICOM) through ``rtrecon engine replay`` with the default engine settings."""
-    out, process = replay_started
-    returncode = process.wait(timeout=scaled(600))
-    stdout, stderr = ((out.parent / name).read_text() for name in ("stdout", "stderr"))
-    assert returncode == 0, stderr[-3000:]
-    assert stdout.strip().endswith(f"run 1: 130 volumes, 11 trials, 33 releases -> {out}")
-    return SessionStore(out, "01", "01", "perception")
+    def result(self) -> subprocess.CompletedProcess:
+        """Wait for it: its exit status and output."""
+        returncode = self.process.wait(timeout=scaled(600))
+        stdout, stderr = ((self.folder / name).read_text() for name in ("stdout", "stderr"))
+        return subprocess.CompletedProcess(self.process.args, returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +62,40 @@ def nifti(run_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def live(run_dir: Path, nifti: Path, replay_started, tmp_path_factory) -> SessionStore:
+def replays(run_dir: Path, nifti: Path, tmp_path_factory) -> Iterator[dict[str, _Background]]:
+    """The module's three full replays of the shared run, started together so that they and the live
+    path's fixture share the machine's cores instead of running one after the other: the DICOM
+    folder with the default settings (``replayed``), with another session config, and its NIfTI."""
+    events = str(run_dir / "design_local/events.tsv")
+    folders = {name: tmp_path_factory.mktemp(f"replay-{name}") for name in ("dicom", "config", "nifti")}
+    config = folders["config"] / "session.toml"
+    config.write_text('[session]\nsubject = "07"\ntask = "view"\n[engine]\nreleases_s = [6.0]\n[engine.glm]\nhigh_pass = 0.008\n')
+    started = {
+        "dicom": [str(run_dir / "dicom"), "--events", events, "--out", str(folders["dicom"] / "session")],
+        "config": [str(run_dir / "dicom"), "--events", events, "--out", str(folders["config"] / "session"),
+                   "--config", str(config)],
+        "nifti": [str(nifti), "--events", events, "--out", str(folders["nifti"] / "session")],
+    }
+    background = {name: _Background(folders[name], args) for name, args in started.items()}
+    yield background
+    for replay in background.values():
+        children.kill(replay.process)
+
+
+@pytest.fixture(scope="module")
+def replayed(replays) -> SessionStore:
+    """The shared run (DICOM) through ``rtrecon engine replay`` with the default engine settings."""
+    done, out = replays["dicom"].result(), replays["dicom"].folder / "session"
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith(f"run 1: 130 volumes, 11 trials, 33 releases -> {out}")
+    return SessionStore(out, "01", "01", "perception")
+
+
+@pytest.fixture(scope="module")
+def live(run_dir: Path, nifti: Path, replays, tmp_path_factory) -> SessionStore:
     """The live path: the run converted by ``rtrecon dicom2nii``, its volumes handed to ``Engine.handle``
     as the bridge sends them, each event once its onset has passed (as the stimulus PC sends it).
-    (``replay_started``: the replay it is compared with runs meanwhile.)"""
+    (``replays``: the replays run meanwhile.)"""
     img = nib.load(nifti)
     data, tr = np.asarray(img.dataobj), float(img.header.get_zooms()[3])
     slice_times = json.loads(nifti.with_name("bold.json").read_text())["SliceTiming"]
@@ -140,14 +161,11 @@ def test_replay_reproduces_the_live_path_exactly(live, replayed):
     assert final["lsa"].shape == final["lss"].shape == (11, int(roi.sum()))
 
 
-def test_replay_uses_the_session_config(run_dir, replayed, tmp_path):
+def test_replay_uses_the_session_config(replays, replayed):
     """Control: another config gives other outputs (the comparison above can tell them apart)."""
-    config = tmp_path / "session.toml"
-    config.write_text('[session]\nsubject = "07"\ntask = "view"\n[engine]\nreleases_s = [6.0]\n[engine.glm]\nhigh_pass = 0.008\n')
-    done = _replay([str(run_dir / "dicom"), "--events", str(run_dir / "design_local/events.tsv"), "--out",
-                    str(tmp_path / "out"), "--config", str(config)])
+    done = replays["config"].result()  # [session] subject 07, task view; releases at 6 s; high_pass 0.008
     assert done.returncode == 0, done.stderr[-3000:]
-    store = SessionStore(tmp_path / "out", "07", "01", "view")
+    store = SessionStore(replays["config"].folder / "session", "07", "01", "view")
     rows = store.table(1, "trials", TRIAL_COLUMNS).rows()
     assert [int(r["release"]) for r in rows] == [0] * 11 + [1] * 11
     mine = np.load(store.derivative_path(1, "trialbetas", ".npz"))["lss"]
@@ -155,15 +173,15 @@ def test_replay_uses_the_session_config(run_dir, replayed, tmp_path):
     assert mine.shape == default.shape and np.abs(mine - default).max() > 1e-3 * np.abs(default).max()
 
 
-def test_replay_of_a_nifti_and_clear_errors(run_dir, replayed, nifti, tmp_path):
+def test_replay_of_a_nifti_and_clear_errors(run_dir, replays, replayed, nifti, tmp_path):
     events = run_dir / "design_local/events.tsv"
-    done = _replay([str(nifti), "--events", str(events), "--out", str(tmp_path / "out")])
+    done, out = replays["nifti"].result(), replays["nifti"].folder / "session"
     assert done.returncode == 0, done.stderr[-3000:]
-    store = SessionStore(tmp_path / "out", "01", "01", "perception")
+    store = SessionStore(out, "01", "01", "perception")
     np.testing.assert_array_equal(np.load(store.derivative_path(1, "trialbetas", ".npz"))["lss"],
                                   np.load(replayed.derivative_path(1, "trialbetas", ".npz"))["lss"])
     # The same run again into the same folder: refused, naming it.
-    again = _replay([str(nifti), "--events", str(events), "--out", str(tmp_path / "out")])
+    again = _replay([str(nifti), "--events", str(events), "--out", str(out)])
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1] == (
         f"rtrecon engine replay: error: {store.func}: already holds run 1; give another --out or --run")
