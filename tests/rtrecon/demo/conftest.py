@@ -1,9 +1,15 @@
-"""One shortened demo, run once for the whole folder: its session is what the module tests read."""
+"""One shortened demo, run once for the whole folder: its session is what the module tests read.
+
+In the project's ``.venv`` (the README's test command, what CI runs) the demo is started by the
+README's main command line itself (``bash .ci/bootstrap rtrecon demo``, test_readme.py checks it
+did); in another environment by ``python -m rtrecon.cli demo``: one demo either way, never two.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +19,26 @@ import pytest
 from rtrecon.contract import children
 from rtrecon.testing import scaled
 
+REPO = Path(__file__).resolve().parents[3]
+
 #: The shortened demo: 2 subjects × 2 sessions × 1 run, a few epochs, the replay at 80× the TR pace, in the
 #: typical world (the golden session's, whose cache it shares; test_decoding.py measures the decoder in the
 #: demo's default high-SNR world against its noise ceiling).
 DEMO_ARGS = ["--subjects", "2", "--sessions", "2", "--runs", "1", "--speed", "80", "--epochs", "1", "1", "--hidden-dim", "64",
              "--world", "typical"]
+
+
+@pytest.fixture(scope="session")
+def readme_main_commands() -> list[list[str]]:
+    """The README's command lines marked ``# the main job`` (one is expected), split as a shell would."""
+    lines = [line for line in (REPO / "README.md").read_text().splitlines() if "# the main job" in line]
+    return [shlex.split(line.split("#", 1)[0]) for line in lines]
+
+
+@pytest.fixture(scope="session")
+def in_project_venv() -> bool:
+    """Whether the tests run in the project's ``.venv``, where the README's commands run."""
+    return Path(sys.prefix).resolve() == (REPO / ".venv").resolve()
 
 
 @dataclass(frozen=True)
@@ -30,6 +51,8 @@ class DemoRun:
     display: str
     #: the demo's arguments besides --out and --cache
     args: tuple[str, ...]
+    #: the whole command line that ran it
+    command: tuple[str, ...]
 
     @property
     def headline(self) -> dict:
@@ -47,13 +70,18 @@ class DemoRun:
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """``rtrecon demo`` as a user runs it (its own process), shortened."""
+def demo_run(tmp_path_factory: pytest.TempPathFactory, readme_main_commands, in_project_venv) -> DemoRun:
+    """``rtrecon demo`` as a user runs it (its own process; the README's command line in the project's
+    ``.venv``), shortened."""
     base = tmp_path_factory.mktemp("demo")
     cache, out = base / "cache", base / "out"
-    cmd = [sys.executable, "-m", "rtrecon.cli", "demo", "--out", str(out), "--cache", str(cache), *DEMO_ARGS]
-    done = children.run(cmd, capture_output=True, text=True, timeout=scaled(600))  # a guard: 2 busy cores can triple it
-    run = DemoRun(done.returncode, done.stdout, done.stderr, cache, out, os.environ.get("DISPLAY", ""), tuple(DEMO_ARGS))
+    # A README without its one main line is test_readme.py's failure to report, not every demo test's.
+    readme = readme_main_commands
+    demo = readme[0] if in_project_venv and len(readme) == 1 else [sys.executable, "-m", "rtrecon.cli", "demo"]
+    cmd = [*demo, "--out", str(out), "--cache", str(cache), *DEMO_ARGS]
+    done = children.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=scaled(600))  # a guard: 2 busy cores can triple it
+    run = DemoRun(done.returncode, done.stdout, done.stderr, cache, out, os.environ.get("DISPLAY", ""), tuple(DEMO_ARGS),
+                  tuple(cmd))
     if done.returncode != 0:
         pytest.fail(f"the demo failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return run

@@ -54,6 +54,27 @@ def test_demo_starts_the_operator_console_and_prints_its_address(demo_run):
     assert "console up: http://127.0.0.1:" in log and "Traceback" not in log
 
 
+def test_a_second_demo_finds_its_dataset_and_decoder_in_the_cache(demo_run, tmp_path, capsys, monkeypatch):
+    """A second ``rtrecon demo`` with the same cache and settings generates and trains nothing. Its live
+    session, which the cache does not change, is left out: the test stops the demo where it would start."""
+    import rtrecon.demo.live
+    from rtrecon.demo.processes import ProcessFailed
+
+    specs = []
+
+    def stop_before_the_live_session(spec, console):
+        specs.append(spec)
+        raise ProcessFailed("stopped by the test before the live session")
+
+    monkeypatch.setattr(rtrecon.demo.live, "run_session", stop_before_the_live_session)
+    assert main(["demo", "--out", str(tmp_path), "--cache", str(demo_run.cache), *demo_run.args]) == 1
+    err = capsys.readouterr().err
+    (checkpoint,) = (demo_run.cache / "decoders").glob("*/finetune/last.pth")
+    assert f"cached: {demo_run.dataset}" in err and f"cached: {checkpoint}" in err
+    assert "written:" not in err and "trained:" not in err
+    assert [(s.root, s.checkpoint) for s in specs] == [(demo_run.dataset, checkpoint)]
+
+
 def test_demo_refuses_a_world_it_cannot_train_on(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--cache", str(tmp_path), "--sessions", "1"]) == 2
     assert "2+ sessions" in capsys.readouterr().err

@@ -18,14 +18,14 @@ def imagery_run(demo_run, tmp_path_factory):
     """The imagery demo on the perception demo's cache (its dataset is reused; no MindEye2 is trained)."""
     out = tmp_path_factory.mktemp("imagery_demo")
     cmd = [sys.executable, "-m", "rtrecon.cli", "demo", "--task", "imagery", "--out", str(out), "--cache", str(demo_run.cache),
-           *demo_run.args, "--live-runs", "1", "--speed", "20"]  # 20x: 48 cued trials drawn in 20 s, not 5, on busy cores
+           *demo_run.args, "--live-runs", "1", "--speed", "40"]  # 40x: 48 cued trials drawn in 10 s, not 5, on busy cores
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         pytest.fail(f"the imagery demo failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done, out
 
 
-def test_the_imagery_demo_ends_with_the_perception_headline_keys_scored_among_the_runs_targets(imagery_run):
+def test_the_imagery_demo_ends_with_the_perception_headline_keys_scored_among_the_runs_targets(imagery_run, demo_run):
     done, out = imagery_run
     headline = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(headline) == KEYS
@@ -40,6 +40,7 @@ def test_the_imagery_demo_ends_with_the_perception_headline_keys_scored_among_th
     assert set(imagery["per_vividness"]) <= {"1", "2", "3", "4"} and sum(imagery["trials_per_vividness"].values()) == 48
     assert 'id="imagery"' in (out / headline["report"]).read_text()
     assert "linear head" in done.stderr and "live imagery session" in done.stderr
+    assert f"cached: {demo_run.dataset}" in done.stderr  # the perception demo's dataset, not written again
     (session,) = [p for p in out.iterdir() if p.is_dir()]
     assert "head = \"linear\"" in (session / "session.toml").read_text()
     events = (session / "sourcedata" / "stimulus" / "sub-01" / "ses-03" / "func" / "sub-01_ses-03_task-imagery_run-01_events.tsv")

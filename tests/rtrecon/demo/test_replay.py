@@ -10,11 +10,13 @@ from rtrecon.reconstruction.weights import synthetic_reconstructor_path
 
 def test_replay_a_session_with_a_given_checkpoint(demo_run, tmp_path, capsys):
     """The demo subject's live session again, decoded with the demo's trained checkpoint given as
-    ``--checkpoint`` (the path an NSD user takes with an official one), reconstructed by ``--unclip``."""
+    ``--checkpoint`` (the path an NSD user takes with an official one), reconstructed by ``--unclip``,
+    each trial released at ``--releases 8`` s and at run end: two reconstructions a trial where the
+    default schedule (the demo's, test_command.py) makes three, the cost of this test."""
     (checkpoint,) = (demo_run.cache / "decoders").glob("*/finetune/last.pth")
     unclip = synthetic_reconstructor_path()
     args = ["replay", "nsd", "--root", str(demo_run.dataset), "--subject", "1", "--session", "2", "--speed", "80",
-            "--checkpoint", str(checkpoint), "--unclip", str(unclip), "--out", str(tmp_path / "replay")]
+            "--checkpoint", str(checkpoint), "--unclip", str(unclip), "--releases", "8", "--out", str(tmp_path / "replay")]
     assert main(args) == 0
     headline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(headline) == {"report", "trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s",
@@ -27,6 +29,7 @@ def test_replay_a_session_with_a_given_checkpoint(demo_run, tmp_path, capsys):
     summary = json.loads((report / "summary.json").read_text())
     # what an NSD user compares: the betas decoded live against the released ones of the same trials
     assert summary["metrics"]["live_vs_released_beta_r"] > 0
+    assert set(summary["by_release"]) == {"0", "1"}  # --releases reached the engine: 8 s after onset, then run end
     assert all("live_vs_released_beta_r" in release for release in summary["by_release"].values())
     assert str(checkpoint) in summary["decoder"] and f"unCLIP model {unclip}" in summary["decoder"]
     html = (report / "report.html").read_text()
