@@ -11,9 +11,12 @@ import json
 import os
 import shlex
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
+import pandas as pd
 import pytest
 
 from rtrecon.contract import children
@@ -67,6 +70,26 @@ class DemoRun:
     def dataset(self) -> Path:
         (folder,) = [p for p in (self.cache / "synthetic").iterdir() if p.is_dir() and p.suffix != ".partial"]
         return folder
+
+    def release_trials(self) -> dict[int, list[int]]:
+        """The trials each release of the live run (run 1) must hold, from the session's own files.
+
+        A release ``d`` s after onset (the session's ``[engine] releases_s``) exists for the trials
+        whose ``onset + d`` falls within the run, whose last volume is sampled at (n - 1) TR; the
+        end-of-run release (index ``len(releases_s)``) holds every trial. The onsets are the stimulus
+        program's (BIDS events): at the demo's 80x pace one flip of jitter is about a volume, so the
+        last trials' late releases may or may not fit in the run.
+        """
+        func = self.session_dir / "sub-01" / "ses-02" / "func"
+        (events,) = func.glob("*_run-01_events.tsv")
+        (bold,) = func.glob("*_run-01_bold.nii.gz")
+        onsets = pd.read_csv(events, sep="\t").set_index("trial")["onset"]
+        tr = json.loads(bold.with_name(bold.name.replace(".nii.gz", ".json")).read_text())["RepetitionTime"]
+        end = (nib.load(bold).shape[3] - 1) * tr
+        delays = tomllib.loads((self.session_dir / "session.toml").read_text())["engine"]["releases_s"]
+        trials = sorted(int(t) for t in onsets.index)
+        held = {r: [t for t in trials if onsets[t] + d <= end + 1e-6] for r, d in enumerate(delays)}
+        return {**held, len(delays): trials}
 
 
 @pytest.fixture(scope="session")
