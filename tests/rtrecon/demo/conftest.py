@@ -13,6 +13,7 @@ import shlex
 import sys
 import tomllib
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import nibabel as nib
@@ -46,6 +47,11 @@ def in_project_venv() -> bool:
 
 @dataclass(frozen=True)
 class DemoRun:
+    #: the keys of the demo's last line, which ``replay nsd`` and the imagery demo print too
+    HEADLINE_KEYS: ClassVar[frozenset[str]] = frozenset({
+        "report", "trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s", "two_way_clip", "pixcorr",
+        "top1_by_release"})
+
     returncode: int
     stdout: str
     stderr: str

@@ -8,10 +8,6 @@ import sys
 
 import pytest
 
-#: The perception demo's headline keys (test_command.py).
-KEYS = {"report", "trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s", "two_way_clip", "pixcorr",
-        "top1_by_release"}
-
 
 @pytest.fixture(scope="module")
 def imagery_run(demo_run, tmp_path_factory):
@@ -28,7 +24,7 @@ def imagery_run(demo_run, tmp_path_factory):
 def test_the_imagery_demo_ends_with_the_perception_headline_keys_scored_among_the_runs_targets(imagery_run, demo_run):
     done, out = imagery_run
     headline = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(headline) == KEYS
+    assert set(headline) == demo_run.HEADLINE_KEYS
     # one run of NSD-Imagery's protocol: 6 targets x 8 repeats, every trial decoded, retrieval among the 6
     assert headline["trials"] == 48 and headline["decoded"] == 48
     assert headline["chance_top1"] == pytest.approx(1 / 6) and 0 <= headline["top1"] <= headline["top5"] <= 1

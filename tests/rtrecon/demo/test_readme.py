@@ -6,9 +6,6 @@ from pathlib import Path
 
 import pytest
 
-KEYS = {"report", "trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s", "two_way_clip", "pixcorr",
-        "top1_by_release"}
-
 
 def test_the_readme_main_command_runs_a_shortened_demo(demo_run, readme_main_commands, in_project_venv):
     assert len(readme_main_commands) == 1, "README.md: expected one line marked '# the main job'"
@@ -19,5 +16,5 @@ def test_the_readme_main_command_runs_a_shortened_demo(demo_run, readme_main_com
     # In the .venv the folder's one demo is the README's line itself, shortened by the fixture's arguments.
     assert list(demo_run.command) == [*command, "--out", str(demo_run.out), "--cache", str(demo_run.cache), *demo_run.args]
     headline = demo_run.headline
-    assert set(headline) == KEYS and headline["trials"] == headline["decoded"] == 63
+    assert set(headline) == demo_run.HEADLINE_KEYS and headline["trials"] == headline["decoded"] == 63
     assert Path(headline["report"]).is_file() and str(demo_run.out) in headline["report"]

@@ -19,8 +19,7 @@ def test_replay_a_session_with_a_given_checkpoint(demo_run, tmp_path, capsys):
             "--checkpoint", str(checkpoint), "--unclip", str(unclip), "--releases", "8", "--out", str(tmp_path / "replay")]
     assert main(args) == 0
     headline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(headline) == {"report", "trials", "decoded", "top1", "top5", "chance_top1", "median_latency_s",
-                             "two_way_clip", "pixcorr", "top1_by_release"}
+    assert set(headline) == demo_run.HEADLINE_KEYS
     assert headline["trials"] == headline["decoded"] == 63
     assert headline["chance_top1"] == demo_run.headline["chance_top1"]
     (session,) = (tmp_path / "replay").iterdir()
